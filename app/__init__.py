@@ -1,0 +1,95 @@
+"""Task Scheduler: a persistent DAG task service with a REST API."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from flask import Flask, Response, request
+
+from . import database
+from .config import Settings
+from .errors import register_error_handlers
+from .extensions import db, migrate
+from .handlers import Registry
+from .scheduler import Scheduler
+from .store import Store
+
+# Submissions up to the batch limit; each route enforces its own smaller limit.
+MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Flask:
+    """Build the app; `environ` overrides the process environment (tests use it)."""
+    app = Flask(__name__, instance_relative_config=True)
+    merged = None if environ is None else {**os.environ, **environ}
+    settings = Settings.from_env(merged)
+    app.config.update(settings.to_flask())
+    if not settings.database_url:
+        os.makedirs(app.instance_path, exist_ok=True)
+        url = "sqlite:///" + os.path.join(app.instance_path, "tasks.db")
+        app.config["DATABASE_URL"] = url
+    url = app.config["DATABASE_URL"]
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=url,
+        SQLALCHEMY_ENGINE_OPTIONS=database.engine_options(url, settings.max_concurrent_tasks),
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        database.configure_sqlite(engine, settings.sqlite_synchronous)
+
+    store = Store(engine)
+    app.extensions["store"] = store
+    app.extensions["scheduler"] = Scheduler(
+        store,
+        Registry(),
+        max_concurrent=settings.max_concurrent_tasks,
+        poll_interval_s=settings.polling_interval_ms / 1000,
+        lease_s=settings.lease_s,
+    )
+
+    from .api import bp, ops
+    from .cli import register_cli
+
+    app.register_blueprint(bp)
+    app.register_blueprint(ops)
+    register_error_handlers(app)
+    register_cli(app)
+    _enable_cors(app, settings.cors_origins)
+    return app
+
+
+def _enable_cors(app: Flask, origins: str) -> None:
+    allowed = [o.strip() for o in origins.split(",") if o.strip()]
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if "*" in allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        else:
+            return response
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Expose-Headers"] = "Location, Link, Retry-After"
+        return response
+
+
+def start_scheduler(app: Flask) -> Scheduler | None:
+    """Start the app's scheduler if it is enabled; call once per serving process."""
+    if not app.config["SCHEDULER_ENABLED"]:
+        return None
+    scheduler: Scheduler = app.extensions["scheduler"]
+    scheduler.start()
+    return scheduler

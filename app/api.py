@@ -1,0 +1,135 @@
+"""HTTP routes: parse, call a service, dump. No business logic lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from marshmallow import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import database, services
+from .body import read_json_object
+from .errors import InvalidParameter, ValidationFailed
+from .models import Status
+from .schemas import TaskIn, TaskOut, TaskStatusOut, validation_details
+
+MAX_BODY_BYTES = 1024 * 1024
+
+bp = Blueprint("tasks", __name__, url_prefix="/api")
+ops = Blueprint("ops", __name__)
+
+task_in = TaskIn()
+task_out = TaskOut()
+tasks_out = TaskOut(many=True, exclude=("payload", "result"))
+status_out = TaskStatusOut()
+
+
+def _engine() -> Any:
+    return current_app.extensions["store"].engine
+
+
+def _only_parameters(*allowed: str) -> None:
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise InvalidParameter(
+            f"Unknown query parameter {unknown[0]!r}; this route accepts "
+            + (", ".join(allowed) if allowed else "none")
+            + ".",
+            {name: "Unknown parameter." for name in unknown},
+        )
+
+
+@bp.post("/tasks")
+def submit_task() -> tuple[Response, int]:
+    """Accept one task; 201 once it is committed, 200 for an identical replay."""
+    _only_parameters()
+    body = read_json_object(request, MAX_BODY_BYTES)
+    try:
+        data = task_in.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
+    submitted = services.submit(_engine(), data)
+    response = jsonify(task_out.dump(submitted.task))
+    if not submitted.created:
+        return response, 200
+    current_app.extensions["scheduler"].wake()
+    response.headers["Location"] = url_for("tasks.get_task", task_id=submitted.task["id"])
+    return response, 201
+
+
+@bp.get("/tasks")
+def list_tasks() -> Response:
+    """List tasks newest first, a page at a time, with a Link to the next page."""
+    _only_parameters("status", "type", "limit", "cursor")
+    status = request.args.get("status")
+    if status is not None and status not in Status.__members__:
+        raise InvalidParameter(
+            f"Unknown status {status[:32]!r}; use one of " + ", ".join(Status) + ".",
+            {"status": "Unknown status."},
+        )
+    page = services.list_tasks(
+        _engine(),
+        status=status,
+        task_type=request.args.get("type"),
+        limit=_limit(request.args.get("limit")),
+        cursor=request.args.get("cursor"),
+    )
+    response = jsonify(tasks_out.dump(page.tasks))
+    if page.next_cursor is not None:
+        args = {**request.args.to_dict(), "cursor": page.next_cursor}
+        link = url_for("tasks.list_tasks", _external=True, **args)
+        response.headers["Link"] = f'<{link}>; rel="next"'
+    return response
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidParameter(
+            "limit must be an integer from 1 to 1000.", {"limit": "Out of range."}
+        )
+    return int(raw)
+
+
+@bp.get("/tasks/<task_id>")
+def get_task(task_id: str) -> Response:
+    """Show one task with its payload and result."""
+    _only_parameters()
+    return jsonify(task_out.dump(services.get_task(_engine(), task_id)))
+
+
+@bp.get("/tasks/<task_id>/status")
+def get_status(task_id: str) -> Response:
+    """Show a task's status, as the original API did."""
+    _only_parameters()
+    return jsonify(status_out.dump(services.get_status(_engine(), task_id)))
+
+
+@ops.get("/health")
+def health() -> tuple[Response, int]:
+    """Report the database and the scheduler; 503 when either cannot do its job."""
+    engine = _engine()
+    storage: dict[str, Any] = {"dialect": engine.dialect.name}
+    try:
+        with database.read(engine) as conn:
+            conn.execute(text("SELECT 1"))
+        storage["status"] = "ok"
+    except SQLAlchemyError as exc:
+        storage.update(status="unreachable", error=type(exc).__name__)
+    scheduler = current_app.extensions["scheduler"]
+    if not current_app.config["SCHEDULER_ENABLED"]:
+        state, healthy = {"state": "disabled"}, True
+    else:
+        healthy = scheduler.healthy()
+        state = {
+            "state": scheduler.state,
+            "instance": scheduler.id,
+            "max_concurrent": scheduler.max_concurrent,
+            "running": scheduler.running_count(),
+        }
+    ok = healthy and storage["status"] == "ok"
+    body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
+    return jsonify(body), 200 if ok else 503

@@ -1,0 +1,29 @@
+"""Flask commands for operators: `flask scheduler run`."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
+
+
+@scheduler_cli.command("run")
+def run_scheduler() -> None:
+    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
+    from .shutdown import GracefulStop
+
+    scheduler = current_app.extensions["scheduler"]
+    stop = GracefulStop(scheduler)
+    stop.install()
+    scheduler.start()
+    click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+    stop.wait()
+    scheduler.stop(current_app.config["SHUTDOWN_GRACE_S"])
+    click.echo("scheduler stopped")
+
+
+def register_cli(app: Flask) -> None:
+    """Attach the command groups to the app."""
+    app.cli.add_command(scheduler_cli)

@@ -1,0 +1,99 @@
+"""Settings from the environment (and `.env`), validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from dotenv import load_dotenv
+
+
+class ConfigError(ValueError):
+    """Raised when an environment variable holds a value the service cannot use."""
+
+
+def _integer(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _database_url(name: str, raw: str) -> str:
+    url = raw.strip()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if not url.startswith(("sqlite://", "postgresql+psycopg://")):
+        raise ConfigError(f"{name} must be a sqlite:// or postgresql:// URL, got {raw!r}")
+    return url
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _setting(default: Any, parse: Callable[[str, str], Any], env: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of SPEC section 8 that the service reads, with its default."""
+
+    port: int = _setting(3000, _integer(1, 65535), "PORT")
+    database_url: str = _setting("", _database_url, "DATABASE_URL")
+    max_concurrent_tasks: int = _setting(3, _integer(1, 1024), "MAX_CONCURRENT_TASKS")
+    polling_interval_ms: int = _setting(1000, _integer(1, 3_600_000), "POLLING_INTERVAL")
+    scheduler_enabled: bool = _setting(True, _boolean, "SCHEDULER_ENABLED")
+    shutdown_grace_s: int = _setting(25, _integer(0, 3600), "SHUTDOWN_GRACE_S")
+    sqlite_synchronous: str = _setting(
+        "FULL", _choice("FULL", "NORMAL", "EXTRA"), "SQLITE_SYNCHRONOUS"
+    )
+    cors_origins: str = _setting("*", _text, "CORS_ORIGINS")
+    lease_s: int = _setting(30, _integer(2, 86_400), "LEASE_S")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting, letting the process environment win over `.env`."""
+        if environ is None:
+            load_dotenv(override=False)
+            environ = os.environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(spec.metadata["env"])
+            if raw is not None and raw.strip() != "":
+                values[spec.name] = spec.metadata["parse"](spec.metadata["env"], raw)
+        return cls(**values)
+
+    def to_flask(self) -> dict[str, Any]:
+        """Return the settings as upper-case Flask config keys."""
+        return {spec.name.upper(): getattr(self, spec.name) for spec in fields(self)}

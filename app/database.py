@@ -1,0 +1,75 @@
+"""Engine set-up and transactions: SQLite done properly, PostgreSQL as it comes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+
+# How long a SQLite writer waits for the lock before giving up: long enough that a
+# large batch never turns into "database is locked" for the requests queued behind it.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time as a naive datetime, the form stored everywhere."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:
+    """Return the create_engine options for `url`."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 60}}
+    # One connection per running task, plus the scheduler loop and a few requests.
+    return {"pool_size": max_concurrent + 4, "max_overflow": 16, "pool_pre_ping": True}
+
+
+def configure_sqlite(engine: Engine, synchronous: str) -> None:
+    """Set WAL, durability and a busy timeout; make writers take the lock up front."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy issue BEGIN itself instead of pysqlite's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A deferred transaction that reads then writes gets SQLITE_BUSY at once,
+        # without waiting; a writer must hold the lock from its first statement.
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def _transaction(engine: Engine, begin: str) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin=begin)
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            if engine.dialect.name == "sqlite":
+                # A statement left unfinished by the error would keep an old snapshot
+                # open on this connection, and its next BEGIN IMMEDIATE would fail at
+                # once with SQLITE_BUSY_SNAPSHOT; discard the connection instead.
+                conn.invalidate()
+            raise
+
+
+def write(engine: Engine) -> AbstractContextManager[Connection]:
+    """Run one write transaction; it commits on success and rolls back on error."""
+    return _transaction(engine, "IMMEDIATE")
+
+
+def read(engine: Engine) -> AbstractContextManager[Connection]:
+    """Run one short read transaction."""
+    return _transaction(engine, "DEFERRED")

@@ -1,0 +1,137 @@
+"""Domain errors and the one JSON error shape; the only module that knows HTTP codes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+# An error body stays small and never echoes large input back.
+MAX_DETAIL_TEXT = 200
+MAX_DETAIL_ITEMS = 20
+
+
+class ApiError(Exception):
+    """An error a client can act on: a code, a sentence, and optional details."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidJson(ApiError):
+    code = "invalid_json"
+
+
+class ValidationFailed(ApiError):
+    code = "validation_error"
+
+
+class InvalidParameter(ApiError):
+    code = "invalid_parameter"
+
+
+class UnknownDependency(ApiError):
+    code = "unknown_dependency"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class DuplicateId(ApiError):
+    status = 409
+    code = "duplicate_id"
+
+
+class InvalidState(ApiError):
+    status = 409
+    code = "invalid_state"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+# Werkzeug's own errors (routing, size limits) mapped onto our codes.
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _clip(value: Any, depth: int = 0) -> Any:
+    """Return `value` with long strings cut and long collections shortened."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_DETAIL_TEXT else value[:MAX_DETAIL_TEXT] + "..."
+    if isinstance(value, dict) and depth < 3:
+        items = list(value.items())[:MAX_DETAIL_ITEMS]
+        return {_clip(str(k)): _clip(v, depth + 1) for k, v in items}
+    if isinstance(value, (list, tuple)) and depth < 3:
+        return [_clip(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return _clip(str(value))
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    """Build the JSON error body every failure uses."""
+    body: dict[str, Any] = {"error": _clip(message), "code": code}
+    if details:
+        body["details"] = _clip(details)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Make every error, ours or Werkzeug's, answer in the one JSON shape."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        message = _http_message(status, exc)
+        response = error_response(status, code, message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The server failed to handle the request.")
+
+
+def _http_message(status: int, exc: HTTPException) -> str:
+    if status == 404:
+        return "No such route; the API lives under /api/tasks."
+    if status == 405:
+        return "This method is not allowed on this route."
+    if status == 413:
+        return "The request body is too large."
+    return exc.description or exc.name

@@ -1,0 +1,118 @@
+"""Marshmallow schemas: what a client may send, and what the API answers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
+MAX_DURATION_MS = 86_400_000
+MAX_DEPENDENCIES = 1000
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def _identifier(max_length: int) -> list[validate.Validator]:
+    message = ID_MESSAGE.format(max=max_length)
+    return [
+        validate.Length(min=1, max=max_length, error=message),
+        validate.Regexp(ID_PATTERN, error=message),
+    ]
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: not a boolean, not a float, not a string."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Must be a JSON integer (not a string, float or boolean).")
+        return value
+
+
+class Timestamp(fields.Field):
+    """ISO 8601 UTC with milliseconds and `Z`, as the original API wrote it."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class TaskIn(Schema):
+    """A task as submitted to `POST /api/tasks`."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(validate=_identifier(128))
+    type = fields.String(required=True, validate=_identifier(64))
+    duration_ms = StrictInteger(
+        required=True,
+        validate=validate.Range(
+            min=1, max=MAX_DURATION_MS, error=f"Must be between 1 and {MAX_DURATION_MS}."
+        ),
+    )
+    dependencies = fields.List(
+        fields.String(validate=_identifier(128)),
+        allow_none=True,
+        validate=validate.Length(
+            max=MAX_DEPENDENCIES, error=f"At most {MAX_DEPENDENCIES} dependencies."
+        ),
+    )
+    payload = fields.Dict(keys=fields.String(), allow_none=True)
+
+    @validates("payload")
+    def _payload_size(self, value: dict[str, Any] | None, **kwargs: Any) -> None:
+        if value is not None and len(json.dumps(value).encode()) > MAX_PAYLOAD_BYTES:
+            raise ValidationError(f"Must be at most {MAX_PAYLOAD_BYTES} bytes as JSON.")
+
+
+class TaskOut(Schema):
+    """A task as the API shows it: the original seven fields first."""
+
+    id = fields.String()
+    type = fields.String()
+    duration_ms = fields.Integer()
+    status = fields.String()
+    dependencies = fields.List(fields.String())
+    created_at = Timestamp()
+    updated_at = Timestamp()
+    payload = fields.Dict(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    error_code = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
+    worker = fields.String(allow_none=True)
+
+
+class TaskStatusOut(Schema):
+    """The answer of `GET /api/tasks/<id>/status`."""
+
+    id = fields.String()
+    status = fields.String()
+
+
+def validation_details(error: ValidationError) -> dict[str, Any]:
+    """Flatten marshmallow's messages into one sentence per field."""
+    messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
+    details: dict[str, Any] = {}
+    for name, value in messages.items():
+        details[str(name)] = _first_message(value)
+    return details
+
+
+def _first_message(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        return _first_message(value[0])
+    if isinstance(value, dict) and value:
+        key, inner = next(iter(value.items()))
+        return f"item {key}: {_first_message(inner)}"
+    return "Invalid value."

@@ -1,0 +1,300 @@
+"""The SQL that must be exact: claim, fenced finish, requeue, heartbeat and reap."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+
+from . import database
+from .models import FAILED_LIKE, SchedulerInstance, Status, Task, TaskDependency
+
+tasks = Task.__table__
+deps = TaskDependency.__table__
+instances = SchedulerInstance.__table__
+
+# Bound parameters per IN list; SQLite allows 32,766 per statement.
+CHUNK = 500
+MAX_BACKOFF = timedelta(hours=1)
+
+# Literal conditions, so that both planners can match the partial indexes.
+READY = text("tasks.status = 'QUEUED' AND tasks.pending_deps = 0")
+RUNNING = text("tasks.status = 'RUNNING'")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt a scheduler instance holds: the fence every later write carries."""
+
+    id: str
+    type: str
+    duration_ms: int
+    payload: Any
+    attempt: int
+    worker: str
+    failures: int
+    max_attempts: int
+    retry_backoff_ms: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended."""
+
+    status: Status
+    result: Any = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+def chunks(items: Sequence[str], size: int = CHUNK) -> Iterable[Sequence[str]]:
+    """Yield `items` in slices of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Store:
+    """The task table's state transitions, each one transaction with a fence."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def claim(self, worker: str, limit: int, now: datetime) -> list[Claim]:
+        """Move up to `limit` ready tasks to RUNNING for `worker`, best first."""
+        if limit <= 0:
+            return []
+        ready = (
+            select(tasks.c.seq)
+            .where(READY, (tasks.c.run_at.is_(None)) | (tasks.c.run_at <= now))
+            .order_by(tasks.c.priority.desc(), tasks.c.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(tasks)
+            .where(tasks.c.seq.in_(ready.scalar_subquery()), READY)
+            .values(
+                status=Status.RUNNING.value,
+                attempts=tasks.c.attempts + 1,
+                worker=worker,
+                started_at=now,
+                finished_at=None,
+                updated_at=now,
+                result=None,
+                error=None,
+                error_code=None,
+            )
+            .returning(
+                tasks.c.seq,
+                tasks.c.id,
+                tasks.c.type,
+                tasks.c.duration_ms,
+                tasks.c.payload,
+                tasks.c.attempts,
+                tasks.c.failures,
+                tasks.c.max_attempts,
+                tasks.c.retry_backoff_ms,
+                tasks.c.priority,
+            )
+        )
+        with database.write(self.engine) as conn:
+            rows = sorted(conn.execute(stmt).all(), key=lambda r: (-r.priority, r.seq))
+        return [
+            Claim(
+                id=r.id,
+                type=r.type,
+                duration_ms=r.duration_ms,
+                payload=r.payload,
+                attempt=r.attempts,
+                worker=worker,
+                failures=r.failures,
+                max_attempts=r.max_attempts,
+                retry_backoff_ms=r.retry_backoff_ms,
+            )
+            for r in rows
+        ]
+
+    def finish(self, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+        """Record how an attempt ended, if the row still holds this attempt."""
+        with database.write(self.engine) as conn:
+            return self._end_attempt(conn, claim, outcome, now)
+
+    def requeue(self, claim: Claim, now: datetime) -> bool:
+        """Put a running attempt back to QUEUED without spending the retry budget."""
+        stmt = (
+            update(tasks)
+            .where(*_fence(claim))
+            .values(status=Status.QUEUED.value, updated_at=now, finished_at=None)
+        )
+        with database.write(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def _end_attempt(self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+        values: dict[str, Any] = {"updated_at": now, "error": outcome.error}
+        values["error_code"] = outcome.error_code
+        status = outcome.status
+        if status is Status.FAILED:
+            values["failures"] = tasks.c.failures + 1
+            if claim.failures + 1 < claim.max_attempts:
+                status = Status.QUEUED
+                values["run_at"] = now + backoff(claim.retry_backoff_ms, claim.failures + 1)
+        values["status"] = status.value
+        if status.terminal:
+            values["finished_at"] = now
+            values["result"] = outcome.result
+        if conn.execute(update(tasks).where(*_fence(claim)).values(**values)).rowcount != 1:
+            return False
+        if status.terminal:
+            settle(conn, {claim.id: status}, now)
+        return True
+
+    def register(self, row: dict[str, Any]) -> None:
+        """Record a new scheduler instance."""
+        with database.write(self.engine) as conn:
+            conn.execute(insert(instances).values(**row))
+
+    def heartbeat(self, instance_id: str, now: datetime) -> bool:
+        """Prove `instance_id` alive; False when it was already declared dead."""
+        stmt = update(instances).where(instances.c.id == instance_id).values(heartbeat_at=now)
+        with database.write(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def set_state(self, instance_id: str, state: str) -> None:
+        """Record what an instance is doing (running, draining)."""
+        stmt = update(instances).where(instances.c.id == instance_id).values(state=state)
+        with database.write(self.engine) as conn:
+            conn.execute(stmt)
+
+    def deregister(self, instance_id: str) -> None:
+        """Remove an instance that stopped cleanly."""
+        with database.write(self.engine) as conn:
+            conn.execute(delete(instances).where(instances.c.id == instance_id))
+
+    def instances(self) -> list[Any]:
+        """Return every registered scheduler instance."""
+        with database.read(self.engine) as conn:
+            return list(conn.execute(select(instances)).all())
+
+    def orphan_workers(self) -> list[str]:
+        """Return workers holding RUNNING tasks that no registered instance owns."""
+        known = select(instances.c.id)
+        stmt = select(tasks.c.worker).where(RUNNING, tasks.c.worker.not_in(known)).distinct()
+        with database.read(self.engine) as conn:
+            return [w for (w,) in conn.execute(stmt) if w is not None]
+
+    def reap(self, worker: str, reason: str, now: datetime) -> list[str]:
+        """End every attempt `worker` holds as interrupted, then forget the worker."""
+        query = select(
+            tasks.c.id,
+            tasks.c.attempts,
+            tasks.c.failures,
+            tasks.c.max_attempts,
+            tasks.c.retry_backoff_ms,
+        ).where(RUNNING, tasks.c.worker == worker)
+        reaped: list[str] = []
+        with database.write(self.engine) as conn:
+            for row in conn.execute(query).all():
+                claim = Claim(
+                    id=row.id,
+                    type="",
+                    duration_ms=0,
+                    payload=None,
+                    attempt=row.attempts,
+                    worker=worker,
+                    failures=row.failures,
+                    max_attempts=row.max_attempts,
+                    retry_backoff_ms=row.retry_backoff_ms,
+                )
+                error = f"Attempt {row.attempts} was interrupted: {reason}."
+                outcome = Outcome(Status.FAILED, error=error, error_code="interrupted")
+                if self._end_attempt(conn, claim, outcome, now):
+                    reaped.append(row.id)
+            conn.execute(delete(instances).where(instances.c.id == worker))
+        return reaped
+
+
+def _fence(claim: Claim) -> tuple[Any, ...]:
+    return (
+        tasks.c.id == claim.id,
+        RUNNING,
+        tasks.c.worker == claim.worker,
+        tasks.c.attempts == claim.attempt,
+    )
+
+
+def backoff(base_ms: int, failures: int) -> timedelta:
+    """Return the wait before the next attempt: exponential, jittered, capped."""
+    delay = timedelta(milliseconds=base_ms * 2 ** min(failures - 1, 32))
+    delay *= 1 + random.random() * 0.25
+    return min(delay, MAX_BACKOFF)
+
+
+def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> None:
+    """Propagate tasks that just became terminal to their dependents, transitively.
+
+    Each dependent loses one unfinished dependency per ended task it waits for. An
+    `all_success` dependent still QUEUED behind a failure becomes UPSTREAM_FAILED, behind
+    a cancel CANCELLED (a failure wins), and the cascade goes on from it.
+    """
+    frontier = dict(ended)
+    while frontier:
+        ids = list(frontier)
+        for part in chunks(ids):
+            _count_down(conn, part)
+        failed = [i for i, s in frontier.items() if s.value in FAILED_LIKE]
+        cancelled = [i for i, s in frontier.items() if s is Status.CANCELLED]
+        frontier = {}
+        for part in chunks(failed):
+            for tid in _cut_off(conn, part, Status.UPSTREAM_FAILED, "failed", now):
+                frontier[tid] = Status.UPSTREAM_FAILED
+        for part in chunks(cancelled):
+            for tid in _cut_off(conn, part, Status.CANCELLED, "was cancelled", now):
+                frontier[tid] = Status.CANCELLED
+
+
+def _count_down(conn: Connection, ended: Sequence[str]) -> None:
+    edges = (
+        select(func.count())
+        .select_from(deps)
+        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
+        .scalar_subquery()
+    )
+    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id.in_(waiting), tasks.c.status == Status.QUEUED.value)
+        .values(pending_deps=tasks.c.pending_deps - edges)
+    )
+
+
+def _cut_off(
+    conn: Connection, ended: Sequence[str], status: Status, verb: str, now: datetime
+) -> list[str]:
+    culprit = (
+        select(func.min(deps.c.dependency_id))
+        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
+        .scalar_subquery()
+    )
+    code = "upstream_failed" if status is Status.UPSTREAM_FAILED else "upstream_cancelled"
+    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
+    stmt = (
+        update(tasks)
+        .where(
+            tasks.c.id.in_(waiting),
+            tasks.c.status == Status.QUEUED.value,
+            tasks.c.trigger_rule == "all_success",
+        )
+        .values(
+            status=status.value,
+            error="Dependency " + culprit + f" {verb}, so this task will not run.",
+            error_code=code,
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(tasks.c.id)
+    )
+    return [tid for (tid,) in conn.execute(stmt)]

@@ -1,0 +1,67 @@
+"""Production settings for gunicorn: one worker process holds the API and the scheduler.
+
+More API processes: run them with SCHEDULER_ENABLED=false and execute tasks with
+`flask scheduler run` (see the README). Claims stay exclusive whatever the count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from app.config import Settings
+
+settings = Settings.from_env()
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Running tasks get SHUTDOWN_GRACE_S to finish; gunicorn must not kill the worker first.
+graceful_timeout = settings.shutdown_grace_s + 10
+timeout = 60
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+errorlog = "-"
+
+
+def on_starting(server: Any) -> None:
+    """Make the first SIGINT a graceful stop, like SIGTERM; a later one skips the wait."""
+    quick = server.handle_int
+    first: list[float] = []
+
+    def handle_int() -> None:
+        if first and time.monotonic() - first[0] >= 1.0:
+            quick()
+            return
+        if not first:
+            first.append(time.monotonic())
+            server.handle_term()
+
+    server.handle_int = handle_int
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start the scheduler in the serving process and take over the stop signals.
+
+    gunicorn's own worker handlers exit at once on SIGINT/SIGQUIT, even in the middle of
+    a drain; ours stop the worker's loop and let `worker_exit` drain (or hurry) instead.
+    """
+    from app import start_scheduler
+    from app.shutdown import GracefulStop
+
+    scheduler = start_scheduler(worker.wsgi)
+    if scheduler is not None:
+
+        def stop_serving() -> None:
+            worker.alive = False
+
+        GracefulStop(scheduler, on_stop=stop_serving).install()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Drain the scheduler: finish within the grace period, requeue the rest."""
+    app = getattr(worker, "wsgi", None)
+    scheduler = app.extensions.get("scheduler") if app is not None else None
+    if scheduler is not None:
+        scheduler.stop(settings.shutdown_grace_s)

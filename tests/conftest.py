@@ -1,0 +1,121 @@
+"""Fixtures: a fresh database per test (SQLite file, or a PostgreSQL schema), apps, clients."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from app.extensions import db
+from app.scheduler import Scheduler
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _postgres_schema() -> Iterator[str]:
+    if not PG_URL:
+        if IN_CI:
+            pytest.fail("TEST_DATABASE_URL is not set; CI must run the PostgreSQL tests")
+        pytest.skip("TEST_DATABASE_URL is not set")
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    base = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """Yield the URL of an empty database, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tasks.db'}"
+    else:
+        yield from _postgres_schema()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    """Return the URL of an empty SQLite file database."""
+    return f"sqlite:///{tmp_path / 'tasks.db'}"
+
+
+AppFactory = Callable[..., Flask]
+
+
+def _build(url: str, env: dict[str, str]) -> Flask:
+    settings = {
+        "DATABASE_URL": url,
+        "SCHEDULER_ENABLED": "false",
+        "SHUTDOWN_GRACE_S": "5",
+        **env,
+    }
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[AppFactory]:
+    """Return a factory of apps on this test's database; their schedulers stop at teardown."""
+    built: list[Flask] = []
+
+    def factory(**env: str) -> Flask:
+        app = _build(database_url, env)
+        built.append(app)
+        return app
+
+    yield factory
+    _teardown(built)
+
+
+@pytest.fixture
+def app(sqlite_url: str) -> Iterator[Flask]:
+    """Return an app on a fresh SQLite database, its scheduler not started."""
+    application = _build(sqlite_url, {})
+    yield application
+    _teardown([application])
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """Return a test client of `app`."""
+    return app.test_client()
+
+
+def _teardown(apps: list[Flask]) -> None:
+    for application in apps:
+        scheduler: Scheduler = application.extensions["scheduler"]
+        scheduler.hurry()
+        scheduler.stop(0)
+        application.extensions["store"].engine.dispose()
