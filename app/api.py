@@ -87,7 +87,8 @@ def list_tasks() -> Response:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 100
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    # str.isdigit alone accepts "²", which int() refuses; the length spares int() huge input.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= 1000:
         raise InvalidParameter(
             "limit must be an integer from 1 to 1000.", {"limit": "Out of range."}
         )

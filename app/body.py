@@ -62,7 +62,9 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    request.max_content_length = max_bytes
+    # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
+    # only a longer read can tell a body that is too large from one that just fits.
+    request.max_content_length = max_bytes + 1
     raw = request.get_data(cache=True)
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")

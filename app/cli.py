@@ -15,12 +15,12 @@ def run_scheduler() -> None:
     from .shutdown import GracefulStop
 
     scheduler = current_app.extensions["scheduler"]
-    stop = GracefulStop(scheduler)
+    stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
     stop.install()
     scheduler.start()
+    stop.start()
     click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
     stop.wait()
-    scheduler.stop(current_app.config["SHUTDOWN_GRACE_S"])
     click.echo("scheduler stopped")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 
 class ConfigError(ValueError):
@@ -85,7 +85,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every setting, letting the process environment win over `.env`."""
         if environ is None:
-            load_dotenv(override=False)
+            load_dotenv(find_dotenv(usecwd=True), override=False)
             environ = os.environ
         values: dict[str, Any] = {}
         for spec in fields(cls):

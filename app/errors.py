@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,6 +14,9 @@ log = logging.getLogger(__name__)
 # An error body stays small and never echoes large input back.
 MAX_DETAIL_TEXT = 200
 MAX_DETAIL_ITEMS = 20
+MAX_ERROR_BYTES = 2048
+# Tighter limits, tried in turn while a body is still too big (long ids, non-ASCII escapes).
+CLIP_LEVELS = ((MAX_DETAIL_TEXT, MAX_DETAIL_ITEMS), (64, 5), (16, 1))
 
 
 class ApiError(Exception):
@@ -78,28 +82,38 @@ HTTP_CODES = {
 }
 
 
-def _clip(value: Any, depth: int = 0) -> Any:
+def _clip(value: Any, text: int, items: int, depth: int = 0) -> Any:
     """Return `value` with long strings cut and long collections shortened."""
     if isinstance(value, str):
-        return value if len(value) <= MAX_DETAIL_TEXT else value[:MAX_DETAIL_TEXT] + "..."
+        return value if len(value) <= text else value[:text] + "..."
     if isinstance(value, dict) and depth < 3:
-        items = list(value.items())[:MAX_DETAIL_ITEMS]
-        return {_clip(str(k)): _clip(v, depth + 1) for k, v in items}
+        pairs = list(value.items())[:items]
+        return {_clip(str(k), text, items): _clip(v, text, items, depth + 1) for k, v in pairs}
     if isinstance(value, (list, tuple)) and depth < 3:
-        return [_clip(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
+        return [_clip(v, text, items, depth + 1) for v in value[:items]]
     if isinstance(value, (int, float, bool)) or value is None:
         return value
-    return _clip(str(value))
+    return _clip(str(value), text, items)
+
+
+def _error_body(code: str, message: str, details: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the error body, clipped harder until it stays under MAX_ERROR_BYTES."""
+    body: dict[str, Any] = {}
+    for text, items in CLIP_LEVELS:
+        body = {"error": _clip(message, text, items), "code": code}
+        if details:
+            body["details"] = _clip(details, text, items)
+        # Measured as indented ASCII, the largest form jsonify writes.
+        if len(json.dumps(body, indent=2)) < MAX_ERROR_BYTES:
+            break
+    return body
 
 
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> Response:
     """Build the JSON error body every failure uses."""
-    body: dict[str, Any] = {"error": _clip(message), "code": code}
-    if details:
-        body["details"] = _clip(details)
-    response = jsonify(body)
+    response = jsonify(_error_body(code, message, details))
     response.status_code = status
     return response
 

@@ -115,10 +115,12 @@ class Scheduler:
         self._wait_for_running(time.monotonic() + grace_s)
         with self._lock:
             leftover = list(self._running.values())
+        # Requeue before cancelling: a cancelled handler's own failure must find the row
+        # already back in QUEUED, so its late write is refused.
         for running in leftover:
-            running.cancel.set()
-            if self._safely(self.store.requeue, running.claim, self.clock()):
+            if self._safely(self.store.requeue, running.claim):
                 log.info("task %s requeued at shutdown", running.claim.id)
+            running.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._safely(self.store.deregister, self.id)
         self.state = "stopped"
@@ -152,7 +154,7 @@ class Scheduler:
         assert self.id is not None and self._executor is not None
         with self._lock:
             free = self.max_concurrent - len(self._running)
-        claims = self.store.claim(self.id, free, self.clock())
+        claims = self.store.claim(self.id, free)
         for claim in claims:
             running = Running(claim)
             with self._lock:
@@ -171,10 +173,10 @@ class Scheduler:
         for other in self.store.instances():
             reason = self._death(other, stale)
             if reason:
-                reaped = self.store.reap(other.id, reason, now)
+                reaped = self.store.reap(other.id, reason)
                 log.warning("recovered %d task(s) of %s: %s", len(reaped), other.id, reason)
         for worker in self.store.orphan_workers():
-            reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered", now)
+            reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered")
             log.warning("recovered %d task(s) of unregistered %s", len(reaped), worker)
 
     def _death(self, other: Any, stale: datetime) -> str | None:
@@ -230,7 +232,7 @@ class Scheduler:
         delay = 0.05
         while True:
             try:
-                if not self.store.finish(claim, outcome, self.clock()):
+                if not self.store.finish(claim, outcome):
                     log.warning(
                         "late write for task %s attempt %d refused", claim.id, claim.attempt
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .store import chunks, deps, tasks
 # Fields whose stored value must equal the resubmitted one for a replay to be identical.
 COMPARED = ("type", "duration_ms", "dependencies", "payload")
 LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
+# The largest seq a database column holds; a cursor naming more was not issued here.
+MAX_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ def _check_replay(existing: dict[str, Any], wanted: dict[str, Any]) -> None:
         ours, theirs = existing[name], wanted[name]
         if name == "dependencies":
             ours, theirs = set(ours), set(theirs)
+        elif name == "payload":
+            # Python holds 1 == 1.0 == True; as JSON they are three different bodies.
+            ours, theirs = json.dumps(ours, sort_keys=True), json.dumps(theirs, sort_keys=True)
         if ours != theirs:
             differ.append(name)
     if differ:
@@ -241,7 +247,7 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, number = raw.partition(":")
         seq = int(number)
-        if version != "v1" or seq < 1 or not number.isdigit():
+        if version != "v1" or not 1 <= seq <= MAX_SEQ or not number.isdigit():
             raise ValueError(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidParameter(

@@ -18,19 +18,44 @@ REPEAT_WINDOW_S = 1.0
 
 
 class GracefulStop:
-    """Turns the signals of SPEC section 7 into one drain and, if asked, a hurry."""
+    """Turns the signals of SPEC section 7 into one drain and, if asked, a hurry.
 
-    def __init__(self, scheduler: Scheduler, on_stop: Callable[[], None] | None = None) -> None:
+    The drain runs in its own thread as soon as a stop is requested, so the scheduler stops
+    claiming at once, whatever the main thread is busy with (gunicorn's loop notices a
+    signal only within a second). The handlers only set flags: they never block.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        grace_s: float,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self.scheduler = scheduler
+        self.grace_s = grace_s
         self.requested = threading.Event()
+        self.drained = threading.Event()
         self._on_stop_requested = on_stop
         self._first_at = 0.0
+        self._finishing = False
 
     def install(self) -> None:
         """Handle SIGTERM, SIGINT and SIGQUIT in this (the main) thread."""
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_interrupt)
         signal.signal(signal.SIGQUIT, self._on_quit)
+
+    def start(self) -> None:
+        """Drain as soon as a stop is requested; call once the scheduler has started."""
+        threading.Thread(target=self._drain, name="graceful-stop", daemon=True).start()
+
+    def _drain(self) -> None:
+        while not self.requested.wait(0.1) and not self._finishing:
+            pass
+        try:
+            self.scheduler.stop(self.grace_s)
+        finally:
+            self.drained.set()
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         if not self.requested.is_set():
@@ -55,6 +80,13 @@ class GracefulStop:
             self._on_stop_requested()
 
     def wait(self) -> None:
-        """Block until a stop is requested (signals still run meanwhile)."""
-        while not self.requested.wait(0.5):
+        """Block until a stop was requested and the drain is over (signals still run)."""
+        while not self.drained.wait(0.5):
             pass
+
+    def finish(self) -> None:
+        """Request a stop if no signal did, and block until the drain is over."""
+        # A plain flag: a handler interrupting `requested.set()` here, in the main thread,
+        # would wait forever for the lock this thread holds.
+        self._finishing = True
+        self.wait()

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from . import database
+from .database import utcnow
 from .models import FAILED_LIKE, SchedulerInstance, Status, Task, TaskDependency
 
 tasks = Task.__table__
@@ -63,27 +64,37 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def claim(self, worker: str, limit: int, now: datetime) -> list[Claim]:
+    def claim(self, worker: str, limit: int, now: datetime | None = None) -> list[Claim]:
         """Move up to `limit` ready tasks to RUNNING for `worker`, best first."""
         if limit <= 0:
             return []
+        with database.write(self.engine) as conn:
+            # Read the clock inside the transaction, once the write lock is held, so a
+            # start is never stamped before the finish that made the task ready.
+            return self._claim(conn, worker, limit, now or utcnow())
+
+    def _claim(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
+        # A materialized CTE: as `seq IN (subquery)`, PostgreSQL may rescan the locking
+        # subquery once per row and so claim more than `limit` tasks.
         ready = (
             select(tasks.c.seq)
             .where(READY, (tasks.c.run_at.is_(None)) | (tasks.c.run_at <= now))
             .order_by(tasks.c.priority.desc(), tasks.c.seq)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .cte("ready")
+            .prefix_with("MATERIALIZED")
         )
         stmt = (
             update(tasks)
-            .where(tasks.c.seq.in_(ready.scalar_subquery()), READY)
+            .where(tasks.c.seq == ready.c.seq, READY)
             .values(
                 status=Status.RUNNING.value,
                 attempts=tasks.c.attempts + 1,
                 worker=worker,
-                started_at=now,
+                started_at=stamp(conn, now),
                 finished_at=None,
-                updated_at=now,
+                updated_at=stamp(conn, now),
                 result=None,
                 error=None,
                 error_code=None,
@@ -101,8 +112,7 @@ class Store:
                 tasks.c.priority,
             )
         )
-        with database.write(self.engine) as conn:
-            rows = sorted(conn.execute(stmt).all(), key=lambda r: (-r.priority, r.seq))
+        rows = sorted(conn.execute(stmt).all(), key=lambda r: (-r.priority, r.seq))
         return [
             Claim(
                 id=r.id,
@@ -118,23 +128,23 @@ class Store:
             for r in rows
         ]
 
-    def finish(self, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+    def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
         with database.write(self.engine) as conn:
-            return self._end_attempt(conn, claim, outcome, now)
+            return self._end_attempt(conn, claim, outcome, now or utcnow())
 
-    def requeue(self, claim: Claim, now: datetime) -> bool:
+    def requeue(self, claim: Claim) -> bool:
         """Put a running attempt back to QUEUED without spending the retry budget."""
-        stmt = (
-            update(tasks)
-            .where(*_fence(claim))
-            .values(status=Status.QUEUED.value, updated_at=now, finished_at=None)
-        )
         with database.write(self.engine) as conn:
+            stmt = (
+                update(tasks)
+                .where(*_fence(claim))
+                .values(status=Status.QUEUED.value, updated_at=utcnow(), finished_at=None)
+            )
             return conn.execute(stmt).rowcount == 1
 
     def _end_attempt(self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bool:
-        values: dict[str, Any] = {"updated_at": now, "error": outcome.error}
+        values: dict[str, Any] = {"updated_at": stamp(conn, now), "error": outcome.error}
         values["error_code"] = outcome.error_code
         status = outcome.status
         if status is Status.FAILED:
@@ -144,7 +154,7 @@ class Store:
                 values["run_at"] = now + backoff(claim.retry_backoff_ms, claim.failures + 1)
         values["status"] = status.value
         if status.terminal:
-            values["finished_at"] = now
+            values["finished_at"] = stamp(conn, now)
             values["result"] = outcome.result
         if conn.execute(update(tasks).where(*_fence(claim)).values(**values)).rowcount != 1:
             return False
@@ -186,7 +196,7 @@ class Store:
         with database.read(self.engine) as conn:
             return [w for (w,) in conn.execute(stmt) if w is not None]
 
-    def reap(self, worker: str, reason: str, now: datetime) -> list[str]:
+    def reap(self, worker: str, reason: str) -> list[str]:
         """End every attempt `worker` holds as interrupted, then forget the worker."""
         query = select(
             tasks.c.id,
@@ -197,6 +207,7 @@ class Store:
         ).where(RUNNING, tasks.c.worker == worker)
         reaped: list[str] = []
         with database.write(self.engine) as conn:
+            now = utcnow()
             for row in conn.execute(query).all():
                 claim = Claim(
                     id=row.id,
@@ -215,6 +226,19 @@ class Store:
                     reaped.append(row.id)
             conn.execute(delete(instances).where(instances.c.id == worker))
         return reaped
+
+
+def stamp(conn: Connection, now: datetime) -> Any:
+    """Return the time to record for a state change, read while the row is written.
+
+    A task's start must never be stamped before the finish that made it ready. SQLite
+    serialises writers, so `now`, read once the write lock is held, is exact. PostgreSQL
+    does not: the database clock, read as the statement writes the row (after its snapshot
+    saw the finish committed), is.
+    """
+    if conn.dialect.name == "postgresql":
+        return func.timezone("UTC", func.clock_timestamp())
+    return now
 
 
 def _fence(claim: Claim) -> tuple[Any, ...]:

@@ -1,0 +1,71 @@
+"""Settings: SPEC section 8 defaults, `.env` below the environment, clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.config import ConfigError, Settings
+
+
+def test_defaults_match_the_spec() -> None:
+    settings = Settings.from_env({})
+    assert settings.port == 3000
+    assert settings.max_concurrent_tasks == 3
+    assert settings.polling_interval_ms == 1000
+    assert settings.scheduler_enabled is True
+    assert settings.shutdown_grace_s == 25
+    assert settings.sqlite_synchronous == "FULL"
+    assert settings.cors_origins == "*"
+    assert settings.lease_s == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("PORT", "eighty", "PORT must be an integer"),
+        ("PORT", "70000", "PORT must be between 1 and 65535"),
+        ("MAX_CONCURRENT_TASKS", "0", "MAX_CONCURRENT_TASKS must be between"),
+        ("POLLING_INTERVAL", "1.5", "POLLING_INTERVAL must be an integer"),
+        ("SCHEDULER_ENABLED", "maybe", "SCHEDULER_ENABLED must be true or false"),
+        ("SQLITE_SYNCHRONOUS", "OFF", "SQLITE_SYNCHRONOUS must be one of"),
+        ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must be a sqlite:// or postgresql://"),
+    ],
+)
+def test_an_invalid_value_names_its_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"],
+)
+def test_postgres_urls_use_psycopg(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_dotenv_fills_in_what_the_environment_does_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("MAX_CONCURRENT_TASKS=7\nPOLLING_INTERVAL=250\n")
+    monkeypatch.chdir(tmp_path)
+    # A private copy: load_dotenv writes what it reads into os.environ.
+    environ = {k: v for k, v in os.environ.items() if k != "MAX_CONCURRENT_TASKS"}
+    monkeypatch.setattr(os, "environ", {**environ, "POLLING_INTERVAL": "500"})
+    settings = Settings.from_env()
+    assert settings.max_concurrent_tasks == 7
+    assert settings.polling_interval_ms == 500
+
+
+def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    app = create_app({"SCHEDULER_ENABLED": "false"})
+    assert app.config["DATABASE_URL"].startswith("sqlite:///")
+    assert app.config["DATABASE_URL"].endswith("instance/tasks.db")
+    app.extensions["store"].engine.dispose()

@@ -1,0 +1,268 @@
+"""The scheduler loop on SQLite and PostgreSQL: order, cap, propagation, wake-ups,
+recovery and shutdown. The polling interval is an hour, so only events move tasks."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import process, start_scheduler
+from app.database import utcnow
+from app.handlers import TaskContext
+from app.scheduler import Scheduler
+from app.store import Store
+from tests.conftest import AppFactory, wait_for
+from tests.test_store import claim_all, row
+
+HOUR_MS = "3600000"
+TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL=HOUR_MS)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def scheduler_of(app: Flask) -> Scheduler:
+    return app.extensions["scheduler"]
+
+
+def store_of(app: Flask) -> Store:
+    return app.extensions["store"]
+
+
+def submit(client: FlaskClient, task_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(deps), **extra}
+    response = client.post("/api/tasks", json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def task(client: FlaskClient, task_id: str) -> dict[str, Any]:
+    return client.get(f"/api/tasks/{task_id}").get_json()
+
+
+def wait_terminal(client: FlaskClient, *ids: str, timeout: float = 30) -> dict[str, dict]:
+    def done() -> dict[str, dict] | None:
+        found = {i: task(client, i) for i in ids}
+        return found if all(t["status"] in TERMINAL for t in found.values()) else None
+
+    return wait_for(done, timeout, what=f"{len(ids)} tasks to finish")
+
+
+class Gate:
+    """A handler that blocks until released, recording how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.seen: list[str] = []
+
+    def __call__(self, ctx: TaskContext) -> dict[str, Any]:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.seen.append(ctx.id)
+        try:
+            self.release.wait(30)
+            return {"ran": ctx.id}
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_chain_runs_in_order_on_wake_ups_alone(app: Flask, client: FlaskClient) -> None:
+    start_scheduler(app)
+    ids = [f"c{i}" for i in range(30)]
+    submit(client, ids[0])
+    for previous, current in itertools.pairwise(ids):
+        submit(client, current, previous)
+    done = wait_terminal(client, *ids)
+    assert {t["status"] for t in done.values()} == {"COMPLETED"}
+    for previous, current in itertools.pairwise(ids):
+        assert done[current]["started_at"] >= done[previous]["finished_at"]
+
+
+def test_never_more_than_the_cap_at_once(make_app: AppFactory) -> None:
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL=HOUR_MS, MAX_CONCURRENT_TASKS="3")
+    gate = Gate()
+    scheduler_of(app).registry.register("gated", gate)
+    start_scheduler(app)
+    client = app.test_client()
+    ids = [f"g{i}" for i in range(8)]
+    for task_id in ids:
+        submit(client, task_id, type="gated")
+    wait_for(lambda: len(gate.seen) == 3, what="three tasks to start")
+    running = client.get("/api/tasks?status=RUNNING").get_json()
+    assert len(running) == 3 and scheduler_of(app).running_count() == 3
+    gate.release.set()
+    done = wait_terminal(client, *ids)
+    assert {t["status"] for t in done.values()} == {"COMPLETED"}
+    assert done["g0"]["result"] == {"ran": "g0"}
+    assert gate.peak == 3
+
+
+def test_failure_cascades_while_other_branches_run(app: Flask, client: FlaskClient) -> None:
+    start_scheduler(app)
+    submit(client, "root")
+    submit(client, "bad", "root", payload={"fail": True})
+    submit(client, "after_bad", "bad")
+    submit(client, "deep", "after_bad")
+    submit(client, "good", "root")
+    submit(client, "after_good", "good")
+    done = wait_terminal(client, "root", "bad", "after_bad", "deep", "good", "after_good")
+    assert done["bad"]["status"] == "FAILED"
+    assert done["bad"]["error_code"] == "handler_error"
+    assert done["bad"]["attempts"] == 1
+    assert [done[i]["status"] for i in ("after_bad", "deep")] == ["UPSTREAM_FAILED"] * 2
+    assert done["deep"]["attempts"] == 0
+    assert done["after_good"]["status"] == "COMPLETED"
+
+
+def test_a_handler_exception_fails_only_its_task(app: Flask, client: FlaskClient) -> None:
+    def broken(ctx: TaskContext) -> None:
+        raise ValueError("no such file")
+
+    def not_json(ctx: TaskContext) -> object:
+        return object()
+
+    scheduler_of(app).registry.register("broken", broken)
+    scheduler_of(app).registry.register("odd", not_json)
+    start_scheduler(app)
+    submit(client, "x", type="broken")
+    submit(client, "y", type="odd")
+    submit(client, "z")
+    done = wait_terminal(client, "x", "y", "z")
+    assert done["x"]["status"] == "FAILED"
+    assert "ValueError: no such file" in done["x"]["error"]
+    assert done["y"]["status"] == "FAILED" and "not JSON" in done["y"]["error"]
+    assert done["z"]["status"] == "COMPLETED"
+
+
+def exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def register_instance(store: Store, instance_id: str, pid: int, *, age_s: float = 0) -> None:
+    seen = utcnow() - timedelta(seconds=age_s)
+    store.register(
+        {
+            "id": instance_id,
+            "hostname": process.host_key(),
+            "pid": pid,
+            "process_start": process.start_time(pid) or "0",
+            "started_at": seen,
+            "heartbeat_at": seen,
+            "state": "running",
+        }
+    )
+
+
+def test_start_recovers_the_tasks_of_a_dead_process(app: Flask, client: FlaskClient) -> None:
+    store = store_of(app)
+    register_instance(store, "crashed", exited_pid())
+    submit(client, "was_running")
+    submit(client, "dependent", "was_running")
+    claim_all(store, worker="crashed")
+    submit(client, "queued")
+    start_scheduler(app)
+    done = wait_terminal(client, "was_running", "dependent", "queued")
+    assert done["was_running"]["status"] == "FAILED"
+    assert done["was_running"]["error_code"] == "interrupted"
+    assert "crashed" in done["was_running"]["error"]
+    assert done["dependent"]["status"] == "UPSTREAM_FAILED"
+    assert done["queued"]["status"] == "COMPLETED"
+    assert [i.id for i in store.instances()] == [scheduler_of(app).id]
+
+
+@pytest.mark.parametrize(
+    ("owner", "recovered"),
+    [
+        pytest.param(lambda s: register_instance(s, "alive", os.getpid()), False, id="live-pid"),
+        pytest.param(
+            lambda s: register_instance(s, "alive", os.getpid(), age_s=3600), True, id="stale"
+        ),
+        pytest.param(lambda s: None, True, id="unregistered"),
+    ],
+)
+def test_recovery_spares_live_instances_only(
+    app: Flask, client: FlaskClient, owner: Callable[[Store], None], recovered: bool
+) -> None:
+    store = store_of(app)
+    owner(store)
+    submit(client, "held")
+    claim_all(store, worker="alive")
+    start_scheduler(app)
+    if recovered:
+        assert wait_terminal(client, "held")["held"]["error_code"] == "interrupted"
+    else:
+        scheduler_of(app).maintain()
+        assert task(client, "held")["status"] == "RUNNING"
+
+
+def test_stop_lets_running_tasks_finish_within_the_grace(app: Flask, client: FlaskClient) -> None:
+    gate = Gate()
+    scheduler_of(app).registry.register("gated", gate)
+    start_scheduler(app)
+    submit(client, "long", type="gated")
+    submit(client, "behind", "long")
+    wait_for(lambda: gate.seen == ["long"], what="the task to start")
+    stopper = threading.Thread(target=scheduler_of(app).stop, args=(30,))
+    stopper.start()
+    wait_for(lambda: scheduler_of(app).state == "draining", what="draining")
+    gate.release.set()
+    stopper.join(30)
+    assert scheduler_of(app).state == "stopped"
+    assert task(client, "long")["status"] == "COMPLETED"
+    assert task(client, "behind")["status"] == "QUEUED"  # no claims while draining
+    assert store_of(app).instances() == []
+
+
+def test_stop_requeues_what_outlives_the_grace(app: Flask, client: FlaskClient) -> None:
+    start_scheduler(app)
+    submit(client, "slow", duration_ms=60_000)
+    wait_for(lambda: task(client, "slow")["status"] == "RUNNING", what="the task to start")
+    scheduler_of(app).stop(0.1)
+    requeued = task(client, "slow")
+    assert (requeued["status"], requeued["attempts"], requeued["error"]) == ("QUEUED", 1, None)
+    assert row(store_of(app), "slow").failures == 0
+
+
+def test_hurry_skips_the_rest_of_the_grace(app: Flask, client: FlaskClient) -> None:
+    start_scheduler(app)
+    submit(client, "slow", duration_ms=60_000)
+    wait_for(lambda: task(client, "slow")["status"] == "RUNNING", what="the task to start")
+    stopper = threading.Thread(target=scheduler_of(app).stop, args=(3600,))
+    stopper.start()
+    wait_for(lambda: scheduler_of(app).state == "draining", what="draining")
+    scheduler_of(app).hurry()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert task(client, "slow")["status"] == "QUEUED"
+
+
+def test_health_reports_the_running_scheduler(app: Flask, client: FlaskClient) -> None:
+    start_scheduler(app)
+    wait_for(lambda: client.get("/health").status_code == 200, what="a first tick")
+    body = client.get("/health").get_json()
+    assert body["scheduler"]["state"] == "running"
+    assert body["scheduler"]["max_concurrent"] == 3

@@ -1,0 +1,233 @@
+"""The exact SQL: claims, fences, propagation and recovery, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, text, update
+
+from app import database, services
+from app.database import utcnow
+from app.models import Status
+from app.store import Claim, Outcome, Store, settle, tasks
+from tests.conftest import AppFactory
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def store(app: Flask) -> Store:
+    return app.extensions["store"]
+
+
+def add(store: Store, task_id: str, *dependencies: str, **payload: Any) -> None:
+    data = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
+    services.submit(store.engine, {**data, "payload": payload})
+
+
+def row(store: Store, task_id: str) -> Any:
+    with database.read(store.engine) as conn:
+        return conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+
+
+def set_fields(store: Store, task_id: str, **values: Any) -> None:
+    with database.write(store.engine) as conn:
+        conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+
+
+def claim_all(store: Store, worker: str = "w1", limit: int = 100) -> list[Claim]:
+    return store.claim(worker, limit)
+
+
+def test_claim_takes_priority_then_fifo_up_to_the_limit(store: Store) -> None:
+    for name in ("a", "b", "c", "d"):
+        add(store, name)
+    set_fields(store, "c", priority=5)
+    assert [c.id for c in claim_all(store, limit=2)] == ["c", "a"]
+    assert [c.id for c in claim_all(store, limit=5)] == ["b", "d"]
+    assert claim_all(store) == []
+    claimed = row(store, "a")
+    assert (claimed.status, claimed.attempts, claimed.worker) == ("RUNNING", 1, "w1")
+
+
+def test_claim_waits_for_dependencies_and_run_at(store: Store) -> None:
+    add(store, "parent")
+    add(store, "child", "parent")
+    add(store, "later")
+    set_fields(store, "later", run_at=utcnow() + timedelta(hours=1))
+    assert [c.id for c in claim_all(store)] == ["parent"]
+    assert row(store, "child").pending_deps == 1
+
+
+def test_concurrent_claimers_never_share_a_task(store: Store) -> None:
+    total = 120
+    for i in range(total):
+        add(store, f"t{i}")
+    seen: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def claimer(worker: str) -> None:
+        try:
+            while batch := store.claim(worker, 7):
+                seen[worker] = seen.get(worker, []) + [c.id for c in batch]
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    claimed = [task_id for ids in seen.values() for task_id in ids]
+    assert sorted(claimed) == sorted(f"t{i}" for i in range(total))
+
+
+def test_finish_applies_only_while_the_row_holds_the_attempt(store: Store) -> None:
+    add(store, "a")
+    (claim,) = claim_all(store)
+    done = Outcome(Status.COMPLETED, result={"n": 1})
+    stale_attempt = Claim(**{**claim.__dict__, "attempt": claim.attempt + 1})
+    other_worker = Claim(**{**claim.__dict__, "worker": "intruder"})
+    assert not store.finish(stale_attempt, done, utcnow())
+    assert not store.finish(other_worker, done, utcnow())
+    assert row(store, "a").status == "RUNNING"
+    assert store.finish(claim, done, utcnow())
+    assert not store.finish(claim, Outcome(Status.FAILED, error="late"), utcnow())
+    final = row(store, "a")
+    assert (final.status, final.result, final.error) == ("COMPLETED", {"n": 1}, None)
+
+
+def test_completion_counts_down_a_diamond(store: Store) -> None:
+    add(store, "a")
+    add(store, "b", "a")
+    add(store, "c", "a")
+    add(store, "d", "b", "c")
+    assert row(store, "d").pending_deps == 2
+    for expected in (["a"], ["b", "c"], ["d"]):
+        claims = claim_all(store)
+        assert [c.id for c in claims] == expected
+        for claim in claims:
+            assert store.finish(claim, Outcome(Status.COMPLETED), utcnow())
+    assert row(store, "d").status == "COMPLETED"
+
+
+def test_failure_propagates_transitively_and_spares_other_branches(store: Store) -> None:
+    add(store, "root")
+    add(store, "mid", "root")
+    add(store, "leaf", "mid")
+    add(store, "other")
+    add(store, "joined", "mid", "other")
+    claims = {c.id: c for c in claim_all(store)}
+    failed = Outcome(Status.FAILED, error="boom", error_code="handler_error")
+    assert store.finish(claims["root"], failed, utcnow())
+    assert row(store, "root").status == "FAILED"
+    for task_id, culprit in (("mid", "root"), ("leaf", "mid"), ("joined", "mid")):
+        dependent = row(store, task_id)
+        assert dependent.status == "UPSTREAM_FAILED"
+        assert dependent.error_code == "upstream_failed"
+        assert f"Dependency {culprit} failed" in dependent.error
+        assert dependent.finished_at is not None
+    assert row(store, "other").status == "RUNNING"
+
+
+def test_failure_wins_over_cancel_and_cancel_cascades(store: Store) -> None:
+    add(store, "f")
+    add(store, "c")
+    add(store, "both", "f", "c")
+    add(store, "only_cancelled", "c")
+    add(store, "below", "only_cancelled")
+    with database.write(store.engine) as conn:
+        conn.execute(update(tasks).where(tasks.c.id == "f").values(status="FAILED"))
+        conn.execute(update(tasks).where(tasks.c.id == "c").values(status="CANCELLED"))
+        settle(conn, {"f": Status.FAILED, "c": Status.CANCELLED}, utcnow())
+    assert row(store, "both").status == "UPSTREAM_FAILED"
+    assert row(store, "only_cancelled").error_code == "upstream_cancelled"
+    assert row(store, "below").status == "CANCELLED"
+
+
+def test_propagation_reaches_a_fan_out_wider_than_one_statement(store: Store) -> None:
+    add(store, "root")
+    now = utcnow()
+    rows = [
+        {"id": f"d{i}", "type": "t", "duration_ms": 1, "status": "QUEUED", "pending_deps": 1}
+        for i in range(1200)
+    ]
+    defaults = {"payload": {}, "created_at": now, "updated_at": now}
+    with database.write(store.engine) as conn:
+        conn.execute(tasks.insert(), [{**defaults, **r} for r in rows])
+        conn.execute(
+            text(
+                "INSERT INTO task_dependencies (task_id, dependency_id, position)"
+                " VALUES (:t, 'root', 0)"
+            ),
+            [{"t": r["id"]} for r in rows],
+        )
+    (claim,) = claim_all(store)
+    assert store.finish(claim, Outcome(Status.FAILED, error="x"), utcnow())
+    with database.read(store.engine) as conn:
+        counts = dict(
+            conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status")).all()
+        )
+    assert counts == {"FAILED": 1, "UPSTREAM_FAILED": 1200}
+
+
+def test_requeue_is_fenced_and_keeps_the_budget(store: Store) -> None:
+    add(store, "a")
+    (claim,) = claim_all(store)
+    assert not store.requeue(Claim(**{**claim.__dict__, "worker": "other"}))
+    assert store.requeue(claim)
+    requeued = row(store, "a")
+    assert (requeued.status, requeued.attempts, requeued.failures) == ("QUEUED", 1, 0)
+    assert not store.finish(claim, Outcome(Status.COMPLETED), utcnow())
+    (again,) = claim_all(store, worker="w2")
+    assert (again.attempt, again.worker) == (2, "w2")
+
+
+def test_reap_fails_an_interrupted_attempt_without_budget(store: Store) -> None:
+    add(store, "a")
+    add(store, "b", "a")
+    claim_all(store, worker="dead")
+    assert store.reap("dead", "the process exited") == ["a"]
+    interrupted = row(store, "a")
+    assert (interrupted.status, interrupted.error_code) == ("FAILED", "interrupted")
+    assert "Attempt 1 was interrupted: the process exited" in interrupted.error
+    assert row(store, "b").status == "UPSTREAM_FAILED"
+
+
+def test_reap_retries_when_the_budget_allows(store: Store) -> None:
+    add(store, "a")
+    set_fields(store, "a", max_attempts=2, retry_backoff_ms=60_000)
+    claim_all(store, worker="dead")
+    before = utcnow()
+    assert store.reap("dead", "lease expired") == ["a"]
+    retried = row(store, "a")
+    assert (retried.status, retried.failures, retried.attempts) == ("QUEUED", 1, 1)
+    assert retried.run_at >= before + timedelta(seconds=60)
+    assert claim_all(store) == []  # the backoff holds it back
+
+
+def test_failed_attempt_with_budget_is_requeued_after_a_backoff(store: Store) -> None:
+    add(store, "a")
+    set_fields(store, "a", max_attempts=3, retry_backoff_ms=1)
+    (claim,) = claim_all(store)
+    assert store.finish(claim, Outcome(Status.FAILED, error="once"), utcnow())
+    assert row(store, "a").status == "QUEUED"
+    (second,) = store.claim("w1", 1, utcnow() + timedelta(seconds=1))
+    assert second.attempt == 2 and second.failures == 1
+
+
+def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> None:
+    add(store, "a")
+    with pytest.raises(RuntimeError), database.write(store.engine) as conn:
+        conn.execute(select(tasks))  # a statement left unfinished
+        raise RuntimeError("fail in the middle")
+    add(store, "b")  # would fail at once with SQLITE_BUSY_SNAPSHOT if the snapshot leaked
+    assert [c.id for c in claim_all(store)] == ["a", "b"]
