@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
+# The PostgreSQL tests use the local server when one answers (CI always has one).
+TEST_DATABASE_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && \
+	echo postgresql://postgres@127.0.0.1:5432/test)
+export TEST_DATABASE_URL
 
 .PHONY: install db-upgrade run test lint format integration clean
 
