@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
+from werkzeug.test import TestResponse
 
 from app import create_app
 from app.extensions import db
@@ -20,6 +21,7 @@ from app.scheduler import Scheduler
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+MAX_ERROR_BYTES = 2048
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -32,6 +34,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """Check the one error shape (small, JSON, a sentence and a code) and return its body."""
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json"
+    assert len(response.get_data()) < MAX_ERROR_BYTES
+    body = response.get_json()
+    assert set(body) <= {"error", "code", "details"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["code"] == code
+    assert isinstance(body.get("details", {}), dict)
+    return body
 
 
 def _postgres_schema() -> Iterator[str]:

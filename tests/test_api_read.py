@@ -15,7 +15,7 @@ from werkzeug.test import TestResponse
 
 from app import services
 from app.store import tasks
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, assert_error
 
 ORIGINAL_FIELDS = [
     "id",
@@ -26,7 +26,6 @@ ORIGINAL_FIELDS = [
     "created_at",
     "updated_at",
 ]
-MAX_ERROR_BYTES = 2048
 NEXT_LINK = re.compile(r'^<([^>]+)>; rel="next"$')
 
 
@@ -41,18 +40,6 @@ def set_columns(app: Flask, task_id: str, **values: Any) -> None:
     """Change a task's row behind the API's back, as a finished run would."""
     with app.extensions["store"].engine.begin() as conn:
         conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
-
-
-def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
-    """Check the one error shape and return its body."""
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/json"
-    assert len(response.get_data()) < MAX_ERROR_BYTES
-    body = response.get_json()
-    assert set(body) <= {"error", "code", "details"}
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["code"] == code
-    return body
 
 
 def ids(response: TestResponse) -> list[str]:

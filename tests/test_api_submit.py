@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 from app.store import tasks
+from tests.conftest import MAX_ERROR_BYTES, assert_error
 
 ORIGINAL_FIELDS = [
     "id",
@@ -35,7 +36,6 @@ LATER_FIELDS = [
     "worker",
 ]
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-MAX_ERROR_BYTES = 2048
 
 
 def post(client: FlaskClient, body: Any, path: str = "/api/tasks") -> TestResponse:
@@ -59,19 +59,6 @@ def set_status(app: Flask, task_id: str, status: str) -> None:
 def count_tasks(app: Flask) -> int:
     with app.extensions["store"].engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(tasks)).scalar_one()
-
-
-def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
-    """Check the one error shape and return its body."""
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/json"
-    assert len(response.get_data()) < MAX_ERROR_BYTES
-    body = response.get_json()
-    assert set(body) <= {"error", "code", "details"}
-    assert isinstance(body["error"], str) and body["error"]
-    assert body["code"] == code
-    assert isinstance(body.get("details", {}), dict)
-    return body
 
 
 # -- success -------------------------------------------------------------------------
