@@ -7,10 +7,12 @@ More API processes: run them with SCHEDULER_ENABLED=false and execute tasks with
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
 from app.config import Settings
+from app.shutdown import REPEAT_WINDOW_S
 
 settings = Settings.from_env()
 
@@ -26,26 +28,41 @@ errorlog = "-"
 
 
 def on_starting(server: Any) -> None:
-    """Make the first SIGINT a graceful stop, like SIGTERM; a later one skips the wait."""
+    """Make the first SIGINT a graceful stop, like SIGTERM; a later one skips the wait.
+
+    A process group is signalled as a whole, so the same stop may bring a second SIGINT at
+    once; while draining, gunicorn reads its queue directly and would take that copy for a
+    quick shutdown. A SIGINT within REPEAT_WINDOW_S of the first stop signal is dropped.
+    """
     quick = server.handle_int
+    queue = server.signal
     first: list[float] = []
 
     def handle_int() -> None:
-        if first and time.monotonic() - first[0] >= 1.0:
+        if first and time.monotonic() - first[0] >= REPEAT_WINDOW_S:
             quick()
             return
-        if not first:
-            first.append(time.monotonic())
-            server.handle_term()
+        server.handle_term()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            now = time.monotonic()
+            if not first:
+                first.append(now)
+            elif signum == signal.SIGINT and now - first[0] < REPEAT_WINDOW_S:
+                return
+        queue(signum, frame)
 
     server.handle_int = handle_int
+    server.signal = on_signal
 
 
 def post_worker_init(worker: Any) -> None:
     """Start the scheduler in the serving process and take over the stop signals.
 
     gunicorn's own worker handlers exit at once on SIGINT/SIGQUIT, even in the middle of
-    a drain; ours stop the worker's loop and let `worker_exit` drain (or hurry) instead.
+    a drain; ours start the drain at once, stop the worker's loop, and let `worker_exit`
+    wait for the drain (or hurry it) instead.
     """
     from app import start_scheduler
     from app.shutdown import GracefulStop
@@ -56,11 +73,19 @@ def post_worker_init(worker: Any) -> None:
         def stop_serving() -> None:
             worker.alive = False
 
-        GracefulStop(scheduler, on_stop=stop_serving).install()
+        stop = GracefulStop(scheduler, settings.shutdown_grace_s, on_stop=stop_serving)
+        stop.install()
+        stop.start()
+        worker.graceful_stop = stop
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Drain the scheduler: finish within the grace period, requeue the rest."""
+    stop = getattr(worker, "graceful_stop", None)
+    if stop is not None:
+        stop.finish()
+        return
+    # Stopped before post_worker_init took over the signals: drain here.
     app = getattr(worker, "wsgi", None)
     scheduler = app.extensions.get("scheduler") if app is not None else None
     if scheduler is not None:

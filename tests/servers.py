@@ -1,0 +1,285 @@
+"""Start, signal and reap real server processes (gunicorn, `flask ...`) for the slow tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUEST_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 30.0
+TERMINAL = frozenset({"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"})
+
+# Settings the service and gunicorn.conf.py read: one inherited from the shell must not
+# change what a test runs, so they are dropped. A `.env` file fills in only what the
+# environment leaves unset, so those that would break a test are set, empty (the default).
+ISOLATED = (
+    "PORT",
+    "HOST",
+    "DATABASE_URL",
+    "MAX_CONCURRENT_TASKS",
+    "POLLING_INTERVAL",
+    "SCHEDULER_ENABLED",
+    "SHUTDOWN_GRACE_S",
+    "SQLITE_SYNCHRONOUS",
+    "CORS_ORIGINS",
+    "LEASE_S",
+    "RETENTION_DAYS",
+    "LOG_FORMAT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_THREADS",
+    "GUNICORN_ACCESS_LOG",
+    "GUNICORN_CMD_ARGS",
+)
+BLANKED = ("API_TOKEN", "MAX_QUEUED_TASKS", "TASK_HANDLERS", "STRICT_TASK_TYPES")
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Return the first truthy value of `predicate`, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def group_alive(pgid: int) -> bool:
+    """Tell whether a process of group `pgid` is still running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces; the fields restart after its closing ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def read_db(path: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    """Run one query on a SQLite file directly, bypassing the service."""
+    with closing(sqlite3.connect(path, timeout=10)) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(sql, args).fetchall()
+
+
+def copy_db(source: Path, target: Path) -> None:
+    """Copy a SQLite database consistently, whatever its journal holds."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+def service_env(db: Path, **settings: str) -> dict[str, str]:
+    """Return an environment running the service on the SQLite file `db` with `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
+    env.update(
+        dict.fromkeys(BLANKED, ""),
+        FLASK_APP="wsgi",
+        PYTHONUNBUFFERED="1",
+        DATABASE_URL=f"sqlite:///{db}",
+        POLLING_INTERVAL="100",
+        SQLITE_SYNCHRONOUS="NORMAL",
+    )
+    env.update(settings)
+    return env
+
+
+def run_flask(db: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Run one `flask` command on `db` to completion and return what it did."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        cwd=ROOT,
+        env=service_env(db, **settings),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+
+
+class Server:
+    """One process started in its own session, its output going to a log file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path, port: int | None):
+        self.name = name
+        self.proc = proc
+        self.log_path = log
+        self.base_url = f"http://127.0.0.1:{port}" if port else ""
+
+    @property
+    def pgid(self) -> int:
+        """Return the process group: the session the process leads."""
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Return what the process has written so far."""
+        return self.log_path.read_text(errors="replace")
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def get(self, path: str) -> requests.Response:
+        """Send a GET; a fresh connection each time, so none is kept alive at shutdown."""
+        return requests.get(self.base_url + path, timeout=REQUEST_TIMEOUT_S)
+
+    def submit(self, task_id: str, duration_ms: int, *deps: str, **fields: Any) -> dict[str, Any]:
+        """Submit one simulated task and return it as the 201 answer showed it."""
+        body = {"id": task_id, "type": "simulate", "duration_ms": duration_ms}
+        body.update(dependencies=list(deps), **fields)
+        resp = requests.post(self.base_url + "/api/tasks", json=body, timeout=REQUEST_TIMEOUT_S)
+        assert resp.status_code == 201, f"{task_id}: {resp.status_code} {resp.text}"
+        return dict(resp.json())
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """Return one task as the API shows it."""
+        resp = self.get(f"/api/tasks/{task_id}")
+        assert resp.status_code == 200, f"{task_id}: {resp.status_code} {resp.text}"
+        return dict(resp.json())
+
+    def wait_status(self, task_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until a task has `status`; fail at once if it ends any other way."""
+
+        def reached() -> dict[str, Any] | None:
+            task = self.task(task_id)
+            if task["status"] != status and task["status"] in TERMINAL:
+                raise AssertionError(f"{task_id} ended {task['status']}, not {status}: {task}")
+            return task if task["status"] == status else None
+
+        return dict(poll(reached, timeout, f"{task_id} to be {status}"))
+
+    def wait_ready(self, state: str = "running", timeout: float = START_TIMEOUT_S) -> None:
+        """Poll GET /health until the scheduler reports `state`; fail early if the process dies."""
+
+        def ready() -> bool:
+            self.assert_alive()
+            try:
+                resp = self.get("/health")
+            except (requests.ConnectionError, requests.Timeout):
+                return False
+            return resp.status_code == 200 and resp.json()["scheduler"]["state"] == state
+
+        poll(ready, timeout, f"{self.name} to serve with its scheduler {state}")
+
+    def wait_log(self, text: str, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the process has logged `text`; fail early if the process dies."""
+
+        def logged() -> bool:
+            self.assert_alive()
+            return text in self.log()
+
+        poll(logged, timeout, f"{self.name} to log {text!r}")
+
+    # -- signals and exit ---------------------------------------------------------------
+
+    def assert_alive(self) -> None:
+        """Fail if the process has exited."""
+        code = self.proc.poll()
+        assert code is None, f"{self.name} exited with {code}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the process only (for gunicorn: the master)."""
+        self.proc.send_signal(sig)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send `sig` to every process of the group, as a terminal or a supervisor does."""
+        os.killpg(self.pgid, sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process and every process of its group to exit; return its code."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after {timeout} s") from None
+        poll(lambda: not group_alive(self.pgid), timeout, f"the rest of {self.name}'s group")
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the whole group and reap it: no server outlives its test."""
+        # Once the group is gone its id may be reused: never signal a stranger.
+        if self.proc.poll() is None or group_alive(self.pgid):
+            with suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+        self.proc.wait(10)
+        poll(lambda: not group_alive(self.pgid), 10, f"{self.name}'s group to die")
+
+
+class Launcher:
+    """Starts servers on one test's files and stops every one of them at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.servers: list[Server] = []
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str], port: int | None) -> Server:
+        log = self.directory / f"{len(self.servers) + 1:02d}-{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(name, proc, log, port)
+        self.servers.append(server)
+        return server
+
+    def gunicorn(self, db: Path, *, ready: str = "running", **settings: str) -> Server:
+        """Start `gunicorn -c gunicorn.conf.py wsgi:app` and wait until it serves."""
+        port = free_port()
+        env = service_env(db, PORT=str(port), HOST="127.0.0.1", **settings)
+        # No control socket: its default path is per user, shared with every other gunicorn.
+        argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket"]
+        argv.append("wsgi:app")
+        server = self._start("gunicorn", argv, env, port)
+        server.wait_ready(ready)
+        return server
+
+    def scheduler(self, db: Path, **settings: str) -> Server:
+        """Start `flask scheduler run` and wait until its signal handlers are in place."""
+        argv = [sys.executable, "-m", "flask", "scheduler", "run"]
+        server = self._start("scheduler", argv, service_env(db, **settings), None)
+        server.wait_log(" running ")
+        return server
+
+    def close(self) -> None:
+        """Kill whatever is still running and print every log (pytest shows it on failure)."""
+        try:
+            for server in self.servers:
+                server.kill()
+        finally:
+            for server in self.servers:
+                print(f"----- {server.log_path.name} (exit {server.proc.returncode}) -----")
+                print(server.log()[-20_000:])

@@ -1,0 +1,241 @@
+"""Real processes: crash recovery, graceful stop on signals, the CLI, the integration script.
+
+Each test starts gunicorn or `flask scheduler run` in its own session on its own SQLite
+file, and kills the whole process group at teardown; the logs are printed on failure.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import ROOT, Launcher, copy_db, read_db, run_flask
+
+pytestmark = pytest.mark.slow
+
+SIGKILL, SIGTERM, SIGINT, SIGQUIT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a SQLite file migrated once by `flask db upgrade`, to copy for each test."""
+    path = tmp_path_factory.mktemp("schema") / "schema.db"
+    done = run_flask(path, "db", "upgrade")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return path
+
+
+@pytest.fixture
+def db(schema: Path, tmp_path: Path) -> Path:
+    """Return this test's own migrated, empty SQLite file."""
+    path = tmp_path / "tasks.db"
+    copy_db(schema, path)
+    return path
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    """Start servers for one test; kill every process they left at teardown."""
+    started = Launcher(tmp_path)
+    yield started
+    started.close()
+
+
+def rows(db: Path) -> dict[str, dict[str, object]]:
+    """Read every task straight from the file, keyed by id."""
+    found = read_db(db, "SELECT id, status, attempts, error, error_code, worker FROM tasks")
+    return {row["id"]: dict(row) for row in found}
+
+
+def instances(db: Path) -> int:
+    """Count the registered scheduler instances."""
+    return int(read_db(db, "SELECT count(*) FROM scheduler_instances")[0][0])
+
+
+def test_kill_9_then_restart_fails_the_interrupted_attempts(launcher: Launcher, db: Path) -> None:
+    first = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2")
+    first.submit("R1", 30_000)
+    first.submit("R2", 30_000)
+    first.submit("D1", 100, "R1")
+    first.submit("Q", 100)
+    first.wait_status("R1", "RUNNING")
+    first.wait_status("R2", "RUNNING")
+    assert first.task("Q")["status"] == "QUEUED"
+
+    first.signal_group(SIGKILL)
+    assert first.wait_exit(10) == -SIGKILL
+
+    second = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2")
+    # A restart on the same host recovers at start-up, before it serves: no waiting here.
+    for task_id in ("R1", "R2"):
+        task = second.task(task_id)
+        assert task["status"] == "FAILED", task
+        assert task["error_code"] == "interrupted", task
+        assert "interrupted" in task["error"] and "exited" in task["error"], task
+        assert task["attempts"] == 1, task
+        assert task["finished_at"] is not None, task
+    dependent = second.task("D1")
+    assert dependent["status"] == "UPSTREAM_FAILED", dependent
+    assert dependent["error_code"] == "upstream_failed" and "R1" in dependent["error"]
+    assert dependent["attempts"] == 0
+    queued = second.wait_status("Q", "COMPLETED")
+    assert queued["attempts"] == 1 and queued["worker"] != second.task("R1")["worker"]
+    assert second.get("/api/tasks?status=RUNNING").json() == []
+    assert instances(db) == 1  # the dead instance was forgotten, the new one registered
+
+
+def test_sigterm_drains_running_tasks_and_keeps_the_rest_queued(
+    launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="20")
+    for task_id in ("A", "B", "C", "D"):
+        server.submit(task_id, 1500)
+    server.wait_status("A", "RUNNING")
+    server.wait_status("B", "RUNNING")
+
+    server.signal(SIGTERM)
+    assert server.wait_exit(25) == 0
+
+    tasks = rows(db)
+    for task_id in ("A", "B"):
+        assert tasks[task_id]["status"] == "COMPLETED", tasks[task_id]
+        assert tasks[task_id]["attempts"] == 1
+    for task_id in ("C", "D"):
+        assert tasks[task_id]["status"] == "QUEUED", tasks[task_id]
+        assert tasks[task_id]["attempts"] == 0 and tasks[task_id]["worker"] is None
+    assert instances(db) == 0
+
+
+def test_sigterm_stops_claiming_at_once(launcher: Launcher, db: Path) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="1", SHUTDOWN_GRACE_S="20")
+    server.submit("first", 700)
+    server.submit("next", 300)
+    server.wait_status("first", "RUNNING")
+
+    # A client's kept-alive connection holds gunicorn's worker loop for up to two more
+    # seconds after the signal; "first" ends meanwhile, and its slot must stay empty.
+    with requests.Session() as client:
+        assert client.get(server.base_url + "/health", timeout=5).status_code == 200
+        server.signal(SIGTERM)
+        assert server.wait_exit(25) == 0
+
+    tasks = rows(db)
+    assert tasks["first"]["status"] == "COMPLETED", tasks["first"]
+    assert tasks["next"]["status"] == "QUEUED" and tasks["next"]["attempts"] == 0, tasks["next"]
+
+
+def test_sigterm_after_a_short_grace_requeues_running_tasks(launcher: Launcher, db: Path) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="1")
+    server.submit("L1", 60_000)
+    server.submit("L2", 60_000)
+    server.wait_status("L1", "RUNNING")
+    server.wait_status("L2", "RUNNING")
+
+    server.signal(SIGTERM)
+    assert server.wait_exit(10) == 0  # the tasks had 59 s to go
+
+    tasks = rows(db)
+    for task_id in ("L1", "L2"):
+        task = tasks[task_id]
+        assert task["status"] == "QUEUED", task
+        assert task["attempts"] == 1 and task["error"] is None and task["error_code"] is None
+
+    again = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2")
+    for task_id in ("L1", "L2"):
+        assert again.wait_status(task_id, "RUNNING")["attempts"] == 2
+
+
+@pytest.mark.parametrize("sig", [SIGTERM, SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_same_signal_twice_is_one_graceful_stop(
+    launcher: Launcher, db: Path, sig: signal.Signals
+) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="20")
+    server.submit("A", 1500)
+    server.submit("B", 1500)
+    server.wait_status("A", "RUNNING")
+    server.wait_status("B", "RUNNING")
+
+    # A terminal or a supervisor signals the whole group: master and worker alike.
+    server.signal_group(sig)
+    time.sleep(0.3)
+    server.signal_group(sig)
+    assert server.wait_exit(25) == 0
+
+    tasks = rows(db)
+    assert tasks["A"]["status"] == tasks["B"]["status"] == "COMPLETED", tasks
+
+
+def test_a_second_sigint_a_second_later_skips_the_grace(launcher: Launcher, db: Path) -> None:
+    server = launcher.gunicorn(db, SHUTDOWN_GRACE_S="30")
+    server.submit("L", 60_000)
+    server.wait_status("L", "RUNNING")
+
+    server.signal_group(SIGINT)
+    time.sleep(1.2)  # what SPEC section 7 calls "a second or more later"
+    server.signal_group(SIGINT)
+    assert server.wait_exit(10) == 0  # well before the 30 s grace
+
+    task = rows(db)["L"]
+    assert task["status"] == "QUEUED" and task["attempts"] == 1, task
+
+
+def test_flask_scheduler_run_executes_and_stops_on_signals(launcher: Launcher, db: Path) -> None:
+    api = launcher.gunicorn(db, ready="disabled", SCHEDULER_ENABLED="false")
+    api.submit("a", 200)
+    api.submit("b", 200, "a")
+    # The API process runs nothing itself.
+    assert [t["status"] for t in api.get("/api/tasks").json()] == ["QUEUED", "QUEUED"]
+
+    first = launcher.scheduler(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="20")
+    worker = api.wait_status("b", "COMPLETED")["worker"]
+    assert api.task("a")["worker"] == worker
+    assert f"scheduler {worker} running 2 slots" in first.log()
+    api.submit("c", 800)
+    api.wait_status("c", "RUNNING")
+    first.signal(SIGTERM)
+    assert first.wait_exit(20) == 0
+    assert api.task("c")["status"] == "COMPLETED"
+
+    second = launcher.scheduler(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="20")
+    api.submit("d", 800)
+    api.wait_status("d", "RUNNING")
+    second.signal(SIGINT)
+    assert second.wait_exit(20) == 0
+    assert api.task("d")["status"] == "COMPLETED"
+
+    third = launcher.scheduler(db, MAX_CONCURRENT_TASKS="2", SHUTDOWN_GRACE_S="30")
+    api.submit("e", 60_000)
+    api.wait_status("e", "RUNNING")
+    third.signal(SIGQUIT)
+    assert third.wait_exit(10) == 0  # well before its 30 s grace or the task's 60 s
+    requeued = api.task("e")
+    assert requeued["status"] == "QUEUED" and requeued["attempts"] == 1, requeued
+    assert instances(db) == 0
+
+
+def test_integration_script_passes_against_gunicorn(launcher: Launcher, db: Path) -> None:
+    server = launcher.gunicorn(db)
+    script = ROOT / "scripts" / "integration_test.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--base-url", server.base_url, "--timeout", "30"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_flask_db_upgrade_starts_no_scheduler(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    done = run_flask(path, "db", "upgrade")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert instances(path) == 0
+    assert " started: " not in done.stdout + done.stderr  # the scheduler's start-up line
