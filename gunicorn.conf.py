@@ -25,6 +25,8 @@ graceful_timeout = settings.shutdown_grace_s + 10
 timeout = 60
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+# The default control socket is one path per user, shared by every gunicorn on the host.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:

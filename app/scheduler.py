@@ -233,9 +233,7 @@ class Scheduler:
         while True:
             try:
                 if not self.store.finish(claim, outcome):
-                    log.warning(
-                        "late write for task %s attempt %d refused", claim.id, claim.attempt
-                    )
+                    log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
                 return
             except SQLAlchemyError:
                 log.exception("could not record task %s; retrying", claim.id)
