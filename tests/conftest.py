@@ -86,7 +86,7 @@ def sqlite_url(tmp_path: Any) -> str:
 AppFactory = Callable[..., Flask]
 
 
-def _build(url: str, env: dict[str, str]) -> Flask:
+def build_app(url: str, env: dict[str, str]) -> Flask:
     settings = {
         "DATABASE_URL": url,
         "SCHEDULER_ENABLED": "false",
@@ -106,7 +106,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
     built: list[Flask] = []
 
     def factory(**env: str) -> Flask:
-        app = _build(database_url, env)
+        app = build_app(database_url, env)
         built.append(app)
         return app
 
@@ -117,7 +117,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
 @pytest.fixture
 def app(sqlite_url: str) -> Iterator[Flask]:
     """Return an app on a fresh SQLite database, its scheduler not started."""
-    application = _build(sqlite_url, {})
+    application = build_app(sqlite_url, {})
     yield application
     _teardown([application])
 

@@ -13,8 +13,8 @@ from sqlalchemy import select, text, update
 from app import database, services
 from app.database import utcnow
 from app.models import Status
-from app.store import Claim, Outcome, Store, settle, tasks
-from tests.conftest import AppFactory
+from app.store import Claim, Outcome, Store, ready_query, settle, tasks
+from tests.conftest import AppFactory, build_app
 
 
 @pytest.fixture
@@ -231,3 +231,12 @@ def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> No
         raise RuntimeError("fail in the middle")
     add(store, "b")  # would fail at once with SQLITE_BUSY_SNAPSHOT if the snapshot leaked
     assert [c.id for c in claim_all(store)] == ["a", "b"]
+
+
+def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str) -> None:
+    store = build_app(sqlite_url, {}).extensions["store"]
+    query = ready_query("sqlite", 10, utcnow())
+    sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
+    with database.read(store.engine) as conn:
+        plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    assert plan == ["SCAN tasks USING INDEX ix_tasks_ready"]
