@@ -238,6 +238,17 @@ def ready_query(dialect: str, limit: int, now: datetime) -> Select[Any]:
     )
 
 
+def still_queued(dialect: str) -> Any:
+    """Return `status = 'QUEUED'` as a filter on rows that are found by id.
+
+    On SQLite the term is marked as filtering little: otherwise the planner prefers the
+    status index and visits every QUEUED row instead of the few dependents it names.
+    """
+    if dialect == "sqlite":
+        return text("likelihood(tasks.status = 'QUEUED', 0.99)")
+    return tasks.c.status == Status.QUEUED.value
+
+
 def stamp(conn: Connection, now: datetime) -> Any:
     """Return the time to record for a state change, read while the row is written.
 
@@ -300,7 +311,7 @@ def _count_down(conn: Connection, ended: Sequence[str]) -> None:
     waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
     conn.execute(
         update(tasks)
-        .where(tasks.c.id.in_(waiting), tasks.c.status == Status.QUEUED.value)
+        .where(tasks.c.id.in_(waiting), still_queued(conn.dialect.name))
         .values(pending_deps=tasks.c.pending_deps - edges)
     )
 
@@ -319,7 +330,7 @@ def _cut_off(
         update(tasks)
         .where(
             tasks.c.id.in_(waiting),
-            tasks.c.status == Status.QUEUED.value,
+            still_queued(conn.dialect.name),
             tasks.c.trigger_rule == "all_success",
         )
         .values(

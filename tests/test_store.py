@@ -13,7 +13,7 @@ from sqlalchemy import select, text, update
 from app import database, services
 from app.database import utcnow
 from app.models import Status
-from app.store import Claim, Outcome, Store, ready_query, settle, tasks
+from app.store import Claim, Outcome, Store, deps, ready_query, settle, still_queued, tasks
 from tests.conftest import AppFactory, build_app
 
 
@@ -233,10 +233,22 @@ def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> No
     assert [c.id for c in claim_all(store)] == ["a", "b"]
 
 
+def query_plan(store: Store, statement: Any) -> list[str]:
+    sql = str(statement.compile(store.engine, compile_kwargs={"literal_binds": True}))
+    with database.read(store.engine) as conn:
+        return [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+
+
 def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
-    query = ready_query("sqlite", 10, utcnow())
-    sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
-    with database.read(store.engine) as conn:
-        plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    plan = query_plan(store, ready_query("sqlite", 10, utcnow()))
     assert plan == ["SCAN tasks USING INDEX ix_tasks_ready"]
+
+
+def test_sqlite_propagation_looks_dependents_up_by_id(sqlite_url: str) -> None:
+    store = build_app(sqlite_url, {}).extensions["store"]
+    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(["a", "b"]))
+    statement = update(tasks).where(tasks.c.id.in_(waiting), still_queued("sqlite"))
+    plan = query_plan(store, statement.values(pending_deps=0))
+    assert any(s.startswith("SEARCH tasks USING INDEX") and "(id=?)" in s for s in plan), plan
+    assert not any("ix_tasks_status_seq" in step for step in plan), plan
