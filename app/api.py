@@ -9,7 +9,7 @@ from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import database, services
+from . import database, queries, services
 from .body import read_json_object
 from .errors import InvalidParameter, ValidationFailed
 from .models import Status
@@ -69,7 +69,7 @@ def list_tasks() -> Response:
             f"Unknown status {status[:32]!r}; use one of " + ", ".join(Status) + ".",
             {"status": "Unknown status."},
         )
-    page = services.list_tasks(
+    page = queries.list_tasks(
         _engine(),
         status=status,
         task_type=request.args.get("type"),
@@ -99,14 +99,14 @@ def _limit(raw: str | None) -> int:
 def get_task(task_id: str) -> Response:
     """Show one task with its payload and result."""
     _only_parameters()
-    return jsonify(task_out.dump(services.get_task(_engine(), task_id)))
+    return jsonify(task_out.dump(queries.get_task(_engine(), task_id)))
 
 
 @bp.get("/tasks/<task_id>/status")
 def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
     _only_parameters()
-    return jsonify(status_out.dump(services.get_status(_engine(), task_id)))
+    return jsonify(status_out.dump(queries.get_status(_engine(), task_id)))
 
 
 @ops.get("/health")

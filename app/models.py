@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -77,6 +79,8 @@ class Task(db.Model):  # type: ignore[name-defined]
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     progress: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A user asked a RUNNING attempt to stop; its scheduler sets the handler's cancel event.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         # The scheduler's only question: the next ready tasks, best first.
@@ -95,6 +99,8 @@ class Task(db.Model):  # type: ignore[name-defined]
         ),
         Index("ix_tasks_status_seq", status, seq),
         Index("ix_tasks_type_seq", type, seq),
+        Index("ix_tasks_batch_seq", batch_id, seq),
+        Index("ix_tasks_finished_at", finished_at),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
@@ -13,6 +13,7 @@ ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a
 MAX_DURATION_MS = 86_400_000
 MAX_DEPENDENCIES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024
+TRIGGER_RULES = ("all_success", "all_done")
 
 
 def _identifier(max_length: int) -> list[validate.Validator]:
@@ -64,6 +65,35 @@ class TaskIn(Schema):
         ),
     )
     payload = fields.Dict(keys=fields.String(), allow_none=True)
+    priority = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(min=-1000, max=1000, error="Must be between -1000 and 1000."),
+    )
+    max_attempts = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(min=1, max=100, error="Must be between 1 and 100."),
+    )
+    retry_backoff_ms = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(
+            min=0, max=MAX_DURATION_MS, error=f"Must be between 0 and {MAX_DURATION_MS}."
+        ),
+    )
+    timeout_ms = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(
+            min=1, max=MAX_DURATION_MS, error=f"Must be between 1 and {MAX_DURATION_MS}."
+        ),
+    )
+    run_at = fields.AwareDateTime(
+        allow_none=True,
+        default_timezone=UTC,
+        error_messages={"invalid": "Must be an ISO 8601 time, e.g. 2026-11-27T14:19:54Z."},
+    )
+    trigger_rule = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(TRIGGER_RULES, error="Must be all_success or all_done."),
+    )
 
     @validates("payload")
     def _payload_size(self, value: dict[str, Any] | None, **kwargs: Any) -> None:
@@ -82,9 +112,17 @@ class TaskOut(Schema):
     created_at = Timestamp()
     updated_at = Timestamp()
     payload = fields.Dict(allow_none=True)
+    priority = fields.Integer()
+    max_attempts = fields.Integer()
+    retry_backoff_ms = fields.Integer()
+    timeout_ms = fields.Integer(allow_none=True)
+    run_at = Timestamp(allow_none=True)
+    trigger_rule = fields.String()
+    batch_id = fields.String(allow_none=True)
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     error_code = fields.String(allow_none=True)
+    progress = fields.Integer(allow_none=True)
     attempts = fields.Integer()
     started_at = Timestamp(allow_none=True)
     finished_at = Timestamp(allow_none=True)

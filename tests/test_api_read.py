@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
-from app import services
+from app import queries
 from app.store import tasks
 from tests.conftest import AppFactory, assert_error
 
@@ -379,7 +379,7 @@ def test_internal_error_hides_its_detail(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-detail at /srv/app/secret.py")
 
-    monkeypatch.setattr(services, "get_task", explode)
+    monkeypatch.setattr(queries, "get_task", explode)
 
     response = client.get("/api/tasks/t")
 
