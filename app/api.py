@@ -9,13 +9,14 @@ from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import database, queries, services
+from . import batch, database, queries, services
 from .body import read_json_object
 from .errors import InvalidParameter, ValidationFailed
 from .models import Status
 from .schemas import TaskIn, TaskOut, TaskStatusOut, validation_details
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 ops = Blueprint("ops", __name__)
@@ -59,10 +60,25 @@ def submit_task() -> tuple[Response, int]:
     return response, 201
 
 
+@bp.post("/tasks/batch")
+def submit_batch() -> tuple[Response, int]:
+    """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
+    _only_parameters()
+    body = read_json_object(request, MAX_BATCH_BYTES)
+    submitted = batch.submit_batch(_engine(), body)
+    response = jsonify(
+        {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
+    )
+    if not submitted.created:
+        return response, 200
+    current_app.extensions["scheduler"].wake()
+    return response, 201
+
+
 @bp.get("/tasks")
 def list_tasks() -> Response:
     """List tasks newest first, a page at a time, with a Link to the next page."""
-    _only_parameters("status", "type", "limit", "cursor")
+    _only_parameters("status", "type", "batch_id", "limit", "cursor")
     status = request.args.get("status")
     if status is not None and status not in Status.__members__:
         raise InvalidParameter(
@@ -73,6 +89,7 @@ def list_tasks() -> Response:
         _engine(),
         status=status,
         task_type=request.args.get("type"),
+        batch_id=request.args.get("batch_id"),
         limit=_limit(request.args.get("limit")),
         cursor=request.args.get("cursor"),
     )
