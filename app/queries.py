@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, select
 
 from . import database
 from .errors import InvalidParameter, NotFound
-from .store import chunks, deps, tasks
+from .tables import chunks, deps, tasks
 
 LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
 # The largest seq a database column holds; a cursor naming more was not issued here.

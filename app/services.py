@@ -16,7 +16,7 @@ from . import database
 from .errors import DuplicateId, UnknownDependency, ValidationFailed
 from .models import FAILED_LIKE, TERMINAL, Status
 from .queries import load_task, shape
-from .store import chunks, deps, tasks
+from .tables import chunks, deps, tasks
 
 # What a client may set, with the value a task gets when the client leaves it out.
 DEFAULTS: dict[str, Any] = {

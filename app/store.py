@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
 
 from . import database
 from .database import utcnow
-from .models import FAILED_LIKE, SchedulerInstance, Status, Task, TaskDependency
+from .models import Status
+from .propagation import settle
+from .tables import READY, READY_SQLITE, RUNNING, instances, tasks
 
-tasks = Task.__table__
-deps = TaskDependency.__table__
-instances = SchedulerInstance.__table__
+# Re-exported: older callers import these from here.
+from .tables import chunks as chunks
+from .tables import deps as deps
 
-# Bound parameters per IN list; SQLite allows 32,766 per statement.
-CHUNK = 500
 MAX_BACKOFF = timedelta(hours=1)
-
-# Literal conditions, so that both planners can match the partial indexes.
-READY = text("tasks.status = 'QUEUED' AND tasks.pending_deps = 0")
-RUNNING = text("tasks.status = 'RUNNING'")
-# Without statistics SQLite takes the status index and sorts every QUEUED row, blocked
-# ones included; told that the status term filters little, it walks the partial ready
-# index, which holds only ready rows, already in claim order.
-READY_SQLITE = text("likelihood(tasks.status = 'QUEUED', 0.99) AND tasks.pending_deps = 0")
 
 
 @dataclass(frozen=True)
@@ -54,12 +45,6 @@ class Outcome:
     result: Any = None
     error: str | None = None
     error_code: str | None = None
-
-
-def chunks(items: Sequence[str], size: int = CHUNK) -> Iterable[Sequence[str]]:
-    """Yield `items` in slices of at most `size`."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class Store:
@@ -238,17 +223,6 @@ def ready_query(dialect: str, limit: int, now: datetime) -> Select[Any]:
     )
 
 
-def still_queued(dialect: str) -> Any:
-    """Return `status = 'QUEUED'` as a filter on rows that are found by id.
-
-    On SQLite the term is marked as filtering little: otherwise the planner prefers the
-    status index and visits every QUEUED row instead of the few dependents it names.
-    """
-    if dialect == "sqlite":
-        return text("likelihood(tasks.status = 'QUEUED', 0.99)")
-    return tasks.c.status == Status.QUEUED.value
-
-
 def stamp(conn: Connection, now: datetime) -> Any:
     """Return the time to record for a state change, read while the row is written.
 
@@ -276,70 +250,3 @@ def backoff(base_ms: int, failures: int) -> timedelta:
     delay = timedelta(milliseconds=base_ms * 2 ** min(failures - 1, 32))
     delay *= 1 + random.random() * 0.25
     return min(delay, MAX_BACKOFF)
-
-
-def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> None:
-    """Propagate tasks that just became terminal to their dependents, transitively.
-
-    Each dependent loses one unfinished dependency per ended task it waits for. An
-    `all_success` dependent still QUEUED behind a failure becomes UPSTREAM_FAILED, behind
-    a cancel CANCELLED (a failure wins), and the cascade goes on from it.
-    """
-    frontier = dict(ended)
-    while frontier:
-        ids = list(frontier)
-        for part in chunks(ids):
-            _count_down(conn, part)
-        failed = [i for i, s in frontier.items() if s.value in FAILED_LIKE]
-        cancelled = [i for i, s in frontier.items() if s is Status.CANCELLED]
-        frontier = {}
-        for part in chunks(failed):
-            for tid in _cut_off(conn, part, Status.UPSTREAM_FAILED, "failed", now):
-                frontier[tid] = Status.UPSTREAM_FAILED
-        for part in chunks(cancelled):
-            for tid in _cut_off(conn, part, Status.CANCELLED, "was cancelled", now):
-                frontier[tid] = Status.CANCELLED
-
-
-def _count_down(conn: Connection, ended: Sequence[str]) -> None:
-    edges = (
-        select(func.count())
-        .select_from(deps)
-        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
-        .scalar_subquery()
-    )
-    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id.in_(waiting), still_queued(conn.dialect.name))
-        .values(pending_deps=tasks.c.pending_deps - edges)
-    )
-
-
-def _cut_off(
-    conn: Connection, ended: Sequence[str], status: Status, verb: str, now: datetime
-) -> list[str]:
-    culprit = (
-        select(func.min(deps.c.dependency_id))
-        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
-        .scalar_subquery()
-    )
-    code = "upstream_failed" if status is Status.UPSTREAM_FAILED else "upstream_cancelled"
-    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
-    stmt = (
-        update(tasks)
-        .where(
-            tasks.c.id.in_(waiting),
-            still_queued(conn.dialect.name),
-            tasks.c.trigger_rule == "all_success",
-        )
-        .values(
-            status=status.value,
-            error="Dependency " + culprit + f" {verb}, so this task will not run.",
-            error_code=code,
-            finished_at=now,
-            updated_at=now,
-        )
-        .returning(tasks.c.id)
-    )
-    return [tid for (tid,) in conn.execute(stmt)]

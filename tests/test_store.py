@@ -13,7 +13,9 @@ from sqlalchemy import select, text, update
 from app import database, services
 from app.database import utcnow
 from app.models import Status
-from app.store import Claim, Outcome, Store, deps, ready_query, settle, still_queued, tasks
+from app.propagation import settle
+from app.store import Claim, Outcome, Store, ready_query
+from app.tables import deps, still_queued, tasks
 from tests.conftest import AppFactory, build_app
 
 

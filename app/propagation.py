@@ -1,0 +1,78 @@
+"""Propagation along dependency edges when tasks end, all in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, update
+
+from .models import FAILED_LIKE, Status
+from .tables import chunks, deps, still_queued, tasks
+
+
+def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> None:
+    """Propagate tasks that just became terminal to their dependents, transitively.
+
+    Each dependent loses one unfinished dependency per ended task it waits for. An
+    `all_success` dependent still QUEUED behind a failure becomes UPSTREAM_FAILED, behind
+    a cancel CANCELLED (a failure wins), and the cascade goes on from it.
+    """
+    frontier = dict(ended)
+    while frontier:
+        ids = list(frontier)
+        for part in chunks(ids):
+            count_down(conn, part)
+        failed = [i for i, s in frontier.items() if s.value in FAILED_LIKE]
+        cancelled = [i for i, s in frontier.items() if s is Status.CANCELLED]
+        frontier = {}
+        for part in chunks(failed):
+            for tid in cut_off(conn, part, Status.UPSTREAM_FAILED, "failed", now):
+                frontier[tid] = Status.UPSTREAM_FAILED
+        for part in chunks(cancelled):
+            for tid in cut_off(conn, part, Status.CANCELLED, "was cancelled", now):
+                frontier[tid] = Status.CANCELLED
+
+
+def count_down(conn: Connection, ended: Sequence[str]) -> None:
+    edges = (
+        select(func.count())
+        .select_from(deps)
+        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
+        .scalar_subquery()
+    )
+    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id.in_(waiting), still_queued(conn.dialect.name))
+        .values(pending_deps=tasks.c.pending_deps - edges)
+    )
+
+
+def cut_off(
+    conn: Connection, ended: Sequence[str], status: Status, verb: str, now: datetime
+) -> list[str]:
+    culprit = (
+        select(func.min(deps.c.dependency_id))
+        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
+        .scalar_subquery()
+    )
+    code = "upstream_failed" if status is Status.UPSTREAM_FAILED else "upstream_cancelled"
+    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
+    stmt = (
+        update(tasks)
+        .where(
+            tasks.c.id.in_(waiting),
+            still_queued(conn.dialect.name),
+            tasks.c.trigger_rule == "all_success",
+        )
+        .values(
+            status=status.value,
+            error="Dependency " + culprit + f" {verb}, so this task will not run.",
+            error_code=code,
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(tasks.c.id)
+    )
+    return [tid for (tid,) in conn.execute(stmt)]
