@@ -1,0 +1,109 @@
+"""Why a task is not running: `GET /api/tasks/<id>/blockers`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from . import database
+from .errors import NotFound
+from .models import TERMINAL, Status
+from .tables import chunks, deps, instances, tasks
+
+# How many tasks a walk to the root causes visits at most.
+MAX_WALK = 10_000
+STOPPED_BY_UPSTREAM = ("upstream_failed", "upstream_cancelled")
+
+
+def blockers(engine: Engine, task_id: str) -> dict[str, Any]:
+    """Say why a task is not running: its blockers and, below them, the root causes."""
+    with database.read(engine) as conn:
+        return _explain(conn, task_id)
+
+
+def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
+    columns = (tasks.c.id, tasks.c.status, tasks.c.run_at, tasks.c.failures, tasks.c.error_code)
+    row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+    if row is None:
+        raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
+    answer: dict[str, Any] = {"id": row.id, "status": row.status, "blockers": []}
+    if row.status == Status.QUEUED.value:
+        answer["blockers"] = _queued_blockers(conn, row)
+        waiting = [b["task_id"] for b in answer["blockers"] if b["kind"] == "dependency"]
+        answer["root_causes"] = _unfinished_roots(conn, waiting)
+    elif row.error_code in STOPPED_BY_UPSTREAM:
+        stopped = _dependencies(conn, [task_id], lambda status: status not in ("COMPLETED",))
+        answer["blockers"] = [_dependency(d, s) for d, s in stopped.get(task_id, [])]
+        answer["root_causes"] = _failed_roots(conn, [d for d, _ in stopped.get(task_id, [])])
+    else:
+        answer["root_causes"] = []
+    return answer
+
+
+def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
+    unfinished = _dependencies(conn, [row.id], lambda status: status not in TERMINAL)
+    if unfinished.get(row.id):
+        return [_dependency(d, s) for d, s in unfinished[row.id]]
+    now = database.utcnow()
+    if row.run_at is not None and row.run_at > now:
+        kind = "backoff" if row.failures else "run_at"
+        return [{"kind": kind, "until": _iso(row.run_at)}]
+    states = [s for (s,) in conn.execute(select(instances.c.state))]
+    return [{"kind": "no_slot" if "running" in states else "shutdown"}]
+
+
+def _dependency(task_id: str, status: str) -> dict[str, Any]:
+    return {"kind": "dependency", "task_id": task_id, "status": status}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _dependencies(
+    conn: Connection, ids: Iterable[str], keep: Any
+) -> dict[str, list[tuple[str, str]]]:
+    """Return, for each task, the dependencies (id, status) whose status `keep` accepts."""
+    dependency = tasks.alias("dependency")
+    found: dict[str, list[tuple[str, str]]] = {}
+    for part in chunks(list(ids)):
+        query = (
+            select(deps.c.task_id, dependency.c.id, dependency.c.status)
+            .join(dependency, dependency.c.id == deps.c.dependency_id)
+            .where(deps.c.task_id.in_(part))
+            .order_by(deps.c.task_id, deps.c.position)
+        )
+        for task_id, dependency_id, status in conn.execute(query):
+            if keep(status):
+                found.setdefault(task_id, []).append((dependency_id, status))
+    return found
+
+
+def _unfinished_roots(conn: Connection, start: list[str]) -> list[str]:
+    """Follow unfinished dependencies down to the tasks that wait for none."""
+    return _walk(conn, start, lambda status: status not in TERMINAL)
+
+
+def _failed_roots(conn: Connection, start: list[str]) -> list[str]:
+    """Follow failed or cancelled dependencies down to the tasks that ended on their own."""
+    return _walk(conn, start, lambda status: status in ("FAILED", "UPSTREAM_FAILED", "CANCELLED"))
+
+
+def _walk(conn: Connection, start: list[str], follow: Any) -> list[str]:
+    seen = set(start)
+    frontier = list(start)
+    roots: list[str] = []
+    while frontier and len(seen) < MAX_WALK:
+        below = _dependencies(conn, frontier, follow)
+        following: list[str] = []
+        for task_id in frontier:
+            children = [d for d, _ in below.get(task_id, [])]
+            if not children:
+                roots.append(task_id)
+            following.extend(d for d in children if d not in seen)
+        seen.update(following)
+        frontier = list(dict.fromkeys(following))
+    return sorted(dict.fromkeys(roots))

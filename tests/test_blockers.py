@@ -1,0 +1,67 @@
+"""`GET /api/tasks/<id>/blockers`: the exact reason a task is not running."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.conftest import AppFactory, assert_error, wait_for
+from tests.helpers import Gate, running_app, submit, wait_terminal
+
+
+def test_three_levels_behind_a_failed_root(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    submit(client, "root", payload={"fail": True})
+    submit(client, "one", "root")
+    submit(client, "two", "one")
+    submit(client, "three", "two")
+    wait_terminal(client, "root", "one", "two", "three")
+    answer = client.get("/api/tasks/three/blockers").get_json()
+    assert answer["status"] == "UPSTREAM_FAILED"
+    assert answer["blockers"] == [
+        {"kind": "dependency", "task_id": "two", "status": "UPSTREAM_FAILED"}
+    ]
+    assert answer["root_causes"] == ["root"]
+
+
+def test_a_queued_task_names_what_it_waits_for_down_to_the_root(make_app: AppFactory) -> None:
+    gate = Gate()
+    client = running_app(make_app, {"gate": gate}).test_client()
+    submit(client, "running", type="gate")
+    submit(client, "done")
+    submit(client, "a", "running", "done")
+    submit(client, "b", "a")
+    wait_for(lambda: gate.started == ["running"], what="the root to start")
+    wait_terminal(client, "done")
+    answer = client.get("/api/tasks/b/blockers").get_json()
+    assert answer == {
+        "id": "b",
+        "status": "QUEUED",
+        "blockers": [{"kind": "dependency", "task_id": "a", "status": "QUEUED"}],
+        "root_causes": ["running"],
+    }
+    gate.release.set()
+    wait_terminal(client, "b")
+    assert client.get("/api/tasks/b/blockers").get_json()["blockers"] == []
+
+
+def test_run_at_backoff_and_no_slot(make_app: AppFactory) -> None:
+    client = make_app().test_client()  # no scheduler instance is taking work
+    later = datetime.now(UTC) + timedelta(hours=1)
+    submit(client, "later", run_at=later.isoformat())
+    submit(client, "now")
+    held = client.get("/api/tasks/later/blockers").get_json()["blockers"]
+    assert held[0]["kind"] == "run_at"
+    assert held[0]["until"].startswith(later.strftime("%Y-%m-%dT%H:%M"))
+    assert client.get("/api/tasks/now/blockers").get_json()["blockers"] == [{"kind": "shutdown"}]
+
+    gate = Gate()
+    busy = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1").test_client()
+    submit(busy, "hog", type="gate")
+    wait_for(lambda: gate.started == ["hog"], what="the slot to be taken")
+    submit(busy, "waiting")
+    assert busy.get("/api/tasks/waiting/blockers").get_json()["blockers"] == [{"kind": "no_slot"}]
+    gate.release.set()
+
+
+def test_blockers_of_an_unknown_task(make_app: AppFactory) -> None:
+    assert_error(make_app().test_client().get("/api/tasks/ghost/blockers"), 404, "not_found")
