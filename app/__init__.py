@@ -12,7 +12,7 @@ from . import database
 from .config import Settings
 from .errors import register_error_handlers
 from .extensions import db, migrate
-from .handlers import Registry
+from .handlers import Registry, load_modules
 from .scheduler import Scheduler
 from .store import Store
 
@@ -47,13 +47,17 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         database.configure_sqlite(engine, settings.sqlite_synchronous)
 
     store = Store(engine)
+    registry = Registry(strict=settings.strict_task_types)
+    load_modules(registry, settings.task_handlers)
     app.extensions["store"] = store
+    app.extensions["registry"] = registry
     app.extensions["scheduler"] = Scheduler(
         store,
-        Registry(),
+        registry,
         max_concurrent=settings.max_concurrent_tasks,
         poll_interval_s=settings.polling_interval_ms / 1000,
         lease_s=settings.lease_s,
+        retention_days=settings.retention_days,
     )
 
     from .api import bp, ops

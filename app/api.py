@@ -9,7 +9,8 @@ from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import batch, database, queries, services
+from . import actions, batch, database, queries, services
+from .blockers import blockers
 from .body import read_json_object
 from .errors import InvalidParameter, ValidationFailed
 from .models import Status
@@ -51,6 +52,7 @@ def submit_task() -> tuple[Response, int]:
         data = task_in.load(body)
     except ValidationError as exc:
         raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
+    current_app.extensions["registry"].check([data["type"]])
     submitted = services.submit(_engine(), data)
     response = jsonify(task_out.dump(submitted.task))
     if not submitted.created:
@@ -65,10 +67,12 @@ def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
     _only_parameters()
     body = read_json_object(request, MAX_BATCH_BYTES)
+    items = body.get("tasks")
+    if isinstance(items, list):
+        types = [t["type"] for t in items if isinstance(t, dict) and isinstance(t.get("type"), str)]
+        current_app.extensions["registry"].check(types)
     submitted = batch.submit_batch(_engine(), body)
-    response = jsonify(
-        {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
-    )
+    response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
         return response, 200
     current_app.extensions["scheduler"].wake()
@@ -124,6 +128,32 @@ def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
     _only_parameters()
     return jsonify(status_out.dump(queries.get_status(_engine(), task_id)))
+
+
+@bp.post("/tasks/<task_id>/cancel")
+def cancel_task(task_id: str) -> Response:
+    """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
+    _only_parameters()
+    task = actions.cancel(_engine(), task_id)
+    if task["status"] == "RUNNING":
+        current_app.extensions["scheduler"].cancel_running(task_id)
+    return jsonify(task_out.dump(task))
+
+
+@bp.post("/tasks/<task_id>/retry")
+def retry_task(task_id: str) -> Response:
+    """Requeue a FAILED or CANCELLED task and the dependents it held back."""
+    _only_parameters()
+    task = actions.retry(_engine(), task_id)
+    current_app.extensions["scheduler"].wake()
+    return jsonify(task_out.dump(task))
+
+
+@bp.get("/tasks/<task_id>/blockers")
+def task_blockers(task_id: str) -> Response:
+    """Say why a task is not running, down to the root causes."""
+    _only_parameters()
+    return jsonify(blockers(_engine(), task_id))
 
 
 @ops.get("/health")

@@ -83,7 +83,6 @@ class Settings:
     task_handlers: str = _setting("", _text, "TASK_HANDLERS")
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")
     retention_days: int = _setting(7, _integer(0, 36_500), "RETENTION_DAYS")
-    task_data_dir: str = _setting("", _text, "TASK_DATA_DIR")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

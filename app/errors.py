@@ -47,6 +47,14 @@ class UnknownDependency(ApiError):
     code = "unknown_dependency"
 
 
+class DependencyCycle(ApiError):
+    code = "dependency_cycle"
+
+
+class UnknownTaskType(ApiError):
+    code = "unknown_task_type"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -91,6 +91,13 @@ class Task(db.Model):  # type: ignore[name-defined]
             sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
             postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
         ),
+        # When the next held-back task (run_at, retry backoff) becomes due.
+        Index(
+            "ix_tasks_delayed",
+            run_at,
+            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0 AND run_at IS NOT NULL"),
+            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0 AND run_at IS NOT NULL"),
+        ),
         Index(
             "ix_tasks_running",
             worker,

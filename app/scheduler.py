@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import process
+from .attempt import Running, call_handler
 from .database import utcnow
-from .handlers import HandlerFailed, Registry, TaskContext
+from .handlers import Registry
 from .models import Status
 from .store import Claim, Outcome, Store
 
 log = logging.getLogger(__name__)
 
-MAX_RESULT_BYTES = 64 * 1024
-
-
-@dataclass
-class Running:
-    """An attempt this instance is executing."""
-
-    claim: Claim
-    cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future[None] | None = None
+# How often a scheduler with running tasks looks for cancel requests made elsewhere.
+CANCEL_CHECK_S = 0.5
+# How often finished tasks older than RETENTION_DAYS are pruned.
+RETENTION_EVERY_S = 3600.0
 
 
 class Scheduler:
@@ -47,6 +41,7 @@ class Scheduler:
         max_concurrent: int,
         poll_interval_s: float,
         lease_s: float,
+        retention_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -54,6 +49,7 @@ class Scheduler:
         self.max_concurrent = max_concurrent
         self.poll_interval_s = poll_interval_s
         self.lease_s = lease_s
+        self.retention_days = retention_days
         self.clock = clock
         self.id: str | None = None
         self.state = "stopped"
@@ -67,6 +63,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._next_maintenance = 0.0
+        self._next_cancel_check = 0.0
+        self._next_prune = 0.0
+        self._next_due: float | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -120,7 +119,7 @@ class Scheduler:
         for running in leftover:
             if self._safely(self.store.requeue, running.claim):
                 log.info("task %s requeued at shutdown", running.claim.id)
-            running.cancel.set()
+            running.stop("shutdown")
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._safely(self.store.deregister, self.id)
         self.state = "stopped"
@@ -141,13 +140,39 @@ class Scheduler:
         while not self._stopping.is_set():
             self._wakeup.clear()
             try:
-                if time.monotonic() >= self._next_maintenance:
-                    self.maintain()
-                self.tick()
+                self._pass()
                 self.last_tick = time.monotonic()
             except SQLAlchemyError:
                 log.exception("scheduler pass failed; retrying after the polling interval")
-            self._wakeup.wait(self.poll_interval_s)
+            self._wakeup.wait(self._sleep_for())
+
+    def _pass(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self.maintain()
+        if now >= self._next_prune:
+            self._prune()
+        self._expire_timeouts()
+        if self.running_count() and now >= self._next_cancel_check:
+            self._next_cancel_check = now + CANCEL_CHECK_S
+            self._honour_cancel_requests()
+        # Asked with the time from before the claim: a task that fell due during the claim
+        # is still found, and the loop comes straight back for it.
+        before = self.clock()
+        self.tick()
+        due = self.store.next_run_at(before)
+        self._next_due = None if due is None else now + (due - before).total_seconds() + 0.001
+
+    def _sleep_for(self) -> float:
+        """Sleep until the polling interval, the next timeout, or the next due task."""
+        moments = [time.monotonic() + self.poll_interval_s]
+        with self._lock:
+            moments += [r.deadline for r in self._running.values() if r.deadline is not None]
+            if self._running:
+                moments.append(self._next_cancel_check)
+        if self._next_due is not None:
+            moments.append(self._next_due)
+        return max(0.0, min(moments) - time.monotonic())
 
     def tick(self) -> int:
         """Claim as many ready tasks as there are free slots and start them."""
@@ -155,8 +180,11 @@ class Scheduler:
         with self._lock:
             free = self.max_concurrent - len(self._running)
         claims = self.store.claim(self.id, free)
+        started = time.monotonic()
         for claim in claims:
             running = Running(claim)
+            if claim.timeout_ms is not None:
+                running.deadline = started + claim.timeout_ms / 1000
             with self._lock:
                 self._running[claim.id] = running
             running.future = self._executor.submit(self._execute, running)
@@ -193,39 +221,13 @@ class Scheduler:
     def _execute(self, running: Running) -> None:
         claim = running.claim
         try:
-            outcome = self._call_handler(running)
-            self._record(claim, outcome)
+            outcome = call_handler(self.registry, running, partial(self._progress, claim))
+            if running.stop_reason != "timeout":  # a timeout was recorded when it struck
+                self._record(claim, outcome)
         finally:
             with self._lock:
                 self._running.pop(claim.id, None)
             self._wakeup.set()
-
-    def _call_handler(self, running: Running) -> Outcome:
-        claim = running.claim
-        payload = claim.payload if isinstance(claim.payload, dict) else {}
-        ctx = TaskContext(
-            claim.id, claim.type, claim.duration_ms, payload, claim.attempt, running.cancel
-        )
-        try:
-            result = self.registry.resolve(claim.type)(ctx)
-        except HandlerFailed as exc:
-            return Outcome(Status.FAILED, error=str(exc), error_code="handler_error")
-        except Exception as exc:  # a handler's bug must fail its task, not the scheduler
-            log.exception("handler for task %s raised", claim.id)
-            message = f"The handler raised {type(exc).__name__}: {exc}"
-            return Outcome(Status.FAILED, error=message[:1000], error_code="handler_error")
-        try:
-            size = len(json.dumps(result).encode())
-        except (TypeError, ValueError):
-            return Outcome(
-                Status.FAILED,
-                error="The handler returned a value that is not JSON.",
-                error_code="handler_error",
-            )
-        if size > MAX_RESULT_BYTES:
-            message = f"The handler's result is {size} bytes; the limit is {MAX_RESULT_BYTES}."
-            return Outcome(Status.FAILED, error=message, error_code="handler_error")
-        return Outcome(Status.COMPLETED, result=result)
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
         """Write the outcome, retrying while the database is unreachable."""
@@ -240,6 +242,58 @@ class Scheduler:
             if self._hurry.wait(delay):
                 return  # left RUNNING: the next start recovers it as interrupted
             delay = min(delay * 2, 5.0)
+
+    def _progress(self, claim: Claim, percent: int) -> None:
+        try:
+            self.store.report_progress(claim, percent)
+        except SQLAlchemyError:
+            log.warning("could not record the progress of task %s", claim.id)
+
+    def cancel_running(self, task_id: str) -> bool:
+        """Ask the handler of `task_id` to stop, if this instance runs it."""
+        with self._lock:
+            running = self._running.get(task_id)
+        if running is None:
+            return False
+        running.stop("cancel")
+        return True
+
+    def _honour_cancel_requests(self) -> None:
+        assert self.id is not None
+        for task_id, attempt in self.store.cancel_requests(self.id):
+            with self._lock:
+                running = self._running.get(task_id)
+            if running is not None and running.claim.attempt == attempt:
+                running.stop("cancel")
+
+    def _expire_timeouts(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [
+                r
+                for r in self._running.values()
+                if r.deadline is not None and r.deadline <= now and r.stop_reason is None
+            ]
+        for running in expired:
+            running.stop("timeout")
+            limit = running.claim.timeout_ms
+            outcome = Outcome(
+                Status.FAILED,
+                error=f"The attempt exceeded its timeout of {limit} ms.",
+                error_code="timeout",
+            )
+            # The slot stays taken until the handler's thread returns.
+            self._record(running.claim, outcome)
+
+    def _prune(self) -> None:
+        self._next_prune = time.monotonic() + RETENTION_EVERY_S
+        if self.retention_days <= 0:
+            return
+        from .retention import prune
+
+        removed = prune(self.store.engine, timedelta(days=self.retention_days))
+        if removed:
+            log.info("pruned %d finished task(s) older than %d days", removed, self.retention_days)
 
     def _safely(self, action: Callable[..., Any], *args: Any) -> Any:
         try:

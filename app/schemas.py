@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z"
 ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
 MAX_DURATION_MS = 86_400_000
 MAX_DEPENDENCIES = 1000

@@ -35,6 +35,7 @@ class Claim:
     failures: int
     max_attempts: int
     retry_backoff_ms: int
+    timeout_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Store:
                 tasks.c.failures,
                 tasks.c.max_attempts,
                 tasks.c.retry_backoff_ms,
+                tasks.c.timeout_ms,
                 tasks.c.priority,
             )
         )
@@ -105,6 +107,7 @@ class Store:
                 failures=r.failures,
                 max_attempts=r.max_attempts,
                 retry_backoff_ms=r.retry_backoff_ms,
+                timeout_ms=r.timeout_ms,
             )
             for r in rows
         ]
@@ -142,6 +145,27 @@ class Store:
         if status.terminal:
             settle(conn, {claim.id: status}, now)
         return True
+
+    def report_progress(self, claim: Claim, percent: int) -> bool:
+        """Record a running attempt's progress, if the row still holds the attempt."""
+        stmt = update(tasks).where(*_fence(claim)).values(progress=percent)
+        with database.write(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def cancel_requests(self, worker: str) -> list[tuple[str, int]]:
+        """Return the running attempts of `worker` that a user asked to stop."""
+        query = select(tasks.c.id, tasks.c.attempts).where(
+            RUNNING, tasks.c.worker == worker, tasks.c.cancel_requested.is_(True)
+        )
+        with database.read(self.engine) as conn:
+            return [(i, a) for i, a in conn.execute(query)]
+
+    def next_run_at(self, now: datetime) -> datetime | None:
+        """Return the earliest future time a ready task is held back to (run_at, backoff)."""
+        with database.read(self.engine) as conn:
+            ready = READY_SQLITE if conn.dialect.name == "sqlite" else READY
+            query = select(func.min(tasks.c.run_at)).where(ready, tasks.c.run_at > now)
+            return conn.execute(query).scalar()
 
     def register(self, row: dict[str, Any]) -> None:
         """Record a new scheduler instance."""

@@ -47,7 +47,13 @@ def store_of(app: Flask) -> Store:
 
 
 def submit(client: FlaskClient, task_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(deps), **extra}
+    body = {
+        "id": task_id,
+        "type": "simulate",
+        "duration_ms": 1,
+        "dependencies": list(deps),
+        **extra,
+    }
     response = client.post("/api/tasks", json=body)
     assert response.status_code == 201, response.get_json()
     return response.get_json()

@@ -1,0 +1,143 @@
+"""Retries, timeouts, priorities, run_at, trigger rules and progress, on both backends."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.handlers import HandlerFailed, TaskContext
+from app.store import backoff
+from tests.conftest import AppFactory, wait_for
+from tests.helpers import Gate, running_app, submit, task, wait_status, wait_terminal
+
+
+def test_backoff_doubles_with_up_to_a_quarter_of_jitter_and_a_cap() -> None:
+    for failures in (1, 2, 3, 8):
+        delay = backoff(1000, failures).total_seconds()
+        floor = 2 ** (failures - 1)
+        assert floor <= delay <= floor * 1.25
+    assert backoff(86_400_000, 30) == timedelta(hours=1)
+
+
+def test_a_retry_succeeds_on_the_third_attempt_after_growing_waits(
+    make_app: AppFactory,
+) -> None:
+    starts: list[float] = []
+    failures: list[float] = []
+
+    def flaky(ctx: TaskContext) -> dict[str, int]:
+        starts.append(time.monotonic())
+        if ctx.attempt < 3:
+            failures.append(time.monotonic())
+            raise HandlerFailed(f"attempt {ctx.attempt} fails")
+        return {"attempt": ctx.attempt}
+
+    client = running_app(make_app, {"flaky": flaky}).test_client()
+    submit(client, "f", type="flaky", max_attempts=3, retry_backoff_ms=100)
+    done = wait_status(client, "f", "COMPLETED", "FAILED")
+    assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 3, {"attempt": 3})
+    # Each wait is at least the backoff of its attempt: 100 ms, then 200 ms.
+    assert starts[1] - failures[0] >= 0.1
+    assert starts[2] - failures[1] >= 0.2
+
+
+def test_the_budget_runs_out_and_the_last_error_stays(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    submit(client, "doomed", max_attempts=2, retry_backoff_ms=0, payload={"fail": True})
+    submit(client, "after", "doomed")
+    done = wait_terminal(client, "doomed", "after")
+    assert (done["doomed"]["status"], done["doomed"]["attempts"]) == ("FAILED", 2)
+    assert done["after"]["status"] == "UPSTREAM_FAILED"
+
+
+def test_a_timeout_fails_the_attempt_and_cancels_the_handler(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    submit(client, "slow", duration_ms=60_000, timeout_ms=50)
+    done = wait_status(client, "slow", "FAILED")
+    assert done["error_code"] == "timeout"
+    assert "50 ms" in done["error"]
+
+
+def test_a_handler_ignoring_its_timeout_keeps_its_slot(make_app: AppFactory) -> None:
+    gate = Gate()
+    client = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1").test_client()
+    submit(client, "stubborn", type="gate", timeout_ms=20)
+    submit(client, "next")
+    assert wait_status(client, "stubborn", "FAILED")["error_code"] == "timeout"
+    assert task(client, "next")["status"] == "QUEUED"  # the thread still holds the slot
+    gate.release.set()
+    assert wait_status(client, "next", "COMPLETED")["attempts"] == 1
+    assert task(client, "stubborn")["status"] == "FAILED"  # its late success is refused
+
+
+def test_higher_priority_runs_first_and_fifo_among_equals(make_app: AppFactory) -> None:
+    gate = Gate()
+    client = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1").test_client()
+    submit(client, "blocker", type="gate")
+    wait_for(lambda: gate.started == ["blocker"], what="the blocker to start")
+    for task_id, priority in (("low", -5), ("mid1", 0), ("high", 10), ("mid2", 0)):
+        submit(client, task_id, priority=priority)
+    gate.release.set()
+    done = wait_terminal(client, "low", "mid1", "high", "mid2")
+    order = sorted(done, key=lambda i: done[i]["started_at"])
+    assert order == ["high", "mid1", "mid2", "low"]
+
+
+def test_run_at_holds_a_task_back_until_then(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    at = datetime.now(UTC) + timedelta(milliseconds=300)
+    submitted = submit(client, "later", run_at=at.isoformat())
+    assert submitted["run_at"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
+    blockers = client.get("/api/tasks/later/blockers").get_json()
+    if blockers["status"] == "QUEUED":  # it may already be due on a slow machine
+        assert blockers["blockers"][0]["kind"] == "run_at"
+    done = wait_status(client, "later", "COMPLETED")
+    assert done["started_at"] >= submitted["run_at"]
+
+
+def test_all_done_cleanup_runs_after_a_failure(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    submit(client, "work", payload={"fail": True})
+    submit(client, "other")
+    submit(client, "cleanup", "work", "other", trigger_rule="all_done")
+    submit(client, "report", "cleanup")
+    submit(client, "skipped", "work")
+    done = wait_terminal(client, "work", "other", "cleanup", "report", "skipped")
+    assert done["work"]["status"] == "FAILED"
+    assert done["cleanup"]["status"] == "COMPLETED"
+    assert done["report"]["status"] == "COMPLETED"
+    assert done["skipped"]["status"] == "UPSTREAM_FAILED"
+    assert done["cleanup"]["started_at"] >= done["work"]["finished_at"]
+
+
+def test_progress_is_reported_while_running(make_app: AppFactory) -> None:
+    gate = Gate()
+    client = running_app(make_app, {"gate": gate}).test_client()
+    submit(client, "p", type="gate")
+    wait_for(lambda: task(client, "p")["progress"] == 50, what="progress 50")
+    gate.release.set()
+    assert wait_status(client, "p", "COMPLETED")["result"] == {"released": "p"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", 1001),
+        ("priority", "high"),
+        ("max_attempts", 0),
+        ("max_attempts", 101),
+        ("retry_backoff_ms", -1),
+        ("timeout_ms", 0),
+        ("run_at", "tomorrow"),
+        ("trigger_rule", "one_success"),
+    ],
+)
+def test_new_fields_are_validated(make_app: AppFactory, field: str, value: object) -> None:
+    client = make_app().test_client()
+    body = {"type": "t", "duration_ms": 1, field: value}
+    response = client.post("/api/tasks", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "validation_error"
+    assert field in response.get_json()["details"]
