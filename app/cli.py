@@ -1,10 +1,12 @@
-"""Flask commands for operators: `flask scheduler run`."""
+"""Flask commands for operators: `flask scheduler run` and `flask tasks ...`."""
 
 from __future__ import annotations
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
+
+from .cli_tasks import tasks_cli
 
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
 
@@ -27,3 +29,4 @@ def run_scheduler() -> None:
 def register_cli(app: Flask) -> None:
     """Attach the command groups to the app."""
     app.cli.add_command(scheduler_cli)
+    app.cli.add_command(tasks_cli)

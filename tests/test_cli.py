@@ -1,0 +1,354 @@
+"""`flask tasks ...` through Flask's CLI runner: output, exit codes and clean errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from flask import Flask
+from sqlalchemy import update
+
+from app import database
+from app.cli_tasks import Duration
+from app.store import tasks
+
+TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
+
+
+def invoke(app: Flask, *args: str, stdin: str | None = None) -> Result:
+    return app.test_cli_runner().invoke(args=["tasks", *args], input=stdin)
+
+
+def succeed(app: Flask, *args: str, stdin: str | None = None) -> Result:
+    result = invoke(app, *args, stdin=stdin)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def assert_cli_error(result: Result, code: str) -> str:
+    """Check one clean `error: <code>: <message>` on stderr, exit 1, and return stderr."""
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {code}: "), result.stderr
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    return result.stderr
+
+
+def write(tmp_path: Path, body: Any, name: str = "task.json") -> str:
+    path = tmp_path / name
+    path.write_text(body if isinstance(body, str) else json.dumps(body))
+    return str(path)
+
+
+def submit(app: Flask, task_id: str, *deps: str) -> dict[str, Any]:
+    body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(deps)}
+    return json.loads(succeed(app, "submit", "-", stdin=json.dumps(body)).stdout)
+
+
+def set_finished(app: Flask, task_id: str, status: str, ago: timedelta) -> None:
+    stmt = (
+        update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(status=status, finished_at=database.utcnow() - ago)
+    )
+    with database.write(app.extensions["store"].engine) as conn:
+        conn.execute(stmt)
+
+
+# -- submit ---------------------------------------------------------------------------
+
+
+def test_submit_a_task_from_a_file_prints_it_as_the_api_shows_it(
+    app: Flask, tmp_path: Path
+) -> None:
+    path = write(tmp_path, {"id": "a", "type": "etl", "duration_ms": 5, "payload": {"n": 1}})
+
+    shown = json.loads(succeed(app, "submit", path).stdout)
+
+    assert list(shown)[:7] == [
+        "id",
+        "type",
+        "duration_ms",
+        "status",
+        "dependencies",
+        "created_at",
+        "updated_at",
+    ]
+    assert shown["status"] == "QUEUED"
+    assert shown["payload"] == {"n": 1}
+    assert app.test_client().get("/api/tasks/a").get_json() == shown
+
+
+def test_submit_reads_stdin_and_says_when_it_was_a_replay(app: Flask) -> None:
+    body = json.dumps({"id": "a", "type": "etl", "duration_ms": 5})
+    first = succeed(app, "submit", "-", stdin=body)
+    again = succeed(app, "submit", "-", stdin=body)
+
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert first.stderr == ""
+    assert "already existed" in again.stderr
+
+
+def test_submit_starts_no_scheduler(app: Flask) -> None:
+    submit(app, "a")
+    succeed(app, "list")
+
+    assert app.extensions["scheduler"].id is None
+    assert app.extensions["store"].instances() == []
+    assert app.test_client().get("/api/tasks/a/status").get_json()["status"] == "QUEUED"
+
+
+def test_submit_a_graph_as_one_batch(app: Flask, tmp_path: Path) -> None:
+    graph = {
+        "tasks": [
+            {"id": "extract", "type": "etl", "duration_ms": 1},
+            {"id": "load", "type": "etl", "duration_ms": 1, "dependencies": ["extract"]},
+        ]
+    }
+
+    shown = json.loads(succeed(app, "submit", write(tmp_path, graph)).stdout)
+
+    assert [t["id"] for t in shown["tasks"]] == ["extract", "load"]
+    assert {t["batch_id"] for t in shown["tasks"]} == {shown["batch_id"]}
+    listed = succeed(app, "list", "--batch-id", shown["batch_id"]).stdout
+    assert "extract" in listed and "load" in listed
+
+
+def test_a_cycle_in_a_graph_is_refused(app: Flask, tmp_path: Path) -> None:
+    graph = {
+        "tasks": [
+            {"id": "a", "type": "t", "duration_ms": 1, "dependencies": ["b"]},
+            {"id": "b", "type": "t", "duration_ms": 1, "dependencies": ["a"]},
+        ]
+    }
+
+    stderr = assert_cli_error(invoke(app, "submit", write(tmp_path, graph)), "dependency_cycle")
+
+    assert "cycle:" in stderr
+    assert succeed(app, "list").stderr == "no tasks found\n"
+
+
+def test_a_file_that_cannot_be_read_is_a_clean_error(app: Flask, tmp_path: Path) -> None:
+    stderr = assert_cli_error(invoke(app, "submit", str(tmp_path / "nope.json")), "invalid_file")
+
+    assert "nope.json" in stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"id": "a",', "", "[1, 2]", '{"duration_ms": NaN}', '{"a": 1, "a": 2}', "\xff"],
+    ids=["truncated", "empty", "array", "nan", "duplicate-key", "not-utf8"],
+)
+def test_invalid_json_is_a_clean_error(app: Flask, tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(text.encode("latin-1"))
+
+    assert_cli_error(invoke(app, "submit", str(path)), "invalid_json")
+
+
+def test_a_validation_error_names_each_bad_field(app: Flask) -> None:
+    body = json.dumps({"type": "t", "duration_ms": "5", "status": "COMPLETED"})
+
+    stderr = assert_cli_error(invoke(app, "submit", "-", stdin=body), "validation_error")
+
+    assert "  duration_ms: Must be a JSON integer" in stderr
+    assert "  status: Unknown field." in stderr
+
+
+def test_an_unknown_dependency_is_refused(app: Flask) -> None:
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 1, "dependencies": ["ghost"]})
+
+    stderr = assert_cli_error(invoke(app, "submit", "-", stdin=body), "unknown_dependency")
+
+    assert "ghost" in stderr
+
+
+def test_a_changed_resubmission_is_a_duplicate(app: Flask) -> None:
+    submit(app, "a")
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 2})
+
+    assert_cli_error(invoke(app, "submit", "-", stdin=body), "duplicate_id")
+
+
+# -- submit --wait ----------------------------------------------------------------------
+
+
+def test_wait_exits_0_once_every_task_completed(app: Flask) -> None:
+    app.extensions["scheduler"].start()
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 1})
+
+    result = succeed(app, "submit", "--wait", "--timeout", "60", "-", stdin=body)
+
+    assert json.loads(result.stdout)["id"] == "a"
+    assert "1 tasks finished" in result.stderr and "1 COMPLETED" in result.stderr
+    status = app.test_client().get("/api/tasks/a/status").get_json()["status"]
+    assert status == "COMPLETED"
+
+
+def test_wait_exits_1_when_a_task_did_not_complete(app: Flask) -> None:
+    submit(app, "root")
+    succeed(app, "cancel", "root")
+    body = json.dumps({"id": "child", "type": "t", "duration_ms": 1, "dependencies": ["root"]})
+
+    result = invoke(app, "submit", "--wait", "-", stdin=body)
+
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["status"] == "CANCELLED"
+    assert "1 CANCELLED" in result.stderr
+    assert "CANCELLED child: Dependency root was cancelled" in result.stderr
+
+
+def test_wait_gives_up_at_the_timeout(app: Flask) -> None:
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 1})
+
+    result = invoke(app, "submit", "--wait", "--timeout", "0", "-", stdin=body)
+
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["status"] == "QUEUED"
+    assert result.stderr.startswith("error: timeout: 1 of 1 tasks had not finished")
+    assert "unfinished a" in result.stderr
+
+
+# -- show, list -------------------------------------------------------------------------
+
+
+def test_show_prints_the_whole_task(app: Flask) -> None:
+    submit(app, "a")
+
+    shown = json.loads(succeed(app, "show", "a").stdout)
+
+    assert shown == app.test_client().get("/api/tasks/a").get_json()
+    assert "payload" in shown and "result" in shown
+
+
+def test_an_unknown_id_is_a_clean_error(app: Flask) -> None:
+    for command in ("show", "cancel", "retry"):
+        stderr = assert_cli_error(invoke(app, command, "ghost"), "not_found")
+        assert "ghost" in stderr
+
+
+def test_list_prints_a_table_newest_first(app: Flask) -> None:
+    submit(app, "first")
+    submit(app, "second", "first")
+    set_finished(app, "first", "COMPLETED", timedelta(0))
+
+    lines = succeed(app, "list").stdout.splitlines()
+
+    assert lines[0].split() == ["ID", "TYPE", "STATUS", "ATTEMPTS", "FINISHED_AT"]
+    assert lines[1].split() == ["second", "t", "QUEUED", "0", "-"]
+    first = lines[2].split()
+    assert first[:4] == ["first", "t", "COMPLETED", "0"]
+    assert first[4].endswith("Z")
+
+
+def test_list_filters_and_pages(app: Flask) -> None:
+    for task_id in ("a", "b", "c"):
+        submit(app, task_id)
+    succeed(app, "cancel", "b")
+
+    cancelled = succeed(app, "list", "--status", "cancelled").stdout.splitlines()
+    assert [line.split()[0] for line in cancelled[1:]] == ["b"]
+    assert succeed(app, "list", "--type", "other").stderr == "no tasks found\n"
+
+    page = succeed(app, "list", "--limit", "2")
+    assert [line.split()[0] for line in page.stdout.splitlines()[1:]] == ["c", "b"]
+    cursor = page.stderr.split("--cursor ")[1].strip()
+    rest = succeed(app, "list", "--limit", "2", "--cursor", cursor)
+    assert [line.split()[0] for line in rest.stdout.splitlines()[1:]] == ["a"]
+    assert rest.stderr == ""
+
+
+def test_list_refuses_a_bad_cursor_and_a_bad_status(app: Flask) -> None:
+    assert_cli_error(invoke(app, "list", "--cursor", "nonsense"), "invalid_parameter")
+    assert invoke(app, "list", "--status", "DONE").exit_code == 2
+
+
+# -- cancel, retry ----------------------------------------------------------------------
+
+
+def test_cancel_then_retry(app: Flask) -> None:
+    submit(app, "a")
+    submit(app, "b", "a")
+
+    cancelled = json.loads(succeed(app, "cancel", "a").stdout)
+    assert cancelled["status"] == "CANCELLED"
+    assert json.loads(succeed(app, "show", "b").stdout)["status"] == "CANCELLED"
+
+    retried = json.loads(succeed(app, "retry", "a").stdout)
+    assert retried["status"] == "QUEUED"
+    assert json.loads(succeed(app, "show", "b").stdout)["status"] == "QUEUED"
+
+
+def test_cancel_and_retry_refuse_the_wrong_state(app: Flask) -> None:
+    submit(app, "a")
+
+    assert "QUEUED" in assert_cli_error(invoke(app, "retry", "a"), "invalid_state")
+    succeed(app, "cancel", "a")
+    assert "CANCELLED" in assert_cli_error(invoke(app, "cancel", "a"), "invalid_state")
+
+
+# -- prune ------------------------------------------------------------------------------
+
+
+def test_prune_older_than(app: Flask) -> None:
+    for task_id in ("old", "recent", "queued"):
+        submit(app, task_id)
+    set_finished(app, "old", "COMPLETED", timedelta(hours=13))
+    set_finished(app, "recent", "FAILED", timedelta(hours=11))
+
+    assert succeed(app, "prune", "--older-than", "12h").stdout == (
+        "pruned 1 finished task older than 12h\n"
+    )
+
+    listed = succeed(app, "list").stdout
+    assert "old" not in listed and "recent" in listed and "queued" in listed
+
+
+def test_prune_defaults_to_retention_days(app: Flask) -> None:
+    submit(app, "old")
+    submit(app, "recent")
+    set_finished(app, "old", "COMPLETED", timedelta(days=3))
+    set_finished(app, "recent", "COMPLETED", timedelta(days=1))
+
+    app.config["RETENTION_DAYS"] = 0
+    assert "every task is kept" in succeed(app, "prune").stdout
+    app.config["RETENTION_DAYS"] = 2
+    assert succeed(app, "prune").stdout == "pruned 1 finished task older than 2d\n"
+
+    assert_cli_error(invoke(app, "show", "old"), "not_found")
+    succeed(app, "show", "recent")
+
+
+def test_prune_refuses_a_bad_duration(app: Flask) -> None:
+    result = invoke(app, "prune", "--older-than", "7 weeks")
+
+    assert result.exit_code == 2
+    assert "not a duration" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("12h", 43_200), ("7d", 604_800), ("0", 0)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert Duration().convert(text, None, None) == timedelta(seconds=seconds)
+
+
+# -- the database -----------------------------------------------------------------------
+
+
+def test_a_database_error_is_a_clean_error(app: Flask) -> None:
+    from app.extensions import db
+
+    with app.app_context():
+        db.drop_all()
+
+    stderr = assert_cli_error(invoke(app, "list"), "database_error")
+
+    assert "tasks" in stderr
+    assert len(stderr.splitlines()) == 1

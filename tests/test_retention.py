@@ -1,0 +1,211 @@
+"""Retention on SQLite and PostgreSQL: what `prune` deletes, what it keeps, and edges."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import UTC, timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import Connection, Engine, select, text, update
+
+from app import database, queries, retention, services
+from app.store import deps, tasks
+from tests.conftest import AppFactory
+
+WEEK = timedelta(days=7)
+OLD = timedelta(days=8)
+RECENT = timedelta(days=1)
+
+
+@pytest.fixture
+def engine(make_app: AppFactory) -> Engine:
+    app: Flask = make_app()
+    return app.extensions["store"].engine  # type: ignore[no-any-return]
+
+
+def add(engine: Engine, task_id: str, *dependencies: str) -> None:
+    data = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
+    assert services.submit(engine, data).created
+
+
+def finish(engine: Engine, task_id: str, status: str, ago: timedelta | None) -> None:
+    """Give a task a status and a finish time `ago` before now (None: no finish time)."""
+    finished_at = None if ago is None else database.utcnow() - ago
+    stmt = update(tasks).where(tasks.c.id == task_id).values(status=status, finished_at=finished_at)
+    with database.write(engine) as conn:
+        conn.execute(stmt)
+
+
+def ids(engine: Engine) -> set[str]:
+    with database.read(engine) as conn:
+        return set(conn.execute(select(tasks.c.id)).scalars())
+
+
+def edges(engine: Engine) -> set[tuple[str, str]]:
+    with database.read(engine) as conn:
+        return {(t, d) for t, d in conn.execute(select(deps.c.task_id, deps.c.dependency_id))}
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"])
+def test_old_finished_tasks_are_pruned(engine: Engine, status: str) -> None:
+    add(engine, "old")
+    add(engine, "recent")
+    finish(engine, "old", status, OLD)
+    finish(engine, "recent", status, RECENT)
+
+    assert retention.prune(engine, WEEK) == 1
+
+    assert ids(engine) == {"recent"}
+
+
+def test_unfinished_tasks_are_kept_whatever_their_finish_time(engine: Engine) -> None:
+    for task_id in ("queued", "running", "requeued"):
+        add(engine, task_id)
+    finish(engine, "running", "RUNNING", None)
+    # A retried task keeps no finish time, but the status alone must protect it.
+    finish(engine, "requeued", "QUEUED", OLD)
+
+    assert retention.prune(engine, WEEK) == 0
+
+    assert ids(engine) == {"queued", "running", "requeued"}
+
+
+def test_the_cut_off_is_now_minus_older_than(engine: Engine) -> None:
+    add(engine, "a")
+    finish(engine, "a", "COMPLETED", timedelta(0))
+    with database.read(engine) as conn:
+        finished = conn.execute(select(tasks.c.finished_at)).scalar_one()
+    at_cut_off = finished.replace(tzinfo=UTC) + timedelta(hours=1)
+
+    assert retention.prune(engine, timedelta(hours=1), now=at_cut_off) == 0
+    later = at_cut_off + timedelta(seconds=1)
+    assert retention.prune(engine, timedelta(hours=1), now=later) == 1
+    assert ids(engine) == set()
+
+
+@pytest.mark.parametrize("unfinished", ["QUEUED", "RUNNING"])
+def test_a_finished_task_an_unfinished_one_depends_on_is_kept(
+    engine: Engine, unfinished: str
+) -> None:
+    add(engine, "upstream")
+    add(engine, "other")
+    add(engine, "dependent", "upstream", "other")
+    finish(engine, "upstream", "COMPLETED", OLD)
+    finish(engine, "dependent", unfinished, None)
+
+    assert retention.prune(engine, WEEK) == 0
+    assert queries.get_task(engine, "dependent")["dependencies"] == ["upstream", "other"]
+
+    finish(engine, "other", "COMPLETED", OLD)
+    finish(engine, "dependent", "COMPLETED", OLD)
+    assert retention.prune(engine, WEEK) == 3
+    assert ids(engine) == set()
+
+
+def test_edges_go_in_both_directions(engine: Engine) -> None:
+    add(engine, "first")
+    add(engine, "middle", "first")
+    add(engine, "last", "middle")
+    finish(engine, "first", "COMPLETED", RECENT)
+    finish(engine, "middle", "COMPLETED", OLD)
+    finish(engine, "last", "FAILED", RECENT)
+
+    assert retention.prune(engine, WEEK) == 1
+
+    assert ids(engine) == {"first", "last"}
+    assert edges(engine) == set()
+    assert queries.get_task(engine, "last")["dependencies"] == []
+
+
+def test_pruning_a_whole_graph_leaves_no_edges(engine: Engine) -> None:
+    add(engine, "a")
+    add(engine, "b", "a")
+    add(engine, "c", "a", "b")
+    add(engine, "keep")
+    add(engine, "d", "keep")
+    for task_id in ("a", "b", "c", "d"):
+        finish(engine, task_id, "COMPLETED", OLD)
+
+    assert retention.prune(engine, WEEK) == 4
+
+    assert ids(engine) == {"keep"}
+    assert edges(engine) == set()
+
+
+def test_prunes_in_chunks_one_transaction_each(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(7):
+        add(engine, f"t{n}")
+        finish(engine, f"t{n}", "COMPLETED", OLD + timedelta(minutes=n))
+    add(engine, "recent")
+    finish(engine, "recent", "COMPLETED", RECENT)
+    transactions = count_transactions(monkeypatch)
+
+    assert retention.prune(engine, WEEK, chunk=3) == 7
+
+    assert ids(engine) == {"recent"}
+    assert len(transactions) == 3  # 3 + 3 + 1
+
+
+def test_chunks_split_tasks_that_finished_at_the_same_instant(engine: Engine) -> None:
+    for n in range(5):
+        add(engine, f"t{n}")
+    # A cascade stamps every task it ends with one finish time.
+    stmt = update(tasks).values(status="UPSTREAM_FAILED", finished_at=database.utcnow() - OLD)
+    with database.write(engine) as conn:
+        conn.execute(stmt)
+
+    assert retention.prune(engine, WEEK, chunk=2) == 5
+
+    assert ids(engine) == set()
+
+
+def test_tasks_held_back_do_not_stop_later_chunks(engine: Engine) -> None:
+    for n in range(3):
+        add(engine, f"held{n}")
+        finish(engine, f"held{n}", "COMPLETED", OLD + timedelta(days=1))
+        add(engine, f"waiting{n}", f"held{n}")
+    for n in range(5):
+        add(engine, f"t{n}")
+        finish(engine, f"t{n}", "COMPLETED", OLD)
+
+    assert retention.prune(engine, WEEK, chunk=2) == 5
+
+    assert ids(engine) == {f"held{n}" for n in range(3)} | {f"waiting{n}" for n in range(3)}
+    assert len(edges(engine)) == 3
+
+
+def test_older_than_must_not_be_negative(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        retention.prune(engine, timedelta(seconds=-1))
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_postgres_skips_a_task_a_submission_is_reading(engine: Engine) -> None:
+    add(engine, "busy")
+    add(engine, "idle")
+    finish(engine, "busy", "COMPLETED", OLD)
+    finish(engine, "idle", "COMPLETED", OLD)
+    with engine.connect() as conn, conn.begin():
+        # What a submission naming `busy` as a dependency holds until it commits.
+        conn.execute(text("SELECT id FROM tasks WHERE id = 'busy' FOR SHARE"))
+
+        assert retention.prune(engine, WEEK) == 1
+
+    assert ids(engine) == {"busy"}
+    assert retention.prune(engine, WEEK) == 1
+
+
+def count_transactions(monkeypatch: pytest.MonkeyPatch) -> list[Engine]:
+    """Record each write transaction `prune` opens."""
+    opened: list[Engine] = []
+    real = database.write
+
+    def write(engine: Engine) -> AbstractContextManager[Connection]:
+        opened.append(engine)
+        return real(engine)
+
+    monkeypatch.setattr(retention.database, "write", write)
+    return opened
