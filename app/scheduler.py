@@ -20,7 +20,7 @@ from .attempt import Running, call_handler
 from .database import utcnow
 from .handlers import Registry
 from .models import Status
-from .store import Claim, Outcome, Store
+from .store import Claim, NotRegistered, Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._next_maintenance = 0.0
+        self._next_heartbeat = 0.0
         self._next_cancel_check = 0.0
         self._next_prune = 0.0
         self._next_due: float | None = None
@@ -73,19 +74,7 @@ class Scheduler:
         """Register this instance, recover what dead instances left, and start the loop."""
         if self._thread is not None:
             return
-        self.id = f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        now = self.clock()
-        self.store.register(
-            {
-                "id": self.id,
-                "hostname": self.host,
-                "pid": os.getpid(),
-                "process_start": process.start_time(os.getpid()),
-                "started_at": now,
-                "heartbeat_at": now,
-                "state": "running",
-            }
-        )
+        self._join()
         self.maintain()
         self._executor = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="task")
         self.state = "running"
@@ -179,7 +168,11 @@ class Scheduler:
         assert self.id is not None and self._executor is not None
         with self._lock:
             free = self.max_concurrent - len(self._running)
-        claims = self.store.claim(self.id, free)
+        try:
+            claims = self.store.claim(self.id, free)
+        except NotRegistered:
+            self._rejoin()
+            return 0
         started = time.monotonic()
         for claim in claims:
             running = Running(claim)
@@ -190,30 +183,59 @@ class Scheduler:
             running.future = self._executor.submit(self._execute, running)
         return len(claims)
 
+    def _join(self) -> None:
+        """Register under a new identity: at start, or after being declared dead."""
+        self.id = f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        now = self.store.database_now()
+        self.store.register(
+            {
+                "id": self.id,
+                "hostname": self.host,
+                "pid": os.getpid(),
+                "process_start": process.start_time(os.getpid()),
+                "started_at": now,
+                "heartbeat_at": now,
+                "state": "running",
+            }
+        )
+        self._next_heartbeat = time.monotonic() + self.lease_s / 3
+
+    def _rejoin(self) -> None:
+        # The attempts still running under the old identity were ended by whoever
+        # declared us dead; their late writes will be refused.
+        log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
+        self._join()
+        log.info("scheduler rejoined as %s", self.id)
+
     def maintain(self) -> None:
-        """Heartbeat, and end the attempts of instances that are dead."""
+        """Heartbeat when due, and end the attempts of instances that are dead."""
         assert self.id is not None
-        now = self.clock()
-        self._next_maintenance = time.monotonic() + min(self.lease_s / 3, 5.0)
-        if not self.store.heartbeat(self.id, now):
-            log.error("scheduler %s was declared dead; its late writes will be refused", self.id)
-        stale = now - timedelta(seconds=self.lease_s)
+        now = time.monotonic()
+        self._next_maintenance = now + max(0.2, min(self.poll_interval_s, self.lease_s / 3))
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.lease_s / 3
+            if not self.store.heartbeat(self.id):
+                self._rejoin()
+        stale = self.store.database_now() - timedelta(seconds=self.lease_s)
         for other in self.store.instances():
-            reason = self._death(other, stale)
-            if reason:
-                reaped = self.store.reap(other.id, reason)
+            death = self._death(other, stale)
+            if death is not None:
+                reason, stale_before = death
+                reaped = self.store.reap(other.id, reason, stale_before=stale_before)
                 log.warning("recovered %d task(s) of %s: %s", len(reaped), other.id, reason)
         for worker in self.store.orphan_workers():
             reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered")
             log.warning("recovered %d task(s) of unregistered %s", len(reaped), worker)
 
-    def _death(self, other: Any, stale: datetime) -> str | None:
+    def _death(self, other: Any, stale: datetime) -> tuple[str, datetime | None] | None:
+        """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
         if other.id == self.id:
             return None
         if other.hostname == self.host and not process.is_alive(other.pid, other.process_start):
-            return f"scheduler {other.id} (pid {other.pid}) exited while running it"
+            return f"scheduler {other.id} (pid {other.pid}) exited while running it", None
         if other.heartbeat_at < stale:
-            return f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
+            reason = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
+            return reason, stale
         return None
 
     # -- one attempt --------------------------------------------------------------

@@ -22,6 +22,10 @@ from .tables import deps as deps
 MAX_BACKOFF = timedelta(hours=1)
 
 
+class NotRegistered(Exception):
+    """Raised when an instance that was declared dead tries to claim."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """One attempt a scheduler instance holds: the fence every later write carries."""
@@ -59,6 +63,11 @@ class Store:
         if limit <= 0:
             return []
         with database.write(self.engine) as conn:
+            # Only a registered instance claims; FOR SHARE holds off a reaper's delete
+            # until this claim commits, so nothing is claimed under a dead identity.
+            member = select(instances.c.id).where(instances.c.id == worker)
+            if conn.execute(member.with_for_update(read=True)).first() is None:
+                raise NotRegistered(worker)
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
             return self._claim(conn, worker, limit, now or utcnow())
@@ -172,10 +181,22 @@ class Store:
         with database.write(self.engine) as conn:
             conn.execute(insert(instances).values(**row))
 
-    def heartbeat(self, instance_id: str, now: datetime) -> bool:
-        """Prove `instance_id` alive; False when it was already declared dead."""
-        stmt = update(instances).where(instances.c.id == instance_id).values(heartbeat_at=now)
+    def database_now(self) -> datetime:
+        """Return the database's current UTC time: the one clock every instance shares."""
+        if self.engine.dialect.name != "postgresql":
+            return utcnow()  # SQLite lives on this host: its clock is ours
+        with database.read(self.engine) as conn:
+            moment: datetime = conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
+            return moment
+
+    def heartbeat(self, instance_id: str) -> bool:
+        """Prove `instance_id` alive, in database time; False when it was declared dead."""
         with database.write(self.engine) as conn:
+            stmt = (
+                update(instances)
+                .where(instances.c.id == instance_id)
+                .values(heartbeat_at=stamp(conn, utcnow()))
+            )
             return conn.execute(stmt).rowcount == 1
 
     def set_state(self, instance_id: str, state: str) -> None:
@@ -201,8 +222,12 @@ class Store:
         with database.read(self.engine) as conn:
             return [w for (w,) in conn.execute(stmt) if w is not None]
 
-    def reap(self, worker: str, reason: str) -> list[str]:
-        """End every attempt `worker` holds as interrupted, then forget the worker."""
+    def reap(self, worker: str, reason: str, stale_before: datetime | None = None) -> list[str]:
+        """Forget a dead instance and end every attempt it holds as interrupted.
+
+        With `stale_before`, only if its heartbeat is still older than that when the
+        transaction holds its row: an instance that heartbeated meanwhile is alive.
+        """
         query = select(
             tasks.c.id,
             tasks.c.attempts,
@@ -211,7 +236,14 @@ class Store:
             tasks.c.retry_backoff_ms,
         ).where(RUNNING, tasks.c.worker == worker)
         reaped: list[str] = []
+        forget = delete(instances).where(instances.c.id == worker)
+        if stale_before is not None:
+            forget = forget.where(instances.c.heartbeat_at < stale_before)
         with database.write(self.engine) as conn:
+            # Deleting the row first takes its lock: a claim by that instance either
+            # committed before (and is ended below) or finds it gone (and claims nothing).
+            if conn.execute(forget).rowcount == 0 and stale_before is not None:
+                return []
             now = utcnow()
             for row in conn.execute(query).all():
                 claim = Claim(
@@ -229,7 +261,6 @@ class Store:
                 outcome = Outcome(Status.FAILED, error=error, error_code="interrupted")
                 if self._end_attempt(conn, claim, outcome, now):
                     reaped.append(row.id)
-            conn.execute(delete(instances).where(instances.c.id == worker))
         return reaped
 
 

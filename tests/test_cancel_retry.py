@@ -8,6 +8,7 @@ from app.models import Status
 from app.store import Outcome
 from tests.conftest import AppFactory, assert_error, wait_for
 from tests.helpers import Gate, Switch, running_app, submit, task, wait_status, wait_terminal
+from tests.test_store import claim_all
 
 
 def post(client: FlaskClient, task_id: str, action: str) -> tuple[int, dict]:
@@ -116,7 +117,7 @@ def test_retry_leaves_a_dependent_that_another_failure_still_blocks(
     submit(client, "both", "x", "y")
     store = client.application.extensions["store"]
 
-    for claim in store.claim("w", 10):
+    for claim in claim_all(store, "w", 10):
         store.finish(claim, Outcome(Status.FAILED, error="boom"))
     assert task(client, "both")["status"] == "UPSTREAM_FAILED"
     assert post(client, "x", "retry")[1]["status"] == "QUEUED"

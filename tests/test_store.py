@@ -14,7 +14,7 @@ from app import database, services
 from app.database import utcnow
 from app.models import Status
 from app.propagation import settle
-from app.store import Claim, Outcome, Store, ready_query
+from app.store import Claim, NotRegistered, Outcome, Store, ready_query
 from app.tables import deps, still_queued, tasks
 from tests.conftest import AppFactory, build_app
 
@@ -44,7 +44,16 @@ def set_fields(store: Store, task_id: str, **values: Any) -> None:
         conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
 
 
+def register(store: Store, worker: str) -> None:
+    if worker not in {i.id for i in store.instances()}:
+        now = utcnow()
+        store.register(
+            {"id": worker, "hostname": "test", "pid": 0, "started_at": now, "heartbeat_at": now}
+        )
+
+
 def claim_all(store: Store, worker: str = "w1", limit: int = 100) -> list[Claim]:
+    register(store, worker)
     return store.claim(worker, limit)
 
 
@@ -82,6 +91,8 @@ def test_concurrent_claimers_never_share_a_task(store: Store) -> None:
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
+    for i in range(4):
+        register(store, f"w{i}")
     threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
     for thread in threads:
         thread.start()
@@ -254,3 +265,21 @@ def test_sqlite_propagation_looks_dependents_up_by_id(sqlite_url: str) -> None:
     plan = query_plan(store, statement.values(pending_deps=0))
     assert any(s.startswith("SEARCH tasks USING INDEX") and "(id=?)" in s for s in plan), plan
     assert not any("ix_tasks_status_seq" in step for step in plan), plan
+
+
+def test_only_a_registered_instance_claims(store: Store) -> None:
+    add(store, "a")
+    with pytest.raises(NotRegistered):
+        store.claim("ghost", 1)
+    assert row(store, "a").status == "QUEUED"
+
+
+def test_a_lease_reap_spares_an_instance_that_heartbeated_meanwhile(store: Store) -> None:
+    add(store, "a")
+    claim_all(store, worker="slow")
+    long_ago = utcnow() - timedelta(hours=1)
+    assert store.reap("slow", "lease expired", stale_before=long_ago) == []
+    assert row(store, "a").status == "RUNNING"
+    assert store.heartbeat("slow")
+    assert store.reap("slow", "lease expired", stale_before=utcnow() + timedelta(hours=1)) == ["a"]
+    assert not store.heartbeat("slow")  # forgotten: it must rejoin under a new identity
