@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 from . import database
 from .errors import InvalidState, NotFound
 from .models import FAILED_LIKE, TERMINAL, Status
+from .notify import announce
 from .propagation import cut_off, settle
 from .queries import load_task
 from .tables import chunks, deps, tasks
@@ -48,7 +49,8 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
                     updated_at=now,
                 )
             )
-            settle(conn, {task_id: Status.CANCELLED}, now)
+            if settle(conn, {task_id: Status.CANCELLED}, now):
+                announce(conn)  # all_done dependents may be ready now
         elif row.status == Status.RUNNING.value:
             conn.execute(
                 update(tasks)
@@ -91,6 +93,7 @@ def retry(engine: Engine, task_id: str) -> dict[str, Any]:
             )
         requeued = _held_back(conn, task_id)
         _requeue(conn, requeued)
+        announce(conn)
         task = load_task(conn, task_id, with_payload=True)
     assert task is not None
     return task

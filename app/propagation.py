@@ -11,18 +11,20 @@ from .models import FAILED_LIKE, Status
 from .tables import chunks, deps, still_queued, tasks
 
 
-def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> None:
+def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> int:
     """Propagate tasks that just became terminal to their dependents, transitively.
 
     Each dependent loses one unfinished dependency per ended task it waits for. An
     `all_success` dependent still QUEUED behind a failure becomes UPSTREAM_FAILED, behind
-    a cancel CANCELLED (a failure wins), and the cascade goes on from it.
+    a cancel CANCELLED (a failure wins), and the cascade goes on from it. Returns how
+    many dependents were left waiting for nothing (ready, unless cut off next).
     """
+    ready = 0
     frontier = dict(ended)
     while frontier:
         ids = list(frontier)
         for part in chunks(ids):
-            count_down(conn, part)
+            ready += count_down(conn, part)
         failed = [i for i, s in frontier.items() if s.value in FAILED_LIKE]
         cancelled = [i for i, s in frontier.items() if s is Status.CANCELLED]
         frontier = {}
@@ -32,9 +34,11 @@ def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> None:
         for part in chunks(cancelled):
             for tid in cut_off(conn, part, Status.CANCELLED, "was cancelled", now):
                 frontier[tid] = Status.CANCELLED
+    return ready
 
 
-def count_down(conn: Connection, ended: Sequence[str]) -> None:
+def count_down(conn: Connection, ended: Sequence[str]) -> int:
+    """Take the ended tasks off their QUEUED dependents' counts; return how many reach 0."""
     edges = (
         select(func.count())
         .select_from(deps)
@@ -42,16 +46,19 @@ def count_down(conn: Connection, ended: Sequence[str]) -> None:
         .scalar_subquery()
     )
     waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
-    conn.execute(
+    counts = conn.execute(
         update(tasks)
         .where(tasks.c.id.in_(waiting), still_queued(conn.dialect.name))
         .values(pending_deps=tasks.c.pending_deps - edges)
+        .returning(tasks.c.pending_deps)
     )
+    return sum(1 for (pending,) in counts if pending == 0)
 
 
 def cut_off(
     conn: Connection, ended: Sequence[str], status: Status, verb: str, now: datetime
 ) -> list[str]:
+    """Mark the QUEUED `all_success` dependents of `ended` as never to run; return them."""
     culprit = (
         select(func.min(deps.c.dependency_id))
         .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))

@@ -20,6 +20,7 @@ from .attempt import Running, call_handler
 from .database import utcnow
 from .handlers import Registry
 from .models import Status
+from .notify import Listener
 from .store import Claim, NotRegistered, Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Scheduler:
         self._executor: ThreadPoolExecutor | None = None
         self._next_maintenance = 0.0
         self._next_heartbeat = 0.0
+        self._listener: Listener | None = None
         self._next_cancel_check = 0.0
         self._next_prune = 0.0
         self._next_due: float | None = None
@@ -77,6 +79,9 @@ class Scheduler:
         self._join()
         self.maintain()
         self._executor = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="task")
+        if self.store.engine.dialect.name == "postgresql":
+            self._listener = Listener(self.store.engine, self.wake)
+            self._listener.start()
         self.state = "running"
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
@@ -99,6 +104,8 @@ class Scheduler:
         self._stopping.set()
         self._wakeup.set()
         self._thread.join()
+        if self._listener is not None:
+            self._listener.stop()
         self._safely(self.store.set_state, self.id, "draining")
         self._wait_for_running(time.monotonic() + grace_s)
         with self._lock:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from . import database
 from .errors import DuplicateId, UnknownDependency, ValidationFailed
 from .models import FAILED_LIKE, TERMINAL, Status
+from .notify import announce
 from .queries import load_task, shape
 from .tables import chunks, deps, tasks
 
@@ -205,3 +206,4 @@ def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         conn.execute(insert(tasks), task_rows)
     if edges:
         conn.execute(insert(deps), edges)
+    announce(conn)

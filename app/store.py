@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, Select, delete, func, insert, select,
 from . import database
 from .database import utcnow
 from .models import Status
+from .notify import announce
 from .propagation import settle
 from .tables import READY, READY_SQLITE, RUNNING, instances, tasks
 
@@ -151,8 +152,8 @@ class Store:
             values["result"] = outcome.result
         if conn.execute(update(tasks).where(*_fence(claim)).values(**values)).rowcount != 1:
             return False
-        if status.terminal:
-            settle(conn, {claim.id: status}, now)
+        if status.terminal and settle(conn, {claim.id: status}, now):
+            announce(conn)
         return True
 
     def report_progress(self, claim: Claim, percent: int) -> bool:
