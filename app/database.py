@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, func
 
 # How long a SQLite writer waits for the lock before giving up: long enough that a
 # large batch never turns into "database is locked" for the requests queued behind it.
@@ -73,3 +73,16 @@ def write(engine: Engine) -> AbstractContextManager[Connection]:
 def read(engine: Engine) -> AbstractContextManager[Connection]:
     """Run one short read transaction."""
     return _transaction(engine, "DEFERRED")
+
+
+def stamp(conn: Connection, now: datetime) -> Any:
+    """Return the time to record for a state change, read while the row is written.
+
+    A task's start must never be stamped before the finish that made it ready. SQLite
+    serialises writers, so `now`, read once the write lock is held, is exact. PostgreSQL
+    does not: the database clock, read as the statement writes the row (after its snapshot
+    saw the finish committed), is.
+    """
+    if conn.dialect.name == "postgresql":
+        return func.timezone("UTC", func.clock_timestamp())
+    return now

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -19,6 +17,7 @@ from . import process
 from .attempt import Running, call_handler
 from .database import utcnow
 from .handlers import Registry
+from .maintenance import Upkeep
 from .models import Status
 from .notify import Listener
 from .store import Claim, NotRegistered, Outcome, Store
@@ -27,11 +26,9 @@ log = logging.getLogger(__name__)
 
 # How often a scheduler with running tasks looks for cancel requests made elsewhere.
 CANCEL_CHECK_S = 0.5
-# How often finished tasks older than RETENTION_DAYS are pruned.
-RETENTION_EVERY_S = 3600.0
 
 
-class Scheduler:
+class Scheduler(Upkeep):
     """Claims ready tasks atomically and runs at most `max_concurrent` of them at once."""
 
     def __init__(
@@ -66,6 +63,9 @@ class Scheduler:
         self._next_maintenance = 0.0
         self._next_heartbeat = 0.0
         self._listener: Listener | None = None
+        # Attempts that ended, waiting for the loop to record them with its next claim.
+        self._done: list[tuple[Running, Outcome | None]] = []
+        self._direct = False
         self._next_cancel_check = 0.0
         self._next_prune = 0.0
         self._next_due: float | None = None
@@ -106,6 +106,7 @@ class Scheduler:
         self._thread.join()
         if self._listener is not None:
             self._listener.stop()
+        self._record_directly()
         self._safely(self.store.set_state, self.id, "draining")
         self._wait_for_running(time.monotonic() + grace_s)
         with self._lock:
@@ -120,6 +121,17 @@ class Scheduler:
         self._safely(self.store.deregister, self.id)
         self.state = "stopped"
         log.info("scheduler %s stopped", self.id)
+
+    def _record_directly(self) -> None:
+        """From now on attempts record themselves; record what the loop left behind."""
+        with self._lock:
+            self._direct = True
+            done, self._done = self._done, []
+        for running, outcome in done:
+            if outcome is not None:
+                self._record(running.claim, outcome)
+            with self._lock:
+                self._running.pop(running.claim.id, None)
 
     def _wait_for_running(self, deadline: float) -> None:
         while not self._hurry.is_set():
@@ -156,6 +168,9 @@ class Scheduler:
         # is still found, and the loop comes straight back for it.
         before = self.clock()
         self.tick()
+        if self.running_count() >= self.max_concurrent:
+            self._next_due = None  # every slot is taken: a finishing task wakes the loop
+            return
         due = self.store.next_run_at(before)
         self._next_due = None if due is None else now + (due - before).total_seconds() + 0.001
 
@@ -171,15 +186,36 @@ class Scheduler:
         return max(0.0, min(moments) - time.monotonic())
 
     def tick(self) -> int:
-        """Claim as many ready tasks as there are free slots and start them."""
+        """Record finished attempts, then claim as many ready tasks as slots are free.
+
+        Both in one transaction; the slots of recorded attempts are free once it commits.
+        """
         assert self.id is not None and self._executor is not None
         with self._lock:
-            free = self.max_concurrent - len(self._running)
+            done, self._done = self._done, []
+            free = self.max_concurrent - len(self._running) + len(done)
+        finished = [(r.claim, o) for r, o in done if o is not None]
+        limit = 0 if self._stopping.is_set() else free
         try:
-            claims = self.store.claim(self.id, free)
+            applied, claims = self.store.cycle(self.id, finished, limit)
         except NotRegistered:
+            applied, claims = [False] * len(finished), []
             self._rejoin()
-            return 0
+        except BaseException:
+            with self._lock:
+                self._done[:0] = done  # not recorded: try again on the next pass
+            raise
+        for (claim, _), ok in zip(finished, applied, strict=True):
+            if not ok:
+                log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
+        with self._lock:
+            for running, _ in done:
+                self._running.pop(running.claim.id, None)
+        self._dispatch(claims)
+        return len(claims)
+
+    def _dispatch(self, claims: list[Claim]) -> None:
+        assert self._executor is not None
         started = time.monotonic()
         for claim in claims:
             running = Running(claim)
@@ -188,74 +224,25 @@ class Scheduler:
             with self._lock:
                 self._running[claim.id] = running
             running.future = self._executor.submit(self._execute, running)
-        return len(claims)
-
-    def _join(self) -> None:
-        """Register under a new identity: at start, or after being declared dead."""
-        self.id = f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        now = self.store.database_now()
-        self.store.register(
-            {
-                "id": self.id,
-                "hostname": self.host,
-                "pid": os.getpid(),
-                "process_start": process.start_time(os.getpid()),
-                "started_at": now,
-                "heartbeat_at": now,
-                "state": "running",
-            }
-        )
-        self._next_heartbeat = time.monotonic() + self.lease_s / 3
-
-    def _rejoin(self) -> None:
-        # The attempts still running under the old identity were ended by whoever
-        # declared us dead; their late writes will be refused.
-        log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
-        self._join()
-        log.info("scheduler rejoined as %s", self.id)
-
-    def maintain(self) -> None:
-        """Heartbeat when due, and end the attempts of instances that are dead."""
-        assert self.id is not None
-        now = time.monotonic()
-        self._next_maintenance = now + max(0.2, min(self.poll_interval_s, self.lease_s / 3))
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.lease_s / 3
-            if not self.store.heartbeat(self.id):
-                self._rejoin()
-        stale = self.store.database_now() - timedelta(seconds=self.lease_s)
-        for other in self.store.instances():
-            death = self._death(other, stale)
-            if death is not None:
-                reason, stale_before = death
-                reaped = self.store.reap(other.id, reason, stale_before=stale_before)
-                log.warning("recovered %d task(s) of %s: %s", len(reaped), other.id, reason)
-        for worker in self.store.orphan_workers():
-            reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered")
-            log.warning("recovered %d task(s) of unregistered %s", len(reaped), worker)
-
-    def _death(self, other: Any, stale: datetime) -> tuple[str, datetime | None] | None:
-        """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
-        if other.id == self.id:
-            return None
-        if other.hostname == self.host and not process.is_alive(other.pid, other.process_start):
-            return f"scheduler {other.id} (pid {other.pid}) exited while running it", None
-        if other.heartbeat_at < stale:
-            reason = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
-            return reason, stale
-        return None
-
-    # -- one attempt --------------------------------------------------------------
 
     def _execute(self, running: Running) -> None:
         claim = running.claim
+        outcome: Outcome | None = None
         try:
             outcome = call_handler(self.registry, running, partial(self._progress, claim))
-            if running.stop_reason != "timeout":  # a timeout was recorded when it struck
-                self._record(claim, outcome)
+            if running.stop_reason == "timeout":
+                outcome = None  # recorded when the timeout struck; only the slot is left
         finally:
             with self._lock:
-                self._running.pop(claim.id, None)
+                direct = self._direct
+                if not direct:
+                    # The loop records it with the next claim, in one commit.
+                    self._done.append((running, outcome))
+            if direct:
+                if outcome is not None:
+                    self._record(claim, outcome)
+                with self._lock:
+                    self._running.pop(claim.id, None)
             self._wakeup.set()
 
     def _record(self, claim: Claim, outcome: Outcome) -> None:
@@ -313,16 +300,6 @@ class Scheduler:
             )
             # The slot stays taken until the handler's thread returns.
             self._record(running.claim, outcome)
-
-    def _prune(self) -> None:
-        self._next_prune = time.monotonic() + RETENTION_EVERY_S
-        if self.retention_days <= 0:
-            return
-        from .retention import prune
-
-        removed = prune(self.store.engine, timedelta(days=self.retention_days))
-        if removed:
-            log.info("pruned %d finished task(s) older than %d days", removed, self.retention_days)
 
     def _safely(self, action: Callable[..., Any], *args: Any) -> Any:
         try:

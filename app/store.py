@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, delete, func, select, tuple_, update
 
 from . import database
-from .database import utcnow
+from .database import stamp, utcnow
+from .membership import Membership
 from .models import Status
 from .notify import announce
 from .propagation import settle
-from .tables import READY, READY_SQLITE, RUNNING, instances, tasks
+from .tables import CHUNK, READY, READY_SQLITE, RUNNING, instances, tasks
 
 # Re-exported: older callers import these from here.
 from .tables import chunks as chunks
@@ -53,25 +54,25 @@ class Outcome:
     error_code: str | None = None
 
 
-class Store:
+class Store(Membership):
     """The task table's state transitions, each one transaction with a fence."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
 
     def claim(self, worker: str, limit: int, now: datetime | None = None) -> list[Claim]:
         """Move up to `limit` ready tasks to RUNNING for `worker`, best first."""
         if limit <= 0:
             return []
         with database.write(self.engine) as conn:
-            # Only a registered instance claims; FOR SHARE holds off a reaper's delete
-            # until this claim commits, so nothing is claimed under a dead identity.
-            member = select(instances.c.id).where(instances.c.id == worker)
-            if conn.execute(member.with_for_update(read=True)).first() is None:
-                raise NotRegistered(worker)
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
-            return self._claim(conn, worker, limit, now or utcnow())
+            return self._claim_as(conn, worker, limit, now or utcnow())
+
+    def _claim_as(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
+        # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
+        # this claim commits, so nothing is claimed under a dead identity.
+        member = select(instances.c.id).where(instances.c.id == worker)
+        if conn.execute(member.with_for_update(read=True)).first() is None:
+            raise NotRegistered(worker)
+        return self._claim(conn, worker, limit, now)
 
     def _claim(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
         # A materialized CTE: as `seq IN (subquery)`, PostgreSQL may rescan the locking
@@ -125,7 +126,71 @@ class Store:
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
         with database.write(self.engine) as conn:
-            return self._end_attempt(conn, claim, outcome, now or utcnow())
+            return self.finish_all(conn, [(claim, outcome)], now or utcnow())[0]
+
+    def cycle(
+        self, worker: str, finished: list[tuple[Claim, Outcome]], limit: int
+    ) -> tuple[list[bool], list[Claim]]:
+        """Record finished attempts and claim up to `limit` tasks, in one transaction.
+
+        One commit per scheduler pass, whatever the number of tasks it settles and starts:
+        durability costs little, and a dependent is claimed in the very transaction that
+        records its last dependency's completion.
+        """
+        with database.write(self.engine) as conn:
+            now = utcnow()
+            applied = self.finish_all(conn, finished, now) if finished else []
+            claims = self._claim_as(conn, worker, limit, now) if limit > 0 else []
+        return applied, claims
+
+    def finish_all(
+        self, conn: Connection, finished: list[tuple[Claim, Outcome]], now: datetime
+    ) -> list[bool]:
+        """Record each outcome that its row still fences; settle what ended, together."""
+        plain = [c for c, o in finished if _is_plain_success(o)]
+        applied_plain = self._complete_plain(conn, plain, now) if plain else set()
+        applied: list[bool] = []
+        ended: dict[str, Status] = {}
+        for claim, outcome in finished:
+            if _is_plain_success(outcome):
+                ok = (claim.id, claim.attempt) in applied_plain
+                status: Status | None = Status.COMPLETED if ok else None
+            else:
+                status = self._write_outcome(conn, claim, outcome, now)
+            applied.append(status is not None)
+            if status is not None and status.terminal:
+                ended[claim.id] = status
+        if ended and settle(conn, ended, now):
+            announce(conn)
+        return applied
+
+    def _complete_plain(
+        self, conn: Connection, claims: list[Claim], now: datetime
+    ) -> set[tuple[str, int]]:
+        """Complete attempts that returned nothing, in one fenced statement per chunk."""
+        done: set[tuple[str, int]] = set()
+        by_worker: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_worker.setdefault(claim.worker, []).append(claim)
+        for worker, mine in by_worker.items():
+            for start in range(0, len(mine), CHUNK // 2):
+                pairs = [(c.id, c.attempt) for c in mine[start : start + CHUNK // 2]]
+                stmt = (
+                    update(tasks)
+                    .where(tuple_(tasks.c.id, tasks.c.attempts).in_(pairs))
+                    .where(RUNNING, tasks.c.worker == worker)
+                    .values(
+                        status=Status.COMPLETED.value,
+                        finished_at=stamp(conn, now),
+                        updated_at=stamp(conn, now),
+                        result=None,
+                        error=None,
+                        error_code=None,
+                    )
+                    .returning(tasks.c.id, tasks.c.attempts)
+                )
+                done.update((i, a) for i, a in conn.execute(stmt))
+        return done
 
     def requeue(self, claim: Claim) -> bool:
         """Put a running attempt back to QUEUED without spending the retry budget."""
@@ -137,7 +202,10 @@ class Store:
             )
             return conn.execute(stmt).rowcount == 1
 
-    def _end_attempt(self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+    def _write_outcome(
+        self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime
+    ) -> Status | None:
+        """Write one outcome if fenced; return the status it left, or None if refused."""
         values: dict[str, Any] = {"updated_at": stamp(conn, now), "error": outcome.error}
         values["error_code"] = outcome.error_code
         status = outcome.status
@@ -151,10 +219,8 @@ class Store:
             values["finished_at"] = stamp(conn, now)
             values["result"] = outcome.result
         if conn.execute(update(tasks).where(*_fence(claim)).values(**values)).rowcount != 1:
-            return False
-        if status.terminal and settle(conn, {claim.id: status}, now):
-            announce(conn)
-        return True
+            return None
+        return status
 
     def report_progress(self, claim: Claim, percent: int) -> bool:
         """Record a running attempt's progress, if the row still holds the attempt."""
@@ -177,52 +243,6 @@ class Store:
             query = select(func.min(tasks.c.run_at)).where(ready, tasks.c.run_at > now)
             return conn.execute(query).scalar()
 
-    def register(self, row: dict[str, Any]) -> None:
-        """Record a new scheduler instance."""
-        with database.write(self.engine) as conn:
-            conn.execute(insert(instances).values(**row))
-
-    def database_now(self) -> datetime:
-        """Return the database's current UTC time: the one clock every instance shares."""
-        if self.engine.dialect.name != "postgresql":
-            return utcnow()  # SQLite lives on this host: its clock is ours
-        with database.read(self.engine) as conn:
-            moment: datetime = conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
-            return moment
-
-    def heartbeat(self, instance_id: str) -> bool:
-        """Prove `instance_id` alive, in database time; False when it was declared dead."""
-        with database.write(self.engine) as conn:
-            stmt = (
-                update(instances)
-                .where(instances.c.id == instance_id)
-                .values(heartbeat_at=stamp(conn, utcnow()))
-            )
-            return conn.execute(stmt).rowcount == 1
-
-    def set_state(self, instance_id: str, state: str) -> None:
-        """Record what an instance is doing (running, draining)."""
-        stmt = update(instances).where(instances.c.id == instance_id).values(state=state)
-        with database.write(self.engine) as conn:
-            conn.execute(stmt)
-
-    def deregister(self, instance_id: str) -> None:
-        """Remove an instance that stopped cleanly."""
-        with database.write(self.engine) as conn:
-            conn.execute(delete(instances).where(instances.c.id == instance_id))
-
-    def instances(self) -> list[Any]:
-        """Return every registered scheduler instance."""
-        with database.read(self.engine) as conn:
-            return list(conn.execute(select(instances)).all())
-
-    def orphan_workers(self) -> list[str]:
-        """Return workers holding RUNNING tasks that no registered instance owns."""
-        known = select(instances.c.id)
-        stmt = select(tasks.c.worker).where(RUNNING, tasks.c.worker.not_in(known)).distinct()
-        with database.read(self.engine) as conn:
-            return [w for (w,) in conn.execute(stmt) if w is not None]
-
     def reap(self, worker: str, reason: str, stale_before: datetime | None = None) -> list[str]:
         """Forget a dead instance and end every attempt it holds as interrupted.
 
@@ -236,7 +256,7 @@ class Store:
             tasks.c.max_attempts,
             tasks.c.retry_backoff_ms,
         ).where(RUNNING, tasks.c.worker == worker)
-        reaped: list[str] = []
+        interrupted: list[tuple[Claim, Outcome]] = []
         forget = delete(instances).where(instances.c.id == worker)
         if stale_before is not None:
             forget = forget.where(instances.c.heartbeat_at < stale_before)
@@ -259,9 +279,11 @@ class Store:
                     retry_backoff_ms=row.retry_backoff_ms,
                 )
                 error = f"Attempt {row.attempts} was interrupted: {reason}."
-                outcome = Outcome(Status.FAILED, error=error, error_code="interrupted")
-                if self._end_attempt(conn, claim, outcome, now):
-                    reaped.append(row.id)
+                interrupted.append(
+                    (claim, Outcome(Status.FAILED, error=error, error_code="interrupted"))
+                )
+            applied = self.finish_all(conn, interrupted, now)
+            reaped = [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
         return reaped
 
 
@@ -279,17 +301,8 @@ def ready_query(dialect: str, limit: int, now: datetime) -> Select[Any]:
     )
 
 
-def stamp(conn: Connection, now: datetime) -> Any:
-    """Return the time to record for a state change, read while the row is written.
-
-    A task's start must never be stamped before the finish that made it ready. SQLite
-    serialises writers, so `now`, read once the write lock is held, is exact. PostgreSQL
-    does not: the database clock, read as the statement writes the row (after its snapshot
-    saw the finish committed), is.
-    """
-    if conn.dialect.name == "postgresql":
-        return func.timezone("UTC", func.clock_timestamp())
-    return now
+def _is_plain_success(outcome: Outcome) -> bool:
+    return outcome.status is Status.COMPLETED and outcome.result is None
 
 
 def _fence(claim: Claim) -> tuple[Any, ...]:
