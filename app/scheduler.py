@@ -20,7 +20,7 @@ from .handlers import Registry
 from .maintenance import Upkeep
 from .models import Status
 from .notify import Listener
-from .store import Claim, NotRegistered, Outcome, Store
+from .store import Claim, Cycle, NotRegistered, Outcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,7 @@ class Scheduler(Upkeep):
         if self.running_count() and now >= self._next_cancel_check:
             self._next_cancel_check = now + CANCEL_CHECK_S
             self._honour_cancel_requests()
-        # Asked with the time from before the claim: a task that fell due during the claim
-        # is still found, and the loop comes straight back for it.
-        before = self.clock()
         self.tick()
-        if self.running_count() >= self.max_concurrent:
-            self._next_due = None  # every slot is taken: a finishing task wakes the loop
-            return
-        due = self.store.next_run_at(before)
-        self._next_due = None if due is None else now + (due - before).total_seconds() + 0.001
 
     def _sleep_for(self) -> float:
         """Sleep until the polling interval, the next timeout, or the next due task."""
@@ -196,15 +188,18 @@ class Scheduler(Upkeep):
             free = self.max_concurrent - len(self._running) + len(done)
         finished = [(r.claim, o) for r, o in done if o is not None]
         limit = 0 if self._stopping.is_set() else free
+        began = time.monotonic()
         try:
-            applied, claims = self.store.cycle(self.id, finished, limit)
+            cycle: Cycle | None = self.store.cycle(self.id, finished, limit)
         except NotRegistered:
-            applied, claims = [False] * len(finished), []
+            cycle = None  # its outcomes are refused anyway: whoever reaped it ended them
             self._rejoin()
         except BaseException:
             with self._lock:
                 self._done[:0] = done  # not recorded: try again on the next pass
             raise
+        applied = cycle.applied if cycle else [False] * len(finished)
+        claims = cycle.claims if cycle else []
         for (claim, _), ok in zip(finished, applied, strict=True):
             if not ok:
                 log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
@@ -212,6 +207,12 @@ class Scheduler(Upkeep):
             for running, _ in done:
                 self._running.pop(running.claim.id, None)
         self._dispatch(claims)
+        # While every slot is taken, a finishing task wakes the loop; otherwise sleep no
+        # longer than until the next held-back task falls due.
+        if cycle is None or cycle.next_due is None:
+            self._next_due = None
+        else:
+            self._next_due = began + (cycle.next_due - cycle.now).total_seconds()
         return len(claims)
 
     def _dispatch(self, claims: list[Claim]) -> None:

@@ -45,6 +45,16 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Cycle:
+    """What one scheduler pass did: which outcomes applied, what it claimed, what is next."""
+
+    applied: list[bool]
+    claims: list[Claim]
+    now: datetime
+    next_due: datetime | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended."""
 
@@ -128,20 +138,20 @@ class Store(Membership):
         with database.write(self.engine) as conn:
             return self.finish_all(conn, [(claim, outcome)], now or utcnow())[0]
 
-    def cycle(
-        self, worker: str, finished: list[tuple[Claim, Outcome]], limit: int
-    ) -> tuple[list[bool], list[Claim]]:
+    def cycle(self, worker: str, finished: list[tuple[Claim, Outcome]], limit: int) -> Cycle:
         """Record finished attempts and claim up to `limit` tasks, in one transaction.
 
         One commit per scheduler pass, whatever the number of tasks it settles and starts:
         durability costs little, and a dependent is claimed in the very transaction that
-        records its last dependency's completion.
+        records its last dependency's completion. When slots stay free, it also says when
+        the next held-back task (run_at, retry backoff) falls due.
         """
         with database.write(self.engine) as conn:
             now = utcnow()
             applied = self.finish_all(conn, finished, now) if finished else []
             claims = self._claim_as(conn, worker, limit, now) if limit > 0 else []
-        return applied, claims
+            due = self._next_run_at(conn, now) if len(claims) < limit else None
+        return Cycle(applied, claims, now, due)
 
     def finish_all(
         self, conn: Connection, finished: list[tuple[Claim, Outcome]], now: datetime
@@ -236,12 +246,12 @@ class Store(Membership):
         with database.read(self.engine) as conn:
             return [(i, a) for i, a in conn.execute(query)]
 
-    def next_run_at(self, now: datetime) -> datetime | None:
+    def _next_run_at(self, conn: Connection, now: datetime) -> datetime | None:
         """Return the earliest future time a ready task is held back to (run_at, backoff)."""
-        with database.read(self.engine) as conn:
-            ready = READY_SQLITE if conn.dialect.name == "sqlite" else READY
-            query = select(func.min(tasks.c.run_at)).where(ready, tasks.c.run_at > now)
-            return conn.execute(query).scalar()
+        ready = READY_SQLITE if conn.dialect.name == "sqlite" else READY
+        query = select(func.min(tasks.c.run_at)).where(ready, tasks.c.run_at > now)
+        due: datetime | None = conn.execute(query).scalar()
+        return due
 
     def reap(self, worker: str, reason: str, stale_before: datetime | None = None) -> list[str]:
         """Forget a dead instance and end every attempt it holds as interrupted.
