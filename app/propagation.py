@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select, update
 
+from .hotpath import count_down
 from .models import FAILED_LIKE, Status
 from .tables import chunks, deps, still_queued, tasks
 
@@ -35,24 +36,6 @@ def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> int:
             for tid in cut_off(conn, part, Status.CANCELLED, "was cancelled", now):
                 frontier[tid] = Status.CANCELLED
     return ready
-
-
-def count_down(conn: Connection, ended: Sequence[str]) -> int:
-    """Take the ended tasks off their QUEUED dependents' counts; return how many reach 0."""
-    edges = (
-        select(func.count())
-        .select_from(deps)
-        .where(deps.c.task_id == tasks.c.id, deps.c.dependency_id.in_(ended))
-        .scalar_subquery()
-    )
-    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(ended))
-    counts = conn.execute(
-        update(tasks)
-        .where(tasks.c.id.in_(waiting), still_queued(conn.dialect.name))
-        .values(pending_deps=tasks.c.pending_deps - edges)
-        .returning(tasks.c.pending_deps)
-    )
-    return sum(1 for (pending,) in counts if pending == 0)
 
 
 def cut_off(

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, delete, func, select, tuple_, update
+from sqlalchemy import Connection, delete, select, update
 
-from . import database
+from . import database, hotpath
 from .database import stamp, utcnow
 from .membership import Membership
 from .models import Status
 from .notify import announce
 from .propagation import settle
-from .tables import CHUNK, READY, READY_SQLITE, RUNNING, instances, tasks
+from .tables import CHUNK, RUNNING, instances, tasks
 
 # Re-exported: older callers import these from here.
 from .tables import chunks as chunks
@@ -79,50 +79,17 @@ class Store(Membership):
     def _claim_as(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
         # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
         # this claim commits, so nothing is claimed under a dead identity.
-        member = select(instances.c.id).where(instances.c.id == worker)
-        if conn.execute(member.with_for_update(read=True)).first() is None:
+        if not hotpath.is_member(conn, worker):
             raise NotRegistered(worker)
         return self._claim(conn, worker, limit, now)
 
     def _claim(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
-        # A materialized CTE: as `seq IN (subquery)`, PostgreSQL may rescan the locking
-        # subquery once per row and so claim more than `limit` tasks.
-        ready = ready_query(conn.dialect.name, limit, now).cte("ready").prefix_with("MATERIALIZED")
-        stmt = (
-            update(tasks)
-            .where(tasks.c.seq == ready.c.seq, READY)
-            .values(
-                status=Status.RUNNING.value,
-                attempts=tasks.c.attempts + 1,
-                worker=worker,
-                started_at=stamp(conn, now),
-                finished_at=None,
-                updated_at=stamp(conn, now),
-                result=None,
-                error=None,
-                error_code=None,
-            )
-            .returning(
-                tasks.c.seq,
-                tasks.c.id,
-                tasks.c.type,
-                tasks.c.duration_ms,
-                tasks.c.payload,
-                tasks.c.attempts,
-                tasks.c.failures,
-                tasks.c.max_attempts,
-                tasks.c.retry_backoff_ms,
-                tasks.c.timeout_ms,
-                tasks.c.priority,
-            )
-        )
-        rows = sorted(conn.execute(stmt).all(), key=lambda r: (-r.priority, r.seq))
         return [
             Claim(
                 id=r.id,
                 type=r.type,
                 duration_ms=r.duration_ms,
-                payload=r.payload,
+                payload=hotpath.payload_of(r.payload),
                 attempt=r.attempts,
                 worker=worker,
                 failures=r.failures,
@@ -130,7 +97,7 @@ class Store(Membership):
                 retry_backoff_ms=r.retry_backoff_ms,
                 timeout_ms=r.timeout_ms,
             )
-            for r in rows
+            for r in hotpath.claim(conn, worker, limit, now)
         ]
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
@@ -150,7 +117,7 @@ class Store(Membership):
             now = utcnow()
             applied = self.finish_all(conn, finished, now) if finished else []
             claims = self._claim_as(conn, worker, limit, now) if limit > 0 else []
-            due = self._next_run_at(conn, now) if len(claims) < limit else None
+            due = hotpath.next_run_at(conn, now) if len(claims) < limit else None
         return Cycle(applied, claims, now, due)
 
     def finish_all(
@@ -185,21 +152,7 @@ class Store(Membership):
         for worker, mine in by_worker.items():
             for start in range(0, len(mine), CHUNK // 2):
                 pairs = [(c.id, c.attempt) for c in mine[start : start + CHUNK // 2]]
-                stmt = (
-                    update(tasks)
-                    .where(tuple_(tasks.c.id, tasks.c.attempts).in_(pairs))
-                    .where(RUNNING, tasks.c.worker == worker)
-                    .values(
-                        status=Status.COMPLETED.value,
-                        finished_at=stamp(conn, now),
-                        updated_at=stamp(conn, now),
-                        result=None,
-                        error=None,
-                        error_code=None,
-                    )
-                    .returning(tasks.c.id, tasks.c.attempts)
-                )
-                done.update((i, a) for i, a in conn.execute(stmt))
+                done |= hotpath.complete(conn, worker, pairs, now)
         return done
 
     def requeue(self, claim: Claim) -> bool:
@@ -246,13 +199,6 @@ class Store(Membership):
         with database.read(self.engine) as conn:
             return [(i, a) for i, a in conn.execute(query)]
 
-    def _next_run_at(self, conn: Connection, now: datetime) -> datetime | None:
-        """Return the earliest future time a ready task is held back to (run_at, backoff)."""
-        ready = READY_SQLITE if conn.dialect.name == "sqlite" else READY
-        query = select(func.min(tasks.c.run_at)).where(ready, tasks.c.run_at > now)
-        due: datetime | None = conn.execute(query).scalar()
-        return due
-
     def reap(self, worker: str, reason: str, stale_before: datetime | None = None) -> list[str]:
         """Forget a dead instance and end every attempt it holds as interrupted.
 
@@ -295,20 +241,6 @@ class Store(Membership):
             applied = self.finish_all(conn, interrupted, now)
             reaped = [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
         return reaped
-
-
-def ready_query(dialect: str, limit: int, now: datetime) -> Select[Any]:
-    """Select the next `limit` ready tasks, best first, locking them on PostgreSQL."""
-    return (
-        select(tasks.c.seq)
-        .where(
-            READY_SQLITE if dialect == "sqlite" else READY,
-            (tasks.c.run_at.is_(None)) | (tasks.c.run_at <= now),
-        )
-        .order_by(tasks.c.priority.desc(), tasks.c.seq)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
 
 
 def _is_plain_success(outcome: Outcome) -> bool:

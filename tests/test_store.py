@@ -10,12 +10,12 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, text, update
 
-from app import database, services
+from app import database, hotpath, services
 from app.database import utcnow
 from app.models import Status
 from app.propagation import settle
-from app.store import Claim, NotRegistered, Outcome, Store, ready_query
-from app.tables import deps, still_queued, tasks
+from app.store import Claim, NotRegistered, Outcome, Store
+from app.tables import tasks
 from tests.conftest import AppFactory, build_app
 
 
@@ -246,25 +246,32 @@ def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> No
     assert [c.id for c in claim_all(store)] == ["a", "b"]
 
 
-def query_plan(store: Store, statement: Any) -> list[str]:
-    sql = str(statement.compile(store.engine, compile_kwargs={"literal_binds": True}))
+def query_plan(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
     with database.read(store.engine) as conn:
-        return [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+        return [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
 
 
 def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
-    plan = query_plan(store, ready_query("sqlite", 10, utcnow()))
-    assert plan == ["SCAN tasks USING INDEX ix_tasks_ready"]
+    params = {"now": "2026-01-01 00:00:00.000000", "limit": 10, "w": "w"}
+    plan = query_plan(store, hotpath.claim_sql("sqlite"), params)
+    assert "SCAN tasks USING INDEX ix_tasks_ready" in plan, plan
+    assert not any("TEMP B-TREE" in step or "ix_tasks_status_seq" in step for step in plan)
 
 
-def test_sqlite_propagation_looks_dependents_up_by_id(sqlite_url: str) -> None:
+def test_sqlite_propagation_and_completion_find_rows_by_id(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
-    waiting = select(deps.c.task_id).where(deps.c.dependency_id.in_(["a", "b"]))
-    statement = update(tasks).where(tasks.c.id.in_(waiting), still_queued("sqlite"))
-    plan = query_plan(store, statement.values(pending_deps=0))
-    assert any(s.startswith("SEARCH tasks USING INDEX") and "(id=?)" in s for s in plan), plan
-    assert not any("ix_tasks_status_seq" in step for step in plan), plan
+    statements = [
+        (hotpath.count_down_sql("sqlite", 2), {"e0": "a", "e1": "b"}),
+        (
+            hotpath.complete_sql("sqlite", 2),
+            {"w": "w", "now": "x", "i0": "a", "a0": 1, "i1": "b", "a1": 1},
+        ),
+    ]
+    for sql, params in statements:
+        plan = query_plan(store, sql, params)
+        assert any(s.startswith("SEARCH tasks USING INDEX") and "(id=?)" in s for s in plan)
+        assert not any("ix_tasks_status_seq" in step for step in plan), plan
 
 
 def test_only_a_registered_instance_claims(store: Store) -> None:
