@@ -45,6 +45,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         engine = db.engine
     if engine.dialect.name == "sqlite":
         database.configure_sqlite(engine, settings.sqlite_synchronous)
+    else:
+        database.configure_postgresql(engine, settings.lease_s)
 
     store = Store(engine)
     registry = Registry(strict=settings.strict_task_types)

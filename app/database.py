@@ -27,6 +27,21 @@ def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:
     return {"pool_size": max_concurrent + 4, "max_overflow": 16, "pool_pre_ping": True}
 
 
+def configure_postgresql(engine: Engine, lease_s: int) -> None:
+    """Make a session that sits inside a transaction for a whole lease end on the server.
+
+    A scheduler paused in the middle of a transaction (SIGSTOP, a frozen VM) would hold
+    its row locks forever and stall the live instances that need them to recover its
+    work; the server ends such a session after `lease_s`, releasing them.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {int(lease_s * 1000)}")
+        dbapi_connection.commit()
+
+
 def configure_sqlite(engine: Engine, synchronous: str) -> None:
     """Set WAL, durability and a busy timeout; make writers take the lock up front."""
 

@@ -217,6 +217,9 @@ class Store(Membership):
         if stale_before is not None:
             forget = forget.where(instances.c.heartbeat_at < stale_before)
         with database.write(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # Never wait long on a lock a paused instance holds: try again next pass.
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
             # Deleting the row first takes its lock: a claim by that instance either
             # committed before (and is ended below) or finds it gone (and claims nothing).
             if conn.execute(forget).rowcount == 0 and stale_before is not None:
