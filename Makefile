@@ -8,7 +8,7 @@ TEST_DATABASE_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && \
 	echo postgresql://postgres@127.0.0.1:5432/test)
 export TEST_DATABASE_URL
 
-.PHONY: install db-upgrade run test lint format integration clean
+.PHONY: install db-upgrade run test lint format integration bench clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ format: install
 
 integration: install
 	$(BIN)/python scripts/integration_test.py --base-url http://127.0.0.1:$(PORT)
+
+# The benchmark suite (bench/run.py): prints the table, writes bench/results/latest.json.
+# BENCH_ARGS=--quick for a one-minute smoke run; `.venv/bin/python -m bench --help` for sizes.
+$(BIN)/.bench-installed: bench/requirements.txt $(BIN)/.installed
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The benchmark suite: `make bench`, or `.venv/bin/python -m bench --help`."""

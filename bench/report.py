@@ -1,0 +1,182 @@
+"""The figures as a table (each beside its target and the peers) and as JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+HEADINGS = ("Figure", "SQLite", "Target", "Met", "PostgreSQL", "huey SQLite", "huey Redis")
+SCALE_LIMIT = 1.5
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the median of every numeric field over `runs` (the first run's other fields)."""
+    if not runs:
+        return {}
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(value, int | float) and all(isinstance(v, int | float) for v in values):
+            merged[key] = statistics.median(values)  # type: ignore[type-var]
+    return merged
+
+
+def _pick(results: dict[str, Any], path: str) -> float | None:
+    node: Any = results
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, int | float) else None
+
+
+def _row(
+    results: dict[str, Any], figure: str, key: str, target: str = "", higher: bool = True
+) -> Row:
+    section, field = key.split(":")
+    row: Row = {"figure": figure, "target": target, "higher_is_better": higher}
+    row["sqlite"] = _pick(results, f"ours.sqlite.{section}.median.{field}")
+    row["postgresql"] = _pick(results, f"ours.postgresql.{section}.median.{field}")
+    row["huey_sqlite"] = _pick(results, f"peers.huey_sqlite.{section}.median.{field}")
+    row["huey_redis"] = _pick(results, f"peers.huey_redis.{section}.median.{field}")
+    row["met"] = _met(row["sqlite"], target)
+    return row
+
+
+def _met(value: float | None, target: str) -> bool | None:
+    if value is None or not target:
+        return None
+    sign, _, bound = target.partition(" ")
+    limit = float(bound.split()[0].replace(",", ""))
+    return value >= limit if sign == ">=" else value <= limit
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """Return every figure of the run with its target and peers, in table order."""
+    settings = results["settings"]
+    n, hops, parents = settings["tasks"], settings["chain"], settings["fan_in"]
+    table = [
+        _row(
+            results, f"E2E throughput, {n:,} no-op tasks (tasks/s)", "e2e:tasks_per_s", ">= 5,000"
+        ),
+        _row(results, f"Chain of {hops:,}, per hop (ms)", "chain:per_hop_ms", "<= 1", False),
+        _row(
+            results,
+            f"Fan-in {parents:,}->1: child handler start lag (ms)",
+            "fan_in:handler_lag_ms",
+            "<= 5",
+            False,
+        ),
+        _row(
+            results,
+            "  ... lag to its recorded started_at (ms)",
+            "fan_in:child_lag_ms",
+            "<= 5",
+            False,
+        ),
+    ]
+    concurrency = settings["load_processes"] * settings["load_threads"]
+    table.append(
+        _row(results, f"POST /api/tasks, {concurrency} conns (req/s)", "load:requests_per_s")
+    )
+    table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
+    table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
+    table += _storage_rows(results.get("storage") or [])
+    measured = ("sqlite", "postgresql", "huey_sqlite", "huey_redis")
+    return [r for r in table if any(r.get(k) is not None for k in measured)]
+
+
+def _storage_rows(sizes: list[dict[str, Any]]) -> list[Row]:
+    table: list[Row] = []
+    measured = [s for s in sizes if "error" not in s]
+    for field, title, unit in (
+        ("cycle_us", "Claim+finish cycle", "us"),
+        ("normal_cycle_us", "  ... at SQLITE_SYNCHRONOUS=NORMAL", "us"),
+        ("rss_mib", "Worker RSS", "MiB"),
+        ("startup_s", "Server start-up", "s"),
+    ):
+        base = measured[0][field] if measured else None
+        for i, size in enumerate(measured):
+            target = ""
+            if i and base is not None and field != "startup_s":
+                target = f"<= {SCALE_LIMIT * base:,.0f} ({SCALE_LIMIT}x first)"
+            label = f"{title}, {size['stored']:.0e} stored ({unit})".replace("e+0", "e")
+            row: Row = {"figure": label, "sqlite": size[field], "target": target}
+            row.update(higher_is_better=False, met=_met(size[field], target))
+            table.append(row)
+    return table
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _peer(row: Row, key: str) -> str:
+    peer, ours = row.get(key), row.get("sqlite")
+    if peer is None:
+        return "-"
+    ratio = f" ({ours / peer:.2f}x)" if ours is not None and peer else ""
+    return _number(peer) + ratio
+
+
+def table(table_rows: list[Row]) -> str:
+    """Return the rows as an aligned text table."""
+    cells = [HEADINGS] + [
+        (
+            r["figure"],
+            _number(r.get("sqlite")),
+            r.get("target") or "-",
+            {True: "yes", False: "NO", None: "-"}[r.get("met")],
+            _number(r.get("postgresql")),
+            _peer(r, "huey_sqlite"),
+            _peer(r, "huey_redis"),
+        )
+        for r in table_rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADINGS))]
+    lines = []
+    for index, cell in enumerate(cells):
+        parts = [cell[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(cell[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(table_rows: list[Row]) -> str:
+    """Return the rows as a Markdown table (for the README)."""
+    lines = ["| " + " | ".join(HEADINGS) + " |", "|---" + "|---:" * (len(HEADINGS) - 1) + "|"]
+    for r in table_rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]
+        cells = [r["figure"].replace("...", "…").strip(), _number(r.get("sqlite"))]
+        cells += [r.get("target") or "-", met, _number(r.get("postgresql"))]
+        cells += [_peer(r, "huey_sqlite"), _peer(r, "huey_redis")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(table_rows: list[Row], notes: list[str], path: Path) -> None:
+    """Write the table as Markdown, with `notes` (machine, settings) under it."""
+    lines = [markdown(table_rows), ""]
+    lines += [line for note in notes for line in (note.replace("\n", "  \n"), "")]
+    path.write_text("\n".join(lines))
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    """Write every figure, run and setting to `path` and to a dated copy beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    path.write_text(text)
+    dated = path.with_name(f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    dated.write_text(text)
+    return dated

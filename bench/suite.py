@@ -1,0 +1,152 @@
+"""Run each group of figures, repeat the short ones, keep going past a failed figure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import db as store
+from bench import e2e, load, peers, storage
+from bench.client import Client
+from bench.progress import log, over_budget
+from bench.report import medians
+from bench.server import Database, migrate, serving
+
+
+@dataclass
+class Options:
+    """Sizes and switches of one run (see `python -m bench --help`)."""
+
+    tasks: int = 20_000
+    batch: int = 1_000
+    chain: int = 1_000
+    fan_in: int = 1_000
+    repeat: int = 3
+    pg_tasks: int = 5_000
+    pg_repeat: int = 3
+    pg_url: str | None = None
+    redis: bool = True
+    load_seconds: float = 5.0
+    load_processes: int = 2
+    load_threads: int = 4
+    sizes: list[int] = field(default_factory=lambda: [1_000, 100_000, 1_000_000])
+    cycles: int = 300
+    timeout_s: float = 120.0
+    # Past this many seconds from the start, no further repeat of a figure starts.
+    budget_s: float = 420.0
+    only: set[str] = field(default_factory=set)
+    profile: bool = False
+
+    def wants(self, section: str) -> bool:
+        """Tell whether `section` runs (all run unless --only names some)."""
+        return not self.only or section in self.only
+
+
+class Collector:
+    """Runs figures, keeps every run and its failure, and stops a group on a time-out."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.errors: dict[str, str] = {}
+
+    def measure(self, label: str, name: str, action: Callable[[], dict[str, Any]]) -> bool:
+        """Run one figure; False when the group should stop (it timed out)."""
+        try:
+            result = action()
+        except Exception as exc:  # one failed figure must not cost the others
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{label} {name}: FAILED {self.errors[name]}")
+            return not isinstance(exc, TimeoutError)
+        self.runs.setdefault(name, []).append(result)
+        log(f"{label} {name}: {_brief(result)}")
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """Return {figure: {"runs", "median"[, "error"]}}."""
+        out: dict[str, Any] = {}
+        for name in {*self.runs, *self.errors}:
+            runs = self.runs.get(name, [])
+            out[name] = {"runs": runs, "median": medians(runs)}
+            if name in self.errors:
+                out[name]["error"] = self.errors[name]
+        return out
+
+
+def _brief(result: dict[str, Any]) -> str:
+    keys = ("tasks_per_s", "per_hop_ms", "handler_lag_ms", "requests_per_s", "p99_ms")
+    return ", ".join(f"{k}={result[k]:,.2f}" for k in keys if k in result) or str(result)[:120]
+
+
+def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
+    """Run e2e, chain, fan-in and load figures on one server on `db`."""
+    is_pg = db.kind == "postgresql"
+    n, repeat = (opts.pg_tasks, opts.pg_repeat) if is_pg else (opts.tasks, opts.repeat)
+    label = f"ours/{db.kind}"
+    collect = Collector()
+    migrate(db)
+    with serving(db, workdir / f"server-{db.kind}.log") as server:
+        client = Client(server.base)
+        plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = []
+        t = opts.timeout_s
+        if opts.wants("e2e"):
+            plan.append(("e2e", lambda r: e2e.throughput(client, db, f"e{r}", n, opts.batch, t)))
+        if opts.wants("chain"):
+            plan.append(("chain", lambda r: e2e.chain(client, db, f"c{r}", opts.chain, t)))
+        if opts.wants("fanin"):
+            plan.append(("fan_in", lambda r: e2e.fan_in(client, db, f"f{r}", opts.fan_in, t)))
+        if opts.wants("load"):
+            plan.append(("load", lambda r: _load(server.base, db, opts)))
+        if not _repeat(collect, label, plan, repeat):
+            log(f"{label}: stopped after a time-out")
+        client.close()
+        result = collect.summary()
+        result["settings"] = {"tasks": n, "repeat": repeat, **server.settings_used()}
+    return result
+
+
+def _repeat(
+    collect: Collector, label: str, plan: list[tuple[str, Callable[[int], Any]]], repeat: int
+) -> bool:
+    # Figures interleave (e2e, chain, ... then again) so that a noisy moment hits one run.
+    for r in range(repeat):
+        if r and over_budget():
+            log(f"{label}: over the time budget; {r} run(s) instead of {repeat}")
+            return True
+        for name, action in plan:
+            if not collect.measure(f"{label} run {r + 1}/{repeat}", name, partial(action, r)):
+                return False
+    return True
+
+
+def _load(base: str, db: Database, opts: Options) -> dict[str, Any]:
+    result = load.post_load(base, opts.load_processes, opts.load_threads, opts.load_seconds)
+    store.wait_finished(db, opts.timeout_s)  # the submitted tasks run before the next figure
+    return result
+
+
+def scaling(opts: Options, workdir: Path) -> list[dict[str, Any]]:
+    """Run the storage-size figures; one error entry if they fail."""
+    try:
+        return storage.scaling(workdir, opts.sizes, opts.cycles)
+    except Exception as exc:  # a failure here must not cost the peers' figures
+        log(f"storage: FAILED {type(exc).__name__}: {exc}")
+        return [{"stored": min(opts.sizes), "error": f"{type(exc).__name__}: {exc}"}]
+
+
+def peer_figures(backend: str, opts: Options, workdir: Path) -> dict[str, Any]:
+    """Run the Huey figures on `backend` ("sqlite" or "redis")."""
+    collect = Collector()
+    plan: list[tuple[str, Callable[[int], Any]]] = []
+    # `--only peers` runs both; `--only peers,chain` only the chain.
+    both = not opts.only & {"e2e", "chain"}
+    if both or opts.wants("e2e"):
+        plan.append(("e2e", lambda r: peers.e2e(backend, workdir, opts.tasks, opts.timeout_s)))
+    if both or opts.wants("chain"):
+        plan.append(("chain", lambda r: peers.chain(backend, workdir, opts.chain, opts.timeout_s)))
+    _repeat(collect, f"huey/{backend}", plan, opts.repeat)
+    result = collect.summary()
+    result["settings"] = {"consumer": " ".join(peers.CONSUMER_ARGS), "tasks": opts.tasks}
+    return result
