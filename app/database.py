@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event, func
 
@@ -80,9 +82,30 @@ def _transaction(engine: Engine, begin: str) -> Iterator[Connection]:
             raise
 
 
-def write(engine: Engine) -> AbstractContextManager[Connection]:
+# SQLite admits one writer. Threads of one process queue on this lock instead of on
+# SQLite's busy handler, which sleeps in steps of up to 100 ms and so left a writer
+# waiting long after the lock was free. Other processes still meet the busy handler.
+_writers: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
+_writers_guard = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock:
+    with _writers_guard:
+        lock = _writers.get(engine)
+        if lock is None:
+            lock = _writers[engine] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
     """Run one write transaction; it commits on success and rolls back on error."""
-    return _transaction(engine, "IMMEDIATE")
+    if engine.dialect.name != "sqlite":
+        with _transaction(engine, "IMMEDIATE") as conn:
+            yield conn
+        return
+    with _writer_lock(engine), _transaction(engine, "IMMEDIATE") as conn:
+        yield conn
 
 
 def read(engine: Engine) -> AbstractContextManager[Connection]:
