@@ -18,6 +18,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST_TIMEOUT_S = 5.0
+BATCH_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 30.0
 TERMINAL = frozenset({"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"})
 
@@ -100,14 +101,19 @@ def copy_db(source: Path, target: Path) -> None:
         src.backup(dst)
 
 
-def service_env(db: Path, **settings: str) -> dict[str, str]:
-    """Return an environment running the service on the SQLite file `db` with `settings`."""
+def database_url(db: Path | str) -> str:
+    """Return the URL of `db`: a SQLite file's path, or a URL (PostgreSQL) as it is."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def service_env(db: Path | str, **settings: str) -> dict[str, str]:
+    """Return an environment running the service on `db` (a SQLite file or a URL)."""
     env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     env.update(
         dict.fromkeys(BLANKED, ""),
         FLASK_APP="wsgi",
         PYTHONUNBUFFERED="1",
-        DATABASE_URL=f"sqlite:///{db}",
+        DATABASE_URL=database_url(db),
         POLLING_INTERVAL="100",
         SQLITE_SYNCHRONOUS="NORMAL",
     )
@@ -115,7 +121,7 @@ def service_env(db: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def run_flask(db: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+def run_flask(db: Path | str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """Run one `flask` command on `db` to completion and return what it did."""
     return subprocess.run(
         [sys.executable, "-m", "flask", *args],
@@ -159,6 +165,26 @@ class Server:
         resp = requests.post(self.base_url + "/api/tasks", json=body, timeout=REQUEST_TIMEOUT_S)
         assert resp.status_code == 201, f"{task_id}: {resp.status_code} {resp.text}"
         return dict(resp.json())
+
+    def submit_batch(self, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Submit a whole graph with `POST /api/tasks/batch`; return the 201 answer."""
+        url = self.base_url + "/api/tasks/batch"
+        resp = requests.post(url, json={"tasks": tasks}, timeout=BATCH_TIMEOUT_S)
+        assert resp.status_code == 201, f"batch: {resp.status_code} {resp.text[:500]}"
+        return dict(resp.json())
+
+    def all_tasks(self, **filters: str) -> dict[str, dict[str, Any]]:
+        """Return every task (optionally filtered), following the pages, keyed by id."""
+        params = {"limit": "1000", **filters}
+        url: str | None = self.base_url + "/api/tasks"
+        found: dict[str, dict[str, Any]] = {}
+        while url is not None:
+            resp = requests.get(url, params=params, timeout=REQUEST_TIMEOUT_S)
+            assert resp.status_code == 200, f"list: {resp.status_code} {resp.text[:500]}"
+            found.update((task["id"], task) for task in resp.json())
+            url = resp.links.get("next", {}).get("url")
+            params = {}  # the next link carries them
+        return found
 
     def task(self, task_id: str) -> dict[str, Any]:
         """Return one task as the API shows it."""
@@ -256,7 +282,7 @@ class Launcher:
         self.servers.append(server)
         return server
 
-    def gunicorn(self, db: Path, *, ready: str = "running", **settings: str) -> Server:
+    def gunicorn(self, db: Path | str, *, ready: str = "running", **settings: str) -> Server:
         """Start `gunicorn -c gunicorn.conf.py wsgi:app` and wait until it serves."""
         port = free_port()
         env = service_env(db, PORT=str(port), HOST="127.0.0.1", **settings)
@@ -267,12 +293,19 @@ class Launcher:
         server.wait_ready(ready)
         return server
 
-    def scheduler(self, db: Path, **settings: str) -> Server:
+    def scheduler(self, db: Path | str, **settings: str) -> Server:
         """Start `flask scheduler run` and wait until its signal handlers are in place."""
+        return self.schedulers(db, 1, **settings)[0]
+
+    def schedulers(self, db: Path | str, count: int, **settings: str) -> list[Server]:
+        """Start `count` copies of `flask scheduler run` at once; wait until every one runs."""
         argv = [sys.executable, "-m", "flask", "scheduler", "run"]
-        server = self._start("scheduler", argv, service_env(db, **settings), None)
-        server.wait_log(" running ")
-        return server
+        started = [
+            self._start("scheduler", argv, service_env(db, **settings), None) for _ in range(count)
+        ]
+        for server in started:
+            server.wait_log(" running ")
+        return started
 
     def close(self) -> None:
         """Kill whatever is still running and print every log (pytest shows it on failure)."""

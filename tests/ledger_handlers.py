@@ -1,0 +1,43 @@
+"""A handler module for the scale-out tests: `TASK_HANDLERS=tests.ledger_handlers`.
+
+The `ledger` type appends `task_id attempt pid start|end wall_time_ns` to the file named by
+`LEDGER_PATH`, one line as it starts and one as it ends, then fails when `payload.fail` is
+true. Each line is one `os.write` to a file opened with O_APPEND, so the lines of several
+processes never interleave. The ledger records what really ran, independently of the
+database: the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from app.handlers import HandlerFailed, Registry, TaskContext
+
+LEDGER_TYPE = "ledger"
+
+
+def append(ctx: TaskContext, event: str) -> None:
+    """Append one ledger line for `ctx`'s attempt."""
+    line = f"{ctx.id} {ctx.attempt} {os.getpid()} {event} {time.time_ns()}\n"
+    fd = os.open(os.environ["LEDGER_PATH"], os.O_APPEND | os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def ledger(ctx: TaskContext) -> None:
+    """Record the start, sleep `duration_ms` (stopping when cancelled), record the end."""
+    append(ctx, "start")
+    cancelled = ctx.cancel.wait(ctx.duration_ms / 1000)
+    append(ctx, "end")
+    if cancelled:
+        raise HandlerFailed("The ledger task was asked to stop before it finished.")
+    if ctx.payload.get("fail") is True:
+        raise HandlerFailed("The ledger task failed because payload.fail is true.")
+
+
+def register(registry: Registry) -> None:
+    """Register the `ledger` type."""
+    registry.register(LEDGER_TYPE, ledger)
