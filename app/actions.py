@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
@@ -13,7 +12,7 @@ from .errors import InvalidState, NotFound
 from .models import FAILED_LIKE, TERMINAL, Status
 from .notify import announce
 from .propagation import cut_off, settle
-from .queries import load_task
+from .queries import dependencies_with_status, load_task
 from .tables import chunks, deps, tasks
 
 # Tasks that did not run because of another task, and come back when it is retried.
@@ -144,7 +143,7 @@ def _held_back(conn: Connection, root: str) -> set[str]:
         candidates.update(frontier)
     # Keep only those whose every failed or cancelled dependency comes back too.
     while True:
-        edges = _edges_into(conn, candidates - {root})
+        edges = dependencies_with_status(conn, list(candidates - {root}))
         kept = {
             t
             for t in candidates
@@ -155,24 +154,9 @@ def _held_back(conn: Connection, root: str) -> set[str]:
         candidates = kept
 
 
-def _edges_into(conn: Connection, ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
-    """Return, for each task, its dependencies with their statuses."""
-    dependency = tasks.alias("dependency")
-    result: dict[str, list[tuple[str, str]]] = {}
-    for part in chunks(list(ids)):
-        query = (
-            select(deps.c.task_id, deps.c.dependency_id, dependency.c.status)
-            .join(dependency, dependency.c.id == deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-        )
-        for task_id, dependency_id, status in conn.execute(query):
-            result.setdefault(task_id, []).append((dependency_id, status))
-    return result
-
-
 def _requeue(conn: Connection, requeued: set[str]) -> None:
     now = database.utcnow()
-    edges = _edges_into(conn, requeued)
+    edges = dependencies_with_status(conn, list(requeued))
     for task_id in requeued:
         pending = sum(1 for d, s in edges.get(task_id, []) if d in requeued or s not in TERMINAL)
         conn.execute(

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Engine, select
 from . import database
 from .errors import NotFound
 from .models import TERMINAL, Status
-from .tables import chunks, deps, instances, tasks
+from .queries import dependencies_with_status
+from .tables import instances, tasks
 
 # How many tasks a walk to the root causes visits at most.
 MAX_WALK = 10_000
@@ -67,19 +68,8 @@ def _dependencies(
     conn: Connection, ids: Iterable[str], keep: Any
 ) -> dict[str, list[tuple[str, str]]]:
     """Return, for each task, the dependencies (id, status) whose status `keep` accepts."""
-    dependency = tasks.alias("dependency")
-    found: dict[str, list[tuple[str, str]]] = {}
-    for part in chunks(list(ids)):
-        query = (
-            select(deps.c.task_id, dependency.c.id, dependency.c.status)
-            .join(dependency, dependency.c.id == deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-            .order_by(deps.c.task_id, deps.c.position)
-        )
-        for task_id, dependency_id, status in conn.execute(query):
-            if keep(status):
-                found.setdefault(task_id, []).append((dependency_id, status))
-    return found
+    found = dependencies_with_status(conn, list(ids))
+    return {t: [(d, s) for d, s in pairs if keep(s)] for t, pairs in found.items()}
 
 
 def _unfinished_roots(conn: Connection, start: list[str]) -> list[str]:

@@ -22,6 +22,16 @@ from app.scheduler import Scheduler
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 MAX_ERROR_BYTES = 2048
+# The original service's task fields, which come first and in this order.
+ORIGINAL_FIELDS = [
+    "id",
+    "type",
+    "duration_ms",
+    "status",
+    "dependencies",
+    "created_at",
+    "updated_at",
+]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

@@ -15,17 +15,8 @@ from werkzeug.test import TestResponse
 
 from app import queries
 from app.store import tasks
-from tests.conftest import AppFactory, assert_error
+from tests.conftest import ORIGINAL_FIELDS, AppFactory, assert_error
 
-ORIGINAL_FIELDS = [
-    "id",
-    "type",
-    "duration_ms",
-    "status",
-    "dependencies",
-    "created_at",
-    "updated_at",
-]
 NEXT_LINK = re.compile(r'^<([^>]+)>; rel="next"$')
 
 

@@ -14,17 +14,8 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 from app.store import tasks
-from tests.conftest import MAX_ERROR_BYTES, assert_error
+from tests.conftest import MAX_ERROR_BYTES, ORIGINAL_FIELDS, assert_error
 
-ORIGINAL_FIELDS = [
-    "id",
-    "type",
-    "duration_ms",
-    "status",
-    "dependencies",
-    "created_at",
-    "updated_at",
-]
 LATER_FIELDS = [
     "payload",
     "result",

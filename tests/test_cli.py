@@ -15,6 +15,7 @@ from sqlalchemy import update
 from app import database
 from app.cli_tasks import Duration
 from app.store import tasks
+from tests.conftest import ORIGINAL_FIELDS
 
 TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
 
@@ -70,15 +71,7 @@ def test_submit_a_task_from_a_file_prints_it_as_the_api_shows_it(
 
     shown = json.loads(succeed(app, "submit", path).stdout)
 
-    assert list(shown)[:7] == [
-        "id",
-        "type",
-        "duration_ms",
-        "status",
-        "dependencies",
-        "created_at",
-        "updated_at",
-    ]
+    assert list(shown)[:7] == ORIGINAL_FIELDS
     assert shown["status"] == "QUEUED"
     assert shown["payload"] == {"n": 1}
     assert app.test_client().get("/api/tasks/a").get_json() == shown
