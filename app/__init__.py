@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from . import database
+from . import database, logs
 from .config import Settings
 from .errors import register_error_handlers
 from .extensions import db, migrate
 from .handlers import Registry, load_modules
+from .metrics import Metrics
 from .scheduler import Scheduler
 from .store import Store
 
@@ -37,7 +37,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
@@ -53,14 +53,17 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     load_modules(registry, settings.task_handlers)
     app.extensions["store"] = store
     app.extensions["registry"] = registry
-    app.extensions["scheduler"] = Scheduler(
+    app.extensions["metrics"] = metrics = Metrics(engine)
+    app.extensions["scheduler"] = scheduler = Scheduler(
         store,
         registry,
         max_concurrent=settings.max_concurrent_tasks,
         poll_interval_s=settings.polling_interval_ms / 1000,
         lease_s=settings.lease_s,
         retention_days=settings.retention_days,
+        metrics=metrics,
     )
+    metrics.watch(scheduler.running_count)
 
     from .api import bp, ops
     from .cli import register_cli

@@ -9,11 +9,12 @@ from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import actions, batch, database, queries, services
+from . import actions, batch, database, metrics, queries, services
 from .blockers import blockers
 from .body import read_json_object
 from .errors import InvalidParameter, ValidationFailed
 from .models import Status
+from .openapi import spec_for
 from .schemas import TaskIn, TaskOut, TaskStatusOut, validation_details
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -57,6 +58,7 @@ def submit_task() -> tuple[Response, int]:
     response = jsonify(task_out.dump(submitted.task))
     if not submitted.created:
         return response, 200
+    current_app.extensions["metrics"].submitted([submitted.task["type"]])
     current_app.extensions["scheduler"].wake()
     response.headers["Location"] = url_for("tasks.get_task", task_id=submitted.task["id"])
     return response, 201
@@ -75,6 +77,7 @@ def submit_batch() -> tuple[Response, int]:
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
         return response, 200
+    current_app.extensions["metrics"].submitted(t["type"] for t in submitted.tasks)
     current_app.extensions["scheduler"].wake()
     return response, 201
 
@@ -181,3 +184,17 @@ def health() -> tuple[Response, int]:
     ok = healthy and storage["status"] == "ok"
     body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
     return jsonify(body), 200 if ok else 503
+
+
+@ops.get("/metrics")
+def scrape() -> Response:
+    """Expose the metrics in the Prometheus text format; open, like /health."""
+    body = current_app.extensions["metrics"].exposition()
+    return Response(body, 200, content_type=metrics.CONTENT_TYPE)
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """Serve the OpenAPI 3 document of every route, generated from the schemas."""
+    _only_parameters()
+    return jsonify(spec_for(current_app))

@@ -32,6 +32,8 @@ class Running:
     # Monotonic time at which the attempt times out, or None.
     deadline: float | None = None
     stop_reason: str | None = None
+    # Monotonic time at which the attempt was dispatched.
+    started: float = field(default_factory=time.monotonic)
 
     def stop(self, reason: str) -> None:
         """Ask the handler to stop: "cancel" by a user, "timeout", or "shutdown"."""

@@ -38,7 +38,8 @@ def _boolean(name: str, raw: str) -> bool:
 
 def _choice(*allowed: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
-        value = raw.strip().upper()
+        value = raw.strip()
+        value = value.upper() if allowed[0].isupper() else value.lower()
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
         return value
@@ -83,6 +84,7 @@ class Settings:
     task_handlers: str = _setting("", _text, "TASK_HANDLERS")
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")
     retention_days: int = _setting(7, _integer(0, 36_500), "RETENTION_DAYS")
+    log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import process
+from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class Upkeep:
     """Keeps an instance registered and alive, and cleans up after dead ones."""
 
     store: Store
+    metrics: Metrics
     id: str | None
     host: str
     lease_s: float
@@ -64,15 +66,19 @@ class Upkeep:
             self._next_heartbeat = now + self.lease_s / 3
             if not self.store.heartbeat(self.id):
                 self._rejoin()
+            else:
+                self.metrics.heartbeat()
         stale = self.store.database_now() - timedelta(seconds=self.lease_s)
         for other in self.store.instances():
             death = self._death(other, stale)
             if death is not None:
                 reason, stale_before = death
                 reaped = self.store.reap(other.id, reason, stale_before=stale_before)
+                self.metrics.recovered(len(reaped))
                 log.warning("recovered %d task(s) of %s: %s", len(reaped), other.id, reason)
         for worker in self.store.orphan_workers():
             reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered")
+            self.metrics.recovered(len(reaped))
             log.warning("recovered %d task(s) of unregistered %s", len(reaped), worker)
 
     def _death(self, other: Any, stale: datetime) -> tuple[str, datetime | None] | None:

@@ -18,6 +18,7 @@ from .attempt import Running, call_handler
 from .database import utcnow
 from .handlers import Registry
 from .maintenance import Upkeep
+from .metrics import Metrics
 from .models import Status
 from .notify import Listener
 from .store import Claim, Cycle, NotRegistered, Outcome, Store
@@ -41,6 +42,7 @@ class Scheduler(Upkeep):
         lease_s: float,
         retention_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -49,6 +51,7 @@ class Scheduler(Upkeep):
         self.lease_s = lease_s
         self.retention_days = retention_days
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.id: str | None = None
         self.state = "stopped"
         self.last_tick: float | None = None
@@ -200,6 +203,7 @@ class Scheduler(Upkeep):
             raise
         applied = cycle.applied if cycle else [False] * len(finished)
         claims = cycle.claims if cycle else []
+        self.metrics.finished(done, applied)
         for (claim, _), ok in zip(finished, applied, strict=True):
             if not ok:
                 log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
@@ -207,6 +211,7 @@ class Scheduler(Upkeep):
             for running, _ in done:
                 self._running.pop(running.claim.id, None)
         self._dispatch(claims)
+        self.metrics.claimed(claims)
         # While every slot is taken, a finishing task wakes the loop; otherwise sleep no
         # longer than until the next held-back task falls due.
         if cycle is None or cycle.next_due is None:

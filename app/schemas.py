@@ -154,3 +154,69 @@ def _first_message(value: Any) -> str:
         key, inner = next(iter(value.items()))
         return f"item {key}: {_first_message(inner)}"
     return "Invalid value."
+
+
+class ErrorOut(Schema):
+    """The one JSON error shape every failure answers with."""
+
+    error = fields.String(required=True, metadata={"description": "One sentence on what failed."})
+    code = fields.String(
+        required=True, metadata={"description": "A stable, machine-readable code."}
+    )
+    details = fields.Dict(
+        keys=fields.String(), metadata={"description": "What exactly failed, when known."}
+    )
+
+
+class BatchIn(Schema):
+    """A whole graph as submitted to `POST /api/tasks/batch`."""
+
+    class Meta:
+        unknown = RAISE
+
+    tasks = fields.List(
+        fields.Nested(TaskIn),
+        required=True,
+        validate=validate.Length(min=1, max=100_000),
+    )
+
+
+class BatchOut(Schema):
+    """The answer of `POST /api/tasks/batch`: the batch id and its tasks in the order sent."""
+
+    batch_id = fields.String(required=True)
+    tasks = fields.List(fields.Nested(TaskOut), required=True)
+
+
+class BlockerOut(Schema):
+    """One reason a task is not running."""
+
+    kind = fields.String(
+        required=True,
+        validate=validate.OneOf(("dependency", "run_at", "backoff", "no_slot", "shutdown")),
+    )
+    task_id = fields.String(metadata={"description": "The dependency, for kind dependency."})
+    status = fields.String(metadata={"description": "The dependency's status."})
+    until = Timestamp(metadata={"description": "When the wait ends, for run_at and backoff."})
+
+
+class BlockersOut(Schema):
+    """The answer of `GET /api/tasks/<id>/blockers`."""
+
+    id = fields.String(required=True)
+    status = fields.String(required=True)
+    blockers = fields.List(fields.Nested(BlockerOut), required=True)
+    root_causes = fields.List(fields.String(), required=True)
+
+
+class HealthOut(Schema):
+    """The answer of `GET /health`."""
+
+    status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
+    database = fields.Dict(
+        required=True, metadata={"description": "dialect, status and, when unreachable, error."}
+    )
+    scheduler = fields.Dict(
+        required=True,
+        metadata={"description": "state and, when enabled, instance, max_concurrent, running."},
+    )

@@ -1,0 +1,150 @@
+"""GET /metrics: the Prometheus text format, task counts from the database, moving counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from app import database, start_scheduler
+from app.metrics import Metrics
+from app.models import Status
+from app.tables import tasks
+from tests.conftest import AppFactory, wait_for
+from tests.helpers import Gate, Switch, running_app, submit, wait_status
+from tests.test_scheduler import exited_pid, register_instance
+from tests.test_store import claim_all
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: FlaskClient) -> Samples:
+    """GET /metrics, check its format, and return every sample by name and labels."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Return one sample's value, 0 when it is absent."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def by_status(samples: Samples) -> dict[str, float]:
+    """Return the tasks-by-status gauge as a dict."""
+    return {s.value: value(samples, "taskscheduler_tasks", status=s.value) for s in Status}
+
+
+def counted_in_database(app: Flask) -> dict[str, float]:
+    """Count tasks by status straight from the table."""
+    counts = dict.fromkeys((s.value for s in Status), 0.0)
+    query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+    with database.read(app.extensions["store"].engine) as conn:
+        for status, count in conn.execute(query):
+            counts[status] = float(count)
+    return counts
+
+
+def test_metrics_is_open_and_in_the_text_format(client: FlaskClient) -> None:
+    samples = scrape(client)
+    assert by_status(samples) == dict.fromkeys((s.value for s in Status), 0.0)
+    assert ("taskscheduler_running_tasks", ()) in samples
+    assert ("taskscheduler_task_run_seconds_count", ()) in samples
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 200
+
+
+def test_tasks_by_status_match_the_database(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()
+    submit(client, "root", type="etl")
+    submit(client, "child", "root", type="etl")
+    submit(client, "other")
+    client.post("/api/tasks/other/cancel")
+    assert client.post("/api/tasks/batch", json={"tasks": [task_body("b1")]}).status_code == 201
+    samples = scrape(client)
+    assert by_status(samples) == counted_in_database(app)
+    assert by_status(samples)["QUEUED"] == 3
+    assert by_status(samples)["CANCELLED"] == 1
+    assert value(samples, "taskscheduler_tasks_submitted_total", type="etl") == 2
+    assert value(samples, "taskscheduler_tasks_submitted_total", type="simulate") == 2
+    # An identical replay creates nothing.
+    client.post("/api/tasks", json=task_body("root", type="etl"))
+    assert value(scrape(client), "taskscheduler_tasks_submitted_total", type="etl") == 2
+
+
+def task_body(task_id: str, **extra: Any) -> dict[str, Any]:
+    """Return the body helpers.submit posts."""
+    return {"id": task_id, "type": "simulate", "duration_ms": 1, "dependencies": [], **extra}
+
+
+def test_counters_move_when_tasks_run(make_app: AppFactory) -> None:
+    gate, switch = Gate(), Switch()
+    app = running_app(make_app, {"gated": gate, "flaky": switch})
+    client = app.test_client()
+    submit(client, "held", type="gated")
+    wait_status(client, "held", "RUNNING")
+    assert value(scrape(client), "taskscheduler_running_tasks") == 1
+    gate.release.set()
+    submit(client, "ok")
+    submit(client, "bad", payload={"fail": True})
+    submit(client, "flaky", type="flaky", max_attempts=2, retry_backoff_ms=0)
+    for task_id in ("held", "ok", "bad", "flaky"):
+        wait_status(client, task_id, "COMPLETED", "FAILED")
+
+    after = scrape(client)
+    assert by_status(after) == counted_in_database(app)
+    assert value(after, "taskscheduler_running_tasks") == 0
+    assert value(after, "taskscheduler_tasks_completed_total", type="gated") == 1
+    assert value(after, "taskscheduler_tasks_completed_total", type="simulate") == 1
+    assert value(after, "taskscheduler_tasks_failed_total", type="simulate") == 1
+    assert value(after, "taskscheduler_tasks_failed_total", type="flaky") == 1
+    assert value(after, "taskscheduler_task_retries_total", type="flaky") == 1
+    assert value(after, "taskscheduler_task_run_seconds_count") == 5
+    assert value(after, "taskscheduler_task_queue_wait_seconds_count") == 5
+    assert value(after, "taskscheduler_task_queue_wait_seconds_sum") >= 0
+
+
+def test_heartbeats_are_counted(make_app: AppFactory) -> None:
+    app = running_app(make_app)
+    client = app.test_client()
+    assert value(scrape(client), "taskscheduler_scheduler_heartbeats_total") == 0
+    scheduler = app.extensions["scheduler"]
+    scheduler._next_maintenance = scheduler._next_heartbeat = 0.0  # due now
+    scheduler.wake()
+
+    def beaten() -> Samples | None:
+        samples = scrape(client)
+        return samples if value(samples, "taskscheduler_scheduler_heartbeats_total") else None
+
+    samples = wait_for(beaten, what="a heartbeat")
+    assert value(samples, "taskscheduler_scheduler_heartbeats_total") == 1
+    assert value(samples, "taskscheduler_scheduler_last_heartbeat_timestamp_seconds") > 0
+
+
+def test_recoveries_of_a_dead_instance_are_counted(make_app: AppFactory) -> None:
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000")
+    client = app.test_client()
+    store = app.extensions["store"]
+    register_instance(store, "crashed", exited_pid())
+    submit(client, "was_running")
+    claim_all(store, worker="crashed")
+    start_scheduler(app)
+    wait_status(client, "was_running", "FAILED")
+    assert value(scrape(client), "taskscheduler_recovered_attempts_total") == 1
+
+
+def test_each_app_has_its_own_registry(make_app: AppFactory) -> None:
+    first, second = make_app(), make_app()
+    submit(first.test_client(), "only-in-first")
+    assert isinstance(first.extensions["metrics"], Metrics)
+    assert first.extensions["metrics"].registry is not second.extensions["metrics"].registry
+    samples = scrape(second.test_client())
+    assert value(samples, "taskscheduler_tasks_submitted_total", type="simulate") == 0

@@ -1,0 +1,173 @@
+"""The OpenAPI document: valid, complete, and in step with the routes and the schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from app.errors import ApiError
+from app.openapi import spec_for
+from app.schemas import TaskIn, TaskOut, TaskStatusOut
+from tests.conftest import assert_error
+
+URL = "/api/openapi.json"
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+
+
+@pytest.fixture
+def document(client: FlaskClient) -> dict[str, Any]:
+    """Return the document as the API serves it."""
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def openapi_path(rule: str) -> str:
+    """Turn a Flask rule such as `/api/tasks/<task_id>` into `/api/tasks/{task_id}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def routes(app: Flask) -> dict[tuple[str, str], str]:
+    """Return the app's API routes as (path, method) -> view function name."""
+    found = {}
+    for rule in app.url_map.iter_rules():
+        if not (rule.rule.startswith("/api/") or rule.rule == "/health"):
+            continue
+        for method in sorted((rule.methods or set()) - IGNORED_METHODS):
+            found[(openapi_path(rule.rule), method.lower())] = rule.endpoint.rsplit(".", 1)[-1]
+    return found
+
+
+def conforms(document: dict[str, Any], name: str, instance: Any) -> list[str]:
+    """Return why `instance` does not match the named component schema (empty when it does)."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return [error.message for error in Draft202012Validator(schema).iter_errors(instance)]
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.")
+    validate(document)
+
+
+def test_every_route_is_documented_and_nothing_else(app: Flask, document: dict[str, Any]) -> None:
+    served = routes(app)
+    documented = {
+        (path, method): operation["operationId"]
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    assert ("/api/openapi.json", "get") in served
+    assert set(served) - set(documented) == set(), "routes without documentation"
+    assert set(documented) - set(served) == set(), "documentation without a route"
+    assert documented == served
+
+
+def test_path_parameters_match_the_rules(document: dict[str, Any]) -> None:
+    for path, item in document["paths"].items():
+        declared = {p["name"] for p in item.get("parameters", []) if p["in"] == "path"}
+        assert declared == set(re.findall(r"{([^}]+)}", path)), path
+
+
+@pytest.mark.parametrize(
+    ("component", "schema"),
+    [("TaskIn", TaskIn()), ("TaskOut", TaskOut()), ("TaskStatusOut", TaskStatusOut())],
+)
+def test_components_list_the_schema_fields(
+    document: dict[str, Any], component: str, schema: Any
+) -> None:
+    generated = document["components"]["schemas"][component]
+    assert list(generated["properties"]) == list(schema.fields)
+    required = {name for name, field in schema.fields.items() if field.required}
+    assert set(generated.get("required", [])) == required
+
+
+def test_the_list_omits_payload_and_result(document: dict[str, Any]) -> None:
+    summary = document["components"]["schemas"]["TaskSummary"]["properties"]
+    assert set(summary) == set(TaskOut().fields) - {"payload", "result"}
+
+
+def test_list_parameters_and_headers(document: dict[str, Any]) -> None:
+    listing = document["paths"]["/api/tasks"]["get"]
+    parameters = {p["name"]: p for p in listing["parameters"]}
+    assert list(parameters) == ["status", "type", "batch_id", "limit", "cursor"]
+    assert parameters["limit"]["schema"]["minimum"] == 1
+    assert parameters["limit"]["schema"]["maximum"] == 1000
+    assert "FAILED" in parameters["status"]["schema"]["enum"]
+    assert "Link" in listing["responses"]["200"]["headers"]
+    submit = document["paths"]["/api/tasks"]["post"]
+    assert "Location" in submit["responses"]["201"]["headers"]
+
+
+def test_error_codes_cover_every_domain_error(document: dict[str, Any]) -> None:
+    codes = set(document["components"]["schemas"]["Error"]["properties"]["code"]["enum"])
+    pending = list(ApiError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        assert cls.code in codes
+        pending.extend(cls.__subclasses__())
+    assert {"method_not_allowed", "internal_error"} <= codes
+
+
+def test_every_error_response_uses_the_error_schema(document: dict[str, Any]) -> None:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and status != "503":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (path, method)
+
+
+def test_real_answers_match_the_document(client: FlaskClient, document: dict[str, Any]) -> None:
+    body = {"id": "a", "type": "simulate", "duration_ms": 10, "payload": {"x": 1}}
+    assert conforms(document, "TaskIn", body) == []
+    created = client.post("/api/tasks", json=body)
+    assert created.status_code == 201
+    assert conforms(document, "TaskOut", created.get_json()) == []
+    assert conforms(document, "TaskStatusOut", client.get("/api/tasks/a/status").get_json()) == []
+    listed = client.get("/api/tasks").get_json()
+    assert [conforms(document, "TaskSummary", item) for item in listed] == [[]]
+    blockers = client.get("/api/tasks/a/blockers").get_json()
+    assert conforms(document, "BlockersOut", blockers) == []
+    batch = client.post(
+        "/api/tasks/batch", json={"tasks": [{"type": "simulate", "duration_ms": 1}]}
+    )
+    assert batch.status_code == 201
+    assert conforms(document, "BatchOut", batch.get_json()) == []
+    assert conforms(document, "HealthOut", client.get("/health").get_json()) == []
+    missing = client.get("/api/tasks/nope")
+    assert conforms(document, "Error", missing.get_json()) == []
+
+
+def test_the_document_rejects_what_the_api_rejects(document: dict[str, Any]) -> None:
+    assert conforms(document, "TaskIn", {"type": "simulate", "duration_ms": "10"}) != []
+    assert conforms(document, "TaskIn", {"type": "simulate", "duration_ms": 1, "x": 1}) != []
+    assert conforms(document, "TaskIn", {"id": "-a", "type": "simulate", "duration_ms": 1}) != []
+    assert conforms(document, "BatchIn", {"tasks": []}) != []
+
+
+def test_unknown_query_parameters_are_refused(client: FlaskClient) -> None:
+    body = assert_error(client.get(URL + "?format=yaml"), 400, "invalid_parameter")
+    assert body["details"] == {"format": "Unknown parameter."}
+
+
+def test_other_methods_are_not_allowed(client: FlaskClient) -> None:
+    response = client.post(URL)
+    assert_error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_the_document_is_built_once_per_app(app: Flask, client: FlaskClient) -> None:
+    first = client.get(URL).get_json()
+    assert spec_for(app) is spec_for(app)
+    assert client.get(URL).get_json() == first
