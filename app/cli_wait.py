@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import click
 from sqlalchemy import Engine, select
@@ -30,7 +32,7 @@ class Progress:
 def wait_and_report(engine: Engine, ids: Sequence[str], timeout_s: float) -> bool:
     """Wait for `ids` to finish, print a summary to stderr; True when all COMPLETED."""
     started = time.monotonic()
-    progress = poll_until_finished(engine, ids, started + timeout_s)
+    progress = _poll_with_bar(engine, ids, started + timeout_s)
     elapsed = time.monotonic() - started
     counts = Counter(status for status, _ in progress.finished.values())
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -50,12 +52,32 @@ def wait_and_report(engine: Engine, ids: Sequence[str], timeout_s: float) -> boo
     return not failed
 
 
-def poll_until_finished(engine: Engine, ids: Sequence[str], deadline: float) -> Progress:
-    """Poll the statuses of `ids` until none is unfinished or `deadline` passes."""
+def _poll_with_bar(engine: Engine, ids: Sequence[str], deadline: float) -> Progress:
+    """Poll, drawing a progress bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return poll_until_finished(engine, ids, deadline)
+    total = len(dict.fromkeys(ids))
+    bar: Any = click.progressbar(length=total, label="waiting", show_pos=True, file=sys.stderr)
+    with bar:
+        return poll_until_finished(engine, ids, deadline, lambda done: bar.update(done - bar.pos))
+
+
+def poll_until_finished(
+    engine: Engine,
+    ids: Sequence[str],
+    deadline: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> Progress:
+    """Poll the statuses of `ids` until none is unfinished or `deadline` passes.
+
+    `on_progress` hears how many have finished after each poll (for a progress bar).
+    """
     progress = Progress(pending=list(dict.fromkeys(ids)))
     delay = FIRST_POLL_S
     while True:
         _poll(engine, progress)
+        if on_progress is not None:
+            on_progress(len(progress.finished))
         remaining = deadline - time.monotonic()
         if not progress.pending or remaining <= 0:
             return progress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import update
 
 from app import database
 from app.cli_tasks import Duration
+from app.cli_wait import poll_until_finished
 from app.store import tasks
 from tests.conftest import ORIGINAL_FIELDS
 
@@ -345,3 +347,16 @@ def test_a_database_error_is_a_clean_error(app: Flask) -> None:
 
     assert "tasks" in stderr
     assert len(stderr.splitlines()) == 1
+
+
+def test_wait_reports_progress_as_tasks_finish(app: Flask) -> None:
+    submit(app, "p1")
+    submit(app, "p2")
+    succeed(app, "cancel", "p1")
+    seen: list[int] = []
+    engine = app.extensions["store"].engine
+    progress = poll_until_finished(engine, ["p1", "p2"], time.monotonic(), seen.append)
+    assert seen == [1] and progress.pending == ["p2"]
+    succeed(app, "cancel", "p2")
+    poll_until_finished(engine, ["p1", "p2"], time.monotonic() + 5, seen.append)
+    assert seen[-1] == 2
