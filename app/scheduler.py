@@ -132,7 +132,7 @@ class Scheduler(Upkeep):
             done, self._done = self._done, []
         for running, outcome in done:
             if outcome is not None:
-                self._record(running.claim, outcome)
+                self._record(running, outcome)
             with self._lock:
                 self._running.pop(running.claim.id, None)
 
@@ -246,18 +246,21 @@ class Scheduler(Upkeep):
                     self._done.append((running, outcome))
             if direct:
                 if outcome is not None:
-                    self._record(claim, outcome)
+                    self._record(running, outcome)
                 with self._lock:
                     self._running.pop(claim.id, None)
             self._wakeup.set()
 
-    def _record(self, claim: Claim, outcome: Outcome) -> None:
-        """Write the outcome, retrying while the database is unreachable."""
+    def _record(self, running: Running, outcome: Outcome) -> None:
+        """Write the outcome on its own, retrying while the database is unreachable."""
+        claim = running.claim
         delay = 0.05
         while True:
             try:
-                if not self.store.finish(claim, outcome):
+                applied = self.store.finish(claim, outcome)
+                if not applied:
                     log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
+                self.metrics.finished([(running, outcome)], [applied])
                 return
             except SQLAlchemyError:
                 log.exception("could not record task %s; retrying", claim.id)
@@ -305,7 +308,7 @@ class Scheduler(Upkeep):
                 error_code="timeout",
             )
             # The slot stays taken until the handler's thread returns.
-            self._record(running.claim, outcome)
+            self._record(running, outcome)
 
     def _safely(self, action: Callable[..., Any], *args: Any) -> Any:
         try:
