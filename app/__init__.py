@@ -67,9 +67,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
     from .api import bp, ops
     from .cli import register_cli
+    from .dashboard import bp as dashboard_bp
 
     app.register_blueprint(bp)
     app.register_blueprint(ops)
+    app.register_blueprint(dashboard_bp)
     register_error_handlers(app)
     register_cli(app)
     _enable_cors(app, settings.cors_origins)
