@@ -8,13 +8,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST_TIMEOUT_S = 5.0
@@ -55,14 +56,7 @@ def free_port() -> int:
 
 def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Return the first truthy value of `predicate`, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, what, interval)
 
 
 def group_alive(pgid: int) -> bool:
