@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -15,7 +14,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import process
 from .attempt import Running, call_handler
-from .database import utcnow
 from .handlers import Registry
 from .maintenance import Upkeep
 from .metrics import Metrics
@@ -41,7 +39,6 @@ class Scheduler(Upkeep):
         poll_interval_s: float,
         lease_s: float,
         retention_days: int = 0,
-        clock: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
     ) -> None:
         self.store = store
@@ -50,7 +47,6 @@ class Scheduler(Upkeep):
         self.poll_interval_s = poll_interval_s
         self.lease_s = lease_s
         self.retention_days = retention_days
-        self.clock = clock
         self.metrics = metrics or Metrics()
         self.id: str | None = None
         self.state = "stopped"

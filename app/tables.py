@@ -16,13 +16,8 @@ instances = SchedulerInstance.__table__
 # Bound parameters per IN list; SQLite allows 32,766 per statement.
 CHUNK = 500
 
-# Literal conditions, so that both planners can match the partial indexes.
-READY = text("tasks.status = 'QUEUED' AND tasks.pending_deps = 0")
+# A literal condition, so that both planners can match the partial index on RUNNING rows.
 RUNNING = text("tasks.status = 'RUNNING'")
-# Without statistics SQLite takes the status index and sorts every QUEUED row, blocked
-# ones included; told that the status term filters little, it walks the partial ready
-# index, which holds only ready rows, already in claim order.
-READY_SQLITE = text("likelihood(tasks.status = 'QUEUED', 0.99) AND tasks.pending_deps = 0")
 
 
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterable[Sequence[str]]:
