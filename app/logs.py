@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
+
+from .events import stamp
 
 # Task fields a record may carry as extras; the JSON formatter writes them out.
 FIELDS = ("task_id", "type", "attempt", "status", "reason")
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger message`, the time in UTC as the JSON lines and task events write it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{stamp(record.created)} {record.levelname} {record.name} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,7 +27,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": stamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -35,7 +46,7 @@ def configure(log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     if not any(getattr(h, "_task_scheduler", False) for h in root.handlers):
         handler._task_scheduler = True  # type: ignore[attr-defined]

@@ -1,0 +1,136 @@
+"""One log line per task state change, formatted and written off the hot path.
+
+A scheduler pass that settles and claims hundreds of tasks would spend more time in the
+logging module than in its commit: a record, a handler lock, a clock format and a flush
+per line. So the hot path only appends its batch of changes to a queue, and a writer
+thread turns each batch into lines (text, or JSON with LOG_FORMAT=json) and writes them
+to stderr in one call, a few times a second. The lines have the same shape as the other
+log lines; the `app.events` logger's level still decides whether they are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from json.encoder import encode_basestring
+from typing import TextIO
+
+LOGGER = "app.events"
+FLUSH_S = 0.2
+# Changes waiting to be written, at most: past this (a stream that blocks), new ones are
+# counted and dropped rather than held in memory.
+MAX_PENDING = 200_000
+MAX_REASON = 300
+
+# (task id, type, attempt, status, reason)
+Change = tuple[str, str, int, str, str]
+
+
+class Events:
+    """A queue of state changes and the thread that writes them out."""
+
+    def __init__(self, log_format: str = "text", stream: TextIO | None = None) -> None:
+        self.json = log_format == "json"
+        self._stream = stream
+        self._pending: deque[tuple[float, Sequence[Change]]] = deque()
+        self._count = 0
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, changes: Sequence[Change]) -> None:
+        """Queue one line for each change; cheap enough to call inside a transaction."""
+        if not changes:
+            return
+        if self._count >= MAX_PENDING:
+            self._dropped += len(changes)
+            return
+        self._count += len(changes)
+        self._pending.append((time.time(), changes))
+        if self._thread is None:
+            self._start()
+
+    def flush(self) -> int:
+        """Write every queued change now; return how many lines were written."""
+        with self._lock:
+            batches = []
+            while self._pending:
+                batches.append(self._pending.popleft())
+            dropped, self._dropped = self._dropped, 0
+            self._count = 0
+            if not logging.getLogger(LOGGER).isEnabledFor(logging.INFO):
+                return 0
+            lines = [line for at, changes in batches for line in self._lines(at, changes)]
+            if dropped:
+                note = f"{dropped} state change(s) not logged: the log stream fell behind"
+                lines.append(self._line(time.time(), "WARNING", note))
+            if lines:
+                stream = self._stream or sys.stderr
+                try:
+                    stream.write("".join(lines))
+                    stream.flush()
+                except (OSError, ValueError):
+                    return 0  # a closed or broken stream: logging must never stop the work
+            return len(lines)
+
+    def close(self) -> None:
+        """Stop the writer thread after writing what is queued."""
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._wake.wait(FLUSH_S):
+            self.flush()
+
+    def _lines(self, at: float, changes: Sequence[Change]) -> list[str]:
+        when = stamp(at)
+        if self.json:
+            head = f'{{"time": "{when}", "level": "INFO", "logger": "{LOGGER}", "message": '
+            return [
+                f"{head}{encode_basestring(_message(c))}, "
+                f'"task_id": {encode_basestring(c[0])}, "type": {encode_basestring(c[1])}, '
+                f'"attempt": {int(c[2])}, "status": "{c[3]}", '
+                f'"reason": {encode_basestring(_reason(c[4]))}}}\n'
+                for c in changes
+            ]
+        head = f"{when} INFO {LOGGER} "
+        return [f"{head}{_message(c)}\n" for c in changes]
+
+    def _line(self, at: float, level: str, message: str) -> str:
+        when = stamp(at)
+        if self.json:
+            return (
+                f'{{"time": "{when}", "level": "{level}", "logger": "{LOGGER}", '
+                f'"message": {encode_basestring(message)}}}\n'
+            )
+        return f"{when} {level} {LOGGER} {message}\n"
+
+
+def _message(change: Change) -> str:
+    task_id, task_type, attempt, status, reason = change
+    return f"task {task_id} {status} (type {task_type}, attempt {attempt}): {_reason(reason)}"
+
+
+def _reason(reason: str) -> str:
+    text = " ".join(reason.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def stamp(at: float) -> str:
+    """UTC, to the millisecond, as the JSON log lines write time."""
+    seconds = int(at)
+    millis = int((at - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}+00:00"
