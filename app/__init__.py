@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, request
 
 from . import database, logs
+from .admission import Admission
 from .config import Settings
 from .errors import register_error_handlers
 from .extensions import db, migrate
@@ -53,6 +54,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     load_modules(registry, settings.task_handlers)
     app.extensions["store"] = store
     app.extensions["registry"] = registry
+    app.extensions["admission"] = Admission(
+        registry,
+        max_queued=settings.max_queued_tasks,
+        retry_after_s=Admission.retry_after_for(settings.polling_interval_ms),
+    )
     app.extensions["metrics"] = metrics = Metrics(engine)
     app.extensions["scheduler"] = scheduler = Scheduler(
         store,

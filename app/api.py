@@ -53,8 +53,7 @@ def submit_task() -> tuple[Response, int]:
         data = task_in.load(body)
     except ValidationError as exc:
         raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
-    current_app.extensions["registry"].check([data["type"]])
-    submitted = services.submit(_engine(), data)
+    submitted = services.submit(_engine(), data, current_app.extensions["admission"])
     response = jsonify(task_out.dump(submitted.task))
     if not submitted.created:
         return response, 200
@@ -69,11 +68,7 @@ def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
     _only_parameters()
     body = read_json_object(request, MAX_BATCH_BYTES)
-    items = body.get("tasks")
-    if isinstance(items, list):
-        types = [t["type"] for t in items if isinstance(t, dict) and isinstance(t.get("type"), str)]
-        current_app.extensions["registry"].check(types)
-    submitted = batch.submit_batch(_engine(), body)
+    submitted = batch.submit_batch(_engine(), body, current_app.extensions["admission"])
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
         return response, 200

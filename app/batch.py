@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from . import database
+from .admission import Admission
 from .dag import find_cycle, topological_order
 from .errors import BodyTooLarge, DependencyCycle, DuplicateId, ValidationFailed
 from .queries import dependencies_of, shape
@@ -33,6 +34,7 @@ from .schemas import (
     validation_details,
 )
 from .services import (
+    OPEN,
     OUTPUT_DEFAULTS,
     check_replay,
     dependency_statuses,
@@ -61,9 +63,12 @@ class BatchSubmitted:
     created: bool
 
 
-def submit_batch(engine: Engine, body: dict[str, Any]) -> BatchSubmitted:
+def submit_batch(
+    engine: Engine, body: dict[str, Any], admission: Admission = OPEN
+) -> BatchSubmitted:
     """Validate and store a whole graph, or return the existing one for a replay."""
     wanted = parse_batch(body)
+    admission.check_types(task["type"] for task in wanted)
     order = creation_order(wanted)
     for attempt in range(2):
         try:
@@ -73,6 +78,8 @@ def submit_batch(engine: Engine, body: dict[str, Any]) -> BatchSubmitted:
                     return replayed
                 batch_id = uuid.uuid4().hex
                 rows = _new_rows(conn, wanted, order, batch_id)
+                # The whole batch fits under the queue limit, or none of it is stored.
+                admission.make_room(conn, rows)
                 insert_tasks(conn, rows)
             answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in rows]
             return BatchSubmitted(batch_id, answer, created=True)

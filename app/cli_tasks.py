@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.test import EnvironBuilder
 
 from . import actions, batch, queries, retention, services
+from .admission import Admission
 from .api import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from .body import read_json_object
 from .cli_wait import wait_and_report
@@ -95,9 +96,10 @@ def engine() -> Engine:
     return store.engine
 
 
-def check_types(task_types: list[Any]) -> None:
-    """Refuse task types no handler runs, as the API does (`unknown_task_type`)."""
-    current_app.extensions["registry"].check([t for t in task_types if isinstance(t, str)])
+def admission() -> Admission:
+    """Return the app's submission checks (task types, queue limit), as the API uses them."""
+    checks: Admission = current_app.extensions["admission"]
+    return checks
 
 
 def echo_json(value: Any) -> None:
@@ -144,9 +146,7 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
 
 def submit_graph(body: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
     """Store a batch as the API does; return what to print, its ids, and if it is new."""
-    items = body["tasks"] if isinstance(body["tasks"], list) else []
-    check_types([t["type"] for t in items if isinstance(t, dict) and "type" in t])
-    submitted = batch.submit_batch(engine(), body)
+    submitted = batch.submit_batch(engine(), body, admission())
     shown = {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
     return shown, [t["id"] for t in submitted.tasks], submitted.created
 
@@ -159,8 +159,7 @@ def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[st
         data = TaskIn().load(body)
     except ValidationError as exc:
         raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
-    check_types([data["type"]])
-    submitted = services.submit(engine(), data)
+    submitted = services.submit(engine(), data, admission())
     return task_out.dump(submitted.task), [submitted.task["id"]], submitted.created
 
 

@@ -85,6 +85,8 @@ class Settings:
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")
     retention_days: int = _setting(7, _integer(0, 36_500), "RETENTION_DAYS")
     log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")
+    # None: no limit on the QUEUED tasks that submissions may add up to.
+    max_queued_tasks: int | None = _setting(None, _integer(1, 100_000_000), "MAX_QUEUED_TASKS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -30,6 +30,10 @@ class ApiError(Exception):
         self.message = message
         self.details = details
 
+    def headers(self) -> dict[str, str]:
+        """Return the headers the answer carries besides the body."""
+        return {}
+
 
 class InvalidJson(ApiError):
     code = "invalid_json"
@@ -78,6 +82,21 @@ class BodyTooLarge(ApiError):
 class UnsupportedMediaType(ApiError):
     status = 415
     code = "unsupported_media_type"
+
+
+class QueueFull(ApiError):
+    status = 429
+    code = "queue_full"
+
+    def __init__(
+        self, message: str, details: dict[str, Any] | None = None, retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message, details)
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        """Say how many seconds to wait before submitting again."""
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 # Werkzeug's own errors (routing, size limits) mapped onto our codes.
@@ -131,7 +150,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers())
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:

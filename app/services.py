@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import database
+from .admission import Admission
 from .errors import DuplicateId, UnknownDependency, ValidationFailed
 from .models import FAILED_LIKE, TERMINAL, Status
 from .notify import announce
@@ -52,9 +53,14 @@ class Submitted:
     created: bool
 
 
-def submit(engine: Engine, data: dict[str, Any]) -> Submitted:
+# What direct callers get: every type, no queue limit. The API and the CLI pass the app's.
+OPEN = Admission()
+
+
+def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) -> Submitted:
     """Store one validated task, or return the existing one for an identical replay."""
     wanted = normalise(data)
+    admission.check_types([wanted["type"]])
     for attempt in range(2):
         try:
             with database.write(engine) as conn:
@@ -68,6 +74,7 @@ def submit(engine: Engine, data: dict[str, Any]) -> Submitted:
                     raise unknown_dependencies(missing)
                 now = database.utcnow()
                 row = new_row(wanted, statuses, now)
+                admission.make_room(conn, [row])
                 insert_tasks(conn, [row])
                 return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
         except IntegrityError:
