@@ -9,6 +9,7 @@ from flask import Flask, Response, request
 
 from . import database, logs
 from .admission import Admission
+from .auth import require_token
 from .config import Settings
 from .errors import register_error_handlers
 from .extensions import db, migrate
@@ -19,6 +20,8 @@ from .store import Store
 
 # Submissions up to the batch limit; each route enforces its own smaller limit.
 MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+# What a browser client may read from an answer besides the body.
+EXPOSED_HEADERS = "Location, Link, Retry-After, WWW-Authenticate"
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
@@ -80,6 +83,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(dashboard_bp)
     register_error_handlers(app)
     register_cli(app)
+    if settings.api_token:
+        require_token(app, settings.api_token, settings.auth_ops_routes)
     _enable_cors(app, settings.cors_origins)
     return app
 
@@ -99,7 +104,7 @@ def _enable_cors(app: Flask, origins: str) -> None:
             return response
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
-        response.headers["Access-Control-Expose-Headers"] = "Location, Link, Retry-After"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         return response
 
 

@@ -62,8 +62,24 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
-def _setting(default: Any, parse: Callable[[str, str], Any], env: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "env": env})
+MIN_TOKEN_LENGTH = 16
+
+
+def _token(name: str, raw: str) -> str:
+    # The value is a secret: no message here ever repeats it.
+    token = raw.strip()
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigError(f"{name} must be printable ASCII without spaces")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{name} must be at least {MIN_TOKEN_LENGTH} characters long; "
+            'generate one with python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return token
+
+
+def _setting(default: Any, parse: Callable[[str, str], Any], env: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"parse": parse, "env": env}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,16 @@ class Settings:
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")
     retention_days: int = _setting(7, _integer(0, 36_500), "RETENTION_DAYS")
     log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")
+    # Empty: the API is open. Set: every /api route needs `Authorization: Bearer <token>`.
+    api_token: str = _setting("", _token, "API_TOKEN", secret=True)
+    # With a token: /health and /metrics need it too (they are open otherwise).
+    auth_ops_routes: bool = _setting(False, _boolean, "AUTH_OPS_ROUTES")
     # None: no limit on the QUEUED tasks that submissions may add up to.
     max_queued_tasks: int | None = _setting(None, _integer(1, 100_000_000), "MAX_QUEUED_TASKS")
+
+    def __post_init__(self) -> None:
+        if self.auth_ops_routes and not self.api_token:
+            raise ConfigError("AUTH_OPS_ROUTES=true needs API_TOKEN to be set")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -3,6 +3,8 @@
 The pages are plain HTML, CSS and JavaScript from `templates/dashboard` and
 `static/dashboard`; they call the JSON API on the same origin, plus `GET /dashboard/counts`
 (tasks per status) and `GET /dashboard/graph/<id>` (a task's neighbourhood, both ways).
+With API_TOKEN set, those data routes need the token like the API (app/auth.py); the pages
+and static files stay open, and the pages ask for the token once and keep it per tab.
 """
 
 from __future__ import annotations

@@ -59,6 +59,15 @@ class UnknownTaskType(ApiError):
     code = "unknown_task_type"
 
 
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        """Name the scheme a client must use (RFC 6750)."""
+        return {"WWW-Authenticate": 'Bearer realm="task-scheduler"'}
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -37,12 +37,77 @@ var Dash = (function () {
     return "/api/tasks/" + encodeURIComponent(id);
   }
 
-  /** Fetch JSON; resolve {ok, status, body, response}; the body is null when not JSON. */
-  function fetchJson(url, options) {
-    var init = options || {};
-    init.headers = init.headers || {};
-    init.headers.Accept = "application/json";
-    init.credentials = "same-origin";
+  // With API_TOKEN set, the data routes answer 401 until the page sends the token; it is
+  // asked for once and kept for this tab's session only.
+  var TOKEN_KEY = "task-scheduler.api-token";
+  var TOKEN_CHARS = /^[\x21-\x7e]+$/;
+  var asking = null;
+
+  function storedToken() {
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function storeToken(token) {
+    try {
+      if (token) {
+        window.sessionStorage.setItem(TOKEN_KEY, token);
+      } else {
+        window.sessionStorage.removeItem(TOKEN_KEY);
+      }
+    } catch (e) {
+      // Storage disabled: the token lives until the page is left.
+    }
+  }
+
+  /** Show the token form; resolve once the user has entered a token. One form for all. */
+  function askToken(refused) {
+    if (asking) {
+      return asking;
+    }
+    var form = document.getElementById("token-form");
+    var input = document.getElementById("token-input");
+    var note = document.getElementById("token-note");
+    show(
+      note,
+      refused
+        ? "The server refused that token. Enter the value of its API_TOKEN setting."
+        : "This server needs its API token (its API_TOKEN setting) to show tasks."
+    );
+    form.hidden = false;
+    input.focus();
+    asking = new Promise(function (resolve) {
+      function submitted(event) {
+        event.preventDefault();
+        var token = input.value.trim();
+        if (!TOKEN_CHARS.test(token)) {
+          show(note, "A token is printable ASCII without spaces.");
+          return;
+        }
+        form.removeEventListener("submit", submitted);
+        input.value = "";
+        form.hidden = true;
+        storeToken(token);
+        asking = null;
+        resolve();
+      }
+      form.addEventListener("submit", submitted);
+    });
+    return asking;
+  }
+
+  function send(url, options, token) {
+    var headers = { Accept: "application/json" };
+    Object.keys(options.headers || {}).forEach(function (name) {
+      headers[name] = options.headers[name];
+    });
+    if (token) {
+      headers.Authorization = "Bearer " + token;
+    }
+    var init = { method: options.method || "GET", headers: headers, credentials: "same-origin" };
     return fetch(url, init).then(function (response) {
       return response
         .json()
@@ -52,6 +117,28 @@ var Dash = (function () {
         .then(function (body) {
           return { ok: response.ok, status: response.status, body: body, response: response };
         });
+    });
+  }
+
+  /** Fetch JSON; resolve {ok, status, body, response}; the body is null when not JSON.
+   *  A 401 asks for the API token, then sends the request again with it. */
+  function fetchJson(url, options) {
+    var init = options || {};
+    var token = storedToken();
+    return send(url, init, token).then(function (result) {
+      if (result.status !== 401) {
+        return result;
+      }
+      if (storedToken() !== token) {
+        // Another request was answered a token meanwhile: use it.
+        return fetchJson(url, init);
+      }
+      if (token) {
+        storeToken("");
+      }
+      return askToken(Boolean(token)).then(function () {
+        return fetchJson(url, init);
+      });
     });
   }
 
