@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from . import database
-from .errors import InvalidState, NotFound
+from .errors import InvalidState
 from .models import FAILED_LIKE, TERMINAL, Status
 from .notify import announce
 from .propagation import cut_off, settle
-from .queries import dependencies_with_status, load_task
+from .queries import check_task_id, dependencies_with_status, load_task, unknown_task
 from .tables import chunks, deps, tasks
 
 # Tasks that did not run because of another task, and come back when it is retried.
@@ -27,12 +27,13 @@ def _locked(conn: Connection, task_id: str) -> Any:
     query = select(tasks.c.id, tasks.c.status, tasks.c.error_code).where(tasks.c.id == task_id)
     row = conn.execute(query.with_for_update()).first()
     if row is None:
-        raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
+        raise unknown_task(task_id)
     return row
 
 
 def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
     """Cancel a QUEUED task at once, or ask a RUNNING one to stop; cascade to dependents."""
+    check_task_id(task_id)
     with database.write(engine) as conn:
         row = _locked(conn, task_id)
         now = database.utcnow()
@@ -71,6 +72,7 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
 
 def retry(engine: Engine, task_id: str) -> dict[str, Any]:
     """Requeue a FAILED or CANCELLED task with a fresh budget, and what it held back."""
+    check_task_id(task_id)
     with database.write(engine) as conn:
         row = _locked(conn, task_id)
         if row.status == Status.UPSTREAM_FAILED.value or row.error_code == "upstream_cancelled":

@@ -9,9 +9,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from . import database
-from .errors import NotFound
 from .models import TERMINAL, Status
-from .queries import dependencies_with_status
+from .queries import check_task_id, dependencies_with_status, unknown_task
 from .tables import instances, tasks
 
 # How many tasks a walk to the root causes visits at most.
@@ -21,6 +20,7 @@ STOPPED_BY_UPSTREAM = ("upstream_failed", "upstream_cancelled")
 
 def blockers(engine: Engine, task_id: str) -> dict[str, Any]:
     """Say why a task is not running: its blockers and, below them, the root causes."""
+    check_task_id(task_id)
     with database.read(engine) as conn:
         return _explain(conn, task_id)
 
@@ -29,7 +29,7 @@ def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
     columns = (tasks.c.id, tasks.c.status, tasks.c.run_at, tasks.c.failures, tasks.c.error_code)
     row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
     if row is None:
-        raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
+        raise unknown_task(task_id)
     answer: dict[str, Any] = {"id": row.id, "status": row.status, "blockers": []}
     if row.status == Status.QUEUED.value:
         answer["blockers"] = _queued_blockers(conn, row)
