@@ -6,11 +6,15 @@ import json
 from typing import Any
 
 from flask import Request
+from werkzeug.exceptions import ClientDisconnected
 
 from .errors import BodyTooLarge, InvalidJson, UnsupportedMediaType
 
 MAX_DEPTH = 32
 MAX_INTEGER = 2**63 - 1
+# Digits of the largest 64-bit integer; int() is never asked to convert a longer one.
+MAX_DIGITS = len(str(MAX_INTEGER))
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _reject_constant(name: str) -> Any:
@@ -25,10 +29,12 @@ def _parse_float(raw: str) -> float:
 
 
 def _parse_int(raw: str) -> int:
-    value = int(raw)
-    if abs(value) > MAX_INTEGER:
-        raise ValueError("an integer does not fit in 64 bits")
-    return value
+    digits = raw.lstrip("-")
+    # Checked before int(): Python refuses over 4,300 digits with a message about itself.
+    if len(digits) > MAX_DIGITS or not -MAX_INTEGER - 1 <= int(raw) <= MAX_INTEGER:
+        shown = raw if len(raw) <= 24 else f"{raw[:20]}... ({len(digits):,} digits)"
+        raise ValueError(f"the integer {shown} does not fit in 64 bits")
+    return int(raw)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -65,11 +71,18 @@ def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
     # only a longer read can tell a body that is too large from one that just fits.
     request.max_content_length = max_bytes + 1
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except ClientDisconnected:
+        raise InvalidJson(
+            "The request body ended before the length its Content-Length header announced."
+        ) from None
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
     if not raw.strip():
         raise InvalidJson("The request body is empty; send a JSON object.")
+    if raw.startswith(UTF8_BOM):
+        raise InvalidJson("The body starts with a byte order mark; send UTF-8 JSON without one.")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

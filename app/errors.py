@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def register_error_handlers(app: Flask) -> None:
         message = _http_message(status, exc)
         response = error_response(status, code, message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
         return response
 
     @app.errorhandler(Exception)
@@ -183,7 +183,10 @@ def _http_message(status: int, exc: HTTPException) -> str:
     if status == 404:
         return "No such route; the API lives under /api/tasks."
     if status == 405:
-        return "This method is not allowed on this route."
+        allowed = sorted(m for m in getattr(exc, "valid_methods", None) or () if m != "OPTIONS")
+        return f"This route does not accept {request.method[:16]}; it accepts " + (
+            ", ".join(allowed) + "." if allowed else "no other method."
+        )
     if status == 413:
         return "The request body is too large."
     return exc.description or exc.name
