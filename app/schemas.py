@@ -10,6 +10,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z"
 ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
+MAX_ID_LENGTH = 128
+MAX_TYPE_LENGTH = 64
 MAX_DURATION_MS = 86_400_000
 MAX_DEPENDENCIES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -33,6 +35,17 @@ class StrictInteger(fields.Integer):
         return value
 
 
+class UtcTime(fields.AwareDateTime):
+    """An ISO 8601 time, converted to UTC; one whose UTC falls outside years 1-9999 is refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Must be a time from year 1 to 9999 in UTC.") from None
+
+
 class Timestamp(fields.Field):
     """ISO 8601 UTC with milliseconds and `Z`, as the original API wrote it."""
 
@@ -49,8 +62,8 @@ class TaskIn(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.String(validate=_identifier(128))
-    type = fields.String(required=True, validate=_identifier(64))
+    id = fields.String(validate=_identifier(MAX_ID_LENGTH))
+    type = fields.String(required=True, validate=_identifier(MAX_TYPE_LENGTH))
     duration_ms = StrictInteger(
         required=True,
         validate=validate.Range(
@@ -58,7 +71,7 @@ class TaskIn(Schema):
         ),
     )
     dependencies = fields.List(
-        fields.String(validate=_identifier(128)),
+        fields.String(validate=_identifier(MAX_ID_LENGTH)),
         allow_none=True,
         validate=validate.Length(
             max=MAX_DEPENDENCIES, error=f"At most {MAX_DEPENDENCIES} dependencies."
@@ -85,7 +98,7 @@ class TaskIn(Schema):
             min=1, max=MAX_DURATION_MS, error=f"Must be between 1 and {MAX_DURATION_MS}."
         ),
     )
-    run_at = fields.AwareDateTime(
+    run_at = UtcTime(
         allow_none=True,
         default_timezone=UTC,
         error_messages={"invalid": "Must be an ISO 8601 time, e.g. 2026-11-27T14:19:54Z."},
