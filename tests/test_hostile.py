@@ -1,0 +1,605 @@
+"""Hostile requests, one table: each gets a clear, small JSON answer and changes nothing.
+
+Every row is a request (method, path, headers, raw body) and what must come back: the
+status, the error code, and a pattern the message (with its details) must match so that a
+person knows what to fix. One app per backend serves the whole table, seeded with a small
+graph in every state; the tasks and dependency rows are compared before and after each
+request. The scheduler is disabled, so nothing but the request can change them.
+"""
+
+# ruff: noqa: E501 -- the table below keeps one request per line, however long
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, select, update
+from werkzeug.test import TestResponse
+
+from app.store import deps, tasks
+from tests.conftest import MAX_ERROR_BYTES, _postgres_schema, _teardown, build_app
+
+MIB = 1024 * 1024
+JSON = {"Content-Type": "application/json"}
+ERROR_KEYS = {"error", "code", "details"}
+NEW = "new-1"  # an id no seeded task has: a request that stored it would show in the snapshot
+ID_RULE = r"1 to 128 characters from A-Z a-z 0-9"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+# -- the seeded database ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """One backend's app, with a graph in every state and a real cursor of its listing."""
+
+    app: Flask
+    client: FlaskClient
+    engine: Engine
+    cursor: str
+
+
+def _task(task_id: str, *dependencies: str, **fields: Any) -> dict[str, Any]:
+    return {"id": task_id, "type": "simulate", "duration_ms": 10, **fields} | (
+        {"dependencies": list(dependencies)} if dependencies else {}
+    )
+
+
+SEED_BATCH = {"tasks": [_task("p2", "p1"), _task("p1", payload={"n": 1})]}
+
+
+def _seed(client: FlaskClient, engine: Engine) -> str:
+    """Store a small graph in every state; return the cursor of its second page."""
+    for body in [
+        _task("a", payload={"n": 1}),
+        _task("b", "a"),
+        _task("c", "a", "b", priority=5),
+        _task("f"),
+        _task("x"),
+        _task("e1"),
+        _task("e2", "e1"),
+    ]:
+        assert client.post("/api/tasks", json=body).status_code == 201
+    with engine.begin() as conn:  # as a last failed attempt would leave it
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == "f")
+            .values(status="FAILED", attempts=1, error="boom", error_code="handler_error")
+        )
+    assert client.post("/api/tasks", json=_task("g", "f")).get_json()["status"] == "UPSTREAM_FAILED"
+    assert client.post("/api/tasks/x/cancel").get_json()["status"] == "CANCELLED"
+    assert client.post("/api/tasks/batch", json=SEED_BATCH).status_code == 201
+    link = client.get("/api/tasks?limit=2").headers["Link"]
+    found = re.search(r"[?&]cursor=([^&>]+)", link)
+    assert found, link
+    return found.group(1)
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def seeded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Seeded]:
+    """Build one app per backend for the whole table, its scheduler never started."""
+    if request.param == "sqlite":
+        urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('hostile')}/tasks.db"])
+    else:
+        urls = _postgres_schema()
+    url = next(urls)
+    app = build_app(url, {})
+    assert not app.config["SCHEDULER_ENABLED"]
+    engine = app.extensions["store"].engine
+    client = app.test_client()
+    try:
+        yield Seeded(app, client, engine, _seed(client, engine))
+    finally:
+        _teardown([app])
+        next(urls, None)  # drops the PostgreSQL schema
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Counts and a checksum of every column of every task and dependency row."""
+
+    task_count: int
+    dep_count: int
+    checksum: str
+    rows: tuple[Any, ...] = field(compare=False, repr=False)
+
+
+def snapshot(engine: Engine) -> Snapshot:
+    with engine.connect() as conn:
+        task_rows = conn.execute(select(tasks).order_by(tasks.c.id)).all()
+        dep_rows = conn.execute(select(deps).order_by(deps.c.task_id, deps.c.dependency_id)).all()
+    rows = tuple(tuple(r) for r in task_rows) + tuple(tuple(r) for r in dep_rows)
+    digest = hashlib.sha256(repr(rows).encode()).hexdigest()
+    return Snapshot(len(task_rows), len(dep_rows), digest, rows)
+
+
+def changed(before: Snapshot, after: Snapshot) -> str:
+    """Say which rows a request added, removed or changed."""
+    old, new = set(map(repr, before.rows)), set(map(repr, after.rows))
+    return f"gone: {sorted(old - new)[:5]}; new: {sorted(new - old)[:5]}"
+
+
+# -- the table -------------------------------------------------------------------------
+
+Path = str | Callable[[Seeded], str]
+Body = bytes | Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile request and the answer it must get."""
+
+    name: str
+    method: str
+    path: Path
+    status: int
+    code: str | None  # None: a success that must still change nothing (a replay)
+    message: str  # a regex searched in the message and its details
+    body: Body = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, Any] = field(default_factory=dict)
+    chunked: bool = False
+    allow: frozenset[str] = frozenset()  # for 405: the methods the Allow header names
+
+
+def post(
+    name: str, body: Body, status: int, code: str | None, message: str, **options: Any
+) -> Case:
+    """A JSON POST to /api/tasks unless `path` says otherwise."""
+    path = options.pop("path", "/api/tasks")
+    headers = {**JSON, **options.pop("headers", {})}
+    return Case(name, "POST", path, status, code, message, body, headers, **options)
+
+
+def get(name: str, path: Path, status: int, code: str, message: str) -> Case:
+    return Case(name, "GET", path, status, code, message)
+
+
+def task(**fields: Any) -> bytes:
+    """A new task's body with `fields` changed; a field set to ... is left out."""
+    base: dict[str, Any] = {"id": NEW, "type": "simulate", "duration_ms": 10}
+    merged = {k: v for k, v in {**base, **fields}.items() if v is not ...}
+    return json.dumps(merged).encode()
+
+
+def with_raw(name: str, raw: str) -> bytes:
+    """A new task's body whose field `name` is the raw JSON text `raw`."""
+    fields = {"id": NEW, "type": "simulate", "duration_ms": 10}
+    fields.pop(name, None)
+    head = json.dumps(fields)[:-1]
+    return f'{head}, "{name}": {raw}}}'.encode()
+
+
+def batch(*items: Any, **extra: Any) -> bytes:
+    return json.dumps({"tasks": list(items), **extra}).encode()
+
+
+def padded(raw: bytes, size: int) -> bytes:
+    """`raw` followed by spaces up to `size` bytes: still valid JSON."""
+    return raw + b" " * (size - len(raw))
+
+
+def nested(depth: int) -> bytes:
+    """A new task nesting `depth` levels in all: the top-level object, then its payload's."""
+    return with_raw("payload", '{"a": ' * (depth - 1) + "1" + "}" * (depth - 1))
+
+
+# fmt: off
+INVALID = "validation_error"
+BAD_JSON = "invalid_json"
+NOT_OBJECT = r"must be a JSON object"
+TOO_DEEP = r"deeper than 32 levels"
+
+SUBMIT_FIELDS = [
+    # id: 1 to 128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit
+    post("id-empty", task(id=""), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-129-chars", task(id="a" * 129), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-with-slash", task(id="a/b"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-dot-dot", task(id=".."), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-with-nul", task(id="a\u0000b"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-with-space", task(id="a b"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-leading-dash", task(id="-a"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-trailing-newline", task(id="a\n"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-fullwidth-letter", task(id="\uff21"), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("id-number", task(id=5), 400, INVALID, r'"id": "Not a valid string'),
+    post("id-100kb", task(id="i" * 100_000), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    # type: 1 to 64 characters of the same set
+    post("type-65-chars", task(type="t" * 65), 400, INVALID, r'"type": "Use 1 to 64 characters'),
+    post("type-with-space", task(type="run it"), 400, INVALID, r'"type": "Use 1 to 64'),
+    post("type-with-nul", task(type="t\u0000"), 400, INVALID, r'"type": "Use 1 to 64'),
+    post("type-empty", task(type=""), 400, INVALID, r'"type": "Use 1 to 64'),
+    post("type-missing", task(type=...), 400, INVALID, r'"type": "Missing data'),
+    # duration_ms: a strict JSON integer from 1 to 86,400,000
+    post("duration-true", task(duration_ms=True), 400, INVALID, r'"duration_ms": "Must be a JSON integer'),
+    post("duration-float", task(duration_ms=10.0), 400, INVALID, r'"duration_ms": "Must be a JSON integer'),
+    post("duration-exponent", with_raw("duration_ms", "1e2"), 400, INVALID, r'"duration_ms": "Must be a JSON integer'),
+    post("duration-string", task(duration_ms="10"), 400, INVALID, r'"duration_ms": "Must be a JSON integer'),
+    post("duration-null", task(duration_ms=None), 400, INVALID, r'"duration_ms": "Field may not be null'),
+    post("duration-missing", task(duration_ms=...), 400, INVALID, r'"duration_ms": "Missing data'),
+    post("duration-zero", task(duration_ms=0), 400, INVALID, r'"duration_ms": "Must be between 1 and 86400000'),
+    post("duration-negative", task(duration_ms=-1), 400, INVALID, r'"duration_ms": "Must be between 1 and'),
+    post("duration-over-a-day", task(duration_ms=86_400_001), 400, INVALID, r'"duration_ms": "Must be between 1 and'),
+    post("duration-1e400", with_raw("duration_ms", "1e400"), 400, BAD_JSON, r"1e400 does not fit in a double"),
+    post("duration-NaN", with_raw("duration_ms", "NaN"), 400, BAD_JSON, r"NaN is not valid JSON"),
+    post("duration-Infinity", with_raw("duration_ms", "Infinity"), 400, BAD_JSON, r"Infinity is not valid JSON"),
+    post("duration-minus-Infinity", with_raw("duration_ms", "-Infinity"), 400, BAD_JSON, r"-Infinity is not valid"),
+    post("duration-2-pow-63", with_raw("duration_ms", str(2**63)), 400, BAD_JSON, r"9223372036854775808 does not fit in 64 bits"),
+    post("duration-5000-digits", with_raw("duration_ms", "7" * 5000), 400, BAD_JSON, r"integer 7{20}\.\.\. \(5,000 digits\) does not fit in 64 bits\."),
+    # dependencies: an array of at most 1,000 ids, never the task's own
+    post("deps-a-string", task(dependencies="a"), 400, INVALID, r'"dependencies": "Not a valid list'),
+    post("deps-an-object", task(dependencies={"a": 1}), 400, INVALID, r'"dependencies": "Not a valid list'),
+    post("deps-a-number-inside", task(dependencies=[1]), 400, INVALID, r'"dependencies": "item 0: Not a valid string'),
+    post("deps-null-inside", task(dependencies=["a", None]), 400, INVALID, r'"dependencies": "item 1: Field may not be null'),
+    post("deps-bad-id-inside", task(dependencies=["a", "../b"]), 400, INVALID, rf'"dependencies": "item 1: .*{ID_RULE}'),
+    post("deps-1001", task(dependencies=[f"d{i}" for i in range(1001)]), 400, INVALID, r'"dependencies": "At most 1000 dependencies'),
+    post("deps-self", task(dependencies=["a", NEW]), 400, INVALID, r"cannot depend on itself.*own id 'new-1'"),
+    post("deps-self-twice", task(dependencies=[NEW, NEW]), 400, INVALID, r"cannot depend on itself"),
+    post("deps-unknown", task(dependencies=["a", "ghost"]), 400, "unknown_dependency", r'1 dependency does not exist.*"missing": \["ghost"\]'),
+    post("deps-unknown-duplicated", task(dependencies=["ghost", "ghost", "nope"]), 400, "unknown_dependency", r'2 dependencies do not exist.*"missing": \["ghost", "nope"\]'),
+    # the other fields
+    post("unknown-field-status", task(status="COMPLETED"), 400, INVALID, r'"status": "Unknown field'),
+    post("unknown-field-attempts", task(attempts=0), 400, INVALID, r'"attempts": "Unknown field'),
+    post("unknown-field-100kb-name", task(**{"k" * 100_000: 1}), 400, INVALID, r"Unknown field"),
+    post("payload-a-list", task(payload=[1]), 400, INVALID, r'"payload": "Not a valid mapping'),
+    post("payload-over-64kib", task(payload={"k": "x" * 65_536}), 400, INVALID, r'"payload": "Must be at most 65536 bytes'),
+    post("priority-1001", task(priority=1001), 400, INVALID, r'"priority": "Must be between -1000 and 1000'),
+    post("max-attempts-zero", task(max_attempts=0), 400, INVALID, r'"max_attempts": "Must be between 1 and 100'),
+    post("timeout-zero", task(timeout_ms=0), 400, INVALID, r'"timeout_ms": "Must be between 1 and'),
+    post("run-at-words", task(run_at="tomorrow"), 400, INVALID, r'"run_at": "Must be an ISO 8601 time'),
+    post("run-at-past-year-9999-utc", task(run_at="9999-12-31T23:59:59-14:00"), 400, INVALID, r'"run_at": "Must be a time from year 1 to 9999 in UTC'),
+    post("run-at-before-year-1-utc", task(run_at="0001-01-01T00:00:00+14:00"), 400, INVALID, r'"run_at": "Must be a time from year 1 to 9999 in UTC'),
+    post("trigger-rule-unknown", task(trigger_rule="any"), 400, INVALID, r'"trigger_rule": "Must be all_success or all_done'),
+]
+
+REPLAYS = [
+    # the same id again: 200 with the stored task when identical, 409 naming what differs
+    post("replay-different-duration", json.dumps(_task("a", payload={"n": 1}, duration_ms=99)).encode(), 409, "duplicate_id", r"'a' already exists with a different duration_ms\."),
+    post("replay-different-payload", json.dumps(_task("a", payload={"n": 1.0})).encode(), 409, "duplicate_id", r"different payload\."),
+    post("replay-different-deps-and-priority", json.dumps(_task("c", "b", priority=6)).encode(), 409, "duplicate_id", r"different dependencies, priority\..*\"fields\": \[\"dependencies\", \"priority\"\]"),
+    post("replay-without-deps", json.dumps(_task("b")).encode(), 409, "duplicate_id", r"different dependencies"),
+    post("replay-identical", json.dumps(_task("a", payload={"n": 1})).encode(), 200, None, ""),
+    post("replay-deps-reordered-and-repeated", json.dumps(_task("c", "b", "a", "a", priority=5)).encode(), 200, None, ""),
+]
+
+MEDIA = [
+    # Content-Type: JSON only
+    post("content-type-text-plain", task(), 415, "unsupported_media_type", r"Content-Type: application/json", headers={"Content-Type": "text/plain"}),
+    post("content-type-form", b"id=new-1&type=simulate&duration_ms=10", 415, "unsupported_media_type", r"Content-Type: application/json", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    post("content-type-multipart", task(), 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+    post("content-type-jsonp", task(), 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "application/jsonp"}),
+    post("content-type-100kb", task(), 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "application/" + "x" * 100_000}),
+    Case("content-type-missing", "POST", "/api/tasks", 415, "unsupported_media_type", r"Content-Type: application/json", task()),
+    post("batch-content-type-text", batch(_task(NEW)), 415, "unsupported_media_type", r"application/json", path="/api/tasks/batch", headers={"Content-Type": "text/plain"}),
+    # size: 1 MiB for one task, 32 MiB for a batch
+    post("body-2-mib", lambda: padded(task(), 2 * MIB), 413, "body_too_large", r"larger than 1048576 bytes"),
+    post("body-2-mib-chunked", lambda: padded(task(), 2 * MIB), 413, "body_too_large", r"larger than 1048576 bytes", chunked=True),
+    post("batch-body-over-32-mib", lambda: padded(batch(_task(NEW)), 32 * MIB + 1), 413, "body_too_large", r"larger than 33554432 bytes", path="/api/tasks/batch"),
+    post("batch-body-over-32-mib-chunked", lambda: padded(batch(_task(NEW)), 32 * MIB + 1), 413, "body_too_large", r"larger than 33554432 bytes", path="/api/tasks/batch", chunked=True),
+    # what the body holds
+    post("body-empty", b"", 400, BAD_JSON, r"body is empty"),
+    post("body-whitespace", b" \r\n\t ", 400, BAD_JSON, r"body is empty"),
+    post("body-invalid-utf8", b'{"id": "\xff", "type": "simulate", "duration_ms": 10}', 400, BAD_JSON, r"not valid UTF-8"),
+    post("body-overlong-utf8-nul", b'{"id": "a\xc0\x80", "type": "simulate", "duration_ms": 10}', 400, BAD_JSON, r"not valid UTF-8"),
+    post("body-utf8-encoded-surrogate", b'{"id": "\xed\xa0\x80", "type": "simulate", "duration_ms": 10}', 400, BAD_JSON, r"not valid UTF-8"),
+    post("body-utf16", task().decode().encode("utf-16"), 400, BAD_JSON, r"not valid UTF-8", headers={"Content-Type": "application/json; charset=utf-16"}),
+    post("body-byte-order-mark", b"\xef\xbb\xbf" + task(), 400, BAD_JSON, r"byte order mark"),
+    post("json-truncated", task()[:-5], 400, BAD_JSON, r"not valid JSON: .* at position \d+"),
+    post("json-single-quotes", b"{'type': 'simulate', 'duration_ms': 10}", 400, BAD_JSON, r"not valid JSON: Expecting property name"),
+    post("json-trailing-comma", task()[:-1] + b",}", 400, BAD_JSON, r"not valid JSON"),
+    post("json-comment", b"// a task\n" + task(), 400, BAD_JSON, r"not valid JSON"),
+    post("json-trailing-garbage", task() + b" x", 400, BAD_JSON, r"not valid JSON: Extra data"),
+    post("json-two-objects", task() + task(), 400, BAD_JSON, r"not valid JSON: Extra data"),
+    post("json-duplicate-key", task()[:-1] + b', "duration_ms": 20}', 400, BAD_JSON, r"'duration_ms' appears twice"),
+    post("json-lone-surrogate-escape", with_raw("id", '"\\ud800"'), 400, INVALID, rf'"id": ".*{ID_RULE}'),
+    post("top-level-NaN", b"NaN", 400, BAD_JSON, r"NaN is not valid JSON"),
+    post("top-level-array", b"[" + task() + b"]", 400, BAD_JSON, NOT_OBJECT),
+    post("top-level-empty-array", b"[]", 400, BAD_JSON, NOT_OBJECT),
+    post("top-level-string", b'"task"', 400, BAD_JSON, NOT_OBJECT),
+    post("top-level-number", b"42", 400, BAD_JSON, NOT_OBJECT),
+    post("top-level-true", b"true", 400, BAD_JSON, NOT_OBJECT),
+    post("top-level-null", b"null", 400, BAD_JSON, NOT_OBJECT),
+    post("nesting-33-levels", nested(33), 400, BAD_JSON, TOO_DEEP),
+    post("nesting-2kb-open-brackets", b"[" * 2048, 400, BAD_JSON, TOO_DEEP),
+    post("nesting-1024-brackets-closed", b"[" * 1024 + b"]" * 1024, 400, BAD_JSON, TOO_DEEP),
+    post("nesting-2kb-objects", b'{"a":' * 400 + b"1" + b"}" * 400, 400, BAD_JSON, TOO_DEEP),
+    post("nesting-1000-in-payload", nested(1000), 400, BAD_JSON, TOO_DEEP),
+    # headers that lie or are huge
+    post("content-length-short", task(), 400, BAD_JSON, r"not valid JSON", environ={"CONTENT_LENGTH": "5"}),
+    post("content-length-long", task(), 400, BAD_JSON, r"ended before the length its Content-Length header announced", environ={"CONTENT_LENGTH": "1000"}),
+    post("content-length-huge", task(), 413, "body_too_large", r"larger than 1048576 bytes", environ={"CONTENT_LENGTH": str(10**20)}),
+    post("header-64-kib", b"{", 400, BAD_JSON, r"not valid JSON", headers={"X-Filler": "h" * 65_536}),
+]
+
+QUERY = [
+    # only the parameters a route knows
+    post("submit-with-dry-run", task(), 400, "invalid_parameter", r"Unknown query parameter 'dry_run'", path="/api/tasks?dry_run=1"),
+    post("batch-with-dry-run", batch(_task(NEW)), 400, "invalid_parameter", r"'dry_run'", path="/api/tasks/batch?dry_run=1"),
+    get("list-with-two-unknown", "/api/tasks?foo=1&bar=2", 400, "invalid_parameter", r'"bar": "Unknown parameter.", "foo": "Unknown parameter."'),
+    get("task-with-verbose", "/api/tasks/a?verbose=1", 400, "invalid_parameter", r"'verbose'; this route accepts none"),
+    get("status-with-param", "/api/tasks/a/status?x=1", 400, "invalid_parameter", r"'x'"),
+    get("blockers-with-param", "/api/tasks/b/blockers?depth=9", 400, "invalid_parameter", r"'depth'"),
+    get("openapi-with-param", "/api/openapi.json?v=2", 400, "invalid_parameter", r"'v'"),
+    Case("cancel-with-force", "POST", "/api/tasks/a/cancel?force=true", 400, "invalid_parameter", r"'force'"),
+    Case("retry-with-reset", "POST", "/api/tasks/f/retry?reset=1", 400, "invalid_parameter", r"'reset'"),
+    # limit, status, type, batch_id
+    get("limit-zero", "/api/tasks?limit=0", 400, "invalid_parameter", r"limit must be an integer from 1 to 1000"),
+    get("limit-1001", "/api/tasks?limit=1001", 400, "invalid_parameter", r"limit must be"),
+    get("limit-negative", "/api/tasks?limit=-5", 400, "invalid_parameter", r"limit must be"),
+    get("limit-float", "/api/tasks?limit=2.5", 400, "invalid_parameter", r"limit must be"),
+    get("limit-5000-digits", "/api/tasks?limit=" + "9" * 5000, 400, "invalid_parameter", r"limit must be"),
+    get("limit-twice", "/api/tasks?limit=abc&limit=2", 400, "invalid_parameter", r"limit must be"),
+    get("list-status-lowercase", "/api/tasks?status=queued", 400, "invalid_parameter", r"Unknown status 'queued'; use one of QUEUED, RUNNING"),
+    get("list-status-with-nul", "/api/tasks?status=QUEUED%00", 400, "invalid_parameter", r"Unknown status"),
+    get("list-type-with-nul", "/api/tasks?type=simulate%00", 400, "invalid_parameter", r"type must be 1 to 64 characters"),
+    get("list-type-65-chars", "/api/tasks?type=" + "t" * 65, 400, "invalid_parameter", r"type must be 1 to 64 characters"),
+    get("list-type-invalid-utf8", "/api/tasks?type=%ff", 400, "invalid_parameter", r"type must be"),
+    get("list-batch-id-with-nul", "/api/tasks?batch_id=b%00", 400, "invalid_parameter", r"batch_id must be 1 to 64 characters"),
+    get("list-batch-id-empty", "/api/tasks?batch_id=", 400, "invalid_parameter", r"batch_id must be"),
+]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _flip_first(cursor: str) -> str:
+    return cursor[0].swapcase() + cursor[1:]
+
+
+CURSOR = r"The cursor is malformed; use the URL of the previous page's Link header"
+CURSORS = [
+    get(f"cursor-{name}", (lambda s, tamper=tamper: f"/api/tasks?limit=2&cursor={tamper(s.cursor)}"), 400, "invalid_parameter", CURSOR)
+    for name, tamper in [
+        ("first-char-flipped", _flip_first),
+        # "v1:9" with padding bits set: decodes like "djE6OQ", but was never issued
+        ("padding-bits-set", lambda c: "djE6OR"),
+        ("stray-character", lambda c: c[:2] + "!" + c[2:]),
+        ("padded", lambda c: c + "=="),
+        ("truncated-by-one", lambda c: c[:-1]),
+        ("truncated-by-two", lambda c: c[:-2]),
+        ("doubled", lambda c: c + c),
+        ("base64-garbage", lambda c: "!!!!"),
+        ("junk-json", lambda c: _b64(b'{"seq": 3, "admin": true}')),
+        ("version-2", lambda c: _b64(b"v2:3")),
+        ("seq-zero", lambda c: _b64(b"v1:0")),
+        ("seq-negative", lambda c: _b64(b"v1:-3")),
+        ("seq-leading-zero", lambda c: _b64(b"v1:03")),
+        ("seq-past-int64", lambda c: _b64(f"v1:{2**63}".encode())),
+        ("5000-chars", lambda c: "A" * 5000),
+        ("not-utf8", lambda c: _b64(b"v1:\xff")),
+        ("empty", lambda c: ""),
+    ]
+]
+
+PATH_IDS = [
+    # ids in the URL that no task can have: not found, and never sent to the database
+    get("get-id-with-nul", "/api/tasks/a%00b", 404, "not_found", rf"No task has the id 'a\\x00b'; task ids use {ID_RULE}"),
+    get("get-id-with-space", "/api/tasks/a%20b", 404, "not_found", rf"'a b'; task ids use {ID_RULE}"),
+    get("get-id-129-chars", "/api/tasks/" + "a" * 129, 404, "not_found", rf"task ids use {ID_RULE}"),
+    get("get-id-10000-chars", "/api/tasks/" + "a" * 10_000, 404, "not_found", r"No task has the id 'a{40}'\.\.\. \(10,000 characters\); task ids use"),
+    get("get-id-dot-dot", "/api/tasks/..", 404, "not_found", rf"'\.\.'; task ids use {ID_RULE}"),
+    get("get-id-with-slash", "/api/tasks/a%2Fb", 404, "not_found", r"No such route"),
+    get("get-id-invalid-utf8", "/api/tasks/%ff", 404, "not_found", r"task ids use"),
+    get("get-id-unknown", "/api/tasks/ghost", 404, "not_found", r"^No task has the id 'ghost'\. "),
+    get("status-id-with-nul", "/api/tasks/a%00/status", 404, "not_found", r"task ids use"),
+    get("status-id-129-chars", f"/api/tasks/{'a' * 129}/status", 404, "not_found", r"task ids use"),
+    get("blockers-id-with-nul", "/api/tasks/b%00/blockers", 404, "not_found", r"task ids use"),
+    get("blockers-id-with-space", "/api/tasks/a%20b/blockers", 404, "not_found", r"task ids use"),
+    get("blockers-id-129-chars", f"/api/tasks/{'a' * 129}/blockers", 404, "not_found", r"task ids use"),
+    get("blockers-id-dot-dot", "/api/tasks/../blockers", 404, "not_found", r"'\.\.'; task ids use"),
+    get("graph-id-with-nul", "/dashboard/graph/a%00", 404, "not_found", r"task ids use"),
+    Case("cancel-id-with-nul", "POST", "/api/tasks/a%00/cancel", 404, "not_found", r"'a\\x00'; task ids use"),
+    Case("cancel-id-with-space", "POST", "/api/tasks/a%20/cancel", 404, "not_found", r"task ids use"),
+    Case("cancel-id-129-chars", "POST", f"/api/tasks/{'a' * 129}/cancel", 404, "not_found", r"task ids use"),
+    Case("cancel-id-dot-dot", "POST", "/api/tasks/../cancel", 404, "not_found", r"task ids use"),
+    # an encoded slash must not be merged into a redirect to task "a"
+    Case("cancel-id-with-slash", "POST", "/api/tasks/a%2F/cancel", 404, "not_found", r"No such route"),
+    Case("retry-id-with-slash", "POST", "/api/tasks/..%2F/retry", 404, "not_found", r"No such route"),
+    Case("retry-id-with-nul", "POST", "/api/tasks/f%00/retry", 404, "not_found", r"task ids use"),
+    Case("retry-id-129-chars", "POST", f"/api/tasks/{'f' * 129}/retry", 404, "not_found", r"task ids use"),
+    Case("retry-id-with-space", "POST", "/api/tasks/f%20/retry", 404, "not_found", r"task ids use"),
+]
+
+STATES = [
+    Case("cancel-failed", "POST", "/api/tasks/f/cancel", 409, "invalid_state", r"Task f is FAILED; only QUEUED or RUNNING tasks can be cancelled"),
+    Case("cancel-cancelled", "POST", "/api/tasks/x/cancel", 409, "invalid_state", r"Task x is CANCELLED"),
+    Case("cancel-upstream-failed", "POST", "/api/tasks/g/cancel", 409, "invalid_state", r"Task g is UPSTREAM_FAILED"),
+    Case("retry-queued", "POST", "/api/tasks/a/retry", 409, "invalid_state", r"Task a is QUEUED; only FAILED or CANCELLED tasks can be retried"),
+    Case("retry-upstream-failed", "POST", "/api/tasks/g/retry", 409, "invalid_state", r"did not succeed; retry f\."),
+]
+
+ONE = _task(NEW)
+BATCH = "/api/tasks/batch"
+BATCHES = [
+    post("batch-empty-list", batch(), 400, INVALID, r"The batch has no tasks.*Must be a non-empty array", path=BATCH),
+    post("batch-no-tasks-field", b"{}", 400, INVALID, r"The batch has no tasks", path=BATCH),
+    post("batch-tasks-an-object", json.dumps({"tasks": ONE}).encode(), 400, INVALID, r"Must be a non-empty array", path=BATCH),
+    post("batch-unknown-field", batch(ONE, batch_id="mine"), 400, INVALID, r'one field, tasks.*"batch_id": "Unknown field', path=BATCH),
+    post("batch-an-array", b"[" + json.dumps(ONE).encode() + b"]", 400, BAD_JSON, NOT_OBJECT, path=BATCH),
+    post("batch-item-not-an-object", batch(ONE, "new-2", None), 400, INVALID, r'2 of 3 tasks are invalid; nothing was stored.*"tasks.1": "Must be a JSON object', path=BATCH),
+    post("batch-invalid-task-named-by-index", batch(ONE, _task("new-2", duration_ms=True)), 400, INVALID, r'"tasks.1.duration_ms": "Must be a JSON integer', path=BATCH),
+    post("batch-100001-tasks", lambda: batch(*[0] * 100_001), 413, "body_too_large", r"at most 100,000 tasks; this one has 100,001", path=BATCH),
+    post("batch-duplicate-ids", batch(ONE, _task("new-2"), _task(NEW, "new-2")), 400, INVALID, r"The id 'new-1' appears more than once.*\"tasks.2.id\": \"The id 'new-1' is also the id of tasks.0", path=BATCH),
+    post("batch-cycle", batch(_task("q1", "q3"), _task("q2", "q1"), _task("q3", "q2")), 400, "dependency_cycle", r'cycle of 3 tasks: q1 -> q3 -> q2 -> q1.*"cycle": \["q1", "q3", "q2", "q1"\]', path=BATCH),
+    post("batch-cycle-through-stored-ok-task", batch(_task("q1", "a", "q2"), _task("q2", "q1")), 400, "dependency_cycle", r"q1 -> q2 -> q1", path=BATCH),
+    post("batch-self-dependency", batch(_task("q1", "q1")), 400, INVALID, r'"tasks.0.dependencies": "Contains the task\'s own id', path=BATCH),
+    post("batch-unknown-outside-dependency", batch(_task("q1", "a"), _task("q2", "q1", "ghost")), 400, "unknown_dependency", r'"missing": \["ghost"\]', path=BATCH),
+    post("batch-replay-different-body", json.dumps({"tasks": [_task("p2", "p1"), _task("p1", payload={"n": 2})]}).encode(), 409, "duplicate_id", r'already exist with a different body.*"p1": \["payload"\]', path=BATCH),
+    post("batch-replay-partial", batch(_task("p1", payload={"n": 1})), 409, "duplicate_id", r"not as one batch of exactly these tasks; resubmit only the new ones", path=BATCH),
+    post("batch-stored-plus-new", batch(_task("a", payload={"n": 1}), ONE), 409, "duplicate_id", r"1 of the batch's 2 tasks already exist", path=BATCH),
+    post("batch-replay-identical", json.dumps(SEED_BATCH).encode(), 200, None, "", path=BATCH),
+]
+# fmt: on
+
+# Every rule of the app's URL map: a path it matches, and the methods of METHODS it answers.
+# test_route_table_is_the_url_map keeps this in step with app.url_map.
+ROUTES: dict[str, tuple[str, frozenset[str]]] = {
+    "/static/<path:filename>": ("/static/dashboard/dashboard.css", frozenset({"GET"})),
+    "/api/tasks": ("/api/tasks", frozenset({"GET", "POST"})),
+    # GET /api/tasks/batch is the task whose id is "batch"
+    "/api/tasks/batch": ("/api/tasks/batch", frozenset({"GET", "POST"})),
+    "/api/tasks/<task_id>": ("/api/tasks/a", frozenset({"GET"})),
+    "/api/tasks/<task_id>/status": ("/api/tasks/a/status", frozenset({"GET"})),
+    "/api/tasks/<task_id>/cancel": ("/api/tasks/a/cancel", frozenset({"POST"})),
+    "/api/tasks/<task_id>/retry": ("/api/tasks/f/retry", frozenset({"POST"})),
+    "/api/tasks/<task_id>/blockers": ("/api/tasks/b/blockers", frozenset({"GET"})),
+    "/api/openapi.json": ("/api/openapi.json", frozenset({"GET"})),
+    "/health": ("/health", frozenset({"GET"})),
+    "/metrics": ("/metrics", frozenset({"GET"})),
+    "/": ("/", frozenset({"GET"})),
+    "/tasks/<task_id>": ("/tasks/a", frozenset({"GET"})),
+    "/dashboard/counts": ("/dashboard/counts", frozenset({"GET"})),
+    "/dashboard/graph/<task_id>": ("/dashboard/graph/a", frozenset({"GET"})),
+}
+
+
+def _slug(rule: str) -> str:
+    """A test id for a URL rule: /api/tasks/<task_id>/cancel is api-tasks-task_id-cancel."""
+    plain = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"\1", rule).strip("/")
+    return plain.replace("/", "-") or "root"
+
+
+NOT_ALLOWED = [
+    Case(
+        f"{method.lower()}-{_slug(rule)}",
+        method,
+        sample,
+        405,
+        "method_not_allowed",
+        rf"This route does not accept {method}; it accepts {'GET' if 'GET' in allowed else 'POST'}",
+        # a body the route would take, so that only the method can explain the 405
+        task() if method != "GET" else b"",
+        JSON if method != "GET" else {},
+        allow=allowed,
+    )
+    for rule, (sample, allowed) in ROUTES.items()
+    for method in METHODS
+    if method not in allowed
+]
+
+CASES = (
+    SUBMIT_FIELDS + REPLAYS + MEDIA + QUERY + CURSORS + PATH_IDS + STATES + BATCHES + NOT_ALLOWED
+)
+
+
+# -- the checks ------------------------------------------------------------------------
+
+
+def send(seeded: Seeded, case: Case) -> TestResponse:
+    path = case.path(seeded) if callable(case.path) else case.path
+    body = case.body() if callable(case.body) else case.body
+    if not case.chunked:
+        return seeded.client.open(
+            path,
+            method=case.method,
+            data=body,
+            headers=case.headers,
+            environ_overrides=case.environ,
+        )
+    return seeded.client.open(
+        path,
+        method=case.method,
+        input_stream=io.BytesIO(body),
+        headers={**case.headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={**case.environ, "wsgi.input_terminated": True},
+    )
+
+
+def large_inputs(case: Case, seeded: Seeded) -> list[str]:
+    """Return the parts of the request long enough that an answer must not repeat them."""
+    path = case.path(seeded) if callable(case.path) else case.path
+    body = case.body() if callable(case.body) else case.body
+    parts = [path, body[:MIB].decode("latin-1"), *case.headers.values()]
+    return [p for p in parts if len(p) > 512]
+
+
+def check_error(response: TestResponse, case: Case) -> None:
+    raw = response.get_data()
+    assert response.mimetype == "application/json", raw[:300]
+    assert len(raw) < MAX_ERROR_BYTES, f"{len(raw)} bytes: {raw[:300]!r}"
+    body = json.loads(raw)
+    assert isinstance(body, dict) and set(body) <= ERROR_KEYS, body
+    assert body["code"] == case.code, body
+    assert isinstance(body["error"], str) and body["error"], body
+    assert isinstance(body.get("details", {}), dict), body
+    said = body["error"] + " " + json.dumps(body.get("details", {}))
+    assert re.search(case.message, said), f"{case.message!r} not in {said!r}"
+    for leak in ("Traceback", "sys.set_int_max_str_digits", "psycopg", "sqlalchemy", ".py"):
+        assert leak not in said, said
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+def test_hostile_request_is_refused_and_changes_nothing(seeded: Seeded, case: Case) -> None:
+    before = snapshot(seeded.engine)
+
+    response = send(seeded, case)
+
+    assert response.status_code == case.status, response.get_data()[:500]
+    if case.code is None:
+        assert response.mimetype == "application/json"
+        assert response.get_json()  # the stored task or batch, as it was
+    else:
+        check_error(response, case)
+    for blob in large_inputs(case, seeded):
+        text = response.get_data(as_text=True)
+        for start in (0, len(blob) // 2, len(blob) - 256):
+            assert blob[start : start + 256] not in text
+    if case.status == 405:
+        named = {m.strip() for m in response.headers["Allow"].split(",")}
+        assert named & set(METHODS) == case.allow
+    after = snapshot(seeded.engine)
+    assert after == before, changed(before, after)
+
+
+def test_route_table_is_the_url_map(seeded: Seeded) -> None:
+    url_map = seeded.app.url_map
+    adapter = url_map.bind("localhost")
+
+    assert {rule.rule for rule in url_map.iter_rules()} == set(ROUTES)
+    for rule, (sample, allowed) in ROUTES.items():
+        matched, _ = adapter.match(sample, method="OPTIONS", return_rule=True)
+        assert matched.rule == rule, f"{sample} is a path of {matched.rule}, not of {rule}"
+        assert set(adapter.allowed_methods(sample)) & set(METHODS) == allowed, rule
+
+
+@pytest.mark.parametrize("rule", list(ROUTES))
+def test_head_and_options_behave(seeded: Seeded, rule: str) -> None:
+    sample, allowed = ROUTES[rule]
+    before = snapshot(seeded.engine)
+
+    with seeded.client.options(sample) as options, seeded.client.head(sample) as head:
+        pass
+
+    assert options.status_code == 200
+    assert options.get_data() == b""
+    expected = allowed | {"OPTIONS"} | ({"HEAD"} if "GET" in allowed else set())
+    assert {m.strip() for m in options.headers["Allow"].split(",")} == expected
+    assert head.get_data() == b""
+    if "GET" in allowed:
+        with seeded.client.get(sample) as got:
+            assert got.get_data() != b""
+        assert head.status_code == got.status_code
+        assert head.mimetype == got.mimetype
+    else:
+        assert head.status_code == 405
+        assert head.mimetype == "application/json"
+        assert "POST" in head.headers["Allow"]
+    assert snapshot(seeded.engine) == before
+
+
+def test_case_names_are_unique_test_ids() -> None:
+    assert len({c.name for c in CASES}) == len(CASES) >= 60
