@@ -41,6 +41,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # An id with an encoded slash must not be redirected to another task's URL.
+    app.url_map.merge_slashes = False
     logs.configure(settings.log_format)
 
     db.init_app(app)

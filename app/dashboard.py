@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, func, select
 from . import database
 from .errors import NotFound
 from .models import Status
+from .queries import check_task_id
 from .tables import deps, tasks
 
 bp = Blueprint("dashboard", __name__)
@@ -68,6 +69,7 @@ def graph(task_id: str) -> Response:
 
 def neighbourhood(conn: Connection, task_id: str) -> dict[str, Any]:
     """Collect the nodes (nearest first) and the edges among them."""
+    check_task_id(task_id)
     if conn.execute(select(tasks.c.id).where(tasks.c.id == task_id)).first() is None:
         raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
     order = [task_id]
