@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from . import database, logs
+from . import database, events, logs
 from .admission import Admission
 from .auth import require_token
 from .config import Settings
@@ -54,6 +54,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     else:
         database.configure_postgresql(engine, settings.lease_s)
 
+    events.attach(engine, events.Events(settings.log_format))
     store = Store(engine)
     registry = Registry(strict=settings.strict_task_types)
     load_modules(registry, settings.task_handlers)

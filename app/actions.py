@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
-from . import database
+from . import database, events
 from .errors import InvalidState
+from .events import Change
 from .models import FAILED_LIKE, TERMINAL, Status
 from .notify import announce
 from .propagation import cut_off, settle
@@ -24,7 +25,9 @@ BLOCKING = (*FAILED_LIKE, Status.CANCELLED.value)
 
 
 def _locked(conn: Connection, task_id: str) -> Any:
-    query = select(tasks.c.id, tasks.c.status, tasks.c.error_code).where(tasks.c.id == task_id)
+    query = select(
+        tasks.c.id, tasks.c.type, tasks.c.attempts, tasks.c.status, tasks.c.error_code
+    ).where(tasks.c.id == task_id)
     row = conn.execute(query.with_for_update()).first()
     if row is None:
         raise unknown_task(task_id)
@@ -49,6 +52,7 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
                     updated_at=now,
                 )
             )
+            events.stage([(task_id, row.type, row.attempts, "CANCELLED", "cancelled by a user")])
             if settle(conn, {task_id: Status.CANCELLED}, now):
                 announce(conn)  # all_done dependents may be ready now
         elif row.status == Status.RUNNING.value:
@@ -93,7 +97,7 @@ def retry(engine: Engine, task_id: str) -> dict[str, Any]:
                 {"id": task_id, "root": blocked},
             )
         requeued = _held_back(conn, task_id)
-        _requeue(conn, requeued)
+        _requeue(conn, requeued, task_id)
         announce(conn)
         task = load_task(conn, task_id, with_payload=True)
     assert task is not None
@@ -156,12 +160,13 @@ def _held_back(conn: Connection, root: str) -> set[str]:
         candidates = kept
 
 
-def _requeue(conn: Connection, requeued: set[str]) -> None:
+def _requeue(conn: Connection, requeued: set[str], root: str) -> None:
     now = database.utcnow()
     edges = dependencies_with_status(conn, list(requeued))
-    for task_id in requeued:
+    changes: list[Change] = []
+    for task_id in sorted(requeued, key=lambda t: (t != root, t)):
         pending = sum(1 for d, s in edges.get(task_id, []) if d in requeued or s not in TERMINAL)
-        conn.execute(
+        found = conn.execute(
             update(tasks)
             .where(tasks.c.id == task_id)
             .values(
@@ -177,7 +182,11 @@ def _requeue(conn: Connection, requeued: set[str]) -> None:
                 cancel_requested=False,
                 updated_at=now,
             )
-        )
+            .returning(tasks.c.type, tasks.c.attempts)
+        ).one()
+        why = "retried by a user" if task_id == root else f"its dependency {root} was retried"
+        changes.append((task_id, found.type, found.attempts, Status.QUEUED.value, why))
+    events.stage(changes)
     _count_up(conn, requeued)
 
 

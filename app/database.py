@@ -11,6 +11,8 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event, func
 
+from . import events
+
 # How long a SQLite writer waits for the lock before giving up: long enough that a
 # large batch never turns into "database is locked" for the requests queued behind it.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -100,11 +102,12 @@ def _writer_lock(engine: Engine) -> threading.RLock:
 @contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """Run one write transaction; it commits on success and rolls back on error."""
+    # State changes the transaction stages are logged once it committed.
     if engine.dialect.name != "sqlite":
-        with _transaction(engine, "IMMEDIATE") as conn:
+        with events.staging(engine), _transaction(engine, "IMMEDIATE") as conn:
             yield conn
         return
-    with _writer_lock(engine), _transaction(engine, "IMMEDIATE") as conn:
+    with _writer_lock(engine), events.staging(engine), _transaction(engine, "IMMEDIATE") as conn:
         yield conn
 
 

@@ -5,19 +5,25 @@ logging module than in its commit: a record, a handler lock, a clock format and 
 per line. So the hot path only appends its batch of changes to a queue, and a writer
 thread turns each batch into lines (text, or JSON with LOG_FORMAT=json) and writes them
 to stderr in one call, a few times a second. The lines have the same shape as the other
-log lines; the `app.events` logger's level still decides whether they are written.
+log lines; the `app.events` logger's level still decides whether they are queued at all.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from json.encoder import encode_basestring
 from typing import TextIO
+
+from sqlalchemy import Engine
 
 LOGGER = "app.events"
 FLUSH_S = 0.2
@@ -28,6 +34,8 @@ MAX_REASON = 300
 
 # (task id, type, attempt, status, reason)
 Change = tuple[str, str, int, str, str]
+# The changes of the write transaction this thread is in, until it commits.
+_staged: ContextVar[list[Change] | None] = ContextVar("task_events", default=None)
 
 
 class Events:
@@ -35,17 +43,18 @@ class Events:
 
     def __init__(self, log_format: str = "text", stream: TextIO | None = None) -> None:
         self.json = log_format == "json"
-        self._stream = stream
+        self.stream = stream
         self._pending: deque[tuple[float, Sequence[Change]]] = deque()
         self._count = 0
         self._dropped = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._logger = logging.getLogger(LOGGER)
 
     def add(self, changes: Sequence[Change]) -> None:
         """Queue one line for each change; cheap enough to call inside a transaction."""
-        if not changes:
+        if not changes or not self._logger.isEnabledFor(logging.INFO):
             return
         if self._count >= MAX_PENDING:
             self._dropped += len(changes)
@@ -63,14 +72,12 @@ class Events:
                 batches.append(self._pending.popleft())
             dropped, self._dropped = self._dropped, 0
             self._count = 0
-            if not logging.getLogger(LOGGER).isEnabledFor(logging.INFO):
-                return 0
             lines = [line for at, changes in batches for line in self._lines(at, changes)]
             if dropped:
                 note = f"{dropped} state change(s) not logged: the log stream fell behind"
                 lines.append(self._line(time.time(), "WARNING", note))
             if lines:
-                stream = self._stream or sys.stderr
+                stream = self.stream or sys.stderr
                 try:
                     stream.write("".join(lines))
                     stream.flush()
@@ -117,6 +124,52 @@ class Events:
                 f'"message": {encode_basestring(message)}}}\n'
             )
         return f"{when} {level} {LOGGER} {message}\n"
+
+
+_by_engine: weakref.WeakKeyDictionary[Engine, Events] = weakref.WeakKeyDictionary()
+_every: weakref.WeakSet[Events] = weakref.WeakSet()
+_guard = threading.Lock()
+
+
+def attach(engine: Engine, events: Events) -> Events:
+    """Write the state changes of transactions on `engine` through `events`."""
+    with _guard:
+        _by_engine[engine] = events
+        _every.add(events)
+    return events
+
+
+def of(engine: Engine) -> Events:
+    """Return the log of `engine`'s state changes (text on stderr unless attached)."""
+    found = _by_engine.get(engine)
+    return found if found is not None else attach(engine, Events())
+
+
+@contextmanager
+def staging(engine: Engine) -> Iterator[None]:
+    """Around a write transaction: log what it staged once it committed, drop it if not."""
+    changes: list[Change] = []
+    token = _staged.set(changes)
+    try:
+        yield
+    finally:
+        _staged.reset(token)
+    if changes:
+        of(engine).add(changes)
+
+
+def stage(changes: Iterable[Change]) -> None:
+    """Hold changes of the current write transaction until it commits."""
+    staged = _staged.get()
+    if staged is None:
+        raise RuntimeError("task state changes are staged inside database.write() only")
+    staged.extend(changes)
+
+
+@atexit.register
+def _flush_every() -> None:
+    for events in list(_every):
+        events.flush()
 
 
 def _message(change: Change) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select, update
 
+from . import events
 from .hotpath import count_down
 from .models import FAILED_LIKE, Status
 from .tables import chunks, deps, still_queued, tasks
@@ -63,6 +64,8 @@ def cut_off(
             finished_at=now,
             updated_at=now,
         )
-        .returning(tasks.c.id)
+        .returning(tasks.c.id, tasks.c.type, tasks.c.attempts, tasks.c.error)
     )
-    return [tid for (tid,) in conn.execute(stmt)]
+    rows = conn.execute(stmt).all()
+    events.stage([(r.id, r.type, r.attempts, status.value, r.error) for r in rows])
+    return [r.id for r in rows]

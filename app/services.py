@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from . import database
+from . import database, events
 from .admission import Admission
 from .errors import DuplicateId, UnknownDependency, ValidationFailed
 from .models import FAILED_LIKE, TERMINAL, Status
@@ -213,4 +213,5 @@ def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         conn.execute(insert(tasks), task_rows)
     if edges:
         conn.execute(insert(deps), edges)
+    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in task_rows)
     announce(conn)

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
-from . import database, hotpath
+from . import database, events, hotpath
 from .database import stamp, utcnow
+from .events import Change
 from .membership import Membership
 from .models import Status
 from .notify import announce
@@ -84,7 +85,7 @@ class Store(Membership):
         return self._claim(conn, worker, limit, now)
 
     def _claim(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
-        return [
+        claims = [
             Claim(
                 id=r.id,
                 type=r.type,
@@ -99,6 +100,10 @@ class Store(Membership):
             )
             for r in hotpath.claim(conn, worker, limit, now)
         ]
+        if claims:
+            reason = f"claimed by {worker}"
+            events.stage([(c.id, c.type, c.attempt, "RUNNING", reason) for c in claims])
+        return claims
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
@@ -128,6 +133,7 @@ class Store(Membership):
         applied_plain = self._complete_plain(conn, plain, now) if plain else set()
         applied: list[bool] = []
         ended: dict[str, Status] = {}
+        changes: list[Change] = []
         for claim, outcome in finished:
             if _is_plain_success(outcome):
                 ok = (claim.id, claim.attempt) in applied_plain
@@ -135,8 +141,13 @@ class Store(Membership):
             else:
                 status = self._write_outcome(conn, claim, outcome, now)
             applied.append(status is not None)
-            if status is not None and status.terminal:
+            if status is None:
+                continue
+            why = _why(status, outcome)
+            changes.append((claim.id, claim.type, claim.attempt, status.value, why))
+            if status.terminal:
                 ended[claim.id] = status
+        events.stage(changes)
         if ended and settle(conn, ended, now):
             announce(conn)
         return applied
@@ -163,7 +174,11 @@ class Store(Membership):
                 .where(*_fence(claim))
                 .values(status=Status.QUEUED.value, updated_at=utcnow(), finished_at=None)
             )
-            return conn.execute(stmt).rowcount == 1
+            if conn.execute(stmt).rowcount != 1:
+                return False
+            why = "back in the queue: its instance stopped before it finished; not a failure"
+            events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
+            return True
 
     def _write_outcome(
         self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime
@@ -207,6 +222,7 @@ class Store(Membership):
         """
         query = select(
             tasks.c.id,
+            tasks.c.type,
             tasks.c.attempts,
             tasks.c.failures,
             tasks.c.max_attempts,
@@ -228,7 +244,7 @@ class Store(Membership):
             for row in conn.execute(query).all():
                 claim = Claim(
                     id=row.id,
-                    type="",
+                    type=row.type,
                     duration_ms=0,
                     payload=None,
                     attempt=row.attempts,
@@ -244,6 +260,16 @@ class Store(Membership):
             applied = self.finish_all(conn, interrupted, now)
             reaped = [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
         return reaped
+
+
+def _why(status: Status, outcome: Outcome) -> str:
+    """The reason a state-change log line gives for an outcome."""
+    if status is Status.COMPLETED:
+        return "the handler returned"
+    code = f" ({outcome.error_code})" if outcome.error_code else ""
+    if status is Status.QUEUED:
+        return f"attempt failed{code}, will be retried after a backoff: {outcome.error}"
+    return f"{outcome.error}{code}"
 
 
 def _is_plain_success(outcome: Outcome) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -15,12 +16,23 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from werkzeug.test import TestResponse
 
-from app import create_app
+from app import create_app, events
 from app.extensions import db
 from app.scheduler import Scheduler
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_task_events() -> Iterator[None]:
+    """Keep the state-change lines of every test's app out of the output; tests that
+    read them turn them on."""
+    logger = logging.getLogger(events.LOGGER)
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(before)
 MAX_ERROR_BYTES = 2048
 # The original service's task fields, which come first and in this order.
 ORIGINAL_FIELDS = [
