@@ -33,6 +33,8 @@ def _quiet_task_events() -> Iterator[None]:
     logger.setLevel(logging.WARNING)
     yield
     logger.setLevel(before)
+
+
 MAX_ERROR_BYTES = 2048
 # The original service's task fields, which come first and in this order.
 ORIGINAL_FIELDS = [
