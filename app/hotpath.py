@@ -30,6 +30,11 @@ _CLAIMED = (
     " tasks.failures, tasks.max_attempts, tasks.retry_backoff_ms, tasks.timeout_ms,"
     " tasks.priority"
 )
+# Seconds from the task's creation to this start: the queue wait the metrics observe.
+_WAITED = {
+    "sqlite": "(julianday(tasks.started_at) - julianday(tasks.created_at)) * 86400.0",
+    "postgresql": "EXTRACT(EPOCH FROM tasks.started_at - tasks.created_at)::float8",
+}
 
 
 def _p(dialect: str, name: str) -> str:
@@ -70,7 +75,7 @@ def claim_sql(d: str) -> str:
         " finished_at = NULL, result = NULL, error = NULL, error_code = NULL"
         " FROM ready WHERE tasks.seq = ready.seq"
         " AND tasks.status = 'QUEUED' AND tasks.pending_deps = 0"
-        f" RETURNING {_CLAIMED}"
+        f" RETURNING {_CLAIMED}, {_WAITED[d]} AS waited"
     )
 
 

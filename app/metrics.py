@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import database
 from .models import Status
-from .tables import CHUNK, tasks
+from .tables import tasks
 
 if TYPE_CHECKING:
     from .attempt import Running
@@ -27,8 +26,6 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "taskscheduler"
 # Seconds: from a few milliseconds (simulated tasks) to an hour (the longest backoff).
-# Claimed task ids kept for the next scrape at most; beyond, queue waits go unobserved.
-MAX_PENDING = 100_000
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -111,9 +108,6 @@ class Metrics:
             "Unix time of this instance's last heartbeat.",
             registry=reg,
         )
-        self.engine = engine
-        self._lock = threading.Lock()
-        self._pending: list[str] = []
         if engine is not None:
             reg.register(TaskCounts(engine))
 
@@ -127,37 +121,9 @@ class Metrics:
             self.submitted_total.labels(task_type).inc()
 
     def claimed(self, claims: Sequence[Claim]) -> None:
-        """Remember claimed tasks; their queue waits are read from the database at scrape."""
-        if self.engine is None or not claims:
-            return
-        with self._lock:
-            room = MAX_PENDING - len(self._pending)
-            self._pending.extend(c.id for c in claims[: max(0, room)])
-
-    def _observe_queue_waits(self) -> None:
-        """Observe started_at - created_at of the tasks claimed since the last scrape."""
-        with self._lock:
-            ids, self._pending = self._pending, []
-        if self.engine is None or not ids:
-            return
-        waits: dict[str, float] = {}
-        try:
-            with database.read(self.engine) as conn:
-                for start in range(0, len(ids), CHUNK):
-                    query = select(tasks.c.id, tasks.c.created_at, tasks.c.started_at).where(
-                        tasks.c.id.in_(ids[start : start + CHUNK])
-                    )
-                    for task_id, created, started in conn.execute(query):
-                        if created is not None and started is not None:
-                            wait = (started - created).total_seconds()
-                            waits[task_id] = max(0.0, wait)
-        except SQLAlchemyError:
-            log.warning("could not read queue waits for /metrics", exc_info=True)
-            return
-        # A task claimed again since (a retry) is read once, at its latest start.
-        for task_id in ids:
-            if task_id in waits:
-                self.queue_wait.observe(waits[task_id])
+        """Observe the queue wait of each claimed attempt."""
+        for claim in claims:
+            self.queue_wait.observe(claim.waited_s)
 
     def finished(
         self, done: Sequence[tuple[Running, Outcome | None]], applied: Sequence[bool]
@@ -189,5 +155,4 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """Render every metric in the Prometheus text format."""
-        self._observe_queue_waits()
         return generate_latest(self.registry)

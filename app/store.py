@@ -43,6 +43,7 @@ class Claim:
     max_attempts: int
     retry_backoff_ms: int
     timeout_ms: int | None = None
+    waited_s: float = 0.0  # from the task's creation to this attempt's start
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Store(Membership):
                 max_attempts=r.max_attempts,
                 retry_backoff_ms=r.retry_backoff_ms,
                 timeout_ms=r.timeout_ms,
+                waited_s=max(0.0, r.waited or 0.0),
             )
             for r in hotpath.claim(conn, worker, limit, now)
         ]

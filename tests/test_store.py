@@ -68,6 +68,16 @@ def test_claim_takes_priority_then_fifo_up_to_the_limit(store: Store) -> None:
     assert (claimed.status, claimed.attempts, claimed.worker) == ("RUNNING", 1, "w1")
 
 
+def test_a_claim_carries_its_wait_since_the_task_was_created(store: Store) -> None:
+    add(store, "old")
+    set_fields(store, "old", created_at=utcnow() - timedelta(minutes=10))
+    (claim,) = claim_all(store)
+    # Computed by the database from the row's own times: exact to the millisecond.
+    waited = (row(store, "old").started_at - row(store, "old").created_at).total_seconds()
+    assert claim.waited_s == pytest.approx(waited, abs=0.01)
+    assert 600 <= claim.waited_s < 3600
+
+
 def test_claim_waits_for_dependencies_and_run_at(store: Store) -> None:
     add(store, "parent")
     add(store, "child", "parent")
