@@ -7,18 +7,56 @@ More API processes: run them with SCHEDULER_ENABLED=false and execute tasks with
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from typing import Any
 
+from gunicorn.workers.gthread import ThreadWorker
+
 from app.config import Settings
 from app.shutdown import REPEAT_WINDOW_S
+
+
+class DrainingThreadWorker(ThreadWorker):
+    """gthread, except that connections already queued when the worker stops are served.
+
+    Stopping, gthread stops accepting at once but closes its listening sockets only after
+    the requests in progress are done; the kernel keeps queueing connections meanwhile, and
+    closing resets them: the client cannot tell whether its request was read. This worker
+    accepts what is queued as it stops (served like any request) and closes the sockets
+    right away, so a later connection is refused: a clean answer, never read.
+    """
+
+    _closed_listeners = False
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """Stop accepting; once the worker is stopping, serve the queue and close."""
+        super().set_accept_enabled(enabled)
+        if enabled or self.alive or self._closed_listeners:
+            return  # merely full for now, or already closed
+        self._closed_listeners = True
+        for listener in self.sockets:
+            # Bounded: connections arriving without pause must not hold the stop forever.
+            for _ in range(self.worker_connections):
+                if not _queued(listener):
+                    break
+                self.accept(listener)
+            listener.close()
+
+
+def _queued(listener: Any) -> bool:
+    """Tell whether a connection waits to be accepted on `listener`."""
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
 
 settings = Settings.from_env()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "gthread"
+worker_class = DrainingThreadWorker
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # Running tasks get SHUTDOWN_GRACE_S to finish; gunicorn must not kill the worker first.
 graceful_timeout = settings.shutdown_grace_s + 10
