@@ -1,10 +1,11 @@
-"""A handler module for the scale-out tests: `TASK_HANDLERS=tests.ledger_handlers`.
+"""A handler module for the process tests: `TASK_HANDLERS=tests.ledger_handlers`.
 
 The `ledger` type appends `task_id attempt pid start|end wall_time_ns` to the file named by
 `LEDGER_PATH`, one line as it starts and one as it ends, then fails when `payload.fail` is
-true. Each line is one `os.write` to a file opened with O_APPEND, so the lines of several
-processes never interleave. The ledger records what really ran, independently of the
-database: the tests compare the two.
+true, or while its attempt number is at most `payload.fail_attempts` (so a task with that
+many retries fails first, then completes). Each line is one `os.write` to a file opened with
+O_APPEND, so the lines of several processes never interleave. The ledger records what really
+ran, independently of the database: the tests compare the two.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def append(ctx: TaskContext, event: str) -> None:
         os.close(fd)
 
 
+def fails_at(payload: dict[str, object], attempt: int) -> bool:
+    """Tell whether the ledger handler fails attempt number `attempt` of this payload."""
+    if payload.get("fail") is True:
+        return True
+    first = payload.get("fail_attempts", 0)
+    return isinstance(first, int) and not isinstance(first, bool) and attempt <= first
+
+
 def ledger(ctx: TaskContext) -> None:
     """Record the start, sleep `duration_ms` (stopping when cancelled), record the end."""
     append(ctx, "start")
@@ -34,8 +43,8 @@ def ledger(ctx: TaskContext) -> None:
     append(ctx, "end")
     if cancelled:
         raise HandlerFailed("The ledger task was asked to stop before it finished.")
-    if ctx.payload.get("fail") is True:
-        raise HandlerFailed("The ledger task failed because payload.fail is true.")
+    if fails_at(ctx.payload, ctx.attempt):
+        raise HandlerFailed(f"The ledger task failed by design in attempt {ctx.attempt}.")
 
 
 def register(registry: Registry) -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from contextlib import closing, suppress
 from pathlib import Path
+from signal import Signals
 from typing import Any
 
 import requests
@@ -80,6 +81,23 @@ def group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def group_pids(pgid: int) -> set[int]:
+    """Return the live processes of group `pgid` (empty without /proc)."""
+    found = set()
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                found.add(int(entry.name))
+    return found
 
 
 def read_db(path: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
@@ -154,7 +172,7 @@ class Server:
 
     def submit(self, task_id: str, duration_ms: int, *deps: str, **fields: Any) -> dict[str, Any]:
         """Submit one simulated task and return it as the 201 answer showed it."""
-        body = {"id": task_id, "type": "simulate", "duration_ms": duration_ms}
+        body: dict[str, Any] = {"id": task_id, "type": "simulate", "duration_ms": duration_ms}
         body.update(dependencies=list(deps), **fields)
         resp = requests.post(self.base_url + "/api/tasks", json=body, timeout=REQUEST_TIMEOUT_S)
         assert resp.status_code == 201, f"{task_id}: {resp.status_code} {resp.text}"
@@ -226,11 +244,11 @@ class Server:
         code = self.proc.poll()
         assert code is None, f"{self.name} exited with {code}"
 
-    def signal(self, sig: signal.Signals) -> None:
+    def signal(self, sig: Signals) -> None:
         """Send `sig` to the process only (for gunicorn: the master)."""
         self.proc.send_signal(sig)
 
-    def signal_group(self, sig: signal.Signals) -> None:
+    def signal_group(self, sig: Signals) -> None:
         """Send `sig` to every process of the group, as a terminal or a supervisor does."""
         os.killpg(self.pgid, sig)
 
@@ -276,15 +294,21 @@ class Launcher:
         self.servers.append(server)
         return server
 
-    def gunicorn(self, db: Path | str, *, ready: str = "running", **settings: str) -> Server:
-        """Start `gunicorn -c gunicorn.conf.py wsgi:app` and wait until it serves."""
-        port = free_port()
+    def gunicorn(
+        self, db: Path | str, *, ready: str | None = "running", port: int = 0, **settings: str
+    ) -> Server:
+        """Start `gunicorn -c gunicorn.conf.py wsgi:app` and wait until it serves.
+
+        `port` 0 picks a free one; `ready` None returns at once, without waiting.
+        """
+        port = port or free_port()
         env = service_env(db, PORT=str(port), HOST="127.0.0.1", **settings)
         # No control socket: its default path is per user, shared with every other gunicorn.
         argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket"]
         argv.append("wsgi:app")
         server = self._start("gunicorn", argv, env, port)
-        server.wait_ready(ready)
+        if ready is not None:
+            server.wait_ready(ready)
         return server
 
     def scheduler(self, db: Path | str, **settings: str) -> Server:
