@@ -1,0 +1,1 @@
+"""Command-line tools that run against the service: integration and crash checks."""
