@@ -62,6 +62,9 @@ threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 graceful_timeout = settings.shutdown_grace_s + 10
 timeout = 60
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+# The default format's %(u)s is the user name of a Basic Authorization header, where some
+# clients put an API token: it stays out of the log.
+access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
 # The default control socket is one path per user, shared by every gunicorn on the host.
 control_socket_disable = True

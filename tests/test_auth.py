@@ -265,7 +265,8 @@ def test_gunicorn_access_log_keeps_the_token_out(tmp_path: Path) -> None:
         body: dict[str, Any] = {"id": "t1", "type": "simulate", "duration_ms": 1}
         assert requests.post(url, json=body, headers=GOOD, timeout=5).status_code == 201
         assert requests.get(url, headers=GOOD, timeout=5).status_code == 200
-        for case in ("wrong token", "a token of another length", "a prefix of the token"):
+        cases = ("wrong token", "a token of another length", "a prefix of the token", "basic auth")
+        for case in cases:
             assert requests.get(url, headers=REFUSED[case], timeout=5).status_code == 401
         server.wait_log('"GET /api/tasks HTTP/1.1" 401')
         log = server.log()
