@@ -11,6 +11,7 @@ from flask import Flask
 from .errors import HTTP_CODES, ApiError
 from .models import Status
 from .schemas import (
+    ID_PATTERN,
     BatchIn,
     BatchOut,
     BlockerOut,
@@ -31,18 +32,30 @@ DEFAULT_LIMIT = 100
 
 DESCRIPTION = (
     "A persistent DAG task scheduler. Every response is JSON; timestamps are ISO 8601 UTC "
-    "with milliseconds and `Z`. Every error has the shape of the `Error` schema. Every route "
-    "rejects unknown query parameters with `400 invalid_parameter`; a method a route does not "
-    "serve gets `405 method_not_allowed` with an `Allow` header, and an unknown route "
-    "`404 not_found`."
+    "with milliseconds and `Z`. Every error has the shape of the `Error` schema. Every `/api` "
+    "route rejects unknown query parameters with `400 invalid_parameter`; a method a route "
+    "does not serve gets `405 method_not_allowed` with an `Allow` header, and an unknown route "
+    "`404 not_found`.\n\n"
+    "Authentication is optional: when the server's `API_TOKEN` setting is set, every `/api` "
+    "route needs `Authorization: Bearer <token>` and answers `401 unauthorized` without it "
+    "(`/health` too when `AUTH_OPS_ROUTES` is true); when it is unset the API is open. When "
+    "`MAX_QUEUED_TASKS` is set, a submission that would take the number of `QUEUED` tasks "
+    "past it gets `429 queue_full` with a `Retry-After` header (a batch counts whole)."
 )
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The value of the server's `API_TOKEN` setting; needed only when it is set.",
+}
+# Either the bearer token or nothing: which one the server wants depends on its settings.
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
 
 TASK_ID = {
     "name": "task_id",
     "in": "path",
     "required": True,
     "description": "The task's id.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN},
 }
 
 LIST_PARAMETERS = [
@@ -88,7 +101,39 @@ LINK = {
     },
 }
 ALLOW = {
-    "Allow": {"description": "The methods the route serves.", "schema": {"type": "string"}},
+    "Allow": {
+        "description": "The methods the route serves.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before submitting again.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {
+        "description": "The scheme to use: `Bearer`.",
+        "schema": {"type": "string"},
+    },
+}
+# Answers every route can give, defined once under components/responses.
+SHARED_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "Unauthorized": (
+        "`unauthorized`: `API_TOKEN` is set and the request has no `Authorization: Bearer` "
+        "header with it.",
+        WWW_AUTHENTICATE,
+    ),
+    "MethodNotAllowed": ("`method_not_allowed`: the route does not serve this method.", ALLOW),
+    "QueueFull": (
+        "`queue_full`: `MAX_QUEUED_TASKS` is set and this submission would take the QUEUED "
+        "count past it; nothing was stored.",
+        RETRY_AFTER,
+    ),
+    "InternalError": ("`internal_error`: a bug; never with a traceback.", {}),
 }
 
 
@@ -116,10 +161,12 @@ def _json(schema: str | dict[str, Any], description: str, **extra: Any) -> dict[
 
 
 def _errors(**by_status: str) -> dict[str, Any]:
-    """Return error responses keyed by status (`e400=...`), each in the `Error` shape."""
+    """Return error responses keyed by status (`e400=...`), each in the `Error` shape.
+
+    Every route also answers 401 (with a token set), 405 and 500 from the shared ones.
+    """
     answers = {key.removeprefix("e"): _json("Error", text) for key, text in by_status.items()}
-    answers["500"] = _json("Error", "`internal_error`: a bug; never with a traceback.")
-    return answers
+    return {**answers, "401": "Unauthorized", "405": "MethodNotAllowed", "500": "InternalError"}
 
 
 def _operation(
@@ -152,6 +199,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                         e413="`body_too_large`: a body over 1 MiB.",
                         e415="`unsupported_media_type`: not `application/json`.",
                     ),
+                    "429": "QueueFull",
                 },
                 requestBody=_body("TaskIn", "The task."),
             ),
@@ -164,7 +212,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                     ),
                     **_errors(
                         e400="`invalid_parameter`: an unknown parameter or status, a limit out "
-                        "of range, or a cursor this server did not issue."
+                        "of range, a type or batch_id no task can have, or a cursor this server "
+                        "did not issue."
                     ),
                 },
                 parameters=LIST_PARAMETERS,
@@ -184,6 +233,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                         e413="`body_too_large`: over 100,000 tasks or 32 MiB.",
                         e415="`unsupported_media_type`: not `application/json`.",
                     ),
+                    "429": "QueueFull",
                 },
                 requestBody=_body("BatchIn", "1 to 100,000 tasks, each as for POST /api/tasks."),
             ),
@@ -271,7 +321,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                     "503": _json(
                         "HealthOut", "The database is unreachable or the scheduler is not healthy."
                     ),
-                    "500": _json("Error", "`internal_error`: a bug; never with a traceback."),
+                    **_errors(),
                 },
             ),
         },
@@ -287,6 +337,7 @@ def build_spec() -> dict[str, Any]:
         openapi_version=OPENAPI_VERSION,
         plugins=[marshmallow],
         info={"description": DESCRIPTION},
+        security=SECURITY,
     )
     marshmallow.map_to_openapi_type(Timestamp, "string", "date-time")
     spec.components.schema("Error", schema=ErrorOut)
@@ -299,12 +350,10 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("BlockerOut", schema=BlockerOut)
     spec.components.schema("BlockersOut", schema=BlockersOut)
     spec.components.schema("HealthOut", schema=HealthOut)
-    spec.components.response(
-        "MethodNotAllowed",
-        _json(
-            "Error", "`method_not_allowed`: the route does not serve this method.", headers=ALLOW
-        ),
-    )
+    spec.components.security_scheme("bearerAuth", BEARER)
+    for name, (description, headers) in SHARED_RESPONSES.items():
+        extra = {"headers": dict(headers)} if headers else {}
+        spec.components.response(name, _json("Error", description, **extra))
     for path, operations in _paths().items():
         parameters = operations.pop("parameters", None)
         spec.path(path=path, operations=operations, parameters=parameters)

@@ -117,15 +117,57 @@ def test_error_codes_cover_every_domain_error(document: dict[str, Any]) -> None:
     assert {"method_not_allowed", "internal_error"} <= codes
 
 
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return every documented operation, keyed by (path, method)."""
+    return {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+
+
+def resolved(document: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """Return a response object, following its `$ref` into components/responses."""
+    ref = response.get("$ref")
+    if ref is None:
+        return response
+    prefix = "#/components/responses/"
+    assert ref.startswith(prefix), ref
+    found: dict[str, Any] = document["components"]["responses"][ref.removeprefix(prefix)]
+    return found
+
+
 def test_every_error_response_uses_the_error_schema(document: dict[str, Any]) -> None:
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            if method == "parameters":
-                continue
-            for status, response in operation["responses"].items():
-                if int(status) >= 400 and status != "503":
-                    schema = response["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Error"}, (path, method)
+    for (path, method), operation in operations(document).items():
+        for status, response in operation["responses"].items():
+            if int(status) >= 400 and status != "503":
+                schema = resolved(document, response)["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}, (path, method)
+
+
+def test_every_route_documents_401_405_and_500(document: dict[str, Any]) -> None:
+    for key, operation in operations(document).items():
+        assert {"401", "405", "500"} <= set(operation["responses"]), key
+    allow = resolved(document, {"$ref": "#/components/responses/MethodNotAllowed"})
+    assert allow["headers"]["Allow"]["required"] is True
+
+
+def test_the_token_is_an_optional_bearer_scheme(document: dict[str, Any]) -> None:
+    scheme = document["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    # Both: the token when API_TOKEN is set, nothing when it is not.
+    assert document["security"] == [{"bearerAuth": []}, {}]
+    unauthorized = resolved(document, {"$ref": "#/components/responses/Unauthorized"})
+    assert "WWW-Authenticate" in unauthorized["headers"]
+
+
+def test_only_submissions_answer_queue_full(document: dict[str, Any]) -> None:
+    full = {key for key, op in operations(document).items() if "429" in op["responses"]}
+    assert full == {("/api/tasks", "post"), ("/api/tasks/batch", "post")}
+    answer = resolved(document, {"$ref": "#/components/responses/QueueFull"})
+    assert answer["headers"]["Retry-After"]["required"] is True
+    assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
 
 
 def test_real_answers_match_the_document(client: FlaskClient, document: dict[str, Any]) -> None:
