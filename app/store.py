@@ -23,6 +23,7 @@ from .tables import chunks as chunks
 from .tables import deps as deps
 
 MAX_BACKOFF = timedelta(hours=1)
+UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 
 
 class NotRegistered(Exception):
@@ -135,6 +136,7 @@ class Store(Membership):
         applied_plain = self._complete_plain(conn, plain, now) if plain else set()
         applied: list[bool] = []
         ended: dict[str, Status] = {}
+        requeued: list[str] = []
         changes: list[Change] = []
         for claim, outcome in finished:
             if _is_plain_success(outcome):
@@ -149,9 +151,13 @@ class Store(Membership):
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
             if status.terminal:
                 ended[claim.id] = status
+            elif status is Status.QUEUED:
+                requeued.append(claim.id)
         events.stage(changes)
         if ended and settle(conn, ended, now):
             announce(conn)
+        if requeued:
+            _recount(conn, requeued)
         return applied
 
     def _complete_plain(
@@ -169,15 +175,21 @@ class Store(Membership):
         return done
 
     def requeue(self, claim: Claim) -> bool:
-        """Put a running attempt back to QUEUED without spending the retry budget."""
+        """Put a running attempt back to QUEUED without spending the retry budget.
+
+        An attempt a user asked to stop ends CANCELLED instead: it will not run again.
+        """
         with database.write(self.engine) as conn:
             stmt = (
                 update(tasks)
-                .where(*_fence(claim))
+                .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
                 .values(status=Status.QUEUED.value, updated_at=utcnow(), finished_at=None)
             )
             if conn.execute(stmt).rowcount != 1:
-                return False
+                error = "Cancelled by a user; the attempt was stopped at shutdown."
+                stopped = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
+                return self.finish_all(conn, [(claim, stopped)], utcnow())[0]
+            _recount(conn, [claim.id])
             why = "back in the queue: its instance stopped before it finished; not a failure"
             events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
             return True
@@ -229,6 +241,7 @@ class Store(Membership):
             tasks.c.failures,
             tasks.c.max_attempts,
             tasks.c.retry_backoff_ms,
+            tasks.c.cancel_requested,
         ).where(RUNNING, tasks.c.worker == worker)
         interrupted: list[tuple[Claim, Outcome]] = []
         forget = delete(instances).where(instances.c.id == worker)
@@ -256,9 +269,12 @@ class Store(Membership):
                     retry_backoff_ms=row.retry_backoff_ms,
                 )
                 error = f"Attempt {row.attempts} was interrupted: {reason}."
-                interrupted.append(
-                    (claim, Outcome(Status.FAILED, error=error, error_code="interrupted"))
-                )
+                if row.cancel_requested:
+                    # A user asked it to stop, and now the attempt has ended: as asked.
+                    ended = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
+                else:
+                    ended = Outcome(Status.FAILED, error=error, error_code="interrupted")
+                interrupted.append((claim, ended))
             applied = self.finish_all(conn, interrupted, now)
             reaped = [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
         return reaped
@@ -272,6 +288,30 @@ def _why(status: Status, outcome: Outcome) -> str:
     if status is Status.QUEUED:
         return f"attempt failed{code}, will be retried after a backoff: {outcome.error}"
     return f"{outcome.error}{code}"
+
+
+def _recount(conn: Connection, requeued: list[str]) -> None:
+    """Count again the unfinished dependencies of attempts that went back to QUEUED.
+
+    An all_done task may run while a dependency it waited for is retried; if it then goes
+    back to the queue, it must wait for that dependency again. FOR SHARE: a dependency
+    cannot finish unseen (its count-down skipping a task that was still RUNNING) before
+    this commits.
+    """
+    dependency = tasks.alias("dependency")
+    waiting = dict.fromkeys(requeued, 0)
+    for part in chunks(requeued):
+        query = (
+            select(deps.c.task_id, dependency.c.status)
+            .join(dependency, dependency.c.id == deps.c.dependency_id)
+            .where(deps.c.task_id.in_(part))
+            .with_for_update(read=True, of=dependency)
+        )
+        for task_id, status in conn.execute(query):
+            waiting[task_id] += status in UNFINISHED
+    for task_id, count in waiting.items():
+        queued = (tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
+        conn.execute(update(tasks).where(*queued).values(pending_deps=count))
 
 
 def _is_plain_success(outcome: Outcome) -> bool:
