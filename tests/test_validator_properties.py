@@ -68,10 +68,12 @@ ZONES = st.one_of(
     st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m))),
 )
 
+# Integers the JSON reader lets through: the validator is what must refuse the rest.
+json_integers = st.integers(-MAX_INTEGER - 1, MAX_INTEGER)
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-MAX_INTEGER - 1, MAX_INTEGER),
+    json_integers,
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
@@ -146,7 +148,7 @@ def bad_identifiers(most: int) -> st.SearchStrategy[Any]:
         st.text(min_size=1, max_size=8).filter(
             lambda s: s[0] not in FIRST_CHARS or any(c not in ID_CHARS for c in s)
         ),
-        st.integers(),
+        json_integers,
         st.just(None),
         st.just(["a"]),
     )
@@ -159,7 +161,7 @@ INVALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "duration_ms": st.one_of(out_of(1, MAX_DURATION_MS), st.none()),
     "dependencies": st.one_of(
         st.text(max_size=3),
-        st.integers(),
+        json_integers,
         st.just({}),
         st.lists(bad_identifiers(128), min_size=1, max_size=3),
         st.just(["a"] * 1001),
@@ -177,13 +179,13 @@ INVALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         # A stray letter makes any text a non-time.
         st.text(alphabet="0123456789-T:Z ", max_size=20).map(lambda s: s + "x"),
         st.sampled_from(["", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "12:00"]),
-        st.integers(),
+        json_integers,
         st.booleans(),
         st.just([]),
     ),
     "trigger_rule": st.one_of(
         st.text(max_size=12).filter(lambda s: s not in TRIGGER_RULES),
-        st.integers(),
+        json_integers,
         st.just([]),
     ),
 }
