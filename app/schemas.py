@@ -53,7 +53,8 @@ class Timestamp(fields.Field):
         if value is None:
             return None
         assert isinstance(value, datetime)
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        # Not strftime: its %Y drops the leading zeros of years before 1000 on glibc.
+        return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class TaskIn(Schema):
