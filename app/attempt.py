@@ -32,6 +32,8 @@ class Running:
     # Monotonic time at which the attempt times out, or None.
     deadline: float | None = None
     stop_reason: str | None = None
+    # Set when the deadline struck and the outcome was recorded then, not at the return.
+    cut_off: bool = False
     # Monotonic time at which the attempt was dispatched.
     started: float = field(default_factory=time.monotonic)
 

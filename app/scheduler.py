@@ -232,7 +232,7 @@ class Scheduler(Upkeep):
         outcome: Outcome | None = None
         try:
             outcome = call_handler(self.registry, running, partial(self._progress, claim))
-            if running.stop_reason == "timeout":
+            if running.cut_off:
                 outcome = None  # recorded when the timeout struck; only the slot is left
         finally:
             with self._lock:
@@ -293,16 +293,22 @@ class Scheduler(Upkeep):
             expired = [
                 r
                 for r in self._running.values()
-                if r.deadline is not None and r.deadline <= now and r.stop_reason is None
+                if r.deadline is not None
+                and r.deadline <= now
+                and not r.cut_off
+                and r.stop_reason in (None, "cancel")
             ]
         for running in expired:
-            running.stop("timeout")
             limit = running.claim.timeout_ms
-            outcome = Outcome(
-                Status.FAILED,
-                error=f"The attempt exceeded its timeout of {limit} ms.",
-                error_code="timeout",
-            )
+            if running.stop_reason == "cancel":
+                # Asked to stop and still running at its deadline: it ends as asked.
+                error = f"Cancelled by a user; still running at its timeout of {limit} ms."
+                outcome = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
+            else:
+                running.stop("timeout")
+                error = f"The attempt exceeded its timeout of {limit} ms."
+                outcome = Outcome(Status.FAILED, error=error, error_code="timeout")
+            running.cut_off = True
             # The slot stays taken until the handler's thread returns.
             self._record(running, outcome)
 

@@ -72,6 +72,21 @@ def test_a_handler_ignoring_its_timeout_keeps_its_slot(make_app: AppFactory) -> 
     assert task(client, "stubborn")["status"] == "FAILED"  # its late success is refused
 
 
+def test_a_cancelled_handler_that_ignores_it_ends_cancelled_at_its_timeout(
+    make_app: AppFactory,
+) -> None:
+    gate = Gate()  # ignores the cancel
+    client = running_app(make_app, {"gate": gate}).test_client()
+    submit(client, "deaf", type="gate", timeout_ms=200, max_attempts=3)
+    wait_for(lambda: gate.started == ["deaf"], what="the handler to start")
+    assert client.post("/api/tasks/deaf/cancel").status_code == 200
+    done = wait_status(client, "deaf", "CANCELLED", "FAILED", "COMPLETED")
+    assert (done["status"], done["error_code"]) == ("CANCELLED", "cancelled")
+    assert "timeout of 200 ms" in done["error"]
+    gate.release.set()
+    assert task(client, "deaf")["status"] == "CANCELLED"  # its late success is refused
+
+
 def test_higher_priority_runs_first_and_fifo_among_equals(make_app: AppFactory) -> None:
     gate = Gate()
     client = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1").test_client()
