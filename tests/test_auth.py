@@ -103,14 +103,14 @@ def test_every_refusal_reads_the_same(guarded: Flask) -> None:
     assert len(answers) == 1
 
 
+def submit_t1(client: FlaskClient) -> None:
+    body = {"id": "t1", "type": "simulate", "duration_ms": 1}
+    assert client.post("/api/tasks", headers=GOOD, json=body).status_code == 201
+
+
 def test_the_right_token_opens_every_api_route(guarded: Flask) -> None:
     client = guarded.test_client()
-    assert (
-        client.post(
-            "/api/tasks", headers=GOOD, json={"id": "t1", "type": "simulate", "duration_ms": 1}
-        ).status_code
-        == 201
-    )
+    submit_t1(client)
     for method, path in api_requests(guarded):
         response = send(client, method, path, GOOD)
         assert response.status_code != 401, (method, path)
@@ -170,12 +170,7 @@ def test_without_a_token_everything_is_open(client: FlaskClient) -> None:
 
 def test_the_dashboard_pages_are_open_and_its_data_is_not(guarded: Flask) -> None:
     client = guarded.test_client()
-    assert (
-        client.post(
-            "/api/tasks", headers=GOOD, json={"id": "t1", "type": "simulate", "duration_ms": 1}
-        ).status_code
-        == 201
-    )
+    submit_t1(client)
     for path in ("/", "/tasks/t1", "/static/dashboard/common.js"):
         response = client.get(path)
         assert response.status_code == 200, path
