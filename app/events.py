@@ -114,7 +114,10 @@ class Events:
                 for c in changes
             ]
         head = f"{when} INFO {LOGGER} "
-        return [f"{head}{_message(c)}\n" for c in changes]
+        return [
+            f"{head}task {i} {status} (type {kind}, attempt {n}): {_reason(why)}\n"
+            for i, kind, n, status, why in changes
+        ]
 
     def _line(self, at: float, level: str, message: str) -> str:
         when = stamp(at)
@@ -178,6 +181,8 @@ def _message(change: Change) -> str:
 
 
 def _reason(reason: str) -> str:
+    if len(reason) <= MAX_REASON and "\n" not in reason and "\r" not in reason:
+        return reason  # the common case, already one short line
     text = " ".join(reason.split())
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app import database, start_scheduler
-from app.metrics import Metrics
+from app.metrics import Buckets, Metrics
 from app.models import Status
 from app.tables import tasks
 from tests.conftest import AppFactory, wait_for
@@ -148,3 +150,18 @@ def test_each_app_has_its_own_registry(make_app: AppFactory) -> None:
     assert first.extensions["metrics"].registry is not second.extensions["metrics"].registry
     samples = scrape(second.test_client())
     assert value(samples, "taskscheduler_tasks_submitted_total", type="simulate") == 0
+
+
+def test_buckets_count_a_value_equal_to_a_bound_in_that_bound_and_render_cumulatively() -> None:
+    registry = CollectorRegistry()
+    histogram = Buckets("demo_seconds", "A demo.", (0.1, 1.0))
+    registry.register(histogram)
+    histogram.observe_all([0.05, 0.1, 0.5, 1.0, 7.0])
+    histogram.observe_all([])
+    (family,) = text_string_to_metric_families(generate_latest(registry).decode())
+    found = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert found[("demo_seconds_bucket", "0.1")] == 2
+    assert found[("demo_seconds_bucket", "1.0")] == 4
+    assert found[("demo_seconds_bucket", "+Inf")] == 5
+    assert found[("demo_seconds_count", None)] == 5
+    assert found[("demo_seconds_sum", None)] == pytest.approx(8.65)
