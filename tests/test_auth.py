@@ -247,12 +247,18 @@ def test_the_token_never_reaches_the_logs(
     app.extensions["store"].engine.dispose()
 
 
-@pytest.mark.slow
-def test_gunicorn_access_log_keeps_the_token_out(tmp_path: Path) -> None:
+def migrated(tmp_path: Path) -> Path:
+    """Return a SQLite file with the schema, for a server to start on."""
     schema = tmp_path / "schema.db"
     assert run_flask(schema, "db", "upgrade").returncode == 0
     db = tmp_path / "tasks.db"
     copy_db(schema, db)
+    return db
+
+
+@pytest.mark.slow
+def test_gunicorn_access_log_keeps_the_token_out(tmp_path: Path) -> None:
+    db = migrated(tmp_path)
     launcher = Launcher(tmp_path)
     try:
         server = launcher.gunicorn(db, API_TOKEN=TOKEN, GUNICORN_ACCESS_LOG="-")
@@ -281,10 +287,7 @@ def test_the_dashboard_asks_for_the_token_once_and_keeps_it(tmp_path: Path) -> N
 
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")
-    schema = tmp_path / "schema.db"
-    assert run_flask(schema, "db", "upgrade").returncode == 0
-    db = tmp_path / "tasks.db"
-    copy_db(schema, db)
+    db = migrated(tmp_path)
     launcher = Launcher(tmp_path)
     try:
         server = launcher.gunicorn(db, ready="disabled", API_TOKEN=TOKEN, SCHEDULER_ENABLED="false")
