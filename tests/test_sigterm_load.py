@@ -6,8 +6,14 @@ that outlast the grace period start just before the master gets SIGTERM. The pro
 exit 0 within SHUTDOWN_GRACE_S (plus a margin: a deadline, not a measurement); every id that
 got a 2xx must be stored; whatever was RUNNING at the signal must have finished or be back in
 QUEUED (none left RUNNING, none lost); every answer must be a 2xx or a clean refusal (a 503
-JSON error, or a refused connection; never a 500, never a reset); and after a restart
-everything completes, each attempt run once.
+JSON error, or a refused connection; never a 500); and after a restart everything completes,
+each attempt run once.
+
+Connections queued when the worker stops are served and later ones refused, but one that
+completes its handshake in the very instant the listening socket closes is reset by the
+kernel: any TCP server has that window. Such a submission may or may not have been read, so
+the test demands what a client needs instead: a reset only after the signal, and the same
+request replayed after the restart answered 200 (it was stored) or 201 (it was not).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Answer:
     body: Any = None
     failure: str = ""  # "refused" or "reset" when there was no answer
     detail: str = ""
+    sent: tuple[str, Any] = ("", None)  # the path and body posted, to replay
 
 
 class Submitter(threading.Thread):
@@ -80,7 +87,7 @@ class Submitter(threading.Thread):
         path, body = "/api/tasks", bodies[0]
         if len(bodies) > 1:
             path, body = "/api/tasks/batch", {"tasks": bodies}
-        answer = Answer([b["id"] for b in bodies], time.monotonic(), 0.0)
+        answer = Answer([b["id"] for b in bodies], time.monotonic(), 0.0, sent=(path, body))
         try:
             resp = requests.post(self.base_url + path, json=body, timeout=30)
         except requests.ConnectionError as exc:
@@ -201,8 +208,14 @@ def test_sigterm_under_load_loses_nothing_and_refuses_cleanly(service: Service) 
     unfinished = {t: rows[t].status for t in running_before - {"long-1", "long-2"}}
     assert set(unfinished.values()) <= {"COMPLETED"}, unfinished
 
-    # Everything that was stored completes after a restart, each attempt run once.
-    service.start()
+    # Everything that was stored completes after a restart, each attempt run once. A
+    # submission reset at the close replays safely: 200 if it was stored, 201 if not.
+    server = service.start()
+    resets = [a for client in clients for a in client.answers if a.failure == "reset"]
+    for answer in resets:
+        path, body = answer.sent
+        replayed = requests.post(server.base_url + path, json=body, timeout=30)
+        assert replayed.status_code in (200, 201), (answer.ids, replayed.text[:300])
     wait_for(lambda: service.count(UNFINISHED_SQL) == 0, 60, "every task to end", 0.1)
     rows = service.rows()
     assert Counter(row.status for row in rows.values()) == {"COMPLETED": len(rows)}
@@ -242,5 +255,4 @@ def assert_clean_answers(answers: list[Answer], signalled: float) -> None:
             assert isinstance(answer.body, dict) and "error" in answer.body, answer
         if answer.status is None:
             assert answer.ended >= signalled, f"no answer before the signal: {answer}"
-    resets = [a for a in answers if a.failure == "reset"]
-    assert not resets, f"{len(resets)} connections reset, e.g. {resets[:3]}"
+    # A reset has no answer, so it ended after the signal (asserted above): at the close.
