@@ -104,20 +104,21 @@ class Events:
 
     def _lines(self, at: float, changes: Sequence[Change]) -> list[str]:
         when = stamp(at)
-        if self.json:
-            head = f'{{"time": "{when}", "level": "INFO", "logger": "{LOGGER}", "message": '
-            return [
-                f"{head}{encode_basestring(_message(c))}, "
-                f'"task_id": {encode_basestring(c[0])}, "type": {encode_basestring(c[1])}, '
-                f'"attempt": {int(c[2])}, "status": "{c[3]}", '
-                f'"reason": {encode_basestring(_reason(c[4]))}}}\n'
-                for c in changes
-            ]
-        head = f"{when} INFO {LOGGER} "
-        return [
-            f"{head}task {i} {status} (type {kind}, attempt {n}): {_reason(why)}\n"
-            for i, kind, n, status, why in changes
-        ]
+        lines = []
+        for task_id, task_type, attempt, status, why in changes:
+            reason = _reason(why)
+            message = f"task {task_id} {status} (type {task_type}, attempt {attempt}): {reason}"
+            if not self.json:
+                lines.append(f"{when} INFO {LOGGER} {message}\n")
+                continue
+            lines.append(
+                f'{{"time": "{when}", "level": "INFO", "logger": "{LOGGER}", '
+                f'"message": {encode_basestring(message)}, '
+                f'"task_id": {encode_basestring(task_id)}, '
+                f'"type": {encode_basestring(task_type)}, "attempt": {int(attempt)}, '
+                f'"status": "{status}", "reason": {encode_basestring(reason)}}}\n'
+            )
+        return lines
 
     def _line(self, at: float, level: str, message: str) -> str:
         when = stamp(at)
@@ -173,11 +174,6 @@ def stage(changes: Iterable[Change]) -> None:
 def _flush_every() -> None:
     for events in list(_every):
         events.flush()
-
-
-def _message(change: Change) -> str:
-    task_id, task_type, attempt, status, reason = change
-    return f"task {task_id} {status} (type {task_type}, attempt {attempt}): {_reason(reason)}"
 
 
 def _reason(reason: str) -> str:
