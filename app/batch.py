@@ -18,9 +18,8 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import IntegrityError
 
-from . import database
+from . import database, readiness
 from .admission import Admission
 from .dag import find_cycle, topological_order
 from .errors import BodyTooLarge, DependencyCycle, DuplicateId, ValidationFailed
@@ -37,13 +36,13 @@ from .services import (
     OPEN,
     OUTPUT_DEFAULTS,
     check_replay,
-    dependency_statuses,
     insert_tasks,
+    inserting,
     new_row,
     normalise,
     unknown_dependencies,
 )
-from .store import chunks, tasks
+from .tables import chunks, tasks
 
 MAX_BATCH_TASKS = 100_000
 # Ids per existence lookup: a few large IN lists beat hundreds of small ones, and stay
@@ -70,24 +69,20 @@ def submit_batch(
     wanted = parse_batch(body)
     admission.check_types(task["type"] for task in wanted)
     order = creation_order(wanted)
-    for attempt in range(2):
-        try:
-            with database.write(engine) as conn:
-                replayed = _replay(conn, wanted)
-                if replayed is not None:
-                    return replayed
-                batch_id = uuid.uuid4().hex
-                rows = _new_rows(conn, wanted, order, batch_id)
-                # The whole batch fits under the queue limit, or none of it is stored.
-                admission.make_room(conn, rows)
-                insert_tasks(conn, rows)
-            answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in rows]
-            return BatchSubmitted(batch_id, answer, created=True)
-        except IntegrityError:
-            # Another instance inserted one of our ids between our read and our write.
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+
+    def work(conn: Connection) -> BatchSubmitted:
+        replayed = _replay(conn, wanted)
+        if replayed is not None:
+            return replayed
+        batch_id = uuid.uuid4().hex
+        rows = _new_rows(conn, wanted, order, batch_id)
+        # The whole batch fits under the queue limit, or none of it is stored.
+        admission.make_room(conn, rows)
+        insert_tasks(conn, rows)
+        answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in rows]
+        return BatchSubmitted(batch_id, answer, created=True)
+
+    return inserting(engine, work)
 
 
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -171,7 +166,7 @@ def _new_rows(
     outside = list(
         dict.fromkeys(d for task in wanted for d in task["dependencies"] if d not in members)
     )
-    statuses = dependency_statuses(conn, outside)
+    statuses = readiness.statuses(conn, outside)
     missing = [d for d in outside if d not in statuses]
     if missing:
         raise unknown_dependencies(missing)

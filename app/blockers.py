@@ -26,7 +26,7 @@ def blockers(engine: Engine, task_id: str) -> dict[str, Any]:
 
 
 def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
-    columns = (tasks.c.id, tasks.c.status, tasks.c.run_at, tasks.c.failures, tasks.c.error_code)
+    columns = (tasks.c.id, tasks.c.status, tasks.c.run_at, tasks.c.not_before, tasks.c.error_code)
     row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
     if row is None:
         raise unknown_task(task_id)
@@ -49,9 +49,9 @@ def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
     if unfinished.get(row.id):
         return [_dependency(d, s) for d, s in unfinished[row.id]]
     now = database.utcnow()
-    if row.run_at is not None and row.run_at > now:
-        kind = "backoff" if row.failures else "run_at"
-        return [{"kind": kind, "until": _iso(row.run_at)}]
+    if row.not_before is not None and row.not_before > now:
+        kind = "run_at" if row.run_at is not None and row.run_at >= row.not_before else "backoff"
+        return [{"kind": kind, "until": _iso(row.not_before)}]
     states = [s for (s,) in conn.execute(select(instances.c.state))]
     return [{"kind": "no_slot" if "running" in states else "shutdown"}]
 

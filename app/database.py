@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event, func
+from sqlalchemy.exc import DBAPIError
 
 from . import events
 
@@ -109,6 +112,32 @@ def write(engine: Engine) -> Iterator[Connection]:
         return
     with _writer_lock(engine), events.staging(engine), _transaction(engine, "IMMEDIATE") as conn:
         yield conn
+
+
+T = TypeVar("T")
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction did nothing,
+# and running it again, once the other one has finished, is safe.
+CONFLICTS = ("40P01", "40001")
+TRANSACTION_TRIES = 5
+
+
+def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work` in one write transaction, again if PostgreSQL aborted it for a conflict.
+
+    Two transactions that lock the same task rows in different orders (two retries of a
+    task's two failed dependencies) can deadlock; PostgreSQL aborts one of them, which
+    then runs again and sees what the other committed.
+    """
+    for attempt in range(TRANSACTION_TRIES):
+        try:
+            with write(engine) as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in CONFLICTS or attempt == TRANSACTION_TRIES - 1:
+                raise
+        time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def read(engine: Engine) -> AbstractContextManager[Connection]:

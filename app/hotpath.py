@@ -61,14 +61,16 @@ def is_member(conn: Connection, worker: str) -> bool:
     return conn.exec_driver_sql(sql, {"w": worker}).first() is not None
 
 
-def claim_sql(d: str) -> str:
-    """Return the claim statement for dialect `d`."""
+def claim_sql(d: str, excluded: int = 0) -> str:
+    """Return the claim statement for dialect `d`, passing over `excluded` ids."""
+    # Tasks whose earlier attempt still occupies one of the claimer's threads.
+    skip = f" AND tasks.id NOT IN ({_list(d, 'x', excluded)})" if excluded else ""
     # A materialized CTE: as `seq IN (subquery)`, PostgreSQL may rescan the locking
     # subquery once per row and so claim more than `limit` tasks.
     return (
         "WITH ready AS MATERIALIZED (SELECT seq FROM tasks"
         f" WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
-        f" AND (tasks.run_at IS NULL OR tasks.run_at <= {_p(d, 'now')})"
+        f" AND (tasks.not_before IS NULL OR tasks.not_before <= {_p(d, 'now')}){skip}"
         f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, 'limit')}{_LOCK_READY[d]})"
         " UPDATE tasks SET status = 'RUNNING', attempts = tasks.attempts + 1,"
         f" worker = {_p(d, 'w')}, started_at = {_stamp(d)}, updated_at = {_stamp(d)},"
@@ -79,11 +81,14 @@ def claim_sql(d: str) -> str:
     )
 
 
-def claim(conn: Connection, worker: str, limit: int, now: datetime) -> list[Any]:
+def claim(
+    conn: Connection, worker: str, limit: int, now: datetime, exclude: Sequence[str] = ()
+) -> list[Any]:
     """Move up to `limit` ready tasks to RUNNING for `worker`; return their rows."""
     d = conn.dialect.name
-    params = {"now": _time(d, now), "limit": limit, "w": worker}
-    rows = conn.exec_driver_sql(claim_sql(d), params).all()
+    params: dict[str, Any] = {"now": _time(d, now), "limit": limit, "w": worker}
+    params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
+    rows = conn.exec_driver_sql(claim_sql(d, len(exclude)), params).all()
     return sorted(rows, key=lambda r: (-r.priority, r.seq))
 
 
@@ -141,8 +146,8 @@ def next_run_at(conn: Connection, now: datetime) -> datetime | None:
     """Return the earliest future time a ready task is held back to (run_at, backoff)."""
     d = conn.dialect.name
     sql = (
-        f"SELECT min(tasks.run_at) FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
-        f" AND tasks.run_at > {_p(d, 'now')}"
+        f"SELECT min(tasks.not_before) FROM tasks WHERE {_QUEUED[d]}"
+        f" AND tasks.pending_deps = 0 AND tasks.not_before > {_p(d, 'now')}"
     )
     due = conn.exec_driver_sql(sql, {"now": _time(d, now)}).scalar()
     return datetime.fromisoformat(due) if isinstance(due, str) else due

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-from . import database
-from .database import stamp, utcnow
+from . import database, faults
+from .database import utcnow
 from .tables import RUNNING, instances, tasks
 
 
 class Membership:
-    """The scheduler_instances table: register, heartbeat, state, list, deregister."""
+    """The scheduler_instances table: register, heartbeat, state, list, deregister.
 
-    def __init__(self, engine: Engine) -> None:
+    `clock` is the time of this host, used on SQLite (which lives on it); on PostgreSQL
+    every instance reads the database's clock instead, the one they all share.
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
+        self.clock = clock
+        self.shared_clock = engine.dialect.name == "postgresql"
+
+    def now(self, conn: Connection) -> datetime:
+        """Return the time of the transaction `conn` is in (the database's, on PostgreSQL)."""
+        if not self.shared_clock:
+            return self.clock()
+        moment: datetime = conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
+        return moment
 
     def register(self, row: dict[str, Any]) -> None:
         """Record a new scheduler instance."""
@@ -24,20 +38,20 @@ class Membership:
             conn.execute(insert(instances).values(**row))
 
     def database_now(self) -> datetime:
-        """Return the database's current UTC time: the one clock every instance shares."""
-        if self.engine.dialect.name != "postgresql":
-            return utcnow()  # SQLite lives on this host: its clock is ours
+        """Return the current UTC time of the clock every instance shares."""
+        if not self.shared_clock:
+            return self.clock()  # SQLite lives on this host: its clock is ours
         with database.read(self.engine) as conn:
-            moment: datetime = conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
-            return moment
+            return self.now(conn)
 
-    def heartbeat(self, instance_id: str) -> bool:
-        """Prove `instance_id` alive, in database time; False when it was declared dead."""
+    def heartbeat(self, instance_id: str, now: datetime | None = None) -> bool:
+        """Prove `instance_id` alive at `now` (database time); False when declared dead."""
+        faults.point("heartbeat.before_write", instance=instance_id)
         with database.write(self.engine) as conn:
             stmt = (
                 update(instances)
                 .where(instances.c.id == instance_id)
-                .values(heartbeat_at=stamp(conn, utcnow()))
+                .values(heartbeat_at=now or self.now(conn))
             )
             return conn.execute(stmt).rowcount == 1
 

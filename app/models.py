@@ -45,6 +45,10 @@ class Status(StrEnum):
 
 TERMINAL = tuple(s.value for s in Status if s.terminal)
 FAILED_LIKE = (Status.FAILED.value, Status.UPSTREAM_FAILED.value)
+UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+# Ended without completing: an all_success dependent of such a task never runs.
+BLOCKING = (*FAILED_LIKE, Status.CANCELLED.value)
+DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
 
 
 class Task(db.Model):  # type: ignore[name-defined]
@@ -63,7 +67,10 @@ class Task(db.Model):  # type: ignore[name-defined]
     max_attempts: Mapped[int] = mapped_column(SmallInteger, default=1)
     retry_backoff_ms: Mapped[int] = mapped_column(Integer, default=1000)
     timeout_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # As the submitter set it; the scheduler never changes it.
     run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The earliest start a claim allows: run_at, or the end of a retry backoff if later.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # Dependencies not yet terminal; the task is ready when this is 0.
     pending_deps: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -94,9 +101,9 @@ class Task(db.Model):  # type: ignore[name-defined]
         # When the next held-back task (run_at, retry backoff) becomes due.
         Index(
             "ix_tasks_delayed",
-            run_at,
-            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0 AND run_at IS NOT NULL"),
-            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0 AND run_at IS NOT NULL"),
+            not_before,
+            sqlite_where=text(DELAYED),
+            postgresql_where=text(DELAYED),
         ),
         Index(
             "ix_tasks_running",

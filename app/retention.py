@@ -1,20 +1,27 @@
-"""Retention: delete finished tasks older than a cut-off, a chunk per transaction."""
+"""Retention: delete finished tasks older than a cut-off, a chunk per transaction.
+
+A finished task goes only when every task that depends on it has COMPLETED or goes with
+it. A task that did not complete must keep the dependency that stopped it: a later retry
+of another of its dependencies reads that one to know it still may not run.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, or_, select, text
+from sqlalchemy import Connection, Engine, delete, exists, or_, select, text, tuple_
 
-from . import database
-from .models import TERMINAL, Status
+from . import database, faults
+from .models import TERMINAL, UNFINISHED, Status
 from .tables import chunks, deps, tasks
 
 # Tasks deleted per transaction: short enough that writers queued behind it barely wait.
 PRUNE_CHUNK = 1000
-UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+
+Position = tuple[datetime, int]
 
 
 def prune(
@@ -23,61 +30,82 @@ def prune(
     *,
     now: datetime | None = None,
     chunk: int = PRUNE_CHUNK,
+    stop: threading.Event | None = None,
 ) -> int:
     """Delete tasks that finished before `now - older_than`; return how many went.
 
-    A finished task that an unfinished (QUEUED or RUNNING) task still depends on is kept,
-    so that no task still in play loses a dependency from what it shows.
+    Walks the finished tasks once, oldest first, in chunks of `chunk`, each its own short
+    transaction; between two chunks it returns early once `stop` is set.
     """
     if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
     cutoff = _naive_utc(now or database.utcnow()) - older_than
     deleted = 0
-    # Each chunk resumes where the last one stopped, so the tasks kept for their
-    # dependents (and, on PostgreSQL, the dead rows of earlier chunks) are walked once.
-    after: datetime | None = None
-    while True:
+    after: Position | None = None
+    while stop is None or not stop.is_set():
         with database.write(engine) as conn:
             selected, removed, after = _prune_chunk(conn, cutoff, chunk, after)
         deleted += removed
-        # Fewer than a chunk means none are left; none removed means the rest are kept.
-        if selected < chunk or removed == 0:
-            return deleted
+        if selected < chunk:
+            break
+    return deleted
 
 
 def _prune_chunk(
-    conn: Connection, cutoff: datetime, chunk: int, after: datetime | None
-) -> tuple[int, int, datetime | None]:
-    """Delete up to `chunk` prunable tasks finished from `after` on.
+    conn: Connection, cutoff: datetime, chunk: int, after: Position | None
+) -> tuple[int, int, Position | None]:
+    """Delete what may go among the next `chunk` finished tasks after `after`.
 
-    Return how many were selected, how many deleted, and the last finish time seen.
+    Return how many were looked at, how many deleted, and where the next chunk starts.
     """
     query = (
-        select(tasks.c.id, tasks.c.finished_at)
+        select(tasks.c.id, tasks.c.finished_at, tasks.c.seq)
         .where(tasks.c.finished_at < cutoff, _finished(conn.dialect.name), ~_has_unfinished())
-        .order_by(tasks.c.finished_at)
+        .order_by(tasks.c.finished_at, tasks.c.seq)
         .limit(chunk)
-        # PostgreSQL: a submission holds FOR SHARE on the dependencies it names, so a
-        # task about to gain a dependent is skipped, and ours cannot gain one once locked.
+        # PostgreSQL: a submission holds FOR SHARE on the dependencies it names, and a
+        # retry FOR UPDATE on what it requeues: such a task is skipped, and ours cannot
+        # gain a dependent nor come back once locked.
         .with_for_update(skip_locked=True)
     )
     if after is not None:
-        query = query.where(tasks.c.finished_at >= after)
+        query = query.where(tuple_(tasks.c.finished_at, tasks.c.seq) > tuple_(*after))
     rows = conn.execute(query).all()
     if not rows:
         return 0, 0, after
-    ids = [row.id for row in rows]
-    if conn.dialect.name == "postgresql":
-        # The locking read saw a snapshot from before the locks; look again now that no
-        # new dependent can arrive (SQLite's write lock already rules that out).
-        ids = _still_prunable(conn, ids)
+    ids = removable(conn, [row.id for row in rows])
+    faults.point("prune.chunk", ids=ids)
     for part in chunks(ids):
         # Both directions, explicitly: the cascade would do it, but only where the foreign
         # keys are enforced.
         edges = or_(deps.c.task_id.in_(part), deps.c.dependency_id.in_(part))
         conn.execute(delete(deps).where(edges))
         conn.execute(delete(tasks).where(tasks.c.id.in_(part)))
-    return len(rows), len(ids), rows[-1].finished_at
+    return len(rows), len(ids), (rows[-1].finished_at, rows[-1].seq)
+
+
+def removable(conn: Connection, ids: Sequence[str]) -> list[str]:
+    """Return those of the finished tasks `ids` that may go together.
+
+    A task may go when each of its dependents has COMPLETED or goes too; the dependents
+    are read now, after the locking read, so a change committed meanwhile is seen.
+    """
+    dependent = tasks.alias("dependent")
+    blocked_by: dict[str, set[str]] = {}
+    for part in chunks(ids):
+        query = (
+            select(deps.c.dependency_id, deps.c.task_id)
+            .join(dependent, dependent.c.id == deps.c.task_id)
+            .where(deps.c.dependency_id.in_(part), dependent.c.status != Status.COMPLETED.value)
+        )
+        for dependency_id, task_id in conn.execute(query):
+            blocked_by.setdefault(dependency_id, set()).add(task_id)
+    going = set(ids)
+    while True:
+        kept = {i for i in going if blocked_by.get(i, set()) <= going}
+        if kept == going:
+            return [i for i in ids if i in going]
+        going = kept
 
 
 def _finished(dialect: str) -> Any:
@@ -101,15 +129,6 @@ def _has_unfinished() -> Any:
         .join(dependent, dependent.c.id == deps.c.task_id)
         .where(deps.c.dependency_id == tasks.c.id, dependent.c.status.in_(UNFINISHED))
     )
-
-
-def _still_prunable(conn: Connection, ids: Sequence[str]) -> list[str]:
-    """Return those of `ids` that no unfinished task depends on, read afresh."""
-    kept: list[str] = []
-    for part in chunks(ids):
-        query = select(tasks.c.id).where(tasks.c.id.in_(part), ~_has_unfinished())
-        kept.extend(task_id for (task_id,) in conn.execute(query))
-    return kept
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import IntegrityError
 
-from . import database, events
+from . import database, events, readiness
 from .admission import Admission
 from .errors import DuplicateId, UnknownDependency, ValidationFailed
-from .models import FAILED_LIKE, TERMINAL, Status
+from .models import FAILED_LIKE, Status
 from .notify import announce
 from .queries import load_task, shape
-from .tables import chunks, deps, tasks
+from .tables import deps, tasks
 
 # What a client may set, with the value a task gets when the client leaves it out.
 DEFAULTS: dict[str, Any] = {
@@ -61,27 +61,37 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
     """Store one validated task, or return the existing one for an identical replay."""
     wanted = normalise(data)
     admission.check_types([wanted["type"]])
-    for attempt in range(2):
-        try:
-            with database.write(engine) as conn:
-                existing = load_task(conn, wanted["id"], with_payload=True)
-                if existing is not None:
-                    check_replay(existing, wanted)
-                    return Submitted(existing, created=False)
-                statuses = dependency_statuses(conn, wanted["dependencies"])
-                missing = [d for d in wanted["dependencies"] if d not in statuses]
-                if missing:
-                    raise unknown_dependencies(missing)
-                now = database.utcnow()
-                row = new_row(wanted, statuses, now)
-                admission.make_room(conn, [row])
-                insert_tasks(conn, [row])
-                return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
-        except IntegrityError:
-            # Another instance inserted the same id between our read and our write.
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+
+    def work(conn: Connection) -> Submitted:
+        existing = load_task(conn, wanted["id"], with_payload=True)
+        if existing is not None:
+            check_replay(existing, wanted)
+            return Submitted(existing, created=False)
+        statuses = readiness.statuses(conn, wanted["dependencies"])
+        missing = [d for d in wanted["dependencies"] if d not in statuses]
+        if missing:
+            raise unknown_dependencies(missing)
+        now = database.utcnow()
+        row = new_row(wanted, statuses, now)
+        admission.make_room(conn, [row])
+        insert_tasks(conn, [row])
+        return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
+
+    return inserting(engine, work)
+
+
+T = TypeVar("T")
+
+
+def inserting(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run a transaction that inserts tasks, once more if another inserted an id first.
+
+    Run again, the transaction finds the other's task and answers as for a replay.
+    """
+    try:
+        return database.transaction(engine, work)
+    except IntegrityError:
+        return database.transaction(engine, work)
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:
@@ -137,19 +147,6 @@ def _same(name: str, ours: Any, theirs: Any) -> bool:
     return bool(ours == theirs) and type(ours) is type(theirs)
 
 
-def dependency_statuses(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
-    """Return the status of each existing task among `ids`, locked against finishing.
-
-    FOR SHARE on PostgreSQL: a dependency cannot finish unseen while we commit a task
-    that counts it as unfinished. SQLite's write lock already serialises the two.
-    """
-    found: dict[str, str] = {}
-    for part in chunks(ids):
-        query = select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(part))
-        found.update((i, s) for i, s in conn.execute(query.with_for_update(read=True)))
-    return found
-
-
 def unknown_dependencies(missing: Sequence[str]) -> UnknownDependency:
     """Return the error naming dependencies that do not exist."""
     noun = "dependency does" if len(missing) == 1 else "dependencies do"
@@ -162,7 +159,8 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
     row = {name: value for name, value in wanted.items() if name != "dependencies"}
     row.update(
         status=Status.QUEUED.value,
-        pending_deps=sum(1 for d in dependencies if statuses[d] not in TERMINAL),
+        pending_deps=readiness.pending((d, statuses[d]) for d in dependencies),
+        not_before=wanted["run_at"],
         created_at=now,
         updated_at=now,
         dependencies=dependencies,

@@ -1,15 +1,16 @@
-"""The SQL that must be exact: claim, fenced finish, requeue, heartbeat and reap."""
+"""The SQL that must be exact: claim, fenced finish, requeue, reconcile and reap."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Engine, case, delete, select, update
 
-from . import database, events, hotpath
+from . import database, events, faults, hotpath, readiness
 from .database import stamp, utcnow
 from .events import Change
 from .membership import Membership
@@ -18,12 +19,8 @@ from .notify import announce
 from .propagation import settle
 from .tables import CHUNK, RUNNING, instances, tasks
 
-# Re-exported: older callers import these from here.
-from .tables import chunks as chunks
-from .tables import deps as deps
-
 MAX_BACKOFF = timedelta(hours=1)
-UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+CANCELLED_WHILE_RUNNING = "Cancelled by a user while running."
 
 
 class NotRegistered(Exception):
@@ -45,6 +42,11 @@ class Claim:
     retry_backoff_ms: int
     timeout_ms: int | None = None
     waited_s: float = 0.0  # from the task's creation to this attempt's start
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The attempt's identity: a task id and an attempt number are never reused."""
+        return (self.id, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,15 @@ class Outcome:
 class Store(Membership):
     """The task table's state transitions, each one transaction with a fence."""
 
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(engine, clock)
+        self.rng = rng or random.Random()
+
     def claim(self, worker: str, limit: int, now: datetime | None = None) -> list[Claim]:
         """Move up to `limit` ready tasks to RUNNING for `worker`, best first."""
         if limit <= 0:
@@ -77,16 +88,20 @@ class Store(Membership):
         with database.write(self.engine) as conn:
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
-            return self._claim_as(conn, worker, limit, now or utcnow())
+            return self._claim_as(conn, worker, limit, now or self.now(conn))
 
-    def _claim_as(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
+    def _claim_as(
+        self,
+        conn: Connection,
+        worker: str,
+        limit: int,
+        now: datetime,
+        exclude: Sequence[str] = (),
+    ) -> list[Claim]:
         # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
         # this claim commits, so nothing is claimed under a dead identity.
         if not hotpath.is_member(conn, worker):
             raise NotRegistered(worker)
-        return self._claim(conn, worker, limit, now)
-
-    def _claim(self, conn: Connection, worker: str, limit: int, now: datetime) -> list[Claim]:
         claims = [
             Claim(
                 id=r.id,
@@ -101,7 +116,7 @@ class Store(Membership):
                 timeout_ms=r.timeout_ms,
                 waited_s=max(0.0, r.waited or 0.0),
             )
-            for r in hotpath.claim(conn, worker, limit, now)
+            for r in hotpath.claim(conn, worker, limit, now, exclude)
         ]
         if claims:
             reason = f"claimed by {worker}"
@@ -110,23 +125,39 @@ class Store(Membership):
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
-        with database.write(self.engine) as conn:
-            return self.finish_all(conn, [(claim, outcome)], now or utcnow())[0]
 
-    def cycle(self, worker: str, finished: list[tuple[Claim, Outcome]], limit: int) -> Cycle:
+        def work(conn: Connection) -> bool:
+            return self.finish_all(conn, [(claim, outcome)], now or self.now(conn))[0]
+
+        return database.transaction(self.engine, work)
+
+    def cycle(
+        self,
+        worker: str,
+        finished: list[tuple[Claim, Outcome]],
+        limit: int,
+        now: datetime | None = None,
+        exclude: Sequence[str] = (),
+    ) -> Cycle:
         """Record finished attempts and claim up to `limit` tasks, in one transaction.
 
         One commit per scheduler pass, whatever the number of tasks it settles and starts:
         durability costs little, and a dependent is claimed in the very transaction that
         records its last dependency's completion. When slots stay free, it also says when
-        the next held-back task (run_at, retry backoff) falls due.
+        the next held-back task (run_at, retry backoff) falls due. `exclude` names tasks
+        the caller must not claim (an earlier attempt of theirs still holds its thread).
         """
-        with database.write(self.engine) as conn:
-            now = utcnow()
-            applied = self.finish_all(conn, finished, now) if finished else []
-            claims = self._claim_as(conn, worker, limit, now) if limit > 0 else []
-            due = hotpath.next_run_at(conn, now) if len(claims) < limit else None
-        return Cycle(applied, claims, now, due)
+
+        def work(conn: Connection) -> Cycle:
+            at = now or self.now(conn)
+            applied = self.finish_all(conn, finished, at) if finished else []
+            claims = self._claim_as(conn, worker, limit, at, exclude) if limit > 0 else []
+            due = hotpath.next_run_at(conn, at) if len(claims) < limit else None
+            return Cycle(applied, claims, at, due)
+
+        done = database.transaction(self.engine, work)
+        faults.point("cycle.committed", worker=worker, cycle=done)
+        return done
 
     def finish_all(
         self, conn: Connection, finished: list[tuple[Claim, Outcome]], now: datetime
@@ -140,14 +171,15 @@ class Store(Membership):
         changes: list[Change] = []
         for claim, outcome in finished:
             if _is_plain_success(outcome):
-                ok = (claim.id, claim.attempt) in applied_plain
-                status: Status | None = Status.COMPLETED if ok else None
+                ok = claim.key in applied_plain
+                written: tuple[Status, str | None] | None = (Status.COMPLETED, None) if ok else None
             else:
-                status = self._write_outcome(conn, claim, outcome, now)
-            applied.append(status is not None)
-            if status is None:
+                written = self._write_outcome(conn, claim, outcome, now)
+            applied.append(written is not None)
+            if written is None:
                 continue
-            why = _why(status, outcome)
+            status, error = written
+            why = _why(status, outcome, error)
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
             if status.terminal:
                 ended[claim.id] = status
@@ -157,7 +189,7 @@ class Store(Membership):
         if ended and settle(conn, ended, now):
             announce(conn)
         if requeued:
-            _recount(conn, requeued)
+            recount(conn, requeued)
         return applied
 
     def _complete_plain(
@@ -170,49 +202,69 @@ class Store(Membership):
             by_worker.setdefault(claim.worker, []).append(claim)
         for worker, mine in by_worker.items():
             for start in range(0, len(mine), CHUNK // 2):
-                pairs = [(c.id, c.attempt) for c in mine[start : start + CHUNK // 2]]
+                pairs = [c.key for c in mine[start : start + CHUNK // 2]]
                 done |= hotpath.complete(conn, worker, pairs, now)
         return done
 
-    def requeue(self, claim: Claim) -> bool:
+    def requeue(self, claim: Claim, reason: str | None = None) -> bool:
         """Put a running attempt back to QUEUED without spending the retry budget.
 
         An attempt a user asked to stop ends CANCELLED instead: it will not run again.
         """
-        with database.write(self.engine) as conn:
+        why = reason or "back in the queue: its instance stopped before it finished"
+        faults.point("requeue.before_write", claim=claim)
+
+        def work(conn: Connection) -> bool:
+            now = self.now(conn)
             stmt = (
                 update(tasks)
                 .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
-                .values(status=Status.QUEUED.value, updated_at=utcnow(), finished_at=None)
+                .values(status=Status.QUEUED.value, updated_at=stamp(conn, now), finished_at=None)
             )
             if conn.execute(stmt).rowcount != 1:
-                error = "Cancelled by a user; the attempt was stopped at shutdown."
+                error = "Cancelled by a user; the attempt was stopped before it finished."
                 stopped = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
-                return self.finish_all(conn, [(claim, stopped)], utcnow())[0]
-            _recount(conn, [claim.id])
-            why = "back in the queue: its instance stopped before it finished; not a failure"
+                return self.finish_all(conn, [(claim, stopped)], now)[0]
+            recount(conn, [claim.id])
             events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
+            announce(conn)
             return True
+
+        return database.transaction(self.engine, work)
+
+    def owned(self, worker: str) -> list[Claim]:
+        """Return the attempts the database holds RUNNING for `worker`, as claims."""
+        query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
+        with database.read(self.engine) as conn:
+            return [_as_claim(row, worker) for row in conn.execute(query)]
 
     def _write_outcome(
         self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime
-    ) -> Status | None:
-        """Write one outcome if fenced; return the status it left, or None if refused."""
-        values: dict[str, Any] = {"updated_at": stamp(conn, now), "error": outcome.error}
-        values["error_code"] = outcome.error_code
-        status = outcome.status
-        if status is Status.FAILED:
+    ) -> tuple[Status, str | None] | None:
+        """Write one outcome if fenced; return the status and error it left, or None."""
+        at = stamp(conn, now)
+        values: dict[str, Any] = {
+            "updated_at": at,
+            "error": outcome.error,
+            "error_code": outcome.error_code,
+            "status": outcome.status.value,
+        }
+        if outcome.status.terminal:
+            values.update(finished_at=at, result=outcome.result)
+        if outcome.status is Status.FAILED:
             values["failures"] = tasks.c.failures + 1
             if claim.failures + 1 < claim.max_attempts:
-                status = Status.QUEUED
-                values["run_at"] = now + backoff(claim.retry_backoff_ms, claim.failures + 1)
-        values["status"] = status.value
-        if status.terminal:
-            values["finished_at"] = stamp(conn, now)
-            values["result"] = outcome.result
-        if conn.execute(update(tasks).where(*_fence(claim)).values(**values)).rowcount != 1:
-            return None
-        return status
+                delay = backoff(claim.retry_backoff_ms, claim.failures + 1, self.rng)
+                values.update(status=Status.QUEUED.value, finished_at=None, not_before=now + delay)
+            _cancelled_if_asked(values, at)
+        stmt = (
+            update(tasks)
+            .where(*_fence(claim))
+            .values(**values)
+            .returning(tasks.c.status, tasks.c.error)
+        )
+        row = conn.execute(stmt).first()
+        return None if row is None else (Status(row.status), row.error)
 
     def report_progress(self, claim: Claim, percent: int) -> bool:
         """Record a running attempt's progress, if the row still holds the attempt."""
@@ -228,26 +280,23 @@ class Store(Membership):
         with database.read(self.engine) as conn:
             return [(i, a) for i, a in conn.execute(query)]
 
-    def reap(self, worker: str, reason: str, stale_before: datetime | None = None) -> list[str]:
+    def reap(
+        self,
+        worker: str,
+        reason: str,
+        stale_before: datetime | None = None,
+        now: datetime | None = None,
+    ) -> list[str]:
         """Forget a dead instance and end every attempt it holds as interrupted.
 
         With `stale_before`, only if its heartbeat is still older than that when the
         transaction holds its row: an instance that heartbeated meanwhile is alive.
         """
-        query = select(
-            tasks.c.id,
-            tasks.c.type,
-            tasks.c.attempts,
-            tasks.c.failures,
-            tasks.c.max_attempts,
-            tasks.c.retry_backoff_ms,
-            tasks.c.cancel_requested,
-        ).where(RUNNING, tasks.c.worker == worker)
-        interrupted: list[tuple[Claim, Outcome]] = []
         forget = delete(instances).where(instances.c.id == worker)
         if stale_before is not None:
             forget = forget.where(instances.c.heartbeat_at < stale_before)
-        with database.write(self.engine) as conn:
+
+        def work(conn: Connection) -> list[str]:
             if conn.dialect.name == "postgresql":
                 # Never wait long on a lock a paused instance holds: try again next pass.
                 conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
@@ -255,62 +304,85 @@ class Store(Membership):
             # committed before (and is ended below) or finds it gone (and claims nothing).
             if conn.execute(forget).rowcount == 0 and stale_before is not None:
                 return []
-            now = utcnow()
+            query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
+            interrupted = []
             for row in conn.execute(query).all():
-                claim = Claim(
-                    id=row.id,
-                    type=row.type,
-                    duration_ms=0,
-                    payload=None,
-                    attempt=row.attempts,
-                    worker=worker,
-                    failures=row.failures,
-                    max_attempts=row.max_attempts,
-                    retry_backoff_ms=row.retry_backoff_ms,
-                )
                 error = f"Attempt {row.attempts} was interrupted: {reason}."
-                if row.cancel_requested:
-                    # A user asked it to stop, and now the attempt has ended: as asked.
-                    ended = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
-                else:
-                    ended = Outcome(Status.FAILED, error=error, error_code="interrupted")
-                interrupted.append((claim, ended))
-            applied = self.finish_all(conn, interrupted, now)
-            reaped = [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
-        return reaped
+                ended = Outcome(Status.FAILED, error=error, error_code="interrupted")
+                interrupted.append((_as_claim(row, worker), ended))
+            applied = self.finish_all(conn, interrupted, now or self.now(conn))
+            return [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
+
+        return database.transaction(self.engine, work)
 
 
-def _why(status: Status, outcome: Outcome) -> str:
+_CLAIM_COLUMNS = (
+    tasks.c.id,
+    tasks.c.type,
+    tasks.c.duration_ms,
+    tasks.c.attempts,
+    tasks.c.failures,
+    tasks.c.max_attempts,
+    tasks.c.retry_backoff_ms,
+    tasks.c.timeout_ms,
+)
+
+
+def _as_claim(row: Any, worker: str) -> Claim:
+    return Claim(
+        id=row.id,
+        type=row.type,
+        duration_ms=row.duration_ms,
+        payload=None,
+        attempt=row.attempts,
+        worker=worker,
+        failures=row.failures,
+        max_attempts=row.max_attempts,
+        retry_backoff_ms=row.retry_backoff_ms,
+        timeout_ms=row.timeout_ms,
+    )
+
+
+def _cancelled_if_asked(values: dict[str, Any], at: Any) -> None:
+    """Make a failure's values end the task CANCELLED when a user asked it to stop.
+
+    Decided by the row, in the statement that writes the failure: whichever instance sees
+    the failure, and whatever the retry budget, an attempt asked to stop is not retried.
+    """
+    asked = tasks.c.cancel_requested.is_(True)
+    instead = {
+        "status": Status.CANCELLED.value,
+        "error": CANCELLED_WHILE_RUNNING,
+        "error_code": "cancelled",
+        "finished_at": at,
+        "not_before": tasks.c.not_before,
+    }
+    for name, value in instead.items():
+        values[name] = case((asked, value), else_=values.get(name, tasks.c[name]))
+
+
+def _why(status: Status, outcome: Outcome, error: str | None) -> str:
     """The reason a state-change log line gives for an outcome."""
     if status is Status.COMPLETED:
         return "the handler returned"
+    if status is Status.CANCELLED and outcome.status is not Status.CANCELLED:
+        return f"{error} (cancelled); the attempt ended: {outcome.error}"
     code = f" ({outcome.error_code})" if outcome.error_code else ""
     if status is Status.QUEUED:
         return f"attempt failed{code}, will be retried after a backoff: {outcome.error}"
     return f"{outcome.error}{code}"
 
 
-def _recount(conn: Connection, requeued: list[str]) -> None:
+def recount(conn: Connection, requeued: list[str]) -> None:
     """Count again the unfinished dependencies of attempts that went back to QUEUED.
 
     An all_done task may run while a dependency it waited for is retried; if it then goes
-    back to the queue, it must wait for that dependency again. FOR SHARE: a dependency
-    cannot finish unseen (its count-down skipping a task that was still RUNNING) before
-    this commits.
+    back to the queue, it must wait for that dependency again.
     """
-    dependency = tasks.alias("dependency")
-    waiting = dict.fromkeys(requeued, 0)
-    for part in chunks(requeued):
-        query = (
-            select(deps.c.task_id, dependency.c.status)
-            .join(dependency, dependency.c.id == deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-            .with_for_update(read=True, of=dependency)
-        )
-        for task_id, status in conn.execute(query):
-            waiting[task_id] += status in UNFINISHED
-    for task_id, count in waiting.items():
+    edges = readiness.dependencies(conn, requeued)
+    for task_id in requeued:
         queued = (tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
+        count = readiness.pending(edges.get(task_id, []))
         conn.execute(update(tasks).where(*queued).values(pending_deps=count))
 
 
@@ -327,8 +399,8 @@ def _fence(claim: Claim) -> tuple[Any, ...]:
     )
 
 
-def backoff(base_ms: int, failures: int) -> timedelta:
+def backoff(base_ms: int, failures: int, rng: random.Random | None = None) -> timedelta:
     """Return the wait before the next attempt: exponential, jittered, capped."""
     delay = timedelta(milliseconds=base_ms * 2 ** min(failures - 1, 32))
-    delay *= 1 + random.random() * 0.25
+    delay *= 1 + (rng or random).random() * 0.25
     return min(delay, MAX_BACKOFF)

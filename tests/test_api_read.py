@@ -14,7 +14,7 @@ from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from app import queries
-from app.store import tasks
+from app.tables import tasks
 from tests.conftest import ORIGINAL_FIELDS, AppFactory, assert_error
 
 NEXT_LINK = re.compile(r'^<([^>]+)>; rel="next"$')

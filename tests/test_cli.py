@@ -16,7 +16,7 @@ from sqlalchemy import update
 from app import database
 from app.cli_tasks import Duration
 from app.cli_wait import poll_until_finished
-from app.store import tasks
+from app.tables import tasks
 from tests.conftest import ORIGINAL_FIELDS
 
 TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}

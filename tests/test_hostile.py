@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, update
 from werkzeug.test import TestResponse
 
-from app.store import deps, tasks
+from app.tables import deps, tasks
 from tests.conftest import MAX_ERROR_BYTES, _postgres_schema, _teardown, build_app
 
 MIB = 1024 * 1024
@@ -418,7 +418,7 @@ STATES = [
     Case("cancel-failed", "POST", "/api/tasks/f/cancel", 409, "invalid_state", r"Task f is FAILED; only QUEUED or RUNNING tasks can be cancelled"),
     Case("cancel-cancelled", "POST", "/api/tasks/x/cancel", 409, "invalid_state", r"Task x is CANCELLED"),
     Case("cancel-upstream-failed", "POST", "/api/tasks/g/cancel", 409, "invalid_state", r"Task g is UPSTREAM_FAILED"),
-    Case("retry-queued", "POST", "/api/tasks/a/retry", 409, "invalid_state", r"Task a is QUEUED; only FAILED or CANCELLED tasks can be retried"),
+    Case("retry-queued", "POST", "/api/tasks/a/retry", 409, "invalid_state", r"Task a is QUEUED; only FAILED, UPSTREAM_FAILED or CANCELLED tasks can be retried"),
     Case("retry-upstream-failed", "POST", "/api/tasks/g/retry", 409, "invalid_state", r"did not succeed; retry f\."),
 ]
 

@@ -152,11 +152,15 @@ class Scheduling(RuleBasedStateMachine):
         """Apply one fenced outcome to the model's task; return its new status."""
         task = self.tasks[task_id]
         status = outcome.status
+        code = outcome.error_code
         if status is FAILED:
             task.failures += 1
-            if task.failures < task.max_attempts:
+            if task.cancel_requested:
+                # Asked to stop, it failed: it ends as asked, never retried.
+                status, code = CANCELLED, "cancelled"
+            elif task.failures < task.max_attempts:
                 status = QUEUED
-        task.status, task.error_code = status, outcome.error_code
+        task.status, task.error_code = status, code
         return status
 
     def apply(self, finished: list[tuple[Claim, Outcome]]) -> None:
@@ -279,7 +283,7 @@ class Scheduling(RuleBasedStateMachine):
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
     def retry(self, data: Any) -> None:
-        ended = [t for t, task in self.tasks.items() if task.status in (FAILED, CANCELLED)]
+        ended = [t for t, task in self.tasks.items() if task.status in BLOCKING]
         # Above all those with a dependent that already runs (an all_done cleanup).
         busy = [t for t in ended if any(d in self.running for d in self.tasks[t].dependents)]
         task_id = self._target(data, busy or ended, "retry")
@@ -293,14 +297,14 @@ class Scheduling(RuleBasedStateMachine):
             task = self.tasks[other]
             task.status, task.error_code = QUEUED, None
             task.failures, task.cancel_requested = 0, False
-            task.held = False  # a retry clears run_at
         assert Status(shown["status"]) is QUEUED
 
     def retried(self, root: str) -> set[str] | None:
         """Return what a retry of `root` requeues, or None when it must be refused."""
         task = self.tasks[root]
-        if task.status not in (FAILED, CANCELLED) or task.error_code == "upstream_cancelled":
+        if task.status not in BLOCKING:
             return None
+        # A task stopped by a dependency that did not complete waits for that one's retry.
         blocked = any(self.tasks[d].status in BLOCKING for d in task.deps)
         if task.rule == "all_success" and blocked:
             return None

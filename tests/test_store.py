@@ -82,7 +82,8 @@ def test_claim_waits_for_dependencies_and_run_at(store: Store) -> None:
     add(store, "parent")
     add(store, "child", "parent")
     add(store, "later")
-    set_fields(store, "later", run_at=utcnow() + timedelta(hours=1))
+    later = utcnow() + timedelta(hours=1)
+    set_fields(store, "later", run_at=later, not_before=later)
     assert [c.id for c in claim_all(store)] == ["parent"]
     assert row(store, "child").pending_deps == 1
 
@@ -233,7 +234,8 @@ def test_reap_retries_when_the_budget_allows(store: Store) -> None:
     assert store.reap("dead", "lease expired") == ["a"]
     retried = row(store, "a")
     assert (retried.status, retried.failures, retried.attempts) == ("QUEUED", 1, 1)
-    assert retried.run_at >= before + timedelta(seconds=60)
+    assert retried.not_before >= before + timedelta(seconds=60)
+    assert retried.run_at is None  # the submitter's run_at is not the backoff
     assert claim_all(store) == []  # the backoff holds it back
 
 
