@@ -134,7 +134,7 @@ def cancel_task(task_id: str) -> Response:
     _only_parameters()
     task = actions.cancel(_engine(), task_id)
     if task["status"] == "RUNNING":
-        current_app.extensions["scheduler"].cancel_running(task_id)
+        current_app.extensions["scheduler"].cancel_running(task_id, task["attempts"])
     return jsonify(task_out.dump(task))
 
 

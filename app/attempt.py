@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .handlers import HandlerFailed, Registry, TaskContext
 from .models import Status
@@ -22,26 +23,92 @@ MAX_ERROR_CHARS = 1000
 PROGRESS_EVERY_S = 0.2
 
 
-@dataclass
+@dataclass(eq=False)
 class Running:
-    """An attempt this instance is executing, and why it was asked to stop, if it was."""
+    """An attempt this process holds a thread for, from its claim until it is settled.
+
+    It occupies one of the instance's slots until both its thread has returned and its
+    outcome is settled (written, refused by the fence, or known to be someone else's):
+    only then can the slot's thread start another attempt at once.
+    """
 
     claim: Claim
     cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future[None] | None = None
-    # Monotonic time at which the attempt times out, or None.
+    # Clock time at which the attempt times out, or None; set when its thread starts.
     deadline: float | None = None
     stop_reason: str | None = None
-    # Set when the deadline struck and the outcome was recorded then, not at the return.
-    cut_off: bool = False
-    # Monotonic time at which the attempt was dispatched.
+    # Clock time at which the attempt was dispatched, then at which its thread started.
     started: float = field(default_factory=time.monotonic)
+    # The outcome waiting to be written by the next pass.
+    outcome: Outcome | None = None
+    # Decided before the thread returned (its timeout struck, or its row was lost):
+    # whatever the handler returns afterwards is discarded.
+    cut_off: bool = False
+    returned: bool = False
+    settled: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The task id and attempt number: what identifies this attempt."""
+        return self.claim.key
+
+    @property
+    def holds_slot(self) -> bool:
+        """Tell whether the attempt still occupies a slot."""
+        return not (self.returned and self.settled)
 
     def stop(self, reason: str) -> None:
-        """Ask the handler to stop: "cancel" by a user, "timeout", or "shutdown"."""
+        """Ask the handler to stop: "cancel" by a user, "timeout", "shutdown" or "lost"."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self.cancel.set()
+
+
+class Job(Protocol):
+    """What an executor runs on one thread: begin, the handler, end."""
+
+    def begin(self) -> None:
+        """Note that the thread started, before the handler is called."""
+
+    def run(self) -> Outcome:
+        """Call the handler and return its outcome."""
+
+    def end(self, outcome: Outcome | None) -> None:
+        """Note that the thread is done; `outcome` is None if the handler never returned."""
+
+
+class Executor(Protocol):
+    """Runs jobs, each on a thread of its own; the scheduler never starts more than it has."""
+
+    def start(self, job: Job) -> None:
+        """Start `job` on a free thread."""
+
+    def shutdown(self) -> None:
+        """Stop accepting jobs; running ones go on until they return."""
+
+
+class ThreadExecutor:
+    """A pool of `workers` threads."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="task")
+
+    def start(self, job: Job) -> None:
+        """Start `job` on one of the pool's threads."""
+        self._pool.submit(_work, job)
+
+    def shutdown(self) -> None:
+        """Stop the pool without waiting for its threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _work(job: Job) -> None:
+    job.begin()
+    outcome = None
+    try:
+        outcome = job.run()
+    finally:
+        job.end(outcome)
 
 
 def call_handler(registry: Registry, running: Running, report: Callable[[int], None]) -> Outcome:

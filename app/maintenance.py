@@ -1,17 +1,25 @@
-"""Upkeep of a scheduler instance: membership, heartbeats, recovery of the dead, pruning."""
+"""Upkeep beside the scheduler loop: heartbeats, recovery of dead instances, pruning.
+
+Each job is a small object with `run_once(now)`, run on a thread of its own by `Periodic`
+in production and called directly by tests. None waits for another: a long prune cannot
+delay a heartbeat, so a live instance is never declared dead because it was cleaning up.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import process
 from .metrics import Metrics
+from .retention import prune
 from .store import Store
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -19,71 +27,105 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 3600.0
 
 
-class Upkeep:
-    """Keeps an instance registered and alive, and cleans up after dead ones."""
+class Job(Protocol):
+    """A maintenance job: one run per call."""
 
-    store: Store
-    metrics: Metrics
-    id: str | None
-    host: str
-    lease_s: float
-    poll_interval_s: float
-    retention_days: int
-    _next_maintenance: float
-    _next_heartbeat: float
-    _next_prune: float
+    def run_once(self, now: datetime | None = None) -> Any:
+        """Do the job once, at `now` (None: the database's time)."""
 
-    def _join(self) -> None:
-        """Register under a new identity: at start, or after being declared dead."""
-        self.id = f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        now = self.store.database_now()
-        self.store.register(
-            {
-                "id": self.id,
-                "hostname": self.host,
-                "pid": os.getpid(),
-                "process_start": process.start_time(os.getpid()),
-                "started_at": now,
-                "heartbeat_at": now,
-                "state": "running",
-            }
-        )
-        self._next_heartbeat = time.monotonic() + self.lease_s / 3
 
-    def _rejoin(self) -> None:
-        # The attempts still running under the old identity were ended by whoever
-        # declared us dead; their late writes will be refused.
-        log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
-        self._join()
-        log.info("scheduler rejoined as %s", self.id)
+class Periodic:
+    """Runs a job on its own thread every `interval_s` seconds until halted."""
 
-    def maintain(self) -> None:
-        """Heartbeat when due, and end the attempts of instances that are dead."""
-        assert self.id is not None
-        now = time.monotonic()
-        self._next_maintenance = now + max(0.2, min(self.poll_interval_s, self.lease_s / 3))
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.lease_s / 3
-            if not self.store.heartbeat(self.id):
-                self._rejoin()
-            else:
-                self.metrics.heartbeat()
-        stale = self.store.database_now() - timedelta(seconds=self.lease_s)
+    def __init__(self, job: Job, interval_s: float, stop: threading.Event | None = None) -> None:
+        self.job = job
+        self.interval_s = interval_s
+        self._stop = stop or threading.Event()
+        name = type(job).__name__.lower()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; the first run is at once."""
+        self._thread.start()
+
+    def halt(self, wait: bool = True) -> None:
+        """Stop after the current run (a prune stops between two chunks)."""
+        self._stop.set()
+        if wait and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.job.run_once()
+            except Exception:
+                log.exception("%s failed; trying again", type(self.job).__name__)
+            self._stop.wait(self.interval_s)
+
+
+class Heartbeat:
+    """Proves the instance alive; tells the scheduler when it was declared dead."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def run_once(self, now: datetime | None = None) -> bool:
+        """Heartbeat once; False when the instance's identity is gone (declared dead)."""
+        instance = self.scheduler.id
+        if instance is None:
+            return False
+        alive = self.scheduler.store.heartbeat(instance, now)
+        if alive:
+            self.scheduler.metrics.heartbeat()
+        else:
+            self.scheduler.declared_dead(instance)
+        return alive
+
+
+class Reaper:
+    """Ends the attempts of dead instances, each as an interrupted attempt."""
+
+    def __init__(
+        self,
+        store: Store,
+        lease_s: float,
+        host: str,
+        me: Callable[[], str | None],
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self.host = host
+        self.me = me
+        self.metrics = metrics
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Recover what every dead instance left; return how many attempts were ended."""
+        at = now or self.store.database_now()
+        stale = at - timedelta(seconds=self.lease_s)
+        recovered = 0
         for other in self.store.instances():
             death = self._death(other, stale)
             if death is not None:
                 reason, stale_before = death
-                reaped = self.store.reap(other.id, reason, stale_before=stale_before)
-                self.metrics.recovered(len(reaped))
-                log.warning("recovered %d task(s) of %s: %s", len(reaped), other.id, reason)
+                reaped = self.store.reap(other.id, reason, stale_before=stale_before, now=now)
+                recovered += self._count(reaped, other.id, reason)
         for worker in self.store.orphan_workers():
-            reaped = self.store.reap(worker, f"scheduler {worker} is no longer registered")
-            self.metrics.recovered(len(reaped))
-            log.warning("recovered %d task(s) of unregistered %s", len(reaped), worker)
+            if worker == self.me():
+                continue  # declared dead a moment ago: the heartbeat will say so
+            reason = f"scheduler {worker} is no longer registered"
+            recovered += self._count(self.store.reap(worker, reason, now=now), worker, reason)
+        return recovered
+
+    def _count(self, reaped: list[str], worker: str, reason: str) -> int:
+        self.metrics.recovered(len(reaped))
+        if reaped:
+            log.warning("recovered %d task(s) of %s: %s", len(reaped), worker, reason)
+        return len(reaped)
 
     def _death(self, other: Any, stale: datetime) -> tuple[str, datetime | None] | None:
         """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
-        if other.id == self.id:
+        if other.id == self.me():
             return None
         if other.hostname == self.host and not process.is_alive(other.pid, other.process_start):
             return f"scheduler {other.id} (pid {other.pid}) exited while running it", None
@@ -92,15 +134,24 @@ class Upkeep:
             return reason, stale
         return None
 
-    # -- one attempt --------------------------------------------------------------
 
-    def _prune(self) -> None:
-        """Delete finished tasks older than the retention period, once an hour."""
-        self._next_prune = time.monotonic() + RETENTION_EVERY_S
+class Pruner:
+    """Deletes finished tasks older than the retention period, a short chunk at a time."""
+
+    every_s = RETENTION_EVERY_S
+
+    def __init__(self, store: Store, retention_days: int) -> None:
+        self.store = store
+        self.retention_days = retention_days
+        self.stop_event = threading.Event()
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Prune once; return how many tasks went."""
         if self.retention_days <= 0:
-            return
-        from .retention import prune
-
-        removed = prune(self.store.engine, timedelta(days=self.retention_days))
+            return 0
+        older_than = timedelta(days=self.retention_days)
+        at = now or self.store.database_now()
+        removed = prune(self.store.engine, older_than, now=at, stop=self.stop_event)
         if removed:
             log.info("pruned %d finished task(s) older than %d days", removed, self.retention_days)
+        return removed

@@ -167,10 +167,16 @@ class Metrics:
         self.queue_wait.observe_all([claim.waited_s for claim in claims])
 
     def finished(
-        self, done: Sequence[tuple[Running, Outcome | None]], applied: Sequence[bool]
+        self,
+        done: Sequence[tuple[Running, Outcome | None]],
+        applied: Sequence[bool],
+        now: float | None = None,
     ) -> None:
-        """Count the outcomes a cycle applied; `applied` lines up with outcomes not None."""
-        now = time.monotonic()
+        """Count the outcomes a cycle applied; `applied` lines up with outcomes not None.
+
+        `now` is on the clock the attempts' start times were read from.
+        """
+        now = time.monotonic() if now is None else now
         recorded = [(r, o) for r, o in done if o is not None]
         runs: list[float] = []
         ended: dict[tuple[Counter, str], int] = {}

@@ -1,21 +1,31 @@
-"""The scheduler: a background loop that claims ready tasks and runs them in a pool."""
+"""The scheduler: a loop that claims ready tasks and runs them on a capped set of threads.
+
+One pass (`run_once`) writes the outcomes of the attempts that ended and claims as many
+ready tasks as threads are free, in one transaction, then starts them. The database holds
+everything the scheduler needs, except what only this process can know: which attempts its
+threads are executing (`_attempts`, keyed by task and attempt number). Heartbeats,
+recovery of dead instances and pruning run beside the loop, each on its own thread
+(`maintenance`), so none of them can stall the others.
+
+Tests drive it without threads: `open()` registers the instance, each `run_once(now)` is
+one pass at the given time, the executor and the clock are injected.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import datetime
 from functools import partial
-from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from . import process
-from .attempt import Running, call_handler
+from . import faults, process
+from .attempt import Executor, Running, ThreadExecutor, call_handler
 from .handlers import Registry
-from .maintenance import Upkeep
+from .maintenance import Heartbeat, Periodic, Pruner, Reaper
 from .metrics import Metrics
 from .models import Status
 from .notify import Listener
@@ -25,9 +35,10 @@ log = logging.getLogger(__name__)
 
 # How often a scheduler with running tasks looks for cancel requests made elsewhere.
 CANCEL_CHECK_S = 0.5
+LOST = "back in the queue: its claim committed but was never acknowledged; it did not start"
 
 
-class Scheduler(Upkeep):
+class Scheduler:
     """Claims ready tasks atomically and runs at most `max_concurrent` of them at once."""
 
     def __init__(
@@ -40,48 +51,66 @@ class Scheduler(Upkeep):
         lease_s: float,
         retention_days: int = 0,
         metrics: Metrics | None = None,
+        executor: Callable[[int], Executor] = ThreadExecutor,
+        clock: Callable[[], float] = time.monotonic,
+        name: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.max_concurrent = max_concurrent
         self.poll_interval_s = poll_interval_s
         self.lease_s = lease_s
-        self.retention_days = retention_days
         self.metrics = metrics or Metrics()
+        self.clock = clock
         self.id: str | None = None
         self.state = "stopped"
         self.last_tick: float | None = None
         self.host = process.host_key()
-        self._running: dict[str, Running] = {}
-        self._lock = threading.Lock()
+        self.heartbeat = Heartbeat(self)
+        self.reaper = Reaper(store, lease_s, self.host, lambda: self.id, self.metrics)
+        self.pruner = Pruner(store, retention_days)
+        self._new_executor = executor
+        self._executor: Executor | None = None
+        self._name = name or _instance_name
+        self._attempts: dict[tuple[str, int], Running] = {}
+        self._lock = threading.Condition()
         self._wakeup = threading.Event()
-        self._stopping = threading.Event()
+        self._halt = threading.Event()
         self._hurry = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._next_maintenance = 0.0
-        self._next_heartbeat = 0.0
-        self._listener: Listener | None = None
-        # Attempts that ended, waiting for the loop to record them with its next claim.
-        self._done: list[tuple[Running, Outcome | None]] = []
-        self._direct = False
+        self._draining = False
+        self._declared_dead: str | None = None
+        self._uncertain = False  # a pass failed: its commit may have happened unseen
+        self._next_reconcile = 0.0
         self._next_cancel_check = 0.0
-        self._next_prune = 0.0
         self._next_due: float | None = None
+        self._thread: threading.Thread | None = None
+        self._jobs: list[Periodic] = []
+        self._listener: Listener | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
+    def open(self, now: datetime | None = None) -> None:
+        """Register a new identity and recover what dead instances left, without threads."""
+        self._join(now)
+        self.reaper.run_once(now)
+        self._executor = self._new_executor(self.max_concurrent)
+        self.state = "running"
+
     def start(self) -> None:
-        """Register this instance, recover what dead instances left, and start the loop."""
+        """Open, then run the loop and the maintenance jobs on threads of their own."""
         if self._thread is not None:
             return
-        self._join()
-        self.maintain()
-        self._executor = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="task")
-        if self.store.engine.dialect.name == "postgresql":
+        self.open()
+        if self.store.shared_clock:
             self._listener = Listener(self.store.engine, self.wake)
             self._listener.start()
-        self.state = "running"
+        self._jobs = [
+            Periodic(self.heartbeat, self.lease_s / 3),
+            Periodic(self.reaper, max(0.2, min(self.poll_interval_s, self.lease_s / 3))),
+            Periodic(self.pruner, self.pruner.every_s, stop=self.pruner.stop_event),
+        ]
+        for job in self._jobs:
+            job.start()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
         log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
@@ -93,238 +122,308 @@ class Scheduler(Upkeep):
     def hurry(self) -> None:
         """Skip what is left of the shutdown grace period."""
         self._hurry.set()
+        self.wake()
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming, let running tasks finish for `grace_s`, then requeue the rest."""
         if self._thread is None or self.state != "running":
             return
-        assert self.id is not None and self._executor is not None
-        self.state = "draining"
-        self._stopping.set()
-        self._wakeup.set()
-        self._thread.join()
-        if self._listener is not None:
-            self._listener.stop()
-        self._record_directly()
-        self._safely(self.store.set_state, self.id, "draining")
-        self._wait_for_running(time.monotonic() + grace_s)
+        self.begin_drain()
+        deadline = self.clock() + grace_s
         with self._lock:
-            leftover = list(self._running.values())
-        # Requeue before cancelling: a cancelled handler's own failure must find the row
-        # already back in QUEUED, so its late write is refused.
-        for running in leftover:
-            if self._safely(self.store.requeue, running.claim):
-                log.info("task %s requeued at shutdown", running.claim.id)
-            running.stop("shutdown")
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._safely(self.store.deregister, self.id)
-        self.state = "stopped"
+            while self._attempts and not self._hurry.is_set():
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                self._lock.wait(min(remaining, 0.1))
+        self._halt.set()
+        self.wake()
+        self._thread.join()
+        self.finish_drain()
+        for job in self._jobs:
+            job.halt()
         log.info("scheduler %s stopped", self.id)
 
-    def _record_directly(self) -> None:
-        """From now on attempts record themselves; record what the loop left behind."""
-        with self._lock:
-            self._direct = True
-            done, self._done = self._done, []
-        for running, outcome in done:
-            if outcome is not None:
-                self._record(running, outcome)
-            with self._lock:
-                self._running.pop(running.claim.id, None)
+    def begin_drain(self) -> None:
+        """Stop claiming; running attempts go on and their outcomes are still recorded."""
+        self.state = "draining"
+        self._draining = True
+        for job in self._jobs:
+            if job.job is not self.heartbeat:  # heartbeats go on: a drain is not a death
+                job.halt(wait=False)
+        if self._listener is not None:
+            self._listener.stop()
+        if self.id is not None:
+            _safely(self.store.set_state, self.id, "draining")
+        self.wake()
 
-    def _wait_for_running(self, deadline: float) -> None:
-        while not self._hurry.is_set():
-            with self._lock:
-                futures = [r.future for r in self._running.values() if r.future is not None]
-            remaining = deadline - time.monotonic()
-            if not futures or remaining <= 0:
-                return
-            wait(futures, timeout=min(remaining, 0.1), return_when=FIRST_COMPLETED)
+    def finish_drain(self) -> None:
+        """Record what ended, put what still runs back in the queue, and deregister."""
+        assert self.id is not None
+        with self._lock:
+            ended = [r for r in self._attempts.values() if r.outcome and not r.settled]
+            unfinished = [r for r in self._attempts.values() if r.outcome is None and not r.settled]
+        if ended:
+            _safely(self.store.cycle, self.id, [(r.claim, r.outcome) for r in ended], 0)
+        for running in unfinished:
+            # Back to QUEUED first, so that the handler's own reaction to the stop finds
+            # the row gone from under it and its late write is refused.
+            if _safely(self.store.requeue, running.claim):
+                log.info("task %s requeued at shutdown", running.claim.id)
+            running.stop("shutdown")
+        if self._executor is not None:
+            self._executor.shutdown()
+        _safely(self.store.deregister, self.id)
+        self.state = "stopped"
 
     # -- the loop -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._halt.is_set():
             self._wakeup.clear()
-            try:
-                self._pass()
-                self.last_tick = time.monotonic()
-            except SQLAlchemyError:
-                log.exception("scheduler pass failed; retrying after the polling interval")
+            self.step()
             self._wakeup.wait(self._sleep_for())
 
-    def _pass(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_maintenance:
-            self.maintain()
-        if now >= self._next_prune:
-            self._prune()
-        self._expire_timeouts()
-        if self.running_count() and now >= self._next_cancel_check:
-            self._next_cancel_check = now + CANCEL_CHECK_S
+    def step(self, now: datetime | None = None) -> None:
+        """Run one pass, logging rather than raising a failure: the next pass tries again."""
+        try:
+            self.run_once(now)
+            self.last_tick = self.clock()
+        except Exception:
+            log.exception("scheduler pass failed; retrying after the polling interval")
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Run one pass at `now` (None: the database's time); return how many tasks started."""
+        if self._declared_dead is not None and self._declared_dead == self.id:
+            self._rejoin(now)
+        clock = self.clock()
+        if self._uncertain or clock >= self._next_reconcile:
+            self._reconcile()
+        self._expire_timeouts(clock)
+        if self.running_count() and clock >= self._next_cancel_check:
+            self._next_cancel_check = clock + CANCEL_CHECK_S
             self._honour_cancel_requests()
-        self.tick()
+        return self._cycle(now)
 
-    def _sleep_for(self) -> float:
-        """Sleep until the polling interval, the next timeout, or the next due task."""
-        moments = [time.monotonic() + self.poll_interval_s]
-        with self._lock:
-            moments += [r.deadline for r in self._running.values() if r.deadline is not None]
-            if self._running:
-                moments.append(self._next_cancel_check)
-        if self._next_due is not None:
-            moments.append(self._next_due)
-        return max(0.0, min(moments) - time.monotonic())
-
-    def tick(self) -> int:
-        """Record finished attempts, then claim as many ready tasks as slots are free.
-
-        Both in one transaction; the slots of recorded attempts are free once it commits.
-        """
+    def _cycle(self, now: datetime | None) -> int:
         assert self.id is not None and self._executor is not None
         with self._lock:
-            done, self._done = self._done, []
-            free = self.max_concurrent - len(self._running) + len(done)
-        finished = [(r.claim, o) for r, o in done if o is not None]
-        limit = 0 if self._stopping.is_set() else free
-        began = time.monotonic()
+            ending = [r for r in self._attempts.values() if r.outcome and not r.settled]
+            # A slot is free once its thread has returned and its outcome is written:
+            # the outcomes this pass writes free theirs in the same transaction.
+            busy = len(self._attempts) - sum(1 for r in ending if r.returned)
+            exclude = sorted({r.claim.id for r in self._attempts.values() if not r.returned})
+        limit = 0 if self._draining else self.max_concurrent - busy
+        finished = [(r.claim, r.outcome) for r in ending if r.outcome is not None]
+        began = self.clock()
         try:
-            cycle: Cycle | None = self.store.cycle(self.id, finished, limit)
+            cycle = self.store.cycle(self.id, finished, limit, now, exclude)
         except NotRegistered:
-            cycle = None  # its outcomes are refused anyway: whoever reaped it ended them
-            self._rejoin()
+            self._rejoin(now)  # whoever reaped the old identity ended its attempts
+            return 0
         except BaseException:
-            with self._lock:
-                self._done[:0] = done  # not recorded: try again on the next pass
+            self._uncertain = True  # reconcile before claiming again
             raise
-        applied = cycle.applied if cycle else [False] * len(finished)
-        claims = cycle.claims if cycle else []
-        self.metrics.finished(done, applied)
-        for (claim, _), ok in zip(finished, applied, strict=True):
+        self._settle(ending, cycle.applied)
+        self._dispatch(cycle.claims)
+        self.metrics.claimed(cycle.claims)
+        self._plan(cycle, began)
+        return len(cycle.claims)
+
+    def _settle(self, ending: list[Running], applied: list[bool]) -> None:
+        """Mark what the pass wrote (or the fence refused) as settled; free their slots."""
+        for running, ok in zip(ending, applied, strict=True):
             if not ok:
-                log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
+                log.info("late outcome of task %s attempt %d refused by its row", *running.key)
+        self.metrics.finished([(r, r.outcome) for r in ending], applied, self.clock())
         with self._lock:
-            for running, _ in done:
-                self._running.pop(running.claim.id, None)
-        self._dispatch(claims)
-        self.metrics.claimed(claims)
+            for running in ending:
+                running.settled = True
+            self._forget_done()
+
+    def _plan(self, cycle: Cycle, began: float) -> None:
         # While every slot is taken, a finishing task wakes the loop; otherwise sleep no
         # longer than until the next held-back task falls due.
-        if cycle is None or cycle.next_due is None:
+        if cycle.next_due is None:
             self._next_due = None
         else:
             self._next_due = began + (cycle.next_due - cycle.now).total_seconds()
-        return len(claims)
 
     def _dispatch(self, claims: list[Claim]) -> None:
         assert self._executor is not None
-        started = time.monotonic()
         for claim in claims:
-            running = Running(claim)
-            if claim.timeout_ms is not None:
-                running.deadline = started + claim.timeout_ms / 1000
+            running = Running(claim, started=self.clock())
             with self._lock:
-                self._running[claim.id] = running
-            running.future = self._executor.submit(self._execute, running)
+                self._attempts[claim.key] = running
+            self._executor.start(_Job(self, running))
 
-    def _execute(self, running: Running) -> None:
-        claim = running.claim
-        outcome: Outcome | None = None
-        try:
-            outcome = call_handler(self.registry, running, partial(self._progress, claim))
-            if running.cut_off:
-                outcome = None  # recorded when the timeout struck; only the slot is left
-        finally:
-            with self._lock:
-                direct = self._direct
-                if not direct:
-                    # The loop records it with the next claim, in one commit.
-                    self._done.append((running, outcome))
-            if direct:
-                if outcome is not None:
-                    self._record(running, outcome)
-                with self._lock:
-                    self._running.pop(claim.id, None)
-            self._wakeup.set()
+    def _begin(self, running: Running) -> None:
+        """Called on the attempt's own thread as it starts: its timeout runs from now."""
+        running.started = self.clock()
+        if running.claim.timeout_ms is not None:
+            running.deadline = running.started + running.claim.timeout_ms / 1000
+        faults.point("thread.started", running=running, scheduler=self)
 
-    def _record(self, running: Running, outcome: Outcome) -> None:
-        """Write the outcome on its own, retrying while the database is unreachable."""
-        claim = running.claim
-        delay = 0.05
-        while True:
-            try:
-                applied = self.store.finish(claim, outcome)
-                if not applied:
-                    log.info("late write for task %s attempt %d refused", claim.id, claim.attempt)
-                self.metrics.finished([(running, outcome)], [applied])
-                return
-            except SQLAlchemyError:
-                log.exception("could not record task %s; retrying", claim.id)
-            if self._hurry.wait(delay):
-                return  # left RUNNING: the next start recovers it as interrupted
-            delay = min(delay * 2, 5.0)
+    def _run(self, running: Running) -> Outcome:
+        return call_handler(self.registry, running, partial(self._progress, running.claim))
 
-    def _progress(self, claim: Claim, percent: int) -> None:
-        try:
-            self.store.report_progress(claim, percent)
-        except SQLAlchemyError:
-            log.warning("could not record the progress of task %s", claim.id)
-
-    def cancel_running(self, task_id: str) -> bool:
-        """Ask the handler of `task_id` to stop, if this instance runs it."""
+    def _end(self, running: Running, outcome: Outcome | None) -> None:
+        """Called on the attempt's own thread as it returns."""
         with self._lock:
-            running = self._running.get(task_id)
+            running.returned = True
+            if running.settled and not running.cut_off:
+                self._log_discarded(running)
+            elif not running.cut_off:
+                running.outcome = outcome or Outcome(
+                    Status.FAILED,
+                    error="The handler's thread ended without a result.",
+                    error_code="handler_error",
+                )
+            self._forget_done()
+        self._wakeup.set()
+
+    def _discard(self, running: Running) -> None:
+        """Settle an attempt whose row no longer holds it: nothing of it is written."""
+        running.settled = True
+        running.stop("lost")
+        if running.outcome is not None:
+            self._log_discarded(running)
+
+    @staticmethod
+    def _log_discarded(running: Running) -> None:
+        log.info(
+            "late outcome of task %s attempt %d discarded: the attempt was ended elsewhere",
+            *running.key,
+        )
+
+    def _forget_done(self) -> None:
+        """Drop the attempts that no longer hold a slot (call with the lock held)."""
+        for key in [k for k, r in self._attempts.items() if not r.holds_slot]:
+            del self._attempts[key]
+        self._lock.notify_all()
+
+    def _expire_timeouts(self, clock: float) -> None:
+        with self._lock:
+            expired = [
+                r
+                for r in self._attempts.values()
+                if r.deadline is not None
+                and r.deadline <= clock
+                and r.outcome is None
+                and not r.settled
+                and not r.returned
+            ]
+            for running in expired:
+                limit = running.claim.timeout_ms
+                if running.stop_reason == "cancel":
+                    error = f"Cancelled by a user; still running at its timeout of {limit} ms."
+                    running.outcome = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
+                else:
+                    error = f"The attempt exceeded its timeout of {limit} ms."
+                    running.outcome = Outcome(Status.FAILED, error=error, error_code="timeout")
+                # Recorded by this pass; the slot stays taken until the thread returns.
+                running.cut_off = True
+        for running in expired:
+            running.stop("timeout")
+
+    def _honour_cancel_requests(self) -> None:
+        assert self.id is not None
+        for key in self.store.cancel_requests(self.id):
+            with self._lock:
+                running = self._attempts.get(key)
+            if running is not None:
+                running.stop("cancel")
+
+    def cancel_running(self, task_id: str, attempt: int) -> bool:
+        """Ask the handler of this attempt to stop, if this instance runs it."""
+        with self._lock:
+            running = self._attempts.get((task_id, attempt))
         if running is None:
             return False
         running.stop("cancel")
         return True
 
-    def _honour_cancel_requests(self) -> None:
+    # -- what only this process knows, held against the database -------------------
+
+    def _reconcile(self) -> None:
+        """Compare the attempts the database holds RUNNING for this instance with ours.
+
+        A claim whose commit succeeded while its acknowledgement was lost left rows RUNNING
+        that no thread runs: they go back to the queue, not counted as failures. An attempt
+        of ours whose row another instance ended is stopped, its outcome not written.
+        """
         assert self.id is not None
-        for task_id, attempt in self.store.cancel_requests(self.id):
-            with self._lock:
-                running = self._running.get(task_id)
-            if running is not None and running.claim.attempt == attempt:
-                running.stop("cancel")
-
-    def _expire_timeouts(self) -> None:
-        now = time.monotonic()
+        owned = {c.key: c for c in self.store.owned(self.id)}
         with self._lock:
-            expired = [
-                r
-                for r in self._running.values()
-                if r.deadline is not None
-                and r.deadline <= now
-                and not r.cut_off
-                and r.stop_reason in (None, "cancel")
-            ]
-        for running in expired:
-            limit = running.claim.timeout_ms
-            if running.stop_reason == "cancel":
-                # Asked to stop and still running at its deadline: it ends as asked.
-                error = f"Cancelled by a user; still running at its timeout of {limit} ms."
-                outcome = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
-            else:
-                running.stop("timeout")
-                error = f"The attempt exceeded its timeout of {limit} ms."
-                outcome = Outcome(Status.FAILED, error=error, error_code="timeout")
-            running.cut_off = True
-            # The slot stays taken until the handler's thread returns.
-            self._record(running, outcome)
+            mine = {k: r for k, r in self._attempts.items() if r.claim.worker == self.id}
+            for key, running in mine.items():
+                if key not in owned and not running.settled:
+                    # Written by a commit whose answer we did not see, or ended elsewhere.
+                    self._discard(running)
+            self._forget_done()
+        for key, claim in owned.items():
+            if key not in mine and self.store.requeue(claim, LOST):
+                log.warning("task %s attempt %d was claimed unseen; requeued", *key)
+        self._uncertain = False
+        self._next_reconcile = self.clock() + self.lease_s / 3
 
-    def _safely(self, action: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return action(*args)
-        except SQLAlchemyError:
-            log.exception("%s failed during shutdown", getattr(action, "__name__", action))
-            return None
+    def declared_dead(self, instance_id: str) -> None:
+        """Note that `instance_id` was declared dead (its heartbeat found it gone)."""
+        self._declared_dead = instance_id
+        self.wake()
 
-    # -- for /health ----------------------------------------------------------------
+    def _join(self, now: datetime | None = None) -> None:
+        """Register under a new identity: at start, or after being declared dead."""
+        self.id = self._name()
+        at = now or self.store.database_now()
+        self.store.register(
+            {
+                "id": self.id,
+                "hostname": self.host,
+                "pid": os.getpid(),
+                "process_start": process.start_time(os.getpid()),
+                "started_at": at,
+                "heartbeat_at": at,
+                "state": "draining" if self._draining else "running",
+            }
+        )
+
+    def _rejoin(self, now: datetime | None) -> None:
+        # Whoever declared us dead ended the attempts of the old identity: stop them, and
+        # let their threads keep their slots until they return.
+        log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
+        with self._lock:
+            for running in self._attempts.values():
+                if running.claim.worker == self.id and not running.settled:
+                    self._discard(running)
+            self._forget_done()
+        self._declared_dead = None
+        self._join(now)
+        log.info("scheduler rejoined as %s", self.id)
+
+    # -- for /health and the loop's sleep -------------------------------------------
+
+    def _sleep_for(self) -> float:
+        """Sleep until the polling interval, the next timeout, or the next due task."""
+        now = self.clock()
+        moments = [now + self.poll_interval_s, self._next_reconcile]
+        with self._lock:
+            moments += [r.deadline for r in self._attempts.values() if r.deadline is not None]
+            if self._attempts:
+                moments.append(self._next_cancel_check)
+        if self._next_due is not None:
+            moments.append(self._next_due)
+        return max(0.0, min(moments) - now)
 
     def running_count(self) -> int:
-        """Return how many attempts this instance is executing now."""
+        """Return how many attempts hold a slot of this instance now."""
         with self._lock:
-            return len(self._running)
+            return len(self._attempts)
+
+    def attempts(self) -> list[Running]:
+        """Return the attempts holding a slot (for tests and the simulation)."""
+        with self._lock:
+            return list(self._attempts.values())
 
     def healthy(self) -> bool:
         """Tell whether the loop has ticked within two polling intervals."""
@@ -332,4 +431,39 @@ class Scheduler(Upkeep):
             return True
         if self.state != "running" or self.last_tick is None:
             return False
-        return time.monotonic() - self.last_tick <= max(2 * self.poll_interval_s, 1.0)
+        return self.clock() - self.last_tick <= max(2 * self.poll_interval_s, 1.0)
+
+    def _progress(self, claim: Claim, percent: int) -> None:
+        try:
+            self.store.report_progress(claim, percent)
+        except Exception:
+            log.warning("could not record the progress of task %s", claim.id)
+
+
+class _Job:
+    """One attempt as an executor runs it: begin, the handler, end."""
+
+    def __init__(self, scheduler: Scheduler, running: Running) -> None:
+        self.scheduler = scheduler
+        self.running = running
+
+    def begin(self) -> None:
+        self.scheduler._begin(self.running)
+
+    def run(self) -> Outcome:
+        return self.scheduler._run(self.running)
+
+    def end(self, outcome: Outcome | None) -> None:
+        self.scheduler._end(self.running, outcome)
+
+
+def _instance_name() -> str:
+    return f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _safely(action: Callable[..., object], *args: object) -> object:
+    try:
+        return action(*args)
+    except Exception:
+        log.exception("%s failed during shutdown", getattr(action, "__name__", action))
+        return None

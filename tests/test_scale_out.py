@@ -453,10 +453,11 @@ def test_a_paused_instance_is_replaced_and_its_late_writes_refused(pg: Cluster) 
         paused.signal(signal.SIGCONT)
     assert_rerun(done, pg.runs(), paused.proc.pid, other.proc.pid)
 
-    # Resumed, the stale handlers end; their writes must be refused and change nothing.
-    paused.wait_log("late write for task done attempt 1 refused", timeout=15)
+    # Resumed, the stale handlers end; their outcomes are refused by the row, or discarded
+    # once the instance sees that it was declared dead, and change nothing.
+    paused.wait_log("late outcome of task done attempt 1", timeout=15)
     assert api.task("done") == done
-    paused.wait_log("late write for task overlap attempt 1 refused", timeout=15)
+    paused.wait_log("late outcome of task overlap attempt 1", timeout=15)
     overlap = api.task("overlap")
     assert overlap["status"] == "RUNNING" and overlap["attempts"] == 2, overlap
     assert worker_pid(overlap["worker"]) == other.proc.pid, overlap

@@ -223,7 +223,7 @@ def test_recovery_spares_live_instances_only(
     if recovered:
         assert wait_terminal(client, "held")["held"]["error_code"] == "interrupted"
     else:
-        scheduler_of(app).maintain()
+        scheduler_of(app).reaper.run_once()
         assert task(client, "held")["status"] == "RUNNING"
 
 
