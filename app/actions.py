@@ -158,6 +158,10 @@ def _held_back(conn: Connection, root: str) -> tuple[set[str], readiness.Edges]:
     while frontier:
         found: list[str] = []
         for part in chunks(frontier):
+            # Lock before reading dependents: a submission naming one of these holds it
+            # FOR SHARE until it commits, and its new dependent must be seen here.
+            locked = select(tasks.c.id).where(tasks.c.id.in_(part)).with_for_update()
+            conn.execute(locked).all()
             query = (
                 select(tasks.c.id)
                 .join(deps, deps.c.task_id == tasks.c.id)

@@ -73,7 +73,10 @@ def _prune_chunk(
     rows = conn.execute(query).all()
     if not rows:
         return 0, 0, after
-    ids = removable(conn, [row.id for row in rows])
+    ids = [row.id for row in rows]
+    if conn.dialect.name == "postgresql":
+        ids = _dependencies_held(conn, ids)
+    ids = removable(conn, ids)
     faults.point("prune.chunk", ids=ids)
     for part in chunks(ids):
         # Both directions, explicitly: the cascade would do it, but only where the foreign
@@ -106,6 +109,31 @@ def removable(conn: Connection, ids: Sequence[str]) -> list[str]:
         if kept == going:
             return [i for i in ids if i in going]
         going = kept
+
+
+def _dependencies_held(conn: Connection, ids: Sequence[str]) -> list[str]:
+    """Return those of `ids` whose every dependency this transaction could hold FOR SHARE.
+
+    A dependency another transaction is writing (a retry about to bring its dependents
+    back, a finish) cannot be held without waiting: the tasks that depend on it stay for
+    the next prune, rather than vanish under a retry that expects them.
+    """
+    dependency = tasks.alias("dependency")
+    wanted: dict[str, set[str]] = {}
+    held: set[str] = set()
+    for part in chunks(ids):
+        edges = select(deps.c.task_id, deps.c.dependency_id).where(deps.c.task_id.in_(part))
+        for task_id, dependency_id in conn.execute(edges):
+            wanted.setdefault(task_id, set()).add(dependency_id)
+        lock = (
+            select(dependency.c.id)
+            .join(deps, deps.c.dependency_id == dependency.c.id)
+            .where(deps.c.task_id.in_(part))
+            .with_for_update(read=True, skip_locked=True, of=dependency)
+        )
+        held.update(conn.execute(lock).scalars())
+    chosen = set(ids)
+    return [i for i in ids if wanted.get(i, set()) <= held | chosen]
 
 
 def _finished(dialect: str) -> Any:
