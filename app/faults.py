@@ -20,6 +20,7 @@ POINTS = {
     "requeue.before_write": "an attempt is about to be put back to QUEUED (shutdown, or a "
     "claim whose acknowledgement was lost)",
     "prune.chunk": "a prune chunk has chosen its rows and holds them, before deleting",
+    "prune.chunk_committed": "a prune chunk has committed; the next one has not begun",
     "thread.started": "a handler thread has started, before the handler is called",
     "heartbeat.before_write": "an instance is about to prove itself alive",
 }

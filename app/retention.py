@@ -46,6 +46,7 @@ def prune(
         with database.write(engine) as conn:
             selected, removed, after = _prune_chunk(conn, cutoff, chunk, after)
         deleted += removed
+        faults.point("prune.chunk_committed", removed=removed)
         if selected < chunk:
             break
     return deleted

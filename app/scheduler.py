@@ -126,9 +126,10 @@ class Scheduler:
 
     def stop(self, grace_s: float) -> None:
         """Stop claiming, let running tasks finish for `grace_s`, then requeue the rest."""
-        if self._thread is None or self.state != "running":
+        if self._thread is None or self.state == "stopped":
             return
-        self.begin_drain()
+        if not self._draining:
+            self.begin_drain()
         deadline = self.clock() + grace_s
         with self._lock:
             while self._attempts and not self._hurry.is_set():

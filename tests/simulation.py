@@ -1,0 +1,733 @@
+"""A deterministic simulation of several scheduler instances sharing one database.
+
+In the manner of FoundationDB's simulation testing and TigerBeetle's VOPR: one thread
+plays every scheduler instance, every handler thread and every user, following a schedule
+drawn from one seeded random generator: submissions (single tasks and graphs, both
+trigger rules, run_at, retries, timeouts), scheduler passes, handlers that return, fail,
+ignore a cancel or outlive their timeout, cancels and retries, prunes, heartbeats and
+reaps, crashes and restarts, pauses past the lease, drains, and faults at the named
+points of `app.faults` (a commit whose acknowledgement is lost, a crash as a handler
+thread starts, a failed requeue, a failed prune chunk). Time is a simulated clock, handler
+threads are simulated (`SimExecutor` starts them at once and ends them when the schedule
+says), so nothing waits and a seed replays exactly.
+
+After every step `check()` tests the invariants against the database and the instances'
+memory; at the end every instance is healed and the run must settle with every task
+finished. A violation raises `Violation` with the seed, the step and the trace.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import OperationalError
+
+from app import actions, batch, database, events, faults, retention, services
+from app.attempt import Job
+from app.errors import ApiError
+from app.events import Change
+from app.handlers import HandlerFailed, Registry, TaskContext
+from app.metrics import Metrics
+from app.models import BLOCKING, TERMINAL, UNFINISHED
+from app.scheduler import LOST, Scheduler
+from app.store import Store
+from app.tables import deps, instances, tasks
+
+LEASE_S = 30.0
+POLL_S = 1.0
+HEARTBEAT_S = LEASE_S / 3
+REAP_S = 3.0
+GRACE_S = 5.0
+START = datetime(2030, 1, 1)
+# A RUNNING row that no live attempt holds must be recovered within this long.
+RECOVERY_BOUND_S = LEASE_S + 2 * HEARTBEAT_S + 2 * POLL_S
+SETTLE_ROUNDS = 400
+
+
+class Violation(AssertionError):
+    """An invariant did not hold."""
+
+
+class LostAcknowledgement(OperationalError):
+    """The commit happened, but its answer never reached the client."""
+
+    def __init__(self) -> None:
+        super().__init__("COMMIT", {}, Exception("connection lost after the commit"))
+
+
+class SimCrash(Exception):
+    """The instance's process died at a fault point."""
+
+
+class Recorder(events.Events):
+    """Hands every committed state change to the simulation instead of the log."""
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__()
+        self.sim = sim
+
+    def add(self, changes: Sequence[Change]) -> None:
+        self.sim.committed(list(changes))
+
+
+class SimClock:
+    """Simulated time: a monotonic clock and the wall time, moved only by the schedule."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def now(self) -> datetime:
+        return START + timedelta(seconds=self.elapsed)
+
+
+@dataclass
+class SimExecutor:
+    """Handler threads as the simulation sees them: started at once, ended when told."""
+
+    sim: Simulation
+    node: Node
+    workers: int
+    live: list[Job] = field(default_factory=list)
+
+    def start(self, job: Job) -> None:
+        self.sim.starting(self.node, job)
+        self.live.append(job)
+        job.begin()
+
+    def shutdown(self) -> None:
+        return None
+
+
+@dataclass
+class Node:
+    """One scheduler process: its instance, its threads, and what state it is in."""
+
+    index: int
+    generation: int
+    scheduler: Scheduler
+    executor: SimExecutor | None = None
+    paused_until: float | None = None
+    draining_since: float | None = None
+    next_heartbeat: float = 0.0
+    next_reap: float = 0.0
+    next_pass: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"n{self.index}.{self.generation}"
+
+
+@dataclass
+class Seen:
+    """What the checker remembers of a task between steps."""
+
+    status: str
+    attempts: int
+    failures: int
+    starts: int = 0  # handler starts since the task was last queued by a user
+    free_requeues: int = 0  # requeues since then that spent no budget
+    unowned_since: float | None = None  # RUNNING with no live attempt, since when
+
+
+class Simulation:
+    """One seeded run."""
+
+    def __init__(self, engine: Engine, seed: int, steps: int = 80, nodes: int = 3) -> None:
+        self.engine = engine
+        self.seed = seed
+        self.steps = steps
+        self.rng = random.Random(seed)
+        self.clock = SimClock()
+        self.trace: list[str] = []
+        self.nodes: list[Node | None] = [None] * nodes
+        self.generations = [0] * nodes
+        self.task_count = 0
+        self.behaviour: dict[tuple[str, int], str] = {}
+        self.returns: dict[tuple[str, int], tuple[str, Any]] = {}
+        self.cancelled: set[str] = set()
+        # Every task's dependencies as submitted, and the last status of each pruned task:
+        # a start is checked against them, not against what retention left of the graph.
+        self.deps_of: dict[str, list[str]] = {}
+        self.gone: dict[str, str] = {}
+        self.run_at_of: dict[str, datetime] = {}
+        self.started: set[tuple[str, int]] = set()
+        self.seen: dict[str, Seen] = {}
+        self.armed: dict[str, str] = {}  # fault point -> instance id it strikes
+        self.step_no = 0
+        # Simulated seconds during which some instance was up: recovery needs one.
+        self.serving = 0.0
+        with database.write(engine) as conn:
+            for table in (deps, tasks, instances):
+                conn.execute(delete(table))
+        events.attach(engine, Recorder(self))
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        """Run the schedule, then heal and settle; return the trace."""
+        with ExitStack() as stack:
+            for name in ("cycle.committed", "thread.started", "requeue.before_write"):
+                stack.enter_context(faults.injected(name, self._fault(name)))
+            stack.enter_context(faults.injected("prune.chunk", self._prune_fault))
+            for index in range(len(self.nodes)):
+                self.boot(index)
+            for step in range(1, self.steps + 1):
+                self.step_no = step
+                self.random_step()
+                self.check()
+            self.settle()
+        return self.trace
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"{self.step_no:4d} t={self.clock.elapsed:8.2f} {text}")
+
+    def fail(self, message: str) -> None:
+        tail = "\n".join(self.trace[-40:])
+        raise Violation(
+            f"seed {self.seed}, step {self.step_no}: {message}\n"
+            f"replay: SIM_SEED={self.seed}\nlast steps:\n{tail}"
+        )
+
+    def random_step(self) -> None:
+        actions_ = [
+            (10, self.submit),
+            (5, self.submit_batch),
+            (14, self.pass_),
+            (24, self.handler_returns),
+            (8, self.tick),
+            (2, self.tick_long),
+            (4, self.cancel),
+            (4, self.retry),
+            (1, self.prune),
+            (2, self.reap),
+            (1, self.crash),
+            (2, self.restart),
+            (1, self.pause),
+            (1, self.lose_acknowledgement),
+            (1, self.crash_at_thread_start),
+            (1, self.fail_requeue),
+            (1, self.drain),
+        ]
+        weights = [w for w, _ in actions_]
+        (action,) = self.rng.choices([a for _, a in actions_], weights)
+        action()
+
+    # -- nodes ------------------------------------------------------------------------
+
+    def boot(self, index: int) -> None:
+        self.generations[index] += 1
+        generation = self.generations[index]
+        names = iter(f"n{index}.{generation}-{k}" for k in range(1000))
+        registry = Registry()
+        registry.register("sim", self.handler)
+        store = Store(self.engine, clock=self.clock.now, rng=random.Random(self.rng.random()))
+        scheduler = Scheduler(
+            store,
+            registry,
+            max_concurrent=self.rng.randint(1, 3),
+            poll_interval_s=POLL_S,
+            lease_s=LEASE_S,
+            metrics=Metrics(),
+            clock=self.clock.monotonic,
+            name=lambda: next(names),
+            executor=lambda workers: self._executor(index, workers),
+        )
+        node = Node(index, generation, scheduler)
+        self.nodes[index] = node
+        now = self.clock.elapsed
+        node.next_heartbeat, node.next_reap, node.next_pass = now + HEARTBEAT_S, now, now
+        scheduler.open(self.clock.now())
+        self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent}")
+
+    def _executor(self, index: int, workers: int) -> SimExecutor:
+        node = self.nodes[index]
+        assert node is not None
+        node.executor = SimExecutor(self, node, workers)
+        return node.executor
+
+    def active(self) -> list[Node]:
+        """Nodes that run: up, not paused."""
+        return [n for n in self.nodes if n is not None and n.paused_until is None]
+
+    def pick(self, nodes: list[Node]) -> Node | None:
+        return self.rng.choice(nodes) if nodes else None
+
+    def run_pass(self, node: Node) -> None:
+        node.next_pass = self.clock.elapsed + POLL_S
+        try:
+            started = node.scheduler.run_once(self.clock.now())
+            self.note(f"pass {node.name}: started {started}")
+        except OperationalError as error:
+            # What the loop does with a failed pass: log it and try again at the next.
+            self.note(f"pass {node.name}: failed ({error.orig})")
+        except SimCrash:
+            self.down(node, "crashed as a handler thread started")
+
+    def down(self, node: Node, why: str) -> None:
+        """The process is gone: its threads with it, its rows left for the others."""
+        self.nodes[node.index] = None
+        self.note(f"{node.name} down: {why}")
+
+    # -- what can happen ------------------------------------------------------------
+
+    def new_id(self) -> str:
+        self.task_count += 1
+        return f"t{self.task_count}"
+
+    def body(self, task_id: str, dependencies: list[str]) -> dict[str, Any]:
+        rng = self.rng
+        body: dict[str, Any] = {
+            "id": task_id,
+            "type": "sim",
+            "duration_ms": 1,
+            "dependencies": dependencies,
+            "trigger_rule": rng.choice(["all_success", "all_success", "all_done"]),
+            "max_attempts": rng.choice([1, 1, 2, 3]),
+            "retry_backoff_ms": rng.choice([0, 500, 3000]),
+            "priority": rng.choice([0, 0, 0, 5]),
+        }
+        if rng.random() < 0.3:
+            body["timeout_ms"] = rng.choice([500, 2000, 8000])
+        if rng.random() < 0.3:
+            body["run_at"] = self.clock.now() + timedelta(seconds=rng.uniform(0.5, 40))
+            self.run_at_of[task_id] = body["run_at"]
+        self.deps_of[task_id] = list(dependencies)
+        return body
+
+    def existing(self, most: int, before: int | None = None) -> list[str]:
+        last = self.task_count if before is None else before - 1
+        ids = [f"t{i}" for i in range(1, last + 1)]
+        return self.rng.sample(ids, min(len(ids), self.rng.randint(0, most)))
+
+    def submit(self) -> None:
+        dependencies = self.existing(3)
+        task_id = self.new_id()
+        try:
+            task = services.submit(self.engine, self.body(task_id, dependencies)).task
+        except ApiError as error:
+            self.note(f"submit {task_id}: refused {error.code}")  # a pruned dependency
+            return
+        self.note(f"submit {task_id} <- {dependencies}: {task['status']}")
+
+    def submit_batch(self) -> None:
+        first = self.task_count + 1
+        ids = [self.new_id() for _ in range(self.rng.randint(2, 5))]
+        bodies = []
+        for position, task_id in enumerate(ids):
+            inside = self.rng.sample(ids[:position], min(position, self.rng.randint(0, 2)))
+            body = self.body(task_id, inside + self.existing(1, before=first))
+            if "run_at" in body:  # as a client sends it
+                body["run_at"] = body["run_at"].isoformat() + "Z"
+            bodies.append(body)
+        self.rng.shuffle(bodies)
+        try:
+            stored = batch.submit_batch(self.engine, {"tasks": bodies})
+        except ApiError as error:
+            self.note(f"batch {ids}: refused {error.code}")
+            return
+        shown = {t["id"]: t["status"] for t in stored.tasks}
+        self.note(f"batch {shown}")
+
+    def pass_(self) -> None:
+        node = self.pick(self.active())
+        if node is not None:
+            self.run_pass(node)
+
+    def handler_returns(self) -> None:
+        candidates = [(n, j) for n in self.active() if n.executor for j in n.executor.live]
+        if not candidates:
+            return
+        node, job = self.rng.choice(candidates)
+        key = job.running.key  # type: ignore[attr-defined]
+        self.behaviour[key] = self.rng.choices(
+            ["result", "none", "fail", "honour"], [45, 15, 25, 15]
+        )[0]
+        assert node.executor is not None
+        node.executor.live.remove(job)
+        outcome = None
+        try:
+            outcome = job.run()
+        finally:
+            job.end(outcome)
+        self.note(f"{node.name} handler {key} returned {self.returns.get(key, ('?',))[0]}")
+
+    def handler(self, ctx: TaskContext) -> Any:
+        key = (ctx.id, ctx.attempt)
+        behaviour = self.behaviour.pop(key, "result")
+        if behaviour == "honour" and ctx.cancel.is_set():
+            self.returns[key] = ("failed", "stopped on request")
+            raise HandlerFailed("stopped on request")
+        if behaviour == "fail":
+            self.returns[key] = ("failed", f"fail {ctx.id}#{ctx.attempt}")
+            raise HandlerFailed(f"fail {ctx.id}#{ctx.attempt}")
+        result = None if behaviour == "none" else {"task": ctx.id, "attempt": ctx.attempt}
+        self.returns[key] = ("completed", result)
+        return result
+
+    def tick(self, seconds: float | None = None) -> None:
+        """Let time pass; what runs on a timer in production runs when it falls due."""
+        step = seconds if seconds is not None else self.rng.uniform(0.05, 2.0)
+        if self.active():
+            self.serving += step
+        self.clock.elapsed += step
+        now = self.clock.elapsed
+        for node in list(self.nodes):
+            if node is None:
+                continue
+            if node.paused_until is not None:
+                if now < node.paused_until:
+                    continue
+                node.paused_until = None
+                self.note(f"{node.name} resumes")
+            if now >= node.next_heartbeat:
+                node.next_heartbeat = now + HEARTBEAT_S
+                alive = node.scheduler.heartbeat.run_once(self.clock.now())
+                self.note(f"heartbeat {node.scheduler.id}: {'ok' if alive else 'declared dead'}")
+            if now >= node.next_reap:
+                node.next_reap = now + REAP_S
+                self.reap_with(node)
+            if self.nodes[node.index] is node and now >= node.next_pass:
+                self.run_pass(node)
+            if node.draining_since is not None and self.nodes[node.index] is node:
+                idle = not node.scheduler.attempts()
+                if idle or now - node.draining_since >= GRACE_S:
+                    node.scheduler.finish_drain()
+                    self.down(node, "drained and stopped")
+        self.note(f"tick {step:.2f} s")
+
+    def tick_long(self) -> None:
+        self.tick(self.rng.uniform(HEARTBEAT_S, LEASE_S))
+
+    def cancel(self) -> None:
+        target = self.target({"QUEUED", "RUNNING"})
+        if target is None:
+            return
+        task_id, _ = target
+        try:
+            task = actions.cancel(self.engine, task_id)
+        except ApiError as error:
+            self.note(f"cancel {task_id}: {error.code}")
+            return
+        self.cancelled.add(task_id)
+        self.cancelled.update(self.statuses_now({"CANCELLED"}))
+        if task["status"] == "RUNNING" and self.rng.random() < 0.5:
+            # Asked through the API of the process that runs it: it hears at once.
+            for node in self.active():
+                node.scheduler.cancel_running(task_id, task["attempts"])
+        self.note(f"cancel {task_id}: {task['status']}")
+
+    def retry(self) -> None:
+        # Above all a task with a dependent that already runs (an all_done cleanup): when
+        # it comes back, that dependent must wait for it again if it is requeued.
+        rows = self.rows()
+        running = {i for i, r in rows.items() if r.status == "RUNNING"}
+        busy = sorted(
+            d
+            for t in running
+            for d in self.deps_of.get(t, [])
+            if d in rows and rows[d].status in BLOCKING
+        )
+        target = (self.rng.choice(busy), "") if busy and self.rng.random() < 0.5 else None
+        target = target or self.target(set(BLOCKING))
+        if target is None:
+            return
+        task_id, _ = target
+        before = self.statuses_now(set(TERMINAL))
+        try:
+            actions.retry(self.engine, task_id)
+        except ApiError as error:
+            self.note(f"retry {task_id}: {error.code} {(error.details or {}).get('root')}")
+            return
+        back = before & self.statuses_now({"QUEUED"})
+        self.cancelled -= back
+        self.note(f"retry {task_id}: requeued {sorted(back)}")
+
+    def target(self, statuses: set[str]) -> tuple[str, str] | None:
+        rows = self.rows()
+        likely = sorted(i for i, r in rows.items() if r.status in statuses)
+        pool = likely if likely and self.rng.random() < 0.8 else sorted(rows)
+        if not pool:
+            return None
+        task_id = self.rng.choice(pool)
+        return task_id, rows[task_id].status
+
+    def prune(self) -> None:
+        before = self.rows()
+        try:
+            removed = retention.prune(self.engine, timedelta(0), now=START + timedelta(days=3650))
+        except OperationalError:
+            self.note("prune: failed in a chunk, which rolled back")
+            return
+        for task_id in set(before) - set(self.rows()):
+            self.gone[task_id] = before[task_id].status
+            self.seen.pop(task_id, None)
+        self.note(f"prune: {removed} removed")
+
+    def reap(self) -> None:
+        node = self.pick(self.active())
+        if node is not None:
+            self.reap_with(node)
+
+    def reap_with(self, node: Node) -> None:
+        recovered = node.scheduler.reaper.run_once(self.clock.now())
+        if recovered:
+            self.note(f"reap by {node.name}: {recovered} attempt(s) ended")
+
+    def crash(self) -> None:
+        node = self.pick([n for n in self.nodes if n is not None])
+        if node is not None:
+            self.down(node, "killed")
+
+    def restart(self) -> None:
+        down = [i for i, n in enumerate(self.nodes) if n is None]
+        if down:
+            self.boot(self.rng.choice(down))
+
+    def pause(self) -> None:
+        node = self.pick(self.active())
+        if node is not None:
+            node.paused_until = self.clock.elapsed + LEASE_S + self.rng.uniform(1, 10)
+            self.note(f"{node.name} paused")
+
+    def drain(self) -> None:
+        node = self.pick([n for n in self.active() if n.draining_since is None])
+        if node is not None:
+            node.draining_since = self.clock.elapsed
+            node.scheduler.begin_drain()
+            self.note(f"{node.name} drains")
+
+    def lose_acknowledgement(self) -> None:
+        self._arm("cycle.committed")
+
+    def crash_at_thread_start(self) -> None:
+        self._arm("thread.started")
+
+    def fail_requeue(self) -> None:
+        self._arm("requeue.before_write")
+
+    def _arm(self, point: str) -> None:
+        node = self.pick(self.active())
+        if node is not None and node.scheduler.id is not None:
+            self.armed[point] = node.scheduler.id
+            self.note(f"armed {point} for {node.scheduler.id}")
+
+    def _fault(self, point: str) -> Any:
+        def hook(**context: Any) -> None:
+            worker = context.get("worker")
+            if worker is None and "claim" in context:
+                worker = context["claim"].worker
+            if worker is None and "scheduler" in context:
+                worker = context["scheduler"].id
+            if self.armed.get(point) != worker:
+                return
+            del self.armed[point]
+            self.note(f"fault {point} strikes {worker}")
+            if point == "cycle.committed":
+                raise LostAcknowledgement()
+            if point == "thread.started":
+                raise SimCrash()
+            raise OperationalError("UPDATE", {}, Exception("the database went away"))
+
+        return hook
+
+    def _prune_fault(self, **context: Any) -> None:
+        if self.rng.random() < 0.2:
+            self.note("fault prune.chunk strikes")
+            raise OperationalError("DELETE", {}, Exception("the database went away"))
+
+    # -- the checker ----------------------------------------------------------------
+
+    def rows(self) -> dict[str, Any]:
+        with database.read(self.engine) as conn:
+            return {r.id: r for r in conn.execute(select(tasks))}
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """Every task row and every task's dependencies, read in one transaction."""
+        edges: dict[str, list[str]] = {}
+        with database.read(self.engine) as conn:
+            rows = {r.id: r for r in conn.execute(select(tasks))}
+            for task_id, dependency in conn.execute(select(deps.c.task_id, deps.c.dependency_id)):
+                edges.setdefault(task_id, []).append(dependency)
+        return rows, edges
+
+    def statuses_now(self, statuses: set[str]) -> set[str]:
+        return {i for i, r in self.rows().items() if r.status in statuses}
+
+    def starting(self, node: Node, job: Job) -> None:
+        """Check a handler thread as it starts: what must hold before any task runs."""
+        running = job.running  # type: ignore[attr-defined]
+        claim = running.claim
+        executor = node.executor
+        assert executor is not None
+        if len(executor.live) >= executor.workers:
+            self.fail(f"{node.name} started {claim.key} with every thread busy")
+        if any(j.running.claim.id == claim.id for j in executor.live):  # type: ignore[attr-defined]
+            self.fail(f"{node.name} holds two live threads for task {claim.id}")
+        rows, edges = self.snapshot()
+        row = rows[claim.id]
+        if (row.status, row.attempts, row.worker) != ("RUNNING", claim.attempt, claim.worker):
+            self.fail(f"{claim.key} started, but its row is {row.status} {row.attempts}")
+        original = self.deps_of.get(claim.id, [])
+        if sorted(edges.get(claim.id, [])) != sorted(d for d in original if d in rows):
+            self.fail(f"{claim.id} has lost dependencies that still exist: {original}")
+        statuses = [rows[d].status if d in rows else self.gone[d] for d in original]
+        wanted = set(TERMINAL) if row.trigger_rule == "all_done" else {"COMPLETED"}
+        if not all(s in wanted for s in statuses):
+            self.fail(f"{claim.key} ({row.trigger_rule}) started with dependencies {statuses}")
+        now = self.clock.now()
+        submitted = self.run_at_of.get(claim.id)
+        if submitted is not None and (submitted > now or row.run_at != submitted):
+            self.fail(f"{claim.key} started at {now}; run_at {submitted}, now {row.run_at}")
+        if row.not_before is not None and row.not_before > now:
+            self.fail(f"{claim.key} started before the end of its backoff {row.not_before}")
+        if claim.id in self.cancelled:
+            self.fail(f"{claim.key} started after a user cancelled it")
+        if row.failures >= row.max_attempts:
+            self.fail(f"{claim.key} started with its budget spent: {row.failures} failures")
+        seen = self.seen.setdefault(claim.id, Seen(row.status, row.attempts, row.failures))
+        seen.starts += 1
+        self.started.add(claim.key)
+        if seen.starts > row.max_attempts + seen.free_requeues:
+            self.fail(
+                f"{claim.id} started {seen.starts} times since queued by a user; "
+                f"max_attempts {row.max_attempts}, free requeues {seen.free_requeues}"
+            )
+
+    def committed(self, changes: list[Change]) -> None:
+        """Follow every state change as it commits: who may start again, and why."""
+        for task_id, _type, attempt, status, reason in changes:
+            seen = self.seen.setdefault(task_id, Seen(status, attempt, 0))
+            if reason == "retried by a user" or reason.startswith("its dependency "):
+                seen.starts = seen.free_requeues = 0
+            elif status == "QUEUED" and reason.startswith("back in the queue"):
+                key = (task_id, attempt)
+                if reason == LOST and key in self.started:
+                    self.fail(f"{key} ran, yet was requeued as a claim that never started")
+                if reason != LOST and key in self.returns:
+                    self.fail(f"{key} had returned, yet was requeued at shutdown")
+                seen.free_requeues += 1
+
+    def live_attempts(self) -> set[tuple[str, str, int]]:
+        """(worker, task, attempt) of every attempt some process still holds."""
+        held = set()
+        for node in self.nodes:
+            if node is None:
+                continue
+            for running in node.scheduler.attempts():
+                if not running.settled:
+                    held.add((running.claim.worker, *running.key))
+        return held
+
+    def check(self) -> None:
+        rows, edges = self.snapshot()
+        held = self.live_attempts()
+        now = self.serving
+        for task_id, row in rows.items():
+            seen = self.seen.setdefault(task_id, Seen(row.status, row.attempts, row.failures))
+            self._check_task(task_id, row, rows, edges.get(task_id, []), held, seen, now)
+            seen.status, seen.attempts, seen.failures = row.status, row.attempts, row.failures
+        for node in self.nodes:
+            if node is None or node.executor is None:
+                continue
+            live = node.executor.live
+            if len(live) > node.executor.workers:
+                self.fail(f"{node.name} runs {len(live)} threads; cap {node.executor.workers}")
+            ids = Counter(j.running.claim.id for j in live)  # type: ignore[attr-defined]
+            doubled = [t for t, n in ids.items() if n > 1]
+            if doubled:
+                self.fail(f"{node.name} holds two live threads for {doubled}")
+
+    def _check_task(
+        self,
+        task_id: str,
+        row: Any,
+        rows: dict[str, Any],
+        dependencies: list[str],
+        held: set[tuple[str, str, int]],
+        seen: Seen,
+        now: float,
+    ) -> None:
+        statuses = [rows[d].status for d in dependencies]
+        if row.status == "QUEUED":
+            unfinished = sum(s in UNFINISHED for s in statuses)
+            if row.pending_deps != unfinished:
+                self.fail(f"{task_id} counts {row.pending_deps} pending, has {unfinished}")
+            if row.trigger_rule == "all_success" and any(s in BLOCKING for s in statuses):
+                behind = dict(zip(dependencies, statuses, strict=True))
+                self.fail(f"{task_id} QUEUED forever behind {behind}")
+        if row.failures > row.max_attempts:
+            self.fail(f"{task_id} failed {row.failures} times; max_attempts {row.max_attempts}")
+        if row.status == "RUNNING":
+            if (row.worker, task_id, row.attempts) in held:
+                seen.unowned_since = None
+            elif seen.unowned_since is None or seen.attempts != row.attempts:
+                seen.unowned_since = now
+            elif now - seen.unowned_since > RECOVERY_BOUND_S:
+                self.fail(f"{task_id} RUNNING under {row.worker} with no live attempt")
+        else:
+            seen.unowned_since = None
+        self._check_fence(task_id, row)
+
+    def _check_fence(self, task_id: str, row: Any) -> None:
+        """The outcome a row shows came from the attempt the row holds, never a stale one."""
+        key = (task_id, row.attempts)
+        if row.status == "COMPLETED":
+            kind, result = self.returns.get(key, ("missing", None))
+            if kind != "completed" or row.result != result:
+                self.fail(f"{task_id} COMPLETED as attempt {row.attempts}, which returned {kind}")
+        if row.error_code == "handler_error" and row.status in ("FAILED", "QUEUED"):
+            kind, error = self.returns.get(key, ("missing", None))
+            if kind != "failed" or row.error != error:
+                self.fail(f"{task_id} failed as attempt {row.attempts}, which returned {kind}")
+
+    # -- the end: heal, and everything must finish -----------------------------------
+
+    def settle(self) -> None:
+        self.step_no += 1
+        self.note("settle: faults off, every node healed")
+        self.armed.clear()
+        for node in self.nodes:
+            if node is not None:
+                node.paused_until = None
+        for _ in range(SETTLE_ROUNDS):
+            for index, node in enumerate(self.nodes):
+                if node is None:
+                    self.boot(index)
+            for node in self.active():
+                while node.executor and node.executor.live:
+                    self.behaviour_all(node)
+            self.tick(self.rng.uniform(0.5, 3.0))
+            self.check()
+            rows = self.rows()
+            if all(r.status in TERMINAL for r in rows.values()) and not any(
+                node.scheduler.attempts() for node in self.active()
+            ):
+                return
+        stuck = {i: r.status for i, r in self.rows().items() if r.status not in TERMINAL}
+        self.fail(f"did not settle: {stuck}")
+
+    def behaviour_all(self, node: Node) -> None:
+        assert node.executor is not None
+        job = node.executor.live.pop(0)
+        key = job.running.key  # type: ignore[attr-defined]
+        self.behaviour[key] = self.rng.choice(["result", "fail", "honour"])
+        outcome = None
+        try:
+            outcome = job.run()
+        finally:
+            job.end(outcome)
+
+
+def seeds(first: int, count: int) -> Iterator[int]:
+    """The seeds of one run: `count` of them from `first`."""
+    return iter(range(first, first + count))

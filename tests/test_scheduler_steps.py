@@ -1,0 +1,282 @@
+"""The scheduler pass by pass, on both backends: slots, timeouts, lost answers, upkeep.
+
+Most tests drive `run_once(now)` with a clock and handler threads they move by hand; the
+two about upkeep run the real threads, with a prune held inside a chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import insert, select
+from sqlalchemy.exc import OperationalError
+
+from app import database, faults, services, start_scheduler
+from app.attempt import Job
+from app.database import utcnow
+from app.handlers import Registry
+from app.metrics import Metrics
+from app.models import Status
+from app.scheduler import Scheduler
+from app.store import Store
+from app.tables import instances, tasks
+from tests.conftest import AppFactory, wait_for
+from tests.test_store import row
+
+
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+class Threads:
+    """Handler threads that start at once and return when the test says so."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.live: list[Job] = []
+
+    def start(self, job: Job) -> None:
+        assert len(self.live) < self.workers, "a claim found no free thread"
+        job.begin()
+        self.live.append(job)
+
+    def shutdown(self) -> None:
+        return None
+
+    def running(self) -> list[tuple[str, int]]:
+        return [job.running.key for job in self.live]  # type: ignore[attr-defined]
+
+    def finish(self, task_id: str) -> None:
+        """Let the handler of `task_id` return."""
+        (job,) = [j for j in self.live if j.running.claim.id == task_id]  # type: ignore[attr-defined]
+        self.live.remove(job)
+        job.end(job.run())
+
+
+class Instance:
+    """A scheduler instance stepped by hand."""
+
+    def __init__(self, app: Flask, cap: int, name: str) -> None:
+        self.clock = Clock()
+        names = iter([name, *(f"{name}-again-{n}" for n in range(1, 100))])
+        self.threads = Threads(cap)
+        registry = Registry()
+        registry.register("job", lambda ctx: {"done": ctx.id})
+        self.scheduler = Scheduler(
+            app.extensions["store"],
+            registry,
+            max_concurrent=cap,
+            poll_interval_s=1.0,
+            lease_s=30,
+            metrics=Metrics(),
+            executor=lambda _workers: self.threads,
+            clock=self.clock,
+            name=lambda: next(names),
+        )
+        self.scheduler.open()
+
+    def step(self, seconds: float = 0.0) -> int:
+        self.clock.seconds += seconds
+        return self.scheduler.run_once()
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def store(app: Flask) -> Store:
+    return app.extensions["store"]
+
+
+def add(store: Store, task_id: str, **fields: Any) -> None:
+    body = {"id": task_id, "type": "job", "duration_ms": 1, **fields}
+    services.submit(store.engine, body)
+
+
+def test_a_timed_out_attempt_keeps_its_slot_until_its_thread_returns(
+    app: Flask, store: Store
+) -> None:
+    add(store, "slow", max_attempts=2, retry_backoff_ms=0, timeout_ms=100)
+    add(store, "next")
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    assert one.threads.running() == [("slow", 1)]
+    # The deadline passes: the attempt fails and is retried, but its thread runs on.
+    assert one.step(0.5) == 0
+    assert (row(store, "slow").status, row(store, "slow").failures) == ("QUEUED", 1)
+    assert row(store, "next").status == "QUEUED"  # no free thread for it either
+    assert one.scheduler.running_count() == 1
+    one.threads.finish("slow")  # whatever it returns now is discarded
+    assert row(store, "slow").status == "QUEUED"
+    assert one.step() == 1
+    assert one.threads.running() == [("slow", 2)]
+
+
+def test_an_instance_never_runs_two_attempts_of_one_task_at_once(app: Flask, store: Store) -> None:
+    add(store, "slow", max_attempts=2, retry_backoff_ms=0, timeout_ms=100, priority=5)
+    add(store, "other")
+    one = Instance(app, cap=2, name="one")
+    assert one.step() == 2
+    one.threads.finish("other")
+    assert one.step(0.5) == 0  # slow timed out and is QUEUED again; its thread still runs
+    assert one.threads.running() == [("slow", 1)]
+    assert row(store, "slow").status == "QUEUED"
+    two = Instance(app, cap=1, name="two")
+    assert two.step() == 1  # another instance may take it
+    assert two.threads.running() == [("slow", 2)]
+
+
+def test_a_claim_whose_answer_was_lost_goes_back_to_the_queue_unspent(
+    app: Flask, store: Store
+) -> None:
+    add(store, "a")
+    one = Instance(app, cap=1, name="one")
+
+    def lost(**context: Any) -> None:
+        raise OperationalError("COMMIT", {}, Exception("connection lost after the commit"))
+
+    with faults.injected("cycle.committed", lost), pytest.raises(OperationalError):
+        one.step()
+    assert (row(store, "a").status, row(store, "a").worker) == ("RUNNING", "one")
+    assert one.threads.running() == []  # nothing runs it
+    assert one.step() == 1  # the next pass compares, requeues, and claims it again
+    again = row(store, "a")
+    assert (again.status, again.attempts, again.failures) == ("RUNNING", 2, 0)
+    assert one.threads.running() == [("a", 2)]
+    one.threads.finish("a")
+    one.step()
+    assert row(store, "a").status == "COMPLETED"
+
+
+def test_an_attempt_ended_elsewhere_is_stopped_and_its_outcome_discarded(
+    app: Flask, store: Store
+) -> None:
+    add(store, "a", max_attempts=2, retry_backoff_ms=0)
+    one = Instance(app, cap=1, name="one")
+    one.step()
+    (running,) = one.scheduler.attempts()
+    assert store.reap("one", "declared dead") == ["a"]  # another instance's verdict
+    assert not one.scheduler.heartbeat.run_once()  # its heartbeat finds it gone
+    assert one.step(60) == 0  # it rejoins under a new identity
+    assert running.cancel.is_set()
+    assert one.scheduler.id != "one"
+    one.threads.finish("a")
+    one.step()
+    retried = row(store, "a")
+    assert (retried.status, retried.failures, retried.attempts) == ("RUNNING", 1, 2)
+    assert retried.worker == one.scheduler.id
+
+
+# -- upkeep on threads of its own ----------------------------------------------------------
+
+
+def finished_long_ago(store: Store, count: int) -> None:
+    """Store `count` COMPLETED tasks that finished two days ago."""
+    past = utcnow() - timedelta(days=2)
+    rows = [
+        {
+            "id": f"old{i}",
+            "type": "job",
+            "duration_ms": 1,
+            "status": Status.COMPLETED.value,
+            "payload": {},
+            "created_at": past,
+            "updated_at": past,
+            "finished_at": past,
+        }
+        for i in range(count)
+    ]
+    with database.write(store.engine) as conn:
+        conn.execute(insert(tasks), rows)
+
+
+def exists(store: Store, task_id: str) -> bool:
+    with database.read(store.engine) as conn:
+        return conn.execute(select(tasks.c.id).where(tasks.c.id == task_id)).first() is not None
+
+
+def heartbeat_of(store: Store, instance_id: str) -> datetime:
+    with database.read(store.engine) as conn:
+        query = select(instances.c.heartbeat_at).where(instances.c.id == instance_id)
+        moment: datetime = conn.execute(query).scalar_one()
+        return moment
+
+
+@pytest.fixture
+def held_prune() -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold a prune after its first chunk until released; yield (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(**context: Any) -> None:
+        entered.set()
+        assert release.wait(60), "the prune was never released"
+
+    with faults.injected("prune.chunk_committed", hold):
+        yield entered, release
+        release.set()
+
+
+def test_a_prune_longer_than_a_lease_stops_neither_heartbeats_nor_passes(
+    make_app: AppFactory, held_prune: tuple[threading.Event, threading.Event]
+) -> None:
+    entered, release = held_prune
+    app = make_app(
+        SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000", LEASE_S="2", RETENTION_DAYS="1"
+    )
+    store: Store = app.extensions["store"]
+    finished_long_ago(store, 5)
+    scheduler = start_scheduler(app)
+    assert scheduler is not None
+    wait_for(entered.is_set, what="the prune to pause between chunks")
+    beats = [heartbeat_of(store, scheduler.id or "")]
+    for _ in range(3):  # three heartbeats: a whole lease and more, the prune still held
+        wait_for(lambda: heartbeat_of(store, scheduler.id or "") > beats[-1], what="a beat")
+        beats.append(heartbeat_of(store, scheduler.id or ""))
+    client = app.test_client()
+    response = client.post("/api/tasks", json={"id": "meanwhile", "type": "t", "duration_ms": 1})
+    assert response.status_code == 201
+    wait_for(lambda: row(store, "meanwhile").status == "COMPLETED", what="a task to run")
+    assert client.get("/health").status_code == 200
+    assert not release.is_set()
+    release.set()
+    wait_for(lambda: not exists(store, "old4"), what="the prune to finish")
+
+
+def test_a_drain_stops_a_prune_between_two_chunks(make_app: AppFactory) -> None:
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000", RETENTION_DAYS="1")
+    store: Store = app.extensions["store"]
+    scheduler: Scheduler = app.extensions["scheduler"]
+    finished_long_ago(store, 2500)  # three chunks of 1,000
+    chunks: list[int] = []
+    stopper = threading.Thread(target=scheduler.stop, args=(5,))
+
+    def stop_at_the_first(**context: Any) -> None:
+        chunks.append(len(context["ids"]))
+        if len(chunks) == 1:  # SIGTERM arrives while the first chunk is open
+            stopper.start()
+            wait_for(scheduler.pruner.stop_event.is_set, what="the drain to begin")
+
+    with faults.injected("prune.chunk", stop_at_the_first):
+        start_scheduler(app)
+        wait_for(lambda: chunks, what="the first chunk")
+        stopper_started = wait_for(lambda: stopper.ident, what="the stop")
+        assert stopper_started
+        stopper.join(30)
+    assert scheduler.state == "stopped"
+    assert chunks == [1000]
+    with database.read(store.engine) as conn:
+        left = conn.execute(select(tasks.c.id).where(tasks.c.id.like("old%"))).all()
+    assert len(left) == 1500
