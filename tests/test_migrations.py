@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, Table, insert, inspect, select
 
 from app import create_app
 from app.extensions import db
+from app.tables import deps, tasks
 
 
 def test_upgrade_matches_the_models_and_downgrade_removes_them(database_url: str) -> None:
@@ -23,4 +26,86 @@ def test_upgrade_matches_the_models_and_downgrade_removes_them(database_url: str
         downgrade(revision="base")
         with db.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+        db.engine.dispose()
+
+
+def test_upgrade_to_0003_keeps_run_at_apart_from_a_backoff(database_url: str) -> None:
+    """A database the previous version filled: its backoffs move out of run_at."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = datetime(2026, 12, 1, 12, 0, 0)
+    later, much_later = now + timedelta(minutes=5), now + timedelta(days=1)
+    with app.app_context():
+        upgrade(revision="0002")
+        with db.engine.begin() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            base = {
+                "type": "t",
+                "duration_ms": 1,
+                "payload": {},
+                "priority": 0,
+                "trigger_rule": "all_success",
+                "max_attempts": 3,
+                "retry_backoff_ms": 1000,
+                "pending_deps": 0,
+                "attempts": 0,
+                "failures": 0,
+                "created_at": now,
+                "updated_at": now,
+                "cancel_requested": False,
+                "run_at": None,
+                "finished_at": None,
+            }
+            conn.execute(
+                insert(old),
+                [
+                    {**base, "id": "waiting", "status": "QUEUED", "run_at": much_later},
+                    {
+                        **base,
+                        "id": "backing-off",
+                        "status": "QUEUED",
+                        "run_at": later,
+                        "attempts": 1,
+                        "failures": 1,
+                    },
+                    {**base, "id": "plain", "status": "QUEUED", "run_at": None},
+                    {
+                        **base,
+                        "id": "done",
+                        "status": "COMPLETED",
+                        "run_at": later,
+                        "attempts": 2,
+                        "failures": 1,
+                        "finished_at": now,
+                    },
+                    {**base, "id": "child", "status": "QUEUED", "pending_deps": 1},
+                ],
+            )
+            edges = Table("task_dependencies", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(edges), [{"task_id": "child", "dependency_id": "plain", "position": 0}]
+            )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(select(tasks))}
+            kept_edges = conn.execute(select(deps.c.task_id, deps.c.dependency_id)).all()
+        assert (rows["waiting"].run_at, rows["waiting"].not_before) == (much_later, much_later)
+        assert (rows["backing-off"].run_at, rows["backing-off"].not_before) == (None, later)
+        assert (rows["plain"].run_at, rows["plain"].not_before) == (None, None)
+        assert (rows["done"].run_at, rows["done"].not_before) == (later, None)
+        assert kept_edges == [("child", "plain")]
+
+        # The upgraded rows schedule as before: the backoff and run_at still hold.
+        store = app.extensions["store"]
+        store.register(
+            {"id": "w", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+        )
+        assert [c.id for c in store.claim("w", 10, now)] == ["plain"]
+        assert [c.id for c in store.claim("w", 10, later)] == ["backing-off"]
+
+        downgrade(revision="0002")
+        with db.engine.connect() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            back = {r.id: r.run_at for r in conn.execute(select(old.c.id, old.c.run_at))}
+        assert back["waiting"] == much_later
+        downgrade(revision="base")
         db.engine.dispose()
