@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # How often a scheduler with running tasks looks for cancel requests made elsewhere.
 CANCEL_CHECK_S = 0.5
+# The first wait after a failed pass; it doubles up to the polling interval.
+FAILED_PASS_BACKOFF_S = 0.05
 LOST = "back in the queue: its claim committed but was never acknowledged; it did not start"
 
 
@@ -180,18 +182,26 @@ class Scheduler:
     # -- the loop -----------------------------------------------------------------
 
     def _loop(self) -> None:
+        backoff = FAILED_PASS_BACKOFF_S
         while not self._halt.is_set():
             self._wakeup.clear()
-            self.step()
-            self._wakeup.wait(self._sleep_for())
+            if self.step():
+                backoff = FAILED_PASS_BACKOFF_S
+                self._wakeup.wait(self._sleep_for())
+                continue
+            # A deadline already past must not turn a database outage into a busy loop.
+            self._halt.wait(backoff)
+            backoff = min(backoff * 2, max(self.poll_interval_s, FAILED_PASS_BACKOFF_S))
 
-    def step(self, now: datetime | None = None) -> None:
+    def step(self, now: datetime | None = None) -> bool:
         """Run one pass, logging rather than raising a failure: the next pass tries again."""
         try:
             self.run_once(now)
-            self.last_tick = self.clock()
         except Exception:
-            log.exception("scheduler pass failed; retrying after the polling interval")
+            log.exception("scheduler pass failed; trying again shortly")
+            return False
+        self.last_tick = self.clock()
+        return True
 
     def run_once(self, now: datetime | None = None) -> int:
         """Run one pass at `now` (None: the database's time); return how many tasks started."""
