@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK_S = 0.5
 # The first wait after a failed pass; it doubles up to the polling interval.
 FAILED_PASS_BACKOFF_S = 0.05
+# Tries of each write a drain makes (0.1 s, then twice as long each time): about 3 s.
+SHUTDOWN_WRITE_TRIES = 5
 LOST = "back in the queue: its claim committed but was never acknowledged; it did not start"
 
 
@@ -164,14 +166,15 @@ class Scheduler:
         """Record what ended, put what still runs back in the queue, and deregister."""
         assert self.id is not None
         with self._lock:
-            ended = [r for r in self._attempts.values() if r.outcome and not r.settled]
-            unfinished = [r for r in self._attempts.values() if r.outcome is None and not r.settled]
+            pending = [r for r in self._attempts.values() if not r.settled]
+        ended = [(r.claim, r.outcome) for r in pending if r.outcome is not None]
+        unfinished = [r for r in pending if r.outcome is None]
         if ended:
-            _safely(self.store.cycle, self.id, [(r.claim, r.outcome) for r in ended], 0)
+            self._persist(self.store.cycle, self.id, ended, 0)
         for running in unfinished:
             # Back to QUEUED first, so that the handler's own reaction to the stop finds
             # the row gone from under it and its late write is refused.
-            if _safely(self.store.requeue, running.claim):
+            if self._persist(self.store.requeue, running.claim):
                 log.info("task %s requeued at shutdown", running.claim.id)
             running.stop("shutdown")
         if self._executor is not None:
@@ -219,7 +222,7 @@ class Scheduler:
     def _cycle(self, now: datetime | None) -> int:
         assert self.id is not None and self._executor is not None
         with self._lock:
-            ending = [r for r in self._attempts.values() if r.outcome and not r.settled]
+            ending = [r for r in self._attempts.values() if r.outcome is not None and not r.settled]
             # A slot is free once its thread has returned and its outcome is written:
             # the outcomes this pass writes free theirs in the same transaction.
             busy = len(self._attempts) - sum(1 for r in ending if r.returned)
@@ -303,7 +306,7 @@ class Scheduler:
     @staticmethod
     def _log_discarded(running: Running) -> None:
         log.info(
-            "late outcome of task %s attempt %d discarded: the attempt was ended elsewhere",
+            "late outcome of task %s attempt %d not written: its row no longer holds the attempt",
             *running.key,
         )
 
@@ -450,6 +453,22 @@ class Scheduler:
         except Exception:
             log.warning("could not record the progress of task %s", claim.id)
 
+    def _persist(self, action: Callable[..., object], *args: object) -> object:
+        """Write at shutdown, trying again for a few seconds while the database fails.
+
+        What is not written here is found later as an interrupted attempt.
+        """
+        delay = 0.1
+        for _ in range(SHUTDOWN_WRITE_TRIES - 1):
+            try:
+                return action(*args)
+            except Exception:
+                log.exception("%s failed during shutdown; trying again", _name(action))
+            if self._hurry.wait(delay):
+                break
+            delay *= 2
+        return _safely(action, *args)
+
 
 class _Job:
     """One attempt as an executor runs it: begin, the handler, end."""
@@ -472,9 +491,13 @@ def _instance_name() -> str:
     return f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def _name(action: Callable[..., object]) -> str:
+    return getattr(action, "__name__", str(action))
+
+
 def _safely(action: Callable[..., object], *args: object) -> object:
     try:
         return action(*args)
     except Exception:
-        log.exception("%s failed during shutdown", getattr(action, "__name__", action))
+        log.exception("%s failed during shutdown", _name(action))
         return None

@@ -280,3 +280,35 @@ def test_a_drain_stops_a_prune_between_two_chunks(make_app: AppFactory) -> None:
     with database.read(store.engine) as conn:
         left = conn.execute(select(tasks.c.id).where(tasks.c.id.like("old%"))).all()
     assert len(left) == 1500
+
+
+def test_a_drain_tries_its_writes_again_while_the_database_fails(
+    app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(store, "done")
+    add(store, "unfinished")
+    one = Instance(app, cap=2, name="one")
+    assert one.step() == 2
+    one.threads.finish("done")
+    one.scheduler.begin_drain()
+    failed: list[str] = []
+    cycle = store.cycle
+
+    def cycle_failing_once(*args: Any) -> Any:
+        if not failed:
+            failed.append("cycle")
+            raise OperationalError("BEGIN", {}, Exception("the database restarts"))
+        return cycle(*args)
+
+    def requeue_failing_once(**context: Any) -> None:
+        if failed == ["cycle"]:
+            failed.append("requeue")
+            raise OperationalError("UPDATE", {}, Exception("the database restarts"))
+
+    monkeypatch.setattr(store, "cycle", cycle_failing_once)
+    with faults.injected("requeue.before_write", requeue_failing_once):
+        one.scheduler.finish_drain()
+    assert failed == ["cycle", "requeue"]
+    assert row(store, "done").status == "COMPLETED"
+    requeued = row(store, "unfinished")
+    assert (requeued.status, requeued.failures) == ("QUEUED", 0)
