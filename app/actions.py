@@ -73,7 +73,8 @@ def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
         )
         # Its dependents that have not started will never see it succeed for them.
         stopped = cut_off(conn, [task_id], Status.CANCELLED, "was cancelled", now)
-        settle(conn, dict.fromkeys(stopped, Status.CANCELLED), now)
+        if settle(conn, dict.fromkeys(stopped, Status.CANCELLED), now):
+            announce(conn)  # all_done dependents of those cut off may be ready now
     else:
         raise InvalidState(
             f"Task {task_id} is {row.status}; only QUEUED or RUNNING tasks can be cancelled.",

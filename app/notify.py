@@ -33,6 +33,8 @@ class Listener:
         self._on_notify = on_notify
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set while the LISTEN connection is up, once it has caught up with what it missed.
+        self.listening = threading.Event()
 
     def start(self) -> None:
         """Start listening in the background."""
@@ -54,10 +56,12 @@ class Listener:
                     delay = 0.5
                     # Connected: work announced while we were away may be waiting.
                     self._on_notify()
+                    self.listening.set()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._on_notify()
             except psycopg.Error:
+                self.listening.clear()
                 log.warning("LISTEN connection lost; reconnecting in %.1f s", delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)

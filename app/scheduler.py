@@ -420,7 +420,7 @@ class Scheduler:
     def _sleep_for(self) -> float:
         """Sleep until the polling interval, the next timeout, or the next due task."""
         now = self.clock()
-        moments = [now + self.poll_interval_s, self._next_reconcile]
+        moments = [now + self.poll_interval_s]
         with self._lock:
             moments += [r.deadline for r in self._attempts.values() if r.deadline is not None]
             if self._attempts:
@@ -428,6 +428,10 @@ class Scheduler:
         if self._next_due is not None:
             moments.append(self._next_due)
         return max(0.0, min(moments) - now)
+
+    def listening(self) -> bool:
+        """Tell whether other instances' notifications reach this one (PostgreSQL)."""
+        return self._listener is not None and self._listener.listening.is_set()
 
     def running_count(self) -> int:
         """Return how many attempts hold a slot of this instance now."""
