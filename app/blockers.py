@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, or_, select
 
 from . import database
-from .models import TERMINAL, Status
+from .models import BLOCKING, TERMINAL, Status
 from .queries import check_task_id, dependencies_with_status, unknown_task
 from .tables import instances, tasks
 
@@ -78,8 +78,40 @@ def _unfinished_roots(conn: Connection, start: list[str]) -> list[str]:
 
 
 def _failed_roots(conn: Connection, start: list[str]) -> list[str]:
-    """Follow failed or cancelled dependencies down to the tasks that ended on their own."""
-    return _walk(conn, start, lambda status: status in ("FAILED", "UPSTREAM_FAILED", "CANCELLED"))
+    """Follow the dependencies that stopped a task down to the tasks whose retry works.
+
+    The walk goes on only through tasks that did not run because of a dependency; one
+    that failed or was cancelled on its own is a root, whatever its dependencies did (an
+    all_done task that ran after a failure and failed too), and so is a stopped task whose
+    dependencies no longer stop it. The same tasks a retry names as the one to retry.
+    """
+    seen = set(start)
+    frontier = list(start)
+    roots: list[str] = []
+    while frontier and len(seen) < MAX_WALK:
+        stopped = _stopped_by_upstream(conn, frontier)
+        below = _dependencies(conn, stopped, lambda status: status in BLOCKING)
+        following: list[str] = []
+        for task_id in frontier:
+            children = [d for d, _ in below.get(task_id, [])]
+            if not children:
+                roots.append(task_id)
+            following.extend(d for d in children if d not in seen)
+        seen.update(following)
+        frontier = list(dict.fromkeys(following))
+    return sorted(dict.fromkeys(roots))
+
+
+def _stopped_by_upstream(conn: Connection, ids: list[str]) -> list[str]:
+    """Return those of `ids` that did not run because of a dependency."""
+    query = select(tasks.c.id).where(
+        tasks.c.id.in_(ids),
+        or_(
+            tasks.c.status == Status.UPSTREAM_FAILED.value,
+            tasks.c.error_code == "upstream_cancelled",
+        ),
+    )
+    return [task_id for (task_id,) in conn.execute(query)]
 
 
 def _walk(conn: Connection, start: list[str], follow: Any) -> list[str]:

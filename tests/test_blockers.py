@@ -65,3 +65,16 @@ def test_run_at_backoff_and_no_slot(make_app: AppFactory) -> None:
 
 def test_blockers_of_an_unknown_task(make_app: AppFactory) -> None:
     assert_error(make_app().test_client().get("/api/tasks/ghost/blockers"), 404, "not_found")
+
+
+def test_root_causes_stop_at_a_task_that_failed_on_its_own(make_app: AppFactory) -> None:
+    client = running_app(make_app).test_client()
+    submit(client, "extract", payload={"fail": True})
+    submit(client, "cleanup", "extract", trigger_rule="all_done", payload={"fail": True})
+    submit(client, "report", "cleanup")
+    wait_terminal(client, "extract", "cleanup", "report")
+    answer = client.get("/api/tasks/report/blockers").get_json()
+    # The cleanup ran and failed itself: retrying it, not extract, brings report back.
+    assert answer["root_causes"] == ["cleanup"]
+    refused = client.post("/api/tasks/report/retry").get_json()
+    assert refused["details"]["root"] == "cleanup"
