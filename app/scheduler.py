@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from . import faults, process
 from .attempt import Executor, Running, ThreadExecutor, call_handler
@@ -32,6 +33,7 @@ from .notify import Listener
 from .store import Claim, Cycle, NotRegistered, Outcome, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often a scheduler with running tasks looks for cancel requests made elsewhere.
 CANCEL_CHECK_S = 0.5
@@ -174,8 +176,9 @@ class Scheduler:
         for running in unfinished:
             # Back to QUEUED first, so that the handler's own reaction to the stop finds
             # the row gone from under it and its late write is refused.
-            if self._persist(self.store.requeue, running.claim):
-                log.info("task %s requeued at shutdown", running.claim.id)
+            left = self._persist(self.store.requeue, running.claim)
+            if left is not None:
+                log.info("task %s %s at shutdown", running.claim.id, _AT_SHUTDOWN[left])
             running.stop("shutdown")
         if self._executor is not None:
             self._executor.shutdown()
@@ -457,7 +460,7 @@ class Scheduler:
         except Exception:
             log.warning("could not record the progress of task %s", claim.id)
 
-    def _persist(self, action: Callable[..., object], *args: object) -> object:
+    def _persist(self, action: Callable[..., T], *args: object) -> T | None:
         """Write at shutdown, trying again for a few seconds while the database fails.
 
         What is not written here is found later as an interrupted attempt.
@@ -491,6 +494,12 @@ class _Job:
         self.scheduler._end(self.running, outcome)
 
 
+_AT_SHUTDOWN = {
+    Status.QUEUED: "requeued",
+    Status.CANCELLED: "cancelled, as a user had asked, when its attempt was stopped",
+}
+
+
 def _instance_name() -> str:
     return f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -499,7 +508,7 @@ def _name(action: Callable[..., object]) -> str:
     return getattr(action, "__name__", str(action))
 
 
-def _safely(action: Callable[..., object], *args: object) -> object:
+def _safely(action: Callable[..., T], *args: object) -> T | None:
     try:
         return action(*args)
     except Exception:

@@ -206,15 +206,16 @@ class Store(Membership):
                 done |= hotpath.complete(conn, worker, pairs, now)
         return done
 
-    def requeue(self, claim: Claim, reason: str | None = None) -> bool:
+    def requeue(self, claim: Claim, reason: str | None = None) -> Status | None:
         """Put a running attempt back to QUEUED without spending the retry budget.
 
         An attempt a user asked to stop ends CANCELLED instead: it will not run again.
+        Return the status the task was left in, or None when the row no longer held it.
         """
         why = reason or "back in the queue: its instance stopped before it finished"
         faults.point("requeue.before_write", claim=claim)
 
-        def work(conn: Connection) -> bool:
+        def work(conn: Connection) -> Status | None:
             now = self.now(conn)
             stmt = (
                 update(tasks)
@@ -224,11 +225,13 @@ class Store(Membership):
             if conn.execute(stmt).rowcount != 1:
                 error = "Cancelled by a user; the attempt was stopped before it finished."
                 stopped = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
-                return self.finish_all(conn, [(claim, stopped)], now)[0]
+                return (
+                    Status.CANCELLED if self.finish_all(conn, [(claim, stopped)], now)[0] else None
+                )
             recount(conn, [claim.id])
             events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
             announce(conn)
-            return True
+            return Status.QUEUED
 
         return database.transaction(self.engine, work)
 

@@ -6,6 +6,7 @@ two about upkeep run the real threads, with a prune held inside a chunk.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from flask import Flask
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from app import database, faults, services, start_scheduler
+from app import actions, database, faults, services, start_scheduler
 from app.attempt import Job
 from app.database import utcnow
 from app.handlers import Registry
@@ -312,3 +313,20 @@ def test_a_drain_tries_its_writes_again_while_the_database_fails(
     assert row(store, "done").status == "COMPLETED"
     requeued = row(store, "unfinished")
     assert (requeued.status, requeued.failures) == ("QUEUED", 0)
+
+
+def test_a_drain_says_what_became_of_each_attempt_it_stops(
+    app: Flask, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    add(store, "kept")
+    add(store, "cancelled")
+    one = Instance(app, cap=2, name="one")
+    assert one.step() == 2
+    actions.cancel(store.engine, "cancelled")
+    one.scheduler.begin_drain()
+    with caplog.at_level(logging.INFO, logger="app.scheduler"):
+        one.scheduler.finish_drain()
+    assert (row(store, "kept").status, row(store, "cancelled").status) == ("QUEUED", "CANCELLED")
+    assert "task kept requeued at shutdown" in caplog.text
+    assert "task cancelled cancelled, as a user had asked" in caplog.text
+    assert "task cancelled requeued" not in caplog.text
