@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, text, update
 
 from . import database, events, readiness
 from .errors import InvalidState
@@ -24,6 +25,19 @@ CAUGHT = or_(
 RETRYABLE = (*BLOCKING,)
 # How many tasks a walk down to the task to retry visits at most.
 MAX_WALK = 100_000
+USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
+
+
+def _one_at_a_time(conn: Connection) -> None:
+    """On PostgreSQL, queue this cancel or retry behind any other until it commits.
+
+    Two of them lock the rows of one graph in different orders (a retry locks its task,
+    then the dependents it brings back, then their dependencies), so together they could
+    deadlock again and again under a burst of clicks; in line they cannot. Each is short,
+    and SQLite's single writer already puts them in line.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": USER_ACTIONS_KEY})
 
 
 def _locked(conn: Connection, task_id: str) -> Any:
@@ -48,6 +62,7 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
 
 
 def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
+    _one_at_a_time(conn)
     row = _locked(conn, task_id)
     now = database.utcnow()
     if row.status == Status.QUEUED.value:
@@ -96,6 +111,7 @@ def retry(engine: Engine, task_id: str) -> dict[str, Any]:
 
 
 def _retry(conn: Connection, task_id: str) -> dict[str, Any]:
+    _one_at_a_time(conn)
     row = _locked(conn, task_id)
     if row.status not in RETRYABLE:
         raise InvalidState(

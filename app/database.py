@@ -118,7 +118,7 @@ T = TypeVar("T")
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction did nothing,
 # and running it again, once the other one has finished, is safe.
 CONFLICTS = ("40P01", "40001")
-TRANSACTION_TRIES = 5
+TRANSACTION_TRIES = 8
 
 
 def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
