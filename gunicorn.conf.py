@@ -124,12 +124,16 @@ def post_worker_init(worker: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Drain the scheduler: finish within the grace period, requeue the rest."""
+    from app.shutdown import leave_lingering_handlers
+
     stop = getattr(worker, "graceful_stop", None)
     if stop is not None:
         stop.finish()
+        leave_lingering_handlers(stop.scheduler)
         return
     # Stopped before post_worker_init took over the signals: drain here.
     app = getattr(worker, "wsgi", None)
     scheduler = app.extensions.get("scheduler") if app is not None else None
     if scheduler is not None:
         scheduler.stop(settings.shutdown_grace_s)
+        leave_lingering_handlers(scheduler)

@@ -14,7 +14,7 @@ scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the H
 @scheduler_cli.command("run")
 def run_scheduler() -> None:
     """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
-    from .shutdown import GracefulStop
+    from .shutdown import GracefulStop, leave_lingering_handlers
 
     scheduler = current_app.extensions["scheduler"]
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
@@ -24,6 +24,7 @@ def run_scheduler() -> None:
     click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
     stop.wait()
     click.echo("scheduler stopped")
+    leave_lingering_handlers(scheduler)
 
 
 def register_cli(app: Flask) -> None:

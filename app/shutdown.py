@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 
+from . import events
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -90,3 +93,25 @@ class GracefulStop:
         # would wait forever for the lock this thread holds.
         self._finishing = True
         self.wait()
+
+
+def leave_lingering_handlers(scheduler: Scheduler) -> None:
+    """After a drain, exit now if handlers that ignored the stop still hold threads.
+
+    Their tasks are already back in the queue (or ended as a user asked), and whatever
+    they return would be discarded; but Python waits for every pool thread at exit, so
+    the process would outlive its stop by as long as they run. Exit 0 without them.
+    """
+    lingering = scheduler.running_count()
+    if not lingering:
+        return
+    log.warning(
+        "%d handler(s) ignored the stop and still run; exiting without them "
+        "(their tasks are back in the queue)",
+        lingering,
+    )
+    events.of(scheduler.store.engine).flush()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from app.handlers import Registry, TaskContext
 
 
@@ -10,6 +12,12 @@ def double(ctx: TaskContext) -> dict[str, int]:
     return {"n": 2 * int(ctx.payload.get("n", 0))}
 
 
+def stubborn(ctx: TaskContext) -> None:
+    """Sleep `duration_ms` whatever happens: a handler that ignores its cancel event."""
+    time.sleep(ctx.duration_ms / 1000)
+
+
 def register(registry: Registry) -> None:
-    """Register the `double` type."""
+    """Register the `double` and `stubborn` types."""
     registry.register("double", double)
+    registry.register("stubborn", stubborn)

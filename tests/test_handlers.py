@@ -20,7 +20,7 @@ def test_a_handler_module_runs_its_types_and_refuses_others(make_app: AppFactory
     submit(client, "s", type="simulate")
     refused = client.post("/api/tasks", json={"type": "etl", "duration_ms": 1})
     body = assert_error(refused, 400, "unknown_task_type")
-    assert body["details"]["accepted"] == ["double", "simulate"]
+    assert body["details"]["accepted"] == ["double", "simulate", "stubborn"]
     assert wait_status(client, "d", "COMPLETED")["result"] == {"n": 42}
     assert wait_status(client, "s", "COMPLETED")["result"] is None
 

@@ -220,6 +220,25 @@ def test_flask_scheduler_run_executes_and_stops_on_signals(launcher: Launcher, d
     assert instances(db) == 0
 
 
+@pytest.mark.parametrize("runner", ["gunicorn", "flask scheduler run"])
+def test_a_handler_that_ignores_the_stop_does_not_keep_the_process(
+    launcher: Launcher, db: Path, runner: str
+) -> None:
+    handlers = {"TASK_HANDLERS": "tests.sample_handlers", "SHUTDOWN_GRACE_S": "1"}
+    if runner == "gunicorn":
+        api = server = launcher.gunicorn(db, **handlers)
+    else:
+        api = launcher.gunicorn(db, ready="disabled", SCHEDULER_ENABLED="false", **handlers)
+        server = launcher.scheduler(db, **handlers)
+    api.submit("stuck", 60_000, type="stubborn")
+    api.wait_status("stuck", "RUNNING")
+    server.signal(SIGTERM)
+    assert server.wait_exit(20) == 0  # not the 60 s the handler sleeps
+    assert "1 handler(s) ignored the stop and still run" in server.log()
+    task = rows(db)["stuck"]
+    assert task["status"] == "QUEUED" and task["attempts"] == 1, task
+
+
 def test_integration_script_passes_against_gunicorn(launcher: Launcher, db: Path) -> None:
     server = launcher.gunicorn(db)
     script = ROOT / "scripts" / "integration_test.py"
