@@ -1,6 +1,6 @@
 """The deterministic simulation of the whole scheduler, on SQLite and PostgreSQL.
 
-`SIM_SEEDS` sets how many seeds run on SQLite (160 by default), `SIM_PG_SEEDS` on
+`SIM_SEEDS` sets how many seeds run on SQLite (200 by default), `SIM_PG_SEEDS` on
 PostgreSQL (a quarter of those), `SIM_FIRST_SEED` the first, `SIM_STEPS` the steps per
 seed; `SIM_SEED=<n>` replays exactly one seed.
 """
@@ -17,7 +17,7 @@ from tests.conftest import build_app
 from tests.simulation import Simulation, seeds
 
 # PostgreSQL pays a network round trip per statement: it runs a quarter of the seeds.
-SEEDS = int(os.environ.get("SIM_SEEDS", "160"))
+SEEDS = int(os.environ.get("SIM_SEEDS", "200"))
 PG_SEEDS = int(os.environ.get("SIM_PG_SEEDS", str(max(1, SEEDS // 4))))
 FIRST = int(os.environ.get("SIM_FIRST_SEED", "1"))
 STEPS = int(os.environ.get("SIM_STEPS", "80"))
