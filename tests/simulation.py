@@ -46,8 +46,9 @@ HEARTBEAT_S = LEASE_S / 3
 REAP_S = 3.0
 GRACE_S = 5.0
 START = datetime(2030, 1, 1)
-# A RUNNING row that no live attempt holds must be recovered within this long.
-RECOVERY_BOUND_S = LEASE_S + 2 * HEARTBEAT_S + 2 * POLL_S
+# A RUNNING row that no live attempt holds is recovered by others within this long of its
+# owner's last heartbeat; its owner, if it lives, recovers it at a pass within a lease/3.
+RECOVERY_BOUND_S = LEASE_S + 2 * REAP_S + 2 * POLL_S
 SETTLE_ROUNDS = 400
 
 
@@ -121,6 +122,7 @@ class Node:
     next_heartbeat: float = 0.0
     next_reap: float = 0.0
     next_pass: float = 0.0
+    last_good_pass: float = -1.0  # serving time of the last pass that did not fail
 
     @property
     def name(self) -> str:
@@ -166,6 +168,8 @@ class Simulation:
         self.step_no = 0
         # Simulated seconds during which some instance was up: recovery needs one.
         self.serving = 0.0
+        # Serving time of each instance id's last proof of life (registration, heartbeat).
+        self.beat_at: dict[str, float] = {}
         with database.write(engine) as conn:
             for table in (deps, tasks, instances):
                 conn.execute(delete(table))
@@ -266,6 +270,7 @@ class Simulation:
         node.next_pass = self.clock.elapsed + POLL_S
         try:
             started = node.scheduler.run_once(self.clock.now())
+            node.last_good_pass = self.serving
             self.note(f"pass {node.name}: started {started}")
         except OperationalError as error:
             # What the loop does with a failed pass: log it and try again at the next.
@@ -392,6 +397,8 @@ class Simulation:
             if now >= node.next_heartbeat:
                 node.next_heartbeat = now + HEARTBEAT_S
                 alive = node.scheduler.heartbeat.run_once(self.clock.now())
+                if alive and node.scheduler.id is not None:
+                    self.beat_at[node.scheduler.id] = self.serving
                 self.note(f"heartbeat {node.scheduler.id}: {'ok' if alive else 'declared dead'}")
             if now >= node.next_reap:
                 node.next_reap = now + REAP_S
@@ -629,6 +636,9 @@ class Simulation:
         return held
 
     def check(self) -> None:
+        for node in self.nodes:
+            if node is not None and node.scheduler.id not in self.beat_at:
+                self.beat_at[node.scheduler.id or ""] = self.serving  # registered just now
         rows, edges = self.snapshot()
         held = self.live_attempts()
         now = self.serving
@@ -672,11 +682,23 @@ class Simulation:
                 seen.unowned_since = None
             elif seen.unowned_since is None or seen.attempts != row.attempts:
                 seen.unowned_since = now
-            elif now - seen.unowned_since > RECOVERY_BOUND_S:
-                self.fail(f"{task_id} RUNNING under {row.worker} with no live attempt")
+            else:
+                self._check_recovery(task_id, row, seen.unowned_since, now)
         else:
             seen.unowned_since = None
         self._check_fence(task_id, row)
+
+    def _check_recovery(self, task_id: str, row: Any, since: float, now: float) -> None:
+        """A RUNNING row no live attempt holds: its owner or, once it is dead, the others
+        must end it in time."""
+        owner = next(
+            (n for n in self.nodes if n is not None and n.scheduler.id == row.worker), None
+        )
+        if owner is not None and owner.last_good_pass >= since + HEARTBEAT_S + POLL_S:
+            self.fail(f"{task_id} RUNNING under {row.worker}, which passes without running it")
+        last_beat = max(since, self.beat_at.get(row.worker, since))
+        if now - last_beat > RECOVERY_BOUND_S:
+            self.fail(f"{task_id} RUNNING under {row.worker} with no live attempt")
 
     def _check_fence(self, task_id: str, row: Any) -> None:
         """The outcome a row shows came from the attempt the row holds, never a stale one."""
