@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, or_, select
 
-from . import database
+from . import database, readiness
 from .models import BLOCKING, TERMINAL, Status
-from .queries import check_task_id, dependencies_with_status, unknown_task
+from .queries import check_task_id, unknown_task
 from .tables import instances, tasks
 
 # How many tasks a walk to the root causes visits at most.
@@ -68,7 +68,7 @@ def _dependencies(
     conn: Connection, ids: Iterable[str], keep: Any
 ) -> dict[str, list[tuple[str, str]]]:
     """Return, for each task, the dependencies (id, status) whose status `keep` accepts."""
-    found = dependencies_with_status(conn, list(ids))
+    found = readiness.dependencies(conn, ids, hold=False)
     return {t: [(d, s) for d, s in pairs if keep(s)] for t, pairs in found.items()}
 
 
@@ -85,21 +85,7 @@ def _failed_roots(conn: Connection, start: list[str]) -> list[str]:
     all_done task that ran after a failure and failed too), and so is a stopped task whose
     dependencies no longer stop it. The same tasks a retry names as the one to retry.
     """
-    seen = set(start)
-    frontier = list(start)
-    roots: list[str] = []
-    while frontier and len(seen) < MAX_WALK:
-        stopped = _stopped_by_upstream(conn, frontier)
-        below = _dependencies(conn, stopped, lambda status: status in BLOCKING)
-        following: list[str] = []
-        for task_id in frontier:
-            children = [d for d, _ in below.get(task_id, [])]
-            if not children:
-                roots.append(task_id)
-            following.extend(d for d in children if d not in seen)
-        seen.update(following)
-        frontier = list(dict.fromkeys(following))
-    return sorted(dict.fromkeys(roots))
+    return _walk(conn, start, lambda status: status in BLOCKING, _stopped_by_upstream)
 
 
 def _stopped_by_upstream(conn: Connection, ids: list[str]) -> list[str]:
@@ -114,12 +100,20 @@ def _stopped_by_upstream(conn: Connection, ids: list[str]) -> list[str]:
     return [task_id for (task_id,) in conn.execute(query)]
 
 
-def _walk(conn: Connection, start: list[str], follow: Any) -> list[str]:
+def _walk(
+    conn: Connection,
+    start: list[str],
+    follow: Any,
+    through: Callable[[Connection, list[str]], list[str]] | None = None,
+) -> list[str]:
+    """Walk dependencies whose status `follow` accepts, from the tasks `through` lets on
+    (all by default); return the tasks where the walk stops."""
     seen = set(start)
     frontier = list(start)
     roots: list[str] = []
     while frontier and len(seen) < MAX_WALK:
-        below = _dependencies(conn, frontier, follow)
+        onward = frontier if through is None else through(conn, frontier)
+        below = _dependencies(conn, onward, follow)
         following: list[str] = []
         for task_id in frontier:
             children = [d for d, _ in below.get(task_id, [])]

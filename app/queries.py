@@ -174,21 +174,3 @@ def decode_cursor(cursor: str) -> int:
             {"cursor": "Not a cursor this server issued."},
         ) from None
     return seq
-
-
-def dependencies_with_status(
-    conn: Connection, ids: Sequence[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """Return, for each task, its dependencies as (id, status), in the order given."""
-    dependency = tasks.alias("dependency")
-    found: dict[str, list[tuple[str, str]]] = {}
-    for part in chunks(list(ids)):
-        query = (
-            select(deps.c.task_id, dependency.c.id, dependency.c.status)
-            .join(dependency, dependency.c.id == deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-            .order_by(deps.c.task_id, deps.c.position)
-        )
-        for task_id, dependency_id, status in conn.execute(query):
-            found.setdefault(task_id, []).append((dependency_id, status))
-    return found

@@ -29,8 +29,12 @@ def statuses(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def dependencies(conn: Connection, task_ids: Iterable[str]) -> Edges:
-    """Return each task's dependencies as (id, status), the dependency rows held."""
+def dependencies(conn: Connection, task_ids: Iterable[str], *, hold: bool = True) -> Edges:
+    """Return each task's dependencies as (id, status), in the order given.
+
+    With `hold`, the dependency rows are held FOR SHARE; without, it is a plain read, for
+    answers that only describe.
+    """
     dependency = tasks.alias("dependency")
     found: Edges = {}
     for part in chunks(list(task_ids)):
@@ -39,8 +43,9 @@ def dependencies(conn: Connection, task_ids: Iterable[str]) -> Edges:
             .join(dependency, dependency.c.id == deps.c.dependency_id)
             .where(deps.c.task_id.in_(part))
             .order_by(deps.c.task_id, deps.c.position)
-            .with_for_update(read=True, of=dependency)
         )
+        if hold:
+            query = query.with_for_update(read=True, of=dependency)
         for task_id, dependency_id, status in conn.execute(query):
             found.setdefault(task_id, []).append((dependency_id, status))
     return found

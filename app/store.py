@@ -103,18 +103,8 @@ class Store(Membership):
         if not hotpath.is_member(conn, worker):
             raise NotRegistered(worker)
         claims = [
-            Claim(
-                id=r.id,
-                type=r.type,
-                duration_ms=r.duration_ms,
-                payload=hotpath.payload_of(r.payload),
-                attempt=r.attempts,
-                worker=worker,
-                failures=r.failures,
-                max_attempts=r.max_attempts,
-                retry_backoff_ms=r.retry_backoff_ms,
-                timeout_ms=r.timeout_ms,
-                waited_s=max(0.0, r.waited or 0.0),
+            _as_claim(
+                r, worker, payload=hotpath.payload_of(r.payload), waited_s=max(0.0, r.waited or 0.0)
             )
             for r in hotpath.claim(conn, worker, limit, now, exclude)
         ]
@@ -331,18 +321,20 @@ _CLAIM_COLUMNS = (
 )
 
 
-def _as_claim(row: Any, worker: str) -> Claim:
+def _as_claim(row: Any, worker: str, payload: Any = None, waited_s: float = 0.0) -> Claim:
+    """Return the claim a task row shows: its running attempt, held by `worker`."""
     return Claim(
         id=row.id,
         type=row.type,
         duration_ms=row.duration_ms,
-        payload=None,
+        payload=payload,
         attempt=row.attempts,
         worker=worker,
         failures=row.failures,
         max_attempts=row.max_attempts,
         retry_backoff_ms=row.retry_backoff_ms,
         timeout_ms=row.timeout_ms,
+        waited_s=waited_s,
     )
 
 
