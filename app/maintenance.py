@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 3600.0
 
 
-class Job(Protocol):
+class MaintenanceJob(Protocol):
     """A maintenance job: one run per call."""
 
     def run_once(self, now: datetime | None = None) -> Any:
@@ -37,7 +37,9 @@ class Job(Protocol):
 class Periodic:
     """Runs a job on its own thread every `interval_s` seconds until halted."""
 
-    def __init__(self, job: Job, interval_s: float, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, job: MaintenanceJob, interval_s: float, stop: threading.Event | None = None
+    ) -> None:
         self.job = job
         self.interval_s = interval_s
         self._stop = stop or threading.Event()
