@@ -64,7 +64,7 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
 def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
     _one_at_a_time(conn)
     row = _locked(conn, task_id)
-    now = database.utcnow()
+    now = database.now(conn)
     if row.status == Status.QUEUED.value:
         conn.execute(
             update(tasks)
@@ -201,7 +201,7 @@ def _held_back(conn: Connection, root: str) -> tuple[set[str], readiness.Edges]:
 
 
 def _requeue(conn: Connection, requeued: set[str], edges: readiness.Edges, root: str) -> None:
-    now = database.utcnow()
+    now = database.now(conn)
     changes: list[Change] = []
     back: set[str] = set()
     for task_id in sorted(requeued, key=lambda t: (t != root, t)):

@@ -170,7 +170,7 @@ def _new_rows(
     missing = [d for d in outside if d not in statuses]
     if missing:
         raise unknown_dependencies(missing)
-    now = database.utcnow()
+    now = database.now(conn)
     by_id = {task["id"]: task for task in wanted}
     rows: dict[str, dict[str, Any]] = {}
     for task_id in order:

@@ -48,7 +48,7 @@ def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
     unfinished = _dependencies(conn, [row.id], lambda status: status not in TERMINAL)
     if unfinished.get(row.id):
         return [_dependency(d, s) for d, s in unfinished[row.id]]
-    now = database.utcnow()
+    now = database.now(conn)
     if row.not_before is not None and row.not_before > now:
         kind = "run_at" if row.run_at is not None and row.run_at >= row.not_before else "backoff"
         return [{"kind": kind, "until": _iso(row.not_before)}]

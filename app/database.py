@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, event, func
+from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.exc import DBAPIError
 
 from . import events
@@ -143,6 +143,21 @@ def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
 def read(engine: Engine) -> AbstractContextManager[Connection]:
     """Run one short read transaction."""
     return _transaction(engine, "DEFERRED")
+
+
+def now(conn: Connection) -> datetime:
+    """Return the time a transaction compares and stamps with, read when it is called.
+
+    On PostgreSQL every instance and every API worker, on whatever host, reads the one
+    clock they share, the database's, so a skewed host neither shifts a delay nor stamps a
+    finish out of order. SQLite lives on this host, whose clock is the database's.
+    """
+    if conn.dialect.name == "postgresql":
+        moment: datetime = conn.execute(
+            select(func.timezone("UTC", func.clock_timestamp()))
+        ).scalar_one()
+        return moment
+    return utcnow()
 
 
 def stamp(conn: Connection, now: datetime) -> Any:

@@ -39,7 +39,10 @@ def prune(
     """
     if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
-    cutoff = _naive_utc(now or database.utcnow()) - older_than
+    if now is None:
+        with database.read(engine) as conn:
+            now = database.now(conn)  # the database's clock on PostgreSQL, as finishes use
+    cutoff = _naive_utc(now) - older_than
     deleted = 0
     after: Position | None = None
     while stop is None or not stop.is_set():

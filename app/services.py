@@ -71,7 +71,7 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
         missing = [d for d in wanted["dependencies"] if d not in statuses]
         if missing:
             raise unknown_dependencies(missing)
-        now = database.utcnow()
+        now = database.now(conn)
         row = new_row(wanted, statuses, now)
         admission.make_room(conn, [row])
         insert_tasks(conn, [row])

@@ -107,6 +107,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
 
 
 @pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """Yield the URL of an empty PostgreSQL schema (for what only PostgreSQL has)."""
+    yield from _postgres_schema()
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Any) -> str:
     """Return the URL of an empty SQLite file database."""
     return f"sqlite:///{tmp_path / 'tasks.db'}"
