@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,14 @@ def blockers(engine: Engine, task_id: str) -> dict[str, Any]:
 
 
 def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
-    columns = (tasks.c.id, tasks.c.status, tasks.c.run_at, tasks.c.not_before, tasks.c.error_code)
+    columns = (
+        tasks.c.id,
+        tasks.c.type,
+        tasks.c.status,
+        tasks.c.run_at,
+        tasks.c.not_before,
+        tasks.c.error_code,
+    )
     row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
     if row is None:
         raise unknown_task(task_id)
@@ -52,8 +60,16 @@ def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
     if row.not_before is not None and row.not_before > now:
         kind = "run_at" if row.run_at is not None and row.run_at >= row.not_before else "backoff"
         return [{"kind": kind, "until": _iso(row.not_before)}]
-    states = [s for (s,) in conn.execute(select(instances.c.state))]
-    return [{"kind": "no_slot" if "running" in states else "shutdown"}]
+    serving = [
+        types
+        for state, types in conn.execute(select(instances.c.state, instances.c.task_types))
+        if state == "running"
+    ]
+    if not serving:
+        return [{"kind": "shutdown"}]
+    if not any(types is None or row.type in json.loads(types) for types in serving):
+        return [{"kind": "no_handler", "type": row.type}]
+    return [{"kind": "no_slot"}]
 
 
 def _dependency(task_id: str, status: str) -> dict[str, Any]:

@@ -61,17 +61,39 @@ def is_member(conn: Connection, worker: str) -> bool:
     return conn.exec_driver_sql(sql, {"w": worker}).first() is not None
 
 
-def claim_sql(d: str, excluded: int = 0) -> str:
-    """Return the claim statement for dialect `d`, passing over `excluded` ids."""
+def _ready(d: str, excluded: int, type_param: str | None = None) -> str:
+    """Return the walk of the ready index (or of one type's part of it), best first."""
     # Tasks whose earlier attempt still occupies one of the claimer's threads.
     skip = f" AND tasks.id NOT IN ({_list(d, 'x', excluded)})" if excluded else ""
-    # A materialized CTE: as `seq IN (subquery)`, PostgreSQL may rescan the locking
-    # subquery once per row and so claim more than `limit` tasks.
+    of_type = f" AND tasks.type = {_p(d, type_param)}" if type_param else ""
     return (
-        "WITH ready AS MATERIALIZED (SELECT seq FROM tasks"
-        f" WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
+        f"SELECT seq, priority FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0{of_type}"
         f" AND (tasks.not_before IS NULL OR tasks.not_before <= {_p(d, 'now')}){skip}"
-        f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, 'limit')}{_LOCK_READY[d]})"
+        f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
+    )
+
+
+def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:
+    """Return the claim statement for dialect `d`, passing over `excluded` ids.
+
+    With `types`, only tasks of that many given types: each type's best ready tasks are
+    read from its own part of the type-led ready index, and the best of those claimed, so
+    the ready tasks of other types are never walked. On PostgreSQL each walk locks what it
+    reads; what the claim does not take is released at its commit.
+    """
+    # Materialized CTEs: as `seq IN (subquery)`, PostgreSQL may rescan the locking
+    # subquery once per row and so claim more than `limit` tasks.
+    if types:
+        walks = [f"t{k} AS MATERIALIZED ({_ready(d, excluded, f't{k}')})" for k in range(types)]
+        union = " UNION ALL ".join(f"SELECT seq, priority FROM t{k}" for k in range(types))
+        ready = (
+            f"WITH {', '.join(walks)}, ready AS MATERIALIZED (SELECT seq FROM ({union}) AS c"
+            f" ORDER BY c.priority DESC, c.seq LIMIT {_p(d, 'limit')})"
+        )
+    else:
+        ready = f"WITH ready AS MATERIALIZED ({_ready(d, excluded)})"
+    return (
+        f"{ready}"
         " UPDATE tasks SET status = 'RUNNING', attempts = tasks.attempts + 1,"
         f" worker = {_p(d, 'w')}, started_at = {_stamp(d)}, updated_at = {_stamp(d)},"
         " finished_at = NULL, result = NULL, error = NULL, error_code = NULL"
@@ -82,13 +104,19 @@ def claim_sql(d: str, excluded: int = 0) -> str:
 
 
 def claim(
-    conn: Connection, worker: str, limit: int, now: datetime, exclude: Sequence[str] = ()
+    conn: Connection,
+    worker: str,
+    limit: int,
+    now: datetime,
+    exclude: Sequence[str] = (),
+    types: Sequence[str] = (),
 ) -> list[Any]:
-    """Move up to `limit` ready tasks to RUNNING for `worker`; return their rows."""
+    """Move up to `limit` ready tasks (of `types`, if any) to RUNNING for `worker`."""
     d = conn.dialect.name
     params: dict[str, Any] = {"now": _time(d, now), "limit": limit, "w": worker}
     params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
-    rows = conn.exec_driver_sql(claim_sql(d, len(exclude)), params).all()
+    params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
+    rows = conn.exec_driver_sql(claim_sql(d, len(exclude), len(types)), params).all()
     return sorted(rows, key=lambda r: (-r.priority, r.seq))
 
 

@@ -109,8 +109,8 @@ class Reaper:
         for other in self.store.instances():
             death = self._death(other, stale)
             if death is not None:
-                reason, stale_before = death
-                reaped = self.store.reap(other.id, reason, stale_before=stale_before, now=now)
+                reason, fence = death
+                reaped = self.store.reap(other.id, reason, now=now, **fence)
                 recovered += self._count(reaped, other.id, reason)
         for worker in self.store.orphan_workers():
             if worker == self.me():
@@ -125,15 +125,23 @@ class Reaper:
             log.warning("recovered %d task(s) of %s: %s", len(reaped), worker, reason)
         return len(reaped)
 
-    def _death(self, other: Any, stale: datetime) -> tuple[str, datetime | None] | None:
+    def _death(self, other: Any, stale: datetime) -> tuple[str, dict[str, Any]] | None:
         """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
         if other.id == self.me():
             return None
-        if other.hostname == self.host and not process.is_alive(other.pid, other.process_start):
-            return f"scheduler {other.id} (pid {other.pid}) exited while running it", None
+        silent = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
+        if other.hostname == self.host:
+            if not process.is_alive(other.pid, other.process_start):
+                return f"scheduler {other.id} (pid {other.pid}) exited while running it", {}
+            if other.heartbeat_monotonic is not None:
+                # A live process of this host (this boot): judged on the monotonic clock
+                # both share, which no step of the wall clock (NTP, a VM resumed) moves.
+                limit = self.store.monotonic() - self.lease_s
+                if other.heartbeat_monotonic < limit:
+                    return silent, {"stale_monotonic_before": limit}
+                return None
         if other.heartbeat_at < stale:
-            reason = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
-            return reason, stale
+            return silent, {"stale_before": stale}
         return None
 
 

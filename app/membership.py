@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -18,11 +19,20 @@ class Membership:
 
     `clock` is the time of this host, used on SQLite (which lives on it); on PostgreSQL
     every instance reads the database's clock instead, the one they all share.
+    `monotonic` is this host's monotonic clock, which every process of one boot shares and
+    no step of the wall clock moves: instances on one host judge each other's heartbeats
+    by it.
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.monotonic = monotonic
         self.shared_clock = engine.dialect.name == "postgresql"
 
     def now(self, conn: Connection) -> datetime:
@@ -51,7 +61,7 @@ class Membership:
             stmt = (
                 update(instances)
                 .where(instances.c.id == instance_id)
-                .values(heartbeat_at=now or self.now(conn))
+                .values(heartbeat_at=now or self.now(conn), heartbeat_monotonic=self.monotonic())
             )
             return conn.execute(stmt).rowcount == 1
 

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -98,6 +99,15 @@ class Task(db.Model):  # type: ignore[name-defined]
             sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
             postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
         ),
+        # The same question from an instance that runs only some types: one walk per type.
+        Index(
+            "ix_tasks_ready_type",
+            type,
+            priority.desc(),
+            seq,
+            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
+            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
+        ),
         # When the next held-back task (run_at, retry backoff) becomes due.
         Index(
             "ix_tasks_delayed",
@@ -147,4 +157,9 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     process_start: Mapped[str | None] = mapped_column(String(32), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+    # The host's monotonic clock at that heartbeat: what an instance on the same host
+    # (the same boot) judges staleness by, so no step of the wall clock fakes a death.
+    heartbeat_monotonic: Mapped[float | None] = mapped_column(Float, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="running")
+    # The task types it claims, as a JSON list; NULL when it runs every type.
+    task_types: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -13,6 +13,7 @@ one pass at the given time, the executor and the clock are injected.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -69,6 +70,8 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.id: str | None = None
+        # The types this instance claims (those it has handlers for); empty: every type.
+        self.types: list[str] = []
         self.state = "stopped"
         self.last_tick: float | None = None
         self.host = process.host_key()
@@ -234,7 +237,7 @@ class Scheduler:
         finished = [(r.claim, r.outcome) for r in ending if r.outcome is not None]
         began = self.clock()
         try:
-            cycle = self.store.cycle(self.id, finished, limit, now, exclude)
+            cycle = self.store.cycle(self.id, finished, limit, now, exclude, self.types)
         except NotRegistered:
             self._rejoin(now)  # whoever reaped the old identity ended its attempts
             return 0
@@ -392,6 +395,7 @@ class Scheduler:
     def _join(self, now: datetime | None = None) -> None:
         """Register under a new identity: at start, or after being declared dead."""
         self.id = self._name()
+        self.types = self.registry.types()
         at = now or self.store.database_now()
         self.store.register(
             {
@@ -401,7 +405,9 @@ class Scheduler:
                 "process_start": process.start_time(os.getpid()),
                 "started_at": at,
                 "heartbeat_at": at,
+                "heartbeat_monotonic": self.store.monotonic(),
                 "state": "draining" if self._draining else "running",
+                "task_types": json.dumps(self.types) if self.types else None,
             }
         )
 

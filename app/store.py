@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -77,18 +78,28 @@ class Store(Membership):
         engine: Engine,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(engine, clock)
+        super().__init__(engine, clock, monotonic)
         self.rng = rng or random.Random()
 
-    def claim(self, worker: str, limit: int, now: datetime | None = None) -> list[Claim]:
-        """Move up to `limit` ready tasks to RUNNING for `worker`, best first."""
+    def claim(
+        self,
+        worker: str,
+        limit: int,
+        now: datetime | None = None,
+        types: Sequence[str] = (),
+    ) -> list[Claim]:
+        """Move up to `limit` ready tasks to RUNNING for `worker`, best first.
+
+        With `types`, only tasks of those types (the ones `worker` has handlers for).
+        """
         if limit <= 0:
             return []
         with database.write(self.engine) as conn:
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
-            return self._claim_as(conn, worker, limit, now or self.now(conn))
+            return self._claim_as(conn, worker, limit, now or self.now(conn), types=types)
 
     def _claim_as(
         self,
@@ -97,6 +108,7 @@ class Store(Membership):
         limit: int,
         now: datetime,
         exclude: Sequence[str] = (),
+        types: Sequence[str] = (),
     ) -> list[Claim]:
         # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
         # this claim commits, so nothing is claimed under a dead identity.
@@ -106,7 +118,7 @@ class Store(Membership):
             _as_claim(
                 r, worker, payload=hotpath.payload_of(r.payload), waited_s=max(0.0, r.waited or 0.0)
             )
-            for r in hotpath.claim(conn, worker, limit, now, exclude)
+            for r in hotpath.claim(conn, worker, limit, now, exclude, types)
         ]
         if claims:
             reason = f"claimed by {worker}"
@@ -128,6 +140,7 @@ class Store(Membership):
         limit: int,
         now: datetime | None = None,
         exclude: Sequence[str] = (),
+        types: Sequence[str] = (),
     ) -> Cycle:
         """Record finished attempts and claim up to `limit` tasks, in one transaction.
 
@@ -135,13 +148,14 @@ class Store(Membership):
         durability costs little, and a dependent is claimed in the very transaction that
         records its last dependency's completion. When slots stay free, it also says when
         the next held-back task (run_at, retry backoff) falls due. `exclude` names tasks
-        the caller must not claim (an earlier attempt of theirs still holds its thread).
+        the caller must not claim (an earlier attempt of theirs still holds its thread);
+        `types`, when given, the only types it claims.
         """
 
         def work(conn: Connection) -> Cycle:
             at = now or self.now(conn)
             applied = self.finish_all(conn, finished, at) if finished else []
-            claims = self._claim_as(conn, worker, limit, at, exclude) if limit > 0 else []
+            claims = self._claim_as(conn, worker, limit, at, exclude, types) if limit > 0 else []
             due = hotpath.next_run_at(conn, at) if len(claims) < limit else None
             return Cycle(applied, claims, at, due)
 
@@ -279,15 +293,21 @@ class Store(Membership):
         reason: str,
         stale_before: datetime | None = None,
         now: datetime | None = None,
+        *,
+        stale_monotonic_before: float | None = None,
     ) -> list[str]:
         """Forget a dead instance and end every attempt it holds as interrupted.
 
         With `stale_before`, only if its heartbeat is still older than that when the
         transaction holds its row: an instance that heartbeated meanwhile is alive.
+        `stale_monotonic_before` is the same fence on the host's monotonic clock.
         """
         forget = delete(instances).where(instances.c.id == worker)
         if stale_before is not None:
             forget = forget.where(instances.c.heartbeat_at < stale_before)
+        if stale_monotonic_before is not None:
+            forget = forget.where(instances.c.heartbeat_monotonic < stale_monotonic_before)
+        fenced = stale_before is not None or stale_monotonic_before is not None
 
         def work(conn: Connection) -> list[str]:
             if conn.dialect.name == "postgresql":
@@ -295,7 +315,7 @@ class Store(Membership):
                 conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
             # Deleting the row first takes its lock: a claim by that instance either
             # committed before (and is ended below) or finds it gone (and claims nothing).
-            if conn.execute(forget).rowcount == 0 and stale_before is not None:
+            if conn.execute(forget).rowcount == 0 and fenced:
                 return []
             query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
             interrupted = []

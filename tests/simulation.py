@@ -234,7 +234,12 @@ class Simulation:
         names = iter(f"n{index}.{generation}-{k}" for k in range(1000))
         registry = Registry()
         registry.register("sim", self.handler)
-        store = Store(self.engine, clock=self.clock.now, rng=random.Random(self.rng.random()))
+        store = Store(
+            self.engine,
+            clock=self.clock.now,
+            rng=random.Random(self.rng.random()),
+            monotonic=self.clock.monotonic,
+        )
         scheduler = Scheduler(
             store,
             registry,

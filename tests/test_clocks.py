@@ -6,15 +6,22 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import _teardown, build_app
 from flask import Flask
-from helpers import submit, task
 from sqlalchemy import func, select
 
-from app import database
+from app import database, services
 from app.extensions import db
+from app.handlers import Registry
+from app.metrics import Metrics
+from app.scheduler import Scheduler
+from app.store import Store
+from tests.conftest import _teardown, build_app
+from tests.helpers import submit, task
+from tests.test_scheduler_steps import Threads
+from tests.test_store import row as task_row
 
 SKEW = timedelta(hours=1)
+LEASE_S = 30
 
 
 @pytest.fixture
@@ -61,3 +68,74 @@ def _check_stamps(app: Flask) -> None:
     victim = task(client, "victim")
     for field in ("created_at", "finished_at"):
         assert before - timedelta(seconds=5) <= _parse(victim[field]) <= after, field
+
+
+class Clocks:
+    """A host's two clocks, moved by the test: the wall clock can step, the monotonic not."""
+
+    def __init__(self) -> None:
+        self.wall = datetime(2026, 12, 4, 12, 0, 0)
+        self.seconds = 1000.0
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.seconds += seconds
+
+
+def _instance(app: Flask, name: str, clocks: Clocks) -> Scheduler:
+    engine = app.extensions["store"].engine
+    store = Store(engine, clock=clocks.now, monotonic=clocks.monotonic)
+    scheduler = Scheduler(
+        store,
+        Registry(),
+        max_concurrent=1,
+        poll_interval_s=1.0,
+        lease_s=LEASE_S,
+        metrics=Metrics(),
+        executor=Threads,
+        clock=clocks.monotonic,
+        name=lambda: name,
+    )
+    scheduler.open()
+    return scheduler
+
+
+def _members(app: Flask) -> set[str]:
+    return {row.id for row in app.extensions["store"].instances()}
+
+
+def test_a_wall_clock_step_declares_no_live_instance_of_this_host_dead(app: Flask) -> None:
+    """SQLite: NTP or a resumed VM moves the wall clock an hour; nobody is reaped."""
+    clocks = Clocks()
+    first = _instance(app, "first", clocks)
+    second = _instance(app, "second", clocks)
+    services.submit(app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1})
+    assert first.run_once() == 1
+    clocks.wall += SKEW  # a step: the monotonic clock does not move
+    clocks.sleep(LEASE_S / 3)
+    assert second.reaper.run_once() == 0
+    assert _members(app) == {"first", "second"}
+    assert task_row(app.extensions["store"], "work").status == "RUNNING"
+
+
+def test_a_frozen_instance_of_this_host_is_reaped_whatever_the_wall_clock_says(
+    app: Flask,
+) -> None:
+    """A live pid that stopped heartbeating (SIGSTOP) is judged on the monotonic clock."""
+    clocks = Clocks()
+    frozen = _instance(app, "frozen", clocks)
+    services.submit(app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1})
+    assert frozen.run_once() == 1
+    live = _instance(app, "live", clocks)
+    clocks.sleep(LEASE_S + 1)
+    clocks.wall -= SKEW  # and the wall clock stepped back: its heartbeat looks fresh
+    assert live.heartbeat.run_once()
+    assert live.reaper.run_once() == 1
+    assert _members(app) == {"live"}
+    assert task_row(app.extensions["store"], "work").error_code == "interrupted"

@@ -9,8 +9,10 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import MetaData, Table, insert, inspect, select
 
-from app import create_app
+from app import blockers, create_app
 from app.extensions import db
+from app.maintenance import Reaper
+from app.metrics import Metrics
 from app.tables import deps, tasks
 
 
@@ -107,5 +109,67 @@ def test_upgrade_to_0003_keeps_run_at_apart_from_a_backoff(database_url: str) ->
             old = Table("tasks", MetaData(), autoload_with=conn)
             back = {r.id: r.run_at for r in conn.execute(select(old.c.id, old.c.run_at))}
         assert back["waiting"] == much_later
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def test_upgrade_to_0004_keeps_instances_of_the_previous_version_working(
+    database_url: str,
+) -> None:
+    """Instances registered before 0004 run every type and are judged by heartbeat_at."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = datetime(2026, 12, 3, 12, 0, 0)
+    with app.app_context():
+        upgrade(revision="0003")
+        with db.engine.begin() as conn:
+            old = Table("scheduler_instances", MetaData(), autoload_with=conn)
+            assert "task_types" not in old.c
+            row = {"hostname": "elsewhere", "pid": 1, "state": "running", "started_at": now}
+            conn.execute(
+                insert(old),
+                [
+                    {**row, "id": "silent", "heartbeat_at": now - timedelta(minutes=5)},
+                    {**row, "id": "fresh", "heartbeat_at": now},
+                ],
+            )
+            old_tasks = Table("tasks", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(old_tasks),
+                {
+                    "id": "odd-type",
+                    "type": "anything",
+                    "duration_ms": 1,
+                    "payload": {},
+                    "status": "QUEUED",
+                    "priority": 0,
+                    "trigger_rule": "all_success",
+                    "max_attempts": 1,
+                    "retry_backoff_ms": 0,
+                    "pending_deps": 0,
+                    "attempts": 0,
+                    "failures": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "cancel_requested": False,
+                },
+            )
+        upgrade()
+        with db.engine.connect() as conn:
+            indexes = {i["name"] for i in inspect(conn).get_indexes("tasks")}
+        assert "ix_tasks_ready_type" in indexes
+        store = app.extensions["store"]
+        rows = {r.id: r for r in store.instances()}
+        assert (rows["fresh"].task_types, rows["fresh"].heartbeat_monotonic) == (None, None)
+        # An old instance runs every type: nothing waits for a handler.
+        answer = blockers.blockers(store.engine, "odd-type")
+        assert answer["blockers"] == [{"kind": "no_slot"}]
+        # Without a monotonic heartbeat, staleness is judged by heartbeat_at as before.
+        reaper = Reaper(store, 60, "this-host", lambda: None, Metrics())
+        reaper.run_once(now)
+        assert {r.id for r in store.instances()} == {"fresh"}
+        downgrade(revision="0003")
+        with db.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("scheduler_instances")}
+        assert "task_types" not in columns and "heartbeat_monotonic" not in columns
         downgrade(revision="base")
         db.engine.dispose()
