@@ -94,12 +94,16 @@ class Reaper:
         host: str,
         me: Callable[[], str | None],
         metrics: Metrics,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
         self.host = host
         self.me = me
         self.metrics = metrics
+        # Wakes this instance's loop: what it recovered may be ready now. (Other
+        # instances hear of it through the recovery's NOTIFY, on PostgreSQL.)
+        self.wake = wake
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
@@ -117,6 +121,8 @@ class Reaper:
                 continue  # declared dead a moment ago: the heartbeat will say so
             reason = f"scheduler {worker} is no longer registered"
             recovered += self._count(self.store.reap(worker, reason, now=now), worker, reason)
+        if recovered and self.wake is not None:
+            self.wake()
         return recovered
 
     def _count(self, reaped: list[str], worker: str, reason: str) -> int:

@@ -76,7 +76,9 @@ class Scheduler:
         self.last_tick: float | None = None
         self.host = process.host_key()
         self.heartbeat = Heartbeat(self)
-        self.reaper = Reaper(store, lease_s, self.host, lambda: self.id, self.metrics)
+        self.reaper = Reaper(
+            store, lease_s, self.host, lambda: self.id, self.metrics, wake=self.wake
+        )
         self.pruner = Pruner(store, retention_days)
         self._new_executor = executor
         self._executor: Executor | None = None

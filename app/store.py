@@ -190,10 +190,13 @@ class Store(Membership):
             elif status is Status.QUEUED:
                 requeued.append(claim.id)
         events.stage(changes)
-        if ended and settle(conn, ended, now):
-            announce(conn)
+        readied = bool(ended) and settle(conn, ended, now)
         if requeued:
             recount(conn, requeued)
+        if readied or requeued:
+            # Dependents made ready, or attempts back in the queue (at once, or after a
+            # backoff whose end the others must plan for): another instance may run them.
+            announce(conn)
         return applied
 
     def _complete_plain(

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import subprocess
+from datetime import datetime, timedelta
 
+import pytest
+from sqlalchemy import insert
+
+from app import database, hotpath
+from app.tables import instances
 from tests.conftest import AppFactory, wait_for
 from tests.helpers import Gate, running_app, submit, wait_status
+
+HOUR = timedelta(hours=1)
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -44,3 +52,46 @@ def test_a_cancel_elsewhere_that_readies_a_cleanup_wakes_the_runner(make_app: Ap
     assert wait_status(runner, "cleanup", "COMPLETED")["attempts"] == 1
     gate.release.set()
     wait_status(busy, "long", "COMPLETED")
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppFactory) -> None:
+    """The reaper of a busy instance puts a dead one's task back: another runs it at once."""
+    gate = Gate()
+    # Reaps every second (lease 3 s); its only slot stays taken by the gate.
+    busy_app = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1", LEASE_S="3")
+    busy = busy_app.test_client()
+    submit(busy, "long", type="gate")
+    wait_status(busy, "long", "RUNNING")
+    # Reaps only when it starts (lease 10 minutes): what it hears, it hears by NOTIFY.
+    runner_app = running_app(make_app, LEASE_S="600")
+    runner = runner_app.test_client()
+    wait_for(runner_app.extensions["scheduler"].listening, what="the runner to listen")
+    submit(busy, "probe")
+    wait_status(runner, "probe", "COMPLETED")
+    # An instance of this host claimed "orphan", then its process exited. (Held back an
+    # hour, so no live instance claims it first; the claim is made as of later still.)
+    store = busy_app.extensions["store"]
+    now = store.database_now()
+    submit(busy, "orphan", max_attempts=2, retry_backoff_ms=0, run_at=_iso(now + HOUR))
+    with database.write(store.engine) as conn:
+        dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": _exited_pid()}
+        conn.execute(insert(instances).values(id="gone", started_at=now, heartbeat_at=now, **dead))
+        claimed = hotpath.claim(conn, "gone", 1, now + 2 * HOUR)
+    assert [c.id for c in claimed] == ["orphan"]
+    # The runner's own reaper ran at its start: only the busy instance reaps now.
+    done = wait_status(runner, "orphan", "COMPLETED")
+    assert done["attempts"] == 2
+    gate.release.set()
+    wait_status(busy, "long", "COMPLETED")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _exited_pid() -> int:
+    """Return the pid of a process that has exited (and been waited for)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
