@@ -129,6 +129,48 @@ def test_finish_applies_only_while_the_row_holds_the_attempt(store: Store) -> No
     assert (final.status, final.result, final.error) == ("COMPLETED", {"n": 1}, None)
 
 
+def claimed_twice(store: Store, task_id: str) -> tuple[Claim, Claim]:
+    """Claim `task_id` on w1, put it back unspent, claim it on w1 again; return both claims."""
+    (first,) = [c for c in claim_all(store) if c.id == task_id]
+    assert store.requeue(first)
+    (second,) = [c for c in claim_all(store) if c.id == task_id]
+    assert (first.worker, second.worker, second.attempt) == ("w1", "w1", first.attempt + 1)
+    return first, second
+
+
+def test_a_plain_completion_is_fenced_by_both_worker_and_attempt(store: Store) -> None:
+    # An attempt that returned nothing is completed by one statement for many tasks; its
+    # fence must still refuse an older attempt of the same instance, and the current
+    # attempt number presented by another instance.
+    add(store, "a")
+    stale, current = claimed_twice(store, "a")
+    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    for refused in (stale, foreign):
+        assert not store.finish(refused, Outcome(Status.COMPLETED), utcnow())
+        unchanged = row(store, "a")
+        assert (unchanged.status, unchanged.worker, unchanged.attempts) == ("RUNNING", "w1", 2)
+        assert unchanged.finished_at is None
+    assert store.finish(current, Outcome(Status.COMPLETED), utcnow())
+    assert row(store, "a").status == "COMPLETED"
+
+
+def test_a_failure_is_fenced_by_both_worker_and_attempt(store: Store) -> None:
+    # A failure with budget left goes back to the queue with a backoff and a spent try: a
+    # stale or foreign one must do neither.
+    add(store, "a")
+    set_fields(store, "a", max_attempts=3, retry_backoff_ms=60_000)
+    stale, current = claimed_twice(store, "a")
+    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    failed = Outcome(Status.FAILED, error="late", error_code="handler_error")
+    for refused in (stale, foreign):
+        assert not store.finish(refused, failed, utcnow())
+        unchanged = row(store, "a")
+        assert (unchanged.status, unchanged.worker, unchanged.failures) == ("RUNNING", "w1", 0)
+        assert (unchanged.error, unchanged.not_before) == (None, None)
+    assert store.finish(current, failed, utcnow())
+    assert (row(store, "a").status, row(store, "a").failures) == ("QUEUED", 1)
+
+
 def test_completion_counts_down_a_diamond(store: Store) -> None:
     add(store, "a")
     add(store, "b", "a")
