@@ -185,6 +185,23 @@ def test_completion_counts_down_a_diamond(store: Store) -> None:
     assert row(store, "d").status == "COMPLETED"
 
 
+def test_two_dependencies_ending_in_one_pass_count_their_dependent_down_by_two(
+    store: Store,
+) -> None:
+    # One statement counts down every dependent of the tasks a pass ended: each dependent
+    # loses as many as it had among them, not one.
+    for name in ("a", "b", "c"):
+        add(store, name)
+    add(store, "d", "a", "b", "c")
+    claims = {c.id: c for c in claim_all(store)}
+    done = Outcome(Status.COMPLETED)
+    first = store.cycle("w1", [(claims["a"], done)], 10)
+    assert (first.applied, first.claims, row(store, "d").pending_deps) == ([True], [], 2)
+    second = store.cycle("w1", [(claims["b"], done), (claims["c"], done)], 10)
+    assert second.applied == [True, True]
+    assert [c.id for c in second.claims] == ["d"]  # ready, and claimed in the same pass
+
+
 def test_failure_propagates_transitively_and_spares_other_branches(store: Store) -> None:
     add(store, "root")
     add(store, "mid", "root")
