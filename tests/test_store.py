@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import timedelta
 from typing import Any
@@ -315,6 +316,24 @@ def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> No
         raise RuntimeError("fail in the middle")
     add(store, "b")  # would fail at once with SQLITE_BUSY_SNAPSHOT if the snapshot leaked
     assert [c.id for c in claim_all(store)] == ["a", "b"]
+
+
+def test_a_sqlite_write_holds_the_write_lock_before_its_first_statement(sqlite_url: str) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+    # when another writer got in between; a write transaction must take the lock up front.
+    store = build_app(sqlite_url, {}).extensions["store"]
+    other = sqlite3.connect(store.engine.url.database, timeout=0, isolation_level=None)
+    try:
+        with (
+            database.write(store.engine),
+            pytest.raises(sqlite3.OperationalError, match="database is locked"),
+        ):
+            other.execute("BEGIN IMMEDIATE")  # as another process's writer would
+        other.execute("BEGIN IMMEDIATE")  # free again once the write has committed
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        store.engine.dispose()
 
 
 def query_plan(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
