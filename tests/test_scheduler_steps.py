@@ -181,6 +181,22 @@ def test_an_attempt_ended_elsewhere_is_stopped_and_its_outcome_discarded(
     assert retried.worker == one.scheduler.id
 
 
+def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
+    app: Flask, store: Store
+) -> None:
+    # A timeout is noticed by a pass: the loop's wait must end at the deadline, not at the
+    # next cancel poll or polling interval.
+    add(store, "slow", timeout_ms=100)
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    assert one.step(0.02) == 0  # the cancel poll is now due 0.5 s later, the timeout sooner
+    wait = one.scheduler._sleep_for()
+    assert wait == pytest.approx(0.08)
+    assert one.step(wait) == 0  # the pass the loop runs when it wakes ends the attempt
+    timed_out = row(store, "slow")
+    assert (timed_out.status, timed_out.error_code) == ("FAILED", "timeout")
+
+
 # -- upkeep on threads of its own ----------------------------------------------------------
 
 
