@@ -197,6 +197,34 @@ def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
     assert (timed_out.status, timed_out.error_code) == ("FAILED", "timeout")
 
 
+def test_outcomes_of_a_pass_whose_transaction_failed_are_written_by_the_next(
+    app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outcome is known only to this process: a pass that could not write it must keep
+    # it for the next pass, not rerun the task nor leave it RUNNING.
+    add(store, "a")
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    one.threads.finish("a")
+    finish_all = store.finish_all
+    failed: list[str] = []
+
+    def failing_once(*args: Any) -> Any:
+        if not failed:
+            failed.append("finish_all")
+            raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
+        return finish_all(*args)
+
+    monkeypatch.setattr(store, "finish_all", failing_once)
+    with pytest.raises(OperationalError):
+        one.step()
+    assert row(store, "a").status == "RUNNING"  # the pass's transaction rolled back
+    assert one.step() == 0
+    done = row(store, "a")
+    assert (done.status, done.result, done.attempts) == ("COMPLETED", {"done": "a"}, 1)
+    assert (failed, one.threads.running(), one.scheduler.running_count()) == (["finish_all"], [], 0)
+
+
 # -- upkeep on threads of its own ----------------------------------------------------------
 
 
