@@ -17,17 +17,18 @@ from flask import Flask
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from app import actions, database, faults, services, start_scheduler
+from app import actions, database, faults, process, services, start_scheduler
 from app.attempt import Job
 from app.database import utcnow
 from app.handlers import Registry
+from app.maintenance import Reaper
 from app.metrics import Metrics
 from app.models import Status
 from app.scheduler import Scheduler
 from app.store import Store
 from app.tables import instances, tasks
 from tests.conftest import AppFactory, wait_for
-from tests.test_store import row
+from tests.test_store import claim_all, row
 
 
 class Clock:
@@ -223,6 +224,32 @@ def test_outcomes_of_a_pass_whose_transaction_failed_are_written_by_the_next(
     done = row(store, "a")
     assert (done.status, done.result, done.attempts) == ("COMPLETED", {"done": "a"}, 1)
     assert (failed, one.threads.running(), one.scheduler.running_count()) == (["finish_all"], [], 0)
+
+
+def test_the_reaper_spares_a_live_instance_of_another_host_whose_pid_is_unknown_here(
+    store: Store,
+) -> None:
+    # A pid names a process only on its own host: another host's instance, whose pid no
+    # process here has, is alive as long as it heartbeats.
+    now = utcnow()
+    pid = 4_194_305  # above the largest pid Linux hands out: no process here has it
+    assert not process.is_alive(pid, None)
+    store.register(
+        {
+            "id": "remote",
+            "hostname": "another-host",
+            "pid": pid,
+            "process_start": "1",
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+    )
+    add(store, "a")
+    claim_all(store, worker="remote")
+    reaper = Reaper(store, 30, process.host_key(), lambda: "local", Metrics())
+    assert reaper.run_once(now + timedelta(seconds=1)) == 0
+    assert [i.id for i in store.instances()] == ["remote"]
+    assert (row(store, "a").status, row(store, "a").worker) == ("RUNNING", "remote")
 
 
 # -- upkeep on threads of its own ----------------------------------------------------------
