@@ -24,7 +24,7 @@ from app.handlers import Registry
 from app.maintenance import Reaper
 from app.metrics import Metrics
 from app.models import Status
-from app.scheduler import Scheduler
+from app.scheduler import CANCEL_CHECK_S, Scheduler
 from app.store import Store
 from app.tables import instances, tasks
 from tests.conftest import AppFactory, wait_for
@@ -196,6 +196,20 @@ def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
     assert one.step(wait) == 0  # the pass the loop runs when it wakes ends the attempt
     timed_out = row(store, "slow")
     assert (timed_out.status, timed_out.error_code) == ("FAILED", "timeout")
+
+
+def test_a_timed_out_attempt_whose_thread_runs_on_does_not_keep_the_loop_awake(
+    app: Flask, store: Store
+) -> None:
+    # Its outcome is written and its deadline past, but its thread holds the slot until the
+    # handler returns, maybe much later: meanwhile the loop must still sleep between passes.
+    add(store, "slow", timeout_ms=100)
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    assert one.step(0.5) == 0
+    assert row(store, "slow").status == "FAILED"
+    assert one.threads.running() == [("slow", 1)]
+    assert one.scheduler._sleep_for() == pytest.approx(CANCEL_CHECK_S)
 
 
 def test_outcomes_of_a_pass_whose_transaction_failed_are_written_by_the_next(
