@@ -433,7 +433,13 @@ class Scheduler:
         now = self.clock()
         moments = [now + self.poll_interval_s]
         with self._lock:
-            moments += [r.deadline for r in self._attempts.values() if r.deadline is not None]
+            # Only attempts that can still time out: one already ended (timed out, or
+            # settled) keeps its past deadline while its thread runs on.
+            moments += [
+                r.deadline
+                for r in self._attempts.values()
+                if r.deadline is not None and r.outcome is None and not r.settled
+            ]
             if self._attempts:
                 moments.append(self._next_cancel_check)
         if self._next_due is not None:

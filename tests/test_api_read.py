@@ -14,6 +14,7 @@ from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from app import queries
+from app.scheduler import Scheduler
 from app.tables import tasks
 from tests.conftest import ORIGINAL_FIELDS, AppFactory, assert_error
 
@@ -404,3 +405,22 @@ def test_health_with_enabled_scheduler_not_started_is_unavailable(make_app: AppF
     assert body["status"] != "ok"
     assert body["database"]["status"] == "ok"
     assert body["scheduler"]["state"] != "running"
+
+
+def test_health_is_unavailable_once_the_scheduler_loop_stops_ticking(make_app: AppFactory) -> None:
+    # A loop stuck in a pass (a hung query, a deadlocked thread) still says "running":
+    # only the age of its last pass shows it. The scheduler's clock is moved by hand.
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="1000")
+    scheduler: Scheduler = app.extensions["scheduler"]
+    clock = [100.0]
+    scheduler.clock = lambda: clock[0]
+    scheduler.open()
+    assert scheduler.step()  # one pass at 100.0, as the loop's thread would run it
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    clock[0] += 2.5  # more than two polling intervals without a pass
+    response = client.get("/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["status"], body["scheduler"]["state"]) == ("unavailable", "running")
+    assert body["database"]["status"] == "ok"

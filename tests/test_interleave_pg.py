@@ -462,6 +462,23 @@ def test_every_interleaving_is_serializable(explorer: Explorer, scenario: Scenar
         assert (report.deadlocks, report.retried_deadlocks) == ([], 0), report.summary()
 
 
+def test_prune_leaves_a_task_whose_dependency_a_paused_retry_holds(explorer: Explorer) -> None:
+    """R FAILED, D <- R UPSTREAM_FAILED, both old enough to go. A retry of R holds R's row
+    and has not yet looked for its dependents: a prune meanwhile must leave D, which the
+    retry is about to bring back, rather than delete it from under the retry."""
+    scenario = Scenario("prune_inside_retry", root_failed, retry("R"), prune())
+    steps = explorer.run_alone(explorer.fresh(scenario), retry("R")).track.labels
+    # Its first read of dependency edges: R is locked by then, D not yet.
+    k = next(i for i, label in enumerate(steps) if "task_dependencies" in label)
+    world = explorer.fresh(scenario)
+    held, other, blocked = explorer.interleave(world, retry("R"), prune(), k)
+    assert (blocked, other.error, held.outcome) == (False, None, ("task", "QUEUED"))
+    assert other.value == 0  # R is the retry's; D waits for a prune that can hold R
+    state = read_state(explorer.engine)
+    assert state.tasks == {"R": ("QUEUED", 0), "D": ("QUEUED", 1)}
+    assert violations(state, world.claimed) == []
+
+
 # -- the harness itself --------------------------------------------------------------
 
 

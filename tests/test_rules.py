@@ -1,7 +1,7 @@
 """The rules of cancel, retry, retention and run_at, each once broken, on both backends.
 
-Each test names the defect it guards against; every one of them failed on the code before
-the fix that made the rule hold.
+Each test names the defect it guards against: it failed on the code before the fix that
+made the rule hold, or fails once the code that keeps the rule is taken out.
 """
 
 from __future__ import annotations
@@ -105,6 +105,24 @@ def test_retry_keeps_the_run_at_of_the_task_and_of_its_dependents(store: Store) 
     assert row(store, "held").run_at == later
     assert store.finish(claimed(store, "root"), COMPLETED)
     assert claim_all(store) == []  # both wait for their run_at
+
+
+def test_retry_makes_the_dependents_of_the_task_wait_for_it_again(store: Store) -> None:
+    # u (all_success) was cut off by a's failure and comes back with a's retry; t (all_done)
+    # was still QUEUED, its count at 0 since a ended: it must count a as unfinished again,
+    # or it runs before a's second attempt has ended.
+    add(store, "a")
+    add(store, "u", "a")
+    submit(store, "t", "a", trigger_rule="all_done")
+    assert store.finish(claimed(store, "a"), FAILED)
+    assert (row(store, "u").status, row(store, "t").pending_deps) == ("UPSTREAM_FAILED", 0)
+    actions.retry(store.engine, "a")
+    for dependent in ("u", "t"):
+        assert (row(store, dependent).status, row(store, dependent).pending_deps) == ("QUEUED", 1)
+    (again,) = claim_all(store)
+    assert again.id == "a"
+    assert store.finish(again, COMPLETED)
+    assert sorted(c.id for c in claim_all(store)) == ["t", "u"]
 
 
 def test_a_retried_attempt_backs_off_without_losing_its_run_at(store: Store) -> None:

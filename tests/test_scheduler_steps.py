@@ -17,17 +17,18 @@ from flask import Flask
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from app import actions, database, faults, services, start_scheduler
+from app import actions, database, faults, process, services, start_scheduler
 from app.attempt import Job
 from app.database import utcnow
 from app.handlers import Registry
+from app.maintenance import Reaper
 from app.metrics import Metrics
 from app.models import Status
-from app.scheduler import Scheduler
+from app.scheduler import CANCEL_CHECK_S, Scheduler
 from app.store import Store
 from app.tables import instances, tasks
 from tests.conftest import AppFactory, wait_for
-from tests.test_store import row
+from tests.test_store import claim_all, row
 
 
 class Clock:
@@ -179,6 +180,90 @@ def test_an_attempt_ended_elsewhere_is_stopped_and_its_outcome_discarded(
     retried = row(store, "a")
     assert (retried.status, retried.failures, retried.attempts) == ("RUNNING", 1, 2)
     assert retried.worker == one.scheduler.id
+
+
+def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
+    app: Flask, store: Store
+) -> None:
+    # A timeout is noticed by a pass: the loop's wait must end at the deadline, not at the
+    # next cancel poll or polling interval.
+    add(store, "slow", timeout_ms=100)
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    assert one.step(0.02) == 0  # the cancel poll is now due 0.5 s later, the timeout sooner
+    wait = one.scheduler._sleep_for()
+    assert wait == pytest.approx(0.08)
+    assert one.step(wait) == 0  # the pass the loop runs when it wakes ends the attempt
+    timed_out = row(store, "slow")
+    assert (timed_out.status, timed_out.error_code) == ("FAILED", "timeout")
+
+
+def test_a_timed_out_attempt_whose_thread_runs_on_does_not_keep_the_loop_awake(
+    app: Flask, store: Store
+) -> None:
+    # Its outcome is written and its deadline past, but its thread holds the slot until the
+    # handler returns, maybe much later: meanwhile the loop must still sleep between passes.
+    add(store, "slow", timeout_ms=100)
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    assert one.step(0.5) == 0
+    assert row(store, "slow").status == "FAILED"
+    assert one.threads.running() == [("slow", 1)]
+    assert one.scheduler._sleep_for() == pytest.approx(CANCEL_CHECK_S)
+
+
+def test_outcomes_of_a_pass_whose_transaction_failed_are_written_by_the_next(
+    app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outcome is known only to this process: a pass that could not write it must keep
+    # it for the next pass, not rerun the task nor leave it RUNNING.
+    add(store, "a")
+    one = Instance(app, cap=1, name="one")
+    assert one.step() == 1
+    one.threads.finish("a")
+    finish_all = store.finish_all
+    failed: list[str] = []
+
+    def failing_once(*args: Any) -> Any:
+        if not failed:
+            failed.append("finish_all")
+            raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
+        return finish_all(*args)
+
+    monkeypatch.setattr(store, "finish_all", failing_once)
+    with pytest.raises(OperationalError):
+        one.step()
+    assert row(store, "a").status == "RUNNING"  # the pass's transaction rolled back
+    assert one.step() == 0
+    done = row(store, "a")
+    assert (done.status, done.result, done.attempts) == ("COMPLETED", {"done": "a"}, 1)
+    assert (failed, one.threads.running(), one.scheduler.running_count()) == (["finish_all"], [], 0)
+
+
+def test_the_reaper_spares_a_live_instance_of_another_host_whose_pid_is_unknown_here(
+    store: Store,
+) -> None:
+    # A pid names a process only on its own host: another host's instance, whose pid no
+    # process here has, is alive as long as it heartbeats.
+    now = utcnow()
+    pid = 4_194_305  # above the largest pid Linux hands out: no process here has it
+    assert not process.is_alive(pid, None)
+    store.register(
+        {
+            "id": "remote",
+            "hostname": "another-host",
+            "pid": pid,
+            "process_start": "1",
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+    )
+    add(store, "a")
+    claim_all(store, worker="remote")
+    reaper = Reaper(store, 30, process.host_key(), lambda: "local", Metrics())
+    assert reaper.run_once(now + timedelta(seconds=1)) == 0
+    assert [i.id for i in store.instances()] == ["remote"]
+    assert (row(store, "a").status, row(store, "a").worker) == ("RUNNING", "remote")
 
 
 # -- upkeep on threads of its own ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import timedelta
 from typing import Any
@@ -129,6 +130,48 @@ def test_finish_applies_only_while_the_row_holds_the_attempt(store: Store) -> No
     assert (final.status, final.result, final.error) == ("COMPLETED", {"n": 1}, None)
 
 
+def claimed_twice(store: Store, task_id: str) -> tuple[Claim, Claim]:
+    """Claim `task_id` on w1, put it back unspent, claim it on w1 again; return both claims."""
+    (first,) = [c for c in claim_all(store) if c.id == task_id]
+    assert store.requeue(first)
+    (second,) = [c for c in claim_all(store) if c.id == task_id]
+    assert (first.worker, second.worker, second.attempt) == ("w1", "w1", first.attempt + 1)
+    return first, second
+
+
+def test_a_plain_completion_is_fenced_by_both_worker_and_attempt(store: Store) -> None:
+    # An attempt that returned nothing is completed by one statement for many tasks; its
+    # fence must still refuse an older attempt of the same instance, and the current
+    # attempt number presented by another instance.
+    add(store, "a")
+    stale, current = claimed_twice(store, "a")
+    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    for refused in (stale, foreign):
+        assert not store.finish(refused, Outcome(Status.COMPLETED), utcnow())
+        unchanged = row(store, "a")
+        assert (unchanged.status, unchanged.worker, unchanged.attempts) == ("RUNNING", "w1", 2)
+        assert unchanged.finished_at is None
+    assert store.finish(current, Outcome(Status.COMPLETED), utcnow())
+    assert row(store, "a").status == "COMPLETED"
+
+
+def test_a_failure_is_fenced_by_both_worker_and_attempt(store: Store) -> None:
+    # A failure with budget left goes back to the queue with a backoff and a spent try: a
+    # stale or foreign one must do neither.
+    add(store, "a")
+    set_fields(store, "a", max_attempts=3, retry_backoff_ms=60_000)
+    stale, current = claimed_twice(store, "a")
+    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    failed = Outcome(Status.FAILED, error="late", error_code="handler_error")
+    for refused in (stale, foreign):
+        assert not store.finish(refused, failed, utcnow())
+        unchanged = row(store, "a")
+        assert (unchanged.status, unchanged.worker, unchanged.failures) == ("RUNNING", "w1", 0)
+        assert (unchanged.error, unchanged.not_before) == (None, None)
+    assert store.finish(current, failed, utcnow())
+    assert (row(store, "a").status, row(store, "a").failures) == ("QUEUED", 1)
+
+
 def test_completion_counts_down_a_diamond(store: Store) -> None:
     add(store, "a")
     add(store, "b", "a")
@@ -141,6 +184,23 @@ def test_completion_counts_down_a_diamond(store: Store) -> None:
         for claim in claims:
             assert store.finish(claim, Outcome(Status.COMPLETED), utcnow())
     assert row(store, "d").status == "COMPLETED"
+
+
+def test_two_dependencies_ending_in_one_pass_count_their_dependent_down_by_two(
+    store: Store,
+) -> None:
+    # One statement counts down every dependent of the tasks a pass ended: each dependent
+    # loses as many as it had among them, not one.
+    for name in ("a", "b", "c"):
+        add(store, name)
+    add(store, "d", "a", "b", "c")
+    claims = {c.id: c for c in claim_all(store)}
+    done = Outcome(Status.COMPLETED)
+    first = store.cycle("w1", [(claims["a"], done)], 10)
+    assert (first.applied, first.claims, row(store, "d").pending_deps) == ([True], [], 2)
+    second = store.cycle("w1", [(claims["b"], done), (claims["c"], done)], 10)
+    assert second.applied == [True, True]
+    assert [c.id for c in second.claims] == ["d"]  # ready, and claimed in the same pass
 
 
 def test_failure_propagates_transitively_and_spares_other_branches(store: Store) -> None:
@@ -256,6 +316,24 @@ def test_an_error_inside_a_transaction_leaves_no_lock_behind(store: Store) -> No
         raise RuntimeError("fail in the middle")
     add(store, "b")  # would fail at once with SQLITE_BUSY_SNAPSHOT if the snapshot leaked
     assert [c.id for c in claim_all(store)] == ["a", "b"]
+
+
+def test_a_sqlite_write_holds_the_write_lock_before_its_first_statement(sqlite_url: str) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+    # when another writer got in between; a write transaction must take the lock up front.
+    store = build_app(sqlite_url, {}).extensions["store"]
+    other = sqlite3.connect(store.engine.url.database, timeout=0, isolation_level=None)
+    try:
+        with (
+            database.write(store.engine),
+            pytest.raises(sqlite3.OperationalError, match="database is locked"),
+        ):
+            other.execute("BEGIN IMMEDIATE")  # as another process's writer would
+        other.execute("BEGIN IMMEDIATE")  # free again once the write has committed
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        store.engine.dispose()
 
 
 def query_plan(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
