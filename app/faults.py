@@ -23,6 +23,7 @@ POINTS = {
     "prune.chunk_committed": "a prune chunk has committed; the next one has not begun",
     "thread.started": "a handler thread has started, before the handler is called",
     "heartbeat.before_write": "an instance is about to prove itself alive",
+    "notify.announce": "a transaction announces ready work (a NOTIFY sent at its commit)",
 }
 
 _hooks: dict[str, Hook] = {}

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import psycopg
 from sqlalchemy import Connection, Engine, text
 
+from . import faults
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "task_scheduler_ready"
@@ -20,6 +22,7 @@ CHANNEL = "task_scheduler_ready"
 
 def announce(conn: Connection) -> None:
     """Tell every listening scheduler that work is ready, when this transaction commits."""
+    faults.point("notify.announce")
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 

@@ -198,7 +198,7 @@ class Scheduler:
             self._wakeup.clear()
             if self.step():
                 backoff = FAILED_PASS_BACKOFF_S
-                self._wakeup.wait(self._sleep_for())
+                self._wakeup.wait(self.sleep_for())
                 continue
             # A deadline already past must not turn a database outage into a busy loop.
             self._halt.wait(backoff)
@@ -428,7 +428,7 @@ class Scheduler:
 
     # -- for /health and the loop's sleep -------------------------------------------
 
-    def _sleep_for(self) -> float:
+    def sleep_for(self) -> float:
         """Sleep until the polling interval, the next timeout, or the next due task."""
         now = self.clock()
         moments = [now + self.poll_interval_s]

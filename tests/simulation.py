@@ -21,12 +21,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, event, select
 from sqlalchemy.exc import OperationalError
 
 from app import actions, batch, database, events, faults, retention, services
@@ -79,16 +79,20 @@ class Recorder(events.Events):
 
 
 class SimClock:
-    """Simulated time: a monotonic clock and the wall time, moved only by the schedule."""
+    """Simulated time: a monotonic clock and the wall time, moved only by the schedule.
+
+    The wall clock can also step (NTP, a resumed VM) while the monotonic clock does not.
+    """
 
     def __init__(self) -> None:
         self.elapsed = 0.0
+        self.stepped = 0.0
 
     def monotonic(self) -> float:
         return self.elapsed
 
     def now(self) -> datetime:
-        return START + timedelta(seconds=self.elapsed)
+        return START + timedelta(seconds=self.elapsed + self.stepped)
 
 
 @dataclass
@@ -170,6 +174,14 @@ class Simulation:
         self.serving = 0.0
         # Serving time of each instance id's last proof of life (registration, heartbeat).
         self.beat_at: dict[str, float] = {}
+        # The same on the monotonic clock: no instance may be declared dead sooner.
+        self.beat_mono: dict[str, float] = {}
+        # A database outage: every statement of the instances and users fails until then.
+        self.outage_until = -1.0
+        self.reading = False  # the checker's own reads see through an outage
+        # Notifications (NOTIFY) wake every instance for a pass, unless lost until then.
+        self.deaf_until = -1.0
+        self.announced = False
         with database.write(engine) as conn:
             for table in (deps, tasks, instances):
                 conn.execute(delete(table))
@@ -183,14 +195,21 @@ class Simulation:
             for name in ("cycle.committed", "thread.started", "requeue.before_write"):
                 stack.enter_context(faults.injected(name, self._fault(name)))
             stack.enter_context(faults.injected("prune.chunk", self._prune_fault))
+            stack.enter_context(faults.injected("notify.announce", self._announced))
+            event.listen(self.engine, "before_cursor_execute", self._outage)
+            stack.callback(event.remove, self.engine, "before_cursor_execute", self._outage)
             for index in range(len(self.nodes)):
                 self.boot(index)
             for step in range(1, self.steps + 1):
                 self.step_no = step
                 self.random_step()
+                self.deliver_notifications()
                 self.check()
             self.settle()
         return self.trace
+
+    def outage(self) -> bool:
+        return self.clock.elapsed < self.outage_until
 
     def note(self, text: str) -> None:
         self.trace.append(f"{self.step_no:4d} t={self.clock.elapsed:8.2f} {text}")
@@ -221,6 +240,9 @@ class Simulation:
             (1, self.crash_at_thread_start),
             (1, self.fail_requeue),
             (1, self.drain),
+            (1, self.database_outage),
+            (1, self.step_clock),
+            (1, self.lose_notifications),
         ]
         weights = [w for w, _ in actions_]
         (action,) = self.rng.choices([a for _, a in actions_], weights)
@@ -255,7 +277,13 @@ class Simulation:
         self.nodes[index] = node
         now = self.clock.elapsed
         node.next_heartbeat, node.next_reap, node.next_pass = now + HEARTBEAT_S, now, now
-        scheduler.open(self.clock.now())
+        try:
+            scheduler.open(self.clock.now())
+        except OperationalError:
+            self.nodes[index] = None  # cannot register: the process exits, to be restarted
+            self.note(f"boot {node.name} failed: the database is unavailable")
+            return
+        self.beat_mono[scheduler.id or ""] = now
         self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent}")
 
     def _executor(self, index: int, workers: int) -> SimExecutor:
@@ -273,6 +301,7 @@ class Simulation:
 
     def run_pass(self, node: Node) -> None:
         node.next_pass = self.clock.elapsed + POLL_S
+        identity = node.scheduler.id
         try:
             started = node.scheduler.run_once(self.clock.now())
             node.last_good_pass = self.serving
@@ -282,6 +311,18 @@ class Simulation:
             self.note(f"pass {node.name}: failed ({error.orig})")
         except SimCrash:
             self.down(node, "crashed as a handler thread started")
+            return
+        if node.scheduler.id != identity:
+            self.declared_dead(identity)
+            self.beat_mono[node.scheduler.id or ""] = self.clock.elapsed
+        # The loop sleeps as long as the scheduler says (a timeout, a due task, the poll).
+        node.next_pass = self.clock.elapsed + node.scheduler.sleep_for()
+
+    def declared_dead(self, identity: str | None) -> None:
+        """An instance found itself declared dead: it must have been silent a whole lease."""
+        silent = self.clock.elapsed - self.beat_mono.get(identity or "", self.clock.elapsed)
+        if silent <= LEASE_S:
+            self.fail(f"{identity} declared dead {silent:.2f} s after its last heartbeat")
 
     def down(self, node: Node, why: str) -> None:
         """The process is gone: its threads with it, its rows left for the others."""
@@ -327,6 +368,9 @@ class Simulation:
         except ApiError as error:
             self.note(f"submit {task_id}: refused {error.code}")  # a pruned dependency
             return
+        except OperationalError:
+            self.note(f"submit {task_id}: the database is unavailable")
+            return
         self.note(f"submit {task_id} <- {dependencies}: {task['status']}")
 
     def submit_batch(self) -> None:
@@ -344,6 +388,9 @@ class Simulation:
             stored = batch.submit_batch(self.engine, {"tasks": bodies})
         except ApiError as error:
             self.note(f"batch {ids}: refused {error.code}")
+            return
+        except OperationalError:
+            self.note(f"batch {ids}: the database is unavailable")
             return
         shown = {t["id"]: t["status"] for t in stored.tasks}
         self.note(f"batch {shown}")
@@ -387,8 +434,8 @@ class Simulation:
     def tick(self, seconds: float | None = None) -> None:
         """Let time pass; what runs on a timer in production runs when it falls due."""
         step = seconds if seconds is not None else self.rng.uniform(0.05, 2.0)
-        if self.active():
-            self.serving += step
+        if self.active() and not self.outage():
+            self.serving += step  # time in which instances could do their work
         self.clock.elapsed += step
         now = self.clock.elapsed
         for node in list(self.nodes):
@@ -401,10 +448,7 @@ class Simulation:
                 self.note(f"{node.name} resumes")
             if now >= node.next_heartbeat:
                 node.next_heartbeat = now + HEARTBEAT_S
-                alive = node.scheduler.heartbeat.run_once(self.clock.now())
-                if alive and node.scheduler.id is not None:
-                    self.beat_at[node.scheduler.id] = self.serving
-                self.note(f"heartbeat {node.scheduler.id}: {'ok' if alive else 'declared dead'}")
+                self.heartbeat(node)
             if now >= node.next_reap:
                 node.next_reap = now + REAP_S
                 self.reap_with(node)
@@ -413,9 +457,25 @@ class Simulation:
             if node.draining_since is not None and self.nodes[node.index] is node:
                 idle = not node.scheduler.attempts()
                 if idle or now - node.draining_since >= GRACE_S:
+                    if self.outage():
+                        node.scheduler.hurry()  # its writes fail at once, not for seconds
                     node.scheduler.finish_drain()
                     self.down(node, "drained and stopped")
         self.note(f"tick {step:.2f} s")
+
+    def heartbeat(self, node: Node) -> None:
+        identity = node.scheduler.id
+        try:
+            alive = node.scheduler.heartbeat.run_once(self.clock.now())
+        except OperationalError:
+            self.note(f"heartbeat {identity}: the database is unavailable")
+            return
+        if alive and identity is not None:
+            self.beat_at[identity] = self.serving
+            self.beat_mono[identity] = self.clock.elapsed
+        if not alive:
+            self.declared_dead(identity)
+        self.note(f"heartbeat {identity}: {'ok' if alive else 'declared dead'}")
 
     def tick_long(self) -> None:
         self.tick(self.rng.uniform(HEARTBEAT_S, LEASE_S))
@@ -429,6 +489,9 @@ class Simulation:
             task = actions.cancel(self.engine, task_id)
         except ApiError as error:
             self.note(f"cancel {task_id}: {error.code}")
+            return
+        except OperationalError:
+            self.note(f"cancel {task_id}: the database is unavailable")
             return
         self.cancelled.add(task_id)
         self.cancelled.update(self.statuses_now({"CANCELLED"}))
@@ -459,6 +522,9 @@ class Simulation:
             actions.retry(self.engine, task_id)
         except ApiError as error:
             self.note(f"retry {task_id}: {error.code} {(error.details or {}).get('root')}")
+            return
+        except OperationalError:
+            self.note(f"retry {task_id}: the database is unavailable")
             return
         back = before & self.statuses_now({"QUEUED"})
         self.cancelled -= back
@@ -491,7 +557,11 @@ class Simulation:
             self.reap_with(node)
 
     def reap_with(self, node: Node) -> None:
-        recovered = node.scheduler.reaper.run_once(self.clock.now())
+        try:
+            recovered = node.scheduler.reaper.run_once(self.clock.now())
+        except OperationalError:
+            self.note(f"reap by {node.name}: the database is unavailable")
+            return
         if recovered:
             self.note(f"reap by {node.name}: {recovered} attempt(s) ended")
 
@@ -517,6 +587,38 @@ class Simulation:
             node.draining_since = self.clock.elapsed
             node.scheduler.begin_drain()
             self.note(f"{node.name} drains")
+
+    def database_outage(self) -> None:
+        """The database stops answering (a restart, a network cut) for up to 1.5 leases."""
+        self.outage_until = self.clock.elapsed + self.rng.uniform(0.5, 1.5 * LEASE_S)
+        self.note(f"database outage until t={self.outage_until:.2f}")
+
+    def step_clock(self) -> None:
+        """The wall clock jumps forward (NTP, a resumed VM); the monotonic one does not."""
+        jump = self.rng.uniform(1, 3) * LEASE_S
+        self.clock.stepped += jump
+        self.note(f"wall clock steps {jump:.2f} s forward")
+
+    def lose_notifications(self) -> None:
+        """Notifications are lost for a while (the LISTEN connection is down)."""
+        self.deaf_until = self.clock.elapsed + self.rng.uniform(2, 60)
+        self.note(f"notifications lost until t={self.deaf_until:.2f}")
+
+    def _announced(self, **_context: Any) -> None:
+        if self.clock.elapsed >= self.deaf_until:
+            self.announced = True
+
+    def deliver_notifications(self) -> None:
+        """A committed NOTIFY wakes every running instance for a pass at once."""
+        if not self.announced:
+            return
+        self.announced = False
+        for node in self.active():
+            node.next_pass = min(node.next_pass, self.clock.elapsed)
+
+    def _outage(self, *_args: Any, **_kwargs: Any) -> None:
+        if self.outage() and not self.reading:
+            raise OperationalError("statement", {}, Exception("the database is unavailable"))
 
     def lose_acknowledgement(self) -> None:
         self._arm("cycle.committed")
@@ -559,14 +661,24 @@ class Simulation:
 
     # -- the checker ----------------------------------------------------------------
 
+    @contextmanager
+    def checker_reads(self) -> Iterator[Connection]:
+        """A read of the checker's own, which sees through an outage."""
+        self.reading = True
+        try:
+            with database.read(self.engine) as conn:
+                yield conn
+        finally:
+            self.reading = False
+
     def rows(self) -> dict[str, Any]:
-        with database.read(self.engine) as conn:
+        with self.checker_reads() as conn:
             return {r.id: r for r in conn.execute(select(tasks))}
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
         """Every task row and every task's dependencies, read in one transaction."""
         edges: dict[str, list[str]] = {}
-        with database.read(self.engine) as conn:
+        with self.checker_reads() as conn:
             rows = {r.id: r for r in conn.execute(select(tasks))}
             for task_id, dependency in conn.execute(select(deps.c.task_id, deps.c.dependency_id)):
                 edges.setdefault(task_id, []).append(dependency)
@@ -723,6 +835,7 @@ class Simulation:
         self.step_no += 1
         self.note("settle: faults off, every node healed")
         self.armed.clear()
+        self.outage_until = self.deaf_until = -1.0
         for node in self.nodes:
             if node is not None:
                 node.paused_until = None

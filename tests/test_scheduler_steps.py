@@ -191,7 +191,7 @@ def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
     one = Instance(app, cap=1, name="one")
     assert one.step() == 1
     assert one.step(0.02) == 0  # the cancel poll is now due 0.5 s later, the timeout sooner
-    wait = one.scheduler._sleep_for()
+    wait = one.scheduler.sleep_for()
     assert wait == pytest.approx(0.08)
     assert one.step(wait) == 0  # the pass the loop runs when it wakes ends the attempt
     timed_out = row(store, "slow")
@@ -209,7 +209,7 @@ def test_a_timed_out_attempt_whose_thread_runs_on_does_not_keep_the_loop_awake(
     assert one.step(0.5) == 0
     assert row(store, "slow").status == "FAILED"
     assert one.threads.running() == [("slow", 1)]
-    assert one.scheduler._sleep_for() == pytest.approx(CANCEL_CHECK_S)
+    assert one.scheduler.sleep_for() == pytest.approx(CANCEL_CHECK_S)
 
 
 def test_outcomes_of_a_pass_whose_transaction_failed_are_written_by_the_next(
