@@ -23,6 +23,9 @@ POINTS = {
     "prune.chunk_committed": "a prune chunk has committed; the next one has not begun",
     "thread.started": "a handler thread has started, before the handler is called",
     "heartbeat.before_write": "an instance is about to prove itself alive",
+    "database.commit": "a write transaction is about to commit; the hook gets the "
+    "`transaction` and may commit it itself before raising: a connection lost with the "
+    "COMMIT in flight",
 }
 
 _hooks: dict[str, Hook] = {}
