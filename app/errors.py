@@ -152,9 +152,9 @@ def database_error(exc: BaseException) -> ApiError | None:
         )
     if fault.kind is dbfaults.Kind.OUTCOME_UNKNOWN:
         return OutcomeUnknown(
-            "The database connection failed during the commit, so this may or may not have "
-            "been stored. Resubmitting the same body with the same id is safe: if stored, "
-            "it is answered as a replay.",
+            "The connection to the database failed during the commit: this may or may not "
+            "have been stored. Repeating the request is safe; the same submission with the "
+            "same id is a replay if stored.",
             details,
         )
     return DatabaseUnavailable(
