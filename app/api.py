@@ -9,7 +9,7 @@ from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import actions, batch, database, metrics, queries, services
+from . import actions, batch, database, dbfaults, metrics, queries, services
 from .blockers import blockers
 from .body import read_json_object
 from .errors import InvalidParameter, ValidationFailed
@@ -158,13 +158,7 @@ def task_blockers(task_id: str) -> Response:
 def health() -> tuple[Response, int]:
     """Report the database and the scheduler; 503 when either cannot do its job."""
     engine = _engine()
-    storage: dict[str, Any] = {"dialect": engine.dialect.name}
-    try:
-        with database.read(engine) as conn:
-            conn.execute(text("SELECT 1"))
-        storage["status"] = "ok"
-    except SQLAlchemyError as exc:
-        storage.update(status="unreachable", error=type(exc).__name__)
+    storage = _database_health(engine)
     scheduler = current_app.extensions["scheduler"]
     if not current_app.config["SCHEDULER_ENABLED"]:
         state, healthy = {"state": "disabled"}, True
@@ -179,6 +173,31 @@ def health() -> tuple[Response, int]:
     ok = healthy and storage["status"] == "ok"
     body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
     return jsonify(body), 200 if ok else 503
+
+
+def _database_health(engine: Any) -> dict[str, Any]:
+    """Say whether the database serves reads and writes, and if not, what is wrong.
+
+    `status` is `ok`, `unreachable` (a read fails) or `refusing_writes` (reads work, but
+    this process's last write was refused, as by a full disk, and none has committed
+    since); `reason` is a stable code and `error` a sentence an operator can act on.
+    """
+    storage: dict[str, Any] = {"dialect": engine.dialect.name}
+    try:
+        with database.read(engine) as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        fault = dbfaults.classify(exc)
+        if fault is None:
+            problem = f"the database failed a trivial query ({type(exc).__name__})"
+            return {**storage, "status": "unreachable", "reason": "error", "error": problem}
+        return {**storage, "status": "unreachable", "reason": fault.reason, "error": fault.problem}
+    refused = dbfaults.refusing_writes(engine)
+    if refused is None:
+        return {**storage, "status": "ok"}
+    fault, age_s = refused
+    problem = f"writes are refused: {fault.problem} (last refused {age_s:.0f} s ago)"
+    return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
 
 
 @ops.get("/metrics")

@@ -27,7 +27,7 @@ from .admission import Admission
 from .api import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from .body import read_json_object
 from .cli_wait import wait_and_report
-from .errors import ApiError, BodyTooLarge, ValidationFailed
+from .errors import ApiError, BodyTooLarge, ValidationFailed, database_error
 from .models import Status
 from .schemas import TaskIn, TaskOut, validation_details
 
@@ -84,6 +84,9 @@ def clean_errors(command: Callable[P, R]) -> Callable[P, R]:
         except ApiError as exc:
             fail(exc.code, exc.message, exc.details)
         except SQLAlchemyError as exc:
+            known = database_error(exc)  # the same code and advice an API client gets
+            if known is not None:
+                fail(known.code, known.message)
             cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             fail("database_error", cause[0] if cause else type(exc).__name__)
 

@@ -6,15 +6,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, event, func, select
+from sqlalchemy import Connection, Engine, RootTransaction, event, func, select
 from sqlalchemy.exc import DBAPIError
 
-from . import events
+from . import dbfaults, events, faults
 
 # How long a SQLite writer waits for the lock before giving up: long enough that a
 # large batch never turns into "database is locked" for the requests queued behind it.
@@ -72,12 +72,14 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
 
 
 @contextmanager
-def _transaction(engine: Engine, begin: str) -> Iterator[Connection]:
+def _transaction(engine: Engine, begin: str, writes: bool = False) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin=begin)
         try:
-            with conn.begin():
+            with conn.begin() as transaction:
                 yield conn
+                if writes:
+                    _commit(transaction)
         except BaseException:
             if engine.dialect.name == "sqlite":
                 # A statement left unfinished by the error would keep an old snapshot
@@ -85,6 +87,22 @@ def _transaction(engine: Engine, begin: str) -> Iterator[Connection]:
                 # once with SQLITE_BUSY_SNAPSHOT; discard the connection instead.
                 conn.invalidate()
             raise
+
+
+def _commit(transaction: RootTransaction) -> None:
+    """Commit a write, telling a failure of the COMMIT itself from one of the body.
+
+    An error raised by the body means nothing was committed. One raised by the COMMIT on
+    a connection that broke may come after the server applied it: the caller cannot know,
+    and must be told so (CommitUnknown) rather than that nothing happened.
+    """
+    try:
+        faults.point("database.commit", transaction=transaction)
+        transaction.commit()
+    except DBAPIError as exc:
+        if dbfaults.lost_in_commit(exc):
+            raise dbfaults.CommitUnknown(exc) from exc
+        raise
 
 
 # SQLite admits one writer. Threads of one process queue on this lock instead of on
@@ -105,13 +123,15 @@ def _writer_lock(engine: Engine) -> threading.RLock:
 @contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
     """Run one write transaction; it commits on success and rolls back on error."""
-    # State changes the transaction stages are logged once it committed.
-    if engine.dialect.name != "sqlite":
-        with events.staging(engine), _transaction(engine, "IMMEDIATE") as conn:
+    serialised = _writer_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    try:
+        # State changes the transaction stages are logged once it committed.
+        with serialised, events.staging(engine), _transaction(engine, "IMMEDIATE", True) as conn:
             yield conn
-        return
-    with _writer_lock(engine), events.staging(engine), _transaction(engine, "IMMEDIATE") as conn:
-        yield conn
+    except Exception as exc:
+        dbfaults.record(engine, exc)  # /health reports a write refused while reads work
+        raise
+    dbfaults.record(engine, None)
 
 
 T = TypeVar("T")

@@ -9,6 +9,8 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import dbfaults
+
 log = logging.getLogger(__name__)
 
 # An error body stays small and never echoes large input back.
@@ -108,6 +110,59 @@ class QueueFull(ApiError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+# Seconds a client should wait before repeating a request the database could not serve:
+# about what a PostgreSQL restart takes.
+DATABASE_RETRY_AFTER_S = 1
+
+
+class TryAgainLater(ApiError):
+    """The database could not serve the request now; a later try may succeed."""
+
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        """Say how many seconds to wait before repeating the request."""
+        return {"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+
+
+class DatabaseUnavailable(TryAgainLater):
+    code = "database_unavailable"
+
+
+class OutcomeUnknown(TryAgainLater):
+    code = "outcome_unknown"
+
+
+class StorageFull(ApiError):
+    status = 507
+    code = "storage_full"
+
+
+def database_error(exc: BaseException) -> ApiError | None:
+    """Return the answer to an infrastructure fault, or None for any other error (a bug)."""
+    fault = dbfaults.classify(exc)
+    if fault is None:
+        return None
+    details = {"reason": fault.reason}
+    if fault.kind is dbfaults.Kind.STORAGE_FULL:
+        return StorageFull(
+            f"The write was refused: {fault.problem}. Nothing was stored; repeating it "
+            "fails until space is freed.",
+            details,
+        )
+    if fault.kind is dbfaults.Kind.OUTCOME_UNKNOWN:
+        return OutcomeUnknown(
+            "The connection to the database failed during the commit: this may or may not "
+            "have been stored. Repeating the request is safe; the same submission with the "
+            "same id is a replay if stored.",
+            details,
+        )
+    return DatabaseUnavailable(
+        f"The database is unavailable: {fault.problem}. Nothing was changed; try again shortly.",
+        details,
+    )
+
+
 # Werkzeug's own errors (routing, size limits) mapped onto our codes.
 HTTP_CODES = {
     400: "bad_request",
@@ -175,6 +230,18 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response:
+        known = database_error(exc)
+        if known is not None:
+            # Not a bug: one line, no traceback, however many requests the outage meets.
+            log.warning(
+                "%s %s answered %d %s: %s",
+                request.method,
+                request.path[:100],
+                known.status,
+                known.code,
+                dbfaults.describe(exc),
+            )
+            return handle_api_error(known)
         log.exception("unhandled error")
         return error_response(500, "internal_error", "The server failed to handle the request.")
 

@@ -24,6 +24,9 @@ POINTS = {
     "thread.started": "a handler thread has started, before the handler is called",
     "heartbeat.before_write": "an instance is about to prove itself alive",
     "notify.announce": "a transaction announces ready work (a NOTIFY sent at its commit)",
+    "database.commit": "a write transaction is about to commit; the hook gets the "
+    "`transaction` and may commit it itself before raising: a connection lost with the "
+    "COMMIT in flight",
 }
 
 _hooks: dict[str, Hook] = {}

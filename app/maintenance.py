@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import process
+from . import dbfaults, process
 from .metrics import Metrics
 from .retention import prune
 from .store import Store
@@ -60,8 +60,14 @@ class Periodic:
         while not self._stop.is_set():
             try:
                 self.job.run_once()
-            except Exception:
-                log.exception("%s failed; trying again", type(self.job).__name__)
+            except Exception as exc:
+                fault = dbfaults.classify(exc)
+                if fault is None:
+                    log.exception("%s failed; trying again", type(self.job).__name__)
+                else:  # an outage, not a bug: one line each time, no traceback
+                    log.warning(
+                        "%s failed: %s; trying again", type(self.job).__name__, fault.problem
+                    )
             self._stop.wait(self.interval_s)
 
 

@@ -40,7 +40,11 @@ DESCRIPTION = (
     "route needs `Authorization: Bearer <token>` and answers `401 unauthorized` without it "
     "(`/health` too when `AUTH_OPS_ROUTES` is true); when it is unset the API is open. When "
     "`MAX_QUEUED_TASKS` is set, a submission that would take the number of `QUEUED` tasks "
-    "past it gets `429 queue_full` with a `Retry-After` header (a batch counts whole)."
+    "past it gets `429 queue_full` with a `Retry-After` header (a batch counts whole).\n\n"
+    "A database fault is never a 500: `503 database_unavailable` (nothing changed; repeat "
+    "after `Retry-After`), `503 outcome_unknown` (the commit may have happened; repeat the "
+    "same submission with the same id, answered as a replay if it was stored) or "
+    "`507 storage_full` (nothing stored; space must be freed first)."
 )
 BEARER = {
     "type": "http",
@@ -114,6 +118,13 @@ RETRY_AFTER = {
         "schema": {"type": "integer", "minimum": 1},
     },
 }
+RETRY_AFTER_DATABASE = {
+    "Retry-After": {
+        "description": "Seconds to wait before repeating the request.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
 WWW_AUTHENTICATE = {
     "WWW-Authenticate": {
         "description": "The scheme to use: `Bearer`.",
@@ -134,6 +145,20 @@ SHARED_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
         RETRY_AFTER,
     ),
     "InternalError": ("`internal_error`: a bug; never with a traceback.", {}),
+    "DatabaseUnavailable": (
+        "`database_unavailable`: the database could not be reached or gave up before "
+        "committing (a restart, no free connection, SQLite locked); nothing was changed, "
+        "repeat the request after `Retry-After`. `outcome_unknown`: the connection failed "
+        "while the commit was in flight, so the change may or may not be stored; repeat "
+        "the same request (a submission with the same id and body is answered as a replay "
+        "if it was stored). `details.reason` names the cause.",
+        RETRY_AFTER_DATABASE,
+    ),
+    "StorageFull": (
+        "`storage_full`: the disk (or SQLite's size limit) refused the write; nothing was "
+        "stored, and repeating it fails until space is freed.",
+        {},
+    ),
 }
 
 
@@ -160,13 +185,19 @@ def _json(schema: str | dict[str, Any], description: str, **extra: Any) -> dict[
     return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
 
 
-def _errors(**by_status: str) -> dict[str, Any]:
+def _errors(database: str = "reads", **by_status: str) -> dict[str, Any]:
     """Return error responses keyed by status (`e400=...`), each in the `Error` shape.
 
-    Every route also answers 401 (with a token set), 405 and 500 from the shared ones.
+    Every route also answers 401 (with a token set), 405 and 500 from the shared ones; a
+    route that reads the database 503, and one that writes it 507 too.
     """
     answers = {key.removeprefix("e"): _json("Error", text) for key, text in by_status.items()}
-    return {**answers, "401": "Unauthorized", "405": "MethodNotAllowed", "500": "InternalError"}
+    shared = {"401": "Unauthorized", "405": "MethodNotAllowed", "500": "InternalError"}
+    if database in ("reads", "writes"):
+        shared["503"] = "DatabaseUnavailable"
+    if database == "writes":
+        shared["507"] = "StorageFull"
+    return {**answers, **shared}
 
 
 def _operation(
@@ -193,6 +224,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                     "201": _json("TaskOut", "Created and durably committed.", headers=LOCATION),
                     "200": _json("TaskOut", "The same id with an identical body: a safe retry."),
                     **_errors(
+                        "writes",
                         e400="`validation_error`, `invalid_json`, `unknown_dependency`, "
                         "`unknown_task_type` or `invalid_parameter`.",
                         e409="`duplicate_id`: the id exists with a different body.",
@@ -227,6 +259,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                     "201": _json("BatchOut", "Stored; tasks in the order they were sent."),
                     "200": _json("BatchOut", "The identical batch again: a safe retry."),
                     **_errors(
+                        "writes",
                         e400="`validation_error`, `invalid_json`, `dependency_cycle`, "
                         "`unknown_dependency`, `unknown_task_type` or `invalid_parameter`.",
                         e409="`duplicate_id`: some ids exist, but not as exactly this batch.",
@@ -268,6 +301,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 {
                     "200": _json("TaskOut", "The task as it is after the request."),
                     **_errors(
+                        "writes",
                         e400=bad_parameter,
                         e404=not_found,
                         e409="`invalid_state`: the task is already terminal.",
@@ -283,6 +317,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 {
                     "200": _json("TaskOut", "The task, QUEUED again."),
                     **_errors(
+                        "writes",
                         e400=bad_parameter,
                         e404=not_found,
                         e409="`invalid_state`: not FAILED or CANCELLED, or stopped by a "
@@ -308,7 +343,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "This document",
                 {
                     "200": {"description": "The OpenAPI document.", "content": {JSON: {}}},
-                    **_errors(e400=bad_parameter),
+                    **_errors("none", e400=bad_parameter),
                 },
             ),
         },
@@ -319,9 +354,11 @@ def _paths() -> dict[str, dict[str, Any]]:
                 {
                     "200": _json("HealthOut", "Both can do their job."),
                     "503": _json(
-                        "HealthOut", "The database is unreachable or the scheduler is not healthy."
+                        "HealthOut",
+                        "The database is unreachable or refusing writes (`database.error` "
+                        "says what is wrong), or the scheduler is not healthy.",
                     ),
-                    **_errors(),
+                    **_errors("none"),
                 },
             ),
         },

@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
-from . import faults, process
+from . import dbfaults, faults, process
 from .attempt import Executor, Running, ThreadExecutor, call_handler
 from .handlers import Registry
 from .maintenance import Heartbeat, Periodic, Pruner, Reaper
@@ -208,8 +208,12 @@ class Scheduler:
         """Run one pass, logging rather than raising a failure: the next pass tries again."""
         try:
             self.run_once(now)
-        except Exception:
-            log.exception("scheduler pass failed; trying again shortly")
+        except Exception as exc:
+            fault = dbfaults.classify(exc)
+            if fault is None:
+                log.exception("scheduler pass failed; trying again shortly")
+            else:  # an outage, not a bug: one line each time, no traceback
+                log.warning("scheduler pass failed: %s; trying again shortly", fault.problem)
             return False
         self.last_tick = self.clock()
         return True

@@ -228,7 +228,12 @@ class HealthOut(Schema):
 
     status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
     database = fields.Dict(
-        required=True, metadata={"description": "dialect, status and, when unreachable, error."}
+        required=True,
+        metadata={
+            "description": "dialect and status (ok, unreachable or refusing_writes); when not "
+            "ok, reason (a stable code such as shutting_down or disk_full) and error (what is "
+            "wrong, in words)."
+        },
     )
     scheduler = fields.Dict(
         required=True,

@@ -141,7 +141,7 @@ def resolved(document: dict[str, Any], response: dict[str, Any]) -> dict[str, An
 def test_every_error_response_uses_the_error_schema(document: dict[str, Any]) -> None:
     for (path, method), operation in operations(document).items():
         for status, response in operation["responses"].items():
-            if int(status) >= 400 and status != "503":
+            if int(status) >= 400 and (path, status) != ("/health", "503"):
                 schema = resolved(document, response)["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Error"}, (path, method)
 
@@ -168,6 +168,26 @@ def test_only_submissions_answer_queue_full(document: dict[str, Any]) -> None:
     answer = resolved(document, {"$ref": "#/components/responses/QueueFull"})
     assert answer["headers"]["Retry-After"]["required"] is True
     assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+
+
+def test_database_faults_are_documented_where_they_can_happen(document: dict[str, Any]) -> None:
+    writes = {
+        ("/api/tasks", "post"),
+        ("/api/tasks/batch", "post"),
+        ("/api/tasks/{task_id}/cancel", "post"),
+        ("/api/tasks/{task_id}/retry", "post"),
+    }
+    every = operations(document)
+    full = {key for key, op in every.items() if "507" in op["responses"]}
+    assert full == writes
+    unavailable = {key for key, op in every.items() if "503" in op["responses"]}
+    assert unavailable == set(every) - {("/api/openapi.json", "get")}
+    answer = resolved(document, {"$ref": "#/components/responses/DatabaseUnavailable"})
+    assert answer["headers"]["Retry-After"]["required"] is True
+    for code in ("database_unavailable", "outcome_unknown"):
+        assert code in answer["description"]
+    codes = document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+    assert {"database_unavailable", "outcome_unknown", "storage_full"} <= set(codes)
 
 
 def test_real_answers_match_the_document(client: FlaskClient, document: dict[str, Any]) -> None:

@@ -1,0 +1,240 @@
+"""What a failed database call means for the request it interrupted, decided in one place.
+
+A client can act on three outcomes of an infrastructure fault, and on nothing finer:
+
+- UNAVAILABLE: the database could not be reached, or gave up on the work before it
+  committed (a restart, a shutdown, no free connection, SQLite locked past its busy
+  timeout, an I/O error, a read-only file). Nothing changed; the same request later works.
+- STORAGE_FULL: the disk (or SQLite's size limit) refused the write. Nothing changed, and
+  repeating the request fails until someone frees space.
+- OUTCOME_UNKNOWN: the connection failed while the COMMIT was in flight, so the change may
+  or may not be stored. Only a request that is safe to repeat settles it: a submission
+  with its id is answered as a replay when it was stored.
+
+Anything else is a bug and stays one: `classify` returns None. `app.errors` turns these
+into HTTP answers, `/health` into a sentence. `record` and `refusing_writes` remember a
+write refused while reads still work (a full disk), which a `SELECT 1` cannot see.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
+
+import psycopg
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+
+class Kind(enum.Enum):
+    """What the client may conclude about its request."""
+
+    UNAVAILABLE = "unavailable"
+    STORAGE_FULL = "storage_full"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One cause: what it means for the request, and how an operator would put it."""
+
+    kind: Kind
+    problem: str
+    # A COMMIT that failed for this reason may have been applied before the failure.
+    uncertain_at_commit: bool = False
+    # Reads may still work while writes fail this way, so /health must remember it.
+    refuses_writes: bool = False
+
+
+REASONS: dict[str, Reason] = {
+    "unreachable": Reason(Kind.UNAVAILABLE, "the database server cannot be reached", True),
+    "connection_lost": Reason(
+        Kind.UNAVAILABLE, "the connection to the database server was lost", True
+    ),
+    "shutting_down": Reason(
+        Kind.UNAVAILABLE, "the database server is shutting down or restarting", True
+    ),
+    "crash_recovery": Reason(
+        Kind.UNAVAILABLE, "the database server is recovering from a crash", True
+    ),
+    "starting_up": Reason(
+        Kind.UNAVAILABLE, "the database server is starting up and not yet accepting connections"
+    ),
+    "too_many_connections": Reason(
+        Kind.UNAVAILABLE, "the database server has no free connection slots"
+    ),
+    "pool_exhausted": Reason(Kind.UNAVAILABLE, "no database connection became free in time"),
+    "locked": Reason(
+        Kind.UNAVAILABLE,
+        "the SQLite database stayed locked by another writer past the busy timeout",
+        refuses_writes=True,
+    ),
+    "io_error": Reason(
+        Kind.UNAVAILABLE, "the SQLite file could not be read or written (I/O error)", True
+    ),
+    "read_only": Reason(
+        Kind.UNAVAILABLE,
+        "the SQLite database is read-only (permissions, or a read-only disk)",
+        refuses_writes=True,
+    ),
+    "cannot_open": Reason(Kind.UNAVAILABLE, "the SQLite database file cannot be opened"),
+    "disk_full": Reason(
+        Kind.STORAGE_FULL, "the database or the disk holding it is full", refuses_writes=True
+    ),
+    "commit_interrupted": Reason(
+        Kind.OUTCOME_UNKNOWN, "the connection failed while a commit was in flight"
+    ),
+}
+
+# PostgreSQL SQLSTATEs of a session the server ended or never began; class 08 is the
+# connection exceptions. 53100 is disk_full.
+SQLSTATES = {
+    "57P01": "shutting_down",  # admin_shutdown
+    "57P02": "crash_recovery",  # crash_shutdown
+    "57P03": "starting_up",  # cannot_connect_now
+    "53300": "too_many_connections",
+    "53100": "disk_full",
+}
+# SQLite primary result codes (the extended ones, such as SQLITE_IOERR_FSYNC, share them).
+SQLITE_CODES = {
+    "SQLITE_BUSY": "locked",
+    "SQLITE_LOCKED": "locked",
+    "SQLITE_IOERR": "io_error",
+    "SQLITE_READONLY": "read_only",
+    "SQLITE_CANTOPEN": "cannot_open",
+    "SQLITE_FULL": "disk_full",
+}
+# libpq reports a refused connection in words only: no SQLSTATE reaches the client.
+CONNECT_MESSAGES = (
+    ("starting up", "starting_up"),
+    ("not yet accepting connections", "starting_up"),
+    ("in recovery mode", "crash_recovery"),
+    ("shutting down", "shutting_down"),
+    ("too many clients", "too_many_connections"),
+    ("remaining connection slots", "too_many_connections"),
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A classified database error: its kind, a stable reason code and a sentence."""
+
+    kind: Kind
+    reason: str
+    problem: str
+
+
+class CommitUnknown(SQLAlchemyError):
+    """The connection failed while COMMIT was in flight: the write may have been applied.
+
+    An SQLAlchemyError, so that whatever handles database errors handles this one too;
+    not a DBAPIError, so that nothing retries it as if it had certainly rolled back.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"commit outcome unknown: {describe(cause)}")
+        self.cause = cause
+
+
+def classify(exc: BaseException) -> Fault | None:
+    """Return what `exc` means for the request, or None when it is no infrastructure fault."""
+    reason = _reason(exc)
+    if reason is None:
+        return None
+    return Fault(REASONS[reason].kind, reason, REASONS[reason].problem)
+
+
+def lost_in_commit(exc: BaseException) -> bool:
+    """Tell whether a COMMIT that raised `exc` may nevertheless have been applied.
+
+    True when the connection broke (the server may have committed and failed to answer);
+    false when the database refused the commit and rolled back (a full disk, a conflict).
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    reason = _reason(exc)
+    return reason is not None and REASONS[reason].uncertain_at_commit
+
+
+def _reason(exc: BaseException) -> str | None:
+    if isinstance(exc, CommitUnknown):
+        return "commit_interrupted"
+    if isinstance(exc, PoolTimeout):
+        return "pool_exhausted"
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, psycopg.Error):
+        return _postgresql_reason(orig) or _invalidated(exc)
+    if isinstance(orig, sqlite3.Error):
+        name = getattr(orig, "sqlite_errorname", None) or ""
+        return SQLITE_CODES.get("_".join(name.split("_")[:2])) or _invalidated(exc)
+    return _invalidated(exc)
+
+
+def _postgresql_reason(error: psycopg.Error) -> str | None:
+    sqlstate = error.sqlstate
+    if sqlstate is not None:
+        return "connection_lost" if sqlstate.startswith("08") else SQLSTATES.get(sqlstate)
+    if not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return None
+    # No SQLSTATE: libpq's own failure, to connect or on a connection that went away.
+    text = str(error).lower()
+    if text.startswith("connection failed") or "connection refused" in text:
+        for words, reason in CONNECT_MESSAGES:
+            if words in text:
+                return reason
+        return "unreachable"
+    return "connection_lost"
+
+
+def _invalidated(exc: BaseException) -> str | None:
+    # SQLAlchemy's own verdict that the connection died, for errors we do not otherwise know.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "connection_lost"
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """Return the first line of the driver's own message, for a log line."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    lines = str(orig).strip().splitlines()
+    return lines[0][:200] if lines else type(orig).__name__
+
+
+# -- writes refused while reads work ---------------------------------------------------
+
+# How long a refused write is reported by /health when no write has succeeded since:
+# long enough to be seen, short enough that space freed while nothing writes shows soon.
+REFUSED_WRITE_MEMORY_S = 60.0
+
+_refused: WeakKeyDictionary[Engine, tuple[Fault, float]] = WeakKeyDictionary()
+_refused_guard = threading.Lock()
+
+
+def record(engine: Engine, exc: BaseException | None) -> None:
+    """Note how a write transaction ended: committed (None), or refused by `exc`."""
+    if exc is None and not _refused:
+        return  # the common case, on every commit: nothing to forget
+    with _refused_guard:
+        if exc is None:
+            _refused.pop(engine, None)
+            return
+        fault = classify(exc)
+        if fault is not None and REASONS[fault.reason].refuses_writes:
+            _refused[engine] = (fault, time.monotonic())
+
+
+def refusing_writes(engine: Engine) -> tuple[Fault, float] | None:
+    """Return the fault that refused this process's last write and its age in seconds,
+    unless a write has committed since or it is older than REFUSED_WRITE_MEMORY_S."""
+    with _refused_guard:
+        found = _refused.get(engine)
+    if found is None:
+        return None
+    fault, at = found
+    age = time.monotonic() - at
+    return (fault, age) if age <= REFUSED_WRITE_MEMORY_S else None
