@@ -160,16 +160,24 @@ def health() -> tuple[Response, int]:
     engine = _engine()
     storage = _database_health(engine)
     scheduler = current_app.extensions["scheduler"]
+    state: dict[str, Any]
     if not current_app.config["SCHEDULER_ENABLED"]:
         state, healthy = {"state": "disabled"}, True
     else:
-        healthy = scheduler.healthy()
+        problem = scheduler.problem()
+        healthy = problem is None
         state = {
             "state": scheduler.state,
             "instance": scheduler.id,
             "max_concurrent": scheduler.max_concurrent,
             "running": scheduler.running_count(),
+            "types": scheduler.types or None,  # None: every type
         }
+        if problem is not None:
+            state["problem"] = problem
+        if engine.dialect.name == "postgresql":
+            # Informational: without LISTEN, work from elsewhere waits for the next poll.
+            state["listening"] = scheduler.listening()
     ok = healthy and storage["status"] == "ok"
     body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
     return jsonify(body), 200 if ok else 503

@@ -26,12 +26,38 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# libpq waits without limit for a server that never answers (a network path cut, a host
+# frozen): give up after a few seconds, so that a request answers 503 instead of hanging,
+# and let TCP keepalives notice a connection whose peer vanished (the LISTEN connection
+# sits idle for as long as nothing is announced). A value in the URL takes precedence.
+POSTGRESQL_CONNECT = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# How long a request waits for a pooled connection before it is answered 503.
+POOL_TIMEOUT_S = 10
+
+
+def postgresql_connect_args(url: str) -> dict[str, Any]:
+    """Return the libpq parameters of POSTGRESQL_CONNECT that `url` does not set itself."""
+    return {k: v for k, v in POSTGRESQL_CONNECT.items() if f"{k}=" not in url}
+
+
 def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:
     """Return the create_engine options for `url`."""
     if url.startswith("sqlite"):
         return {"connect_args": {"check_same_thread": False, "timeout": 60}}
     # One connection per running task, plus the scheduler loop and a few requests.
-    return {"pool_size": max_concurrent + 4, "max_overflow": 16, "pool_pre_ping": True}
+    return {
+        "pool_size": max_concurrent + 4,
+        "max_overflow": 16,
+        "pool_pre_ping": True,
+        "pool_timeout": POOL_TIMEOUT_S,
+        "connect_args": postgresql_connect_args(url),
+    }
 
 
 def configure_postgresql(engine: Engine, lease_s: int) -> None:

@@ -14,6 +14,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 
 from . import faults
+from .database import postgresql_connect_args
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Listener:
     def __init__(self, engine: Engine, on_notify: Callable[[], None]) -> None:
         url = engine.url.set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
+        self._connect_args = postgresql_connect_args(self._conninfo)
         self._on_notify = on_notify
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,7 +56,7 @@ class Listener:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, **self._connect_args) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     # Connected: work announced while we were away may be waiting.

@@ -466,11 +466,21 @@ class Scheduler:
 
     def healthy(self) -> bool:
         """Tell whether the loop has ticked within two polling intervals."""
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Say what keeps the scheduler from doing its job, or None when nothing does."""
         if self.state == "draining":
-            return True
-        if self.state != "running" or self.last_tick is None:
-            return False
-        return self.clock() - self.last_tick <= max(2 * self.poll_interval_s, 1.0)
+            return None
+        if self.state != "running":
+            return f"the scheduler is {self.state}"
+        if self.last_tick is None:
+            return "the scheduler loop has not run its first pass"
+        age = self.clock() - self.last_tick
+        limit = max(2 * self.poll_interval_s, 1.0)
+        if age > limit:
+            return f"the scheduler loop has not run a pass for {age:.0f} s (limit {limit:g} s)"
+        return None
 
     def _progress(self, claim: Claim, percent: int) -> None:
         try:

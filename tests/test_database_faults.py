@@ -12,7 +12,9 @@ answers 503 with Retry-After, and /health says what is wrong.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -486,3 +488,41 @@ def test_the_cli_names_the_fault_as_the_api_does(unreachable: Flask) -> None:
     assert result.exit_code == 1
     assert "error: database_unavailable: The database is unavailable" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_server_that_never_answers_gets_a_503_not_a_hung_request() -> None:
+    """A cut network path: TCP connects, nothing answers. libpq alone would wait forever."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)  # the kernel completes handshakes; nobody ever reads
+        port = black_hole.getsockname()[1]
+        app = create_app(
+            {
+                "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/tasks",
+                "SCHEDULER_ENABLED": "false",
+            }
+        )
+        outcome: list[Any] = []
+        request = threading.Thread(
+            target=lambda: outcome.append(app.test_client().post("/api/tasks", json=body("a")))
+        )
+        request.start()
+        # Far beyond the connect timeout: without one, the request would still be waiting.
+        request.join(60)
+        try:
+            assert not request.is_alive(), "the request hung on a server that never answers"
+            assert_retry_later(outcome[0], "database_unavailable")
+        finally:
+            engine_of(app).dispose()
+
+
+def test_health_names_a_stuck_scheduler_loop(make_app: AppFactory) -> None:
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="1000")
+    scheduler = app.extensions["scheduler"]
+    clock = [100.0]
+    scheduler.clock = lambda: clock[0]
+    scheduler.open()
+    assert scheduler.step()
+    clock[0] += 30
+    state = app.test_client().get("/health").get_json()["scheduler"]
+    assert state["problem"] == "the scheduler loop has not run a pass for 30 s (limit 2 s)"
