@@ -38,10 +38,16 @@ class Periodic:
     """Runs a job on its own thread every `interval_s` seconds until halted."""
 
     def __init__(
-        self, job: MaintenanceJob, interval_s: float, stop: threading.Event | None = None
+        self,
+        job: MaintenanceJob,
+        interval_s: float,
+        stop: threading.Event | None = None,
+        retry_s: float | None = None,
     ) -> None:
         self.job = job
         self.interval_s = interval_s
+        # How soon to try again after a failed run (the interval, unless told otherwise).
+        self.retry_s = interval_s if retry_s is None else retry_s
         self._stop = stop or threading.Event()
         name = type(job).__name__.lower()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -58,9 +64,11 @@ class Periodic:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self.interval_s
             try:
                 self.job.run_once()
             except Exception as exc:
+                wait = self.retry_s
                 fault = dbfaults.classify(exc)
                 if fault is None:
                     log.exception("%s failed; trying again", type(self.job).__name__)
@@ -68,7 +76,44 @@ class Periodic:
                     log.warning(
                         "%s failed: %s; trying again", type(self.job).__name__, fault.problem
                     )
-            self._stop.wait(self.interval_s)
+            self._stop.wait(wait)
+
+
+class Contact:
+    """Whether this instance has been in touch with the database long enough to judge.
+
+    Another instance's silence proves its death only if it could have spoken. While the
+    database is down (restarting, unreachable, out of connections) every heartbeat fails,
+    the live ones included: the silence is everyone's. So an instance takes another's
+    silence for a death only once its own heartbeats have gone through, without a failure
+    and without a gap (this process paused), for a whole lease, counted from its start:
+    a process started as the database came back has seen no one's heartbeats yet. (An
+    instance of this host whose process has exited needs no such wait.)
+    """
+
+    def __init__(self, clock: Callable[[], float], lease_s: float) -> None:
+        self.clock = clock
+        self.lease_s = lease_s
+        self._since: float | None = None
+        self._last_ok = clock()
+
+    def reached(self) -> None:
+        """Note a write that went through (a heartbeat, a registration)."""
+        now = self.clock()
+        if self._since is None or now - self._last_ok > self.lease_s / 2:
+            self._since = now  # back after a failure, or after a pause of this process
+        self._last_ok = now
+
+    def lost(self) -> None:
+        """Note a heartbeat (or registration) the database did not take."""
+        self._since = None
+
+    def trusted(self) -> bool:
+        """Tell whether this instance may take another's silence for a death."""
+        now = self.clock()
+        if self._since is None or now - self._last_ok > self.lease_s / 2:
+            return False
+        return now - self._since >= self.lease_s
 
 
 class Heartbeat:
@@ -82,8 +127,13 @@ class Heartbeat:
         instance = self.scheduler.id
         if instance is None:
             return False
-        alive = self.scheduler.store.heartbeat(instance, now)
+        try:
+            alive = self.scheduler.store.heartbeat(instance, now)
+        except Exception:
+            self.scheduler.contact.lost()
+            raise
         if alive:
+            self.scheduler.contact.reached()
             self.scheduler.metrics.heartbeat()
         else:
             self.scheduler.declared_dead(instance)
@@ -101,6 +151,7 @@ class Reaper:
         me: Callable[[], str | None],
         metrics: Metrics,
         wake: Callable[[], None] | None = None,
+        trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
@@ -110,14 +161,17 @@ class Reaper:
         # Wakes this instance's loop: what it recovered may be ready now. (Other
         # instances hear of it through the recovery's NOTIFY, on PostgreSQL.)
         self.wake = wake
+        # Whether silence may be judged now (see Contact); an exited process always may.
+        self.trusted = trusted
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
         at = now or self.store.database_now()
         stale = at - timedelta(seconds=self.lease_s)
+        judge_silence = self.trusted()
         recovered = 0
         for other in self.store.instances():
-            death = self._death(other, stale)
+            death = self._death(other, stale, judge_silence)
             if death is not None:
                 reason, fence = death
                 reaped = self.store.reap(other.id, reason, now=now, **fence)
@@ -137,7 +191,9 @@ class Reaper:
             log.warning("recovered %d task(s) of %s: %s", len(reaped), worker, reason)
         return len(reaped)
 
-    def _death(self, other: Any, stale: datetime) -> tuple[str, dict[str, Any]] | None:
+    def _death(
+        self, other: Any, stale: datetime, judge_silence: bool
+    ) -> tuple[str, dict[str, Any]] | None:
         """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
         if other.id == self.me():
             return None
@@ -145,6 +201,8 @@ class Reaper:
         if other.hostname == self.host:
             if not process.is_alive(other.pid, other.process_start):
                 return f"scheduler {other.id} (pid {other.pid}) exited while running it", {}
+            if not judge_silence:
+                return None
             if other.heartbeat_monotonic is not None:
                 # A live process of this host (this boot): judged on the monotonic clock
                 # both share, which no step of the wall clock (NTP, a VM resumed) moves.
@@ -152,7 +210,7 @@ class Reaper:
                 if other.heartbeat_monotonic < limit:
                     return silent, {"stale_monotonic_before": limit}
                 return None
-        if other.heartbeat_at < stale:
+        if judge_silence and other.heartbeat_at < stale:
             return silent, {"stale_before": stale}
         return None
 

@@ -27,7 +27,7 @@ from typing import TypeVar
 from . import dbfaults, faults, process
 from .attempt import Executor, Running, ThreadExecutor, call_handler
 from .handlers import Registry
-from .maintenance import Heartbeat, Periodic, Pruner, Reaper
+from .maintenance import Contact, Heartbeat, Periodic, Pruner, Reaper
 from .metrics import Metrics
 from .models import Status
 from .notify import Listener
@@ -76,8 +76,15 @@ class Scheduler:
         self.last_tick: float | None = None
         self.host = process.host_key()
         self.heartbeat = Heartbeat(self)
+        self.contact = Contact(clock, lease_s)
         self.reaper = Reaper(
-            store, lease_s, self.host, lambda: self.id, self.metrics, wake=self.wake
+            store,
+            lease_s,
+            self.host,
+            lambda: self.id,
+            self.metrics,
+            wake=self.wake,
+            trusted=self.contact.trusted,
         )
         self.pruner = Pruner(store, retention_days)
         self._new_executor = executor
@@ -103,6 +110,7 @@ class Scheduler:
     def open(self, now: datetime | None = None) -> None:
         """Register a new identity and recover what dead instances left, without threads."""
         self._join(now)
+        self.contact.reached()
         self.reaper.run_once(now)
         self._executor = self._new_executor(self.max_concurrent)
         self.state = "running"
@@ -116,7 +124,8 @@ class Scheduler:
             self._listener = Listener(self.store.engine, self.wake)
             self._listener.start()
         self._jobs = [
-            Periodic(self.heartbeat, self.lease_s / 3),
+            # After a failure, beat again within a second: back in touch at once.
+            Periodic(self.heartbeat, self.lease_s / 3, retry_s=min(1.0, self.lease_s / 3)),
             Periodic(self.reaper, max(0.2, min(self.poll_interval_s, self.lease_s / 3))),
             Periodic(self.pruner, self.pruner.every_s, stop=self.pruner.stop_event),
         ]

@@ -176,6 +176,14 @@ class Simulation:
         self.beat_at: dict[str, float] = {}
         # The same on the monotonic clock: no instance may be declared dead sooner.
         self.beat_mono: dict[str, float] = {}
+        # Time outside database outages, and its value at each instance's last proof of
+        # life: a silence the database imposed on everyone proves no death.
+        self.available = 0.0
+        self.beat_avail: dict[str, float] = {}
+        # Serving time of the last event after which instances first spend a lease in
+        # touch with the database before they judge others' silence: a boot, the end of
+        # an outage, a pause's end.
+        self.disturbed = -1e9
         # A database outage: every statement of the instances and users fails until then.
         self.outage_until = -1.0
         self.reading = False  # the checker's own reads see through an outage
@@ -284,6 +292,8 @@ class Simulation:
             self.note(f"boot {node.name} failed: the database is unavailable")
             return
         self.beat_mono[scheduler.id or ""] = now
+        self.beat_avail[scheduler.id or ""] = self.available
+        self.disturbed = self.serving
         self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent}")
 
     def _executor(self, index: int, workers: int) -> SimExecutor:
@@ -315,6 +325,7 @@ class Simulation:
         if node.scheduler.id != identity:
             self.declared_dead(identity)
             self.beat_mono[node.scheduler.id or ""] = self.clock.elapsed
+            self.beat_avail[node.scheduler.id or ""] = self.available
         # The loop sleeps as long as the scheduler says (a timeout, a due task, the poll).
         node.next_pass = self.clock.elapsed + node.scheduler.sleep_for()
 
@@ -323,6 +334,11 @@ class Simulation:
         silent = self.clock.elapsed - self.beat_mono.get(identity or "", self.clock.elapsed)
         if silent <= LEASE_S:
             self.fail(f"{identity} declared dead {silent:.2f} s after its last heartbeat")
+        # Its judge waits a lease in touch with the database after an outage; the live
+        # instance beats again within a heartbeat period of the outage's end.
+        heard = self.available - self.beat_avail.get(identity or "", self.available)
+        if heard < LEASE_S - HEARTBEAT_S:
+            self.fail(f"{identity} declared dead, silent only {heard:.2f} s outside outages")
 
     def down(self, node: Node, why: str) -> None:
         """The process is gone: its threads with it, its rows left for the others."""
@@ -434,9 +450,15 @@ class Simulation:
     def tick(self, seconds: float | None = None) -> None:
         """Let time pass; what runs on a timer in production runs when it falls due."""
         step = seconds if seconds is not None else self.rng.uniform(0.05, 2.0)
-        if self.active() and not self.outage():
+        was_out = self.outage()
+        if self.active() and not was_out:
             self.serving += step  # time in which instances could do their work
+        if not was_out:
+            self.available += step
         self.clock.elapsed += step
+        if (was_out and not self.outage()) or step > LEASE_S / 2:
+            # An outage's end, or a stall of every thread (a gap in every heartbeat).
+            self.disturbed = self.serving
         now = self.clock.elapsed
         for node in list(self.nodes):
             if node is None:
@@ -445,6 +467,7 @@ class Simulation:
                 if now < node.paused_until:
                     continue
                 node.paused_until = None
+                self.disturbed = self.serving
                 self.note(f"{node.name} resumes")
             if now >= node.next_heartbeat:
                 node.next_heartbeat = now + HEARTBEAT_S
@@ -473,6 +496,7 @@ class Simulation:
         if alive and identity is not None:
             self.beat_at[identity] = self.serving
             self.beat_mono[identity] = self.clock.elapsed
+            self.beat_avail[identity] = self.available
         if not alive:
             self.declared_dead(identity)
         self.note(f"heartbeat {identity}: {'ok' if alive else 'declared dead'}")
@@ -814,6 +838,8 @@ class Simulation:
         if owner is not None and owner.last_good_pass >= since + HEARTBEAT_S + POLL_S:
             self.fail(f"{task_id} RUNNING under {row.worker}, which passes without running it")
         last_beat = max(since, self.beat_at.get(row.worker, since))
+        # After a boot, an outage or a pause the others first spend a lease in touch.
+        last_beat = max(last_beat, self.disturbed + HEARTBEAT_S)
         if now - last_beat > RECOVERY_BOUND_S:
             self.fail(f"{task_id} RUNNING under {row.worker} with no live attempt")
 

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
-from app import database, services
+from app import database, faults, services
 from app.extensions import db
 from app.handlers import Registry
 from app.metrics import Metrics
@@ -133,9 +134,45 @@ def test_a_frozen_instance_of_this_host_is_reaped_whatever_the_wall_clock_says(
     services.submit(app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1})
     assert frozen.run_once() == 1
     live = _instance(app, "live", clocks)
-    clocks.sleep(LEASE_S + 1)
+    for _ in range(4):  # 40 s in which the live instance heartbeats and the other not
+        clocks.sleep(LEASE_S / 3)
+        assert live.heartbeat.run_once()
     clocks.wall -= SKEW  # and the wall clock stepped back: its heartbeat looks fresh
-    assert live.heartbeat.run_once()
     assert live.reaper.run_once() == 1
     assert _members(app) == {"live"}
     assert task_row(app.extensions["store"], "work").error_code == "interrupted"
+
+
+def test_an_outage_longer_than_a_lease_declares_no_live_instance_dead(app: Flask) -> None:
+    """While the database is down nobody can heartbeat: that silence proves no death."""
+    clocks = Clocks()
+    engine = app.extensions["store"].engine
+    services.submit(engine, {"id": "alive-work", "type": "t", "duration_ms": 1})
+    services.submit(engine, {"id": "frozen-work", "type": "t", "duration_ms": 1})
+    alive, judge = _instance(app, "alive", clocks), _instance(app, "judge", clocks)
+    frozen = _instance(app, "frozen", clocks)  # a process that stops for good
+    assert alive.run_once() == 1 and frozen.run_once() == 1
+
+    def down(**_context: object) -> None:
+        raise OperationalError("UPDATE", {}, Exception("the database is unavailable"))
+
+    with faults.injected("heartbeat.before_write", down):
+        for _ in range(4):  # 40 s, more than a lease, without a heartbeat going through
+            clocks.sleep(LEASE_S / 3)
+            for instance in (alive, judge):
+                with pytest.raises(OperationalError):
+                    instance.heartbeat.run_once()
+    # Back: the judge's first heartbeat goes through before the alive one's.
+    clocks.sleep(1)
+    assert judge.heartbeat.run_once()
+    assert judge.reaper.run_once() == 0
+    assert _members(app) == {"alive", "judge", "frozen"}
+    # A lease in touch later, the frozen instance is recovered; the live one never is.
+    for _ in range(4):
+        clocks.sleep(LEASE_S / 3)
+        assert alive.heartbeat.run_once() and judge.heartbeat.run_once()
+        judge.reaper.run_once()
+    assert _members(app) == {"alive", "judge"}
+    store = app.extensions["store"]
+    assert task_row(store, "alive-work").status == "RUNNING"
+    assert task_row(store, "frozen-work").error_code == "interrupted"
