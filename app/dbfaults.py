@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import psycopg
+from flask import has_request_context
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -83,6 +84,24 @@ REASONS: dict[str, Reason] = {
         refuses_writes=True,
     ),
     "cannot_open": Reason(Kind.UNAVAILABLE, "the SQLite database file cannot be opened"),
+    "read_only_transaction": Reason(
+        Kind.UNAVAILABLE,
+        "the database accepts no writes (a standby, or default_transaction_read_only)",
+        refuses_writes=True,
+    ),
+    "statement_cancelled": Reason(
+        Kind.UNAVAILABLE, "the database cancelled the statement (a timeout, or an operator)"
+    ),
+    "lock_timeout": Reason(Kind.UNAVAILABLE, "a row stayed locked past the lock timeout"),
+    "conflict": Reason(
+        Kind.UNAVAILABLE, "the transaction kept meeting concurrent ones (deadlock) and gave up"
+    ),
+    "out_of_resources": Reason(
+        Kind.UNAVAILABLE, "the database server ran out of memory or another resource"
+    ),
+    "server_io_error": Reason(
+        Kind.UNAVAILABLE, "the database server could not read or write its files (I/O error)"
+    ),
     "disk_full": Reason(
         Kind.STORAGE_FULL, "the database or the disk holding it is full", refuses_writes=True
     ),
@@ -99,6 +118,14 @@ SQLSTATES = {
     "57P03": "starting_up",  # cannot_connect_now
     "53300": "too_many_connections",
     "53100": "disk_full",
+    "53000": "out_of_resources",  # insufficient_resources
+    "53200": "out_of_resources",  # out_of_memory
+    "25006": "read_only_transaction",  # a standby after a failover, or read-only by setting
+    "57014": "statement_cancelled",  # query_canceled: statement_timeout, pg_cancel_backend
+    "55P03": "lock_timeout",  # lock_not_available
+    "40P01": "conflict",  # deadlock_detected, still there after every retry
+    "40001": "conflict",  # serialization_failure, likewise
+    "58030": "server_io_error",
 }
 # SQLite primary result codes (the extended ones, such as SQLITE_IOERR_FSYNC, share them).
 SQLITE_CODES = {
@@ -221,7 +248,14 @@ def record(engine: Engine, exc: BaseException | None) -> None:
         return  # the common case, on every commit: nothing to forget
     with _refused_guard:
         if exc is None:
-            _refused.pop(engine, None)
+            # A disk short of space may still take the scheduler's small writes (a
+            # heartbeat) while it refuses submissions: only a request's write that
+            # commits, or the memory's end, clears that refusal.
+            found = _refused.get(engine)
+            if found is not None and (
+                found[0].kind is not Kind.STORAGE_FULL or has_request_context()
+            ):
+                del _refused[engine]
             return
         fault = classify(exc)
         if fault is not None and REASONS[fault.reason].refuses_writes:

@@ -15,7 +15,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import database
+from . import database, dbfaults
 from .models import Status
 from .tables import tasks
 
@@ -50,8 +50,12 @@ class TaskCounts:
             with database.read(self.engine) as conn:
                 for status, count in conn.execute(query):
                     counts[Status(status)] = count
-        except SQLAlchemyError:
-            log.warning("could not count tasks by status for /metrics", exc_info=True)
+        except SQLAlchemyError as exc:
+            fault = dbfaults.classify(exc)
+            if fault is None:
+                log.warning("could not count tasks by status for /metrics", exc_info=True)
+            else:  # an outage, not a bug: one line per scrape
+                log.warning("could not count tasks by status for /metrics: %s", fault.problem)
             return
         family = self._family()
         for status, count in counts.items():

@@ -25,7 +25,7 @@ import psycopg.errors
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 from werkzeug.test import TestResponse
@@ -33,6 +33,7 @@ from werkzeug.test import TestResponse
 from app import create_app, database, faults
 from app.dbfaults import CommitUnknown, Kind, classify, lost_in_commit
 from app.errors import DATABASE_RETRY_AFTER_S
+from app.extensions import db
 from app.tables import deps, tasks
 from tests.conftest import AppFactory, assert_error
 from tests.servers import free_port
@@ -202,6 +203,36 @@ CONSTRUCTED: dict[str, tuple[Callable[[], BaseException], Kind, str]] = {
         ),
         Kind.UNAVAILABLE,
         "shutting_down",
+    ),
+    "25006 read-only transaction (a standby after a failover)": (
+        lambda: wrapped(psycopg.errors.ReadOnlySqlTransaction("read-only transaction")),
+        Kind.UNAVAILABLE,
+        "read_only_transaction",
+    ),
+    "57014 statement cancelled": (
+        lambda: wrapped(psycopg.errors.QueryCanceled("canceling statement due to timeout")),
+        Kind.UNAVAILABLE,
+        "statement_cancelled",
+    ),
+    "55P03 lock timeout": (
+        lambda: wrapped(psycopg.errors.LockNotAvailable("canceling statement: lock timeout")),
+        Kind.UNAVAILABLE,
+        "lock_timeout",
+    ),
+    "40P01 deadlock after every retry": (
+        lambda: wrapped(psycopg.errors.DeadlockDetected("deadlock detected")),
+        Kind.UNAVAILABLE,
+        "conflict",
+    ),
+    "53200 out of memory": (
+        lambda: wrapped(psycopg.errors.OutOfMemory("out of memory")),
+        Kind.UNAVAILABLE,
+        "out_of_resources",
+    ),
+    "58030 server I/O error": (
+        lambda: wrapped(psycopg.errors.IoError("could not read block")),
+        Kind.UNAVAILABLE,
+        "server_io_error",
     ),
     "53100 disk full": (
         lambda: wrapped(psycopg.errors.DiskFull("could not extend file")),
@@ -526,3 +557,47 @@ def test_health_names_a_stuck_scheduler_loop(make_app: AppFactory) -> None:
     clock[0] += 30
     state = app.test_client().get("/health").get_json()["scheduler"]
     assert state["problem"] == "the scheduler loop has not run a pass for 30 s (limit 2 s)"
+
+
+def test_a_full_disk_stays_reported_while_only_the_scheduler_writes(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A heartbeat that still fits proves nothing about submissions: /health keeps saying."""
+    assert client.post("/api/tasks", json=body("before")).status_code == 201
+    big = body("big", payload={"blob": BIG})
+    with page_limit(engine_of(app)) as limit:
+        assert_error(client.post("/api/tasks", json=big), 507, "storage_full")
+        # A small write outside any request (as a heartbeat or a pass) still fits.
+        with database.write(engine_of(app)) as conn:
+            conn.execute(update(tasks).where(tasks.c.id == "before").values(priority=1))
+        storage = client.get("/health").get_json()["database"]
+        assert (storage["status"], storage["reason"]) == ("refusing_writes", "disk_full")
+        limit["pages"] = 1_000_000
+        assert client.post("/api/tasks", json=big).status_code == 201
+    assert client.get("/health").get_json()["database"]["status"] == "ok"
+
+
+@pytest.mark.postgres
+def test_a_read_only_database_answers_503_not_500(postgres_url: str) -> None:
+    """What a failover to a standby looks like: every write refused as read-only."""
+    writable = create_app({"DATABASE_URL": postgres_url, "SCHEDULER_ENABLED": "false"})
+    with writable.app_context():
+        db.create_all()
+    engine_of(writable).dispose()
+    read_only = postgres_url.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
+    app = create_app({"DATABASE_URL": read_only, "SCHEDULER_ENABLED": "false"})
+    app.config["TESTING"] = True
+    client = app.test_client()
+    try:
+        answer = assert_retry_later(
+            client.post("/api/tasks", json=body("a")), "database_unavailable"
+        )
+        assert answer["details"] == {"reason": "read_only_transaction"}
+        assert client.get("/api/tasks").status_code == 200  # reads still work
+        storage = client.get("/health").get_json()["database"]
+        assert (storage["status"], storage["reason"]) == (
+            "refusing_writes",
+            "read_only_transaction",
+        )
+    finally:
+        engine_of(app).dispose()
