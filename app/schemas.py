@@ -207,9 +207,14 @@ class BlockerOut(Schema):
 
     kind = fields.String(
         required=True,
-        validate=validate.OneOf(("dependency", "run_at", "backoff", "no_slot", "shutdown")),
+        validate=validate.OneOf(
+            ("dependency", "run_at", "backoff", "no_slot", "no_handler", "shutdown")
+        ),
     )
     task_id = fields.String(metadata={"description": "The dependency, for kind dependency."})
+    type = fields.String(
+        metadata={"description": "The task type no running scheduler can run, for no_handler."}
+    )
     status = fields.String(metadata={"description": "The dependency's status."})
     until = Timestamp(metadata={"description": "When the wait ends, for run_at and backoff."})
 
@@ -237,5 +242,10 @@ class HealthOut(Schema):
     )
     scheduler = fields.Dict(
         required=True,
-        metadata={"description": "state and, when enabled, instance, max_concurrent, running."},
+        metadata={
+            "description": "state and, when enabled, instance, max_concurrent, running, "
+            "types (the task types it claims; null: every type), problem (what keeps it from "
+            "its job, when something does) and, on PostgreSQL, listening (whether "
+            "notifications reach it)."
+        },
     )

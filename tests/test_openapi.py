@@ -201,6 +201,8 @@ def test_real_answers_match_the_document(client: FlaskClient, document: dict[str
     assert [conforms(document, "TaskSummary", item) for item in listed] == [[]]
     blockers = client.get("/api/tasks/a/blockers").get_json()
     assert conforms(document, "BlockersOut", blockers) == []
+    waiting = {"kind": "no_handler", "type": "resize"}  # as blockers answers it
+    assert conforms(document, "BlockersOut", {**blockers, "blockers": [waiting]}) == []
     batch = client.post(
         "/api/tasks/batch", json={"tasks": [{"type": "simulate", "duration_ms": 1}]}
     )

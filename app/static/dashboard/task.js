@@ -96,6 +96,9 @@
       if (b.until) {
         li.appendChild(document.createTextNode(" until " + Dash.time(b.until)));
       }
+      if (b.type) {
+        li.appendChild(document.createTextNode(": no running scheduler has a handler for " + b.type));
+      }
       blockersList.appendChild(li);
     });
     if (!blockersList.firstChild) {
