@@ -21,7 +21,10 @@ def run_scheduler() -> None:
     stop.install()
     scheduler.start()
     stop.start()
-    click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+    if scheduler.id is None:
+        click.echo(f"scheduler waiting for the database: {scheduler.unregistered_because}")
+    else:
+        click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
     stop.wait()
     click.echo("scheduler stopped")
     leave_lingering_handlers(scheduler)

@@ -40,6 +40,8 @@ T = TypeVar("T")
 CANCEL_CHECK_S = 0.5
 # The first wait after a failed pass; it doubles up to the polling interval.
 FAILED_PASS_BACKOFF_S = 0.05
+# The longest wait between two tries to register while the database is unavailable.
+REGISTER_RETRY_MAX_S = 2.0
 # Tries of each write a drain makes (0.1 s, then twice as long each time): about 3 s.
 SHUTDOWN_WRITE_TRIES = 5
 LOST = "back in the queue: its claim committed but was never acknowledged; it did not start"
@@ -70,6 +72,8 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.id: str | None = None
+        # Why the instance is not registered yet (the database is unavailable), if so.
+        self.unregistered_because: str | None = None
         # The types this instance claims (those it has handlers for); empty: every type.
         self.types: list[str] = []
         self.state = "stopped"
@@ -116,10 +120,58 @@ class Scheduler:
         self.state = "running"
 
     def start(self) -> None:
-        """Open, then run the loop and the maintenance jobs on threads of their own."""
+        """Open, then run the loop and the maintenance jobs on threads of their own.
+
+        A database that cannot be reached (down, restarting) does not stop the start: the
+        instance keeps trying to register in the background, reports why on /health, and
+        starts working as soon as it has registered.
+        """
         if self._thread is not None:
             return
-        self.open()
+        try:
+            self.open()
+        except Exception as exc:
+            fault = dbfaults.classify(exc)
+            if fault is None:
+                raise
+            self._not_registered(fault.problem)
+            self._thread = threading.Thread(
+                target=self._open_then_loop, name="scheduler", daemon=True
+            )
+            self._thread.start()
+            return
+        self._start_upkeep()
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+        log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
+
+    def _not_registered(self, problem: str) -> None:
+        self.state = "starting"
+        self.unregistered_because = problem
+        self.contact.lost()  # in touch only from the registration on
+        log.warning("scheduler cannot register: %s; trying again", problem)
+
+    def _open_then_loop(self) -> None:
+        delay = FAILED_PASS_BACKOFF_S
+        while not self._halt.wait(delay):
+            try:
+                self.open()
+            except Exception as exc:
+                fault = dbfaults.classify(exc)
+                if fault is None:
+                    log.exception("scheduler failed to register; trying again")
+                else:
+                    self._not_registered(fault.problem)
+                delay = min(delay * 2, REGISTER_RETRY_MAX_S)
+                continue
+            self.unregistered_because = None
+            self._start_upkeep()
+            log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
+            self._loop()
+            return
+
+    def _start_upkeep(self) -> None:
+        """Start listening for notifications and the maintenance jobs' threads."""
         if self.store.shared_clock:
             self._listener = Listener(self.store.engine, self.wake)
             self._listener.start()
@@ -131,9 +183,6 @@ class Scheduler:
         ]
         for job in self._jobs:
             job.start()
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
-        log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
 
     def wake(self) -> None:
         """Ask the loop for a pass now: a task was submitted or finished."""
@@ -160,6 +209,9 @@ class Scheduler:
         self._halt.set()
         self.wake()
         self._thread.join()
+        if self.id is None:  # it never registered: nothing to write back
+            self.state = "stopped"
+            return
         self.finish_drain()
         for job in self._jobs:
             job.halt()
@@ -481,6 +533,8 @@ class Scheduler:
         """Say what keeps the scheduler from doing its job, or None when nothing does."""
         if self.state == "draining":
             return None
+        if self.state == "starting" and self.unregistered_because is not None:
+            return f"the scheduler cannot register: {self.unregistered_because}"
         if self.state != "running":
             return f"the scheduler is {self.state}"
         if self.last_tick is None:

@@ -10,14 +10,16 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import process, start_scheduler
+from app import create_app, process, start_scheduler
 from app.database import utcnow
+from app.extensions import db
 from app.handlers import TaskContext
 from app.scheduler import Scheduler
 from app.store import Store
@@ -289,3 +291,37 @@ def test_health_reports_the_running_scheduler(app: Flask, client: FlaskClient) -
     body = client.get("/health").get_json()
     assert body["scheduler"]["state"] == "running"
     assert body["scheduler"]["max_concurrent"] == 3
+
+
+def test_a_scheduler_started_while_the_database_is_unavailable_starts_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """A supervisor may start it before the database: it waits, and /health says why."""
+    folder = tmp_path / "not-yet"  # SQLite cannot open a file in a missing folder
+    app = build_app_lazily(f"sqlite:///{folder / 'tasks.db'}")
+    client = app.test_client()
+    scheduler = scheduler_of(app)
+    try:
+        start_scheduler(app)  # no exception: it keeps trying in the background
+        health = client.get("/health")
+        assert health.status_code == 503
+        problem = health.get_json()["scheduler"]["problem"]
+        assert problem.startswith("the scheduler cannot register: the SQLite database file")
+        folder.mkdir()
+        with app.app_context():
+            db.create_all()
+        wait_for(lambda: scheduler.state == "running", what="the scheduler to register")
+        submit(client, "after")
+        assert wait_terminal(client, "after")["after"]["status"] == "COMPLETED"
+        assert client.get("/health").status_code == 200
+    finally:
+        scheduler.stop(0)
+        store_of(app).engine.dispose()
+
+
+def build_app_lazily(url: str) -> Flask:
+    """An app whose database is not set up (nor reachable) yet."""
+    settings = {"DATABASE_URL": url, "SCHEDULER_ENABLED": "true", "POLLING_INTERVAL": HOUR_MS}
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
