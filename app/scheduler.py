@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from . import dbfaults, faults, process
 from .attempt import Executor, Running, ThreadExecutor, call_handler
-from .handlers import Registry
+from .handlers import SIMULATE, Registry
 from .maintenance import Contact, Heartbeat, Periodic, Pruner, Reaper
 from .metrics import Metrics
 from .models import Status
@@ -477,6 +477,35 @@ class Scheduler:
                 "task_types": json.dumps(self.types) if self.types else None,
             }
         )
+        self._warn_of_sleepers()
+
+    def _warn_of_sleepers(self) -> None:
+        """Warn when real handlers and a scheduler that sleeps for every type run together.
+
+        A scheduler with no handler (and STRICT_TASK_TYPES off) claims every type and runs
+        it as the simulated sleep, real work included: almost always a forgotten
+        TASK_HANDLERS where other schedulers have handlers.
+        """
+        others = [i for i in self.store.instances() if i.id != self.id and i.state == "running"]
+        handled = sorted(
+            {t for i in others if i.task_types for t in json.loads(i.task_types)} - {SIMULATE}
+        )
+        sleepers = [i.id for i in others if i.task_types is None]
+        if not self.types and handled:
+            log.warning(
+                "this scheduler has no handler and runs every task type as the simulated "
+                "sleep, while others run handlers for %s: set TASK_HANDLERS, or "
+                "STRICT_TASK_TYPES=true",
+                ", ".join(handled),
+            )
+        elif set(self.types) - {SIMULATE} and sleepers:
+            log.warning(
+                "scheduler(s) %s have no handler and run every task type as the simulated "
+                "sleep, this one's types (%s) included: set TASK_HANDLERS there, or "
+                "STRICT_TASK_TYPES=true",
+                ", ".join(sleepers),
+                ", ".join(t for t in self.types if t != SIMULATE),
+            )
 
     def _rejoin(self, now: datetime | None) -> None:
         # Whoever declared us dead ended the attempts of the old identity: stop them, and

@@ -121,3 +121,18 @@ def test_a_rolling_deploy_fails_no_task_of_a_new_type(store: Store) -> None:
     assert row(store, "thumbnail").status == "COMPLETED"
     assert row(store, "after").status == "COMPLETED"
     assert all(row(store, t).failures == 0 for t in ("first", "thumbnail", "after"))
+
+
+def test_a_scheduler_that_sleeps_for_every_type_beside_real_handlers_is_warned_of(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    instance(store, "images", "resize")
+    with caplog.at_level("WARNING", logger="app.scheduler"):
+        instance(store, "forgot-its-handlers")
+    (warning,) = [r.getMessage() for r in caplog.records if "simulated sleep" in r.getMessage()]
+    assert "others run handlers for resize:" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="app.scheduler"):
+        instance(store, "more-images", "resize")
+    (warning,) = [r.getMessage() for r in caplog.records if "simulated sleep" in r.getMessage()]
+    assert warning.startswith("scheduler(s) forgot-its-handlers have no handler")
