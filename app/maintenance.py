@@ -94,13 +94,16 @@ class Contact:
     def __init__(self, clock: Callable[[], float], lease_s: float) -> None:
         self.clock = clock
         self.lease_s = lease_s
+        # Heartbeats come every lease/3: a gap of two periods means this process stalled
+        # (or was paused), not that one heartbeat was slow.
+        self.gap_s = 2 * lease_s / 3
         self._since: float | None = None
         self._last_ok = clock()
 
     def reached(self) -> None:
         """Note a write that went through (a heartbeat, a registration)."""
         now = self.clock()
-        if self._since is None or now - self._last_ok > self.lease_s / 2:
+        if self._since is None or now - self._last_ok > self.gap_s:
             self._since = now  # back after a failure, or after a pause of this process
         self._last_ok = now
 
@@ -111,7 +114,7 @@ class Contact:
     def trusted(self) -> bool:
         """Tell whether this instance may take another's silence for a death."""
         now = self.clock()
-        if self._since is None or now - self._last_ok > self.lease_s / 2:
+        if self._since is None or now - self._last_ok > self.gap_s:
             return False
         return now - self._since >= self.lease_s
 

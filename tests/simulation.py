@@ -127,6 +127,7 @@ class Node:
     next_reap: float = 0.0
     next_pass: float = 0.0
     last_good_pass: float = -1.0  # serving time of the last pass that did not fail
+    paused_since_beat: bool = False  # frozen at some point since its last heartbeat
 
     @property
     def name(self) -> str:
@@ -323,17 +324,19 @@ class Simulation:
             self.down(node, "crashed as a handler thread started")
             return
         if node.scheduler.id != identity:
-            self.declared_dead(identity)
+            self.declared_dead(node, identity)
             self.beat_mono[node.scheduler.id or ""] = self.clock.elapsed
             self.beat_avail[node.scheduler.id or ""] = self.available
         # The loop sleeps as long as the scheduler says (a timeout, a due task, the poll).
         node.next_pass = self.clock.elapsed + node.scheduler.sleep_for()
 
-    def declared_dead(self, identity: str | None) -> None:
+    def declared_dead(self, node: Node, identity: str | None) -> None:
         """An instance found itself declared dead: it must have been silent a whole lease."""
         silent = self.clock.elapsed - self.beat_mono.get(identity or "", self.clock.elapsed)
         if silent <= LEASE_S:
             self.fail(f"{identity} declared dead {silent:.2f} s after its last heartbeat")
+        if node.paused_since_beat:
+            return  # really silent: frozen, whatever the database did meanwhile
         # Its judge waits a lease in touch with the database after an outage; the live
         # instance beats again within a heartbeat period of the outage's end.
         heard = self.available - self.beat_avail.get(identity or "", self.available)
@@ -451,13 +454,16 @@ class Simulation:
         """Let time pass; what runs on a timer in production runs when it falls due."""
         step = seconds if seconds is not None else self.rng.uniform(0.05, 2.0)
         was_out = self.outage()
-        if self.active() and not was_out:
-            self.serving += step  # time in which instances could do their work
-        if not was_out:
-            self.available += step
+        start = self.clock.elapsed
+        # The part of this step outside the outage (which may end within it).
+        out = max(0.0, min(start + step, self.outage_until) - start)
+        if self.active():
+            self.serving += step - out  # time in which instances could do their work
+        self.available += step - out
         self.clock.elapsed += step
-        if (was_out and not self.outage()) or step > LEASE_S / 2:
-            # An outage's end, or a stall of every thread (a gap in every heartbeat).
+        if (was_out and not self.outage()) or step > HEARTBEAT_S:
+            # An outage's end, or a stall of every thread long enough that a heartbeat
+            # comes two periods after the one before (a gap in every instance's beats).
             self.disturbed = self.serving
         now = self.clock.elapsed
         for node in list(self.nodes):
@@ -493,12 +499,14 @@ class Simulation:
         except OperationalError:
             self.note(f"heartbeat {identity}: the database is unavailable")
             return
+        if alive:
+            node.paused_since_beat = False
         if alive and identity is not None:
             self.beat_at[identity] = self.serving
             self.beat_mono[identity] = self.clock.elapsed
             self.beat_avail[identity] = self.available
         if not alive:
-            self.declared_dead(identity)
+            self.declared_dead(node, identity)
         self.note(f"heartbeat {identity}: {'ok' if alive else 'declared dead'}")
 
     def tick_long(self) -> None:
@@ -603,6 +611,7 @@ class Simulation:
         node = self.pick(self.active())
         if node is not None:
             node.paused_until = self.clock.elapsed + LEASE_S + self.rng.uniform(1, 10)
+            node.paused_since_beat = True
             self.note(f"{node.name} paused")
 
     def drain(self) -> None:
