@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from . import database, faults
 from .database import utcnow
@@ -36,11 +36,8 @@ class Membership:
         self.shared_clock = engine.dialect.name == "postgresql"
 
     def now(self, conn: Connection) -> datetime:
-        """Return the time of the transaction `conn` is in (the database's, on PostgreSQL)."""
-        if not self.shared_clock:
-            return self.clock()
-        moment: datetime = conn.execute(select(func.timezone("UTC", func.now()))).scalar_one()
-        return moment
+        """Return the time for `conn`'s transaction (the database's clock, on PostgreSQL)."""
+        return database.now(conn) if self.shared_clock else self.clock()
 
     def register(self, row: dict[str, Any]) -> None:
         """Record a new scheduler instance."""

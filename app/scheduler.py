@@ -140,10 +140,9 @@ class Scheduler:
             )
             self._thread.start()
             return
-        self._start_upkeep()
+        self._started()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
-        log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
 
     def _not_registered(self, problem: str) -> None:
         self.state = "starting"
@@ -164,14 +163,13 @@ class Scheduler:
                     self._not_registered(fault.problem)
                 delay = min(delay * 2, REGISTER_RETRY_MAX_S)
                 continue
-            self.unregistered_because = None
-            self._start_upkeep()
-            log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
+            self._started()
             self._loop()
             return
 
-    def _start_upkeep(self) -> None:
-        """Start listening for notifications and the maintenance jobs' threads."""
+    def _started(self) -> None:
+        """Registered: start listening for notifications and the maintenance threads."""
+        self.unregistered_because = None
         if self.store.shared_clock:
             self._listener = Listener(self.store.engine, self.wake)
             self._listener.start()
@@ -183,6 +181,7 @@ class Scheduler:
         ]
         for job in self._jobs:
             job.start()
+        log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
 
     def wake(self) -> None:
         """Ask the loop for a pass now: a task was submitted or finished."""
