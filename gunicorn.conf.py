@@ -15,7 +15,7 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker
 
 from app.config import Settings
-from app.shutdown import REPEAT_WINDOW_S
+from app.runtime.shutdown import REPEAT_WINDOW_S
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -108,7 +108,7 @@ def post_worker_init(worker: Any) -> None:
     wait for the drain (or hurry it) instead.
     """
     from app import start_scheduler
-    from app.shutdown import GracefulStop
+    from app.runtime.shutdown import GracefulStop
 
     scheduler = start_scheduler(worker.wsgi)
     if scheduler is not None:
@@ -124,7 +124,7 @@ def post_worker_init(worker: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Drain the scheduler: finish within the grace period, requeue the rest."""
-    from app.shutdown import leave_lingering_handlers
+    from app.runtime.shutdown import leave_lingering_handlers
 
     stop = getattr(worker, "graceful_stop", None)
     if stop is not None:

@@ -7,16 +7,17 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from . import database, events, logs
-from .admission import Admission
-from .auth import require_token
-from .config import Settings
-from .errors import register_error_handlers
-from .extensions import db, migrate
-from .handlers import Registry, load_modules
-from .metrics import Metrics
-from .scheduler import Scheduler
-from .store import Store
+from app import events, logs
+from app.config import Settings
+from app.errors import register_error_handlers
+from app.extensions import db, migrate
+from app.handlers import Registry, load_modules
+from app.http.auth import require_token
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import Scheduler
+from app.services.admission import Admission
+from app.storage import database
+from app.storage.store import Store
 
 # Submissions up to the batch limit; each route enforces its own smaller limit.
 MAX_CONTENT_LENGTH = 32 * 1024 * 1024
@@ -77,9 +78,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     )
     metrics.watch(scheduler.running_count)
 
-    from .api import bp, ops
-    from .cli import register_cli
-    from .dashboard import bp as dashboard_bp
+    from app.cli import register_cli
+    from app.http.dashboard import bp as dashboard_bp
+    from app.http.tasks import bp, ops
 
     app.register_blueprint(bp)
     app.register_blueprint(ops)

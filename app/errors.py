@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import dbfaults
+from app.storage import dbfaults
 
 log = logging.getLogger(__name__)
 

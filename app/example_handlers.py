@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from .config import ConfigError
-from .handlers import HandlerFailed, Registry, TaskContext
+from app.config import ConfigError
+from app.handlers import HandlerFailed, Registry, TaskContext
 
 log = logging.getLogger(__name__)
 

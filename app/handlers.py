@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError
-from .errors import UnknownTaskType
+from app.config import ConfigError
+from app.errors import UnknownTaskType
 
 SIMULATE = "simulate"
 

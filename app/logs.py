@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from .events import stamp
+from app.events import stamp
 
 # Task fields a record may carry as extras; the JSON formatter writes them out.
 FIELDS = ("task_id", "type", "attempt", "status", "reason")

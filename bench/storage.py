@@ -68,7 +68,7 @@ def build(db: Database, completed: int, queued: int) -> float:
 
 
 def claim_costs(dbs: dict[int, Database], cycles: int, sync: str) -> dict[int, dict[str, Any]]:
-    """Time `cycles` claim(1)+finish cycles per database through the app's Store, in process.
+    """Time `cycles` claim(1)+finish cycles per database through the app's Store, in identity.
 
     The databases take turns, a few cycles at a time, so a noisy moment on the machine is
     shared by every size instead of spoiling one.
@@ -98,8 +98,8 @@ def claim_costs(dbs: dict[int, Database], cycles: int, sync: str) -> dict[int, d
 
 
 def _cycles(store_: Any, worker: str, n: int, into: tuple[list[float], list[float]]) -> None:
-    from app.models import Status
-    from app.store import Outcome
+    from app.storage.models import Status
+    from app.storage.store import Outcome
 
     for _ in range(n):
         t0 = time.perf_counter()
@@ -122,16 +122,16 @@ def _stats(claims: list[float], finishes: list[float]) -> dict[str, Any]:
 
 
 def _register(store_: Any) -> str:
-    from app import process
+    from app.runtime import identity
 
     worker = f"bench-{os.getpid()}"
     now = datetime.now(UTC).replace(tzinfo=None)
     store_.register(
         {
             "id": worker,
-            "hostname": process.host_key(),
+            "hostname": identity.host_key(),
             "pid": os.getpid(),
-            "process_start": process.start_time(os.getpid()),
+            "process_start": identity.start_time(os.getpid()),
             "started_at": now,
             "heartbeat_at": now,
             "state": "running",

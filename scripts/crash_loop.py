@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.tables import deps, instances, tasks  # noqa: E402
+from app.storage.tables import deps, instances, tasks  # noqa: E402
 from scripts.crash_audit import Audit, Run, Stored, audit, read_ledger  # noqa: E402
 from tests.servers import Launcher, Server, free_port, group_pids, run_flask  # noqa: E402
 

@@ -18,7 +18,7 @@ from werkzeug.test import TestResponse
 
 from app import create_app, events
 from app.extensions import db
-from app.scheduler import Scheduler
+from app.runtime.scheduler import Scheduler
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"

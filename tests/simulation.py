@@ -29,16 +29,18 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, event, select
 from sqlalchemy.exc import OperationalError
 
-from app import actions, batch, database, events, faults, retention, services
-from app.attempt import Job
+from app import events, faults
 from app.errors import ApiError
 from app.events import Change
 from app.handlers import HandlerFailed, Registry, TaskContext
-from app.metrics import Metrics
-from app.models import BLOCKING, TERMINAL, UNFINISHED
-from app.scheduler import LOST, Scheduler
-from app.store import Store
-from app.tables import deps, instances, tasks
+from app.runtime.attempt import Job
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import LOST, Scheduler
+from app.services import actions, batch, submissions
+from app.storage import database, retention
+from app.storage.models import BLOCKING, TERMINAL, UNFINISHED
+from app.storage.store import Store
+from app.storage.tables import deps, instances, tasks
 
 LEASE_S = 30.0
 POLL_S = 1.0
@@ -383,7 +385,7 @@ class Simulation:
         dependencies = self.existing(3)
         task_id = self.new_id()
         try:
-            task = services.submit(self.engine, self.body(task_id, dependencies)).task
+            task = submissions.submit(self.engine, self.body(task_id, dependencies)).task
         except ApiError as error:
             self.note(f"submit {task_id}: refused {error.code}")  # a pruned dependency
             return

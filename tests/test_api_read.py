@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
-from app import queries
-from app.scheduler import Scheduler
-from app.tables import tasks
+from app.runtime.scheduler import Scheduler
+from app.services import reads
+from app.storage.tables import tasks
 from tests.conftest import ORIGINAL_FIELDS, AppFactory, assert_error
 
 NEXT_LINK = re.compile(r'^<([^>]+)>; rel="next"$')
@@ -371,7 +371,7 @@ def test_internal_error_hides_its_detail(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-detail at /srv/app/secret.py")
 
-    monkeypatch.setattr(queries, "get_task", explode)
+    monkeypatch.setattr(reads, "get_task", explode)
 
     response = client.get("/api/tasks/t")
 

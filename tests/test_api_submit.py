@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
-from app.tables import tasks
+from app.storage.tables import tasks
 from tests.conftest import MAX_ERROR_BYTES, ORIGINAL_FIELDS, assert_error
 
 LATER_FIELDS = [

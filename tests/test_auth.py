@@ -15,9 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app import create_app, queries
+from app import create_app
 from app.config import ConfigError, Settings
 from app.logs import JsonFormatter
+from app.services import reads
 from tests.conftest import assert_error, build_app
 from tests.servers import Launcher, copy_db, run_flask
 
@@ -237,7 +238,7 @@ def test_the_token_never_reaches_the_logs(
         raise RuntimeError("the store broke")
 
     # The unexpected-error path logs a traceback: the request's headers stay out of it.
-    monkeypatch.setattr(queries, "get_task", broken)
+    monkeypatch.setattr(reads, "get_task", broken)
     assert_error(client.get("/api/tasks/t1", headers=GOOD), 500, "internal_error")
     assert any(r.exc_info for r in caplog.records), "the 500 was not logged"
     formatter = JsonFormatter()

@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 
 from app import start_scheduler
 from app.handlers import TaskContext
-from app.tables import deps, tasks
+from app.storage.tables import deps, tasks
 from tests.conftest import AppFactory, assert_error, wait_for
 from tests.test_api_submit import INVALID_FIELDS
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from app.models import Status
-from app.store import Outcome
+from app.storage.models import Status
+from app.storage.store import Outcome
 from tests.conftest import AppFactory, assert_error, wait_for
 from tests.helpers import Gate, Switch, running_app, submit, task, wait_status, wait_terminal
 from tests.test_store import claim_all

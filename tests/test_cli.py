@@ -13,10 +13,10 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import update
 
-from app import database
-from app.cli_tasks import Duration
-from app.cli_wait import poll_until_finished
-from app.tables import tasks
+from app.cli.tasks import Duration
+from app.cli.wait import poll_until_finished
+from app.storage import database
+from app.storage.tables import tasks
 from tests.conftest import ORIGINAL_FIELDS
 
 TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}

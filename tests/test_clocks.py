@@ -10,12 +10,14 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from app import database, faults, services
+from app import faults
 from app.extensions import db
 from app.handlers import Registry
-from app.metrics import Metrics
-from app.scheduler import Scheduler
-from app.store import Store
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import Scheduler
+from app.services import submissions
+from app.storage import database
+from app.storage.store import Store
 from tests.conftest import _teardown, build_app
 from tests.helpers import submit, task
 from tests.test_scheduler_steps import Threads
@@ -116,7 +118,9 @@ def test_a_wall_clock_step_declares_no_live_instance_of_this_host_dead(app: Flas
     clocks = Clocks()
     first = _instance(app, "first", clocks)
     second = _instance(app, "second", clocks)
-    services.submit(app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1})
+    submissions.submit(
+        app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1}
+    )
     assert first.run_once() == 1
     clocks.wall += SKEW  # a step: the monotonic clock does not move
     clocks.sleep(LEASE_S / 3)
@@ -131,7 +135,9 @@ def test_a_frozen_instance_of_this_host_is_reaped_whatever_the_wall_clock_says(
     """A live pid that stopped heartbeating (SIGSTOP) is judged on the monotonic clock."""
     clocks = Clocks()
     frozen = _instance(app, "frozen", clocks)
-    services.submit(app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1})
+    submissions.submit(
+        app.extensions["store"].engine, {"id": "work", "type": "t", "duration_ms": 1}
+    )
     assert frozen.run_once() == 1
     live = _instance(app, "live", clocks)
     for _ in range(4):  # 40 s in which the live instance heartbeats and the other not
@@ -147,8 +153,8 @@ def test_an_outage_longer_than_a_lease_declares_no_live_instance_dead(app: Flask
     """While the database is down nobody can heartbeat: that silence proves no death."""
     clocks = Clocks()
     engine = app.extensions["store"].engine
-    services.submit(engine, {"id": "alive-work", "type": "t", "duration_ms": 1})
-    services.submit(engine, {"id": "frozen-work", "type": "t", "duration_ms": 1})
+    submissions.submit(engine, {"id": "alive-work", "type": "t", "duration_ms": 1})
+    submissions.submit(engine, {"id": "frozen-work", "type": "t", "duration_ms": 1})
     alive, judge = _instance(app, "alive", clocks), _instance(app, "judge", clocks)
     frozen = _instance(app, "frozen", clocks)  # a process that stops for good
     assert alive.run_once() == 1 and frozen.run_once() == 1

@@ -8,9 +8,9 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from app import database
-from app.dashboard import MAX_GRAPH_NODES
-from app.tables import tasks
+from app.http.dashboard import MAX_GRAPH_NODES
+from app.storage import database
+from app.storage.tables import tasks
 from tests.conftest import AppFactory, assert_error
 from tests.helpers import submit
 

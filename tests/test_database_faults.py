@@ -30,11 +30,12 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 from werkzeug.test import TestResponse
 
-from app import create_app, database, faults
-from app.dbfaults import CommitUnknown, Kind, classify, lost_in_commit
+from app import create_app, faults
 from app.errors import DATABASE_RETRY_AFTER_S
 from app.extensions import db
-from app.tables import deps, tasks
+from app.storage import database
+from app.storage.dbfaults import CommitUnknown, Kind, classify, lost_in_commit
+from app.storage.tables import deps, tasks
 from tests.conftest import AppFactory, assert_error
 from tests.servers import free_port
 

@@ -25,11 +25,12 @@ from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from app import actions, database, queries, services
-from app.models import Status
-from app.openapi import build_spec
+from app.http.openapi import build_spec
 from app.schemas import ID_PATTERN, MAX_DEPENDENCIES
-from app.store import Outcome, Store
+from app.services import actions, reads, submissions
+from app.storage import database
+from app.storage.models import Status
+from app.storage.store import Outcome, Store
 from tests.conftest import _postgres_schema, build_app
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -133,7 +134,7 @@ def seed(store: Store) -> None:
 
     def add(task_id: str, *deps: str, **extra: Any) -> None:
         body = {"id": task_id, "type": "simulate", "duration_ms": 1, "dependencies": list(deps)}
-        services.submit(engine, {**body, **extra})
+        submissions.submit(engine, {**body, **extra})
 
     for task_id, outcome in (
         ("done", Outcome(Status.COMPLETED, result={"ok": True})),
@@ -150,7 +151,7 @@ def seed(store: Store) -> None:
     add("upstream", "failed")
     add("cancelled")
     actions.cancel(engine, "cancelled")
-    statuses = {t: queries.get_status(engine, t)["status"] for t in SEEDED}
+    statuses = {t: reads.get_status(engine, t)["status"] for t in SEEDED}
     assert statuses == SEEDED
 
 

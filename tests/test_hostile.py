@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, update
 from werkzeug.test import TestResponse
 
-from app.tables import deps, tasks
+from app.storage.tables import deps, tasks
 from tests.conftest import MAX_ERROR_BYTES, _postgres_schema, _teardown, build_app
 
 MIB = 1024 * 1024

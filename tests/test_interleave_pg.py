@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from app import actions, retention, services
-from app.batch import submit_batch
-from app.database import utcnow
-from app.models import Status
-from app.store import Claim, Outcome, Store
+from app.services import actions, submissions
+from app.services.batch import submit_batch
+from app.storage import retention
+from app.storage.database import utcnow
+from app.storage.models import Status
+from app.storage.store import Claim, Outcome, Store
 from tests.conftest import _postgres_schema, build_app
 from tests.interleave import (
     DEADLOCK,
@@ -61,7 +62,7 @@ class Graph:
     def add(self, task_id: str, *dependencies: str, rule: str = "all_success") -> None:
         """Submit a task through the public submission path."""
         body = {"id": task_id, "type": "t", "duration_ms": 1, "trigger_rule": rule}
-        services.submit(self.engine, {**body, "dependencies": list(dependencies)})
+        submissions.submit(self.engine, {**body, "dependencies": list(dependencies)})
 
     def register(self) -> None:
         """Register the scheduler instance that claims, once."""
@@ -135,7 +136,7 @@ def submit(task_id: str, *dependencies: str) -> Step:
     body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
     return Step(
         f"submit({task_id} <- {', '.join(dependencies)})",
-        lambda g: services.submit(g.engine, body),
+        lambda g: submissions.submit(g.engine, body),
     )
 
 

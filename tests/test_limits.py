@@ -13,9 +13,9 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import event, func, select, update
 
-from app import database
 from app.config import ConfigError, Settings
-from app.tables import tasks
+from app.storage import database
+from app.storage.tables import tasks
 from tests.conftest import AppFactory, assert_error
 
 THREADS = 8

@@ -11,10 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from app import database, start_scheduler
-from app.metrics import Buckets, Metrics
-from app.models import Status
-from app.tables import tasks
+from app import start_scheduler
+from app.runtime.metrics import Buckets, Metrics
+from app.storage import database
+from app.storage.models import Status
+from app.storage.tables import tasks
 from tests.conftest import AppFactory, wait_for
 from tests.helpers import Gate, Switch, running_app, submit, wait_status
 from tests.test_scheduler import exited_pid, register_instance

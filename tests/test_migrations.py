@@ -9,11 +9,12 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import MetaData, Table, insert, inspect, select
 
-from app import blockers, create_app
+from app import create_app
 from app.extensions import db
-from app.maintenance import Reaper
-from app.metrics import Metrics
-from app.tables import deps, tasks
+from app.runtime.maintenance import Reaper
+from app.runtime.metrics import Metrics
+from app.services import blockers
+from app.storage.tables import deps, tasks
 
 
 def test_upgrade_matches_the_models_and_downgrade_removes_them(database_url: str) -> None:

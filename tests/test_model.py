@@ -27,11 +27,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import create_engine, delete, select
 
-from app import actions, batch, database, services
 from app.errors import InvalidState
-from app.models import Status
-from app.store import Claim, Outcome, Store
-from app.tables import deps, instances, tasks
+from app.services import actions, batch, submissions
+from app.storage import database
+from app.storage.models import Status
+from app.storage.store import Claim, Outcome, Store
+from app.storage.tables import deps, instances, tasks
 from tests.conftest import build_app
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
@@ -225,7 +226,7 @@ class Scheduling(RuleBasedStateMachine):
         task_id = f"t{len(self.tasks)}"
         deps = self._existing(data, "dependencies")
         spec = self._spec(data)
-        submitted = services.submit(self.store.engine, self._body(task_id, deps, spec))
+        submitted = submissions.submit(self.store.engine, self._body(task_id, deps, spec))
         self.born(task_id, deps, **spec)
         assert Status(submitted.task["status"]) is self.tasks[task_id].status
 
@@ -495,8 +496,8 @@ def test_a_cleanup_requeued_while_its_dependency_reruns_waits_for_it(database_ur
     add = {"type": "simulate", "duration_ms": 1, "retry_backoff_ms": 0}
     cleanup = {"dependencies": ["work"], "trigger_rule": "all_done", "max_attempts": 2}
     broke = Outcome(FAILED, error="It broke.", error_code="handler_error")
-    services.submit(store.engine, {"id": "work", **add})
-    services.submit(store.engine, {"id": "cleanup", **cleanup, **add})
+    submissions.submit(store.engine, {"id": "work", **add})
+    submissions.submit(store.engine, {"id": "cleanup", **cleanup, **add})
     assert store.finish(started(store, "w1", "work")["work"], broke)
     running = started(store, "w1", "cleanup")["cleanup"]
     actions.retry(store.engine, "work")  # while the cleanup runs
@@ -513,7 +514,7 @@ def test_an_attempt_asked_to_stop_ends_cancelled_when_it_is_cut_short(
 ) -> None:
     store = build_app(database_url, {}).extensions["store"]
     task = {"id": "a", "type": "simulate", "duration_ms": 1, "max_attempts": 3}
-    services.submit(store.engine, task)
+    submissions.submit(store.engine, task)
     claim = started(store, "w1", "a")["a"]
     actions.cancel(store.engine, "a")
     if ending == "crash":

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from app import database, hotpath
-from app.tables import instances
+from app.storage import database, scheduler_sql
+from app.storage.tables import instances
 from tests.conftest import AppFactory, wait_for
 from tests.helpers import Gate, running_app, submit, wait_status
 
@@ -77,7 +77,7 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
     with database.write(store.engine) as conn:
         dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": _exited_pid()}
         conn.execute(insert(instances).values(id="gone", started_at=now, heartbeat_at=now, **dead))
-        claimed = hotpath.claim(conn, "gone", 1, now + 2 * HOUR)
+        claimed = scheduler_sql.claim(conn, "gone", 1, now + 2 * HOUR)
     assert [c.id for c in claimed] == ["orphan"]
     # The runner's own reaper ran at its start: only the busy instance reaps now.
     done = wait_status(runner, "orphan", "COMPLETED")

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from app.errors import ApiError
-from app.openapi import spec_for
+from app.http.openapi import spec_for
 from app.schemas import TaskIn, TaskOut, TaskStatusOut
 from tests.conftest import assert_error
 

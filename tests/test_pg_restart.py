@@ -41,8 +41,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from app import start_scheduler
-from app.dbfaults import Kind, classify
-from app.scheduler import Scheduler
+from app.runtime.scheduler import Scheduler
+from app.storage.dbfaults import Kind, classify
 from tests.conftest import IN_CI, _teardown, build_app, wait_for
 from tests.helpers import HOUR_MS, submit, wait_status
 from tests.pgcluster import Cluster, cannot_run

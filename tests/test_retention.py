@@ -9,8 +9,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import Connection, Engine, select, text, update
 
-from app import database, queries, retention, services
-from app.tables import deps, tasks
+from app.services import reads, submissions
+from app.storage import database, retention
+from app.storage.tables import deps, tasks
 from tests.conftest import AppFactory
 
 WEEK = timedelta(days=7)
@@ -26,7 +27,7 @@ def engine(make_app: AppFactory) -> Engine:
 
 def add(engine: Engine, task_id: str, *dependencies: str) -> None:
     data = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
-    assert services.submit(engine, data).created
+    assert submissions.submit(engine, data).created
 
 
 def finish(engine: Engine, task_id: str, status: str, ago: timedelta | None) -> None:
@@ -95,7 +96,7 @@ def test_a_finished_task_an_unfinished_one_depends_on_is_kept(
     finish(engine, "dependent", unfinished, None)
 
     assert retention.prune(engine, WEEK) == 0
-    assert queries.get_task(engine, "dependent")["dependencies"] == ["upstream", "other"]
+    assert reads.get_task(engine, "dependent")["dependencies"] == ["upstream", "other"]
 
     finish(engine, "other", "COMPLETED", OLD)
     finish(engine, "dependent", "COMPLETED", OLD)
@@ -115,7 +116,7 @@ def test_edges_go_in_both_directions(engine: Engine) -> None:
 
     assert ids(engine) == {"first", "last"}
     assert edges(engine) == set()
-    assert queries.get_task(engine, "last")["dependencies"] == []
+    assert reads.get_task(engine, "last")["dependencies"] == []
 
 
 def test_pruning_a_whole_graph_leaves_no_edges(engine: Engine) -> None:

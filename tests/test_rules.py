@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app import actions, retention, services
-from app.database import utcnow
 from app.errors import InvalidState
-from app.models import Status
-from app.store import Claim, Outcome, Store
+from app.services import actions, submissions
+from app.storage import retention
+from app.storage.database import utcnow
+from app.storage.models import Status
+from app.storage.store import Claim, Outcome, Store
 from tests.conftest import AppFactory
 from tests.test_store import add, claim_all, row, set_fields
 
@@ -36,7 +37,7 @@ def store(app: Flask) -> Store:
 
 def submit(store: Store, task_id: str, *dependencies: str, **fields: Any) -> None:
     body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
-    services.submit(store.engine, {**body, **fields})
+    submissions.submit(store.engine, {**body, **fields})
 
 
 def claimed(store: Store, task_id: str, worker: str = "w1") -> Claim:

@@ -17,12 +17,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, process, start_scheduler
-from app.database import utcnow
+from app import create_app, start_scheduler
 from app.extensions import db
 from app.handlers import TaskContext
-from app.scheduler import Scheduler
-from app.store import Store
+from app.runtime import identity
+from app.runtime.scheduler import Scheduler
+from app.storage.database import utcnow
+from app.storage.store import Store
 from tests.conftest import AppFactory, wait_for
 from tests.test_store import claim_all, row
 
@@ -175,9 +176,9 @@ def register_instance(store: Store, instance_id: str, pid: int, *, age_s: float 
     store.register(
         {
             "id": instance_id,
-            "hostname": process.host_key(),
+            "hostname": identity.host_key(),
             "pid": pid,
-            "process_start": process.start_time(pid) or "0",
+            "process_start": identity.start_time(pid) or "0",
             "started_at": seen,
             "heartbeat_at": seen,
             "state": "running",

@@ -17,16 +17,19 @@ from flask import Flask
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from app import actions, database, faults, process, services, start_scheduler
-from app.attempt import Job
-from app.database import utcnow
+from app import faults, start_scheduler
 from app.handlers import Registry
-from app.maintenance import Reaper
-from app.metrics import Metrics
-from app.models import Status
-from app.scheduler import CANCEL_CHECK_S, Scheduler
-from app.store import Store
-from app.tables import instances, tasks
+from app.runtime import identity
+from app.runtime.attempt import Job
+from app.runtime.maintenance import Reaper
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import CANCEL_CHECK_S, Scheduler
+from app.services import actions, submissions
+from app.storage import database
+from app.storage.database import utcnow
+from app.storage.models import Status
+from app.storage.store import Store
+from app.storage.tables import instances, tasks
 from tests.conftest import AppFactory, wait_for
 from tests.test_store import claim_all, row
 
@@ -105,7 +108,7 @@ def store(app: Flask) -> Store:
 
 def add(store: Store, task_id: str, **fields: Any) -> None:
     body = {"id": task_id, "type": "job", "duration_ms": 1, **fields}
-    services.submit(store.engine, body)
+    submissions.submit(store.engine, body)
 
 
 def test_a_timed_out_attempt_keeps_its_slot_until_its_thread_returns(
@@ -247,7 +250,7 @@ def test_the_reaper_spares_a_live_instance_of_another_host_whose_pid_is_unknown_
     # process here has, is alive as long as it heartbeats.
     now = utcnow()
     pid = 4_194_305  # above the largest pid Linux hands out: no process here has it
-    assert not process.is_alive(pid, None)
+    assert not identity.is_alive(pid, None)
     store.register(
         {
             "id": "remote",
@@ -260,7 +263,7 @@ def test_the_reaper_spares_a_live_instance_of_another_host_whose_pid_is_unknown_
     )
     add(store, "a")
     claim_all(store, worker="remote")
-    reaper = Reaper(store, 30, process.host_key(), lambda: "local", Metrics())
+    reaper = Reaper(store, 30, identity.host_key(), lambda: "local", Metrics())
     assert reaper.run_once(now + timedelta(seconds=1)) == 0
     assert [i.id for i in store.instances()] == ["remote"]
     assert (row(store, "a").status, row(store, "a").worker) == ("RUNNING", "remote")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.handlers import HandlerFailed, TaskContext
-from app.store import backoff
+from app.storage.store import backoff
 from tests.conftest import AppFactory, wait_for
 from tests.helpers import Gate, running_app, submit, task, wait_status, wait_terminal
 

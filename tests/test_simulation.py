@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-from app import database
+from app.storage import database
 from tests.conftest import build_app
 from tests.simulation import Simulation, seeds
 

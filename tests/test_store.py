@@ -11,12 +11,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, text, update
 
-from app import database, hotpath, services
-from app.database import utcnow
-from app.models import Status
-from app.propagation import settle
-from app.store import Claim, NotRegistered, Outcome, Store
-from app.tables import tasks
+from app.services import submissions
+from app.storage import database, scheduler_sql
+from app.storage.database import utcnow
+from app.storage.models import Status
+from app.storage.propagation import settle
+from app.storage.store import Claim, NotRegistered, Outcome, Store
+from app.storage.tables import tasks
 from tests.conftest import AppFactory, build_app
 
 
@@ -32,7 +33,7 @@ def store(app: Flask) -> Store:
 
 def add(store: Store, task_id: str, *dependencies: str, **payload: Any) -> None:
     data = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
-    services.submit(store.engine, {**data, "payload": payload})
+    submissions.submit(store.engine, {**data, "payload": payload})
 
 
 def row(store: Store, task_id: str) -> Any:
@@ -344,7 +345,7 @@ def query_plan(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
 def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
     params = {"now": "2026-01-01 00:00:00.000000", "limit": 10, "w": "w"}
-    plan = query_plan(store, hotpath.claim_sql("sqlite"), params)
+    plan = query_plan(store, scheduler_sql.claim_sql("sqlite"), params)
     assert "SCAN tasks USING INDEX ix_tasks_ready" in plan, plan
     assert not any("TEMP B-TREE" in step or "ix_tasks_status_seq" in step for step in plan)
 
@@ -352,9 +353,9 @@ def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str)
 def test_sqlite_propagation_and_completion_find_rows_by_id(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
     statements = [
-        (hotpath.count_down_sql("sqlite", 2), {"e0": "a", "e1": "b"}),
+        (scheduler_sql.count_down_sql("sqlite", 2), {"e0": "a", "e1": "b"}),
         (
-            hotpath.complete_sql("sqlite", 2),
+            scheduler_sql.complete_sql("sqlite", 2),
             {"w": "w", "now": "x", "i0": "a", "a0": 1, "i1": "b", "a1": 1},
         ),
     ]

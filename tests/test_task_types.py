@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app import blockers, services
 from app.handlers import Registry
-from app.metrics import Metrics
-from app.scheduler import Scheduler
-from app.store import Store
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import Scheduler
+from app.services import blockers, submissions
+from app.storage.store import Store
 from tests.conftest import AppFactory
 from tests.test_scheduler_steps import Threads
 from tests.test_store import row
@@ -49,7 +49,7 @@ def instance(store: Store, name: str, *types: str, cap: int = 4) -> tuple[Schedu
 
 def add(store: Store, task_id: str, task_type: str, **fields: Any) -> None:
     # As `flask tasks submit` does from a shell whose registry accepts every type.
-    services.submit(store.engine, {"id": task_id, "type": task_type, "duration_ms": 1, **fields})
+    submissions.submit(store.engine, {"id": task_id, "type": task_type, "duration_ms": 1, **fields})
 
 
 def finish_all(scheduler: Scheduler, threads: Threads) -> int:

@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 from werkzeug.test import EnvironBuilder
 
-from app import batch
-from app.body import MAX_DEPTH, MAX_INTEGER, read_json_object
 from app.errors import ApiError, BodyTooLarge, InvalidJson, ValidationFailed
+from app.jsonbody import MAX_DEPTH, MAX_INTEGER, read_json_object
 from app.schemas import (
     MAX_DURATION_MS,
     MAX_PAYLOAD_BYTES,
@@ -34,7 +33,8 @@ from app.schemas import (
     TaskOut,
     validation_details,
 )
-from app.services import DEFAULTS, normalise
+from app.services import batch
+from app.services.submissions import DEFAULTS, normalise
 from tests.conftest import build_app
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))

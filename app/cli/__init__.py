@@ -1,0 +1,36 @@
+"""Flask commands for operators: `flask scheduler run` and `flask tasks ...`."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from app.cli.tasks import tasks_cli
+
+scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
+
+
+@scheduler_cli.command("run")
+def run_scheduler() -> None:
+    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
+    from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
+
+    scheduler = current_app.extensions["scheduler"]
+    stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
+    stop.install()
+    scheduler.start()
+    stop.start()
+    if scheduler.id is None:
+        click.echo(f"scheduler waiting for the database: {scheduler.unregistered_because}")
+    else:
+        click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+    stop.wait()
+    click.echo("scheduler stopped")
+    leave_lingering_handlers(scheduler)
+
+
+def register_cli(app: Flask) -> None:
+    """Attach the command groups to the app."""
+    app.cli.add_command(scheduler_cli)
+    app.cli.add_command(tasks_cli)

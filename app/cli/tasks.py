@@ -1,0 +1,265 @@
+"""`flask tasks ...`: submit, inspect, cancel, retry and prune tasks from a shell.
+
+These commands talk to the database directly and never start a scheduler; a running
+server or `flask scheduler run` picks their work up at its next polling tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+from flask import Request, current_app
+from flask.cli import AppGroup
+from marshmallow import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.test import EnvironBuilder
+
+from app.cli.wait import wait_and_report
+from app.errors import ApiError, BodyTooLarge, ValidationFailed, database_error
+from app.http.tasks import MAX_BATCH_BYTES, MAX_BODY_BYTES
+from app.jsonbody import read_json_object
+from app.schemas import TaskIn, TaskOut, validation_details
+from app.services import actions, batch, reads, submissions
+from app.services.admission import Admission
+from app.storage import retention
+from app.storage.models import Status
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+DURATION = re.compile(r"^(\d{1,10})([smhd]?)$")
+MAX_DURATION = timedelta(days=36_500)
+MAX_DETAIL_LINES = 20
+MAX_DETAIL_TEXT = 200
+LIST_COLUMNS = ("id", "type", "status", "attempts", "finished_at")
+
+tasks_cli = AppGroup("tasks", help="Submit, inspect, cancel, retry and prune tasks.")
+task_out = TaskOut()
+
+
+class Duration(click.ParamType):
+    """A length of time: `90` or `90s` seconds, `30m`, `12h`, `7d`."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
+        """Return `value` as a timedelta, or fail with a usage error."""
+        if isinstance(value, timedelta):
+            return value
+        match = DURATION.match(str(value).strip().lower())
+        if match is None:
+            self.fail(f"{value!r} is not a duration like 90, 90s, 30m, 12h or 7d.", param, ctx)
+        seconds = int(match.group(1)) * UNITS[match.group(2)]
+        if seconds > MAX_DURATION.total_seconds():
+            self.fail(f"{value!r} is longer than {MAX_DURATION.days} days.", param, ctx)
+        return timedelta(seconds=seconds)
+
+
+def fail(code: str, message: str, details: dict[str, Any] | None = None) -> NoReturn:
+    """Print `error: <code>: <message>` (and any details) to stderr and exit 1."""
+    click.echo(f"error: {code}: {message}", err=True)
+    for name, value in list((details or {}).items())[:MAX_DETAIL_LINES]:
+        text = value if isinstance(value, str) else json.dumps(value)
+        if len(text) > MAX_DETAIL_TEXT:
+            text = text[:MAX_DETAIL_TEXT] + "..."
+        click.echo(f"  {name}: {text}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def clean_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors an operator can act on into one line on stderr and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ApiError as exc:
+            fail(exc.code, exc.message, exc.details)
+        except SQLAlchemyError as exc:
+            known = database_error(exc)  # the same code and advice an API client gets
+            if known is not None:
+                fail(known.code, known.message)
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            fail("database_error", cause[0] if cause else type(exc).__name__)
+
+    return wrapper
+
+
+def engine() -> Engine:
+    """Return the app's database engine."""
+    store = current_app.extensions["store"]
+    return store.engine
+
+
+def admission() -> Admission:
+    """Return the app's submission checks (task types, queue limit), as the API uses them."""
+    checks: Admission = current_app.extensions["admission"]
+    return checks
+
+
+def echo_json(value: Any) -> None:
+    """Print `value` as indented JSON on stdout."""
+    click.echo(json.dumps(value, indent=2))
+
+
+def read_body(path: str) -> tuple[dict[str, Any], int]:
+    """Return the JSON object in `path` (`-` for stdin) and its size in bytes."""
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_BATCH_BYTES + 1)
+        else:
+            with open(path, "rb") as file:
+                raw = file.read(MAX_BATCH_BYTES + 1)
+    except OSError as exc:
+        fail("invalid_file", f"Cannot read {path}: {exc.strerror or exc}.")
+    # Parsed as a request body, so the CLI refuses exactly what the API refuses.
+    environ = EnvironBuilder(data=raw, content_type="application/json").get_environ()
+    return read_json_object(Request(environ), MAX_BATCH_BYTES), len(raw)
+
+
+@tasks_cli.command("submit", short_help="Submit a task or a graph from a JSON file.")
+@click.argument("file")
+@click.option("--wait", is_flag=True, help="Wait until every submitted task has finished.")
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default="1h",
+    show_default=True,
+    help="With --wait: give up (exit 1) after this long.",
+)
+@clean_errors
+def submit(file: str, wait: bool, timeout: timedelta) -> None:
+    """Submit a task, or a graph as {"tasks": [...]}, from a JSON FILE (- for stdin)."""
+    body, size = read_body(file)
+    shown, ids, created = submit_graph(body) if "tasks" in body else submit_one(body, size)
+    echo_json(shown)
+    if not created:
+        click.echo("note: an identical submission already existed; nothing new stored", err=True)
+    if wait and not wait_and_report(engine(), ids, timeout.total_seconds()):
+        raise click.exceptions.Exit(1)
+
+
+def submit_graph(body: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
+    """Store a batch as the API does; return what to print, its ids, and if it is new."""
+    submitted = batch.submit_batch(engine(), body, admission())
+    shown = {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
+    return shown, [t["id"] for t in submitted.tasks], submitted.created
+
+
+def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[str], bool]:
+    """Store one task as the API does; return what to print, its id, and if it is new."""
+    if size > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"A single task is limited to {MAX_BODY_BYTES} bytes.")
+    try:
+        data = TaskIn().load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
+    submitted = submissions.submit(engine(), data, admission())
+    return task_out.dump(submitted.task), [submitted.task["id"]], submitted.created
+
+
+@tasks_cli.command("show", short_help="Print one task as JSON.")
+@click.argument("task_id", metavar="ID")
+@clean_errors
+def show(task_id: str) -> None:
+    """Print one task, with its payload and result, as JSON."""
+    echo_json(task_out.dump(reads.get_task(engine(), task_id)))
+
+
+@tasks_cli.command("list")
+@click.option("--status", type=click.Choice([s.value for s in Status], case_sensitive=False))
+@click.option("--type", "task_type", help="Only tasks of this type.")
+@click.option("--batch-id", help="Only tasks of this batch.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--cursor", help="Continue where the previous page ended.")
+@clean_errors
+def list_tasks(
+    status: str | None,
+    task_type: str | None,
+    batch_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> None:
+    """Print a table of tasks, newest first."""
+    page = reads.list_tasks(
+        engine(),
+        status=status.upper() if status else None,
+        task_type=task_type,
+        batch_id=batch_id,
+        limit=limit,
+        cursor=cursor,
+    )
+    if not page.tasks:
+        click.echo("no tasks found", err=True)
+        return
+    rows = [_row(task) for task in page.tasks]
+    click.echo(_table([c.upper() for c in LIST_COLUMNS], rows))
+    if page.next_cursor is not None:
+        click.echo(f"more tasks: --cursor {page.next_cursor}", err=True)
+
+
+def _row(task: dict[str, Any]) -> list[str]:
+    shown = TaskOut(only=LIST_COLUMNS).dump(task)
+    return ["-" if shown[c] is None else str(shown[c]) for c in LIST_COLUMNS]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+@tasks_cli.command("cancel", short_help="Cancel a task and its dependents.")
+@click.argument("task_id", metavar="ID")
+@clean_errors
+def cancel(task_id: str) -> None:
+    """Cancel a QUEUED task, or ask a RUNNING one to stop; print the task."""
+    echo_json(task_out.dump(actions.cancel(engine(), task_id)))
+
+
+@tasks_cli.command("retry", short_help="Requeue a FAILED or CANCELLED task.")
+@click.argument("task_id", metavar="ID")
+@clean_errors
+def retry(task_id: str) -> None:
+    """Put a FAILED or CANCELLED task back in the queue; print the task."""
+    echo_json(task_out.dump(actions.retry(engine(), task_id)))
+
+
+@tasks_cli.command("prune", short_help="Delete old finished tasks.")
+@click.option(
+    "--older-than",
+    type=Duration(),
+    help="Delete tasks finished longer ago than this (90, 90s, 30m, 12h, 7d). "
+    "Default: RETENTION_DAYS days.",
+)
+@clean_errors
+def prune(older_than: timedelta | None) -> None:
+    """Delete finished tasks older than a cut-off, keeping any an unfinished task needs."""
+    if older_than is None:
+        days = current_app.config["RETENTION_DAYS"]
+        if days == 0:
+            click.echo("RETENTION_DAYS is 0, so every task is kept; pass --older-than to prune.")
+            return
+        older_than = timedelta(days=days)
+    deleted = retention.prune(engine(), older_than)
+    noun = "task" if deleted == 1 else "tasks"
+    click.echo(f"pruned {deleted} finished {noun} older than {_human(older_than)}")
+
+
+def _human(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

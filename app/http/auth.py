@@ -1,0 +1,59 @@
+"""API_TOKEN: a bearer token in front of the API, the dashboard's data, and optionally ops.
+
+The check runs before the view, so an unauthenticated request is answered 401 before its
+body is read: a large body gets 401, not 413. Every refusal reads the same, whatever was
+sent (nothing, a wrong token, another scheme). The token itself is never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, request
+
+from app.errors import Unauthorized
+
+# The data routes of the dashboard; its HTML pages and static files stay open.
+DASHBOARD_DATA = "/dashboard/"
+OPS_ROUTES = frozenset({"/health", "/metrics"})
+MESSAGE = (
+    "This server needs its API token: send Authorization: Bearer <token> "
+    "with the value of its API_TOKEN setting."
+)
+
+
+def _digest(value: bytes) -> bytes:
+    # Comparing fixed-length digests keeps even the token's length out of the timing.
+    return hashlib.sha256(value).digest()
+
+
+def require_token(app: Flask, token: str, ops_routes: bool) -> None:
+    """Refuse guarded requests that do not carry `Authorization: Bearer <token>`."""
+    expected = _digest(token.encode())
+
+    def guarded(path: str) -> bool:
+        if path == "/api" or path.startswith(("/api/", DASHBOARD_DATA)):
+            return True
+        if request.blueprint == "tasks":
+            return True
+        return ops_routes and path in OPS_ROUTES
+
+    def presented() -> bytes | None:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return None
+        return credentials.strip().encode()
+
+    @app.before_request
+    def _authenticate() -> None:
+        if not guarded(request.path):
+            return
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            # A browser's CORS pre-flight never carries credentials; the real request will.
+            return
+        given = presented()
+        # Always one digest and one comparison, whether anything was sent or not.
+        ok = hmac.compare_digest(_digest(given or b""), expected)
+        if given is None or not ok:
+            raise Unauthorized(MESSAGE)

@@ -1,0 +1,135 @@
+"""The dashboard: HTML pages served by the app, and the two JSON reads they need beyond the API.
+
+The pages are plain HTML, CSS and JavaScript from `templates/dashboard` and
+`static/dashboard`; they call the JSON API on the same origin, plus `GET /dashboard/counts`
+(tasks per status) and `GET /dashboard/graph/<id>` (a task's neighbourhood, both ways).
+With API_TOKEN set, those data routes need the token like the API (app/auth.py); the pages
+and static files stay open, and the pages ask for the token once and keep it per tab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+from sqlalchemy import Connection, Engine, func, select
+
+from app.errors import NotFound
+from app.services.reads import check_task_id
+from app.storage import database
+from app.storage.models import Status
+from app.storage.tables import deps, tasks
+
+bp = Blueprint("dashboard", __name__)
+
+# How far the graph reaches from the task, each way, and how many tasks it shows at most.
+GRAPH_LEVELS = 2
+MAX_GRAPH_NODES = 200
+
+
+def _engine() -> Engine:
+    engine: Engine = current_app.extensions["store"].engine
+    return engine
+
+
+@bp.get("/")
+def index() -> str:
+    """The overview: counts by status and the task table."""
+    return render_template("dashboard/index.html", statuses=[s.value for s in Status])
+
+
+@bp.get("/tasks/<task_id>")
+def task_page(task_id: str) -> str:
+    """One task: its details, its blockers, its actions and its dependency graph."""
+    return render_template("dashboard/task.html", task_id=task_id)
+
+
+@bp.get("/dashboard/counts")
+def counts() -> Response:
+    """Return `{status: count}` for every status, zeros included, from one grouped query."""
+    found = {s.value: 0 for s in Status}
+    query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+    with database.read(_engine()) as conn:
+        for status, count in conn.execute(query):
+            found[status] = int(count)
+    return jsonify(found)
+
+
+@bp.get("/dashboard/graph/<task_id>")
+def graph(task_id: str) -> Response:
+    """Return the task, its dependencies and its dependents up to two levels each way.
+
+    `edges` are `[dependency, dependent]` pairs between the returned nodes; `truncated`
+    says the neighbourhood had more than `MAX_GRAPH_NODES` tasks and some were left out.
+    """
+    with database.read(_engine()) as conn:
+        return jsonify(neighbourhood(conn, task_id))
+
+
+def neighbourhood(conn: Connection, task_id: str) -> dict[str, Any]:
+    """Collect the nodes (nearest first) and the edges among them."""
+    check_task_id(task_id)
+    if conn.execute(select(tasks.c.id).where(tasks.c.id == task_id)).first() is None:
+        raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
+    order = [task_id]
+    seen = {task_id}
+    truncated = False
+    up, down = [task_id], [task_id]
+    for _ in range(GRAPH_LEVELS):
+        up, full_up = _step(conn, up, seen, order, towards_dependencies=True)
+        down, full_down = _step(conn, down, seen, order, towards_dependencies=False)
+        truncated = truncated or full_up or full_down
+    return {
+        "nodes": _nodes(conn, order),
+        "edges": _edges(conn, order),
+        "truncated": truncated,
+    }
+
+
+def _step(
+    conn: Connection,
+    frontier: list[str],
+    seen: set[str],
+    order: list[str],
+    *,
+    towards_dependencies: bool,
+) -> tuple[list[str], bool]:
+    """Add the next level one way; return it and whether the node limit cut it short."""
+    if towards_dependencies:
+        near, far = deps.c.task_id, deps.c.dependency_id
+    else:
+        near, far = deps.c.dependency_id, deps.c.task_id
+    found: list[str] = []
+    if not frontier:
+        return found, False
+    room = MAX_GRAPH_NODES - len(order)
+    # One more than there is room for, beyond what is already seen, tells a cut.
+    query = (
+        select(far).where(near.in_(frontier)).distinct().order_by(far).limit(room + len(seen) + 1)
+    )
+    for (other,) in conn.execute(query):
+        if other in seen:
+            continue
+        if len(order) >= MAX_GRAPH_NODES:
+            return found, True
+        seen.add(other)
+        order.append(other)
+        found.append(other)
+    return found, False
+
+
+def _nodes(conn: Connection, ids: list[str]) -> list[dict[str, Any]]:
+    rows = conn.execute(select(tasks.c.id, tasks.c.status, tasks.c.type).where(tasks.c.id.in_(ids)))
+    by_id = {row.id: {"id": row.id, "status": row.status, "type": row.type} for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _edges(conn: Connection, ids: Iterable[str]) -> list[list[str]]:
+    members = list(ids)
+    query = (
+        select(deps.c.dependency_id, deps.c.task_id)
+        .where(deps.c.task_id.in_(members), deps.c.dependency_id.in_(members))
+        .order_by(deps.c.dependency_id, deps.c.task_id)
+    )
+    return [[row.dependency_id, row.task_id] for row in conn.execute(query)]

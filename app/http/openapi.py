@@ -1,0 +1,417 @@
+"""The OpenAPI 3 document of the API, generated from the marshmallow schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Flask
+
+from app.errors import HTTP_CODES, ApiError
+from app.schemas import (
+    ID_PATTERN,
+    BatchIn,
+    BatchOut,
+    BlockerOut,
+    BlockersOut,
+    ErrorOut,
+    HealthOut,
+    TaskIn,
+    TaskOut,
+    TaskStatusOut,
+    Timestamp,
+)
+from app.storage.models import Status
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "0.1.0"
+JSON = "application/json"
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+
+DESCRIPTION = (
+    "A persistent DAG task scheduler. Every response is JSON; timestamps are ISO 8601 UTC "
+    "with milliseconds and `Z`. Every error has the shape of the `Error` schema. Every `/api` "
+    "route rejects unknown query parameters with `400 invalid_parameter`; a method a route "
+    "does not serve gets `405 method_not_allowed` with an `Allow` header, and an unknown route "
+    "`404 not_found`.\n\n"
+    "Authentication is optional: when the server's `API_TOKEN` setting is set, every `/api` "
+    "route needs `Authorization: Bearer <token>` and answers `401 unauthorized` without it "
+    "(`/health` too when `AUTH_OPS_ROUTES` is true); when it is unset the API is open. When "
+    "`MAX_QUEUED_TASKS` is set, a submission that would take the number of `QUEUED` tasks "
+    "past it gets `429 queue_full` with a `Retry-After` header (a batch counts whole).\n\n"
+    "A database fault is never a 500: `503 database_unavailable` (nothing changed; repeat "
+    "after `Retry-After`), `503 outcome_unknown` (the commit may have happened; repeat the "
+    "same submission with the same id, answered as a replay if it was stored) or "
+    "`507 storage_full` (nothing stored; space must be freed first)."
+)
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The value of the server's `API_TOKEN` setting; needed only when it is set.",
+}
+# Either the bearer token or nothing: which one the server wants depends on its settings.
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
+
+TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "description": "The task's id.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN},
+}
+
+LIST_PARAMETERS = [
+    {
+        "name": "status",
+        "in": "query",
+        "description": "Only tasks in this status.",
+        "schema": {"type": "string", "enum": [s.value for s in Status]},
+    },
+    {
+        "name": "type",
+        "in": "query",
+        "description": "Only tasks of this type.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "batch_id",
+        "in": "query",
+        "description": "Only the tasks of this batch.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "The page size.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "Where the page starts: copy it from the previous page's `Link` header.",
+        "schema": {"type": "string"},
+    },
+]
+
+LOCATION = {
+    "Location": {"description": "The new task's URL.", "schema": {"type": "string"}},
+}
+LINK = {
+    "Link": {
+        "description": 'The next page, as `<url>; rel="next"`; absent on the last page.',
+        "schema": {"type": "string"},
+    },
+}
+ALLOW = {
+    "Allow": {
+        "description": "The methods the route serves.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before submitting again.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+RETRY_AFTER_DATABASE = {
+    "Retry-After": {
+        "description": "Seconds to wait before repeating the request.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {
+        "description": "The scheme to use: `Bearer`.",
+        "schema": {"type": "string"},
+    },
+}
+# Answers every route can give, defined once under components/responses.
+SHARED_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "Unauthorized": (
+        "`unauthorized`: `API_TOKEN` is set and the request has no `Authorization: Bearer` "
+        "header with it.",
+        WWW_AUTHENTICATE,
+    ),
+    "MethodNotAllowed": ("`method_not_allowed`: the route does not serve this method.", ALLOW),
+    "QueueFull": (
+        "`queue_full`: `MAX_QUEUED_TASKS` is set and this submission would take the QUEUED "
+        "count past it; nothing was stored.",
+        RETRY_AFTER,
+    ),
+    "InternalError": ("`internal_error`: a bug; never with a traceback.", {}),
+    "DatabaseUnavailable": (
+        "`database_unavailable`: the database could not be reached or gave up before "
+        "committing (a restart, no free connection, SQLite locked); nothing was changed, "
+        "repeat the request after `Retry-After`. `outcome_unknown`: the connection failed "
+        "while the commit was in flight, so the change may or may not be stored; repeat "
+        "the same request (a submission with the same id and body is answered as a replay "
+        "if it was stored). `details.reason` names the cause.",
+        RETRY_AFTER_DATABASE,
+    ),
+    "StorageFull": (
+        "`storage_full`: the disk (or SQLite's size limit) refused the write; nothing was "
+        "stored, and repeating it fails until space is freed.",
+        {},
+    ),
+}
+
+
+def spec_for(app: Flask) -> dict[str, Any]:
+    """Return the app's OpenAPI document, built on first use and then reused."""
+    document = app.extensions.get("openapi")
+    if document is None:
+        document = app.extensions["openapi"] = build_spec()
+    return document
+
+
+def error_codes() -> list[str]:
+    """Return every `code` an error body can carry."""
+    codes = {"internal_error", "http_error", ApiError.code, *HTTP_CODES.values()}
+    pending = list(ApiError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return sorted(codes)
+
+
+def _json(schema: str | dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def _errors(database: str = "reads", **by_status: str) -> dict[str, Any]:
+    """Return error responses keyed by status (`e400=...`), each in the `Error` shape.
+
+    Every route also answers 401 (with a token set), 405 and 500 from the shared ones; a
+    route that reads the database 503, and one that writes it 507 too.
+    """
+    answers = {key.removeprefix("e"): _json("Error", text) for key, text in by_status.items()}
+    shared = {"401": "Unauthorized", "405": "MethodNotAllowed", "500": "InternalError"}
+    if database in ("reads", "writes"):
+        shared["503"] = "DatabaseUnavailable"
+    if database == "writes":
+        shared["507"] = "StorageFull"
+    return {**answers, **shared}
+
+
+def _operation(
+    operation_id: str, summary: str, responses: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {"operationId": operation_id, "summary": summary, "responses": responses, **extra}
+
+
+def _body(schema: str, description: str) -> dict[str, Any]:
+    return {"required": True, "description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    """Return every route's operations, keyed by OpenAPI path and method."""
+    bad_parameter = "`invalid_parameter`: an unknown query parameter."
+    not_found = "`not_found`: no task has this id."
+    task_ops = {"parameters": [TASK_ID]}
+    return {
+        "/api/tasks": {
+            "post": _operation(
+                "submit_task",
+                "Submit a task",
+                {
+                    "201": _json("TaskOut", "Created and durably committed.", headers=LOCATION),
+                    "200": _json("TaskOut", "The same id with an identical body: a safe retry."),
+                    **_errors(
+                        "writes",
+                        e400="`validation_error`, `invalid_json`, `unknown_dependency`, "
+                        "`unknown_task_type` or `invalid_parameter`.",
+                        e409="`duplicate_id`: the id exists with a different body.",
+                        e413="`body_too_large`: a body over 1 MiB.",
+                        e415="`unsupported_media_type`: not `application/json`.",
+                    ),
+                    "429": "QueueFull",
+                },
+                requestBody=_body("TaskIn", "The task."),
+            ),
+            "get": _operation(
+                "list_tasks",
+                "List tasks newest first, a page at a time, without payload and result",
+                {
+                    "200": _json(
+                        {"type": "array", "items": "TaskSummary"}, "A page.", headers=LINK
+                    ),
+                    **_errors(
+                        e400="`invalid_parameter`: an unknown parameter or status, a limit out "
+                        "of range, a type or batch_id no task can have, or a cursor this server "
+                        "did not issue."
+                    ),
+                },
+                parameters=LIST_PARAMETERS,
+            ),
+        },
+        "/api/tasks/batch": {
+            "post": _operation(
+                "submit_batch",
+                "Submit a whole graph in one transaction",
+                {
+                    "201": _json("BatchOut", "Stored; tasks in the order they were sent."),
+                    "200": _json("BatchOut", "The identical batch again: a safe retry."),
+                    **_errors(
+                        "writes",
+                        e400="`validation_error`, `invalid_json`, `dependency_cycle`, "
+                        "`unknown_dependency`, `unknown_task_type` or `invalid_parameter`.",
+                        e409="`duplicate_id`: some ids exist, but not as exactly this batch.",
+                        e413="`body_too_large`: over 100,000 tasks or 32 MiB.",
+                        e415="`unsupported_media_type`: not `application/json`.",
+                    ),
+                    "429": "QueueFull",
+                },
+                requestBody=_body("BatchIn", "1 to 100,000 tasks, each as for POST /api/tasks."),
+            ),
+        },
+        "/api/tasks/{task_id}": {
+            **task_ops,
+            "get": _operation(
+                "get_task",
+                "Show one task with its payload and result",
+                {
+                    "200": _json("TaskOut", "The task."),
+                    **_errors(e400=bad_parameter, e404=not_found),
+                },
+            ),
+        },
+        "/api/tasks/{task_id}/status": {
+            **task_ops,
+            "get": _operation(
+                "get_status",
+                "Show a task's status",
+                {
+                    "200": _json("TaskStatusOut", "The task's status."),
+                    **_errors(e400=bad_parameter, e404=not_found),
+                },
+            ),
+        },
+        "/api/tasks/{task_id}/cancel": {
+            **task_ops,
+            "post": _operation(
+                "cancel_task",
+                "Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow",
+                {
+                    "200": _json("TaskOut", "The task as it is after the request."),
+                    **_errors(
+                        "writes",
+                        e400=bad_parameter,
+                        e404=not_found,
+                        e409="`invalid_state`: the task is already terminal.",
+                    ),
+                },
+            ),
+        },
+        "/api/tasks/{task_id}/retry": {
+            **task_ops,
+            "post": _operation(
+                "retry_task",
+                "Requeue a FAILED or CANCELLED task and the dependents it held back",
+                {
+                    "200": _json("TaskOut", "The task, QUEUED again."),
+                    **_errors(
+                        "writes",
+                        e400=bad_parameter,
+                        e404=not_found,
+                        e409="`invalid_state`: not FAILED or CANCELLED, or stopped by a "
+                        "dependency (`details.root` names the task to retry instead).",
+                    ),
+                },
+            ),
+        },
+        "/api/tasks/{task_id}/blockers": {
+            **task_ops,
+            "get": _operation(
+                "task_blockers",
+                "Say why a task is not running, down to the root causes",
+                {
+                    "200": _json("BlockersOut", "What holds the task."),
+                    **_errors(e400=bad_parameter, e404=not_found),
+                },
+            ),
+        },
+        "/api/openapi.json": {
+            "get": _operation(
+                "openapi_document",
+                "This document",
+                {
+                    "200": {"description": "The OpenAPI document.", "content": {JSON: {}}},
+                    **_errors("none", e400=bad_parameter),
+                },
+            ),
+        },
+        "/health": {
+            "get": _operation(
+                "health",
+                "Report the database and the scheduler",
+                {
+                    "200": _json("HealthOut", "Both can do their job."),
+                    "503": _json(
+                        "HealthOut",
+                        "The database is unreachable or refusing writes (`database.error` "
+                        "says what is wrong), or the scheduler is not healthy.",
+                    ),
+                    **_errors("none"),
+                },
+            ),
+        },
+    }
+
+
+def build_spec() -> dict[str, Any]:
+    """Build the OpenAPI document of every route from the marshmallow schemas."""
+    marshmallow = MarshmallowPlugin()
+    spec = APISpec(
+        title="Task Scheduler",
+        version=API_VERSION,
+        openapi_version=OPENAPI_VERSION,
+        plugins=[marshmallow],
+        info={"description": DESCRIPTION},
+        security=SECURITY,
+    )
+    marshmallow.map_to_openapi_type(Timestamp, "string", "date-time")
+    spec.components.schema("Error", schema=ErrorOut)
+    spec.components.schema("TaskIn", schema=TaskIn)
+    spec.components.schema("TaskOut", schema=TaskOut)
+    spec.components.schema("TaskSummary", schema=TaskOut(exclude=("payload", "result")))
+    spec.components.schema("TaskStatusOut", schema=TaskStatusOut)
+    spec.components.schema("BatchIn", schema=BatchIn)
+    spec.components.schema("BatchOut", schema=BatchOut)
+    spec.components.schema("BlockerOut", schema=BlockerOut)
+    spec.components.schema("BlockersOut", schema=BlockersOut)
+    spec.components.schema("HealthOut", schema=HealthOut)
+    spec.components.security_scheme("bearerAuth", BEARER)
+    for name, (description, headers) in SHARED_RESPONSES.items():
+        extra = {"headers": dict(headers)} if headers else {}
+        spec.components.response(name, _json("Error", description, **extra))
+    for path, operations in _paths().items():
+        parameters = operations.pop("parameters", None)
+        spec.path(path=path, operations=operations, parameters=parameters)
+    document = spec.to_dict()
+    schemas = document["components"]["schemas"]
+    schemas["Error"]["properties"]["code"]["enum"] = error_codes()
+    for name in ("TaskOut", "TaskSummary", "TaskStatusOut", "BlockersOut"):
+        schemas[name]["properties"]["status"]["enum"] = [s.value for s in Status]
+    _portable_patterns(document)
+    return document
+
+
+def _portable_patterns(node: Any) -> None:
+    """Rewrite Python's end-of-string anchor `\\Z` as `$`, which JSON Schema understands."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            pattern = item.get("pattern")
+            if isinstance(pattern, str) and pattern.endswith("\\Z"):
+                item["pattern"] = pattern[:-2] + "$"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

@@ -1,0 +1,1 @@
+"""The scheduler process: the loop, attempts, maintenance jobs, shutdown, metrics."""

@@ -1,0 +1,173 @@
+"""One attempt: call the handler with its context and turn what happens into an outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.handlers import HandlerFailed, Registry, TaskContext
+from app.storage.models import Status
+from app.storage.store import Claim, Outcome
+
+# Named as before the package layout, so that operators' log filters keep working.
+log = logging.getLogger("app.attempt")
+
+MAX_RESULT_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 1000
+# Progress is written at most this often per attempt (and always at 100).
+PROGRESS_EVERY_S = 0.2
+
+
+@dataclass(eq=False)
+class Running:
+    """An attempt this process holds a thread for, from its claim until it is settled.
+
+    It occupies one of the instance's slots until both its thread has returned and its
+    outcome is settled (written, refused by the fence, or known to be someone else's):
+    only then can the slot's thread start another attempt at once.
+    """
+
+    claim: Claim
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Clock time at which the attempt times out, or None; set when its thread starts.
+    deadline: float | None = None
+    stop_reason: str | None = None
+    # Clock time at which the attempt was dispatched, then at which its thread started.
+    started: float = field(default_factory=time.monotonic)
+    # The outcome waiting to be written by the next pass.
+    outcome: Outcome | None = None
+    # Decided before the thread returned (its timeout struck, or its row was lost):
+    # whatever the handler returns afterwards is discarded.
+    cut_off: bool = False
+    returned: bool = False
+    settled: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The task id and attempt number: what identifies this attempt."""
+        return self.claim.key
+
+    @property
+    def holds_slot(self) -> bool:
+        """Tell whether the attempt still occupies a slot."""
+        return not (self.returned and self.settled)
+
+    def stop(self, reason: str) -> None:
+        """Ask the handler to stop: "cancel" by a user, "timeout", "shutdown" or "lost"."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel.set()
+
+
+class Job(Protocol):
+    """What an executor runs on one thread: begin, the handler, end."""
+
+    def begin(self) -> None:
+        """Note that the thread started, before the handler is called."""
+
+    def run(self) -> Outcome:
+        """Call the handler and return its outcome."""
+
+    def end(self, outcome: Outcome | None) -> None:
+        """Note that the thread is done; `outcome` is None if the handler never returned."""
+
+
+class Executor(Protocol):
+    """Runs jobs, each on a thread of its own; the scheduler never starts more than it has."""
+
+    def start(self, job: Job) -> None:
+        """Start `job` on a free thread."""
+
+    def shutdown(self) -> None:
+        """Stop accepting jobs; running ones go on until they return."""
+
+
+class ThreadExecutor:
+    """A pool of `workers` threads."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="task")
+
+    def start(self, job: Job) -> None:
+        """Start `job` on one of the pool's threads."""
+        self._pool.submit(_work, job)
+
+    def shutdown(self) -> None:
+        """Stop the pool without waiting for its threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _work(job: Job) -> None:
+    job.begin()
+    outcome = None
+    try:
+        outcome = job.run()
+    finally:
+        job.end(outcome)
+
+
+def call_handler(registry: Registry, running: Running, report: Callable[[int], None]) -> Outcome:
+    """Run the attempt's handler and return its outcome; never raise."""
+    claim = running.claim
+    payload = claim.payload if isinstance(claim.payload, dict) else {}
+    ctx = TaskContext(
+        claim.id,
+        claim.type,
+        claim.duration_ms,
+        payload,
+        claim.attempt,
+        running.cancel,
+        progress=_throttled(report),
+    )
+    try:
+        result = registry.resolve(claim.type)(ctx)
+    except Exception as exc:  # a handler's bug must fail its task, not the scheduler
+        if running.stop_reason == "cancel":
+            return Outcome(
+                Status.CANCELLED, error="Cancelled by a user while running.", error_code="cancelled"
+            )
+        if not isinstance(exc, HandlerFailed):
+            log.exception("handler for task %s raised", claim.id)
+        message = str(exc) if isinstance(exc, HandlerFailed) else _describe(exc)
+        return Outcome(Status.FAILED, error=message[:MAX_ERROR_CHARS], error_code="handler_error")
+    return _checked_result(result)
+
+
+def _describe(exc: Exception) -> str:
+    return f"The handler raised {type(exc).__name__}: {exc}"
+
+
+def _checked_result(result: object) -> Outcome:
+    try:
+        size = len(json.dumps(result).encode())
+    except (TypeError, ValueError):
+        return Outcome(
+            Status.FAILED,
+            error="The handler returned a value that is not JSON.",
+            error_code="handler_error",
+        )
+    if size > MAX_RESULT_BYTES:
+        message = f"The handler's result is {size} bytes; the limit is {MAX_RESULT_BYTES}."
+        return Outcome(Status.FAILED, error=message, error_code="handler_error")
+    return Outcome(Status.COMPLETED, result=result)
+
+
+def _throttled(report: Callable[[int], None]) -> Callable[[int], None]:
+    """Wrap `report` so it gets whole percentages 0..100, changed, and not too often."""
+    last: list[float] = [-1.0, 0.0]  # value, time
+
+    def progress(percent: int) -> None:
+        value = max(0, min(100, int(percent)))
+        now = time.monotonic()
+        if value == last[0] or (value < 100 and now - last[1] < PROGRESS_EVERY_S):
+            return
+        last[:] = [value, now]
+        report(value)
+
+    return progress

@@ -1,0 +1,219 @@
+"""Prometheus metrics: a registry per app, counters fed by the scheduler, gauges read at scrape."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.storage import database, dbfaults
+from app.storage.models import Status
+from app.storage.tables import tasks
+
+if TYPE_CHECKING:
+    from app.runtime.attempt import Running
+    from app.storage.store import Claim, Outcome
+
+# Named as before the package layout, so that operators' log filters keep working.
+log = logging.getLogger("app.metrics")
+
+# The text exposition format every Prometheus server reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "taskscheduler"
+# Seconds: from a few milliseconds (simulated tasks) to an hour (the longest backoff).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class TaskCounts:
+    """A collector of tasks by status, counted in the database at each scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterator[Metric]:
+        """Name the family without querying the database (called at registration)."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        """Count the tasks of every status with one GROUP BY; nothing if the database fails."""
+        counts = dict.fromkeys(Status, 0)
+        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        try:
+            with database.read(self.engine) as conn:
+                for status, count in conn.execute(query):
+                    counts[Status(status)] = count
+        except SQLAlchemyError as exc:
+            fault = dbfaults.classify(exc)
+            if fault is None:
+                log.warning("could not count tasks by status for /metrics", exc_info=True)
+            else:  # an outage, not a bug: one line per scrape
+                log.warning("could not count tasks by status for /metrics: %s", fault.problem)
+            return
+        family = self._family()
+        for status, count in counts.items():
+            family.add_metric([status.value], count)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{PREFIX}_tasks", "Tasks in the database by status.", labels=["status"]
+        )
+
+
+class Buckets:
+    """A histogram fed a scheduler pass's values at once: one lock and a bisect per value.
+
+    prometheus-client's Histogram takes a lock and walks its bounds for every value; at
+    thousands of tasks a second that is a measurable share of the scheduler's time.
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last is beyond every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        """Count each value in the first bucket whose bound is at least the value."""
+        bounds, counts = self.bounds, self._counts
+        with self._lock:
+            for value in values:
+                counts[bisect_left(bounds, value)] += 1
+                self._sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+class Metrics:
+    """An app's registry and metric objects, with one method per event the app records."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.submitted_total = Counter(
+            f"{PREFIX}_tasks_submitted", "Tasks created by submissions.", ["type"], registry=reg
+        )
+        self.completed_total = Counter(
+            f"{PREFIX}_tasks_completed", "Attempts that completed.", ["type"], registry=reg
+        )
+        self.failed_total = Counter(
+            f"{PREFIX}_tasks_failed", "Attempts that failed for good.", ["type"], registry=reg
+        )
+        self.retries_total = Counter(
+            f"{PREFIX}_task_retries", "Failed attempts queued to run again.", ["type"], registry=reg
+        )
+        self.queue_wait = Buckets(
+            f"{PREFIX}_task_queue_wait_seconds",
+            "From a task's creation to the start of its attempt.",
+            BUCKETS,
+        )
+        self.run_time = Buckets(
+            f"{PREFIX}_task_run_seconds",
+            "From an attempt's start to its outcome being recorded.",
+            BUCKETS,
+        )
+        reg.register(self.queue_wait)
+        reg.register(self.run_time)
+        self.running = Gauge(
+            f"{PREFIX}_running_tasks", "Attempts this instance is executing.", registry=reg
+        )
+        self.recovered_total = Counter(
+            f"{PREFIX}_recovered_attempts",
+            "Attempts of dead instances this instance ended as interrupted.",
+            registry=reg,
+        )
+        self.heartbeats_total = Counter(
+            f"{PREFIX}_scheduler_heartbeats", "Heartbeats this instance wrote.", registry=reg
+        )
+        self.last_heartbeat = Gauge(
+            f"{PREFIX}_scheduler_last_heartbeat_timestamp_seconds",
+            "Unix time of this instance's last heartbeat.",
+            registry=reg,
+        )
+        if engine is not None:
+            reg.register(TaskCounts(engine))
+
+    def watch(self, running_count: Callable[[], int]) -> None:
+        """Read the running-tasks gauge from `running_count` at each scrape."""
+        self.running.set_function(lambda: float(running_count()))
+
+    def submitted(self, types: Iterable[str]) -> None:
+        """Count newly created tasks by type."""
+        counts: dict[str, int] = {}
+        for task_type in types:
+            counts[task_type] = counts.get(task_type, 0) + 1
+        for task_type, count in counts.items():
+            self.submitted_total.labels(task_type).inc(count)
+
+    def claimed(self, claims: Sequence[Claim]) -> None:
+        """Observe the queue wait of each claimed attempt."""
+        self.queue_wait.observe_all([claim.waited_s for claim in claims])
+
+    def finished(
+        self,
+        done: Sequence[tuple[Running, Outcome | None]],
+        applied: Sequence[bool],
+        now: float | None = None,
+    ) -> None:
+        """Count the outcomes a cycle applied; `applied` lines up with outcomes not None.
+
+        `now` is on the clock the attempts' start times were read from.
+        """
+        now = time.monotonic() if now is None else now
+        recorded = [(r, o) for r, o in done if o is not None]
+        runs: list[float] = []
+        ended: dict[tuple[Counter, str], int] = {}
+        for (running, outcome), ok in zip(recorded, applied, strict=True):
+            if not ok:
+                continue
+            runs.append(max(0.0, now - running.started))
+            claim = running.claim
+            if outcome.status is Status.COMPLETED:
+                counter = self.completed_total
+            elif outcome.status is not Status.FAILED:
+                continue
+            elif claim.failures + 1 < claim.max_attempts:
+                counter = self.retries_total
+            else:
+                counter = self.failed_total
+            key = (counter, claim.type)
+            ended[key] = ended.get(key, 0) + 1
+        self.run_time.observe_all(runs)
+        # One increment per counter and type, not one per task.
+        for (counter, task_type), count in ended.items():
+            counter.labels(task_type).inc(count)
+
+    def recovered(self, count: int) -> None:
+        """Count attempts of dead instances ended by a reap."""
+        self.recovered_total.inc(count)
+
+    def heartbeat(self) -> None:
+        """Count a successful heartbeat and remember when it was."""
+        self.heartbeats_total.inc()
+        self.last_heartbeat.set(time.time())
+
+    def exposition(self) -> bytes:
+        """Render every metric in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""What a user asks for (submit, batch, cancel, retry, reads), each one transaction."""

@@ -1,0 +1,176 @@
+"""Reads: one task, its status, pages of tasks. Each one short read transaction."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from app.errors import InvalidParameter, NotFound
+from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_TYPE_LENGTH
+from app.storage import database
+from app.storage.tables import chunks, deps, tasks
+
+LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
+# The largest seq a database column holds; a cursor naming more was not issued here.
+MAX_SEQ = 2**63 - 1
+_ID = re.compile(ID_PATTERN)
+# Batch ids are 32 hex digits; the column holds 64.
+MAX_BATCH_ID_LENGTH = 64
+# The longest cursor encode_cursor writes ("v1:" and 19 digits) is 30 characters.
+MAX_CURSOR_LENGTH = 32
+
+
+def is_identifier(value: str, max_length: int = MAX_ID_LENGTH) -> bool:
+    """Tell whether `value` follows the id rules: only such values are ever stored."""
+    return len(value) <= max_length and _ID.match(value) is not None
+
+
+def unknown_task(task_id: str) -> NotFound:
+    """Return the not_found error for `task_id`, saying why when it cannot be an id."""
+    if is_identifier(task_id):
+        return NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
+    # Cut short, so that the rule still fits in the message of a small error body.
+    shown = repr(task_id)
+    if len(task_id) > 64:
+        shown = f"{task_id[:40]!r}... ({len(task_id):,} characters)"
+    rule = ID_MESSAGE.format(max=MAX_ID_LENGTH)
+    return NotFound(f"No task has the id {shown}; task ids {rule[0].lower()}{rule[1:]}")
+
+
+def check_task_id(task_id: str) -> None:
+    """Raise not_found for an id no task can have, before a query sees it.
+
+    A URL can carry what a body cannot (NUL, which PostgreSQL refuses in text, or
+    thousands of characters); no stored task has such an id, so none is looked up.
+    """
+    if not is_identifier(task_id):
+        raise unknown_task(task_id)
+
+
+def shape(row: Any, dependencies: list[str]) -> dict[str, Any]:
+    """Return a task row as a dict with its dependencies, ready for the output schema."""
+    task = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
+    task["dependencies"] = dependencies
+    return task
+
+
+def load_task(conn: Connection, task_id: str, *, with_payload: bool) -> dict[str, Any] | None:
+    """Return one task, or None when the id is unknown."""
+    columns = list(tasks.c) if with_payload else LIST_COLUMNS
+    row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+    if row is None:
+        return None
+    return shape(row, dependencies_of(conn, [task_id]).get(task_id, []))
+
+
+def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Return the dependencies of each task, in the order they were given."""
+    result: dict[str, list[str]] = {}
+    for part in chunks(ids):
+        query = (
+            select(deps.c.task_id, deps.c.dependency_id)
+            .where(deps.c.task_id.in_(part))
+            .order_by(deps.c.task_id, deps.c.position)
+        )
+        for task_id, dependency_id in conn.execute(query):
+            result.setdefault(task_id, []).append(dependency_id)
+    return result
+
+
+def get_task(engine: Engine, task_id: str) -> dict[str, Any]:
+    """Return one task with its payload and result."""
+    check_task_id(task_id)
+    with database.read(engine) as conn:
+        task = load_task(conn, task_id, with_payload=True)
+    if task is None:
+        raise unknown_task(task_id)
+    return task
+
+
+def get_status(engine: Engine, task_id: str) -> dict[str, Any]:
+    """Return a task's id and status."""
+    check_task_id(task_id)
+    with database.read(engine) as conn:
+        status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+    if status is None:
+        raise unknown_task(task_id)
+    return {"id": task_id, "status": status}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of tasks, newest first, and the cursor of the next page if any."""
+
+    tasks: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def list_tasks(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    task_type: str | None = None,
+    batch_id: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page:
+    """Return tasks newest first, filtered, one page at a time."""
+    _check_filter("type", task_type, MAX_TYPE_LENGTH)
+    _check_filter("batch_id", batch_id, MAX_BATCH_ID_LENGTH)
+    query = select(*LIST_COLUMNS).order_by(tasks.c.seq.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(tasks.c.status == status)
+    if task_type is not None:
+        query = query.where(tasks.c.type == task_type)
+    if batch_id is not None:
+        query = query.where(tasks.c.batch_id == batch_id)
+    if cursor is not None:
+        query = query.where(tasks.c.seq < decode_cursor(cursor))
+    with database.read(engine) as conn:
+        rows = conn.execute(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        edges = dependencies_of(conn, [r.id for r in rows])
+    page = [shape(r, edges.get(r.id, [])) for r in rows]
+    return Page(page, encode_cursor(rows[-1].seq) if more else None)
+
+
+def _check_filter(name: str, value: str | None, max_length: int) -> None:
+    """Refuse a filter no stored value can equal (and PostgreSQL could not even compare)."""
+    if value is not None and not is_identifier(value, max_length):
+        raise InvalidParameter(
+            f"{name} must be 1 to {max_length} characters from A-Z a-z 0-9 . _ : - "
+            "starting with a letter or digit.",
+            {name: "Not a possible value."},
+        )
+
+
+def encode_cursor(seq: int) -> str:
+    """Return an opaque cursor that resumes after the task numbered `seq`."""
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the position a cursor names, or raise `invalid_parameter`."""
+    try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, number = raw.partition(":")
+        seq = int(number) if number.isascii() and number.isdigit() else 0
+        # Only the exact text encode_cursor writes: decoding alone forgives stray
+        # characters and padding bits, so an edited cursor could name another page.
+        if version != "v1" or not 1 <= seq <= MAX_SEQ or encode_cursor(seq) != cursor:
+            raise ValueError(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameter(
+            "The cursor is malformed; use the URL of the previous page's Link header.",
+            {"cursor": "Not a cursor this server issued."},
+        ) from None
+    return seq

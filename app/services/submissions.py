@@ -1,0 +1,216 @@
+"""Submissions: validated tasks in, committed rows out, each in one transaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, insert
+from sqlalchemy.exc import IntegrityError
+
+from app import events
+from app.errors import DuplicateId, UnknownDependency, ValidationFailed
+from app.services.admission import Admission
+from app.services.reads import load_task, shape
+from app.storage import database, readiness
+from app.storage.models import FAILED_LIKE, Status
+from app.storage.notify import announce
+from app.storage.tables import deps, tasks
+
+# What a client may set, with the value a task gets when the client leaves it out.
+DEFAULTS: dict[str, Any] = {
+    "payload": {},
+    "priority": 0,
+    "max_attempts": 1,
+    "retry_backoff_ms": 1000,
+    "timeout_ms": None,
+    "run_at": None,
+    "trigger_rule": "all_success",
+}
+# Fields whose stored value must equal the resubmitted one for a replay to be identical.
+COMPARED = ("type", "duration_ms", "dependencies", *DEFAULTS)
+OUTPUT_DEFAULTS: dict[str, Any] = {
+    "result": None,
+    "error": None,
+    "error_code": None,
+    "progress": None,
+    "attempts": 0,
+    "started_at": None,
+    "finished_at": None,
+    "worker": None,
+    "batch_id": None,
+}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submission's answer: the task and whether this request created it."""
+
+    task: dict[str, Any]
+    created: bool
+
+
+# What direct callers get: every type, no queue limit. The API and the CLI pass the app's.
+OPEN = Admission()
+
+
+def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) -> Submitted:
+    """Store one validated task, or return the existing one for an identical replay."""
+    wanted = normalise(data)
+    admission.check_types([wanted["type"]])
+
+    def work(conn: Connection) -> Submitted:
+        existing = load_task(conn, wanted["id"], with_payload=True)
+        if existing is not None:
+            check_replay(existing, wanted)
+            return Submitted(existing, created=False)
+        statuses = readiness.statuses(conn, wanted["dependencies"])
+        missing = [d for d in wanted["dependencies"] if d not in statuses]
+        if missing:
+            raise unknown_dependencies(missing)
+        now = database.now(conn)
+        row = new_row(wanted, statuses, now)
+        admission.make_room(conn, [row])
+        insert_tasks(conn, [row])
+        return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
+
+    return inserting(engine, work)
+
+
+T = TypeVar("T")
+
+
+def inserting(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run a transaction that inserts tasks, once more if another inserted an id first.
+
+    Run again, the transaction finds the other's task and answers as for a replay.
+    """
+    try:
+        return database.transaction(engine, work)
+    except IntegrityError:
+        return database.transaction(engine, work)
+
+
+def normalise(data: dict[str, Any]) -> dict[str, Any]:
+    """Return a loaded task with its id, defaults, and de-duplicated dependencies."""
+    task_id = data.get("id") or uuid.uuid4().hex
+    dependencies = list(dict.fromkeys(data.get("dependencies") or []))
+    if task_id in dependencies:
+        raise ValidationFailed(
+            "A task cannot depend on itself.",
+            {"dependencies": f"Contains the task's own id {task_id!r}."},
+        )
+    wanted = {
+        "id": task_id,
+        "type": data["type"],
+        "duration_ms": data["duration_ms"],
+        "dependencies": dependencies,
+    }
+    for name, default in DEFAULTS.items():
+        value = data.get(name)
+        wanted[name] = default if value is None else value
+    if isinstance(wanted["run_at"], datetime):
+        wanted["run_at"] = _naive_utc(wanted["run_at"])
+    return wanted
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def check_replay(existing: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Accept a resubmission identical to the stored task; raise duplicate_id otherwise."""
+    differ = [name for name in COMPARED if not _same(name, existing[name], wanted[name])]
+    if differ:
+        raise DuplicateId(
+            f"A task with id {wanted['id']!r} already exists with a different "
+            + ", ".join(differ)
+            + ".",
+            {"id": wanted["id"], "fields": differ},
+        )
+
+
+def _same(name: str, ours: Any, theirs: Any) -> bool:
+    if name == "dependencies":
+        return set(ours) == set(theirs)
+    if name == "payload":
+        # Python holds 1 == 1.0 == True; as JSON they are three different bodies.
+        return json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+    if name == "run_at" and ours is not None and theirs is not None:
+        # Stored times keep microseconds on every backend we support.
+        return bool(ours == theirs)
+    return bool(ours == theirs) and type(ours) is type(theirs)
+
+
+def unknown_dependencies(missing: Sequence[str]) -> UnknownDependency:
+    """Return the error naming dependencies that do not exist."""
+    noun = "dependency does" if len(missing) == 1 else "dependencies do"
+    return UnknownDependency(f"{len(missing)} {noun} not exist.", {"missing": list(missing)})
+
+
+def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> dict[str, Any]:
+    """Return the row of a new task, given the statuses of its dependencies."""
+    dependencies = wanted["dependencies"]
+    row = {name: value for name, value in wanted.items() if name != "dependencies"}
+    row.update(
+        status=Status.QUEUED.value,
+        pending_deps=readiness.pending((d, statuses[d]) for d in dependencies),
+        not_before=wanted["run_at"],
+        created_at=now,
+        updated_at=now,
+        dependencies=dependencies,
+        error=None,
+        error_code=None,
+        finished_at=None,
+    )
+    if wanted["trigger_rule"] == "all_success":
+        row.update(born_terminal(dependencies, statuses, now))
+    return row
+
+
+def born_terminal(
+    dependencies: Sequence[str], statuses: dict[str, str], now: datetime
+) -> dict[str, Any]:
+    """Return the fields of a task whose dependency already failed or was cancelled."""
+    failed = [d for d in dependencies if statuses[d] in FAILED_LIKE]
+    cancelled = [d for d in dependencies if statuses[d] == Status.CANCELLED.value]
+    if failed:
+        status, code, culprit, verb = Status.UPSTREAM_FAILED, "upstream_failed", failed[0], "failed"
+    elif cancelled:
+        status, code, culprit, verb = (
+            Status.CANCELLED,
+            "upstream_cancelled",
+            cancelled[0],
+            "was cancelled",
+        )
+    else:
+        return {}
+    return {
+        "status": status.value,
+        "error": f"Dependency {culprit} {verb}, so this task will not run.",
+        "error_code": code,
+        "finished_at": now,
+    }
+
+
+def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert task rows (each with its `dependencies` list) and their edges."""
+    task_rows: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for row in rows:
+        fields = dict(row)
+        for position, dependency in enumerate(fields.pop("dependencies")):
+            edges.append({"task_id": row["id"], "dependency_id": dependency, "position": position})
+        task_rows.append(fields)
+    if task_rows:
+        conn.execute(insert(tasks), task_rows)
+    if edges:
+        conn.execute(insert(deps), edges)
+    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in task_rows)
+    announce(conn)

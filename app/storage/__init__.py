@@ -1,0 +1,1 @@
+"""Every SQL statement, by concern: tables, engines and transactions, claims, cascades."""

@@ -1,0 +1,220 @@
+"""Engine set-up and transactions: SQLite done properly, PostgreSQL as it comes."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Connection, Engine, RootTransaction, event, func, select
+from sqlalchemy.exc import DBAPIError
+
+from app import events, faults
+from app.storage import dbfaults
+
+# How long a SQLite writer waits for the lock before giving up: long enough that a
+# large batch never turns into "database is locked" for the requests queued behind it.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time as a naive datetime, the form stored everywhere."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# libpq waits without limit for a server that never answers (a network path cut, a host
+# frozen): give up after a few seconds, so that a request answers 503 instead of hanging,
+# and let TCP keepalives notice a connection whose peer vanished (the LISTEN connection
+# sits idle for as long as nothing is announced). A value in the URL takes precedence.
+POSTGRESQL_CONNECT = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# How long a request waits for a pooled connection before it is answered 503.
+POOL_TIMEOUT_S = 10
+
+
+def postgresql_connect_args(url: str) -> dict[str, Any]:
+    """Return the libpq parameters of POSTGRESQL_CONNECT that `url` does not set itself."""
+    return {k: v for k, v in POSTGRESQL_CONNECT.items() if f"{k}=" not in url}
+
+
+def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:
+    """Return the create_engine options for `url`."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 60}}
+    # One connection per running task, plus the scheduler loop and a few requests.
+    return {
+        "pool_size": max_concurrent + 4,
+        "max_overflow": 16,
+        "pool_pre_ping": True,
+        "pool_timeout": POOL_TIMEOUT_S,
+        "connect_args": postgresql_connect_args(url),
+    }
+
+
+def configure_postgresql(engine: Engine, lease_s: int) -> None:
+    """Make a session that sits inside a transaction for a whole lease end on the server.
+
+    A scheduler paused in the middle of a transaction (SIGSTOP, a frozen VM) would hold
+    its row locks forever and stall the live instances that need them to recover its
+    work; the server ends such a session after `lease_s`, releasing them.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {int(lease_s * 1000)}")
+        dbapi_connection.commit()
+
+
+def configure_sqlite(engine: Engine, synchronous: str) -> None:
+    """Set WAL, durability and a busy timeout; make writers take the lock up front."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy issue BEGIN itself instead of pysqlite's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A deferred transaction that reads then writes gets SQLITE_BUSY at once,
+        # without waiting; a writer must hold the lock from its first statement.
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def _transaction(engine: Engine, begin: str, writes: bool = False) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin=begin)
+        try:
+            with conn.begin() as transaction:
+                yield conn
+                if writes:
+                    _commit(transaction)
+        except BaseException:
+            if engine.dialect.name == "sqlite":
+                # A statement left unfinished by the error would keep an old snapshot
+                # open on this connection, and its next BEGIN IMMEDIATE would fail at
+                # once with SQLITE_BUSY_SNAPSHOT; discard the connection instead.
+                conn.invalidate()
+            raise
+
+
+def _commit(transaction: RootTransaction) -> None:
+    """Commit a write, telling a failure of the COMMIT itself from one of the body.
+
+    An error raised by the body means nothing was committed. One raised by the COMMIT on
+    a connection that broke may come after the server applied it: the caller cannot know,
+    and must be told so (CommitUnknown) rather than that nothing happened.
+    """
+    try:
+        faults.point("database.commit", transaction=transaction)
+        transaction.commit()
+    except DBAPIError as exc:
+        if dbfaults.lost_in_commit(exc):
+            raise dbfaults.CommitUnknown(exc) from exc
+        raise
+
+
+# SQLite admits one writer. Threads of one process queue on this lock instead of on
+# SQLite's busy handler, which sleeps in steps of up to 100 ms and so left a writer
+# waiting long after the lock was free. Other processes still meet the busy handler.
+_writers: WeakKeyDictionary[Engine, threading.RLock] = WeakKeyDictionary()
+_writers_guard = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock:
+    with _writers_guard:
+        lock = _writers.get(engine)
+        if lock is None:
+            lock = _writers[engine] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """Run one write transaction; it commits on success and rolls back on error."""
+    serialised = _writer_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
+    try:
+        # State changes the transaction stages are logged once it committed.
+        with serialised, events.staging(engine), _transaction(engine, "IMMEDIATE", True) as conn:
+            yield conn
+    except Exception as exc:
+        dbfaults.record(engine, exc)  # /health reports a write refused while reads work
+        raise
+    dbfaults.record(engine, None)
+
+
+T = TypeVar("T")
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction did nothing,
+# and running it again, once the other one has finished, is safe.
+CONFLICTS = ("40P01", "40001")
+TRANSACTION_TRIES = 8
+
+
+def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work` in one write transaction, again if PostgreSQL aborted it for a conflict.
+
+    Two transactions that lock the same task rows in different orders (two retries of a
+    task's two failed dependencies) can deadlock; PostgreSQL aborts one of them, which
+    then runs again and sees what the other committed.
+    """
+    for attempt in range(TRANSACTION_TRIES):
+        try:
+            with write(engine) as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in CONFLICTS or attempt == TRANSACTION_TRIES - 1:
+                raise
+        time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def read(engine: Engine) -> AbstractContextManager[Connection]:
+    """Run one short read transaction."""
+    return _transaction(engine, "DEFERRED")
+
+
+def now(conn: Connection) -> datetime:
+    """Return the time a transaction compares and stamps with, read when it is called.
+
+    On PostgreSQL every instance and every API worker, on whatever host, reads the one
+    clock they share, the database's, so a skewed host neither shifts a delay nor stamps a
+    finish out of order. SQLite lives on this host, whose clock is the database's.
+    """
+    if conn.dialect.name == "postgresql":
+        moment: datetime = conn.execute(
+            select(func.timezone("UTC", func.clock_timestamp()))
+        ).scalar_one()
+        return moment
+    return utcnow()
+
+
+def stamp(conn: Connection, now: datetime) -> Any:
+    """Return the time to record for a state change, read while the row is written.
+
+    A task's start must never be stamped before the finish that made it ready. SQLite
+    serialises writers, so `now`, read once the write lock is held, is exact. PostgreSQL
+    does not: the database clock, read as the statement writes the row (after its snapshot
+    saw the finish committed), is.
+    """
+    if conn.dialect.name == "postgresql":
+        return func.timezone("UTC", func.clock_timestamp())
+    return now

@@ -1,0 +1,165 @@
+"""Tables: tasks, the dependency edges between them, and scheduler instances."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+
+# SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets a bigint.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Status(StrEnum):
+    """Where a task is in its life; the last four never change again on their own."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+TERMINAL = tuple(s.value for s in Status if s.terminal)
+FAILED_LIKE = (Status.FAILED.value, Status.UPSTREAM_FAILED.value)
+UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+# Ended without completing: an all_success dependent of such a task never runs.
+BLOCKING = (*FAILED_LIKE, Status.CANCELLED.value)
+DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
+
+
+class Task(db.Model):  # type: ignore[name-defined]
+    """One unit of work and the outcome of its last attempt."""
+
+    __tablename__ = "tasks"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED.value)
+    payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, default=0)
+    trigger_rule: Mapped[str] = mapped_column(String(16), default="all_success")
+    max_attempts: Mapped[int] = mapped_column(SmallInteger, default=1)
+    retry_backoff_ms: Mapped[int] = mapped_column(Integer, default=1000)
+    timeout_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # As the submitter set it; the scheduler never changes it.
+    run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The earliest start a claim allows: run_at, or the end of a retry backoff if later.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Dependencies not yet terminal; the task is ready when this is 0.
+    pending_deps: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Failed attempts since the task was last (re)queued by a user: the retry budget.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    progress: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A user asked a RUNNING attempt to stop; its scheduler sets the handler's cancel event.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (
+        # The scheduler's only question: the next ready tasks, best first.
+        Index(
+            "ix_tasks_ready",
+            priority.desc(),
+            seq,
+            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
+            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
+        ),
+        # The same question from an instance that runs only some types: one walk per type.
+        Index(
+            "ix_tasks_ready_type",
+            type,
+            priority.desc(),
+            seq,
+            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
+            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
+        ),
+        # When the next held-back task (run_at, retry backoff) becomes due.
+        Index(
+            "ix_tasks_delayed",
+            not_before,
+            sqlite_where=text(DELAYED),
+            postgresql_where=text(DELAYED),
+        ),
+        Index(
+            "ix_tasks_running",
+            worker,
+            sqlite_where=text("status = 'RUNNING'"),
+            postgresql_where=text("status = 'RUNNING'"),
+        ),
+        Index("ix_tasks_status_seq", status, seq),
+        Index("ix_tasks_type_seq", type, seq),
+        Index("ix_tasks_batch_seq", batch_id, seq),
+        Index("ix_tasks_finished_at", finished_at),
+    )
+
+
+class TaskDependency(db.Model):  # type: ignore[name-defined]
+    """An edge: `task_id` waits for `dependency_id`."""
+
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    dependency_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Keeps the order the client gave, so the API shows the array it was sent.
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_task_dependencies_dependency", dependency_id, task_id),)
+
+
+class SchedulerInstance(db.Model):  # type: ignore[name-defined]
+    """A running scheduler: who it is, where it runs, and when it last proved alive."""
+
+    __tablename__ = "scheduler_instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # Kernel start time of the process, so a reused pid is not mistaken for it.
+    process_start: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+    # The host's monotonic clock at that heartbeat: what an instance on the same host
+    # (the same boot) judges staleness by, so no step of the wall clock fakes a death.
+    heartbeat_monotonic: Mapped[float | None] = mapped_column(Float, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    # The task types it claims, as a JSON list; NULL when it runs every type.
+    task_types: Mapped[str | None] = mapped_column(Text, nullable=True)

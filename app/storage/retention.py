@@ -1,0 +1,171 @@
+"""Retention: delete finished tasks older than a cut-off, a chunk per transaction.
+
+A finished task goes only when every task that depends on it has COMPLETED or goes with
+it. A task that did not complete must keep the dependency that stopped it: a later retry
+of another of its dependencies reads that one to know it still may not run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, exists, or_, select, text, tuple_
+
+from app import faults
+from app.storage import database
+from app.storage.models import TERMINAL, UNFINISHED, Status
+from app.storage.tables import chunks, deps, tasks
+
+# Tasks deleted per transaction: short enough that writers queued behind it barely wait.
+PRUNE_CHUNK = 1000
+
+Position = tuple[datetime, int]
+
+
+def prune(
+    engine: Engine,
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+    chunk: int = PRUNE_CHUNK,
+    stop: threading.Event | None = None,
+) -> int:
+    """Delete tasks that finished before `now - older_than`; return how many went.
+
+    Walks the finished tasks once, oldest first, in chunks of `chunk`, each its own short
+    transaction; between two chunks it returns early once `stop` is set.
+    """
+    if older_than < timedelta(0):
+        raise ValueError("older_than must not be negative")
+    if now is None:
+        with database.read(engine) as conn:
+            now = database.now(conn)  # the database's clock on PostgreSQL, as finishes use
+    cutoff = _naive_utc(now) - older_than
+    deleted = 0
+    after: Position | None = None
+    while stop is None or not stop.is_set():
+        with database.write(engine) as conn:
+            selected, removed, after = _prune_chunk(conn, cutoff, chunk, after)
+        deleted += removed
+        faults.point("prune.chunk_committed", removed=removed)
+        if selected < chunk:
+            break
+    return deleted
+
+
+def _prune_chunk(
+    conn: Connection, cutoff: datetime, chunk: int, after: Position | None
+) -> tuple[int, int, Position | None]:
+    """Delete what may go among the next `chunk` finished tasks after `after`.
+
+    Return how many were looked at, how many deleted, and where the next chunk starts.
+    """
+    query = (
+        select(tasks.c.id, tasks.c.finished_at, tasks.c.seq)
+        .where(tasks.c.finished_at < cutoff, _finished(conn.dialect.name), ~_has_unfinished())
+        .order_by(tasks.c.finished_at, tasks.c.seq)
+        .limit(chunk)
+        # PostgreSQL: a submission holds FOR SHARE on the dependencies it names, and a
+        # retry FOR UPDATE on what it requeues: such a task is skipped, and ours cannot
+        # gain a dependent nor come back once locked.
+        .with_for_update(skip_locked=True)
+    )
+    if after is not None:
+        query = query.where(tuple_(tasks.c.finished_at, tasks.c.seq) > tuple_(*after))
+    rows = conn.execute(query).all()
+    if not rows:
+        return 0, 0, after
+    ids = [row.id for row in rows]
+    if conn.dialect.name == "postgresql":
+        ids = _dependencies_held(conn, ids)
+    ids = removable(conn, ids)
+    faults.point("prune.chunk", ids=ids)
+    for part in chunks(ids):
+        # Both directions, explicitly: the cascade would do it, but only where the foreign
+        # keys are enforced.
+        edges = or_(deps.c.task_id.in_(part), deps.c.dependency_id.in_(part))
+        conn.execute(delete(deps).where(edges))
+        conn.execute(delete(tasks).where(tasks.c.id.in_(part)))
+    return len(rows), len(ids), (rows[-1].finished_at, rows[-1].seq)
+
+
+def removable(conn: Connection, ids: Sequence[str]) -> list[str]:
+    """Return those of the finished tasks `ids` that may go together.
+
+    A task may go when each of its dependents has COMPLETED or goes too; the dependents
+    are read now, after the locking read, so a change committed meanwhile is seen.
+    """
+    dependent = tasks.alias("dependent")
+    blocked_by: dict[str, set[str]] = {}
+    for part in chunks(ids):
+        query = (
+            select(deps.c.dependency_id, deps.c.task_id)
+            .join(dependent, dependent.c.id == deps.c.task_id)
+            .where(deps.c.dependency_id.in_(part), dependent.c.status != Status.COMPLETED.value)
+        )
+        for dependency_id, task_id in conn.execute(query):
+            blocked_by.setdefault(dependency_id, set()).add(task_id)
+    going = set(ids)
+    while True:
+        kept = {i for i in going if blocked_by.get(i, set()) <= going}
+        if kept == going:
+            return [i for i in ids if i in going]
+        going = kept
+
+
+def _dependencies_held(conn: Connection, ids: Sequence[str]) -> list[str]:
+    """Return those of `ids` whose every dependency this transaction could hold FOR SHARE.
+
+    A dependency another transaction is writing (a retry about to bring its dependents
+    back, a finish) cannot be held without waiting: the tasks that depend on it stay for
+    the next prune, rather than vanish under a retry that expects them.
+    """
+    dependency = tasks.alias("dependency")
+    wanted: dict[str, set[str]] = {}
+    held: set[str] = set()
+    for part in chunks(ids):
+        edges = select(deps.c.task_id, deps.c.dependency_id).where(deps.c.task_id.in_(part))
+        for task_id, dependency_id in conn.execute(edges):
+            wanted.setdefault(task_id, set()).add(dependency_id)
+        lock = (
+            select(dependency.c.id)
+            .join(deps, deps.c.dependency_id == dependency.c.id)
+            .where(deps.c.task_id.in_(part))
+            .with_for_update(read=True, skip_locked=True, of=dependency)
+        )
+        held.update(conn.execute(lock).scalars())
+    chosen = set(ids)
+    return [i for i in ids if wanted.get(i, set()) <= held | chosen]
+
+
+def _finished(dialect: str) -> Any:
+    """Return `status IN (terminal statuses)`, so marked on SQLite that it walks by time.
+
+    Told nothing, SQLite's planner takes the status index and sorts every finished task
+    by `finished_at` for each chunk; marked as filtering little, the status term leaves it
+    the `ix_tasks_finished_at` range, already in order.
+    """
+    if dialect == "sqlite":
+        statuses = ", ".join(f"'{status}'" for status in TERMINAL)
+        return text(f"likelihood(tasks.status IN ({statuses}), 0.99)")
+    return tasks.c.status.in_(TERMINAL)
+
+
+def _has_unfinished() -> Any:
+    """Return `EXISTS` an unfinished task that depends on the outer task row."""
+    dependent = tasks.alias("dependent")
+    return exists(
+        select(deps.c.task_id)
+        .join(dependent, dependent.c.id == deps.c.task_id)
+        .where(deps.c.dependency_id == tasks.c.id, dependent.c.status.in_(UNFINISHED))
+    )
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Return `moment` as the naive UTC time stored in the database."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)

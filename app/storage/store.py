@@ -1,0 +1,428 @@
+"""The SQL that must be exact: claim, fenced finish, requeue, reconcile and reap."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, delete, select, update
+
+from app import events, faults
+from app.events import Change
+from app.storage import database, readiness, scheduler_sql
+from app.storage.database import stamp, utcnow
+from app.storage.membership import Membership
+from app.storage.models import Status
+from app.storage.notify import announce
+from app.storage.propagation import settle
+from app.storage.tables import CHUNK, RUNNING, instances, tasks
+
+MAX_BACKOFF = timedelta(hours=1)
+CANCELLED_WHILE_RUNNING = "Cancelled by a user while running."
+
+
+class NotRegistered(Exception):
+    """Raised when an instance that was declared dead tries to claim."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt a scheduler instance holds: the fence every later write carries."""
+
+    id: str
+    type: str
+    duration_ms: int
+    payload: Any
+    attempt: int
+    worker: str
+    failures: int
+    max_attempts: int
+    retry_backoff_ms: int
+    timeout_ms: int | None = None
+    waited_s: float = 0.0  # from the task's creation to this attempt's start
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The attempt's identity: a task id and an attempt number are never reused."""
+        return (self.id, self.attempt)
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one scheduler pass did: which outcomes applied, what it claimed, what is next."""
+
+    applied: list[bool]
+    claims: list[Claim]
+    now: datetime
+    next_due: datetime | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended."""
+
+    status: Status
+    result: Any = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class Store(Membership):
+    """The task table's state transitions, each one transaction with a fence."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(engine, clock, monotonic)
+        self.rng = rng or random.Random()
+
+    def claim(
+        self,
+        worker: str,
+        limit: int,
+        now: datetime | None = None,
+        types: Sequence[str] = (),
+    ) -> list[Claim]:
+        """Move up to `limit` ready tasks to RUNNING for `worker`, best first.
+
+        With `types`, only tasks of those types (the ones `worker` has handlers for).
+        """
+        if limit <= 0:
+            return []
+        with database.write(self.engine) as conn:
+            # Read the clock inside the transaction, once the write lock is held, so a
+            # start is never stamped before the finish that made the task ready.
+            return self._claim_as(conn, worker, limit, now or self.now(conn), types=types)
+
+    def _claim_as(
+        self,
+        conn: Connection,
+        worker: str,
+        limit: int,
+        now: datetime,
+        exclude: Sequence[str] = (),
+        types: Sequence[str] = (),
+    ) -> list[Claim]:
+        # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
+        # this claim commits, so nothing is claimed under a dead identity.
+        if not scheduler_sql.is_member(conn, worker):
+            raise NotRegistered(worker)
+        claims = [
+            _as_claim(
+                r,
+                worker,
+                payload=scheduler_sql.payload_of(r.payload),
+                waited_s=max(0.0, r.waited or 0.0),
+            )
+            for r in scheduler_sql.claim(conn, worker, limit, now, exclude, types)
+        ]
+        if claims:
+            reason = f"claimed by {worker}"
+            events.stage([(c.id, c.type, c.attempt, "RUNNING", reason) for c in claims])
+        return claims
+
+    def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
+        """Record how an attempt ended, if the row still holds this attempt."""
+
+        def work(conn: Connection) -> bool:
+            return self.finish_all(conn, [(claim, outcome)], now or self.now(conn))[0]
+
+        return database.transaction(self.engine, work)
+
+    def cycle(
+        self,
+        worker: str,
+        finished: list[tuple[Claim, Outcome]],
+        limit: int,
+        now: datetime | None = None,
+        exclude: Sequence[str] = (),
+        types: Sequence[str] = (),
+    ) -> Cycle:
+        """Record finished attempts and claim up to `limit` tasks, in one transaction.
+
+        One commit per scheduler pass, whatever the number of tasks it settles and starts:
+        durability costs little, and a dependent is claimed in the very transaction that
+        records its last dependency's completion. When slots stay free, it also says when
+        the next held-back task (run_at, retry backoff) falls due. `exclude` names tasks
+        the caller must not claim (an earlier attempt of theirs still holds its thread);
+        `types`, when given, the only types it claims.
+        """
+
+        def work(conn: Connection) -> Cycle:
+            at = now or self.now(conn)
+            applied = self.finish_all(conn, finished, at) if finished else []
+            claims = self._claim_as(conn, worker, limit, at, exclude, types) if limit > 0 else []
+            due = scheduler_sql.next_run_at(conn, at) if len(claims) < limit else None
+            return Cycle(applied, claims, at, due)
+
+        done = database.transaction(self.engine, work)
+        faults.point("cycle.committed", worker=worker, cycle=done)
+        return done
+
+    def finish_all(
+        self, conn: Connection, finished: list[tuple[Claim, Outcome]], now: datetime
+    ) -> list[bool]:
+        """Record each outcome that its row still fences; settle what ended, together."""
+        plain = [c for c, o in finished if _is_plain_success(o)]
+        applied_plain = self._complete_plain(conn, plain, now) if plain else set()
+        applied: list[bool] = []
+        ended: dict[str, Status] = {}
+        requeued: list[str] = []
+        changes: list[Change] = []
+        for claim, outcome in finished:
+            if _is_plain_success(outcome):
+                ok = claim.key in applied_plain
+                written: tuple[Status, str | None] | None = (Status.COMPLETED, None) if ok else None
+            else:
+                written = self._write_outcome(conn, claim, outcome, now)
+            applied.append(written is not None)
+            if written is None:
+                continue
+            status, error = written
+            why = _why(status, outcome, error)
+            changes.append((claim.id, claim.type, claim.attempt, status.value, why))
+            if status.terminal:
+                ended[claim.id] = status
+            elif status is Status.QUEUED:
+                requeued.append(claim.id)
+        events.stage(changes)
+        readied = bool(ended) and settle(conn, ended, now)
+        if requeued:
+            recount(conn, requeued)
+        if readied or requeued:
+            # Dependents made ready, or attempts back in the queue (at once, or after a
+            # backoff whose end the others must plan for): another instance may run them.
+            announce(conn)
+        return applied
+
+    def _complete_plain(
+        self, conn: Connection, claims: list[Claim], now: datetime
+    ) -> set[tuple[str, int]]:
+        """Complete attempts that returned nothing, in one fenced statement per chunk."""
+        done: set[tuple[str, int]] = set()
+        by_worker: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_worker.setdefault(claim.worker, []).append(claim)
+        for worker, mine in by_worker.items():
+            for start in range(0, len(mine), CHUNK // 2):
+                pairs = [c.key for c in mine[start : start + CHUNK // 2]]
+                done |= scheduler_sql.complete(conn, worker, pairs, now)
+        return done
+
+    def requeue(self, claim: Claim, reason: str | None = None) -> Status | None:
+        """Put a running attempt back to QUEUED without spending the retry budget.
+
+        An attempt a user asked to stop ends CANCELLED instead: it will not run again.
+        Return the status the task was left in, or None when the row no longer held it.
+        """
+        why = reason or "back in the queue: its instance stopped before it finished"
+        faults.point("requeue.before_write", claim=claim)
+
+        def work(conn: Connection) -> Status | None:
+            now = self.now(conn)
+            stmt = (
+                update(tasks)
+                .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
+                .values(status=Status.QUEUED.value, updated_at=stamp(conn, now), finished_at=None)
+            )
+            if conn.execute(stmt).rowcount != 1:
+                error = "Cancelled by a user; the attempt was stopped before it finished."
+                stopped = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
+                return (
+                    Status.CANCELLED if self.finish_all(conn, [(claim, stopped)], now)[0] else None
+                )
+            recount(conn, [claim.id])
+            events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
+            announce(conn)
+            return Status.QUEUED
+
+        return database.transaction(self.engine, work)
+
+    def owned(self, worker: str) -> list[Claim]:
+        """Return the attempts the database holds RUNNING for `worker`, as claims."""
+        query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
+        with database.read(self.engine) as conn:
+            return [_as_claim(row, worker) for row in conn.execute(query)]
+
+    def _write_outcome(
+        self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime
+    ) -> tuple[Status, str | None] | None:
+        """Write one outcome if fenced; return the status and error it left, or None."""
+        at = stamp(conn, now)
+        values: dict[str, Any] = {
+            "updated_at": at,
+            "error": outcome.error,
+            "error_code": outcome.error_code,
+            "status": outcome.status.value,
+        }
+        if outcome.status.terminal:
+            values.update(finished_at=at, result=outcome.result)
+        if outcome.status is Status.FAILED:
+            values["failures"] = tasks.c.failures + 1
+            if claim.failures + 1 < claim.max_attempts:
+                delay = backoff(claim.retry_backoff_ms, claim.failures + 1, self.rng)
+                values.update(status=Status.QUEUED.value, finished_at=None, not_before=now + delay)
+            _cancelled_if_asked(values, at)
+        stmt = (
+            update(tasks)
+            .where(*_fence(claim))
+            .values(**values)
+            .returning(tasks.c.status, tasks.c.error)
+        )
+        row = conn.execute(stmt).first()
+        return None if row is None else (Status(row.status), row.error)
+
+    def report_progress(self, claim: Claim, percent: int) -> bool:
+        """Record a running attempt's progress, if the row still holds the attempt."""
+        stmt = update(tasks).where(*_fence(claim)).values(progress=percent)
+        with database.write(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def cancel_requests(self, worker: str) -> list[tuple[str, int]]:
+        """Return the running attempts of `worker` that a user asked to stop."""
+        query = select(tasks.c.id, tasks.c.attempts).where(
+            RUNNING, tasks.c.worker == worker, tasks.c.cancel_requested.is_(True)
+        )
+        with database.read(self.engine) as conn:
+            return [(i, a) for i, a in conn.execute(query)]
+
+    def reap(
+        self,
+        worker: str,
+        reason: str,
+        stale_before: datetime | None = None,
+        now: datetime | None = None,
+        *,
+        stale_monotonic_before: float | None = None,
+    ) -> list[str]:
+        """Forget a dead instance and end every attempt it holds as interrupted.
+
+        With `stale_before`, only if its heartbeat is still older than that when the
+        transaction holds its row: an instance that heartbeated meanwhile is alive.
+        `stale_monotonic_before` is the same fence on the host's monotonic clock.
+        """
+        forget = delete(instances).where(instances.c.id == worker)
+        if stale_before is not None:
+            forget = forget.where(instances.c.heartbeat_at < stale_before)
+        if stale_monotonic_before is not None:
+            forget = forget.where(instances.c.heartbeat_monotonic < stale_monotonic_before)
+        fenced = stale_before is not None or stale_monotonic_before is not None
+
+        def work(conn: Connection) -> list[str]:
+            if conn.dialect.name == "postgresql":
+                # Never wait long on a lock a paused instance holds: try again next pass.
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+            # Deleting the row first takes its lock: a claim by that instance either
+            # committed before (and is ended below) or finds it gone (and claims nothing).
+            if conn.execute(forget).rowcount == 0 and fenced:
+                return []
+            query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
+            interrupted = []
+            for row in conn.execute(query).all():
+                error = f"Attempt {row.attempts} was interrupted: {reason}."
+                ended = Outcome(Status.FAILED, error=error, error_code="interrupted")
+                interrupted.append((_as_claim(row, worker), ended))
+            applied = self.finish_all(conn, interrupted, now or self.now(conn))
+            return [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
+
+        return database.transaction(self.engine, work)
+
+
+_CLAIM_COLUMNS = (
+    tasks.c.id,
+    tasks.c.type,
+    tasks.c.duration_ms,
+    tasks.c.attempts,
+    tasks.c.failures,
+    tasks.c.max_attempts,
+    tasks.c.retry_backoff_ms,
+    tasks.c.timeout_ms,
+)
+
+
+def _as_claim(row: Any, worker: str, payload: Any = None, waited_s: float = 0.0) -> Claim:
+    """Return the claim a task row shows: its running attempt, held by `worker`."""
+    return Claim(
+        id=row.id,
+        type=row.type,
+        duration_ms=row.duration_ms,
+        payload=payload,
+        attempt=row.attempts,
+        worker=worker,
+        failures=row.failures,
+        max_attempts=row.max_attempts,
+        retry_backoff_ms=row.retry_backoff_ms,
+        timeout_ms=row.timeout_ms,
+        waited_s=waited_s,
+    )
+
+
+def _cancelled_if_asked(values: dict[str, Any], at: Any) -> None:
+    """Make a failure's values end the task CANCELLED when a user asked it to stop.
+
+    Decided by the row, in the statement that writes the failure: whichever instance sees
+    the failure, and whatever the retry budget, an attempt asked to stop is not retried.
+    """
+    asked = tasks.c.cancel_requested.is_(True)
+    instead = {
+        "status": Status.CANCELLED.value,
+        "error": CANCELLED_WHILE_RUNNING,
+        "error_code": "cancelled",
+        "finished_at": at,
+        "not_before": tasks.c.not_before,
+    }
+    for name, value in instead.items():
+        values[name] = case((asked, value), else_=values.get(name, tasks.c[name]))
+
+
+def _why(status: Status, outcome: Outcome, error: str | None) -> str:
+    """The reason a state-change log line gives for an outcome."""
+    if status is Status.COMPLETED:
+        return "the handler returned"
+    if status is Status.CANCELLED and outcome.status is not Status.CANCELLED:
+        return f"{error} (cancelled); the attempt ended: {outcome.error}"
+    code = f" ({outcome.error_code})" if outcome.error_code else ""
+    if status is Status.QUEUED:
+        return f"attempt failed{code}, will be retried after a backoff: {outcome.error}"
+    return f"{outcome.error}{code}"
+
+
+def recount(conn: Connection, requeued: list[str]) -> None:
+    """Count again the unfinished dependencies of attempts that went back to QUEUED.
+
+    An all_done task may run while a dependency it waited for is retried; if it then goes
+    back to the queue, it must wait for that dependency again.
+    """
+    edges = readiness.dependencies(conn, requeued)
+    for task_id in requeued:
+        queued = (tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
+        count = readiness.pending(edges.get(task_id, []))
+        conn.execute(update(tasks).where(*queued).values(pending_deps=count))
+
+
+def _is_plain_success(outcome: Outcome) -> bool:
+    return outcome.status is Status.COMPLETED and outcome.result is None
+
+
+def _fence(claim: Claim) -> tuple[Any, ...]:
+    return (
+        tasks.c.id == claim.id,
+        RUNNING,
+        tasks.c.worker == claim.worker,
+        tasks.c.attempts == claim.attempt,
+    )
+
+
+def backoff(base_ms: int, failures: int, rng: random.Random | None = None) -> timedelta:
+    """Return the wait before the next attempt: exponential, jittered, capped."""
+    delay = timedelta(milliseconds=base_ms * 2 ** min(failures - 1, 32))
+    delay *= 1 + (rng or random).random() * 0.25
+    return min(delay, MAX_BACKOFF)
