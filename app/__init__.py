@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from app import events, logs
+from app import events, extensions, logs
 from app.config import Settings
-from app.errors import register_error_handlers
 from app.extensions import db, migrate
 from app.handlers import Registry, load_modules
 from app.http.auth import require_token
+from app.http.errors import register_error_handlers
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services.admission import Admission
@@ -59,15 +59,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     store = Store(engine)
     registry = Registry(strict=settings.strict_task_types)
     load_modules(registry, settings.task_handlers)
-    app.extensions["store"] = store
-    app.extensions["registry"] = registry
-    app.extensions["admission"] = Admission(
+    admission = Admission(
         registry,
         max_queued=settings.max_queued_tasks,
         retry_after_s=Admission.retry_after_for(settings.polling_interval_ms),
     )
-    app.extensions["metrics"] = metrics = Metrics(engine)
-    app.extensions["scheduler"] = scheduler = Scheduler(
+    metrics = Metrics(engine)
+    scheduler = Scheduler(
         store,
         registry,
         max_concurrent=settings.max_concurrent_tasks,
@@ -75,6 +73,14 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         lease_s=settings.lease_s,
         retention_days=settings.retention_days,
         metrics=metrics,
+    )
+    extensions.install(
+        app,
+        store=store,
+        registry=registry,
+        admission=admission,
+        metrics=metrics,
+        scheduler=scheduler,
     )
     metrics.watch(scheduler.running_count)
 
@@ -116,6 +122,6 @@ def start_scheduler(app: Flask) -> Scheduler | None:
     """Start the app's scheduler if it is enabled; call once per serving process."""
     if not app.config["SCHEDULER_ENABLED"]:
         return None
-    scheduler: Scheduler = app.extensions["scheduler"]
+    scheduler = extensions.scheduler(app)
     scheduler.start()
     return scheduler

@@ -1,14 +1,11 @@
-"""Read a JSON request body strictly: type, size, encoding, depth and numbers."""
+"""Parse a JSON body strictly: size, encoding, depth, numbers and duplicate keys."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import Request
-from werkzeug.exceptions import ClientDisconnected
-
-from app.errors import BodyTooLarge, InvalidJson, UnsupportedMediaType
+from app.errors import BodyTooLarge, InvalidJson
 
 MAX_DEPTH = 32
 MAX_INTEGER = 2**63 - 1
@@ -62,21 +59,8 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """Return the request's JSON object or raise the error the client should see."""
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
-    # only a longer read can tell a body that is too large from one that just fits.
-    request.max_content_length = max_bytes + 1
-    try:
-        raw = request.get_data(cache=True)
-    except ClientDisconnected:
-        raise InvalidJson(
-            "The request body ended before the length its Content-Length header announced."
-        ) from None
+def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """Return the JSON object in `raw` or raise the error the client should see."""
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
     if not raw.strip():

@@ -8,6 +8,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
+from app.errors import ValidationFailed
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z"
 ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
 MAX_ID_LENGTH = 128
@@ -249,3 +251,15 @@ class HealthOut(Schema):
             "notifications reach it)."
         },
     )
+
+
+_task_in = TaskIn()
+
+
+def load_task(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the task a client sent, loaded, or raise validation_failed naming each field."""
+    try:
+        loaded: dict[str, Any] = _task_in.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
+    return loaded

@@ -98,7 +98,7 @@ def claim_costs(dbs: dict[int, Database], cycles: int, sync: str) -> dict[int, d
 
 
 def _cycles(store_: Any, worker: str, n: int, into: tuple[list[float], list[float]]) -> None:
-    from app.storage.models import Status
+    from app.statuses import Status
     from app.storage.store import Outcome
 
     for _ in range(n):

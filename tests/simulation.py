@@ -37,8 +37,8 @@ from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
 from app.services import actions, batch, submissions
+from app.statuses import BLOCKING, TERMINAL, UNFINISHED
 from app.storage import database, retention
-from app.storage.models import BLOCKING, TERMINAL, UNFINISHED
 from app.storage.store import Store
 from app.storage.tables import deps, instances, tasks
 

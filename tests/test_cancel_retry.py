@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from app.storage.models import Status
+from app.statuses import Status
 from app.storage.store import Outcome
 from tests.conftest import AppFactory, assert_error, wait_for
 from tests.helpers import Gate, Switch, running_app, submit, task, wait_status, wait_terminal

@@ -28,8 +28,8 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from app.http.openapi import build_spec
 from app.schemas import ID_PATTERN, MAX_DEPENDENCIES
 from app.services import actions, reads, submissions
+from app.statuses import Status
 from app.storage import database
-from app.storage.models import Status
 from app.storage.store import Outcome, Store
 from tests.conftest import _postgres_schema, build_app
 

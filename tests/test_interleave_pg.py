@@ -20,9 +20,9 @@ from sqlalchemy import Engine, text
 
 from app.services import actions, submissions
 from app.services.batch import submit_batch
+from app.statuses import Status
 from app.storage import retention
 from app.storage.database import utcnow
-from app.storage.models import Status
 from app.storage.store import Claim, Outcome, Store
 from tests.conftest import _postgres_schema, build_app
 from tests.interleave import (

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from app import start_scheduler
 from app.runtime.metrics import Buckets, Metrics
+from app.statuses import Status
 from app.storage import database
-from app.storage.models import Status
 from app.storage.tables import tasks
 from tests.conftest import AppFactory, wait_for
 from tests.helpers import Gate, Switch, running_app, submit, wait_status

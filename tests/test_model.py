@@ -29,8 +29,8 @@ from sqlalchemy import create_engine, delete, select
 
 from app.errors import InvalidState
 from app.services import actions, batch, submissions
+from app.statuses import Status
 from app.storage import database
-from app.storage.models import Status
 from app.storage.store import Claim, Outcome, Store
 from app.storage.tables import deps, instances, tasks
 from tests.conftest import build_app

@@ -14,9 +14,9 @@ from flask import Flask
 
 from app.errors import InvalidState
 from app.services import actions, submissions
+from app.statuses import Status
 from app.storage import retention
 from app.storage.database import utcnow
-from app.storage.models import Status
 from app.storage.store import Claim, Outcome, Store
 from tests.conftest import AppFactory
 from tests.test_store import add, claim_all, row, set_fields

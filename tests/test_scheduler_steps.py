@@ -25,9 +25,9 @@ from app.runtime.maintenance import Reaper
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import CANCEL_CHECK_S, Scheduler
 from app.services import actions, submissions
+from app.statuses import Status
 from app.storage import database
 from app.storage.database import utcnow
-from app.storage.models import Status
 from app.storage.store import Store
 from app.storage.tables import instances, tasks
 from tests.conftest import AppFactory, wait_for

@@ -12,9 +12,9 @@ from flask import Flask
 from sqlalchemy import select, text, update
 
 from app.services import submissions
+from app.statuses import Status
 from app.storage import database, scheduler_sql
 from app.storage.database import utcnow
-from app.storage.models import Status
 from app.storage.propagation import settle
 from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks

@@ -6,6 +6,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from app import extensions
 from app.cli.tasks import tasks_cli
 
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
@@ -16,7 +17,7 @@ def run_scheduler() -> None:
     """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
-    scheduler = current_app.extensions["scheduler"]
+    scheduler = extensions.scheduler()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
     stop.install()
     scheduler.start()

@@ -15,22 +15,20 @@ from datetime import timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
-from flask import Request, current_app
+from flask import current_app
 from flask.cli import AppGroup
-from marshmallow import ValidationError
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.test import EnvironBuilder
 
+from app import extensions
 from app.cli.wait import wait_and_report
-from app.errors import ApiError, BodyTooLarge, ValidationFailed, database_error
-from app.http.tasks import MAX_BATCH_BYTES, MAX_BODY_BYTES
-from app.jsonbody import read_json_object
-from app.schemas import TaskIn, TaskOut, validation_details
+from app.errors import ApiError, BodyTooLarge
+from app.jsonbody import parse_json_object
+from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
+from app.schemas import TaskOut, load_task
 from app.services import actions, batch, reads, submissions
-from app.services.admission import Admission
+from app.statuses import Status
 from app.storage import retention
-from app.storage.models import Status
+from app.storage.dbfaults import database_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,18 +92,6 @@ def clean_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def engine() -> Engine:
-    """Return the app's database engine."""
-    store = current_app.extensions["store"]
-    return store.engine
-
-
-def admission() -> Admission:
-    """Return the app's submission checks (task types, queue limit), as the API uses them."""
-    checks: Admission = current_app.extensions["admission"]
-    return checks
-
-
 def echo_json(value: Any) -> None:
     """Print `value` as indented JSON on stdout."""
     click.echo(json.dumps(value, indent=2))
@@ -121,9 +107,8 @@ def read_body(path: str) -> tuple[dict[str, Any], int]:
                 raw = file.read(MAX_BATCH_BYTES + 1)
     except OSError as exc:
         fail("invalid_file", f"Cannot read {path}: {exc.strerror or exc}.")
-    # Parsed as a request body, so the CLI refuses exactly what the API refuses.
-    environ = EnvironBuilder(data=raw, content_type="application/json").get_environ()
-    return read_json_object(Request(environ), MAX_BATCH_BYTES), len(raw)
+    # Parsed as a request body is, so the CLI refuses exactly what the API refuses.
+    return parse_json_object(raw, MAX_BATCH_BYTES), len(raw)
 
 
 @tasks_cli.command("submit", short_help="Submit a task or a graph from a JSON file.")
@@ -144,13 +129,13 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     echo_json(shown)
     if not created:
         click.echo("note: an identical submission already existed; nothing new stored", err=True)
-    if wait and not wait_and_report(engine(), ids, timeout.total_seconds()):
+    if wait and not wait_and_report(extensions.engine(), ids, timeout.total_seconds()):
         raise click.exceptions.Exit(1)
 
 
 def submit_graph(body: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
     """Store a batch as the API does; return what to print, its ids, and if it is new."""
-    submitted = batch.submit_batch(engine(), body, admission())
+    submitted = batch.submit_batch(extensions.engine(), body, extensions.admission())
     shown = {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
     return shown, [t["id"] for t in submitted.tasks], submitted.created
 
@@ -159,11 +144,8 @@ def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[st
     """Store one task as the API does; return what to print, its id, and if it is new."""
     if size > MAX_BODY_BYTES:
         raise BodyTooLarge(f"A single task is limited to {MAX_BODY_BYTES} bytes.")
-    try:
-        data = TaskIn().load(body)
-    except ValidationError as exc:
-        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
-    submitted = submissions.submit(engine(), data, admission())
+    data = load_task(body)
+    submitted = submissions.submit(extensions.engine(), data, extensions.admission())
     return task_out.dump(submitted.task), [submitted.task["id"]], submitted.created
 
 
@@ -172,14 +154,19 @@ def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[st
 @clean_errors
 def show(task_id: str) -> None:
     """Print one task, with its payload and result, as JSON."""
-    echo_json(task_out.dump(reads.get_task(engine(), task_id)))
+    echo_json(task_out.dump(reads.get_task(extensions.engine(), task_id)))
 
 
 @tasks_cli.command("list")
 @click.option("--status", type=click.Choice([s.value for s in Status], case_sensitive=False))
 @click.option("--type", "task_type", help="Only tasks of this type.")
 @click.option("--batch-id", help="Only tasks of this batch.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE_SIZE),
+    default=DEFAULT_PAGE_SIZE,
+    show_default=True,
+)
 @click.option("--cursor", help="Continue where the previous page ended.")
 @clean_errors
 def list_tasks(
@@ -191,7 +178,7 @@ def list_tasks(
 ) -> None:
     """Print a table of tasks, newest first."""
     page = reads.list_tasks(
-        engine(),
+        extensions.engine(),
         status=status.upper() if status else None,
         task_type=task_type,
         batch_id=batch_id,
@@ -225,7 +212,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 @clean_errors
 def cancel(task_id: str) -> None:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; print the task."""
-    echo_json(task_out.dump(actions.cancel(engine(), task_id)))
+    echo_json(task_out.dump(actions.cancel(extensions.engine(), task_id)))
 
 
 @tasks_cli.command("retry", short_help="Requeue a FAILED or CANCELLED task.")
@@ -233,7 +220,7 @@ def cancel(task_id: str) -> None:
 @clean_errors
 def retry(task_id: str) -> None:
     """Put a FAILED or CANCELLED task back in the queue; print the task."""
-    echo_json(task_out.dump(actions.retry(engine(), task_id)))
+    echo_json(task_out.dump(actions.retry(extensions.engine(), task_id)))
 
 
 @tasks_cli.command("prune", short_help="Delete old finished tasks.")
@@ -252,7 +239,7 @@ def prune(older_than: timedelta | None) -> None:
             click.echo("RETENTION_DAYS is 0, so every task is kept; pass --older-than to prune.")
             return
         older_than = timedelta(days=days)
-    deleted = retention.prune(engine(), older_than)
+    deleted = retention.prune(extensions.engine(), older_than)
     noun = "task" if deleted == 1 else "tasks"
     click.echo(f"pruned {deleted} finished {noun} older than {_human(older_than)}")
 

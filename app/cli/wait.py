@@ -12,8 +12,8 @@ from typing import Any
 import click
 from sqlalchemy import Engine, select
 
+from app.statuses import TERMINAL, Status
 from app.storage import database
-from app.storage.models import TERMINAL, Status
 from app.storage.tables import chunks, tasks
 
 FIRST_POLL_S = 0.05

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template
-from sqlalchemy import Connection, Engine, func, select
+from flask import Blueprint, Response, jsonify, render_template
+from sqlalchemy import Connection, func, select
 
+from app import extensions
 from app.errors import NotFound
 from app.services.reads import check_task_id
+from app.statuses import Status
 from app.storage import database
-from app.storage.models import Status
 from app.storage.tables import deps, tasks
 
 bp = Blueprint("dashboard", __name__)
@@ -26,11 +27,6 @@ bp = Blueprint("dashboard", __name__)
 # How far the graph reaches from the task, each way, and how many tasks it shows at most.
 GRAPH_LEVELS = 2
 MAX_GRAPH_NODES = 200
-
-
-def _engine() -> Engine:
-    engine: Engine = current_app.extensions["store"].engine
-    return engine
 
 
 @bp.get("/")
@@ -50,7 +46,7 @@ def counts() -> Response:
     """Return `{status: count}` for every status, zeros included, from one grouped query."""
     found = {s.value: 0 for s in Status}
     query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-    with database.read(_engine()) as conn:
+    with database.read(extensions.engine()) as conn:
         for status, count in conn.execute(query):
             found[status] = int(count)
     return jsonify(found)
@@ -63,7 +59,7 @@ def graph(task_id: str) -> Response:
     `edges` are `[dependency, dependent]` pairs between the returned nodes; `truncated`
     says the neighbourhood had more than `MAX_GRAPH_NODES` tasks and some were left out.
     """
-    with database.read(_engine()) as conn:
+    with database.read(extensions.engine()) as conn:
         return jsonify(neighbourhood(conn, task_id))
 
 

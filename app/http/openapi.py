@@ -8,7 +8,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 
-from app.errors import HTTP_CODES, ApiError
+from app.errors import ApiError
+from app.http.errors import HTTP_CODES
+from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from app.schemas import (
     ID_PATTERN,
     BatchIn,
@@ -22,13 +24,11 @@ from app.schemas import (
     TaskStatusOut,
     Timestamp,
 )
-from app.storage.models import Status
+from app.statuses import Status
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "0.1.0"
 JSON = "application/json"
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
 
 DESCRIPTION = (
     "A persistent DAG task scheduler. Every response is JSON; timestamps are ISO 8601 UTC "
@@ -85,7 +85,12 @@ LIST_PARAMETERS = [
         "name": "limit",
         "in": "query",
         "description": "The page size.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PAGE_SIZE,
+            "default": DEFAULT_PAGE_SIZE,
+        },
     },
     {
         "name": "cursor",

@@ -5,34 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from marshmallow import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import ClientDisconnected
 
-from app.errors import InvalidParameter, ValidationFailed
+from app import extensions
+from app.errors import (
+    BodyTooLarge,
+    InvalidJson,
+    InvalidParameter,
+    UnsupportedMediaType,
+)
 from app.http.openapi import spec_for
-from app.jsonbody import read_json_object
+from app.jsonbody import parse_json_object
+from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
 from app.runtime import metrics
-from app.schemas import TaskIn, TaskOut, TaskStatusOut, validation_details
+from app.schemas import TaskOut, TaskStatusOut, load_task
 from app.services import actions, batch, reads, submissions
 from app.services.blockers import blockers
+from app.statuses import Status
 from app.storage import database, dbfaults
-from app.storage.models import Status
-
-MAX_BODY_BYTES = 1024 * 1024
-MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 ops = Blueprint("ops", __name__)
 
-task_in = TaskIn()
 task_out = TaskOut()
 tasks_out = TaskOut(many=True, exclude=("payload", "result"))
 status_out = TaskStatusOut()
-
-
-def _engine() -> Any:
-    return current_app.extensions["store"].engine
 
 
 def _only_parameters(*allowed: str) -> None:
@@ -50,17 +49,14 @@ def _only_parameters(*allowed: str) -> None:
 def submit_task() -> tuple[Response, int]:
     """Accept one task; 201 once it is committed, 200 for an identical replay."""
     _only_parameters()
-    body = read_json_object(request, MAX_BODY_BYTES)
-    try:
-        data = task_in.load(body)
-    except ValidationError as exc:
-        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
-    submitted = submissions.submit(_engine(), data, current_app.extensions["admission"])
+    body = _json_body(MAX_BODY_BYTES)
+    data = load_task(body)
+    submitted = submissions.submit(extensions.engine(), data, extensions.admission())
     response = jsonify(task_out.dump(submitted.task))
     if not submitted.created:
         return response, 200
-    current_app.extensions["metrics"].submitted([submitted.task["type"]])
-    current_app.extensions["scheduler"].wake()
+    extensions.metrics().submitted([submitted.task["type"]])
+    extensions.scheduler().wake()
     response.headers["Location"] = url_for("tasks.get_task", task_id=submitted.task["id"])
     return response, 201
 
@@ -69,13 +65,13 @@ def submit_task() -> tuple[Response, int]:
 def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
     _only_parameters()
-    body = read_json_object(request, MAX_BATCH_BYTES)
-    submitted = batch.submit_batch(_engine(), body, current_app.extensions["admission"])
+    body = _json_body(MAX_BATCH_BYTES)
+    submitted = batch.submit_batch(extensions.engine(), body, extensions.admission())
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
         return response, 200
-    current_app.extensions["metrics"].submitted(t["type"] for t in submitted.tasks)
-    current_app.extensions["scheduler"].wake()
+    extensions.metrics().submitted(t["type"] for t in submitted.tasks)
+    extensions.scheduler().wake()
     return response, 201
 
 
@@ -90,7 +86,7 @@ def list_tasks() -> Response:
             {"status": "Unknown status."},
         )
     page = reads.list_tasks(
-        _engine(),
+        extensions.engine(),
         status=status,
         task_type=request.args.get("type"),
         batch_id=request.args.get("batch_id"),
@@ -107,11 +103,11 @@ def list_tasks() -> Response:
 
 def _limit(raw: str | None) -> int:
     if raw is None:
-        return 100
+        return DEFAULT_PAGE_SIZE
     # str.isdigit alone accepts "²", which int() refuses; the length spares int() huge input.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidParameter(
-            "limit must be an integer from 1 to 1000.", {"limit": "Out of range."}
+            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}.", {"limit": "Out of range."}
         )
     return int(raw)
 
@@ -120,23 +116,23 @@ def _limit(raw: str | None) -> int:
 def get_task(task_id: str) -> Response:
     """Show one task with its payload and result."""
     _only_parameters()
-    return jsonify(task_out.dump(reads.get_task(_engine(), task_id)))
+    return jsonify(task_out.dump(reads.get_task(extensions.engine(), task_id)))
 
 
 @bp.get("/tasks/<task_id>/status")
 def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
     _only_parameters()
-    return jsonify(status_out.dump(reads.get_status(_engine(), task_id)))
+    return jsonify(status_out.dump(reads.get_status(extensions.engine(), task_id)))
 
 
 @bp.post("/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
     _only_parameters()
-    task = actions.cancel(_engine(), task_id)
-    if task["status"] == "RUNNING":
-        current_app.extensions["scheduler"].cancel_running(task_id, task["attempts"])
+    task = actions.cancel(extensions.engine(), task_id)
+    if task["status"] == Status.RUNNING:
+        extensions.scheduler().cancel_running(task_id, task["attempts"])
     return jsonify(task_out.dump(task))
 
 
@@ -144,8 +140,8 @@ def cancel_task(task_id: str) -> Response:
 def retry_task(task_id: str) -> Response:
     """Requeue a FAILED or CANCELLED task and the dependents it held back."""
     _only_parameters()
-    task = actions.retry(_engine(), task_id)
-    current_app.extensions["scheduler"].wake()
+    task = actions.retry(extensions.engine(), task_id)
+    extensions.scheduler().wake()
     return jsonify(task_out.dump(task))
 
 
@@ -153,15 +149,15 @@ def retry_task(task_id: str) -> Response:
 def task_blockers(task_id: str) -> Response:
     """Say why a task is not running, down to the root causes."""
     _only_parameters()
-    return jsonify(blockers(_engine(), task_id))
+    return jsonify(blockers(extensions.engine(), task_id))
 
 
 @ops.get("/health")
 def health() -> tuple[Response, int]:
     """Report the database and the scheduler; 503 when either cannot do its job."""
-    engine = _engine()
+    engine = extensions.engine()
     storage = _database_health(engine)
-    scheduler = current_app.extensions["scheduler"]
+    scheduler = extensions.scheduler()
     state: dict[str, Any]
     if not current_app.config["SCHEDULER_ENABLED"]:
         state, healthy = {"state": "disabled"}, True
@@ -213,7 +209,7 @@ def _database_health(engine: Any) -> dict[str, Any]:
 @ops.get("/metrics")
 def scrape() -> Response:
     """Expose the metrics in the Prometheus text format; open, like /health."""
-    body = current_app.extensions["metrics"].exposition()
+    body = extensions.metrics().exposition()
     return Response(body, 200, content_type=metrics.CONTENT_TYPE)
 
 
@@ -222,3 +218,21 @@ def openapi_document() -> Response:
     """Serve the OpenAPI 3 document of every route, generated from the schemas."""
     _only_parameters()
     return jsonify(spec_for(current_app))
+
+
+def _json_body(max_bytes: int) -> dict[str, Any]:
+    """Return the request's JSON object or raise the error the client should see."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
+    # only a longer read can tell a body that is too large from one that just fits.
+    request.max_content_length = max_bytes + 1
+    try:
+        raw = request.get_data(cache=True)
+    except ClientDisconnected:
+        raise InvalidJson(
+            "The request body ended before the length its Content-Length header announced."
+        ) from None
+    return parse_json_object(raw, max_bytes)

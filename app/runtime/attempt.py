@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.handlers import HandlerFailed, Registry, TaskContext
-from app.storage.models import Status
+from app.statuses import Status
 from app.storage.store import Claim, Outcome
 
 # Named as before the package layout, so that operators' log filters keep working.

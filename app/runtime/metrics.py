@@ -15,8 +15,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.statuses import Status
 from app.storage import database, dbfaults
-from app.storage.models import Status
 from app.storage.tables import tasks
 
 if TYPE_CHECKING:

@@ -30,10 +30,10 @@ from app.runtime import identity
 from app.runtime.attempt import Executor, Running, ThreadExecutor, call_handler
 from app.runtime.maintenance import Contact, Heartbeat, Periodic, Pruner, Reaper
 from app.runtime.metrics import Metrics
+from app.statuses import Status
 from app.storage import dbfaults
-from app.storage.models import Status
 from app.storage.notify import Listener
-from app.storage.store import Claim, Cycle, NotRegistered, Outcome, Store
+from app.storage.store import Claim, NotRegistered, Outcome, PassResult, Store
 
 # Named as before the package layout, so that operators' log filters keep working.
 log = logging.getLogger("app.scheduler")
@@ -330,13 +330,13 @@ class Scheduler:
                 running.settled = True
             self._forget_done()
 
-    def _plan(self, cycle: Cycle, began: float) -> None:
+    def _plan(self, result: PassResult, began: float) -> None:
         # While every slot is taken, a finishing task wakes the loop; otherwise sleep no
         # longer than until the next held-back task falls due.
-        if cycle.next_due is None:
+        if result.next_due is None:
             self._next_due = None
         else:
-            self._next_due = began + (cycle.next_due - cycle.now).total_seconds()
+            self._next_due = began + (result.next_due - result.now).total_seconds()
 
     def _dispatch(self, claims: list[Claim]) -> None:
         assert self._executor is not None

@@ -12,8 +12,8 @@ from app import events
 from app.errors import InvalidState
 from app.events import Change
 from app.services.reads import check_task_id, load_task, unknown_task
+from app.statuses import BLOCKING, Status
 from app.storage import database, readiness
-from app.storage.models import BLOCKING, Status
 from app.storage.notify import announce
 from app.storage.propagation import cut_off, settle
 from app.storage.tables import chunks, deps, tasks
@@ -78,7 +78,7 @@ def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
                 updated_at=now,
             )
         )
-        events.stage([(task_id, row.type, row.attempts, "CANCELLED", "cancelled by a user")])
+        events.stage([(task_id, row.type, row.attempts, Status.CANCELLED, "cancelled by a user")])
         if settle(conn, {task_id: Status.CANCELLED}, now):
             announce(conn)  # all_done dependents may be ready now
     elif row.status == Status.RUNNING.value:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, func, select, text
 
 from app.errors import QueueFull
 from app.handlers import Registry
-from app.storage.models import Status
+from app.statuses import Status
 from app.storage.tables import tasks
 
 # Submitters that enforce MAX_QUEUED_TASKS on PostgreSQL queue on this transaction lock,

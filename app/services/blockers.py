@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, or_, select
 
 from app.services.reads import check_task_id, unknown_task
+from app.statuses import BLOCKING, TERMINAL, Status
 from app.storage import database, readiness
-from app.storage.models import BLOCKING, TERMINAL, Status
 from app.storage.tables import instances, tasks
 
 # How many tasks a walk to the root causes visits at most.
@@ -44,7 +44,7 @@ def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
         waiting = [b["task_id"] for b in answer["blockers"] if b["kind"] == "dependency"]
         answer["root_causes"] = _unfinished_roots(conn, waiting)
     elif row.error_code in STOPPED_BY_UPSTREAM:
-        stopped = _dependencies(conn, [task_id], lambda status: status not in ("COMPLETED",))
+        stopped = _dependencies(conn, [task_id], lambda status: status != Status.COMPLETED)
         answer["blockers"] = [_dependency(d, s) for d, s in stopped.get(task_id, [])]
         answer["root_causes"] = _failed_roots(conn, [d for d, _ in stopped.get(task_id, [])])
     else:

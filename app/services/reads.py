@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from app.errors import InvalidParameter, NotFound
+from app.limits import DEFAULT_PAGE_SIZE
 from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_TYPE_LENGTH
 from app.storage import database
 from app.storage.tables import chunks, deps, tasks
@@ -117,7 +118,7 @@ def list_tasks(
     status: str | None = None,
     task_type: str | None = None,
     batch_id: str | None = None,
-    limit: int = 100,
+    limit: int = DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
 ) -> Page:
     """Return tasks newest first, filtered, one page at a time."""

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, insert
@@ -16,8 +16,8 @@ from app import events
 from app.errors import DuplicateId, UnknownDependency, ValidationFailed
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
+from app.statuses import FAILED_LIKE, Status
 from app.storage import database, readiness
-from app.storage.models import FAILED_LIKE, Status
 from app.storage.notify import announce
 from app.storage.tables import deps, tasks
 
@@ -114,14 +114,8 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         value = data.get(name)
         wanted[name] = default if value is None else value
     if isinstance(wanted["run_at"], datetime):
-        wanted["run_at"] = _naive_utc(wanted["run_at"])
+        wanted["run_at"] = database.naive_utc(wanted["run_at"])
     return wanted
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def check_replay(existing: dict[str, Any], wanted: dict[str, Any]) -> None:

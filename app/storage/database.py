@@ -27,6 +27,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def naive_utc(moment: datetime) -> datetime:
+    """Return `moment` as the naive UTC time stored in the database."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 # libpq waits without limit for a server that never answers (a network path cut, a host
 # frozen): give up after a few seconds, so that a request answers 503 instead of hanging,
 # and let TCP keepalives notice a connection whose peer vanished (the LISTEN connection

@@ -31,6 +31,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.errors import ApiError, DatabaseUnavailable, OutcomeUnknown, StorageFull
+
 
 class Kind(enum.Enum):
     """What the client may conclude about its request."""
@@ -272,3 +274,28 @@ def refusing_writes(engine: Engine) -> tuple[Fault, float] | None:
     fault, at = found
     age = time.monotonic() - at
     return (fault, age) if age <= REFUSED_WRITE_MEMORY_S else None
+
+
+def database_error(exc: BaseException) -> ApiError | None:
+    """Return the answer to an infrastructure fault, or None for any other error (a bug)."""
+    fault = classify(exc)
+    if fault is None:
+        return None
+    details = {"reason": fault.reason}
+    if fault.kind is Kind.STORAGE_FULL:
+        return StorageFull(
+            f"The write was refused: {fault.problem}. Nothing was stored; repeating it "
+            "fails until space is freed.",
+            details,
+        )
+    if fault.kind is Kind.OUTCOME_UNKNOWN:
+        return OutcomeUnknown(
+            "The connection to the database failed during the commit: this may or may not "
+            "have been stored. Repeating the request is safe; the same submission with the "
+            "same id is a replay if stored.",
+            details,
+        )
+    return DatabaseUnavailable(
+        f"The database is unavailable: {fault.problem}. Nothing was changed; try again shortly.",
+        details,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,31 +23,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
+from app.statuses import Status
 
 # SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets a bigint.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class Status(StrEnum):
-    """Where a task is in its life; the last four never change again on their own."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    UPSTREAM_FAILED = "UPSTREAM_FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (Status.QUEUED, Status.RUNNING)
-
-
-TERMINAL = tuple(s.value for s in Status if s.terminal)
-FAILED_LIKE = (Status.FAILED.value, Status.UPSTREAM_FAILED.value)
-UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
-# Ended without completing: an all_success dependent of such a task never runs.
-BLOCKING = (*FAILED_LIKE, Status.CANCELLED.value)
 DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Connection, func, select, update
 
 from app import events
-from app.storage.models import FAILED_LIKE, Status
+from app.statuses import FAILED_LIKE, Status
 from app.storage.scheduler_sql import count_down
 from app.storage.tables import chunks, deps, still_queued, tasks
 

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 from sqlalchemy import Connection, select
 
-from app.storage.models import BLOCKING, UNFINISHED
+from app.statuses import BLOCKING, UNFINISHED
 from app.storage.tables import chunks, deps, tasks
 
 Edges = dict[str, list[tuple[str, str]]]

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, exists, or_, select, text, tuple_
 
 from app import faults
+from app.statuses import TERMINAL, UNFINISHED, Status
 from app.storage import database
-from app.storage.models import TERMINAL, UNFINISHED, Status
-from app.storage.tables import chunks, deps, tasks
+from app.storage.tables import chunks, deps, tasks, weak
 
 # Tasks deleted per transaction: short enough that writers queued behind it barely wait.
 PRUNE_CHUNK = 1000
@@ -43,7 +43,7 @@ def prune(
     if now is None:
         with database.read(engine) as conn:
             now = database.now(conn)  # the database's clock on PostgreSQL, as finishes use
-    cutoff = _naive_utc(now) - older_than
+    cutoff = database.naive_utc(now) - older_than
     deleted = 0
     after: Position | None = None
     while stop is None or not stop.is_set():
@@ -148,10 +148,8 @@ def _finished(dialect: str) -> Any:
     by `finished_at` for each chunk; marked as filtering little, the status term leaves it
     the `ix_tasks_finished_at` range, already in order.
     """
-    if dialect == "sqlite":
-        statuses = ", ".join(f"'{status}'" for status in TERMINAL)
-        return text(f"likelihood(tasks.status IN ({statuses}), 0.99)")
-    return tasks.c.status.in_(TERMINAL)
+    statuses = ", ".join(f"'{status}'" for status in TERMINAL)
+    return text(weak(f"tasks.status IN ({statuses})", dialect))
 
 
 def _has_unfinished() -> Any:
@@ -162,10 +160,3 @@ def _has_unfinished() -> Any:
         .join(dependent, dependent.c.id == deps.c.task_id)
         .where(deps.c.dependency_id == tasks.c.id, dependent.c.status.in_(UNFINISHED))
     )
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    """Return `moment` as the naive UTC time stored in the database."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -15,11 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-# Marks the status term as filtering little, so SQLite's planner walks the partial index
-# (or finds rows by id) instead of scanning every QUEUED row through the status index.
+from app.storage.tables import weak
+
 _QUEUED = {
-    "sqlite": "likelihood(tasks.status = 'QUEUED', 0.99)",
-    "postgresql": "tasks.status = 'QUEUED'",
+    dialect: weak("tasks.status = 'QUEUED'", dialect) for dialect in ("sqlite", "postgresql")
 }
 _NOW = {"sqlite": "{p}now", "postgresql": "timezone('UTC', clock_timestamp())"}
 _LOCK_READY = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}

@@ -13,10 +13,10 @@ from sqlalchemy import Connection, Engine, case, delete, select, update
 
 from app import events, faults
 from app.events import Change
+from app.statuses import Status
 from app.storage import database, readiness, scheduler_sql
 from app.storage.database import stamp, utcnow
 from app.storage.membership import Membership
-from app.storage.models import Status
 from app.storage.notify import announce
 from app.storage.propagation import settle
 from app.storage.tables import CHUNK, RUNNING, instances, tasks
@@ -52,7 +52,7 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Cycle:
+class PassResult:
     """What one scheduler pass did: which outcomes applied, what it claimed, what is next."""
 
     applied: list[bool]
@@ -126,7 +126,7 @@ class Store(Membership):
         ]
         if claims:
             reason = f"claimed by {worker}"
-            events.stage([(c.id, c.type, c.attempt, "RUNNING", reason) for c in claims])
+            events.stage([(c.id, c.type, c.attempt, Status.RUNNING, reason) for c in claims])
         return claims
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
@@ -145,7 +145,7 @@ class Store(Membership):
         now: datetime | None = None,
         exclude: Sequence[str] = (),
         types: Sequence[str] = (),
-    ) -> Cycle:
+    ) -> PassResult:
         """Record finished attempts and claim up to `limit` tasks, in one transaction.
 
         One commit per scheduler pass, whatever the number of tasks it settles and starts:
@@ -156,12 +156,12 @@ class Store(Membership):
         `types`, when given, the only types it claims.
         """
 
-        def work(conn: Connection) -> Cycle:
+        def work(conn: Connection) -> PassResult:
             at = now or self.now(conn)
             applied = self.finish_all(conn, finished, at) if finished else []
             claims = self._claim_as(conn, worker, limit, at, exclude, types) if limit > 0 else []
             due = scheduler_sql.next_run_at(conn, at) if len(claims) < limit else None
-            return Cycle(applied, claims, at, due)
+            return PassResult(applied, claims, at, due)
 
         done = database.transaction(self.engine, work)
         faults.point("cycle.committed", worker=worker, cycle=done)

@@ -1,0 +1,83 @@
+"""Error handlers: every failure, ours or Werkzeug's, answers in the one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from app.errors import ApiError, error_body
+from app.storage import dbfaults
+
+# Named as before the package layout, so that operators' log filters keep working.
+log = logging.getLogger("app.errors")
+
+# Werkzeug's own errors (routing, size limits) mapped onto our codes.
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    """Build the JSON error body every failure uses."""
+    response = jsonify(error_body(code, message, details))
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Make every error, ours or Werkzeug's, answer in the one JSON shape."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError) -> Response:
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers())
+        return response
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        message = _http_message(status, exc)
+        response = error_response(status, code, message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Response:
+        known = dbfaults.database_error(exc)
+        if known is not None:
+            # Not a bug: one line, no traceback, however many requests the outage meets.
+            log.warning(
+                "%s %s answered %d %s: %s",
+                request.method,
+                request.path[:100],
+                known.status,
+                known.code,
+                dbfaults.describe(exc),
+            )
+            return handle_api_error(known)
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The server failed to handle the request.")
+
+
+def _http_message(status: int, exc: HTTPException) -> str:
+    if status == 404:
+        return "No such route; the API lives under /api/tasks."
+    if status == 405:
+        allowed = sorted(m for m in getattr(exc, "valid_methods", None) or () if m != "OPTIONS")
+        return f"This route does not accept {request.method[:16]}; it accepts " + (
+            ", ".join(allowed) + "." if allowed else "no other method."
+        )
+    if status == 413:
+        return "The request body is too large."
+    return exc.description or exc.name
