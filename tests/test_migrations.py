@@ -11,8 +11,8 @@ from sqlalchemy import MetaData, Table, insert, inspect, select
 
 from app import create_app
 from app.extensions import db
-from app.runtime.maintenance import Reaper
 from app.runtime.metrics import Metrics
+from app.runtime.reaper import Reaper
 from app.services import blockers
 from app.storage.tables import deps, tasks
 

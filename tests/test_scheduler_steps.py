@@ -21,8 +21,8 @@ from app import faults, start_scheduler
 from app.handlers import Registry
 from app.runtime import identity
 from app.runtime.attempt import Job
-from app.runtime.maintenance import Reaper
 from app.runtime.metrics import Metrics
+from app.runtime.reaper import Reaper
 from app.runtime.scheduler import CANCEL_CHECK_S, Scheduler
 from app.services import actions, submissions
 from app.statuses import Status

@@ -5,7 +5,7 @@ ready tasks as threads are free, in one transaction, then starts them. The datab
 everything the scheduler needs, except what only this process can know: which attempts its
 threads are executing (`_attempts`, keyed by task and attempt number). Heartbeats,
 recovery of dead instances and pruning run beside the loop, each on its own thread
-(`maintenance`), so none of them can stall the others.
+(`periodic`: heartbeat, reaper, pruner), so none of them can stall the others.
 
 Tests drive it without threads: `open()` registers the instance, each `run_once(now)` is
 one pass at the given time, the executor and the clock are injected.
@@ -28,8 +28,11 @@ from app import faults
 from app.handlers import SIMULATE, Registry
 from app.runtime import identity
 from app.runtime.attempt import Executor, Running, ThreadExecutor, call_handler
-from app.runtime.maintenance import Contact, Heartbeat, Periodic, Pruner, Reaper
+from app.runtime.heartbeat import Contact, Heartbeat
 from app.runtime.metrics import Metrics
+from app.runtime.periodic import Periodic
+from app.runtime.pruner import Pruner
+from app.runtime.reaper import Reaper
 from app.statuses import Status
 from app.storage import dbfaults
 from app.storage.notify import Listener
@@ -82,8 +85,10 @@ class Scheduler:
         self.state = "stopped"
         self.last_tick: float | None = None
         self.host = identity.host_key()
-        self.heartbeat = Heartbeat(self)
         self.contact = Contact(clock, lease_s)
+        self.heartbeat = Heartbeat(
+            store, self.contact, self.metrics, lambda: self.id, self.declared_dead
+        )
         self.reaper = Reaper(
             store,
             lease_s,

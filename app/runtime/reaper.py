@@ -1,0 +1,90 @@
+"""The reaper: ends the attempts that dead instances left running."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.runtime import identity
+from app.runtime.metrics import Metrics
+from app.storage.store import Store
+
+# Named as before the package layout, so that operators' log filters keep working.
+log = logging.getLogger("app.maintenance")
+
+
+class Reaper:
+    """Ends the attempts of dead instances, each as an interrupted attempt."""
+
+    def __init__(
+        self,
+        store: Store,
+        lease_s: float,
+        host: str,
+        me: Callable[[], str | None],
+        metrics: Metrics,
+        wake: Callable[[], None] | None = None,
+        trusted: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self.host = host
+        self.me = me
+        self.metrics = metrics
+        # Wakes this instance's loop: what it recovered may be ready now. (Other
+        # instances hear of it through the recovery's NOTIFY, on PostgreSQL.)
+        self.wake = wake
+        # Whether silence may be judged now (see Contact); an exited process always may.
+        self.trusted = trusted
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Recover what every dead instance left; return how many attempts were ended."""
+        at = now or self.store.database_now()
+        stale = at - timedelta(seconds=self.lease_s)
+        judge_silence = self.trusted()
+        recovered = 0
+        for other in self.store.instances():
+            death = self._death(other, stale, judge_silence)
+            if death is not None:
+                reason, fence = death
+                reaped = self.store.reap(other.id, reason, now=now, **fence)
+                recovered += self._count(reaped, other.id, reason)
+        for worker in self.store.orphan_workers():
+            if worker == self.me():
+                continue  # declared dead a moment ago: the heartbeat will say so
+            reason = f"scheduler {worker} is no longer registered"
+            recovered += self._count(self.store.reap(worker, reason, now=now), worker, reason)
+        if recovered and self.wake is not None:
+            self.wake()
+        return recovered
+
+    def _count(self, reaped: list[str], worker: str, reason: str) -> int:
+        self.metrics.recovered(len(reaped))
+        if reaped:
+            log.warning("recovered %d task(s) of %s: %s", len(reaped), worker, reason)
+        return len(reaped)
+
+    def _death(
+        self, other: Any, stale: datetime, judge_silence: bool
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
+        if other.id == self.me():
+            return None
+        silent = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
+        if other.hostname == self.host:
+            if not identity.is_alive(other.pid, other.process_start):
+                return f"scheduler {other.id} (pid {other.pid}) exited while running it", {}
+            if not judge_silence:
+                return None
+            if other.heartbeat_monotonic is not None:
+                # A live process of this host (this boot): judged on the monotonic clock
+                # both share, which no step of the wall clock (NTP, a VM resumed) moves.
+                limit = self.store.monotonic() - self.lease_s
+                if other.heartbeat_monotonic < limit:
+                    return silent, {"stale_monotonic_before": limit}
+                return None
+        if judge_silence and other.heartbeat_at < stale:
+            return silent, {"stale_before": stale}
+        return None
