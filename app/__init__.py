@@ -86,7 +86,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 
     from app.cli import register_cli
     from app.http.dashboard import bp as dashboard_bp
-    from app.http.tasks import bp, ops
+    from app.http.ops import ops
+    from app.http.tasks import bp
 
     app.register_blueprint(bp)
     app.register_blueprint(ops)
