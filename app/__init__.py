@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from app import events, extensions, logs
+from app import events, logs, parts
 from app.config import Settings
 from app.extensions import db, migrate
 from app.handlers import Registry, load_modules
@@ -74,7 +74,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         retention_days=settings.retention_days,
         metrics=metrics,
     )
-    extensions.install(
+    parts.install(
         app,
         store=store,
         registry=registry,
@@ -123,6 +123,6 @@ def start_scheduler(app: Flask) -> Scheduler | None:
     """Start the app's scheduler if it is enabled; call once per serving process."""
     if not app.config["SCHEDULER_ENABLED"]:
         return None
-    scheduler = extensions.scheduler(app)
+    scheduler = parts.scheduler(app)
     scheduler.start()
     return scheduler

@@ -6,7 +6,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from app import extensions
+from app import parts
 from app.cli.tasks import tasks_cli
 
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
@@ -17,7 +17,7 @@ def run_scheduler() -> None:
     """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
-    scheduler = extensions.scheduler()
+    scheduler = parts.scheduler()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
     stop.install()
     scheduler.start()

@@ -19,7 +19,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import extensions
+from app import parts
 from app.cli.wait import wait_and_report
 from app.errors import ApiError, BodyTooLarge
 from app.jsonbody import parse_json_object
@@ -129,13 +129,13 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     echo_json(shown)
     if not created:
         click.echo("note: an identical submission already existed; nothing new stored", err=True)
-    if wait and not wait_and_report(extensions.engine(), ids, timeout.total_seconds()):
+    if wait and not wait_and_report(parts.engine(), ids, timeout.total_seconds()):
         raise click.exceptions.Exit(1)
 
 
 def submit_graph(body: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
     """Store a batch as the API does; return what to print, its ids, and if it is new."""
-    submitted = batch.submit_batch(extensions.engine(), body, extensions.admission())
+    submitted = batch.submit_batch(parts.engine(), body, parts.admission())
     shown = {"batch_id": submitted.batch_id, "tasks": task_out.dump(submitted.tasks, many=True)}
     return shown, [t["id"] for t in submitted.tasks], submitted.created
 
@@ -145,7 +145,7 @@ def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[st
     if size > MAX_BODY_BYTES:
         raise BodyTooLarge(f"A single task is limited to {MAX_BODY_BYTES} bytes.")
     data = load_task(body)
-    submitted = submissions.submit(extensions.engine(), data, extensions.admission())
+    submitted = submissions.submit(parts.engine(), data, parts.admission())
     return task_out.dump(submitted.task), [submitted.task["id"]], submitted.created
 
 
@@ -154,7 +154,7 @@ def submit_one(body: dict[str, Any], size: int) -> tuple[dict[str, Any], list[st
 @clean_errors
 def show(task_id: str) -> None:
     """Print one task, with its payload and result, as JSON."""
-    echo_json(task_out.dump(reads.get_task(extensions.engine(), task_id)))
+    echo_json(task_out.dump(reads.get_task(parts.engine(), task_id)))
 
 
 @tasks_cli.command("list")
@@ -178,7 +178,7 @@ def list_tasks(
 ) -> None:
     """Print a table of tasks, newest first."""
     page = reads.list_tasks(
-        extensions.engine(),
+        parts.engine(),
         status=status.upper() if status else None,
         task_type=task_type,
         batch_id=batch_id,
@@ -212,7 +212,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 @clean_errors
 def cancel(task_id: str) -> None:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; print the task."""
-    echo_json(task_out.dump(actions.cancel(extensions.engine(), task_id)))
+    echo_json(task_out.dump(actions.cancel(parts.engine(), task_id)))
 
 
 @tasks_cli.command("retry", short_help="Requeue a FAILED or CANCELLED task.")
@@ -220,7 +220,7 @@ def cancel(task_id: str) -> None:
 @clean_errors
 def retry(task_id: str) -> None:
     """Put a FAILED or CANCELLED task back in the queue; print the task."""
-    echo_json(task_out.dump(actions.retry(extensions.engine(), task_id)))
+    echo_json(task_out.dump(actions.retry(parts.engine(), task_id)))
 
 
 @tasks_cli.command("prune", short_help="Delete old finished tasks.")
@@ -239,7 +239,7 @@ def prune(older_than: timedelta | None) -> None:
             click.echo("RETENTION_DAYS is 0, so every task is kept; pass --older-than to prune.")
             return
         older_than = timedelta(days=days)
-    deleted = retention.prune(extensions.engine(), older_than)
+    deleted = retention.prune(parts.engine(), older_than)
     noun = "task" if deleted == 1 else "tasks"
     click.echo(f"pruned {deleted} finished {noun} older than {_human(older_than)}")
 

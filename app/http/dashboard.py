@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template
 from sqlalchemy import Connection, func, select
 
-from app import extensions
+from app import parts
 from app.errors import NotFound
 from app.services.reads import check_task_id
 from app.statuses import Status
@@ -46,7 +46,7 @@ def counts() -> Response:
     """Return `{status: count}` for every status, zeros included, from one grouped query."""
     found = {s.value: 0 for s in Status}
     query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-    with database.read(extensions.engine()) as conn:
+    with database.read(parts.engine()) as conn:
         for status, count in conn.execute(query):
             found[status] = int(count)
     return jsonify(found)
@@ -59,7 +59,7 @@ def graph(task_id: str) -> Response:
     `edges` are `[dependency, dependent]` pairs between the returned nodes; `truncated`
     says the neighbourhood had more than `MAX_GRAPH_NODES` tasks and some were left out.
     """
-    with database.read(extensions.engine()) as conn:
+    with database.read(parts.engine()) as conn:
         return jsonify(neighbourhood(conn, task_id))
 
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import extensions
+from app import parts
 from app.runtime import metrics
 from app.storage import database, dbfaults
 
@@ -18,9 +18,9 @@ ops = Blueprint("ops", __name__)
 @ops.get("/health")
 def health() -> tuple[Response, int]:
     """Report the database and the scheduler; 503 when either cannot do its job."""
-    engine = extensions.engine()
+    engine = parts.engine()
     storage = _database_health(engine)
-    scheduler = extensions.scheduler()
+    scheduler = parts.scheduler()
     state: dict[str, Any]
     if not current_app.config["SCHEDULER_ENABLED"]:
         state, healthy = {"state": "disabled"}, True
@@ -72,5 +72,5 @@ def _database_health(engine: Any) -> dict[str, Any]:
 @ops.get("/metrics")
 def scrape() -> Response:
     """Expose the metrics in the Prometheus text format; open, like /health."""
-    body = extensions.metrics().exposition()
+    body = parts.metrics().exposition()
     return Response(body, 200, content_type=metrics.CONTENT_TYPE)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import ClientDisconnected
 
-from app import extensions
+from app import parts
 from app.errors import (
     BodyTooLarge,
     InvalidJson,
@@ -46,12 +46,12 @@ def submit_task() -> tuple[Response, int]:
     _only_parameters()
     body = _json_body(MAX_BODY_BYTES)
     data = load_task(body)
-    submitted = submissions.submit(extensions.engine(), data, extensions.admission())
+    submitted = submissions.submit(parts.engine(), data, parts.admission())
     response = jsonify(task_out.dump(submitted.task))
     if not submitted.created:
         return response, 200
-    extensions.metrics().submitted([submitted.task["type"]])
-    extensions.scheduler().wake()
+    parts.metrics().submitted([submitted.task["type"]])
+    parts.scheduler().wake()
     response.headers["Location"] = url_for("tasks.get_task", task_id=submitted.task["id"])
     return response, 201
 
@@ -61,12 +61,12 @@ def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
     _only_parameters()
     body = _json_body(MAX_BATCH_BYTES)
-    submitted = batch.submit_batch(extensions.engine(), body, extensions.admission())
+    submitted = batch.submit_batch(parts.engine(), body, parts.admission())
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
         return response, 200
-    extensions.metrics().submitted(t["type"] for t in submitted.tasks)
-    extensions.scheduler().wake()
+    parts.metrics().submitted(t["type"] for t in submitted.tasks)
+    parts.scheduler().wake()
     return response, 201
 
 
@@ -81,7 +81,7 @@ def list_tasks() -> Response:
             {"status": "Unknown status."},
         )
     page = reads.list_tasks(
-        extensions.engine(),
+        parts.engine(),
         status=status,
         task_type=request.args.get("type"),
         batch_id=request.args.get("batch_id"),
@@ -111,23 +111,23 @@ def _limit(raw: str | None) -> int:
 def get_task(task_id: str) -> Response:
     """Show one task with its payload and result."""
     _only_parameters()
-    return jsonify(task_out.dump(reads.get_task(extensions.engine(), task_id)))
+    return jsonify(task_out.dump(reads.get_task(parts.engine(), task_id)))
 
 
 @bp.get("/tasks/<task_id>/status")
 def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
     _only_parameters()
-    return jsonify(status_out.dump(reads.get_status(extensions.engine(), task_id)))
+    return jsonify(status_out.dump(reads.get_status(parts.engine(), task_id)))
 
 
 @bp.post("/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
     _only_parameters()
-    task = actions.cancel(extensions.engine(), task_id)
+    task = actions.cancel(parts.engine(), task_id)
     if task["status"] == Status.RUNNING:
-        extensions.scheduler().cancel_running(task_id, task["attempts"])
+        parts.scheduler().cancel_running(task_id, task["attempts"])
     return jsonify(task_out.dump(task))
 
 
@@ -135,8 +135,8 @@ def cancel_task(task_id: str) -> Response:
 def retry_task(task_id: str) -> Response:
     """Requeue a FAILED or CANCELLED task and the dependents it held back."""
     _only_parameters()
-    task = actions.retry(extensions.engine(), task_id)
-    extensions.scheduler().wake()
+    task = actions.retry(parts.engine(), task_id)
+    parts.scheduler().wake()
     return jsonify(task_out.dump(task))
 
 
@@ -144,7 +144,7 @@ def retry_task(task_id: str) -> Response:
 def task_blockers(task_id: str) -> Response:
     """Say why a task is not running, down to the root causes."""
     _only_parameters()
-    return jsonify(blockers(extensions.engine(), task_id))
+    return jsonify(blockers(parts.engine(), task_id))
 
 
 @bp.get("/openapi.json")
