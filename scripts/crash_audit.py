@@ -98,7 +98,7 @@ def audit(
 ) -> Audit:
     """Check the database and the ledger against the plan and what the client was told.
 
-    The attempt rule (SPEC sections 2 and 7): every attempt started (`attempts`, never
+    The attempt rule (docs/semantics.md): every attempt started (`attempts`, never
     decreasing) ends in one of three ways: its handler returns (COMPLETED), its handler fails,
     or its instance dies while it is RUNNING, which the next start recovers as an
     *interrupted* attempt that counts against the retry budget like any failure (retried if
