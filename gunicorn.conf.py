@@ -1,7 +1,8 @@
 """Production settings for gunicorn: one worker process holds the API and the scheduler.
 
 More API processes: run them with SCHEDULER_ENABLED=false and execute tasks with
-`flask scheduler run` (see the README). Claims stay exclusive whatever the count.
+`flask scheduler run` (docs/deployment.md#running-several-instances). Claims stay
+exclusive whatever the count.
 """
 
 from __future__ import annotations

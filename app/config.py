@@ -84,7 +84,7 @@ def _setting(default: Any, parse: Callable[[str, str], Any], env: str, secret: b
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting the service reads, with its default (docs/configuration.md lists them)."""
+    """Every setting the service reads, with its default (docs/configuration.md#settings)."""
 
     port: int = _setting(3000, _integer(1, 65535), "PORT")
     database_url: str = _setting("", _database_url, "DATABASE_URL")

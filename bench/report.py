@@ -154,7 +154,7 @@ def table(table_rows: list[Row]) -> str:
 
 
 def markdown(table_rows: list[Row]) -> str:
-    """Return the rows as a Markdown table (for the README)."""
+    """Return the rows as a Markdown table (for bench/README.md)."""
     lines = ["| " + " | ".join(HEADINGS) + " |", "|---" + "|---:" * (len(HEADINGS) - 1) + "|"]
     for r in table_rows:
         met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]

@@ -1,6 +1,6 @@
 """`make bench`: every performance figure of the service, beside its target and its peers.
 
-Starts the service as the README deploys it (gunicorn, one worker, the scheduler in
+Starts the service as docs/deployment.md deploys it (gunicorn, one worker, the scheduler in
 process) on fresh databases, runs Huey as the peer on the same machine, prints a table and
 writes every run to JSON. Sizes and sections are flags; --quick is a one-minute smoke run.
 """

@@ -1,4 +1,4 @@
-"""Start and stop the service under test: gunicorn as the README deploys it, one worker."""
+"""Start and stop the service under test: gunicorn as docs/deployment.md deploys it, one worker."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def service_env(db: Database, settings: dict[str, str]) -> dict[str, str]:
 
 
 def migrate(db: Database, settings: dict[str, str] | None = None) -> None:
-    """Create the schema with `flask db upgrade`, as the README's deployment does."""
+    """Create the schema with `flask db upgrade`, as docs/deployment.md does."""
     env = service_env(db, settings or {})
     done = subprocess.run(
         [str(BIN / "flask"), "db", "upgrade"], cwd=ROOT, env=env, capture_output=True, check=False

@@ -98,15 +98,15 @@ def audit(
 ) -> Audit:
     """Check the database and the ledger against the plan and what the client was told.
 
-    The attempt rule (docs/semantics.md): every attempt started (`attempts`, never
-    decreasing) ends in one of three ways: its handler returns (COMPLETED), its handler fails,
-    or its instance dies while it is RUNNING, which the next start recovers as an
-    *interrupted* attempt that counts against the retry budget like any failure (retried if
-    the budget allows, else FAILED `interrupted`). Only a graceful stop's requeue is not a
-    failure, and this loop stops gracefully only once everything is terminal. So with no
-    user retry: attempts <= max_attempts, kills spend the budget and never extend it; a
-    COMPLETED task failed attempts - 1 times; a FAILED task used all max_attempts; every
-    attempt before the last failed by design, or was lost to a kill.
+    The attempt rule (docs/semantics.md#attempts-and-the-retry-budget): every attempt started
+    (`attempts`, never decreasing) ends in one of three ways: its handler returns (COMPLETED),
+    its handler fails, or its instance dies while it is RUNNING, which the next start recovers
+    as an *interrupted* attempt that counts against the retry budget like any failure (retried
+    if the budget allows, else FAILED `interrupted`). Only a graceful stop's requeue is not a
+    failure, and this loop stops gracefully only once everything is terminal. So with no user
+    retry: attempts <= max_attempts, kills spend the budget and never extend it; a COMPLETED
+    task failed attempts - 1 times; a FAILED task used all max_attempts; every attempt before
+    the last failed by design, or was lost to a kill.
     """
     found = Audit()
     planned = {body["id"]: body for body in plan}

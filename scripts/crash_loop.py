@@ -18,9 +18,10 @@ every task is terminal, stops the service with SIGTERM (it must exit 0) and chec
   stored, and each task's stored dependencies are the ones submitted;
 - every ledger run belongs to a known task; no (task, attempt) started twice; a run that
   never ended ran in a process that was killed;
-- attempts follow the retry policy, a kill counting as an attempt (docs/semantics.md; see
-  `audit`): never more than max_attempts; COMPLETED after attempts - 1 failures, FAILED
-  with none left, each failure explained by the handler failing by design or by a kill;
+- attempts follow the retry policy, a kill counting as an attempt (see `audit` and
+  docs/semantics.md#attempts-and-the-retry-budget): never more than max_attempts; COMPLETED after
+  attempts - 1 failures, FAILED with none left, each failure explained by the handler failing by
+  design or by a kill;
 - no task started before its dependencies ended (ledger times and stored timestamps), and
   failure propagation reached exactly the tasks it should;
 - the API lists the same statuses as the database; no scheduler instance is left

@@ -22,7 +22,9 @@ REPEAT_WINDOW_S = 1.0
 
 
 class GracefulStop:
-    """Turns the stop signals (docs/deployment.md) into one drain and, if asked, a hurry.
+    """Turns the stop signals into one drain and, if asked, a hurry.
+
+    The rules are in docs/semantics.md#stop-signals.
 
     The drain runs in its own thread as soon as a stop is requested, so the scheduler stops
     claiming at once, whatever the main thread is busy with (gunicorn's loop notices a
