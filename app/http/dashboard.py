@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from app import extensions
 from app.errors import NotFound
 from app.services.reads import check_task_id
 from app.statuses import Status
 from app.storage import database
+from app.storage.counts import by_status
 from app.storage.tables import deps, tasks
 
 bp = Blueprint("dashboard", __name__)
@@ -44,11 +45,8 @@ def task_page(task_id: str) -> str:
 @bp.get("/dashboard/counts")
 def counts() -> Response:
     """Return `{status: count}` for every status, zeros included, from one grouped query."""
-    found = {s.value: 0 for s in Status}
-    query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
     with database.read(extensions.engine()) as conn:
-        for status, count in conn.execute(query):
-            found[status] = int(count)
+        found = by_status(conn)
     return jsonify(found)
 
 

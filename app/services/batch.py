@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, select
 
 from app.dag import find_cycle, topological_order
 from app.errors import BodyTooLarge, DependencyCycle, DuplicateId, ValidationFailed
@@ -41,7 +41,7 @@ from app.services.submissions import (
     normalise,
     unknown_dependencies,
 )
-from app.storage import database, readiness
+from app.storage import counts, database, readiness
 from app.storage.tables import chunks, tasks
 
 MAX_BATCH_TASKS = 100_000
@@ -205,7 +205,7 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
         )
     batch_ids = {task["batch_id"] for task in existing.values()}
     batch_id = batch_ids.pop() if len(batch_ids) == 1 else None
-    if len(found) < len(ids) or batch_id is None or _batch_size(conn, batch_id) != len(ids):
+    if len(found) < len(ids) or batch_id is None or counts.in_batch(conn, batch_id) != len(ids):
         raise DuplicateId(
             f"{len(found)} of the batch's {len(ids)} tasks already exist, but not as one "
             "batch of exactly these tasks; resubmit only the new ones.",
@@ -221,11 +221,6 @@ def _load_existing(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]
         rows.update((r.id, r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(part))))
     edges = dependencies_of(conn, ids)
     return {i: shape(rows[i], edges.get(i, [])) for i in ids}
-
-
-def _batch_size(conn: Connection, batch_id: str) -> int:
-    query = select(func.count()).select_from(tasks).where(tasks.c.batch_id == batch_id)
-    return int(conn.execute(query).scalar_one())
 
 
 # -- validation ----------------------------------------------------------------------
