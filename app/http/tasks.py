@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import ClientDisconnected
 
 from app import extensions
@@ -24,7 +22,7 @@ from app.schemas import TaskOut, TaskStatusOut, load_task
 from app.services import actions, batch, reads, submissions
 from app.services.blockers import blockers
 from app.statuses import Status
-from app.storage import database, dbfaults
+from app.storage.health import database_health
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 ops = Blueprint("ops", __name__)
@@ -156,7 +154,7 @@ def task_blockers(task_id: str) -> Response:
 def health() -> tuple[Response, int]:
     """Report the database and the scheduler; 503 when either cannot do its job."""
     engine = extensions.engine()
-    storage = _database_health(engine)
+    storage = database_health(engine)
     scheduler = extensions.scheduler()
     state: dict[str, Any]
     if not current_app.config["SCHEDULER_ENABLED"]:
@@ -179,31 +177,6 @@ def health() -> tuple[Response, int]:
     ok = healthy and storage["status"] == "ok"
     body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
     return jsonify(body), 200 if ok else 503
-
-
-def _database_health(engine: Any) -> dict[str, Any]:
-    """Say whether the database serves reads and writes, and if not, what is wrong.
-
-    `status` is `ok`, `unreachable` (a read fails) or `refusing_writes` (reads work, but
-    this process's last write was refused, as by a full disk, and none has committed
-    since); `reason` is a stable code and `error` a sentence an operator can act on.
-    """
-    storage: dict[str, Any] = {"dialect": engine.dialect.name}
-    try:
-        with database.read(engine) as conn:
-            conn.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        fault = dbfaults.classify(exc)
-        if fault is None:
-            problem = f"the database failed a trivial query ({type(exc).__name__})"
-            return {**storage, "status": "unreachable", "reason": "error", "error": problem}
-        return {**storage, "status": "unreachable", "reason": fault.reason, "error": fault.problem}
-    refused = dbfaults.refusing_writes(engine)
-    if refused is None:
-        return {**storage, "status": "ok"}
-    fault, age_s = refused
-    problem = f"writes are refused: {fault.problem} (last refused {age_s:.0f} s ago)"
-    return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
 
 
 @ops.get("/metrics")
