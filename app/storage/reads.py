@@ -43,6 +43,19 @@ def status_of(conn: Connection, task_id: str) -> str | None:
     return status
 
 
+def why_not_running(conn: Connection, task_id: str) -> Any:
+    """Return what says why a task is not running (its status, times, error code), or None."""
+    columns = (
+        tasks.c.id,
+        tasks.c.type,
+        tasks.c.status,
+        tasks.c.run_at,
+        tasks.c.not_before,
+        tasks.c.error_code,
+    )
+    return conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+
+
 def outcomes(conn: Connection, ids: Sequence[str]) -> Iterator[tuple[str, str, str | None]]:
     """Yield the id, status and error of each stored task among `ids`."""
     for part in chunks(ids):
