@@ -7,14 +7,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine, select
 
 from app.statuses import TERMINAL, Status
 from app.storage import database
-from app.storage.tables import chunks, tasks
+from app.storage.reads import outcomes
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 FIRST_POLL_S = 0.05
 MAX_POLL_S = 1.0
@@ -89,12 +91,10 @@ def _poll(engine: Engine, progress: Progress) -> None:
     """Move the pending tasks that have finished (or vanished) to `finished`."""
     seen: set[str] = set()
     with database.read(engine) as conn:
-        for part in chunks(progress.pending):
-            query = select(tasks.c.id, tasks.c.status, tasks.c.error).where(tasks.c.id.in_(part))
-            for task_id, status, error in conn.execute(query):
-                seen.add(task_id)
-                if status in TERMINAL:
-                    progress.finished[task_id] = (status, error)
+        for task_id, status, error in outcomes(conn, progress.pending):
+            seen.add(task_id)
+            if status in TERMINAL:
+                progress.finished[task_id] = (status, error)
     for task_id in progress.pending:
         if task_id not in seen:
             progress.finished[task_id] = ("MISSING", "The task no longer exists.")

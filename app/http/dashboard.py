@@ -9,18 +9,20 @@ and static files stay open, and the pages ask for the token once and keep it per
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify, render_template
-from sqlalchemy import Connection, func, select
 
 from app import parts
 from app.errors import NotFound
 from app.services.reads import check_task_id
 from app.statuses import Status
 from app.storage import database
-from app.storage.tables import deps, tasks
+from app.storage.counts import by_status
+from app.storage.graph import edges, has_task, neighbours, nodes
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 bp = Blueprint("dashboard", __name__)
 
@@ -44,11 +46,8 @@ def task_page(task_id: str) -> str:
 @bp.get("/dashboard/counts")
 def counts() -> Response:
     """Return `{status: count}` for every status, zeros included, from one grouped query."""
-    found = {s.value: 0 for s in Status}
-    query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
     with database.read(parts.engine()) as conn:
-        for status, count in conn.execute(query):
-            found[status] = int(count)
+        found = by_status(conn)
     return jsonify(found)
 
 
@@ -66,7 +65,7 @@ def graph(task_id: str) -> Response:
 def neighbourhood(conn: Connection, task_id: str) -> dict[str, Any]:
     """Collect the nodes (nearest first) and the edges among them."""
     check_task_id(task_id)
-    if conn.execute(select(tasks.c.id).where(tasks.c.id == task_id)).first() is None:
+    if not has_task(conn, task_id):
         raise NotFound(f"No task has the id {task_id!r}.", {"id": task_id})
     order = [task_id]
     seen = {task_id}
@@ -77,8 +76,8 @@ def neighbourhood(conn: Connection, task_id: str) -> dict[str, Any]:
         down, full_down = _step(conn, down, seen, order, towards_dependencies=False)
         truncated = truncated or full_up or full_down
     return {
-        "nodes": _nodes(conn, order),
-        "edges": _edges(conn, order),
+        "nodes": nodes(conn, order),
+        "edges": edges(conn, order),
         "truncated": truncated,
     }
 
@@ -92,19 +91,13 @@ def _step(
     towards_dependencies: bool,
 ) -> tuple[list[str], bool]:
     """Add the next level one way; return it and whether the node limit cut it short."""
-    if towards_dependencies:
-        near, far = deps.c.task_id, deps.c.dependency_id
-    else:
-        near, far = deps.c.dependency_id, deps.c.task_id
     found: list[str] = []
     if not frontier:
         return found, False
     room = MAX_GRAPH_NODES - len(order)
     # One more than there is room for, beyond what is already seen, tells a cut.
-    query = (
-        select(far).where(near.in_(frontier)).distinct().order_by(far).limit(room + len(seen) + 1)
-    )
-    for (other,) in conn.execute(query):
+    limit = room + len(seen) + 1
+    for other in neighbours(conn, frontier, towards_dependencies=towards_dependencies, limit=limit):
         if other in seen:
             continue
         if len(order) >= MAX_GRAPH_NODES:
@@ -113,19 +106,3 @@ def _step(
         order.append(other)
         found.append(other)
     return found, False
-
-
-def _nodes(conn: Connection, ids: list[str]) -> list[dict[str, Any]]:
-    rows = conn.execute(select(tasks.c.id, tasks.c.status, tasks.c.type).where(tasks.c.id.in_(ids)))
-    by_id = {row.id: {"id": row.id, "status": row.status, "type": row.type} for row in rows}
-    return [by_id[i] for i in ids if i in by_id]
-
-
-def _edges(conn: Connection, ids: Iterable[str]) -> list[list[str]]:
-    members = list(ids)
-    query = (
-        select(deps.c.dependency_id, deps.c.task_id)
-        .where(deps.c.task_id.in_(members), deps.c.dependency_id.in_(members))
-        .order_by(deps.c.dependency_id, deps.c.task_id)
-    )
-    return [[row.dependency_id, row.task_id] for row in conn.execute(query)]

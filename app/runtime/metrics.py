@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.statuses import Status
-from app.storage import database, dbfaults
-from app.storage.tables import tasks
+from app.storage import counts, database, dbfaults
 
 if TYPE_CHECKING:
     from app.runtime.attempt import Running
@@ -45,12 +44,9 @@ class TaskCounts:
 
     def collect(self) -> Iterator[Metric]:
         """Count the tasks of every status with one GROUP BY; nothing if the database fails."""
-        counts = dict.fromkeys(Status, 0)
-        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
         try:
             with database.read(self.engine) as conn:
-                for status, count in conn.execute(query):
-                    counts[Status(status)] = count
+                found = counts.by_status(conn)
         except SQLAlchemyError as exc:
             fault = dbfaults.classify(exc)
             if fault is None:
@@ -59,8 +55,8 @@ class TaskCounts:
                 log.warning("could not count tasks by status for /metrics: %s", fault.problem)
             return
         family = self._family()
-        for status, count in counts.items():
-            family.add_metric([status.value], count)
+        for status, count in found.items():
+            family.add_metric([status], count)
         yield family
 
     @staticmethod

@@ -7,21 +7,18 @@ The API and `flask tasks submit` both reach the database through `services.submi
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import Connection, func, select, text
+from typing import TYPE_CHECKING, Any
 
 from app.errors import QueueFull
 from app.handlers import Registry
 from app.statuses import Status
-from app.storage.tables import tasks
+from app.storage import counts
 
-# Submitters that enforce MAX_QUEUED_TASKS on PostgreSQL queue on this transaction lock,
-# so that two of them cannot both count the same free room.
-QUEUE_LOCK_KEY = zlib.crc32(b"task-scheduler:max-queued-tasks")
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 MAX_RETRY_AFTER_S = 60
 
 
@@ -51,10 +48,8 @@ class Admission:
         asked = sum(1 for row in rows if row["status"] == Status.QUEUED.value)
         if not asked:
             return
-        if conn.dialect.name == "postgresql":
-            # Held to the end of the transaction; SQLite's write lock already serialises.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUEUE_LOCK_KEY})
-        queued = int(conn.execute(_COUNT_QUEUED).scalar_one())
+        counts.hold_queue(conn)
+        queued = counts.queued(conn)
         if queued + asked > self.max_queued:
             raise self._full(queued, asked)
 
@@ -71,6 +66,3 @@ class Admission:
             message += f"Retry after {self.retry_after_s} s."
         details = {"limit": limit, "queued": queued, "asked": asked}
         return QueueFull(message, details, retry_after_s=self.retry_after_s)
-
-
-_COUNT_QUEUED = select(func.count()).select_from(tasks).where(tasks.c.status == Status.QUEUED.value)

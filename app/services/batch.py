@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, validate
-from sqlalchemy import Connection, Engine, func, select
 
 from app.dag import find_cycle, topological_order
 from app.errors import BodyTooLarge, DependencyCycle, DuplicateId, ValidationFailed
@@ -30,24 +29,22 @@ from app.schemas import (
     validation_details,
 )
 from app.services.admission import Admission
-from app.services.reads import dependencies_of, shape
+from app.services.reads import shape
 from app.services.submissions import (
     OPEN,
     OUTPUT_DEFAULTS,
     check_replay,
     insert_tasks,
-    inserting,
     new_row,
     normalise,
     unknown_dependencies,
 )
-from app.storage import database, readiness
-from app.storage.tables import chunks, tasks
+from app.storage import counts, database, readiness, tasks
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 MAX_BATCH_TASKS = 100_000
-# Ids per existence lookup: a few large IN lists beat hundreds of small ones, and stay
-# far below SQLite's 32,766 bound parameters per statement.
-LOOKUP_CHUNK = 5000
 
 _task_in = TaskIn()
 _task_out = TaskOut()
@@ -82,7 +79,7 @@ def submit_batch(
         answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in rows]
         return BatchSubmitted(batch_id, answer, created=True)
 
-    return inserting(engine, work)
+    return tasks.inserting(engine, work)
 
 
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -185,9 +182,7 @@ def _new_rows(
 def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitted | None:
     """Return the stored batch when this one replays it; None when every id is new."""
     ids = [task["id"] for task in wanted]
-    found: set[str] = set()
-    for part in chunks(ids, LOOKUP_CHUNK):
-        found.update(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(part))).scalars())
+    found = tasks.existing(conn, ids)
     if not found:
         return None
     existing = _load_existing(conn, [i for i in ids if i in found])
@@ -205,7 +200,7 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
         )
     batch_ids = {task["batch_id"] for task in existing.values()}
     batch_id = batch_ids.pop() if len(batch_ids) == 1 else None
-    if len(found) < len(ids) or batch_id is None or _batch_size(conn, batch_id) != len(ids):
+    if len(found) < len(ids) or batch_id is None or counts.in_batch(conn, batch_id) != len(ids):
         raise DuplicateId(
             f"{len(found)} of the batch's {len(ids)} tasks already exist, but not as one "
             "batch of exactly these tasks; resubmit only the new ones.",
@@ -216,16 +211,9 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
 
 def _load_existing(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Return the stored tasks among `ids`, with dependencies, in the order of `ids`."""
-    rows: dict[str, Any] = {}
-    for part in chunks(ids, LOOKUP_CHUNK):
-        rows.update((r.id, r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(part))))
-    edges = dependencies_of(conn, ids)
+    rows = tasks.rows_by_id(conn, ids)
+    edges = tasks.dependencies_of(conn, ids)
     return {i: shape(rows[i], edges.get(i, [])) for i in ids}
-
-
-def _batch_size(conn: Connection, batch_id: str) -> int:
-    query = select(func.count()).select_from(tasks).where(tasks.c.batch_id == batch_id)
-    return int(conn.execute(query).scalar_one())
 
 
 # -- validation ----------------------------------------------------------------------

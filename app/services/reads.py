@@ -5,19 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import Connection, Engine, select
+from typing import TYPE_CHECKING, Any
 
 from app.errors import InvalidParameter, NotFound
 from app.limits import DEFAULT_PAGE_SIZE
 from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_TYPE_LENGTH
-from app.storage import database
-from app.storage.tables import chunks, deps, tasks
+from app.storage import database, tasks
+from app.storage.reads import newest_first, status_of
 
-LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
 # The largest seq a database column holds; a cursor naming more was not issued here.
 MAX_SEQ = 2**63 - 1
 _ID = re.compile(ID_PATTERN)
@@ -63,25 +62,10 @@ def shape(row: Any, dependencies: list[str]) -> dict[str, Any]:
 
 def load_task(conn: Connection, task_id: str, *, with_payload: bool) -> dict[str, Any] | None:
     """Return one task, or None when the id is unknown."""
-    columns = list(tasks.c) if with_payload else LIST_COLUMNS
-    row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+    row = tasks.row(conn, task_id, with_payload=with_payload)
     if row is None:
         return None
-    return shape(row, dependencies_of(conn, [task_id]).get(task_id, []))
-
-
-def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
-    """Return the dependencies of each task, in the order they were given."""
-    result: dict[str, list[str]] = {}
-    for part in chunks(ids):
-        query = (
-            select(deps.c.task_id, deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-            .order_by(deps.c.task_id, deps.c.position)
-        )
-        for task_id, dependency_id in conn.execute(query):
-            result.setdefault(task_id, []).append(dependency_id)
-    return result
+    return shape(row, tasks.dependencies_of(conn, [task_id]).get(task_id, []))
 
 
 def get_task(engine: Engine, task_id: str) -> dict[str, Any]:
@@ -98,7 +82,7 @@ def get_status(engine: Engine, task_id: str) -> dict[str, Any]:
     """Return a task's id and status."""
     check_task_id(task_id)
     with database.read(engine) as conn:
-        status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+        status = status_of(conn, task_id)
     if status is None:
         raise unknown_task(task_id)
     return {"id": task_id, "status": status}
@@ -124,20 +108,20 @@ def list_tasks(
     """Return tasks newest first, filtered, one page at a time."""
     _check_filter("type", task_type, MAX_TYPE_LENGTH)
     _check_filter("batch_id", batch_id, MAX_BATCH_ID_LENGTH)
-    query = select(*LIST_COLUMNS).order_by(tasks.c.seq.desc()).limit(limit + 1)
-    if status is not None:
-        query = query.where(tasks.c.status == status)
-    if task_type is not None:
-        query = query.where(tasks.c.type == task_type)
-    if batch_id is not None:
-        query = query.where(tasks.c.batch_id == batch_id)
-    if cursor is not None:
-        query = query.where(tasks.c.seq < decode_cursor(cursor))
+    before = None if cursor is None else decode_cursor(cursor)
     with database.read(engine) as conn:
-        rows = conn.execute(query).all()
+        # One row more than the page tells whether there is a next one.
+        rows = newest_first(
+            conn,
+            status=status,
+            task_type=task_type,
+            batch_id=batch_id,
+            before=before,
+            limit=limit + 1,
+        )
         more = len(rows) > limit
         rows = rows[:limit]
-        edges = dependencies_of(conn, [r.id for r in rows])
+        edges = tasks.dependencies_of(conn, [r.id for r in rows])
     page = [shape(r, edges.get(r.id, [])) for r in rows]
     return Page(page, encode_cursor(rows[-1].seq) if more else None)
 

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
-
-from sqlalchemy import Connection, Engine, insert
-from sqlalchemy.exc import IntegrityError
+from typing import TYPE_CHECKING, Any
 
 from app import events
 from app.errors import DuplicateId, UnknownDependency, ValidationFailed
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
 from app.statuses import FAILED_LIKE, Status
-from app.storage import database, readiness
+from app.storage import database, readiness, tasks
 from app.storage.notify import announce
-from app.storage.tables import deps, tasks
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 # What a client may set, with the value a task gets when the client leaves it out.
 DEFAULTS: dict[str, Any] = {
@@ -78,21 +77,7 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
         insert_tasks(conn, [row])
         return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
 
-    return inserting(engine, work)
-
-
-T = TypeVar("T")
-
-
-def inserting(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run a transaction that inserts tasks, once more if another inserted an id first.
-
-    Run again, the transaction finds the other's task and answers as for a replay.
-    """
-    try:
-        return database.transaction(engine, work)
-    except IntegrityError:
-        return database.transaction(engine, work)
+    return tasks.inserting(engine, work)
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:
@@ -193,18 +178,8 @@ def born_terminal(
     }
 
 
-def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Insert task rows (each with its `dependencies` list) and their edges."""
-    task_rows: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
-    for row in rows:
-        fields = dict(row)
-        for position, dependency in enumerate(fields.pop("dependencies")):
-            edges.append({"task_id": row["id"], "dependency_id": dependency, "position": position})
-        task_rows.append(fields)
-    if task_rows:
-        conn.execute(insert(tasks), task_rows)
-    if edges:
-        conn.execute(insert(deps), edges)
-    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in task_rows)
+def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert task rows (each with its `dependencies` list) and their edges; announce them."""
+    tasks.insert_rows(conn, rows)
+    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in rows)
     announce(conn)

@@ -85,3 +85,9 @@ class Membership:
         stmt = select(tasks.c.worker).where(RUNNING, tasks.c.worker.not_in(known)).distinct()
         with database.read(self.engine) as conn:
             return [w for (w,) in conn.execute(stmt) if w is not None]
+
+
+def serving_types(conn: Connection) -> list[str | None]:
+    """Return the task types (a JSON list, or None for every type) of each running instance."""
+    rows = conn.execute(select(instances.c.state, instances.c.task_types))
+    return [types for state, types in rows if state == "running"]

@@ -1,0 +1,35 @@
+"""The database's part of `/health`: does it serve reads, and writes?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.storage import database, dbfaults
+
+
+def database_health(engine: Engine) -> dict[str, Any]:
+    """Say whether the database serves reads and writes, and if not, what is wrong.
+
+    `status` is `ok`, `unreachable` (a read fails) or `refusing_writes` (reads work, but
+    this process's last write was refused, as by a full disk, and none has committed
+    since); `reason` is a stable code and `error` a sentence an operator can act on.
+    """
+    storage: dict[str, Any] = {"dialect": engine.dialect.name}
+    try:
+        with database.read(engine) as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        fault = dbfaults.classify(exc)
+        if fault is None:
+            problem = f"the database failed a trivial query ({type(exc).__name__})"
+            return {**storage, "status": "unreachable", "reason": "error", "error": problem}
+        return {**storage, "status": "unreachable", "reason": fault.reason, "error": fault.problem}
+    refused = dbfaults.refusing_writes(engine)
+    if refused is None:
+        return {**storage, "status": "ok"}
+    fault, age_s = refused
+    problem = f"writes are refused: {fault.problem} (last refused {age_s:.0f} s ago)"
+    return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}

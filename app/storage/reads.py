@@ -1,0 +1,63 @@
+"""Reads for the API, the blockers answer and the CLI: pages of tasks and small lookups.
+
+Each runs in the caller's read transaction; whole tasks with their dependencies are
+loaded by storage/tasks.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from app.storage.tables import chunks, tasks
+from app.storage.tasks import LIST_COLUMNS
+
+
+def newest_first(
+    conn: Connection,
+    *,
+    status: str | None,
+    task_type: str | None,
+    batch_id: str | None,
+    before: int | None,
+    limit: int,
+) -> list[Any]:
+    """Return up to `limit` task rows newest first, filtered, from before seq `before`."""
+    query = select(*LIST_COLUMNS).order_by(tasks.c.seq.desc()).limit(limit)
+    if status is not None:
+        query = query.where(tasks.c.status == status)
+    if task_type is not None:
+        query = query.where(tasks.c.type == task_type)
+    if batch_id is not None:
+        query = query.where(tasks.c.batch_id == batch_id)
+    if before is not None:
+        query = query.where(tasks.c.seq < before)
+    return list(conn.execute(query).all())
+
+
+def status_of(conn: Connection, task_id: str) -> str | None:
+    """Return a task's status, or None when the id is unknown."""
+    status: str | None = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+    return status
+
+
+def why_not_running(conn: Connection, task_id: str) -> Any:
+    """Return what says why a task is not running (its status, times, error code), or None."""
+    columns = (
+        tasks.c.id,
+        tasks.c.type,
+        tasks.c.status,
+        tasks.c.run_at,
+        tasks.c.not_before,
+        tasks.c.error_code,
+    )
+    return conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+
+
+def outcomes(conn: Connection, ids: Sequence[str]) -> Iterator[tuple[str, str, str | None]]:
+    """Yield the id, status and error of each stored task among `ids`."""
+    for part in chunks(ids):
+        query = select(tasks.c.id, tasks.c.status, tasks.c.error).where(tasks.c.id.in_(part))
+        yield from conn.execute(query)

@@ -1,0 +1,82 @@
+"""Tasks as submissions store them and reads load them: rows and their dependency edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from app.storage import database
+from app.storage.tables import chunks, deps, tasks
+
+# Every column but the two large JSON ones, for lists.
+LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
+# Ids per existence lookup: a few large IN lists beat hundreds of small ones, and stay
+# far below SQLite's 32,766 bound parameters per statement.
+LOOKUP_CHUNK = 5000
+
+T = TypeVar("T")
+
+
+def inserting(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run a transaction that inserts tasks, once more if another inserted an id first.
+
+    Run again, the transaction finds the other's task and answers as for a replay.
+    """
+    try:
+        return database.transaction(engine, work)
+    except IntegrityError:
+        return database.transaction(engine, work)
+
+
+def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert task rows (each with its `dependencies` list) and their edges."""
+    task_rows: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for row in rows:
+        fields = dict(row)
+        for position, dependency in enumerate(fields.pop("dependencies")):
+            edges.append({"task_id": row["id"], "dependency_id": dependency, "position": position})
+        task_rows.append(fields)
+    if task_rows:
+        conn.execute(insert(tasks), task_rows)
+    if edges:
+        conn.execute(insert(deps), edges)
+
+
+def row(conn: Connection, task_id: str, *, with_payload: bool) -> Any:
+    """Return one task's row, or None when the id is unknown."""
+    columns = list(tasks.c) if with_payload else LIST_COLUMNS
+    return conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+
+
+def rows_by_id(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
+    """Return the stored rows among `ids`, whole, by id."""
+    found: dict[str, Any] = {}
+    for part in chunks(ids, LOOKUP_CHUNK):
+        found.update((r.id, r) for r in conn.execute(select(tasks).where(tasks.c.id.in_(part))))
+    return found
+
+
+def existing(conn: Connection, ids: Sequence[str]) -> set[str]:
+    """Return those of `ids` that a stored task has."""
+    found: set[str] = set()
+    for part in chunks(ids, LOOKUP_CHUNK):
+        found.update(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(part))).scalars())
+    return found
+
+
+def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Return the dependencies of each task, in the order they were given."""
+    result: dict[str, list[str]] = {}
+    for part in chunks(ids):
+        query = (
+            select(deps.c.task_id, deps.c.dependency_id)
+            .where(deps.c.task_id.in_(part))
+            .order_by(deps.c.task_id, deps.c.position)
+        )
+        for task_id, dependency_id in conn.execute(query):
+            result.setdefault(task_id, []).append(dependency_id)
+    return result
