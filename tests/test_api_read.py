@@ -16,7 +16,8 @@ from werkzeug.test import TestResponse
 from app.runtime.scheduler import Scheduler
 from app.services import reads
 from app.storage.tables import tasks
-from tests.conftest import ORIGINAL_FIELDS, AppFactory, assert_error
+from tests.support.apps import AppFactory
+from tests.support.client import ORIGINAL_FIELDS, assert_error
 
 NEXT_LINK = re.compile(r'^<([^>]+)>; rel="next"$')
 

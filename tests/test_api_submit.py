@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 from app.storage.tables import tasks
-from tests.conftest import MAX_ERROR_BYTES, ORIGINAL_FIELDS, assert_error
+from tests.support.client import MAX_ERROR_BYTES, ORIGINAL_FIELDS, assert_error
 
 LATER_FIELDS = [
     "payload",

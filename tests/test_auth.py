@@ -19,8 +19,9 @@ from app import create_app
 from app.config import ConfigError, Settings
 from app.logs import JsonFormatter
 from app.services import reads
-from tests.conftest import assert_error, build_app
-from tests.servers import Launcher, copy_db, run_flask
+from tests.support.apps import build_app
+from tests.support.client import assert_error
+from tests.support.servers import Launcher, copy_db, run_flask
 
 TOKEN = "s3cret-Token_0123456789abcdef"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}

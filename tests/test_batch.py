@@ -17,7 +17,9 @@ from werkzeug.test import TestResponse
 from app import start_scheduler
 from app.handlers import TaskContext
 from app.storage.tables import deps, tasks
-from tests.conftest import AppFactory, assert_error, wait_for
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error
+from tests.support.waiting import wait_for
 from tests.test_api_submit import INVALID_FIELDS
 
 HOUR_MS = "3600000"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import AppFactory, assert_error, wait_for
-from tests.helpers import Gate, running_app, submit, wait_terminal
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error, running_app, submit, wait_terminal
+from tests.support.handlers import Gate
+from tests.support.waiting import wait_for
 
 
 def test_three_levels_behind_a_failed_root(make_app: AppFactory) -> None:

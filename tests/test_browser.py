@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
-from tests.servers import Launcher, copy_db, poll, run_flask
+from tests.support.apps import IN_CI
+from tests.support.servers import Launcher, copy_db, poll, run_flask
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium's own background traffic is refused here; keep it quiet and fast.

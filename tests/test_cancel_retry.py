@@ -6,8 +6,10 @@ from flask.testing import FlaskClient
 
 from app.statuses import Status
 from app.storage.store import Outcome
-from tests.conftest import AppFactory, assert_error, wait_for
-from tests.helpers import Gate, Switch, running_app, submit, task, wait_status, wait_terminal
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error, running_app, submit, task, wait_status, wait_terminal
+from tests.support.handlers import Gate, Switch
+from tests.support.waiting import wait_for
 from tests.test_store import claim_all
 
 

@@ -17,7 +17,7 @@ from app.cli.tasks import Duration
 from app.cli.wait import poll_until_finished
 from app.storage import database
 from app.storage.tables import tasks
-from tests.conftest import ORIGINAL_FIELDS
+from tests.support.client import ORIGINAL_FIELDS
 
 TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
 

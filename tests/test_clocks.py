@@ -18,8 +18,8 @@ from app.runtime.scheduler import Scheduler
 from app.services import submissions
 from app.storage import database
 from app.storage.store import Store
-from tests.conftest import _teardown, build_app
-from tests.helpers import submit, task
+from tests.support.apps import build_app, teardown
+from tests.support.client import submit, task
 from tests.test_scheduler_steps import Threads
 from tests.test_store import row as task_row
 
@@ -54,7 +54,7 @@ def test_a_skewed_api_host_stamps_and_compares_with_the_database_clock(
     try:
         _check_stamps(app)
     finally:
-        _teardown([app])
+        teardown([app])
 
 
 def _check_stamps(app: Flask) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from scripts.crash_audit import EPOCH, Run, Stored, audit, read_ledger
 from scripts.crash_loop import Options, run
-from tests.conftest import IN_CI, PG_URL
+from tests.support.apps import require_postgres
 
 # -- the short form ---------------------------------------------------------------------------
 
@@ -34,12 +34,9 @@ def test_ten_kills_on_sqlite_lose_nothing_and_run_nothing_twice(tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_kills_on_postgresql_lose_nothing_and_run_nothing_twice(tmp_path: Path) -> None:
-    if not PG_URL:
-        if IN_CI:
-            pytest.fail("TEST_DATABASE_URL is not set; CI must run the PostgreSQL tests")
-        pytest.skip("TEST_DATABASE_URL is not set")
+    url = require_postgres()
     options = Options(
-        tasks=300, kills=5, seed=12, database_url=PG_URL, workdir=tmp_path, max_uptime_s=1.0
+        tasks=300, kills=5, seed=12, database_url=url, workdir=tmp_path, max_uptime_s=1.0
     )
     report = run(options)
     print(report.text())

@@ -11,8 +11,8 @@ from sqlalchemy import func, select, update
 from app.http.dashboard import MAX_GRAPH_NODES
 from app.storage import database
 from app.storage.tables import tasks
-from tests.conftest import AppFactory, assert_error
-from tests.helpers import submit
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error, submit
 
 ASSET = re.compile(r'(?:src|href)="(/static/dashboard/[^"]+)"')
 URL = re.compile(r"https?://[^\s\"'<>)]+")

@@ -36,8 +36,9 @@ from app.extensions import db
 from app.storage import database
 from app.storage.dbfaults import CommitUnknown, Kind, classify, lost_in_commit
 from app.storage.tables import deps, tasks
-from tests.conftest import AppFactory, assert_error
-from tests.servers import free_port
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error
+from tests.support.servers import free_port
 
 BIG = "x" * 60_000  # a payload that needs fresh pages: the database must grow to take it
 

@@ -14,8 +14,9 @@ from flask import Flask
 
 from app import events
 from app.events import Events
-from tests.conftest import AppFactory, wait_for
-from tests.helpers import running_app, submit, wait_terminal
+from tests.support.apps import AppFactory
+from tests.support.client import running_app, submit, wait_terminal
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,9 @@ import pytest
 from app import example_handlers, start_scheduler
 from app.config import ConfigError
 from app.handlers import HandlerFailed, Registry, TaskContext, simulate
-from tests.conftest import AppFactory, assert_error, wait_for
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error
+from tests.support.waiting import wait_for
 
 MiB = 1024 * 1024
 

@@ -31,7 +31,7 @@ from app.services import actions, reads, submissions
 from app.statuses import Status
 from app.storage import database
 from app.storage.store import Outcome, Store
-from tests.conftest import _postgres_schema, build_app
+from tests.support.apps import build_app, postgres_schema
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
@@ -164,7 +164,7 @@ def fuzzed_app(
 ) -> Iterator[Flask]:
     """An app with seeded tasks: open, guarded by a token and a queue limit, or on PostgreSQL."""
     if request.param == "postgres":
-        schemas = _postgres_schema()
+        schemas = postgres_schema()
         url = next(schemas)
     else:
         schemas = iter(())

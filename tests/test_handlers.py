@@ -6,13 +6,15 @@ import pytest
 
 from app import create_app, start_scheduler
 from app.config import ConfigError
-from tests.conftest import AppFactory, assert_error
-from tests.helpers import HOUR_MS, submit, wait_status
+from tests.support.apps import AppFactory
+from tests.support.client import HOUR_MS, assert_error, submit, wait_status
 
 
 def test_a_handler_module_runs_its_types_and_refuses_others(make_app: AppFactory) -> None:
     app = make_app(
-        SCHEDULER_ENABLED="true", POLLING_INTERVAL=HOUR_MS, TASK_HANDLERS="tests.sample_handlers"
+        SCHEDULER_ENABLED="true",
+        POLLING_INTERVAL=HOUR_MS,
+        TASK_HANDLERS="tests.support.sample_handlers",
     )
     start_scheduler(app)
     client = app.test_client()

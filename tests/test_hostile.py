@@ -26,7 +26,8 @@ from sqlalchemy import Engine, select, update
 from werkzeug.test import TestResponse
 
 from app.storage.tables import deps, tasks
-from tests.conftest import MAX_ERROR_BYTES, _postgres_schema, _teardown, build_app
+from tests.support.apps import build_app, postgres_schema, teardown
+from tests.support.client import MAX_ERROR_BYTES
 
 MIB = 1024 * 1024
 JSON = {"Content-Type": "application/json"}
@@ -95,7 +96,7 @@ def seeded(
     if request.param == "sqlite":
         urls: Iterator[str] = iter([f"sqlite:///{tmp_path_factory.mktemp('hostile')}/tasks.db"])
     else:
-        urls = _postgres_schema()
+        urls = postgres_schema()
     url = next(urls)
     app = build_app(url, {})
     assert not app.config["SCHEDULER_ENABLED"]
@@ -104,7 +105,7 @@ def seeded(
     try:
         yield Seeded(app, client, engine, _seed(client, engine))
     finally:
-        _teardown([app])
+        teardown([app])
         next(urls, None)  # drops the PostgreSQL schema
 
 

@@ -24,8 +24,8 @@ from app.statuses import Status
 from app.storage import retention
 from app.storage.database import utcnow
 from app.storage.store import Claim, Outcome, Store
-from tests.conftest import _postgres_schema, build_app
-from tests.interleave import (
+from tests.support.apps import build_app, postgres_schema
+from tests.support.interleave import (
     DEADLOCK,
     Explorer,
     Hang,
@@ -432,7 +432,7 @@ def engine() -> Iterator[Engine]:
 @contextmanager
 def postgres_engine() -> Iterator[Engine]:
     """An app's engine on a fresh PostgreSQL schema, its scheduler not started."""
-    with contextmanager(_postgres_schema)() as url:
+    with contextmanager(postgres_schema)() as url:
         app = build_app(url, {})
         engine: Engine = app.extensions["store"].engine
         tune_sessions(engine)

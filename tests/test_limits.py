@@ -16,7 +16,8 @@ from sqlalchemy import event, func, select, update
 from app.config import ConfigError, Settings
 from app.storage import database
 from app.storage.tables import tasks
-from tests.conftest import AppFactory, assert_error
+from tests.support.apps import AppFactory
+from tests.support.client import assert_error
 
 THREADS = 8
 

@@ -16,8 +16,10 @@ from app.runtime.metrics import Buckets, Metrics
 from app.statuses import Status
 from app.storage import database
 from app.storage.tables import tasks
-from tests.conftest import AppFactory, wait_for
-from tests.helpers import Gate, Switch, running_app, submit, wait_status
+from tests.support.apps import AppFactory
+from tests.support.client import running_app, submit, wait_status
+from tests.support.handlers import Gate, Switch
+from tests.support.waiting import wait_for
 from tests.test_scheduler import exited_pid, register_instance
 from tests.test_store import claim_all
 

@@ -33,7 +33,7 @@ from app.statuses import Status
 from app.storage import database
 from app.storage.store import Claim, Outcome, Store
 from app.storage.tables import deps, instances, tasks
-from tests.conftest import build_app
+from tests.support.apps import build_app
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))

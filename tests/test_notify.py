@@ -10,8 +10,10 @@ from sqlalchemy import insert
 
 from app.storage import database, scheduler_sql
 from app.storage.tables import instances
-from tests.conftest import AppFactory, wait_for
-from tests.helpers import Gate, running_app, submit, wait_status
+from tests.support.apps import AppFactory
+from tests.support.client import running_app, submit, wait_status
+from tests.support.handlers import Gate
+from tests.support.waiting import wait_for
 
 HOUR = timedelta(hours=1)
 

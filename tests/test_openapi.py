@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 from app.errors import ApiError
 from app.http.openapi import spec_for
 from app.schemas import TaskIn, TaskOut, TaskStatusOut
-from tests.conftest import assert_error
+from tests.support.client import assert_error
 
 URL = "/api/openapi.json"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}

@@ -1,6 +1,6 @@
 """PostgreSQL restarted and crashed under load: no 500, nothing lost, everything completes.
 
-Each test runs on a private cluster (`tests/pgcluster.py`) that it restarts at will; the
+Each test runs on a private cluster (`tests/support/pgcluster.py`) that it restarts at will; the
 shared server on port 5432 is never touched. Three things are proved:
 
 - pooled connections left stale by a restart cost no request an error (`pool_pre_ping`);
@@ -43,10 +43,11 @@ from sqlalchemy.pool import NullPool
 from app import start_scheduler
 from app.runtime.scheduler import Scheduler
 from app.storage.dbfaults import Kind, classify
-from tests.conftest import IN_CI, _teardown, build_app, wait_for
-from tests.helpers import HOUR_MS, submit, wait_status
-from tests.pgcluster import Cluster, cannot_run
-from tests.servers import Launcher, run_flask
+from tests.support.apps import IN_CI, build_app, teardown
+from tests.support.client import HOUR_MS, submit, wait_status
+from tests.support.pgcluster import Cluster, cannot_run
+from tests.support.servers import Launcher, run_flask
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ def apps() -> Iterator[list[Flask]]:
     """Collect in-process apps; their schedulers stop and engines close at the end."""
     built: list[Flask] = []
     yield built
-    _teardown(built)
+    teardown(built)
 
 
 def engine_of(app: Flask) -> Engine:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import ROOT, Launcher, copy_db, read_db, run_flask
+from tests.support.servers import ROOT, Launcher, copy_db, read_db, run_flask
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def test_flask_scheduler_run_executes_and_stops_on_signals(launcher: Launcher, d
 def test_a_handler_that_ignores_the_stop_does_not_keep_the_process(
     launcher: Launcher, db: Path, runner: str
 ) -> None:
-    handlers = {"TASK_HANDLERS": "tests.sample_handlers", "SHUTDOWN_GRACE_S": "1"}
+    handlers = {"TASK_HANDLERS": "tests.support.sample_handlers", "SHUTDOWN_GRACE_S": "1"}
     if runner == "gunicorn":
         api = server = launcher.gunicorn(db, **handlers)
     else:

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, select, text, update
 from app.services import reads, submissions
 from app.storage import database, retention
 from app.storage.tables import deps, tasks
-from tests.conftest import AppFactory
+from tests.support.apps import AppFactory
 
 WEEK = timedelta(days=7)
 OLD = timedelta(days=8)

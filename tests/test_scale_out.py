@@ -2,7 +2,7 @@
 
 Every test starts real processes (`flask db upgrade`, N x `flask scheduler run`, an API-only
 gunicorn, or gunicorn with a scheduler per worker) on its own PostgreSQL schema or SQLite
-file. The `ledger` task type (tests/ledger_handlers.py) appends a start and an end line per
+file. The `ledger` task type (tests/support/ledger_handlers.py) appends a start and an end line per
 attempt to a file shared by every process; the checks compare it with the database:
 exactly-once execution, dependencies before dependents, the per-instance concurrency cap,
 crash recovery (SIGKILL) and fencing of a paused instance (SIGSTOP past its lease). The last
@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from tests.conftest import _postgres_schema
-from tests.servers import Launcher, Server, database_url, poll, run_flask
+from tests.support.apps import postgres_schema
+from tests.support.servers import Launcher, Server, database_url, poll, run_flask
 
 pytestmark = pytest.mark.slow
 
-HANDLERS = "tests.ledger_handlers"
+HANDLERS = "tests.support.ledger_handlers"
 # One statement, so one snapshot: what is left, and who holds what in RUNNING.
 UNFINISHED_SQL = (
     "SELECT status, worker, count(*) FROM tasks WHERE status IN ('QUEUED', 'RUNNING')"
@@ -277,7 +277,7 @@ class Cluster:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """Return the URL of a fresh PostgreSQL schema (skipped without TEST_DATABASE_URL)."""
-    yield from _postgres_schema()
+    yield from postgres_schema()
 
 
 @pytest.fixture

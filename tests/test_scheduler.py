@@ -24,7 +24,8 @@ from app.runtime import identity
 from app.runtime.scheduler import Scheduler
 from app.storage.database import utcnow
 from app.storage.store import Store
-from tests.conftest import AppFactory, wait_for
+from tests.support.apps import AppFactory
+from tests.support.waiting import wait_for
 from tests.test_store import claim_all, row
 
 HOUR_MS = "3600000"

@@ -30,7 +30,8 @@ from app.storage import database
 from app.storage.database import utcnow
 from app.storage.store import Store
 from app.storage.tables import instances, tasks
-from tests.conftest import AppFactory, wait_for
+from tests.support.apps import AppFactory
+from tests.support.waiting import wait_for
 from tests.test_store import claim_all, row
 
 

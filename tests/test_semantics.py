@@ -9,8 +9,10 @@ import pytest
 
 from app.handlers import HandlerFailed, TaskContext
 from app.storage.store import backoff
-from tests.conftest import AppFactory, wait_for
-from tests.helpers import Gate, running_app, submit, task, wait_status, wait_terminal
+from tests.support.apps import AppFactory
+from tests.support.client import running_app, submit, task, wait_status, wait_terminal
+from tests.support.handlers import Gate
+from tests.support.waiting import wait_for
 
 
 def test_backoff_doubles_with_up_to_a_quarter_of_jitter_and_a_cap() -> None:

@@ -32,8 +32,9 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import _postgres_schema, wait_for
-from tests.servers import Launcher, Server, database_url, run_flask
+from tests.support.apps import postgres_schema
+from tests.support.servers import Launcher, Server, database_url, run_flask
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ GRACE_S = 2
 EXIT_MARGIN_S = 15
 LONG_MS = 5000  # outlasts the grace by far: requeued at the stop
 SLOTS = 4
-HANDLERS = "tests.ledger_handlers"
+HANDLERS = "tests.support.ledger_handlers"
 
 
 @dataclass
@@ -156,7 +157,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
         yield started
         started.close()
         return
-    for url in _postgres_schema():
+    for url in postgres_schema():
         started = Service(url, tmp_path)
         try:
             yield started

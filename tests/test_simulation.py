@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 
 from app.storage import database
-from tests.conftest import build_app
-from tests.simulation import Simulation, seeds
+from tests.support.apps import build_app
+from tests.support.simulation import Simulation, seeds
 
 # PostgreSQL pays a network round trip per statement: it runs a quarter of the seeds.
 SEEDS = int(os.environ.get("SIM_SEEDS", "200"))

@@ -18,7 +18,7 @@ from app.storage.database import utcnow
 from app.storage.propagation import settle
 from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks
-from tests.conftest import AppFactory, build_app
+from tests.support.apps import AppFactory, build_app
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import blockers, submissions
 from app.storage.store import Store
-from tests.conftest import AppFactory
+from tests.support.apps import AppFactory
 from tests.test_scheduler_steps import Threads
 from tests.test_store import row
 

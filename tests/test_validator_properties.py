@@ -34,7 +34,7 @@ from app.schemas import (
 )
 from app.services import batch
 from app.services.submissions import DEFAULTS, normalise
-from tests.conftest import build_app
+from tests.support.apps import build_app
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
 SCALED = os.environ.get("FUZZ_EXAMPLES")

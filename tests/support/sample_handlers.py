@@ -1,4 +1,4 @@
-"""A handler module for the tests: `TASK_HANDLERS=tests.sample_handlers`."""
+"""A handler module for the tests: `TASK_HANDLERS=tests.support.sample_handlers`."""
 
 from __future__ import annotations
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import requests
 
-from tests.conftest import wait_for
+from app.statuses import TERMINAL
+from tests.support.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REQUEST_TIMEOUT_S = 5.0
 BATCH_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 30.0
-TERMINAL = frozenset({"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"})
 
 # Settings the service and gunicorn.conf.py read: one inherited from the shell must not
 # change what a test runs, so they are dropped. A `.env` file fills in only what the

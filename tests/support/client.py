@@ -1,19 +1,43 @@
-"""Helpers for tests that drive a running scheduler over HTTP."""
+"""Driving an app through its test client: submit, read and wait; the one error shape."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from app import start_scheduler
-from app.handlers import HandlerFailed, TaskContext
-from tests.conftest import AppFactory, wait_for
+from app.statuses import TERMINAL
+from tests.support.apps import AppFactory
+from tests.support.waiting import wait_for
 
 HOUR_MS = "3600000"
-TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
+MAX_ERROR_BYTES = 2048
+# The original service's task fields, which come first and in this order.
+ORIGINAL_FIELDS = [
+    "id",
+    "type",
+    "duration_ms",
+    "status",
+    "dependencies",
+    "created_at",
+    "updated_at",
+]
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """Check the one error shape (small, JSON, a sentence and a code) and return its body."""
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json"
+    assert len(response.get_data()) < MAX_ERROR_BYTES
+    body = response.get_json()
+    assert set(body) <= {"error", "code", "details"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["code"] == code
+    assert isinstance(body.get("details", {}), dict)
+    return body
 
 
 def running_app(make_app: AppFactory, handlers: dict[str, Any] | None = None, **env: str) -> Flask:
@@ -56,34 +80,3 @@ def wait_terminal(client: FlaskClient, *ids: str) -> dict[str, dict[str, Any]]:
         return found if all(t["status"] in TERMINAL for t in found.values()) else None
 
     return wait_for(done, what=f"{len(ids)} tasks to finish")
-
-
-class Gate:
-    """A handler that blocks until released (ignoring cancel unless told to honour it)."""
-
-    def __init__(self, honour_cancel: bool = False) -> None:
-        self.release = threading.Event()
-        self.honour_cancel = honour_cancel
-        self.started: list[str] = []
-
-    def __call__(self, ctx: TaskContext) -> dict[str, Any]:
-        self.started.append(ctx.id)
-        ctx.progress(50)
-        while not self.release.wait(0.01):
-            if self.honour_cancel and ctx.cancel.is_set():
-                raise HandlerFailed("stopped on request")
-        return {"released": ctx.id}
-
-
-class Switch:
-    """A handler that fails until `works` is set."""
-
-    def __init__(self) -> None:
-        self.works = False
-        self.calls = 0
-
-    def __call__(self, ctx: TaskContext) -> str:
-        self.calls += 1
-        if not self.works:
-            raise HandlerFailed("not yet")
-        return "ok"

@@ -1,4 +1,4 @@
-"""A handler module for the process tests: `TASK_HANDLERS=tests.ledger_handlers`.
+"""A handler module for the process tests: `TASK_HANDLERS=tests.support.ledger_handlers`.
 
 The `ledger` type appends `task_id attempt pid start|end wall_time_ns` to the file named by
 `LEDGER_PATH`, one line as it starts and one as it ends, then fails when `payload.fail` is

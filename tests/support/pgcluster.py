@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 PG_CTL_TIMEOUT_S = 30
