@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
-from app.storage.tables import tasks
+from tests.support.bodies import INVALID_FIELDS, task
 from tests.support.client import MAX_ERROR_BYTES, ORIGINAL_FIELDS, assert_error
+from tests.support.store import count, set_status
 
 LATER_FIELDS = [
     "payload",
@@ -39,17 +39,6 @@ def submit(client: FlaskClient, task_id: str, **fields: Any) -> dict[str, Any]:
     response = post(client, {"id": task_id, "type": "simulate", "duration_ms": 10, **fields})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def set_status(app: Flask, task_id: str, status: str) -> None:
-    """Move a task to `status` behind the API's back, as a finished run would."""
-    with app.extensions["store"].engine.begin() as conn:
-        conn.execute(update(tasks).where(tasks.c.id == task_id).values(status=status))
-
-
-def count_tasks(app: Flask) -> int:
-    with app.extensions["store"].engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(tasks)).scalar_one()
 
 
 # -- success -------------------------------------------------------------------------
@@ -228,7 +217,7 @@ def test_different_replay_is_a_duplicate_id(
     body = assert_error(response, 409, "duplicate_id")
     assert body["details"]["fields"] == fields
     assert client.get("/api/tasks/r").get_json() == original
-    assert count_tasks(app) == 2
+    assert count(app) == 2
 
 
 # -- dependencies --------------------------------------------------------------------
@@ -244,7 +233,7 @@ def test_unknown_dependencies_are_listed(app: Flask, client: FlaskClient) -> Non
 
     body = assert_error(response, 400, "unknown_dependency")
     assert body["details"]["missing"] == ["ghost", "nope"]
-    assert count_tasks(app) == 1
+    assert count(app) == 1
 
 
 def test_self_dependency_is_rejected(app: Flask, client: FlaskClient) -> None:
@@ -256,7 +245,7 @@ def test_self_dependency_is_rejected(app: Flask, client: FlaskClient) -> None:
 
     body = assert_error(response, 400, "validation_error")
     assert "dependencies" in body["details"]
-    assert count_tasks(app) == 1
+    assert count(app) == 1
 
 
 @pytest.mark.parametrize(
@@ -297,62 +286,12 @@ def test_dead_dependency_propagates_at_once(
 # -- invalid input -------------------------------------------------------------------
 
 
-def task(**fields: Any) -> dict[str, Any]:
-    """Return a valid task body with `fields` changed; a value of ... drops the field."""
-    body = {"id": "ok", "type": "simulate", "duration_ms": 10, **fields}
-    return {k: v for k, v in body.items() if v is not ...}
-
-
 def nested_body(levels: int) -> dict[str, Any]:
     """Return a valid task whose JSON nests `levels` deep, the top-level object included."""
     payload: dict[str, Any] = {"leaf": 1}
     for _ in range(levels - 2):
         payload = {"a": payload}
     return task(payload=payload)
-
-
-INVALID_FIELDS = [
-    ("id-slash", task(id="a/b"), "id"),
-    ("id-dotdot", task(id=".."), "id"),
-    ("id-nul", task(id="a\x00b"), "id"),
-    ("id-space", task(id="a b"), "id"),
-    ("id-129-chars", task(id="a" * 129), "id"),
-    ("id-trailing-newline", task(id="a\n"), "id"),
-    ("type-trailing-newline", task(type="etl\n"), "type"),
-    ("id-empty", task(id=""), "id"),
-    ("id-leading-dash", task(id="-a"), "id"),
-    ("id-leading-dot", task(id=".a"), "id"),
-    ("id-non-ascii", task(id="tâche"), "id"),
-    ("id-number", task(id=5), "id"),
-    ("id-null", task(id=None), "id"),
-    ("type-bad-chars", task(type="run it!"), "type"),
-    ("type-65-chars", task(type="t" * 65), "type"),
-    ("type-empty", task(type=""), "type"),
-    ("type-missing", task(type=...), "type"),
-    ("type-number", task(type=7), "type"),
-    ("type-null", task(type=None), "type"),
-    ("duration-string", task(duration_ms="5"), "duration_ms"),
-    ("duration-float", task(duration_ms=5.0), "duration_ms"),
-    ("duration-true", task(duration_ms=True), "duration_ms"),
-    ("duration-zero", task(duration_ms=0), "duration_ms"),
-    ("duration-negative", task(duration_ms=-1), "duration_ms"),
-    ("duration-over-a-day", task(duration_ms=86_400_001), "duration_ms"),
-    ("duration-missing", task(duration_ms=...), "duration_ms"),
-    ("duration-null", task(duration_ms=None), "duration_ms"),
-    ("deps-string", task(dependencies="a"), "dependencies"),
-    ("deps-object", task(dependencies={"a": 1}), "dependencies"),
-    ("deps-non-string", task(dependencies=[1]), "dependencies"),
-    ("deps-null-item", task(dependencies=[None]), "dependencies"),
-    ("deps-invalid-id", task(dependencies=["a/b"]), "dependencies"),
-    ("deps-1001", task(dependencies=[f"d{i}" for i in range(1001)]), "dependencies"),
-    ("payload-array", task(payload=[1]), "payload"),
-    ("payload-string", task(payload="x"), "payload"),
-    ("payload-over-64-kib", task(payload={"s": "x" * 65 * 1024}), "payload"),
-    ("unknown-field", task(priority_x=1), "priority_x"),
-    ("output-status", task(status="COMPLETED"), "status"),
-    ("output-attempts", task(attempts=3), "attempts"),
-    ("output-result", task(result={"ok": True}), "result"),
-]
 
 
 @pytest.mark.parametrize(
@@ -367,7 +306,7 @@ def test_invalid_field_is_a_validation_error(
     details = assert_error(response, 400, "validation_error")["details"]
     assert field in details
     assert isinstance(details[field], str)
-    assert count_tasks(app) == 0
+    assert count(app) == 0
 
 
 def _json(body: Any) -> bytes:
@@ -405,7 +344,7 @@ def test_malformed_body_is_invalid_json(app: Flask, client: FlaskClient, raw: by
     response = client.post("/api/tasks", data=raw, content_type="application/json")
 
     assert_error(response, 400, "invalid_json")
-    assert count_tasks(app) == 0
+    assert count(app) == 0
 
 
 @pytest.mark.parametrize(
@@ -427,7 +366,7 @@ def test_wrong_content_type_is_unsupported(
     response = client.post("/api/tasks", data=_json(task()), headers=headers)
 
     assert_error(response, 415, "unsupported_media_type")
-    assert count_tasks(app) == 0
+    assert count(app) == 0
 
 
 MIB = 1024 * 1024
@@ -467,7 +406,7 @@ def test_body_over_one_mib_is_too_large(
     response = send(client, padded(size), chunked=chunked)
 
     assert_error(response, 413, "body_too_large")
-    assert count_tasks(app) == 0
+    assert count(app) == 0
 
 
 @pytest.mark.parametrize("query", ["priority=1", "id=x", "limit=5"])
@@ -476,7 +415,7 @@ def test_query_parameter_on_submit_is_invalid(app: Flask, client: FlaskClient, q
 
     body = assert_error(response, 400, "invalid_parameter")
     assert query.split("=")[0] in body["details"]
-    assert count_tasks(app) == 0
+    assert count(app) == 0
 
 
 LONG = "x" * 100_000
@@ -504,4 +443,4 @@ def test_error_body_never_echoes_large_input(
     assert response.status_code == 400
     assert len(response.get_data()) < MAX_ERROR_BYTES
     assert LONG[:300] not in response.get_data(as_text=True)
-    assert count_tasks(app) == 0
+    assert count(app) == 0

@@ -11,19 +11,17 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from app import start_scheduler
 from app.handlers import TaskContext
 from app.storage.tables import deps, tasks
 from tests.support.apps import AppFactory
-from tests.support.client import assert_error
-from tests.support.waiting import wait_for
-from tests.test_api_submit import INVALID_FIELDS
+from tests.support.bodies import INVALID_FIELDS
+from tests.support.client import HOUR_MS, assert_error, wait_terminal
+from tests.support.store import count, set_status
 
-HOUR_MS = "3600000"
-TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
 GENERATED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -47,17 +45,6 @@ def created(client: FlaskClient, items: list[dict[str, Any]]) -> dict[str, Any]:
 def submit(client: FlaskClient, task_id: str, *dependencies: str) -> None:
     response = client.post("/api/tasks", json=t(task_id, *dependencies))
     assert response.status_code == 201, response.get_json()
-
-
-def set_status(app: Flask, task_id: str, status: str) -> None:
-    """Move a task to `status` behind the API's back, as a finished run would."""
-    with app.extensions["store"].engine.begin() as conn:
-        conn.execute(update(tasks).where(tasks.c.id == task_id).values(status=status))
-
-
-def count(app: Flask, table: Any = tasks) -> int:
-    with app.extensions["store"].engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
 def pending_deps(app: Flask) -> dict[str, int]:
@@ -419,11 +406,7 @@ def test_the_scheduler_runs_a_batch_in_dependency_order(make_app: AppFactory) ->
     graph = {"report": ["left", "right"], "left": ["load"], "right": ["load"], "load": []}
     created(client, [t(i, *d, type="record") for i, d in graph.items()])
 
-    def finished() -> dict[str, dict[str, Any]] | None:
-        found = {i: client.get(f"/api/tasks/{i}").get_json() for i in graph}
-        return found if all(task["status"] in TERMINAL for task in found.values()) else None
-
-    done = wait_for(finished, what="the batch to finish")
+    done = wait_terminal(client, *graph)
     assert {task["status"] for task in done.values()} == {"COMPLETED"}
     assert done["report"]["result"] == {"ran": "report"}
     assert started[0] == "load" and started[-1] == "report"

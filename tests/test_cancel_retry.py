@@ -9,8 +9,8 @@ from app.storage.store import Outcome
 from tests.support.apps import AppFactory
 from tests.support.client import assert_error, running_app, submit, task, wait_status, wait_terminal
 from tests.support.handlers import Gate, Switch
+from tests.support.store import claim_all
 from tests.support.waiting import wait_for
-from tests.test_store import claim_all
 
 
 def post(client: FlaskClient, task_id: str, action: str) -> tuple[int, dict]:

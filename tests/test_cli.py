@@ -19,8 +19,6 @@ from app.storage import database
 from app.storage.tables import tasks
 from tests.support.client import ORIGINAL_FIELDS
 
-TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
-
 
 def invoke(app: Flask, *args: str, stdin: str | None = None) -> Result:
     return app.test_cli_runner().invoke(args=["tasks", *args], input=stdin)

@@ -20,8 +20,8 @@ from app.storage import database
 from app.storage.store import Store
 from tests.support.apps import build_app, teardown
 from tests.support.client import submit, task
-from tests.test_scheduler_steps import Threads
-from tests.test_store import row as task_row
+from tests.support.stepping import Threads
+from tests.support.store import row as task_row
 
 SKEW = timedelta(hours=1)
 LEASE_S = 30

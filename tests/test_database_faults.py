@@ -25,7 +25,7 @@ import psycopg.errors
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, event, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 from werkzeug.test import TestResponse
@@ -39,6 +39,7 @@ from app.storage.tables import deps, tasks
 from tests.support.apps import AppFactory
 from tests.support.client import assert_error
 from tests.support.servers import free_port
+from tests.support.store import count
 
 BIG = "x" * 60_000  # a payload that needs fresh pages: the database must grow to take it
 
@@ -339,14 +340,6 @@ def body(task_id: str, *dependencies: str, **extra: Any) -> dict[str, Any]:
 def engine_of(app: Flask) -> Engine:
     engine: Engine = app.extensions["store"].engine
     return engine
-
-
-def count(app: Flask, table: Any = tasks, task_id: str | None = None) -> int:
-    query = select(func.count()).select_from(table)
-    if task_id is not None:
-        query = query.where(table.c.id == task_id)
-    with database.read(engine_of(app)) as conn:
-        return int(conn.execute(query).scalar_one())
 
 
 def assert_retry_later(response: TestResponse, code: str) -> dict[str, Any]:

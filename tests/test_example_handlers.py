@@ -18,8 +18,7 @@ from app import example_handlers, start_scheduler
 from app.config import ConfigError
 from app.handlers import HandlerFailed, Registry, TaskContext, simulate
 from tests.support.apps import AppFactory
-from tests.support.client import assert_error
-from tests.support.waiting import wait_for
+from tests.support.client import assert_error, wait_terminal
 
 MiB = 1024 * 1024
 
@@ -407,8 +406,6 @@ def test_word_count_cancelled_writes_no_report(registry: Registry, data: Path) -
 
 # -- through the service ----------------------------------------------------------------
 
-TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
-
 
 def test_the_service_runs_the_example_handlers(
     make_app: AppFactory, data: Path, monkeypatch: pytest.MonkeyPatch
@@ -430,11 +427,7 @@ def test_the_service_runs_the_example_handlers(
         response = client.post("/api/tasks", json={"duration_ms": 1, **body})
         assert response.status_code == 201, response.get_json()
 
-    def finished() -> dict[str, dict[str, Any]] | None:
-        found = {b["id"]: client.get(f"/api/tasks/{b['id']}").get_json() for b in bodies}
-        return found if all(t["status"] in TERMINAL for t in found.values()) else None
-
-    done = wait_for(finished, what="the example tasks to finish")
+    done = wait_terminal(client, *(b["id"] for b in bodies))
     assert done["p"]["result"] == {"below": 1000, "count": 168, "largest": 997}
     assert done["c"]["result"]["sha256"] == hashlib.sha256(b"to be or not to be\n").hexdigest()
     assert done["w"]["result"]["words"] == 6

@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from click.testing import Result
 from flask import Flask
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select
 
 from app.config import ConfigError, Settings
 from app.storage import database
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory
 from tests.support.client import assert_error
+from tests.support.store import set_status
 
 THREADS = 8
 
@@ -44,11 +45,6 @@ def stored(app: Flask, status: str | None = None) -> int:
         query = query.where(tasks.c.status == status)
     with database.read(app.extensions["store"].engine) as conn:
         return int(conn.execute(query).scalar_one())
-
-
-def set_status(app: Flask, task_id: str, status: str) -> None:
-    with database.write(app.extensions["store"].engine) as conn:
-        conn.execute(update(tasks).where(tasks.c.id == task_id).values(status=status))
 
 
 def assert_queue_full(response: Any, limit: int, queued: int, asked: int) -> dict[str, Any]:

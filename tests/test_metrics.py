@@ -19,9 +19,8 @@ from app.storage.tables import tasks
 from tests.support.apps import AppFactory
 from tests.support.client import running_app, submit, wait_status
 from tests.support.handlers import Gate, Switch
+from tests.support.store import claim_all, exited_pid, register_instance
 from tests.support.waiting import wait_for
-from tests.test_scheduler import exited_pid, register_instance
-from tests.test_store import claim_all
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, delete, select
 
 from app.errors import InvalidState
 from app.services import actions, batch, submissions
-from app.statuses import Status
+from app.statuses import TERMINAL, Status
 from app.storage import database
 from app.storage.store import Claim, Outcome, Store
 from app.storage.tables import deps, instances, tasks
@@ -41,7 +41,6 @@ STEPS = int(os.environ.get("FUZZ_STEPS", "30"))
 
 QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
 FAILED, UPSTREAM_FAILED, CANCELLED = Status.FAILED, Status.UPSTREAM_FAILED, Status.CANCELLED
-TERMINAL = {COMPLETED, FAILED, UPSTREAM_FAILED, CANCELLED}
 BLOCKING = {FAILED, UPSTREAM_FAILED, CANCELLED}
 # Cleanups (all_done) are where a finished dependency can come back: drawn more often.
 RULES = ["all_success", "all_done", "all_done"]

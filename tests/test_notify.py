@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,6 +12,7 @@ from app.storage.tables import instances
 from tests.support.apps import AppFactory
 from tests.support.client import running_app, submit, wait_status
 from tests.support.handlers import Gate
+from tests.support.store import exited_pid
 from tests.support.waiting import wait_for
 
 HOUR = timedelta(hours=1)
@@ -77,7 +77,7 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
     now = store.database_now()
     submit(busy, "orphan", max_attempts=2, retry_backoff_ms=0, run_at=_iso(now + HOUR))
     with database.write(store.engine) as conn:
-        dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": _exited_pid()}
+        dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": exited_pid()}
         conn.execute(insert(instances).values(id="gone", started_at=now, heartbeat_at=now, **dead))
         claimed = scheduler_sql.claim(conn, "gone", 1, now + 2 * HOUR)
     assert [c.id for c in claimed] == ["orphan"]
@@ -90,10 +90,3 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _exited_pid() -> int:
-    """Return the pid of a process that has exited (and been waited for)."""
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid

@@ -19,7 +19,7 @@ from app.storage import retention
 from app.storage.database import utcnow
 from app.storage.store import Claim, Outcome, Store
 from tests.support.apps import AppFactory
-from tests.test_store import add, claim_all, row, set_fields
+from tests.support.store import add, claim_all, row, set_fields
 
 FAILED = Outcome(Status.FAILED, error="boom", error_code="handler_error")
 COMPLETED = Outcome(Status.COMPLETED)

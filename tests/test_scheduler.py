@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +17,12 @@ from flask.testing import FlaskClient
 from app import create_app, start_scheduler
 from app.extensions import db
 from app.handlers import TaskContext
-from app.runtime import identity
 from app.runtime.scheduler import Scheduler
-from app.storage.database import utcnow
 from app.storage.store import Store
 from tests.support.apps import AppFactory
+from tests.support.client import HOUR_MS, submit, task, wait_terminal
+from tests.support.store import claim_all, exited_pid, register_instance, row
 from tests.support.waiting import wait_for
-from tests.test_store import claim_all, row
-
-HOUR_MS = "3600000"
-TERMINAL = {"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"}
 
 
 @pytest.fixture
@@ -48,31 +41,6 @@ def scheduler_of(app: Flask) -> Scheduler:
 
 def store_of(app: Flask) -> Store:
     return app.extensions["store"]
-
-
-def submit(client: FlaskClient, task_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
-    body = {
-        "id": task_id,
-        "type": "simulate",
-        "duration_ms": 1,
-        "dependencies": list(deps),
-        **extra,
-    }
-    response = client.post("/api/tasks", json=body)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
-def task(client: FlaskClient, task_id: str) -> dict[str, Any]:
-    return client.get(f"/api/tasks/{task_id}").get_json()
-
-
-def wait_terminal(client: FlaskClient, *ids: str, timeout: float = 30) -> dict[str, dict]:
-    def done() -> dict[str, dict] | None:
-        found = {i: task(client, i) for i in ids}
-        return found if all(t["status"] in TERMINAL for t in found.values()) else None
-
-    return wait_for(done, timeout, what=f"{len(ids)} tasks to finish")
 
 
 class Gate:
@@ -164,27 +132,6 @@ def test_a_handler_exception_fails_only_its_task(app: Flask, client: FlaskClient
     assert "ValueError: no such file" in done["x"]["error"]
     assert done["y"]["status"] == "FAILED" and "not JSON" in done["y"]["error"]
     assert done["z"]["status"] == "COMPLETED"
-
-
-def exited_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def register_instance(store: Store, instance_id: str, pid: int, *, age_s: float = 0) -> None:
-    seen = utcnow() - timedelta(seconds=age_s)
-    store.register(
-        {
-            "id": instance_id,
-            "hostname": identity.host_key(),
-            "pid": pid,
-            "process_start": identity.start_time(pid) or "0",
-            "started_at": seen,
-            "heartbeat_at": seen,
-            "state": "running",
-        }
-    )
 
 
 def test_start_recovers_the_tasks_of_a_dead_process(app: Flask, client: FlaskClient) -> None:

@@ -11,7 +11,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, text, update
 
-from app.services import submissions
 from app.statuses import Status
 from app.storage import database, scheduler_sql
 from app.storage.database import utcnow
@@ -19,6 +18,7 @@ from app.storage.propagation import settle
 from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory, build_app
+from tests.support.store import add, claim_all, register, row, set_fields
 
 
 @pytest.fixture
@@ -29,34 +29,6 @@ def app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def store(app: Flask) -> Store:
     return app.extensions["store"]
-
-
-def add(store: Store, task_id: str, *dependencies: str, **payload: Any) -> None:
-    data = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
-    submissions.submit(store.engine, {**data, "payload": payload})
-
-
-def row(store: Store, task_id: str) -> Any:
-    with database.read(store.engine) as conn:
-        return conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
-
-
-def set_fields(store: Store, task_id: str, **values: Any) -> None:
-    with database.write(store.engine) as conn:
-        conn.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
-
-
-def register(store: Store, worker: str) -> None:
-    if worker not in {i.id for i in store.instances()}:
-        now = utcnow()
-        store.register(
-            {"id": worker, "hostname": "test", "pid": 0, "started_at": now, "heartbeat_at": now}
-        )
-
-
-def claim_all(store: Store, worker: str = "w1", limit: int = 100) -> list[Claim]:
-    register(store, worker)
-    return store.claim(worker, limit)
 
 
 def test_claim_takes_priority_then_fifo_up_to_the_limit(store: Store) -> None:

@@ -13,8 +13,8 @@ from app.runtime.scheduler import Scheduler
 from app.services import blockers, submissions
 from app.storage.store import Store
 from tests.support.apps import AppFactory
-from tests.test_scheduler_steps import Threads
-from tests.test_store import row
+from tests.support.stepping import Threads
+from tests.support.store import row
 
 
 @pytest.fixture
