@@ -18,8 +18,6 @@ import requests
 
 from tests.support.servers import ROOT, Launcher, copy_db, read_db, run_flask
 
-pytestmark = pytest.mark.slow
-
 SIGKILL, SIGTERM, SIGINT, SIGQUIT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
 
 

@@ -285,7 +285,7 @@ def test_gunicorn_access_log_keeps_the_token_out(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_dashboard_asks_for_the_token_once_and_keeps_it(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.test_browser import CHROMIUM, FLAGS
+    from tests.system.test_browser import CHROMIUM, FLAGS
 
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")

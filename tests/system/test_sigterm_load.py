@@ -36,8 +36,6 @@ from tests.support.apps import postgres_schema
 from tests.support.servers import Launcher, Server, database_url, run_flask
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
-
 GRACE_S = 2
 # The deadline past the grace: gunicorn's loop, the requeue, the master's own exit.
 EXIT_MARGIN_S = 15

@@ -26,8 +26,6 @@ from sqlalchemy import Engine, create_engine, text
 from tests.support.apps import postgres_schema
 from tests.support.servers import Launcher, Server, database_url, poll, run_flask
 
-pytestmark = pytest.mark.slow
-
 HANDLERS = "tests.support.ledger_handlers"
 # One statement, so one snapshot: what is left, and who holds what in RUNNING.
 UNFINISHED_SQL = (

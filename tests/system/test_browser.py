@@ -27,8 +27,6 @@ FLAGS = [
 # Set SCREENSHOT_DIR to keep a screenshot of the task page (the README's picture).
 SCREENSHOTS = Path(os.environ["SCREENSHOT_DIR"]) if os.environ.get("SCREENSHOT_DIR") else None
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Any]:

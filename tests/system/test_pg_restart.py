@@ -49,7 +49,7 @@ from tests.support.pgcluster import Cluster, cannot_run
 from tests.support.servers import Launcher, run_flask
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.postgres
 
 SUBMITTERS = 3
 REQUEST_TIMEOUT_S = 10
