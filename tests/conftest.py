@@ -1,20 +1,20 @@
-"""Fixtures: a fresh database per test (SQLite file, or a PostgreSQL schema), apps, clients.
-
-Helpers live in `tests/support`; this file only defines fixtures.
+"""Fixtures every folder may use. Those of one folder are in its own conftest.py (the
+databases and apps of the integration tests in tests/integration/conftest.py); helpers
+live in tests/support, and no conftest defines anything but fixtures and hooks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from app import events
-from tests.support.apps import AppFactory, build_app, postgres_schema, teardown
+from tests.support.openapi import URL
 
 
 @pytest.fixture(autouse=True)
@@ -28,50 +28,31 @@ def _quiet_task_events() -> Iterator[None]:
     logger.setLevel(before)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """Yield the URL of an empty database, once per backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tasks.db'}"
-    else:
-        yield from postgres_schema()
+@pytest.fixture
+def task_events_on(_quiet_task_events: None) -> Iterator[None]:
+    """Turn the state-change lines on: the service sets INFO at start, a bare test process
+    does not."""
+    logger = logging.getLogger(events.LOGGER)
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(before)
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """Yield the URL of an empty PostgreSQL schema (for what only PostgreSQL has)."""
-    yield from postgres_schema()
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Return the data folder of the example handlers (TASK_DATA_DIR), empty."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("TASK_DATA_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Any) -> str:
-    """Return the URL of an empty SQLite file database."""
-    return f"sqlite:///{tmp_path / 'tasks.db'}"
-
-
-@pytest.fixture
-def make_app(database_url: str) -> Iterator[AppFactory]:
-    """Return a factory of apps on this test's database; their schedulers stop at teardown."""
-    built: list[Flask] = []
-
-    def factory(**env: str) -> Flask:
-        app = build_app(database_url, env)
-        built.append(app)
-        return app
-
-    yield factory
-    teardown(built)
-
-
-@pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    """Return an app on a fresh SQLite database, its scheduler not started."""
-    application = build_app(sqlite_url, {})
-    yield application
-    teardown([application])
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    """Return a test client of `app`."""
-    return app.test_client()
+def document(client: FlaskClient) -> dict[str, Any]:
+    """Return the OpenAPI document as the app serves it."""
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = response.get_json()
+    return body

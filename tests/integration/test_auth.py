@@ -1,16 +1,16 @@
-"""API_TOKEN: every /api route, the dashboard's data and (if asked) ops need the bearer token."""
+"""API_TOKEN: every /api route, the dashboard's data and (if asked) ops need the bearer token.
+
+Through gunicorn and a browser: tests/system/test_auth_processes.py.
+"""
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -20,21 +20,9 @@ from app.config import ConfigError, Settings
 from app.logs import JsonFormatter
 from app.services import reads
 from tests.support.apps import build_app
+from tests.support.auth import GOOD, REFUSED, TOKEN
 from tests.support.client import assert_error
-from tests.support.servers import Launcher, copy_db, run_flask
 
-TOKEN = "s3cret-Token_0123456789abcdef"
-GOOD = {"Authorization": f"Bearer {TOKEN}"}
-REFUSED = {
-    "no header": {},
-    "wrong token": {"Authorization": "Bearer " + "x" * len(TOKEN)},
-    "a token of another length": {"Authorization": f"Bearer {TOKEN}-and-more"},
-    "a prefix of the token": {"Authorization": f"Bearer {TOKEN[:-1]}"},
-    "basic auth": {"Authorization": "Basic " + base64.b64encode(f"{TOKEN}:".encode()).decode()},
-    "the bare token": {"Authorization": TOKEN},
-    "an empty bearer": {"Authorization": "Bearer "},
-    "non-ascii": {"Authorization": "Bearer t\u00f6ken"},
-}
 PREFLIGHT = {
     "Origin": "https://example.com",
     "Access-Control-Request-Method": "POST",
@@ -247,80 +235,3 @@ def test_the_token_never_reaches_the_logs(
     assert TOKEN not in text
     assert TOKEN[:-1] not in text
     app.extensions["store"].engine.dispose()
-
-
-def migrated(tmp_path: Path) -> Path:
-    """Return a SQLite file with the schema, for a server to start on."""
-    schema = tmp_path / "schema.db"
-    assert run_flask(schema, "db", "upgrade").returncode == 0
-    db = tmp_path / "tasks.db"
-    copy_db(schema, db)
-    return db
-
-
-@pytest.mark.slow
-def test_gunicorn_access_log_keeps_the_token_out(tmp_path: Path) -> None:
-    db = migrated(tmp_path)
-    launcher = Launcher(tmp_path)
-    try:
-        server = launcher.gunicorn(db, API_TOKEN=TOKEN, GUNICORN_ACCESS_LOG="-")
-        url = server.base_url + "/api/tasks"
-        body: dict[str, Any] = {"id": "t1", "type": "simulate", "duration_ms": 1}
-        assert requests.post(url, json=body, headers=GOOD, timeout=5).status_code == 201
-        assert requests.get(url, headers=GOOD, timeout=5).status_code == 200
-        cases = ("wrong token", "a token of another length", "a prefix of the token", "basic auth")
-        for case in cases:
-            assert requests.get(url, headers=REFUSED[case], timeout=5).status_code == 401
-        server.wait_log('"GET /api/tasks HTTP/1.1" 401')
-        log = server.log()
-        assert '"POST /api/tasks HTTP/1.1" 201' in log
-        assert TOKEN not in log and TOKEN[:-1] not in log
-    finally:
-        launcher.close()
-
-
-# -- the dashboard in a browser --------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_dashboard_asks_for_the_token_once_and_keeps_it(tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.system.test_browser import CHROMIUM, FLAGS
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed")
-    db = migrated(tmp_path)
-    launcher = Launcher(tmp_path)
-    try:
-        server = launcher.gunicorn(db, ready="disabled", API_TOKEN=TOKEN, SCHEDULER_ENABLED="false")
-        body: dict[str, Any] = {"id": "t1", "type": "simulate", "duration_ms": 1}
-        response = requests.post(server.base_url + "/api/tasks", json=body, headers=GOOD, timeout=5)
-        assert response.status_code == 201
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            try:
-                use_the_dashboard(browser.new_page(), server.base_url)
-            finally:
-                browser.close()
-    finally:
-        launcher.close()
-
-
-def use_the_dashboard(page: Any, base_url: str) -> None:
-    form = "#token-form:not([hidden])"
-    page.goto(base_url + "/")
-    page.wait_for_selector(form, timeout=10_000)
-    page.fill("#token-input", "not-the-token-at-all")
-    page.click("#token-form button[type=submit]")
-    page.wait_for_selector("#token-note:has-text('refused')", timeout=10_000)
-    page.fill("#token-input", TOKEN)
-    page.click("#token-form button[type=submit]")
-    page.wait_for_selector('tr[data-task-id="t1"]', timeout=10_000)
-    page.wait_for_selector('[data-count-for="QUEUED"]:has-text("1")', timeout=10_000)
-    assert page.is_hidden("#token-form")
-    # Kept for the session: other pages and a reload do not ask again.
-    page.goto(base_url + "/tasks/t1")
-    page.wait_for_selector('.node[data-task-id="t1"][data-status="QUEUED"]', timeout=10_000)
-    page.reload()
-    page.wait_for_selector('#details dd:has-text("simulate")', timeout=10_000)
-    assert page.is_hidden("#token-form")

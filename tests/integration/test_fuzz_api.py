@@ -32,11 +32,11 @@ from app.statuses import Status
 from app.storage import database
 from app.storage.store import Outcome, Store
 from tests.support.apps import build_app, postgres_schema
+from tests.support.openapi import URL
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
 TOKEN = "fuzz-token-0123456789abcdef"
-URL = "/api/openapi.json"
 ID = re.compile(ID_PATTERN)
 MAX_ID_LENGTH = 128
 

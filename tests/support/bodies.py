@@ -1,8 +1,15 @@
-"""Task bodies as a client sends them: a valid one, and field by field the invalid ones."""
+"""Task bodies as a client sends them: a valid one, field by field the invalid ones, and
+the validator as POST /api/tasks runs it."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from marshmallow import ValidationError
+
+from app.errors import ValidationFailed
+from app.schemas import TaskIn, validation_details
+from app.services.submissions import normalise
 
 
 def task(**fields: Any) -> dict[str, Any]:
@@ -54,3 +61,14 @@ INVALID_FIELDS = [
     ("output-attempts", task(attempts=3), "attempts"),
     ("output-result", task(result={"ok": True}), "result"),
 ]
+
+task_in = TaskIn()
+
+
+def validate(body: Any) -> dict[str, Any]:
+    """Validate one task as POST /api/tasks does; raise ValidationFailed when it is wrong."""
+    try:
+        loaded = task_in.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("invalid", validation_details(exc)) from None
+    return normalise(loaded)

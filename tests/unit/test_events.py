@@ -1,4 +1,7 @@
-"""The task state-change log: one line per change, text or JSON, written off the hot path."""
+"""The task state-change log: one line per change, text or JSON, written off the hot path.
+
+The lines a running app writes are tests/integration/test_events_service.py.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,14 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from flask import Flask
 
 from app import events
 from app.events import Events
-from tests.support.apps import AppFactory
-from tests.support.client import running_app, submit, wait_terminal
 from tests.support.waiting import wait_for
 
-
-@pytest.fixture(autouse=True)
-def _info(_quiet_task_events: None) -> Iterator[None]:
-    """Turn the lines on: the service sets INFO at start, a bare test process does not."""
-    logger = logging.getLogger(events.LOGGER)
-    before = logger.level
-    logger.setLevel(logging.INFO)
-    yield
-    logger.setLevel(before)
+pytestmark = pytest.mark.usefixtures("task_events_on")
 
 
 def test_a_change_is_one_text_line_with_id_type_attempt_status_and_reason() -> None:
@@ -107,79 +97,3 @@ def test_a_broken_stream_never_raises() -> None:
     log = Events("text", out)
     log.add([("a", "t", 1, "RUNNING", "claimed")])
     assert log.flush() == 0
-
-
-def _capture(app: Flask) -> io.StringIO:
-    """Send the app's state-change lines to a buffer from now on."""
-    out = io.StringIO()
-    events.of(app.extensions["store"].engine).stream = out
-    return out
-
-
-def _lines(app: Flask, out: io.StringIO) -> list[dict[str, Any]]:
-    events.of(app.extensions["store"].engine).flush()
-    return [json.loads(line) for line in out.getvalue().splitlines()]
-
-
-def _by_task(lines: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
-    found: dict[str, list[tuple[str, int]]] = {}
-    for line in lines:
-        found.setdefault(line["task_id"], []).append((line["status"], line["attempt"]))
-    return found
-
-
-def test_every_state_change_of_a_run_is_one_line(make_app: AppFactory) -> None:
-    app = running_app(make_app, LOG_FORMAT="json")
-    out = _capture(app)
-    client = app.test_client()
-    submit(client, "a")
-    submit(client, "b", "a")
-    submit(client, "bad", payload={"fail": True}, max_attempts=2, retry_backoff_ms=1)
-    submit(client, "after-bad", "bad")
-    wait_terminal(client, "b", "after-bad")
-    lines = _lines(app, out)
-    runs = _by_task(lines)
-    assert runs["a"] == [("QUEUED", 0), ("RUNNING", 1), ("COMPLETED", 1)]
-    assert runs["b"] == [("QUEUED", 0), ("RUNNING", 1), ("COMPLETED", 1)]
-    assert runs["bad"] == [
-        ("QUEUED", 0),
-        ("RUNNING", 1),
-        ("QUEUED", 1),
-        ("RUNNING", 2),
-        ("FAILED", 2),
-    ]
-    assert runs["after-bad"] == [("QUEUED", 0), ("UPSTREAM_FAILED", 0)]
-    reasons = {(x["task_id"], x["status"], x["attempt"]): x["reason"] for x in lines}
-    assert reasons[("a", "QUEUED", 0)] == "submitted"
-    assert reasons[("a", "RUNNING", 1)].startswith("claimed by ")
-    assert "will be retried" in reasons[("bad", "QUEUED", 1)]
-    assert "payload.fail is true" in reasons[("bad", "FAILED", 2)]
-    assert reasons[("after-bad", "UPSTREAM_FAILED", 0)] == (
-        "Dependency bad failed, so this task will not run."
-    )
-    assert all(x["type"] == "simulate" for x in lines)
-
-
-def test_cancel_and_retry_are_logged_and_refusals_are_not(make_app: AppFactory) -> None:
-    app = make_app(LOG_FORMAT="json")
-    out = _capture(app)
-    client = app.test_client()
-    submit(client, "root")
-    submit(client, "child", "root")
-    assert client.post("/api/tasks/root/cancel").status_code == 200
-    assert client.post("/api/tasks/root/retry").status_code == 200
-    # Refused: nothing committed, nothing logged.
-    assert client.post("/api/tasks/root/retry").status_code == 409
-    assert (
-        client.post("/api/tasks", json={"type": "simulate", "dependencies": ["x"]}).status_code
-        == 400
-    )
-    runs = _lines(app, out)
-    assert [(x["task_id"], x["status"], x["reason"]) for x in runs] == [
-        ("root", "QUEUED", "submitted"),
-        ("child", "QUEUED", "submitted"),
-        ("root", "CANCELLED", "cancelled by a user"),
-        ("child", "CANCELLED", "Dependency root was cancelled, so this task will not run."),
-        ("root", "QUEUED", "retried by a user"),
-        ("child", "QUEUED", "its dependency root was retried"),
-    ]

@@ -1,5 +1,6 @@
 """The example handlers called directly: results, progress, cancel, bad payloads, and a data
-folder that no payload path can leave."""
+folder that no payload path can leave. Through the service: test_example_handlers_service.py
+in tests/integration."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from typing import Any
 
 import pytest
 
-from app import example_handlers, start_scheduler
+from app import example_handlers
 from app.config import ConfigError
 from app.handlers import HandlerFailed, Registry, TaskContext, simulate
-from tests.support.apps import AppFactory
-from tests.support.client import assert_error, wait_terminal
 
 MiB = 1024 * 1024
 
@@ -28,15 +27,7 @@ def _ignore(percent: int) -> None:
 
 
 @pytest.fixture
-def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    monkeypatch.setenv("TASK_DATA_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
-def registry(data: Path) -> Registry:
+def registry(data_dir: Path) -> Registry:
     registry = Registry()
     example_handlers.register(registry)
     return registry
@@ -192,10 +183,10 @@ def test_primes_stops_between_segments_when_cancelled_while_running(registry: Re
 
 
 @pytest.mark.parametrize("size", [0, 1, 3 * MiB + 17])
-def test_checksum_matches_hashlib(registry: Registry, data: Path, size: int) -> None:
+def test_checksum_matches_hashlib(registry: Registry, data_dir: Path, size: int) -> None:
     content = os.urandom(size)
-    (data / "in").mkdir()
-    (data / "in" / "blob.bin").write_bytes(content)
+    (data_dir / "in").mkdir()
+    (data_dir / "in" / "blob.bin").write_bytes(content)
     seen: list[int] = []
     result = run(registry, "checksum", {"path": "in/blob.bin"}, progress=seen)
     assert result == {
@@ -206,8 +197,8 @@ def test_checksum_matches_hashlib(registry: Registry, data: Path, size: int) -> 
     assert_progress(seen)
 
 
-def test_checksum_stops_between_chunks_when_cancelled(registry: Registry, data: Path) -> None:
-    (data / "big.bin").write_bytes(bytes(3 * MiB))
+def test_checksum_stops_between_chunks_when_cancelled(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "big.bin").write_bytes(bytes(3 * MiB))
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(HandlerFailed, match="stop"):
@@ -232,9 +223,9 @@ def test_checksum_names_a_missing_file(registry: Registry) -> None:
     assert_sentence(failure, "'nope.txt'", "does not exist")
 
 
-def test_checksum_refuses_a_folder_and_a_fifo(registry: Registry, data: Path) -> None:
-    (data / "sub").mkdir()
-    os.mkfifo(data / "pipe")
+def test_checksum_refuses_a_folder_and_a_fifo(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "sub").mkdir()
+    os.mkfifo(data_dir / "pipe")
     for name in ("sub", "pipe"):
         with pytest.raises(HandlerFailed) as failure:
             run(registry, "checksum", {"path": name})
@@ -264,12 +255,12 @@ def test_checksum_refuses_bad_payloads(
 
 
 @pytest.fixture
-def escapes(tmp_path: Path, data: Path) -> dict[str, str]:
+def escapes(tmp_path: Path, data_dir: Path) -> dict[str, str]:
     """Make a secret beside the data folder and symlinks inside it that lead to it."""
     (tmp_path / "secret.txt").write_text("the secret\n")
-    (data / "link.txt").symlink_to(tmp_path / "secret.txt")
-    (data / "outside").symlink_to(tmp_path)
-    (data / "loop").symlink_to(data / "loop")
+    (data_dir / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (data_dir / "outside").symlink_to(tmp_path)
+    (data_dir / "loop").symlink_to(data_dir / "loop")
     return {
         "../secret.txt": "leads outside",
         "sub/../../secret.txt": "leads outside",
@@ -294,9 +285,9 @@ def test_input_paths_cannot_leave_the_data_folder(
 
 
 def test_output_paths_cannot_leave_the_data_folder(
-    registry: Registry, data: Path, tmp_path: Path, escapes: dict[str, str]
+    registry: Registry, data_dir: Path, tmp_path: Path, escapes: dict[str, str]
 ) -> None:
-    (data / "in.txt").write_text("one two\n")
+    (data_dir / "in.txt").write_text("one two\n")
     for path, words in escapes.items():
         with pytest.raises(HandlerFailed) as failure:
             run(registry, "word_count", {"path": "in.txt", "output": path})
@@ -305,9 +296,9 @@ def test_output_paths_cannot_leave_the_data_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "secret.txt"]
 
 
-def test_a_symlink_inside_the_data_folder_is_followed(registry: Registry, data: Path) -> None:
-    (data / "real.txt").write_bytes(b"abc")
-    (data / "alias.txt").symlink_to("real.txt")
+def test_a_symlink_inside_the_data_folder_is_followed(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "real.txt").write_bytes(b"abc")
+    (data_dir / "alias.txt").symlink_to("real.txt")
     result = run(registry, "checksum", {"path": "alias.txt"})
     assert result["sha256"] == hashlib.sha256(b"abc").hexdigest()
 
@@ -319,10 +310,10 @@ TEXT = "Grüße aus Köln\n\n  two\twords  \nnaïve café ☕ end"
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1 << 20])
 def test_word_count_counts_across_chunk_edges(
-    registry: Registry, data: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+    registry: Registry, data_dir: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     monkeypatch.setattr(example_handlers, "CHUNK", chunk)
-    (data / "in.txt").write_bytes(b"\xef\xbb\xbf" + TEXT.encode())  # with a BOM
+    (data_dir / "in.txt").write_bytes(b"\xef\xbb\xbf" + TEXT.encode())  # with a BOM
     seen: list[int] = []
     result = run(registry, "word_count", {"path": "in.txt"}, progress=seen)
     assert result == {
@@ -339,50 +330,50 @@ def test_word_count_counts_across_chunk_edges(
     [("", 0, 0), ("\n", 1, 0), ("a", 1, 1), ("a b\nc\n", 2, 3), (" a  b ", 1, 2)],
 )
 def test_word_count_edge_cases(
-    registry: Registry, data: Path, text: str, lines: int, words: int
+    registry: Registry, data_dir: Path, text: str, lines: int, words: int
 ) -> None:
-    (data / "in.txt").write_text(text)
+    (data_dir / "in.txt").write_text(text)
     result = run(registry, "word_count", {"path": "in.txt"})
     assert (result["lines"], result["words"], result["characters"]) == (lines, words, len(text))
 
 
-def test_word_count_refuses_text_that_is_not_utf8(registry: Registry, data: Path) -> None:
-    (data / "latin1.txt").write_bytes("café".encode("latin-1"))
+def test_word_count_refuses_text_that_is_not_utf8(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(HandlerFailed) as failure:
         run(registry, "word_count", {"path": "latin1.txt"})
     assert_sentence(failure, "'latin1.txt'", "not UTF-8")
 
 
-def test_word_count_writes_its_report_atomically(registry: Registry, data: Path) -> None:
-    (data / "in.txt").write_text("one two three\nfour\n")
-    (data / "reports").mkdir()
-    (data / "reports" / "out.json").write_text("old")
+def test_word_count_writes_its_report_atomically(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "in.txt").write_text("one two three\nfour\n")
+    (data_dir / "reports").mkdir()
+    (data_dir / "reports" / "out.json").write_text("old")
     result = run(registry, "word_count", {"path": "in.txt", "output": "reports/out.json"})
     summary = {"path": "in.txt", "lines": 2, "words": 4, "characters": 19}
     assert result == {**summary, "output": "reports/out.json"}
-    assert json.loads((data / "reports" / "out.json").read_text()) == summary
-    assert [p.name for p in (data / "reports").iterdir()] == ["out.json"]
+    assert json.loads((data_dir / "reports" / "out.json").read_text()) == summary
+    assert [p.name for p in (data_dir / "reports").iterdir()] == ["out.json"]
 
 
-def test_word_count_never_overwrites_its_input(registry: Registry, data: Path) -> None:
-    (data / "in.txt").write_text("keep me\n")
+def test_word_count_never_overwrites_its_input(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "in.txt").write_text("keep me\n")
     with pytest.raises(HandlerFailed) as failure:
         run(registry, "word_count", {"path": "in.txt", "output": "./sub/../in.txt"})
     assert_sentence(failure, "payload.output")
-    assert (data / "in.txt").read_text() == "keep me\n"
+    assert (data_dir / "in.txt").read_text() == "keep me\n"
 
 
-def test_word_count_creates_the_output_folder(registry: Registry, data: Path) -> None:
-    (data / "in.txt").write_text("x\n")
+def test_word_count_creates_the_output_folder(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "in.txt").write_text("x\n")
     run(registry, "word_count", {"path": "in.txt", "output": "a/b/out.json"})
-    assert json.loads((data / "a" / "b" / "out.json").read_text())["words"] == 1
+    assert json.loads((data_dir / "a" / "b" / "out.json").read_text())["words"] == 1
 
 
 def test_a_failed_write_keeps_the_old_report_and_no_temporary_file(
-    registry: Registry, data: Path, monkeypatch: pytest.MonkeyPatch
+    registry: Registry, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (data / "in.txt").write_text("new words\n")
-    (data / "out.json").write_text('{"old": true}')
+    (data_dir / "in.txt").write_text("new words\n")
+    (data_dir / "out.json").write_text('{"old": true}')
 
     def broken_replace(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
@@ -391,59 +382,14 @@ def test_a_failed_write_keeps_the_old_report_and_no_temporary_file(
     with pytest.raises(HandlerFailed) as failure:
         run(registry, "word_count", {"path": "in.txt", "output": "out.json"})
     assert_sentence(failure, "cannot be written", "No space left")
-    assert (data / "out.json").read_text() == '{"old": true}'
-    assert sorted(p.name for p in data.iterdir()) == ["in.txt", "out.json"]
+    assert (data_dir / "out.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in data_dir.iterdir()) == ["in.txt", "out.json"]
 
 
-def test_word_count_cancelled_writes_no_report(registry: Registry, data: Path) -> None:
-    (data / "in.txt").write_text("words\n")
+def test_word_count_cancelled_writes_no_report(registry: Registry, data_dir: Path) -> None:
+    (data_dir / "in.txt").write_text("words\n")
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(HandlerFailed, match="stop"):
         run(registry, "word_count", {"path": "in.txt", "output": "out.json"}, cancel=cancel)
-    assert not (data / "out.json").exists()
-
-
-# -- through the service ----------------------------------------------------------------
-
-
-def test_the_service_runs_the_example_handlers(
-    make_app: AppFactory, data: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = make_app(
-        SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000", TASK_HANDLERS="app.example_handlers"
-    )
-    start_scheduler(app)
-    client = app.test_client()
-    (data / "in.txt").write_text("to be or not to be\n")
-    bodies: list[dict[str, Any]] = [
-        {"id": "p", "type": "primes", "payload": {"below": 1000}},
-        {"id": "c", "type": "checksum", "payload": {"path": "in.txt"}},
-        {"id": "w", "type": "word_count", "dependencies": ["c"],
-         "payload": {"path": "in.txt", "output": "out/summary.json"}},
-        {"id": "x", "type": "checksum", "payload": {"path": "../secret"}},
-    ]  # fmt: skip
-    for body in bodies:
-        response = client.post("/api/tasks", json={"duration_ms": 1, **body})
-        assert response.status_code == 201, response.get_json()
-
-    done = wait_terminal(client, *(b["id"] for b in bodies))
-    assert done["p"]["result"] == {"below": 1000, "count": 168, "largest": 997}
-    assert done["c"]["result"]["sha256"] == hashlib.sha256(b"to be or not to be\n").hexdigest()
-    assert done["w"]["result"]["words"] == 6
-    assert json.loads((data / "out" / "summary.json").read_text())["words"] == 6
-    assert {done[i]["status"] for i in "pcw"} == {"COMPLETED"}
-    assert [done[i]["progress"] for i in "pcw"] == [100, 100, 100]
-    assert done["x"]["status"] == "FAILED" and done["x"]["error_code"] == "handler_error"
-    assert "leads outside the data folder" in done["x"]["error"]
-
-
-def test_without_a_data_folder_the_service_refuses_file_tasks(
-    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("TASK_DATA_DIR", raising=False)
-    client = make_app(TASK_HANDLERS="app.example_handlers").test_client()
-    body = {"type": "checksum", "duration_ms": 1, "payload": {"path": "in.txt"}}
-    assert_error(client.post("/api/tasks", json=body), 400, "unknown_task_type")
-    body = {"type": "primes", "duration_ms": 1, "payload": {"below": 10}}
-    assert client.post("/api/tasks", json=body).status_code == 201
+    assert not (data_dir / "out.json").exists()

@@ -1,4 +1,8 @@
-"""The OpenAPI document: valid, complete, and in step with the routes and the schemas."""
+"""The OpenAPI document: valid, complete, and in step with the routes and the schemas.
+
+The app serves it without a database; real answers checked against it are
+tests/integration/test_openapi_answers.py.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,15 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from app.errors import ApiError
 from app.http.openapi import spec_for
 from app.schemas import TaskIn, TaskOut, TaskStatusOut
 from tests.support.client import assert_error
+from tests.support.openapi import URL, conforms
 
-URL = "/api/openapi.json"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
-
-
-@pytest.fixture
-def document(client: FlaskClient) -> dict[str, Any]:
-    """Return the document as the API serves it."""
-    response = client.get(URL)
-    assert response.status_code == 200
-    assert response.mimetype == "application/json"
-    body: dict[str, Any] = response.get_json()
-    return body
 
 
 def openapi_path(rule: str) -> str:
@@ -44,12 +37,6 @@ def routes(app: Flask) -> dict[tuple[str, str], str]:
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             found[(openapi_path(rule.rule), method.lower())] = rule.endpoint.rsplit(".", 1)[-1]
     return found
-
-
-def conforms(document: dict[str, Any], name: str, instance: Any) -> list[str]:
-    """Return why `instance` does not match the named component schema (empty when it does)."""
-    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
-    return [error.message for error in Draft202012Validator(schema).iter_errors(instance)]
 
 
 def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
@@ -188,29 +175,6 @@ def test_database_faults_are_documented_where_they_can_happen(document: dict[str
         assert code in answer["description"]
     codes = document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
     assert {"database_unavailable", "outcome_unknown", "storage_full"} <= set(codes)
-
-
-def test_real_answers_match_the_document(client: FlaskClient, document: dict[str, Any]) -> None:
-    body = {"id": "a", "type": "simulate", "duration_ms": 10, "payload": {"x": 1}}
-    assert conforms(document, "TaskIn", body) == []
-    created = client.post("/api/tasks", json=body)
-    assert created.status_code == 201
-    assert conforms(document, "TaskOut", created.get_json()) == []
-    assert conforms(document, "TaskStatusOut", client.get("/api/tasks/a/status").get_json()) == []
-    listed = client.get("/api/tasks").get_json()
-    assert [conforms(document, "TaskSummary", item) for item in listed] == [[]]
-    blockers = client.get("/api/tasks/a/blockers").get_json()
-    assert conforms(document, "BlockersOut", blockers) == []
-    waiting = {"kind": "no_handler", "type": "resize"}  # as blockers answers it
-    assert conforms(document, "BlockersOut", {**blockers, "blockers": [waiting]}) == []
-    batch = client.post(
-        "/api/tasks/batch", json={"tasks": [{"type": "simulate", "duration_ms": 1}]}
-    )
-    assert batch.status_code == 201
-    assert conforms(document, "BatchOut", batch.get_json()) == []
-    assert conforms(document, "HealthOut", client.get("/health").get_json()) == []
-    missing = client.get("/api/tasks/nope")
-    assert conforms(document, "Error", missing.get_json()) == []
 
 
 def test_the_document_rejects_what_the_api_rejects(document: dict[str, Any]) -> None:
