@@ -30,11 +30,6 @@ def app(make_app: AppFactory) -> Flask:
     return make_app()
 
 
-@pytest.fixture
-def store(app: Flask) -> Store:
-    return app.extensions["store"]
-
-
 def submit(store: Store, task_id: str, *dependencies: str, **fields: Any) -> None:
     body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
     submissions.submit(store.engine, {**body, **fields})

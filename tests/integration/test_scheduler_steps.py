@@ -67,11 +67,6 @@ def app(make_app: AppFactory) -> Flask:
     return make_app()
 
 
-@pytest.fixture
-def store(app: Flask) -> Store:
-    return app.extensions["store"]
-
-
 def add(store: Store, task_id: str, **fields: Any) -> None:
     body = {"id": task_id, "type": "job", "duration_ms": 1, **fields}
     submissions.submit(store.engine, body)

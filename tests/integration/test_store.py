@@ -26,11 +26,6 @@ def app(make_app: AppFactory) -> Flask:
     return make_app()
 
 
-@pytest.fixture
-def store(app: Flask) -> Store:
-    return app.extensions["store"]
-
-
 def test_claim_takes_priority_then_fifo_up_to_the_limit(store: Store) -> None:
     for name in ("a", "b", "c", "d"):
         add(store, name)

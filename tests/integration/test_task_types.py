@@ -22,11 +22,6 @@ def app(make_app: AppFactory) -> Flask:
     return make_app()
 
 
-@pytest.fixture
-def store(app: Flask) -> Store:
-    return app.extensions["store"]
-
-
 def instance(store: Store, name: str, *types: str, cap: int = 4) -> tuple[Scheduler, Threads]:
     """Open an instance with a handler for each of `types` (none: it runs every type)."""
     registry = Registry()

@@ -10,40 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.servers import ROOT, Launcher, copy_db, read_db, run_flask
+from tests.support.servers import ROOT, Launcher, read_db, run_flask
 
 SIGKILL, SIGTERM, SIGINT, SIGQUIT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
-
-
-@pytest.fixture(scope="module")
-def schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Return a SQLite file migrated once by `flask db upgrade`, to copy for each test."""
-    path = tmp_path_factory.mktemp("schema") / "schema.db"
-    done = run_flask(path, "db", "upgrade")
-    assert done.returncode == 0, done.stdout + done.stderr
-    return path
-
-
-@pytest.fixture
-def db(schema: Path, tmp_path: Path) -> Path:
-    """Return this test's own migrated, empty SQLite file."""
-    path = tmp_path / "tasks.db"
-    copy_db(schema, path)
-    return path
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    """Start servers for one test; kill every process they left at teardown."""
-    started = Launcher(tmp_path)
-    yield started
-    started.close()
 
 
 def rows(db: Path) -> dict[str, dict[str, object]]:
