@@ -13,14 +13,13 @@ from sqlalchemy.exc import OperationalError
 from app import faults
 from app.extensions import db
 from app.handlers import Registry
-from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import submissions
 from app.storage import database
 from app.storage.store import Store
 from tests.support.apps import build_app, teardown
 from tests.support.client import submit, task
-from tests.support.stepping import Threads
+from tests.support.stepping import Threads, open_scheduler
 from tests.support.store import row as task_row
 
 SKEW = timedelta(hours=1)
@@ -94,19 +93,15 @@ class Clocks:
 def _instance(app: Flask, name: str, clocks: Clocks) -> Scheduler:
     engine = app.extensions["store"].engine
     store = Store(engine, clock=clocks.now, monotonic=clocks.monotonic)
-    scheduler = Scheduler(
+    return open_scheduler(
         store,
         Registry(),
-        max_concurrent=1,
-        poll_interval_s=1.0,
-        lease_s=LEASE_S,
-        metrics=Metrics(),
+        cap=1,
         executor=Threads,
-        clock=clocks.monotonic,
         name=lambda: name,
+        lease_s=LEASE_S,
+        clock=clocks.monotonic,
     )
-    scheduler.open()
-    return scheduler
 
 
 def _members(app: Flask) -> set[str]:

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import create_engine, delete, select
+from sqlalchemy import delete, select
 
 from app.errors import InvalidState
 from app.services import actions, batch, submissions
@@ -33,7 +33,7 @@ from app.statuses import TERMINAL, Status
 from app.storage import database
 from app.storage.store import Claim, Outcome, Store
 from app.storage.tables import deps, instances, tasks
-from tests.support.apps import build_app
+from tests.support.apps import build_app, process_engine
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
@@ -66,12 +66,7 @@ class Task:
 
 def open_store(url: str) -> Store:
     """A new engine and Store on `url`, as a freshly started process would have."""
-    engine = create_engine(url, **database.engine_options(url, 3))
-    if engine.dialect.name == "sqlite":
-        database.configure_sqlite(engine, "NORMAL")
-    else:
-        database.configure_postgresql(engine, 30)
-    return Store(engine)
+    return Store(process_engine(url))
 
 
 class Scheduling(RuleBasedStateMachine):

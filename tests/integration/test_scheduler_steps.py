@@ -30,7 +30,7 @@ from app.storage.database import utcnow
 from app.storage.store import Store
 from app.storage.tables import instances, tasks
 from tests.support.apps import AppFactory
-from tests.support.stepping import Clock, Threads
+from tests.support.stepping import Clock, Threads, open_scheduler
 from tests.support.store import claim_all, row
 from tests.support.waiting import wait_for
 
@@ -44,18 +44,14 @@ class Instance:
         self.threads = Threads(cap)
         registry = Registry()
         registry.register("job", lambda ctx: {"done": ctx.id})
-        self.scheduler = Scheduler(
+        self.scheduler = open_scheduler(
             app.extensions["store"],
             registry,
-            max_concurrent=cap,
-            poll_interval_s=1.0,
-            lease_s=30,
-            metrics=Metrics(),
+            cap=cap,
             executor=lambda _workers: self.threads,
-            clock=self.clock,
             name=lambda: next(names),
+            clock=self.clock,
         )
-        self.scheduler.open()
 
     def step(self, seconds: float = 0.0) -> int:
         self.clock.seconds += seconds

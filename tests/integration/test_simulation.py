@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, event
 
-from app.storage import database
-from tests.support.apps import build_app
+from tests.support.apps import build_app, process_engine
 from tests.support.simulation import Simulation, seeds
 
 # PostgreSQL pays a network round trip per statement: it runs a quarter of the seeds.
@@ -26,11 +25,8 @@ ONLY = os.environ.get("SIM_SEED")
 
 def engine_for(url: str) -> Engine:
     build_app(url, {}).extensions["store"].engine.dispose()  # creates the schema
-    engine = create_engine(url, **database.engine_options(url, 3))
-    if engine.dialect.name == "sqlite":
-        database.configure_sqlite(engine, "NORMAL")
-    else:
-        database.configure_postgresql(engine, 30)
+    engine = process_engine(url)
+    if engine.dialect.name == "postgresql":
         quick_commits(engine)
     return engine
 

@@ -8,12 +8,11 @@ import pytest
 from flask import Flask
 
 from app.handlers import Registry
-from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import blockers, submissions
 from app.storage.store import Store
 from tests.support.apps import AppFactory
-from tests.support.stepping import Threads
+from tests.support.stepping import Threads, open_scheduler
 from tests.support.store import row
 
 
@@ -28,17 +27,9 @@ def instance(store: Store, name: str, *types: str, cap: int = 4) -> tuple[Schedu
     for task_type in types:
         registry.register(task_type, lambda ctx: {"ran": ctx.type})
     threads = Threads(cap)
-    scheduler = Scheduler(
-        store,
-        registry,
-        max_concurrent=cap,
-        poll_interval_s=1.0,
-        lease_s=30,
-        metrics=Metrics(),
-        executor=lambda _workers: threads,
-        name=lambda: name,
+    scheduler = open_scheduler(
+        store, registry, cap=cap, executor=lambda _workers: threads, name=lambda: name
     )
-    scheduler.open()
     return scheduler, threads
 
 

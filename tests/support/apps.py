@@ -1,4 +1,5 @@
-"""Apps on a test database (a SQLite file, or a PostgreSQL schema of its own), and teardown."""
+"""Apps on a test database (a SQLite file, or a PostgreSQL schema of its own), teardown, and
+engines set up as a process of the service sets up its own."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from urllib.parse import quote
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from app import create_app
 from app.extensions import db
 from app.runtime.scheduler import Scheduler
+from app.storage import database
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -68,3 +70,13 @@ def teardown(apps: list[Flask]) -> None:
         scheduler.hurry()
         scheduler.stop(0)
         application.extensions["store"].engine.dispose()
+
+
+def process_engine(url: str) -> Engine:
+    """Return a new engine on `url`, configured as a freshly started process's would be."""
+    engine = create_engine(url, **database.engine_options(url, 3))
+    if engine.dialect.name == "sqlite":
+        database.configure_sqlite(engine, "NORMAL")
+    else:
+        database.configure_postgresql(engine, 30)
+    return engine

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from app.handlers import Registry
 from app.runtime.attempt import Job
+from app.runtime.metrics import Metrics
+from app.runtime.scheduler import Scheduler
+from app.storage.store import Store
 
 
 class Clock:
@@ -38,3 +45,30 @@ class Threads:
         (job,) = [j for j in self.live if j.running.claim.id == task_id]  # type: ignore[attr-defined]
         self.live.remove(job)
         job.end(job.run())
+
+
+def open_scheduler(
+    store: Store,
+    registry: Registry,
+    *,
+    cap: int,
+    executor: Callable[[int], Any],
+    name: Callable[[], str],
+    lease_s: float = 30,
+    **options: Any,
+) -> Scheduler:
+    """Register a scheduler that starts no thread of its own: its passes are the test's
+    `run_once` calls, its handler threads what `executor` makes (`Threads`, usually)."""
+    scheduler = Scheduler(
+        store,
+        registry,
+        max_concurrent=cap,
+        poll_interval_s=1.0,
+        lease_s=lease_s,
+        metrics=Metrics(),
+        executor=executor,
+        name=name,
+        **options,
+    )
+    scheduler.open()
+    return scheduler
