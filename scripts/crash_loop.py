@@ -4,15 +4,16 @@
 Usage: python scripts/crash_loop.py [--tasks 5000] [--kills 10] [--seed 1]
            [--database-url postgresql://...] [--workdir DIR] [--keep]
 
-Runs `gunicorn -c gunicorn.conf.py wsgi:app` with the `ledger` handler (tests/ledger_handlers.py)
-on a SQLite file, or on a fresh schema of the PostgreSQL database at --database-url. A client
-thread submits a seeded random DAG through the HTTP API, in batches and single POSTs, while
-the tasks run; the main thread SIGKILLs the whole gunicorn process group at random moments
-(some of them while it is still starting and recovering) and starts it again. A submission
-left without an answer is replayed after the restart with the same id and body: an identical
-replay answers 200, so it is accepted exactly once whether or not the killed server committed
-it. Every answer is logged in `client.jsonl`. After the last restart the script waits until
-every task is terminal, stops the service with SIGTERM (it must exit 0) and checks:
+Runs `gunicorn -c gunicorn.conf.py wsgi:app` with the `ledger` handler
+(tests/support/ledger_handlers.py) on a SQLite file, or on a fresh schema of the PostgreSQL
+database at --database-url. A client thread submits a seeded random DAG through the HTTP API, in
+batches and single POSTs, while the tasks run; the main thread SIGKILLs the whole gunicorn
+process group at random moments (some of them while it is still starting and recovering) and
+starts it again. A submission left without an answer is replayed after the restart with the same
+id and body: an identical replay answers 200, so it is accepted exactly once whether or not the
+killed server committed it. Every answer is logged in `client.jsonl`. After the last restart the
+script waits until every task is terminal, stops the service with SIGTERM (it must exit 0) and
+checks:
 
 - every accepted id is stored and terminal, every planned id was accepted, nothing else is
   stored, and each task's stored dependencies are the ones submitted;
@@ -29,7 +30,7 @@ every task is terminal, stops the service with SIGTERM (it must exit 0) and chec
 
 It prints a summary and exits 0 when nothing was violated, 1 otherwise (the work directory,
 with every server's log, the ledger and the client log, is then kept). It needs the
-development environment: it reuses tests/servers.py to run the processes.
+development environment: it reuses tests/support/servers.py to run the processes.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ if str(ROOT) not in sys.path:
 
 from app.storage.tables import deps, instances, tasks  # noqa: E402
 from scripts.crash_audit import Audit, Run, Stored, audit, read_ledger  # noqa: E402
-from tests.servers import Launcher, Server, free_port, group_pids, run_flask  # noqa: E402
+from tests.support.servers import Launcher, Server, free_port, group_pids, run_flask  # noqa: E402
 
 GRACE_S = 5
 EXIT_MARGIN_S = 15
@@ -410,7 +411,7 @@ class Loop:
 
     def settings(self) -> dict[str, str]:
         return {
-            "TASK_HANDLERS": "tests.ledger_handlers",
+            "TASK_HANDLERS": "tests.support.ledger_handlers",
             "LEDGER_PATH": str(self.ledger),
             "MAX_CONCURRENT_TASKS": str(self.options.slots),
             "SHUTDOWN_GRACE_S": str(GRACE_S),

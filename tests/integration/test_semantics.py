@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from flask import Flask
 
+from app import parts
 from app.handlers import HandlerFailed, TaskContext
 from app.storage.store import backoff
 from tests.support.apps import AppFactory
 from tests.support.client import running_app, submit, task, wait_status, wait_terminal
 from tests.support.handlers import Gate
+from tests.support.stepping import Clock, Threads, open_scheduler
 from tests.support.waiting import wait_for
 
 
@@ -54,39 +58,87 @@ def test_the_budget_runs_out_and_the_last_error_stays(make_app: AppFactory) -> N
     assert done["after"]["status"] == "UPSTREAM_FAILED"
 
 
+class Stepped:
+    """An app whose scheduler the test moves: its passes, its monotonic clock, its threads.
+
+    A timeout is measured on the monotonic clock, so these tests move it instead of waiting.
+    A handler runs when the test lets its thread return (`threads.finish`).
+    """
+
+    def __init__(self, app: Flask, handlers: dict[str, Any] | None = None, cap: int = 4) -> None:
+        self.clock = Clock()
+        self.threads = Threads(cap)
+        registry = parts.registry(app)
+        for name, handler in (handlers or {}).items():
+            registry.register(name, handler)
+        self.scheduler = open_scheduler(
+            parts.store(app),
+            registry,
+            cap=cap,
+            executor=lambda _workers: self.threads,
+            name=lambda: "stepped",
+            clock=self.clock,
+        )
+        self.client = app.test_client()
+
+    def step(self, seconds: float = 0.0) -> int:
+        """Move the clock by `seconds`, run one pass, return how many tasks it started."""
+        self.clock.seconds += seconds
+        return self.scheduler.run_once()
+
+
 def test_a_timeout_fails_the_attempt_and_cancels_the_handler(make_app: AppFactory) -> None:
-    client = running_app(make_app).test_client()
-    submit(client, "slow", duration_ms=60_000, timeout_ms=50)
-    done = wait_status(client, "slow", "FAILED")
-    assert done["error_code"] == "timeout"
+    stepped = Stepped(make_app())
+    submit(stepped.client, "slow", duration_ms=60_000, timeout_ms=50)
+    assert stepped.step() == 1
+    (running,) = stepped.scheduler.attempts()
+    assert stepped.step(0.049) == 0
+    assert task(stepped.client, "slow")["status"] == "RUNNING"  # 1 ms before its deadline
+    stepped.step(0.001)
+    done = task(stepped.client, "slow")
+    assert (done["status"], done["error_code"]) == ("FAILED", "timeout")
     assert "50 ms" in done["error"]
+    assert running.cancel.is_set()  # the handler is told to stop
+    stepped.threads.finish("slow")  # the simulated handler returns at once when cancelled
+    assert task(stepped.client, "slow")["status"] == "FAILED"
 
 
 def test_a_handler_ignoring_its_timeout_keeps_its_slot(make_app: AppFactory) -> None:
-    gate = Gate()
-    client = running_app(make_app, {"gate": gate}, MAX_CONCURRENT_TASKS="1").test_client()
-    submit(client, "stubborn", type="gate", timeout_ms=20)
-    submit(client, "next")
-    assert wait_status(client, "stubborn", "FAILED")["error_code"] == "timeout"
-    assert task(client, "next")["status"] == "QUEUED"  # the thread still holds the slot
-    gate.release.set()
-    assert wait_status(client, "next", "COMPLETED")["attempts"] == 1
-    assert task(client, "stubborn")["status"] == "FAILED"  # its late success is refused
+    stepped = Stepped(make_app(), {"gate": lambda ctx: {"late": True}}, cap=1)
+    submit(stepped.client, "stubborn", type="gate", timeout_ms=20)
+    submit(stepped.client, "next")
+    assert stepped.step() == 1
+    assert stepped.step(0.02) == 0
+    assert task(stepped.client, "stubborn")["error_code"] == "timeout"
+    assert task(stepped.client, "next")["status"] == "QUEUED"  # the thread still holds the slot
+    assert stepped.step(60) == 0  # however long it runs on
+    stepped.threads.finish("stubborn")  # it returns a success, late
+    assert stepped.step() == 1
+    stepped.threads.finish("next")
+    stepped.step()
+    assert task(stepped.client, "next")["status"] == "COMPLETED"
+    assert task(stepped.client, "next")["attempts"] == 1
+    assert task(stepped.client, "stubborn")["status"] == "FAILED"  # its late success is refused
 
 
 def test_a_cancelled_handler_that_ignores_it_ends_cancelled_at_its_timeout(
     make_app: AppFactory,
 ) -> None:
-    gate = Gate()  # ignores the cancel
-    client = running_app(make_app, {"gate": gate}).test_client()
-    submit(client, "deaf", type="gate", timeout_ms=200, max_attempts=3)
-    wait_for(lambda: gate.started == ["deaf"], what="the handler to start")
-    assert client.post("/api/tasks/deaf/cancel").status_code == 200
-    done = wait_status(client, "deaf", "CANCELLED", "FAILED", "COMPLETED")
+    stepped = Stepped(make_app(), {"gate": lambda ctx: {"late": True}})
+    submit(stepped.client, "deaf", type="gate", timeout_ms=200, max_attempts=3)
+    assert stepped.step() == 1
+    (running,) = stepped.scheduler.attempts()
+    assert stepped.client.post("/api/tasks/deaf/cancel").status_code == 200
+    stepped.step(0.1)  # the pass reads the cancel request and tells the handler
+    assert running.cancel.is_set()
+    assert task(stepped.client, "deaf")["status"] == "RUNNING"  # it ignores it
+    stepped.step(0.1)  # its timeout
+    done = task(stepped.client, "deaf")
     assert (done["status"], done["error_code"]) == ("CANCELLED", "cancelled")
     assert "timeout of 200 ms" in done["error"]
-    gate.release.set()
-    assert task(client, "deaf")["status"] == "CANCELLED"  # its late success is refused
+    stepped.threads.finish("deaf")  # a success, late
+    stepped.step()
+    assert task(stepped.client, "deaf")["status"] == "CANCELLED"  # its late success is refused
 
 
 def test_higher_priority_runs_first_and_fifo_among_equals(make_app: AppFactory) -> None:

@@ -1,0 +1,112 @@
+"""Each maintenance job on its own, one `run_once(now)` at a time, on both backends.
+
+The heartbeat, the reaper and the pruner are small services with their collaborators
+passed in; these tests build each one alone, with the time given, and read the database.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+
+from app import parts
+from app.runtime.heartbeat import Contact, Heartbeat
+from app.runtime.metrics import Metrics
+from app.runtime.pruner import Pruner
+from app.runtime.reaper import Reaper
+from app.statuses import Status
+from app.storage.database import utcnow
+from app.storage.store import Outcome, Store
+from tests.support.apps import AppFactory
+from tests.support.stepping import Clock
+from tests.support.store import add, claim_all, count, register, row, set_fields
+
+
+@pytest.fixture
+def either_app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def store(either_app: Flask) -> Store:
+    return parts.store(either_app)
+
+
+def test_a_heartbeat_keeps_its_instance_alive_and_counts(store: Store) -> None:
+    register(store, "me")
+    metrics = Metrics()
+    contact = Contact(Clock(), lease_s=30)
+    dead: list[str] = []
+    heartbeat = Heartbeat(store, contact, metrics, lambda: "me", dead.append)
+    later = utcnow() + timedelta(seconds=5)
+    assert heartbeat.run_once(later) is True
+    (me,) = [i for i in store.instances() if i.id == "me"]
+    assert me.heartbeat_at >= later - timedelta(seconds=1)
+    assert dead == []
+    last = b"taskscheduler_scheduler_last_heartbeat_timestamp_seconds"
+    (line,) = [x for x in metrics.exposition().splitlines() if x.startswith(last)]
+    assert float(line.split()[1]) > 0  # the gauge an alert on a stalled scheduler reads
+
+
+def test_a_heartbeat_of_an_instance_declared_dead_says_so(store: Store) -> None:
+    dead: list[str] = []
+    heartbeat = Heartbeat(store, Contact(Clock(), 30), Metrics(), lambda: "gone", dead.append)
+    assert heartbeat.run_once() is False  # no row: another instance removed it
+    assert dead == ["gone"]
+
+
+def test_a_heartbeat_without_an_identity_does_nothing(store: Store) -> None:
+    dead: list[str] = []
+    heartbeat = Heartbeat(store, Contact(Clock(), 30), Metrics(), lambda: None, dead.append)
+    assert heartbeat.run_once() is False
+    assert dead == [] and store.instances() == []
+
+
+def test_the_reaper_ends_the_attempts_of_an_instance_silent_past_its_lease(store: Store) -> None:
+    add(store, "a")
+    set_fields(store, "a", max_attempts=2, retry_backoff_ms=0)
+    (claim,) = claim_all(store, "silent")
+    woken: list[bool] = []
+    reaper = Reaper(store, 30, "another-host", lambda: "me", Metrics(), lambda: woken.append(True))
+    assert reaper.run_once(utcnow() + timedelta(seconds=29)) == 0  # within the lease
+    assert row(store, "a").status == Status.RUNNING
+    assert reaper.run_once(utcnow() + timedelta(seconds=31)) == 1
+    recovered = row(store, "a")
+    assert (recovered.status, recovered.failures, recovered.error_code) == (
+        "QUEUED",
+        1,
+        "interrupted",
+    )
+    assert woken == [True]  # what it recovered may be ready now
+    assert not store.finish(claim, Outcome(Status.COMPLETED))  # the old attempt is fenced off
+
+
+def test_the_reaper_judges_no_silence_while_it_cannot_trust_its_own_contact(
+    store: Store,
+) -> None:
+    add(store, "a")
+    claim_all(store, "silent")
+    reaper = Reaper(store, 30, "another-host", lambda: "me", Metrics(), trusted=lambda: False)
+    assert reaper.run_once(utcnow() + timedelta(hours=1)) == 0
+    assert row(store, "a").status == Status.RUNNING
+
+
+def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store: Store) -> None:
+    add(store, "done")
+    add(store, "waiting")
+    set_fields(
+        store,
+        "waiting",
+        run_at=utcnow() + timedelta(days=1),
+        not_before=utcnow() + timedelta(days=1),
+    )
+    (claim,) = claim_all(store)
+    assert store.finish(claim, Outcome(Status.COMPLETED))
+    assert Pruner(store, retention_days=0).run_once(utcnow() + timedelta(days=30)) == 0  # off
+    pruner = Pruner(store, retention_days=7)
+    assert pruner.run_once(utcnow() + timedelta(days=6)) == 0
+    assert pruner.run_once(utcnow() + timedelta(days=8)) == 1
+    assert count(either_app) == 1  # the unfinished task stays, however old
+    assert row(store, "waiting").status == Status.QUEUED
