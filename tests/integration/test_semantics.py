@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,8 +12,9 @@ from flask import Flask
 
 from app import parts
 from app.handlers import HandlerFailed, TaskContext
+from app.storage.database import utcnow
 from app.storage.store import backoff
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app, teardown
 from tests.support.client import running_app, submit, task, wait_status, wait_terminal
 from tests.support.handlers import Gate
 from tests.support.stepping import Clock, Threads, open_scheduler
@@ -27,20 +29,50 @@ def test_backoff_doubles_with_up_to_a_quarter_of_jitter_and_a_cap() -> None:
     assert backoff(86_400_000, 30) == timedelta(hours=1)
 
 
-def test_a_retry_succeeds_on_the_third_attempt_after_growing_waits(
-    make_app: AppFactory,
+def flaky(ctx: TaskContext) -> dict[str, int]:
+    """Fail the first two attempts, succeed on the third."""
+    if ctx.attempt < 3:
+        raise HandlerFailed(f"attempt {ctx.attempt} fails")
+    return {"attempt": ctx.attempt}
+
+
+def test_a_retry_succeeds_on_the_third_attempt_after_growing_waits(app: Flask) -> None:
+    # SQLite: a pass's `now` is the time its claims compare with, so the test moves it.
+    stepped = Stepped(app, {"flaky": flaky}, cap=1)
+    submit(stepped.client, "f", type="flaky", max_attempts=3, retry_backoff_ms=100)
+    failed_at = utcnow()
+    assert stepped.pass_at(failed_at) == 1
+    for backoff_ms in (100, 200):  # each wait at least the backoff of its attempt
+        stepped.threads.finish("f")
+        assert stepped.pass_at(failed_at) == 0  # the failure is written, the retry waits
+        assert task(stepped.client, "f")["status"] == "QUEUED"
+        just_before = failed_at + timedelta(milliseconds=backoff_ms - 1)
+        assert stepped.pass_at(just_before) == 0
+        failed_at += timedelta(milliseconds=backoff_ms * 1.25)  # at most a quarter of jitter
+        assert stepped.pass_at(failed_at) == 1
+    stepped.threads.finish("f")
+    stepped.pass_at(failed_at)
+    done = task(stepped.client, "f")
+    assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 3, {"attempt": 3})
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_retry_waits_its_backoff_on_the_database_clock(
+    postgres_running: AppFactory,
 ) -> None:
+    # The database's clock decides when a task is due: no test can move it, so this waits.
     starts: list[float] = []
     failures: list[float] = []
 
-    def flaky(ctx: TaskContext) -> dict[str, int]:
+    def timed(ctx: TaskContext) -> dict[str, int]:
         starts.append(time.monotonic())
-        if ctx.attempt < 3:
+        try:
+            return flaky(ctx)
+        except HandlerFailed:
             failures.append(time.monotonic())
-            raise HandlerFailed(f"attempt {ctx.attempt} fails")
-        return {"attempt": ctx.attempt}
+            raise
 
-    client = running_app(make_app, {"flaky": flaky}).test_client()
+    client = running_app(postgres_running, {"flaky": timed}).test_client()
     submit(client, "f", type="flaky", max_attempts=3, retry_backoff_ms=100)
     done = wait_status(client, "f", "COMPLETED", "FAILED")
     assert (done["status"], done["attempts"], done["result"]) == ("COMPLETED", 3, {"attempt": 3})
@@ -56,6 +88,19 @@ def test_the_budget_runs_out_and_the_last_error_stays(make_app: AppFactory) -> N
     done = wait_terminal(client, "doomed", "after")
     assert (done["doomed"]["status"], done["doomed"]["attempts"]) == ("FAILED", 2)
     assert done["after"]["status"] == "UPSTREAM_FAILED"
+
+
+@pytest.fixture
+def postgres_running(postgres_url: str) -> Iterator[AppFactory]:
+    """Return a factory of apps on PostgreSQL only; their schedulers stop at teardown."""
+    built: list[Flask] = []
+
+    def factory(**env: str) -> Flask:
+        built.append(build_app(postgres_url, env))
+        return built[-1]
+
+    yield factory
+    teardown(built)
 
 
 class Stepped:
@@ -85,6 +130,10 @@ class Stepped:
         """Move the clock by `seconds`, run one pass, return how many tasks it started."""
         self.clock.seconds += seconds
         return self.scheduler.run_once()
+
+    def pass_at(self, now: datetime) -> int:
+        """Run one pass at the wall-clock time `now` (naive UTC); return how many started."""
+        return self.scheduler.run_once(now)
 
 
 def test_a_timeout_fails_the_attempt_and_cancels_the_handler(make_app: AppFactory) -> None:
@@ -154,8 +203,28 @@ def test_higher_priority_runs_first_and_fifo_among_equals(make_app: AppFactory) 
     assert order == ["high", "mid1", "mid2", "low"]
 
 
-def test_run_at_holds_a_task_back_until_then(make_app: AppFactory) -> None:
-    client = running_app(make_app).test_client()
+def test_run_at_holds_a_task_back_until_then(app: Flask) -> None:
+    stepped = Stepped(app)
+    at = datetime.now(UTC) + timedelta(milliseconds=300)
+    submitted = submit(stepped.client, "later", run_at=at.isoformat())
+    assert submitted["run_at"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
+    blockers = stepped.client.get("/api/tasks/later/blockers").get_json()
+    assert blockers["blockers"][0]["kind"] == "run_at"
+    run_at = at.replace(tzinfo=None)
+    assert stepped.pass_at(run_at - timedelta(milliseconds=1)) == 0
+    assert stepped.pass_at(run_at) == 1
+    stepped.threads.finish("later")
+    stepped.pass_at(run_at)
+    done = task(stepped.client, "later")
+    assert done["status"] == "COMPLETED"
+    assert done["started_at"] >= submitted["run_at"]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_run_at_holds_a_task_back_on_the_database_clock(
+    postgres_running: AppFactory,
+) -> None:
+    client = running_app(postgres_running).test_client()
     at = datetime.now(UTC) + timedelta(milliseconds=300)
     submitted = submit(client, "later", run_at=at.isoformat())
     assert submitted["run_at"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))
