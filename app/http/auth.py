@@ -17,6 +17,8 @@ from app.errors import Unauthorized
 # The data routes of the dashboard; its HTML pages and static files stay open.
 DASHBOARD_DATA = "/dashboard/"
 OPS_ROUTES = frozenset({"/health", "/metrics"})
+# Under /api but open with a token set: it describes the API, it exposes no data.
+PUBLIC_API = frozenset({"/api/openapi.json"})
 MESSAGE = (
     "This server needs its API token: send Authorization: Bearer <token> "
     "with the value of its API_TOKEN setting."
@@ -33,6 +35,8 @@ def require_token(app: Flask, token: str, ops_routes: bool) -> None:
     expected = _digest(token.encode())
 
     def guarded(path: str) -> bool:
+        if path in PUBLIC_API:
+            return False
         if path == "/api" or path.startswith(("/api/", DASHBOARD_DATA)):
             return True
         if request.blueprint == "tasks":

@@ -190,14 +190,16 @@ def _json(schema: str | dict[str, Any], description: str, **extra: Any) -> dict[
     return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
 
 
-def _errors(database: str = "reads", **by_status: str) -> dict[str, Any]:
+def _errors(database: str = "reads", public: bool = False, **by_status: str) -> dict[str, Any]:
     """Return error responses keyed by status (`e400=...`), each in the `Error` shape.
 
-    Every route also answers 401 (with a token set), 405 and 500 from the shared ones; a
-    route that reads the database 503, and one that writes it 507 too.
+    Every route also answers 405 and 500 from the shared ones, and 401 with a token set
+    unless it is `public`; a route that reads the database 503, and one that writes it 507.
     """
     answers = {key.removeprefix("e"): _json("Error", text) for key, text in by_status.items()}
-    shared = {"401": "Unauthorized", "405": "MethodNotAllowed", "500": "InternalError"}
+    shared = {"405": "MethodNotAllowed", "500": "InternalError"}
+    if not public:
+        shared["401"] = "Unauthorized"
     if database in ("reads", "writes"):
         shared["503"] = "DatabaseUnavailable"
     if database == "writes":
@@ -348,8 +350,9 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "This document",
                 {
                     "200": {"description": "The OpenAPI document.", "content": {JSON: {}}},
-                    **_errors("none", e400=bad_parameter),
+                    **_errors("none", public=True, e400=bad_parameter),
                 },
+                security=[],  # public, even with API_TOKEN set
             ),
         },
         "/health": {

@@ -75,11 +75,15 @@ def list_tasks() -> Response:
     """List tasks newest first, a page at a time, with a Link to the next page."""
     _only_parameters("status", "type", "batch_id", "limit", "cursor")
     status = request.args.get("status")
-    if status is not None and status not in Status.__members__:
-        raise InvalidParameter(
-            f"Unknown status {status[:32]!r}; use one of " + ", ".join(Status) + ".",
-            {"status": "Unknown status."},
-        )
+    if status is not None:
+        # Any case is accepted, as users type it; only ASCII folds, so `ß` never becomes `SS`.
+        wanted = status.upper() if status.isascii() else status
+        if wanted not in Status.__members__:
+            raise InvalidParameter(
+                f"Unknown status {status[:32]!r}; use one of " + ", ".join(Status) + ".",
+                {"status": "Unknown status."},
+            )
+        status = wanted
     page = reads.list_tasks(
         parts.engine(),
         status=status,

@@ -17,6 +17,7 @@ from werkzeug.test import TestResponse
 
 from app import create_app
 from app.config import ConfigError, Settings
+from app.http.auth import PUBLIC_API
 from app.logs import JsonFormatter
 from app.services import reads
 from tests.support.apps import build_app
@@ -31,10 +32,10 @@ PREFLIGHT = {
 
 
 def api_requests(app: Flask) -> list[tuple[str, str]]:
-    """Return (method, path) for every method of every route under /api, ids filled in."""
+    """Return (method, path) for every method of every guarded route under /api."""
     found: list[tuple[str, str]] = []
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith("/api"):
+        if not rule.rule.startswith("/api") or rule.rule in PUBLIC_API:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?[^<>]+>", "t1", rule.rule)
         found.extend((method, path) for method in sorted(rule.methods or ()))
@@ -67,8 +68,19 @@ def test_the_api_has_routes_to_guard(guarded: Flask) -> None:
     routes = api_requests(guarded)
     assert ("POST", "/api/tasks") in routes
     assert ("POST", "/api/tasks/batch") in routes
-    assert ("GET", "/api/openapi.json") in routes
+    assert ("GET", "/api/tasks/t1") in routes
     assert {method for method, _ in routes} >= {"GET", "HEAD", "OPTIONS", "POST"}
+
+
+def test_the_openapi_document_stays_public_with_a_token_set(guarded: Flask) -> None:
+    # It describes the API and exposes no data, so a client generator needs no secret.
+    client = guarded.test_client()
+    for headers in (*REFUSED.values(), GOOD):
+        response = client.get("/api/openapi.json", headers=headers)
+        assert response.status_code == 200
+        assert response.get_json()["paths"]["/api/openapi.json"]["get"]["security"] == []
+    assert "401" not in response.get_json()["paths"]["/api/openapi.json"]["get"]["responses"]
+    assert_unauthorized(client.get("/api/tasks"))  # the rest of /api still needs it
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))

@@ -343,7 +343,7 @@ QUERY = [
     get("limit-float", "/api/tasks?limit=2.5", 400, "invalid_parameter", r"limit must be"),
     get("limit-5000-digits", "/api/tasks?limit=" + "9" * 5000, 400, "invalid_parameter", r"limit must be"),
     get("limit-twice", "/api/tasks?limit=abc&limit=2", 400, "invalid_parameter", r"limit must be"),
-    get("list-status-lowercase", "/api/tasks?status=queued", 400, "invalid_parameter", r"Unknown status 'queued'; use one of QUEUED, RUNNING"),
+    get("list-status-folds-only-ascii", "/api/tasks?status=queu%C3%A9d", 400, "invalid_parameter", r"Unknown status 'queuéd'; use one of QUEUED, RUNNING"),
     get("list-status-with-nul", "/api/tasks?status=QUEUED%00", 400, "invalid_parameter", r"Unknown status"),
     get("list-type-with-nul", "/api/tasks?type=simulate%00", 400, "invalid_parameter", r"type must be 1 to 64 characters"),
     get("list-type-65-chars", "/api/tasks?type=" + "t" * 65, 400, "invalid_parameter", r"type must be 1 to 64 characters"),
