@@ -311,6 +311,14 @@ class Launcher:
             server.wait_ready(ready)
         return server
 
+    def flask_run(self, db: Path | str, *options: str, **settings: str) -> Server:
+        """Start `flask run` (Flask's development server) with `options`; wait until it serves."""
+        port = free_port()
+        argv = [sys.executable, "-m", "flask", "run", "--port", str(port), *options]
+        server = self._start("flask-run", argv, service_env(db, **settings), port)
+        server.wait_ready()
+        return server
+
     def scheduler(self, db: Path | str, **settings: str) -> Server:
         """Start `flask scheduler run` and wait until its signal handlers are in place."""
         return self.schedulers(db, 1, **settings)[0]

@@ -230,3 +230,32 @@ def test_flask_db_upgrade_starts_no_scheduler(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert instances(path) == 0
     assert " started: " not in done.stdout + done.stderr  # the scheduler's start-up line
+
+
+def test_flask_run_serves_and_runs_tasks_with_one_scheduler(launcher: Launcher, db: Path) -> None:
+    server = launcher.flask_run(db, SHUTDOWN_GRACE_S="20")
+    server.submit("a", 10)
+    server.submit("b", 10, "a")
+    server.wait_status("b", "COMPLETED")
+    assert server.get("/health").status_code == 200
+    assert instances(db) == 1
+
+    server.submit("c", 800)
+    server.wait_status("c", "RUNNING")
+    server.signal(SIGINT)  # Ctrl-C: the running task finishes, then the server stops
+    assert server.wait_exit(20) == 0
+    assert rows(db)["c"]["status"] == "COMPLETED"
+    assert instances(db) == 0
+
+
+def test_flask_run_with_the_reloader_runs_a_scheduler_only_in_the_serving_child(
+    launcher: Launcher, db: Path
+) -> None:
+    server = launcher.flask_run(db, "--reload")
+    server.submit("a", 10)
+    server.wait_status("a", "COMPLETED")
+    assert instances(db) == 1  # the watching parent built the app too, but runs none
+    assert server.log().count(" started: ") == 1
+    server.signal_group(SIGINT)
+    server.wait_exit(20)
+    assert instances(db) == 0

@@ -1,0 +1,64 @@
+"""`flask run`: Flask's development server, with one scheduler in the serving process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import click
+from flask import Flask
+from flask.cli import get_debug_flag, run_command
+from werkzeug.serving import is_running_from_reloader
+
+from app import parts
+from app.runtime.scheduler import Scheduler
+from app.runtime.shutdown import leave_lingering_handlers
+
+# Named like the other stop messages, so that operators' log filters find them.
+log = logging.getLogger("app.shutdown")
+
+
+def serving() -> bool:
+    """Tell whether this process serves requests for `flask run`.
+
+    With the reloader, `flask run` starts a parent that only watches files and restarts a
+    child that serves; only the child may run a scheduler. Other commands never do.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command is not run_command:
+        return False
+    reload = ctx.params.get("reload")
+    if reload is None:  # as `flask run` decides: the reloader comes with --debug
+        reload = get_debug_flag()
+    return not reload or is_running_from_reloader()
+
+
+def start(app: Flask, grace_s: float) -> Scheduler | None:
+    """Start the app's scheduler and drain it when SIGINT or SIGTERM stops the server.
+
+    The first signal drains (running tasks get `grace_s`, then go back to the queue) and
+    stops the server as Ctrl-C always did; a second one hurries the drain.
+    """
+    if not app.config["SCHEDULER_ENABLED"]:
+        return None
+    scheduler = parts.scheduler(app)
+    scheduler.start()
+    draining = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal draining
+        name = signal.Signals(signum).name
+        if draining:
+            log.info("%s: stopping without waiting for running tasks", name)
+            scheduler.hurry()
+            return
+        draining = True
+        log.info("%s: draining", name)
+        scheduler.stop(grace_s)
+        leave_lingering_handlers(scheduler)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return scheduler
