@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,16 +95,36 @@ class Registry:
 
 
 def load_modules(registry: Registry, modules: str) -> None:
-    """Import each module named in `modules` (comma-separated) and let it register."""
-    for name in (m.strip() for m in modules.split(",")):
-        if not name:
-            continue
+    """Import each module named in `modules` (comma-separated) and let it register.
+
+    Modules are looked for on the import path, then in the working directory.
+    """
+    names = [m.strip() for m in modules.split(",") if m.strip()]
+    if names:
+        _search_working_directory()
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
-            message = f"TASK_HANDLERS names {name!r}, which cannot be imported: {exc}"
+            message = (
+                f"TASK_HANDLERS names {name!r}, which cannot be imported: {exc} (put the "
+                "module in the directory the service starts from, on PYTHONPATH, or in an "
+                "installed package)"
+            )
             raise ConfigError(message) from None
         register = getattr(module, "register", None)
         if not callable(register):
             raise ConfigError(f"TASK_HANDLERS module {name!r} has no register(registry) function")
         register(registry)
+
+
+def _search_working_directory() -> None:
+    """Let a handler module beside the service import, whichever command started it.
+
+    gunicorn and `flask --app <module>` put the directory they start from on the import
+    path; `flask --app path/to/wsgi.py` puts the file's directory instead. Appended, the
+    working directory never hides an installed module of the same name.
+    """
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == here for entry in sys.path):
+        sys.path.append(here)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import parts
+from app import events, parts
 from app.cli.wait import wait_and_report
 from app.errors import ApiError, BodyTooLarge
 from app.jsonbody import parse_json_object
@@ -40,7 +41,22 @@ MAX_DETAIL_LINES = 20
 MAX_DETAIL_TEXT = 200
 LIST_COLUMNS = ("id", "type", "status", "attempts", "finished_at")
 
-tasks_cli = AppGroup("tasks", help="Submit, inspect, cancel, retry and prune tasks.")
+
+def quiet_logs() -> None:
+    """Log only warnings and errors while a command runs: it prints its own result.
+
+    The task state-change lines (INFO, from `app.events`) belong in a server's or a
+    scheduler's log; on an operator's terminal they would only repeat the result.
+    """
+    context = click.get_current_context()
+    for logger in map(logging.getLogger, ("app", events.LOGGER)):
+        context.call_on_close(functools.partial(logger.setLevel, logger.level))
+        logger.setLevel(logging.WARNING)
+
+
+tasks_cli = AppGroup(
+    "tasks", help="Submit, inspect, cancel, retry and prune tasks.", callback=quiet_logs
+)
 task_out = TaskOut()
 
 
@@ -230,18 +246,47 @@ def retry(task_id: str) -> None:
     help="Delete tasks finished longer ago than this (90, 90s, 30m, 12h, 7d). "
     "Default: RETENTION_DAYS days.",
 )
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking (needed off a terminal).")
 @clean_errors
-def prune(older_than: timedelta | None) -> None:
-    """Delete finished tasks older than a cut-off, keeping any an unfinished task needs."""
+def prune(older_than: timedelta | None, dry_run: bool, yes: bool) -> None:
+    """Delete finished tasks older than a cut-off, keeping any an unfinished task needs.
+
+    Asks before deleting; off a terminal (cron, a script) it needs --yes.
+    """
     if older_than is None:
         days = current_app.config["RETENTION_DAYS"]
         if days == 0:
             click.echo("RETENTION_DAYS is 0, so every task is kept; pass --older-than to prune.")
             return
         older_than = timedelta(days=days)
+    age = _human(older_than)
+    counts = retention.count_prunable(parts.engine(), older_than)
+    total = sum(counts.values())
+    if dry_run or total == 0:
+        verb = "would prune up to" if dry_run else "pruned"
+        by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
+        click.echo(f"{verb} {_tasks(total)} older than {age}" + (f": {by_status}" if total else ""))
+        return
+    if not yes:
+        question = f"Delete up to {_tasks(total)} older than {age}?"
+        if not stdin_is_terminal():
+            raise click.UsageError(
+                f"no terminal to confirm deleting up to {_tasks(total)} older than {age}: "
+                "pass --yes to delete them, or --dry-run to only count them."
+            )
+        click.confirm(question, abort=True, err=True)
     deleted = retention.prune(parts.engine(), older_than)
-    noun = "task" if deleted == 1 else "tasks"
-    click.echo(f"pruned {deleted} finished {noun} older than {_human(older_than)}")
+    click.echo(f"pruned {_tasks(deleted)} older than {age}")
+
+
+def stdin_is_terminal() -> bool:
+    """Tell whether someone at a terminal can answer a question."""
+    return sys.stdin.isatty()
+
+
+def _tasks(count: int) -> str:
+    return f"{count} finished {'task' if count == 1 else 'tasks'}"
 
 
 def _human(span: timedelta) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, or_, select, text, tuple_
+from sqlalchemy import Connection, Engine, delete, exists, func, or_, select, text, tuple_
 
 from app import faults
 from app.statuses import TERMINAL, UNFINISHED, Status
@@ -38,12 +38,7 @@ def prune(
     Walks the finished tasks once, oldest first, in chunks of `chunk`, each its own short
     transaction; between two chunks it returns early once `stop` is set.
     """
-    if older_than < timedelta(0):
-        raise ValueError("older_than must not be negative")
-    if now is None:
-        with database.read(engine) as conn:
-            now = database.now(conn)  # the database's clock on PostgreSQL, as finishes use
-    cutoff = database.naive_utc(now) - older_than
+    cutoff = _cutoff(engine, older_than, now)
     deleted = 0
     after: Position | None = None
     while stop is None or not stop.is_set():
@@ -54,6 +49,36 @@ def prune(
         if selected < chunk:
             break
     return deleted
+
+
+def count_prunable(
+    engine: Engine, older_than: timedelta, *, now: datetime | None = None
+) -> dict[str, int]:
+    """Count, by status, the tasks a prune with `older_than` may delete; delete nothing.
+
+    These are the finished tasks past the cut-off that no unfinished task depends on: an
+    upper bound, since a prune also keeps a task whose dependent did not complete and
+    does not go with it.
+    """
+    cutoff = _cutoff(engine, older_than, now)
+    query = (
+        select(tasks.c.status, func.count())
+        .where(tasks.c.finished_at < cutoff, tasks.c.status.in_(TERMINAL), ~_has_unfinished())
+        .group_by(tasks.c.status)
+    )
+    with database.read(engine) as conn:
+        counts: dict[str, int] = {status: n for status, n in conn.execute(query)}
+    return {status: counts[status] for status in TERMINAL if status in counts}
+
+
+def _cutoff(engine: Engine, older_than: timedelta, now: datetime | None) -> datetime:
+    """Return the naive UTC moment before which a finished task is old enough to go."""
+    if older_than < timedelta(0):
+        raise ValueError("older_than must not be negative")
+    if now is None:
+        with database.read(engine) as conn:
+            now = database.now(conn)  # the database's clock on PostgreSQL, as finishes use
+    return database.naive_utc(now) - older_than
 
 
 def _prune_chunk(

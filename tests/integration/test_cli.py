@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import update
 
+from app import events
 from app.cli.tasks import Duration
 from app.cli.wait import poll_until_finished
 from app.storage import database
@@ -85,6 +87,21 @@ def test_submit_reads_stdin_and_says_when_it_was_a_replay(app: Flask) -> None:
     assert json.loads(again.stdout) == json.loads(first.stdout)
     assert first.stderr == ""
     assert "already existed" in again.stderr
+
+
+@pytest.mark.usefixtures("task_events_on")
+def test_submit_logs_no_state_change_yet_the_app_still_does(app: Flask) -> None:
+    log = events.of(app.extensions["store"].engine)
+    log.stream = out = io.StringIO()
+
+    shown = submit(app, "quiet")
+    log.flush()
+
+    assert shown["status"] == "QUEUED"
+    assert out.getvalue() == ""
+    app.test_client().post("/api/tasks", json={"id": "loud", "type": "t", "duration_ms": 1})
+    log.flush()
+    assert "task loud QUEUED" in out.getvalue()
 
 
 def test_submit_starts_no_scheduler(app: Flask) -> None:
@@ -294,7 +311,7 @@ def test_prune_older_than(app: Flask) -> None:
     set_finished(app, "old", "COMPLETED", timedelta(hours=13))
     set_finished(app, "recent", "FAILED", timedelta(hours=11))
 
-    assert succeed(app, "prune", "--older-than", "12h").stdout == (
+    assert succeed(app, "prune", "--older-than", "12h", "--yes").stdout == (
         "pruned 1 finished task older than 12h\n"
     )
 
@@ -311,10 +328,62 @@ def test_prune_defaults_to_retention_days(app: Flask) -> None:
     app.config["RETENTION_DAYS"] = 0
     assert "every task is kept" in succeed(app, "prune").stdout
     app.config["RETENTION_DAYS"] = 2
-    assert succeed(app, "prune").stdout == "pruned 1 finished task older than 2d\n"
+    assert succeed(app, "prune", "-y").stdout == "pruned 1 finished task older than 2d\n"
 
     assert_cli_error(invoke(app, "show", "old"), "not_found")
     succeed(app, "show", "recent")
+
+
+def test_prune_dry_run_counts_by_status_and_deletes_nothing(app: Flask) -> None:
+    for task_id in ("done", "failed", "cut-off", "recent"):
+        submit(app, task_id)
+    set_finished(app, "done", "COMPLETED", timedelta(hours=2))
+    set_finished(app, "failed", "FAILED", timedelta(hours=2))
+    set_finished(app, "cut-off", "UPSTREAM_FAILED", timedelta(hours=2))
+    set_finished(app, "recent", "COMPLETED", timedelta(minutes=10))
+
+    result = succeed(app, "prune", "--older-than", "1h", "--dry-run")
+
+    assert result.stdout == (
+        "would prune up to 3 finished tasks older than 1h: "
+        "1 COMPLETED, 1 FAILED, 1 UPSTREAM_FAILED\n"
+    )
+    assert len(succeed(app, "list").stdout.splitlines()) == 1 + 4
+
+
+def test_prune_off_a_terminal_needs_yes(app: Flask) -> None:
+    submit(app, "old")
+    set_finished(app, "old", "COMPLETED", timedelta(days=1))
+
+    result = invoke(app, "prune", "--older-than", "0")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "pass --yes" in result.stderr and "up to 1 finished task" in result.stderr
+    succeed(app, "show", "old")
+
+
+def test_prune_with_nothing_to_delete_asks_nothing(app: Flask) -> None:
+    submit(app, "queued")
+
+    assert succeed(app, "prune", "--older-than", "0").stdout == (
+        "pruned 0 finished tasks older than 0s\n"
+    )
+
+
+@pytest.mark.parametrize(("answer", "kept"), [("n\n", True), ("y\n", False)])
+def test_prune_at_a_terminal_asks_first(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, answer: str, kept: bool
+) -> None:
+    monkeypatch.setattr("app.cli.tasks.stdin_is_terminal", lambda: True)
+    submit(app, "old")
+    set_finished(app, "old", "CANCELLED", timedelta(days=1))
+
+    result = invoke(app, "prune", "--older-than", "12h", stdin=answer)
+
+    assert "Delete up to 1 finished task older than 12h? [y/N]" in result.stderr
+    assert result.exit_code == (1 if kept else 0)
+    assert (invoke(app, "show", "old").exit_code == 0) is kept
 
 
 def test_prune_refuses_a_bad_duration(app: Flask) -> None:

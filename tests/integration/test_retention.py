@@ -210,3 +210,22 @@ def count_transactions(monkeypatch: pytest.MonkeyPatch) -> list[Engine]:
 
     monkeypatch.setattr(retention.database, "write", write)
     return opened
+
+
+def test_the_count_of_a_dry_run_bounds_what_prune_deletes(engine: Engine) -> None:
+    for task_id in ("done", "failed", "needed", "recent"):
+        add(engine, task_id)
+    add(engine, "waiting", "needed")
+    add(engine, "kept-by", "failed")
+    finish(engine, "done", "COMPLETED", OLD)
+    finish(engine, "failed", "FAILED", OLD)
+    finish(engine, "needed", "COMPLETED", OLD)  # "waiting" is still QUEUED
+    finish(engine, "kept-by", "UPSTREAM_FAILED", RECENT)  # stops "failed" from going
+    finish(engine, "recent", "COMPLETED", RECENT)
+
+    counted = retention.count_prunable(engine, WEEK)
+
+    assert counted == {"COMPLETED": 1, "FAILED": 1}
+    assert len(ids(engine)) == 6
+    assert retention.prune(engine, WEEK) == 1 <= sum(counted.values())
+    assert "done" not in ids(engine) and "failed" in ids(engine)

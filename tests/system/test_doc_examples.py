@@ -65,6 +65,7 @@ class Reader:
             ["bash", "-c", PRELUDE + text],
             cwd=self.workdir,
             env=self.env(),
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=60,
