@@ -3,20 +3,36 @@
 More API processes: run them with SCHEDULER_ENABLED=false and execute tasks with
 `flask scheduler run` (docs/deployment.md#running-several-instances). Claims stay
 exclusive whatever the count.
+
+Metrics: every worker writes its values to one directory, PROMETHEUS_MULTIPROC_DIR (a
+fresh temporary one unless set), so /metrics answers the server's totals whichever worker
+serves it, and a worker that gunicorn replaces takes nothing away from them.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus_client picks multiprocess mode when it is first imported, by the app's
+# modules below: the directory must be named before them.
+owned_metrics_dir = not os.environ.get(METRICS_DIR_VARIABLE)
+if owned_metrics_dir:
+    os.environ[METRICS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="taskscheduler-metrics-")
+metrics_dir = Path(os.environ[METRICS_DIR_VARIABLE])
 
-from app.config import Settings
-from app.runtime.shutdown import REPEAT_WINDOW_S
+from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
+from prometheus_client import multiprocess  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -72,12 +88,13 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Make the first SIGINT a graceful stop, like SIGTERM; a later one skips the wait.
+    """Start the metrics afresh, and make the first SIGINT a graceful stop, like SIGTERM.
 
     A process group is signalled as a whole, so the same stop may bring a second SIGINT at
     once; while draining, gunicorn reads its queue directly and would take that copy for a
     quick shutdown. A SIGINT within REPEAT_WINDOW_S of the first stop signal is dropped.
     """
+    clear_metrics(metrics_dir)
     quick = server.handle_int
     queue = server.signal
     first: list[float] = []
@@ -99,6 +116,24 @@ def on_starting(server: Any) -> None:
 
     server.handle_int = handle_int
     server.signal = on_signal
+
+
+def clear_metrics(directory: Path) -> None:
+    """Delete the value files a previous server left, which a scrape would add up."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (running tasks); its counters still count."""
+    multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory gunicorn.conf.py created."""
+    if owned_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker: Any) -> None:

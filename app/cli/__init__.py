@@ -7,6 +7,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app import parts
+from app.cli.metrics_endpoint import MetricsEndpoint
 from app.cli.tasks import tasks_cli
 
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
@@ -17,6 +18,7 @@ def run_scheduler() -> None:
     """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
+    endpoint = _metrics_endpoint()
     scheduler = parts.scheduler()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
     stop.install()
@@ -26,9 +28,28 @@ def run_scheduler() -> None:
         click.echo(f"scheduler waiting for the database: {scheduler.unregistered_because}")
     else:
         click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+    if endpoint is not None:
+        click.echo(f"metrics at {endpoint.url}")
     stop.wait()
+    if endpoint is not None:
+        endpoint.close()
     click.echo("scheduler stopped")
     leave_lingering_handlers(scheduler)
+
+
+def _metrics_endpoint() -> MetricsEndpoint | None:
+    """Serve the metrics on METRICS_HOST:METRICS_PORT when a port is set; exit 1 if taken."""
+    config = current_app.config
+    port = config["METRICS_PORT"]
+    if port is None:
+        return None
+    host = config["METRICS_HOST"]
+    token = config["API_TOKEN"] if config["AUTH_OPS_ROUTES"] else ""
+    try:
+        return MetricsEndpoint(parts.metrics(), host, port, token)
+    except OSError as exc:
+        click.echo(f"error: metrics_port: cannot serve metrics on {host}:{port}: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 def register_cli(app: Flask) -> None:

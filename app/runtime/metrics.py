@@ -1,16 +1,23 @@
-"""Prometheus metrics: a registry per app, counters fed by the scheduler, gauges read at scrape."""
+"""Prometheus metrics: a registry per app, counters fed by the scheduler, gauges read at scrape.
+
+Under prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set before the
+library is imported; gunicorn.conf.py does it) every process writes its values to files in
+that directory and a scrape adds up the files of every process, so any process answers with
+the server's totals. Otherwise the values live in the app's own registry.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,47 +73,81 @@ class TaskCounts:
         )
 
 
-class Buckets:
-    """A histogram fed a scheduler pass's values at once: one lock and a bisect per value.
+def multiprocess() -> bool:
+    """Tell whether values go to PROMETHEUS_MULTIPROC_DIR (chosen when the library loaded)."""
+    chosen = bool(getattr(values.ValueClass, "_multiprocess", False))
+    if not chosen and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        log.warning(
+            "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: "
+            "this process keeps its metrics to itself"
+        )
+    return chosen
 
-    prometheus-client's Histogram takes a lock and walks its bounds for every value; at
-    thousands of tasks a second that is a measurable share of the scheduler's time.
+
+class Buckets:
+    """A histogram fed a scheduler pass's values at once: a bisect per value, one add per bucket.
+
+    prometheus-client's Histogram takes a lock and walks its bounds for every value (and,
+    in multiprocess mode, writes its file for every value); at thousands of tasks a second
+    that is a measurable share of the scheduler's time. The values are the library's own,
+    so in multiprocess mode they land in the shared directory like any histogram's.
     """
 
     def __init__(self, name: str, documentation: str, bounds: Sequence[float]) -> None:
         self.name = name
         self.documentation = documentation
         self.bounds = tuple(bounds)
-        self._counts = [0] * (len(self.bounds) + 1)  # the last is beyond every bound
-        self._sum = 0.0
-        self._lock = threading.Lock()
+        le = [floatToGoString(b) for b in (*self.bounds, float("inf"))]
+        # The last bucket is beyond every bound. Stored per bucket, not cumulative.
+        self._buckets = [self._value(f"{name}_bucket", ("le",), (bound,)) for bound in le]
+        self._sum = self._value(f"{name}_sum", (), ())
 
-    def observe_all(self, values: Iterable[float]) -> None:
+    def _value(self, sample: str, labelnames: tuple[str, ...], labelvalues: tuple[str, ...]) -> Any:
+        kind, doc = "histogram", self.documentation
+        return values.ValueClass(kind, self.name, sample, labelnames, labelvalues, doc)
+
+    def observe_all(self, observed: Iterable[float]) -> None:
         """Count each value in the first bucket whose bound is at least the value."""
-        bounds, counts = self.bounds, self._counts
-        with self._lock:
-            for value in values:
-                counts[bisect_left(bounds, value)] += 1
-                self._sum += value
+        bounds = self.bounds
+        counts = [0] * len(self._buckets)
+        total = 0.0
+        for value in observed:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+        if any(counts):
+            self._sum.inc(total)
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation)
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, buckets = 0, []
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-            cumulative += count
+        cumulative, buckets = 0.0, []
+        for bound, value in zip((*self.bounds, float("inf")), self._buckets, strict=True):
+            cumulative += value.get()
             buckets.append((floatToGoString(bound), cumulative))
+        total = self._sum.get()
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
 class Metrics:
-    """An app's registry and metric objects, with one method per event the app records."""
+    """An app's registry and metric objects, with one method per event the app records.
+
+    In multiprocess mode a scrape reads the shared directory instead of the registry, and
+    per-process gauges say how to combine the processes: `running_tasks` adds up the live
+    ones, `last_heartbeat_timestamp_seconds` takes the latest of them.
+    """
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess()
+        # What a scrape renders: the task counts once, beside every process's values.
+        self.exposed = self.registry
+        if self.multiprocess:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)
         reg = self.registry
         self.submitted_total = Counter(
             f"{PREFIX}_tasks_submitted", "Tasks created by submissions.", ["type"], registry=reg
@@ -133,7 +174,10 @@ class Metrics:
         reg.register(self.queue_wait)
         reg.register(self.run_time)
         self.running = Gauge(
-            f"{PREFIX}_running_tasks", "Attempts this instance is executing.", registry=reg
+            f"{PREFIX}_running_tasks",
+            "Attempts this instance is executing.",
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.recovered_total = Counter(
             f"{PREFIX}_recovered_attempts",
@@ -147,13 +191,19 @@ class Metrics:
             f"{PREFIX}_scheduler_last_heartbeat_timestamp_seconds",
             "Unix time of this instance's last heartbeat.",
             registry=reg,
+            multiprocess_mode="livemax",
         )
+        self._running_count: Callable[[], int] | None = None
         if engine is not None:
-            reg.register(TaskCounts(engine))
+            self.exposed.register(TaskCounts(engine))
 
     def watch(self, running_count: Callable[[], int]) -> None:
-        """Read the running-tasks gauge from `running_count` at each scrape."""
-        self.running.set_function(lambda: float(running_count()))
+        """Read the running-tasks gauge from `running_count` (multiprocess: at each pass)."""
+        if self.multiprocess:
+            # Another process answers the scrape: the value must be in this one's file.
+            self._running_count = running_count
+        else:
+            self.running.set_function(lambda: float(running_count()))
 
     def submitted(self, types: Iterable[str]) -> None:
         """Count newly created tasks by type."""
@@ -164,8 +214,10 @@ class Metrics:
             self.submitted_total.labels(task_type).inc(count)
 
     def claimed(self, claims: Sequence[Claim]) -> None:
-        """Observe the queue wait of each claimed attempt."""
+        """Observe the queue wait of each claimed attempt; called once per scheduler pass."""
         self.queue_wait.observe_all([claim.waited_s for claim in claims])
+        if self._running_count is not None:
+            self.running.set(self._running_count())
 
     def finished(
         self,
@@ -212,4 +264,4 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """Render every metric in the Prometheus text format."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)

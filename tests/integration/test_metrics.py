@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app import start_scheduler
-from app.runtime.metrics import Buckets, Metrics
+from app.cli.metrics_endpoint import MetricsEndpoint
+from app.runtime.metrics import CONTENT_TYPE, Buckets, Metrics
 from app.statuses import Status
 from app.storage import database
 from app.storage.tables import tasks
@@ -165,3 +170,67 @@ def test_buckets_count_a_value_equal_to_a_bound_in_that_bound_and_render_cumulat
     assert found[("demo_seconds_bucket", "+Inf")] == 5
     assert found[("demo_seconds_count", None)] == 5
     assert found[("demo_seconds_sum", None)] == pytest.approx(8.65)
+
+
+@pytest.fixture
+def endpoint(make_app: AppFactory) -> Iterator[tuple[Flask, MetricsEndpoint]]:
+    """Return an app and the scheduler process's metrics endpoint serving it on a free port."""
+    app = make_app()
+    served = MetricsEndpoint(app.extensions["metrics"], "127.0.0.1", 0)
+    yield app, served
+    served.close()
+
+
+def test_the_scheduler_endpoint_serves_what_the_route_serves(
+    endpoint: tuple[Flask, MetricsEndpoint],
+) -> None:
+    app, served = endpoint
+    submit(app.test_client(), "counted")
+    response = requests.get(served.url, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE
+    assert response.text == app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'taskscheduler_tasks{status="QUEUED"} 1.0' in response.text
+
+
+def test_the_scheduler_endpoint_answers_anything_else_in_json(
+    endpoint: tuple[Flask, MetricsEndpoint],
+) -> None:
+    _, served = endpoint
+    elsewhere = requests.get(served.url.replace("/metrics", "/health"), timeout=5)
+    assert elsewhere.status_code == 404
+    assert elsewhere.json()["code"] == "not_found"
+    posted = requests.post(served.url, data=b"x", timeout=5)
+    assert posted.status_code == 405
+    assert posted.json()["code"] == "method_not_allowed"
+    assert posted.headers["Allow"] == "GET, HEAD"
+
+
+def test_the_scheduler_endpoint_wants_the_token_with_auth_ops_routes(
+    make_app: AppFactory,
+) -> None:
+    token = "t" * 20
+    app = make_app(API_TOKEN=token, AUTH_OPS_ROUTES="true")
+    served = MetricsEndpoint(app.extensions["metrics"], "127.0.0.1", 0, token)
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = requests.get(served.url, headers=headers, timeout=5)
+            assert refused.status_code == 401
+            assert refused.json()["code"] == "unauthorized"
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        given = {"Authorization": f"Bearer {token}"}
+        assert requests.get(served.url, headers=given, timeout=5).status_code == 200
+    finally:
+        served.close()
+
+
+def test_scheduler_run_exits_cleanly_when_the_metrics_port_is_taken(make_app: AppFactory) -> None:
+    with closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = make_app(METRICS_PORT=str(port))
+        result = app.test_cli_runner().invoke(args=["scheduler", "run"])
+    assert result.exit_code == 1
+    assert f"error: metrics_port: cannot serve metrics on 127.0.0.1:{port}" in result.output
+    assert app.extensions["scheduler"].id is None  # it never started

@@ -21,6 +21,8 @@ def test_defaults_match_the_spec() -> None:
     assert settings.sqlite_synchronous == "FULL"
     assert settings.cors_origins == "*"
     assert settings.lease_s == 30
+    assert settings.metrics_port is None
+    assert settings.metrics_host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,7 @@ def test_defaults_match_the_spec() -> None:
         ("SCHEDULER_ENABLED", "maybe", "SCHEDULER_ENABLED must be true or false"),
         ("SQLITE_SYNCHRONOUS", "OFF", "SQLITE_SYNCHRONOUS must be one of"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must be a sqlite:// or postgresql://"),
+        ("METRICS_PORT", "0", "METRICS_PORT must be between 1 and 65535"),
     ],
 )
 def test_an_invalid_value_names_its_variable(name: str, value: str, fragment: str) -> None:
