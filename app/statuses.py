@@ -25,3 +25,6 @@ FAILED_LIKE = (Status.FAILED.value, Status.UPSTREAM_FAILED.value)
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 # Ended without completing: an all_success dependent of such a task never runs.
 BLOCKING = (*FAILED_LIKE, Status.CANCELLED.value)
+# What a user's cancel accepts; what a user's retry accepts, when no dependency stops it.
+CANCELLABLE = UNFINISHED
+RETRYABLE = BLOCKING

@@ -43,12 +43,6 @@ def require_token(app: Flask, token: str, ops_routes: bool) -> None:
             return True
         return ops_routes and path in OPS_ROUTES
 
-    def presented() -> bytes | None:
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            return None
-        return credentials.strip().encode()
-
     @app.before_request
     def _authenticate() -> None:
         if not guarded(request.path):
@@ -56,8 +50,24 @@ def require_token(app: Flask, token: str, ops_routes: bool) -> None:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             # A browser's CORS pre-flight never carries credentials; the real request will.
             return
-        given = presented()
-        # Always one digest and one comparison, whether anything was sent or not.
-        ok = hmac.compare_digest(_digest(given or b""), expected)
-        if given is None or not ok:
+        if not _carries(expected):
             raise Unauthorized(MESSAGE)
+
+
+def may_read(token: str) -> bool:
+    """Tell whether this request may see data: no token is set, or it carries the token."""
+    return not token or _carries(_digest(token.encode()))
+
+
+def _presented() -> bytes | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip().encode()
+
+
+def _carries(expected: bytes) -> bool:
+    given = _presented()
+    # Always one digest and one comparison, whether anything was sent or not.
+    ok = hmac.compare_digest(_digest(given or b""), expected)
+    return given is not None and ok

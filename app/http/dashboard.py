@@ -1,21 +1,26 @@
-"""The dashboard: HTML pages served by the app, and the two JSON reads they need beyond the API.
+"""The dashboard: HTML pages served by the app, and the JSON reads they need beyond the API.
 
 The pages are plain HTML, CSS and JavaScript from `templates/dashboard` and
 `static/dashboard`; they call the JSON API on the same origin, plus `GET /dashboard/counts`
-(tasks per status) and `GET /dashboard/graph/<id>` (a task's neighbourhood, both ways).
-With API_TOKEN set, those data routes need the token like the API (app/auth.py); the pages
-and static files stay open, and the pages ask for the token once and keep it per tab.
+(tasks per status), `GET /dashboard/graph/<id>` (a task's neighbourhood, both ways) and
+`GET /dashboard/actions/<id>` (whether cancel and retry would succeed).
+With API_TOKEN set, those data routes need the token like the API (app/http/auth.py); the
+pages and static files stay open, and the pages ask for the token once and keep it per tab.
+A task page shows the task as the server reads it (or answers 404) only to a request that
+may read data; otherwise its script fills it in once it has the token.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from app import parts
 from app.errors import NotFound
-from app.services.reads import check_task_id
+from app.http.auth import may_read
+from app.services import actions
+from app.services.reads import check_task_id, get_task
 from app.statuses import Status
 from app.storage import database
 from app.storage.counts import by_status
@@ -33,14 +38,29 @@ MAX_GRAPH_NODES = 200
 
 @bp.get("/")
 def index() -> str:
-    """The overview: counts by status and the task table."""
-    return render_template("dashboard/index.html", statuses=[s.value for s in Status])
+    """The overview: counts by status and the task table, filtered as the URL says."""
+    status = request.args.get("status", "")
+    return render_template(
+        "dashboard/index.html",
+        statuses=[s.value for s in Status],
+        wanted_status=status.upper() if status.isascii() else status,
+        task_type=request.args.get("type", ""),
+        batch_id=request.args.get("batch_id", ""),
+    )
 
 
 @bp.get("/tasks/<task_id>")
-def task_page(task_id: str) -> str:
+def task_page(task_id: str) -> str | tuple[str, int]:
     """One task: its details, its blockers, its actions and its dependency graph."""
-    return render_template("dashboard/task.html", task_id=task_id)
+    if not may_read(current_app.config["API_TOKEN"]):
+        return render_template("dashboard/task.html", task_id=task_id, task=None, can=None)
+    engine = parts.engine()
+    try:
+        task = get_task(engine, task_id)
+        can = actions.choices(engine, task_id)
+    except NotFound:
+        return render_template("dashboard/missing.html", task_id=task_id), 404
+    return render_template("dashboard/task.html", task_id=task_id, task=task, can=can)
 
 
 @bp.get("/dashboard/counts")
@@ -49,6 +69,12 @@ def counts() -> Response:
     with database.read(parts.engine()) as conn:
         found = by_status(conn)
     return jsonify(found)
+
+
+@bp.get("/dashboard/actions/<task_id>")
+def task_actions(task_id: str) -> Response:
+    """Return `{id, status, cancel, retry, retry_instead}`: which actions would succeed now."""
+    return jsonify(actions.choices(parts.engine(), task_id))
 
 
 @bp.get("/dashboard/graph/<task_id>")

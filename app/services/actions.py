@@ -8,15 +8,13 @@ from app import events
 from app.errors import InvalidState
 from app.events import Change
 from app.services.reads import check_task_id, load_task, unknown_task
-from app.statuses import BLOCKING, Status
+from app.statuses import CANCELLABLE, RETRYABLE, Status
 from app.storage import cascade, database, readiness, roots
 from app.storage.notify import announce
 from app.storage.propagation import cut_off, settle
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
-
-RETRYABLE = (*BLOCKING,)
 
 
 def _locked(conn: Connection, task_id: str) -> Any:
@@ -35,26 +33,50 @@ def cancel(engine: Engine, task_id: str) -> dict[str, Any]:
 def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
     cascade.one_at_a_time(conn)
     row = _locked(conn, task_id)
+    if row.status not in CANCELLABLE:
+        raise InvalidState(
+            f"Task {task_id} is {row.status}; only QUEUED or RUNNING tasks can be cancelled.",
+            {"id": task_id, "status": row.status},
+        )
     now = database.now(conn)
     if row.status == Status.QUEUED.value:
         cascade.cancel_queued(conn, task_id, now)
         events.stage([(task_id, row.type, row.attempts, Status.CANCELLED, "cancelled by a user")])
         if settle(conn, {task_id: Status.CANCELLED}, now):
             announce(conn)  # all_done dependents may be ready now
-    elif row.status == Status.RUNNING.value:
+    else:
         cascade.ask_to_stop(conn, task_id, now)
         # Its dependents that have not started will never see it succeed for them.
         stopped = cut_off(conn, [task_id], Status.CANCELLED, "was cancelled", now)
         if settle(conn, dict.fromkeys(stopped, Status.CANCELLED), now):
             announce(conn)  # all_done dependents of those cut off may be ready now
-    else:
-        raise InvalidState(
-            f"Task {task_id} is {row.status}; only QUEUED or RUNNING tasks can be cancelled.",
-            {"id": task_id, "status": row.status},
-        )
     task = load_task(conn, task_id, with_payload=True)
     assert task is not None
     return task
+
+
+def choices(engine: Engine, task_id: str) -> dict[str, Any]:
+    """Say which of cancel and retry would succeed on the task now, by the rules they apply.
+
+    `retry_instead` names the task to retry when the task's own retry would be refused
+    for a dependency that did not complete; a later change can still make an action fail.
+    """
+    check_task_id(task_id)
+    with database.read(engine) as conn:
+        task = load_task(conn, task_id, with_payload=False)
+        if task is None:
+            raise unknown_task(task_id)
+        status = task["status"]
+        root = None
+        if status in RETRYABLE:
+            root = root_cause(conn, task_id, task["trigger_rule"], hold=False)
+    return {
+        "id": task_id,
+        "status": status,
+        "cancel": status in CANCELLABLE,
+        "retry": root == task_id,
+        "retry_instead": None if root in (None, task_id) else root,
+    }
 
 
 def retry(engine: Engine, task_id: str) -> dict[str, Any]:
@@ -90,16 +112,20 @@ def _retry(conn: Connection, task_id: str) -> dict[str, Any]:
     return task
 
 
-def root_cause(conn: Connection, task_id: str, trigger_rule: str = "all_success") -> str:
+def root_cause(
+    conn: Connection, task_id: str, trigger_rule: str = "all_success", *, hold: bool = True
+) -> str:
     """Return the task whose retry works: `task_id`, or below it the first dependency that
     did not complete and has none such of its own.
 
     The task's own dependencies are read under the readiness locks, so that "none stops
-    it" stays true until the retry commits; the walk below only names the task to retry.
+    it" stays true until the retry commits (without `hold`, a plain read that only
+    describes); the walk below only names the task to retry.
     """
     if trigger_rule != "all_success":
         return task_id
-    stopped = readiness.blockers(readiness.dependencies(conn, [task_id]).get(task_id, []))
+    found = readiness.dependencies(conn, [task_id], hold=hold)
+    stopped = readiness.blockers(found.get(task_id, []))
     if not stopped:
         return task_id
     return roots.retry_root(conn, stopped)

@@ -177,7 +177,7 @@ def test_the_dashboard_pages_are_open_and_its_data_is_not(guarded: Flask) -> Non
         response = client.get(path)
         assert response.status_code == 200, path
         response.close()
-    for path in ("/dashboard/counts", "/dashboard/graph/t1"):
+    for path in ("/dashboard/counts", "/dashboard/graph/t1", "/dashboard/actions/t1"):
         for headers in REFUSED.values():
             assert_unauthorized(client.get(path, headers=headers))
         assert client.get(path, headers=GOOD).status_code == 200

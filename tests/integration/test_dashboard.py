@@ -1,14 +1,17 @@
-"""The dashboard: its pages, its static files, and its two JSON reads."""
+"""The dashboard: its pages, its static files, and its JSON reads."""
 
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from app.http.dashboard import MAX_GRAPH_NODES
+from app.statuses import Status
 from app.storage import database
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory
@@ -19,9 +22,9 @@ URL = re.compile(r"https?://[^\s\"'<>)]+")
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 
 
-def page(client: FlaskClient, path: str) -> str:
+def page(client: FlaskClient, path: str, status: int = 200) -> str:
     response = client.get(path)
-    assert response.status_code == 200
+    assert response.status_code == status
     assert response.mimetype == "text/html"
     text: str = response.get_data(as_text=True)
     return text
@@ -35,6 +38,28 @@ def set_status(client: FlaskClient, status: str, *ids: str) -> None:
     engine = client.application.extensions["store"].engine
     with database.write(engine) as conn:
         conn.execute(update(tasks).where(tasks.c.id.in_(ids)).values(status=status))
+
+
+class Elements(HTMLParser):
+    """The attributes of every element that has an id, and whether it is hidden."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, str | None]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if found.get("id"):
+            self.by_id[str(found["id"])] = {"tag": tag, **found}
+
+    def shown(self, element_id: str) -> bool:
+        return element_id in self.by_id and "hidden" not in self.by_id[element_id]
+
+
+def shown_buttons(client: FlaskClient, task_id: str) -> set[str]:
+    elements = Elements(page(client, f"/tasks/{task_id}"))
+    return {b for b in ("cancel", "retry") if elements.shown(b)}
 
 
 def graph(client: FlaskClient, task_id: str) -> dict[str, Any]:
@@ -66,12 +91,117 @@ def test_a_task_page_uses_only_local_files_and_names_the_task(client: FlaskClien
 
 
 def test_a_task_page_escapes_the_id_from_the_url(client: FlaskClient) -> None:
-    html = page(client, "/tasks/%3Cimg%20src%3Dx%20onerror%3D%22alert(1)%22%3E")
+    html = page(client, "/tasks/%3Cimg%20src%3Dx%20onerror%3D%22alert(1)%22%3E", 404)
     assert "<img" not in html
-    assert 'data-task-id="&lt;img src=x onerror=&#34;alert(1)&#34;&gt;"' in html
+    assert "No task with id <code>&lt;img src=x onerror=&#34;alert(1)&#34;&gt;</code>" in html
+
+
+def test_an_unknown_task_is_a_404_page_with_a_way_back_and_no_buttons(
+    client: FlaskClient,
+) -> None:
+    html = page(client, "/tasks/ghost", 404)
+    assert "No task with id <code>ghost</code>." in html
+    elements = Elements(html)
+    assert elements.by_id["task-missing"]["tag"] == "p"
+    assert 'href="/"' in html
+    assert "cancel" not in elements.by_id and "retry" not in elements.by_id
+    assert "/static/dashboard/task.js" not in assets(html)
+
+
+def test_a_task_page_shows_a_long_impossible_id_cut_short(client: FlaskClient) -> None:
+    html = page(client, "/tasks/" + "a" * 10_000, 404)
+    assert "No task with id <code>" + "a" * 40 + "...</code>" in html
+    assert "a" * 41 not in html.split("<main", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "buttons"),
+    [
+        ("QUEUED", {"cancel"}),
+        ("RUNNING", {"cancel"}),
+        ("COMPLETED", set()),
+        ("FAILED", {"retry"}),
+        ("UPSTREAM_FAILED", {"retry"}),
+        ("CANCELLED", {"retry"}),
+    ],
+)
+def test_a_task_page_shows_the_buttons_its_status_allows(
+    client: FlaskClient, status: str, buttons: set[str]
+) -> None:
+    submit(client, "t")
+    set_status(client, status, "t")
+    assert shown_buttons(client, "t") == buttons
+    html = page(client, "/tasks/t")
+    assert f'<span id="task-status" class="badge" data-status="{status}">{status}</span>' in html
+
+
+def test_a_task_held_back_by_a_failure_points_to_the_task_to_retry(client: FlaskClient) -> None:
+    submit(client, "root")
+    set_status(client, "FAILED", "root")
+    submit(client, "child", "root")  # born UPSTREAM_FAILED behind the failure
+    assert client.get("/api/tasks/child").get_json()["status"] == "UPSTREAM_FAILED"
+    assert shown_buttons(client, "child") == set()
+    elements = Elements(page(client, "/tasks/child"))
+    assert elements.shown("retry-instead")
+    assert elements.by_id["retry-instead-link"]["href"] == "/tasks/root"
+
+
+def test_the_actions_read_agrees_with_what_cancel_and_retry_do(client: FlaskClient) -> None:
+    for status in Status:
+        for action in ("cancel", "retry"):
+            task_id = f"{status.value.lower()}-{action}"
+            submit(client, task_id)
+            set_status(client, status.value, task_id)
+            said = client.get(f"/dashboard/actions/{task_id}").get_json()
+            assert said["status"] == status.value
+            done = client.post(f"/api/tasks/{task_id}/{action}")
+            assert done.status_code == (200 if said[action] else 409), (status, action)
+
+
+def test_the_actions_read_of_an_unknown_task_is_a_404(client: FlaskClient) -> None:
+    body = assert_error(client.get("/dashboard/actions/nope"), 404, "not_found")
+    assert body["details"] == {"id": "nope"}
+
+
+def test_a_task_page_links_its_batch_to_the_filtered_list(client: FlaskClient) -> None:
+    one = {"id": "in-batch", "type": "simulate", "duration_ms": 1}
+    answer = client.post("/api/tasks/batch", json={"tasks": [one]}).get_json()
+    elements = Elements(page(client, "/tasks/in-batch"))
+    assert elements.shown("task-batch")
+    assert elements.by_id["batch-link"]["href"] == f"/?batch_id={answer['batch_id']}"
+    submit(client, "alone")
+    assert not Elements(page(client, "/tasks/alone")).shown("task-batch")
+
+
+def test_the_overview_starts_with_the_filters_of_its_url(client: FlaskClient) -> None:
+    elements = Elements(page(client, "/?batch_id=abc123&status=failed&type=etl"))
+    assert elements.by_id["filter-batch"]["value"] == "abc123"
+    assert elements.by_id["filter-type"]["value"] == "etl"
+    html = page(client, "/?status=failed")
+    assert '<option value="FAILED" selected>' in html
+    assert html.count(" selected>") == 1
+    assert Elements(page(client, "/")).by_id["filter-batch"]["value"] == ""
+
+
+def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFactory) -> None:
+    client = make_app(API_TOKEN="dashboard-test-token-1").test_client()
+    token = {"Authorization": "Bearer dashboard-test-token-1"}
+    one = {"id": "t", "type": "simulate", "duration_ms": 1}
+    assert client.post("/api/tasks/batch", json={"tasks": [one]}, headers=token).status_code == 201
+    # Without the token, known and unknown ids get the same page, which its script fills in.
+    for task_id in ("t", "ghost"):
+        elements = Elements(page(client, f"/tasks/{task_id}"))
+        assert elements.by_id["task-status"]["data-status"] == ""
+        assert not elements.shown("task-batch")
+        assert not elements.shown("cancel") and not elements.shown("retry")
+    assert client.get("/tasks/ghost", headers=token).status_code == 404
+    known = client.get("/tasks/t", headers=token)
+    assert known.status_code == 200
+    assert Elements(known.get_data(as_text=True)).shown("cancel")
 
 
 def test_the_static_files_are_served_and_fetch_nothing_remote(client: FlaskClient) -> None:
+    submit(client, "x")
     names = set(assets(page(client, "/")) + assets(page(client, "/tasks/x")))
     assert len(names) == 5
     for path in names:

@@ -403,6 +403,7 @@ PATH_IDS = [
     get("blockers-id-129-chars", f"/api/tasks/{'a' * 129}/blockers", 404, "not_found", r"task ids use"),
     get("blockers-id-dot-dot", "/api/tasks/../blockers", 404, "not_found", r"'\.\.'; task ids use"),
     get("graph-id-with-nul", "/dashboard/graph/a%00", 404, "not_found", r"task ids use"),
+    get("actions-id-with-nul", "/dashboard/actions/a%00", 404, "not_found", r"task ids use"),
     Case("cancel-id-with-nul", "POST", "/api/tasks/a%00/cancel", 404, "not_found", r"'a\\x00'; task ids use"),
     Case("cancel-id-with-space", "POST", "/api/tasks/a%20/cancel", 404, "not_found", r"task ids use"),
     Case("cancel-id-129-chars", "POST", f"/api/tasks/{'a' * 129}/cancel", 404, "not_found", r"task ids use"),
@@ -465,6 +466,7 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/tasks/<task_id>": ("/tasks/a", frozenset({"GET"})),
     "/dashboard/counts": ("/dashboard/counts", frozenset({"GET"})),
     "/dashboard/graph/<task_id>": ("/dashboard/graph/a", frozenset({"GET"})),
+    "/dashboard/actions/<task_id>": ("/dashboard/actions/a", frozenset({"GET"})),
 }
 
 

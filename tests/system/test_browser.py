@@ -30,12 +30,16 @@ def test_a_graph_turns_green_and_a_failed_task_is_retried(
     p.wait_for_selector(f'{node}[data-status="COMPLETED"]', timeout=30_000)
     extract = p.get_attribute('[data-task-id="extract"]', "data-status")
     assert extract == "COMPLETED"
+    # Finished: neither action can succeed, so neither button shows once the page catches up.
+    p.wait_for_selector("#cancel", state="hidden", timeout=10_000)
+    assert not p.is_visible("#retry")
     if SCREENSHOTS is not None:
         p.screenshot(path=str(SCREENSHOTS / "dashboard-task.png"), full_page=True)
 
     server.wait_status("broken", "FAILED")
     p.goto(f"{server.base_url}/tasks/broken")
     p.wait_for_selector('[data-task-id="broken"][data-status="FAILED"]', timeout=10_000)
+    assert not p.is_visible("#cancel")
     p.get_by_role("button", name="Retry").click()
     # The retried task fails again (payload.fail): its attempts show the second run.
     retried = poll(
@@ -44,5 +48,19 @@ def test_a_graph_turns_green_and_a_failed_task_is_retried(
         "the retried task to run again",
     )
     assert retried["error_code"] == "handler_error"
+    # One attempt per run, two runs: the page says so rather than "2 / 1".
+    p.wait_for_selector('#details dd:text-is("2 (up to 1 per run)")', timeout=10_000)
+    p.wait_for_selector("#retry", state="visible", timeout=10_000)
     p.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+    # The batch link lists the batch's three tasks.
+    p.click("#batch-link")
+    p.wait_for_url(f"{server.base_url}/?batch_id=*")
+    p.wait_for_function("document.querySelectorAll('#task-rows tr').length === 3")
+    assert p.input_value("#filter-batch") == p.url.split("batch_id=", 1)[1]
+
+    missing = p.goto(f"{server.base_url}/tasks/ghost")
+    assert missing is not None and missing.status == 404
+    assert p.text_content("#task-missing").startswith("No task with id ghost.")
+    assert p.locator("button#retry").count() == 0

@@ -178,6 +178,22 @@ var Dash = (function () {
     return isNaN(date.getTime()) ? String(value) : date.toLocaleString();
   }
 
+  // A run is what the submit, and then each retry, starts: at most max_attempts attempts.
+  var ATTEMPTS_NOTE =
+    "Attempts started in all; this count never goes down. A run starts at the submit and " +
+    "again at each retry, and makes at most max_attempts attempts.";
+
+  /** A task's attempts for people: "2 (up to 1 per run)" after one retry, never "2 / 1". */
+  function attempts(task) {
+    var text = String(task.attempts);
+    return task.max_attempts ? text + " (up to " + task.max_attempts + " per run)" : text;
+  }
+
+  /** The overview's URL listing the tasks of one batch. */
+  function batchUrl(batchId) {
+    return "/?batch_id=" + encodeURIComponent(batchId);
+  }
+
   /** Run `tick` now and then every `ms`, never overlapping; skip while the tab is hidden. */
   function poll(tick, ms) {
     var busy = false;
@@ -202,6 +218,9 @@ var Dash = (function () {
     clear: clear,
     show: show,
     taskUrl: taskUrl,
+    batchUrl: batchUrl,
+    attempts: attempts,
+    ATTEMPTS_NOTE: ATTEMPTS_NOTE,
     apiTaskUrl: apiTaskUrl,
     fetchJson: fetchJson,
     errorText: errorText,

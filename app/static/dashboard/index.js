@@ -14,6 +14,7 @@
   var form = document.getElementById("filters");
   var statusInput = document.getElementById("filter-status");
   var typeInput = document.getElementById("filter-type");
+  var batchInput = document.getElementById("filter-batch");
 
   // cursors[i] opens page i; null opens the first page.
   var cursors = [null];
@@ -38,15 +39,24 @@
     });
   }
 
-  function query(cursor) {
+  /** The filters the form holds, as query parameters. */
+  function filters() {
     var params = new URLSearchParams();
-    params.set("limit", String(PAGE_SIZE));
     if (statusInput.value) {
       params.set("status", statusInput.value);
     }
     if (typeInput.value.trim()) {
       params.set("type", typeInput.value.trim());
     }
+    if (batchInput.value.trim()) {
+      params.set("batch_id", batchInput.value.trim());
+    }
+    return params;
+  }
+
+  function query(cursor) {
+    var params = filters();
+    params.set("limit", String(PAGE_SIZE));
     if (cursor) {
       params.set("cursor", cursor);
     }
@@ -63,8 +73,7 @@
     statusCell.appendChild(el("span", { class: "badge", "data-status": task.status }, task.status));
     tr.appendChild(statusCell);
     tr.appendChild(el("td", null, task.priority));
-    var attempts = task.attempts + (task.max_attempts ? " / " + task.max_attempts : "");
-    tr.appendChild(el("td", null, attempts));
+    tr.appendChild(el("td", { title: Dash.ATTEMPTS_NOTE }, Dash.attempts(task)));
     tr.appendChild(el("td", { title: task.created_at }, Dash.time(task.created_at)));
     tr.appendChild(el("td", { title: task.updated_at }, Dash.time(task.updated_at)));
     return tr;
@@ -94,14 +103,7 @@
   }
 
   function saveFilters() {
-    var params = new URLSearchParams();
-    if (statusInput.value) {
-      params.set("status", statusInput.value);
-    }
-    if (typeInput.value.trim()) {
-      params.set("type", typeInput.value.trim());
-    }
-    var search = params.toString();
+    var search = filters().toString();
     window.history.replaceState(null, "", search ? "?" + search : window.location.pathname);
   }
 
@@ -141,9 +143,8 @@
     });
   });
 
-  var initial = new URLSearchParams(window.location.search);
-  statusInput.value = initial.get("status") || "";
-  typeInput.value = initial.get("type") || "";
+  // The server wrote the URL's filters into the form: a link such as /?batch_id=... lists
+  // that batch.
   Dash.poll(refreshCounts, 2000);
   loadPage();
 })();

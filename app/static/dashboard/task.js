@@ -1,4 +1,5 @@
-/* One task: details and blockers every 2 s, Cancel and Retry, the graph every second. */
+/* One task: details, blockers and the actions that would succeed every 2 s, the graph
+ * every second. Cancel and Retry show only where the server says they would succeed. */
 "use strict";
 
 (function () {
@@ -15,6 +16,12 @@
   var actionMessage = document.getElementById("action-message");
   var cancelButton = document.getElementById("cancel");
   var retryButton = document.getElementById("retry");
+  var retryInstead = document.getElementById("retry-instead");
+  var retryInsteadLink = document.getElementById("retry-instead-link");
+  var found = document.getElementById("task-found");
+  var missing = document.getElementById("task-missing");
+  var batchLine = document.getElementById("task-batch");
+  var batchLink = document.getElementById("batch-link");
   var graphBox = document.getElementById("graph");
   var graphNote = document.getElementById("graph-note");
 
@@ -31,7 +38,6 @@
     ["retry_backoff_ms", "Retry backoff (ms)"],
     ["trigger_rule", "Trigger rule"],
     ["dependencies", "Dependencies"],
-    ["batch_id", "Batch"],
     ["worker", "Worker"],
     ["created_at", "Created"],
     ["updated_at", "Updated"],
@@ -67,6 +73,11 @@
           }
           dd.appendChild(taskLink(id));
         });
+      } else if (field[0] === "attempts") {
+        dd.textContent = Dash.attempts(task);
+        dd.setAttribute("title", Dash.ATTEMPTS_NOTE);
+      } else if (field[0] === "max_attempts") {
+        dd.textContent = value + " per run (the submit starts a run, and so does each retry)";
       } else if (TIMES[field[0]]) {
         dd.textContent = value ? Dash.time(value) + " (" + value + ")" : "-";
       } else {
@@ -77,7 +88,22 @@
     errorText.textContent = task.error ? String(task.error) : "-";
     payload.textContent = json(task.payload);
     result.textContent = json(task.result);
-    // The buttons stay enabled: the API decides, and its 409 sentence says why not.
+    batchLine.hidden = !task.batch_id;
+    if (task.batch_id) {
+      batchLink.textContent = task.batch_id;
+      batchLink.setAttribute("href", Dash.batchUrl(task.batch_id));
+    }
+  }
+
+  /** Show the buttons the server's rules allow now; a race can still refuse one. */
+  function renderChoices(can) {
+    cancelButton.hidden = !can.cancel;
+    retryButton.hidden = !can.retry;
+    retryInstead.hidden = !can.retry_instead;
+    if (can.retry_instead) {
+      retryInsteadLink.textContent = can.retry_instead;
+      retryInsteadLink.setAttribute("href", Dash.taskUrl(can.retry_instead));
+    }
   }
 
   function renderBlockers(answer) {
@@ -118,7 +144,16 @@
     return Promise.all([
       Dash.fetchJson(Dash.apiTaskUrl(taskId)),
       Dash.fetchJson(Dash.apiTaskUrl(taskId) + "/blockers"),
+      Dash.fetchJson("/dashboard/actions/" + encodeURIComponent(taskId)),
     ]).then(function (answers) {
+      // Unknown (or deleted meanwhile): say so, and offer nothing to act on.
+      var gone = answers[0].status === 404;
+      missing.hidden = !gone;
+      found.hidden = gone;
+      if (gone) {
+        Dash.show(taskError, "");
+        return;
+      }
       if (!answers[0].ok || !answers[0].body) {
         Dash.show(taskError, Dash.errorText(answers[0]));
         return;
@@ -127,6 +162,9 @@
       renderTask(answers[0].body);
       if (answers[1].ok && answers[1].body) {
         renderBlockers(answers[1].body);
+      }
+      if (answers[2].ok && answers[2].body) {
+        renderChoices(answers[2].body);
       }
     });
   }
@@ -146,6 +184,14 @@
     });
   }
 
+  function doneText(action, task) {
+    if (action === "retry") {
+      return "Queued again.";
+    }
+    // A running task is asked to stop; it ends CANCELLED, or COMPLETED if it finishes first.
+    return task && task.status === "RUNNING" ? "Asked to stop." : "Cancelled.";
+  }
+
   function act(action, button) {
     button.disabled = true;
     actionMessage.className = "message";
@@ -155,7 +201,7 @@
       .then(function (answer) {
         if (answer.ok) {
           actionMessage.className = "message ok";
-          Dash.show(actionMessage, action === "cancel" ? "Cancelled." : "Queued again.");
+          Dash.show(actionMessage, doneText(action, answer.body));
         } else {
           actionMessage.className = "message error";
           Dash.show(actionMessage, Dash.errorText(answer));
