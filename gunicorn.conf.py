@@ -7,7 +7,6 @@ exclusive whatever the count.
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import time
@@ -15,8 +14,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.config import Settings
 from app.runtime.shutdown import REPEAT_WINDOW_S
+from app.startup import checked_settings
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -53,20 +52,26 @@ def _queued(listener: Any) -> bool:
     return bool(poller.poll(0))
 
 
-settings = Settings.from_env()
+# A bad setting, or a handler module that cannot load, stops the master here: one line, exit 2.
+settings = checked_settings()
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# An IPv6 address is bound in brackets: HOST=:: gives [::]:3000.
+host = f"[{settings.host}]" if ":" in settings.host.strip("[]") else settings.host
+bind = f"{host}:{settings.port}"
+workers = settings.web_concurrency
 worker_class = DrainingThreadWorker
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = settings.gunicorn_threads
 # Running tasks get SHUTDOWN_GRACE_S to finish; gunicorn must not kill the worker first.
 graceful_timeout = settings.shutdown_grace_s + 10
 timeout = 60
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+accesslog = settings.gunicorn_access_log or None
 # The default format's %(u)s is the user name of a Basic Authorization header, where some
 # clients put an API token: it stays out of the log.
 access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
+if settings.log_format == "json":
+    # The error and access logs as JSON lines, like the app's own.
+    logger_class = "app.serverlogs.JsonLogger"
 # The default control socket is one path per user, shared by every gunicorn on the host.
 control_socket_disable = True
 

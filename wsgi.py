@@ -1,9 +1,25 @@
 """The WSGI entry point: `gunicorn -c gunicorn.conf.py wsgi:app`.
 
 Importing this module builds the app but starts no scheduler; gunicorn's
-`post_worker_init` hook (gunicorn.conf.py) starts it in the serving process.
+`post_worker_init` hook (gunicorn.conf.py) starts it in the serving process. A bad
+setting stops the process with one line and exit status 2 (`flask ...` commands load
+the app from here too).
 """
 
-from app import create_app
+import sys
 
-app = create_app()
+from app import create_app
+from app.config import ConfigError
+from app.startup import error_line, fail
+
+try:
+    app = create_app()
+except ConfigError as error:
+    if "gunicorn.arbiter" not in sys.modules:
+        fail(error)
+    # A gunicorn worker: the master checked the settings before it started, so they changed
+    # since. Exiting here would only make the master start another worker; on this error
+    # gunicorn prints the line and halts.
+    from gunicorn.errors import AppImportError
+
+    raise AppImportError(error_line(error)) from None

@@ -100,9 +100,15 @@ def load_modules(registry: Registry, modules: str) -> None:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
-            message = f"TASK_HANDLERS names {name!r}, which cannot be imported: {exc}"
+            message = (
+                f"TASK_HANDLERS names {name!r}, which cannot be imported ({exc}): "
+                "list importable module paths, comma-separated"
+            )
             raise ConfigError(message) from None
         register = getattr(module, "register", None)
         if not callable(register):
-            raise ConfigError(f"TASK_HANDLERS module {name!r} has no register(registry) function")
+            raise ConfigError(
+                f"TASK_HANDLERS module {name!r} has no register(registry) function: "
+                "add one, or leave the module out of TASK_HANDLERS"
+            )
         register(registry)

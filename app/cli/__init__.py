@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import click
+import logging
+
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app import parts
 from app.cli.tasks import tasks_cli
 
+log = logging.getLogger(__name__)
+
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
 
 
 @scheduler_cli.command("run")
 def run_scheduler() -> None:
-    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
+    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0.
+
+    Its lines are log lines (stderr; JSON with LOG_FORMAT=json), like a server's.
+    """
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
     scheduler = parts.scheduler()
@@ -23,11 +29,11 @@ def run_scheduler() -> None:
     scheduler.start()
     stop.start()
     if scheduler.id is None:
-        click.echo(f"scheduler waiting for the database: {scheduler.unregistered_because}")
+        log.info("scheduler waiting for the database: %s", scheduler.unregistered_because)
     else:
-        click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+        log.info("scheduler %s running %s slots", scheduler.id, scheduler.max_concurrent)
     stop.wait()
-    click.echo("scheduler stopped")
+    log.info("scheduler stopped")
     leave_lingering_handlers(scheduler)
 
 
