@@ -52,12 +52,16 @@ def _queued(listener: Any) -> bool:
     return bool(poller.poll(0))
 
 
+def _address(host: str, port: int) -> str:
+    """Return `host:port` for gunicorn's bind; an IPv6 address goes in brackets ([::]:3000)."""
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 # A bad setting, or a handler module that cannot load, stops the master here: one line, exit 2.
 settings = checked_settings()
 
-# An IPv6 address is bound in brackets: HOST=:: gives [::]:3000.
-host = f"[{settings.host}]" if ":" in settings.host.strip("[]") else settings.host
-bind = f"{host}:{settings.port}"
+bind = _address(settings.host, settings.port)
 workers = settings.web_concurrency
 worker_class = DrainingThreadWorker
 threads = settings.gunicorn_threads

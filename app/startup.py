@@ -7,6 +7,7 @@ import os
 import sys
 from typing import NoReturn
 
+from app import logs
 from app.config import ConfigError, Settings
 from app.handlers import Registry, load_modules
 from app.logs import JsonFormatter
@@ -38,7 +39,13 @@ def checked_settings() -> Settings:
     """
     try:
         settings = Settings.from_env()
-        load_modules(Registry(strict=settings.strict_task_types), settings.task_handlers)
+        logs.configure(settings.log_format)
+        # Quietly: the worker loads them again and logs what they say then.
+        logging.disable(logging.WARNING)
+        try:
+            load_modules(Registry(strict=settings.strict_task_types), settings.task_handlers)
+        finally:
+            logging.disable(logging.NOTSET)
     except ConfigError as error:
         fail(error)
     return settings
