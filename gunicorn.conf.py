@@ -31,8 +31,8 @@ metrics_dir = Path(os.environ[METRICS_DIR_VARIABLE])
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
-from app.config import Settings  # noqa: E402
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
+from app.startup import checked_settings  # noqa: E402
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -69,20 +69,30 @@ def _queued(listener: Any) -> bool:
     return bool(poller.poll(0))
 
 
-settings = Settings.from_env()
+def _address(host: str, port: int) -> str:
+    """Return `host:port` for gunicorn's bind; an IPv6 address goes in brackets ([::]:3000)."""
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{settings.port}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# A bad setting, or a handler module that cannot load, stops the master here: one line, exit 2.
+settings = checked_settings()
+
+bind = _address(settings.host, settings.port)
+workers = settings.web_concurrency
 worker_class = DrainingThreadWorker
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = settings.gunicorn_threads
 # Running tasks get SHUTDOWN_GRACE_S to finish; gunicorn must not kill the worker first.
 graceful_timeout = settings.shutdown_grace_s + 10
 timeout = 60
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+accesslog = settings.gunicorn_access_log or None
 # The default format's %(u)s is the user name of a Basic Authorization header, where some
 # clients put an API token: it stays out of the log.
 access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
+if settings.log_format == "json":
+    # The error and access logs as JSON lines, like the app's own.
+    logger_class = "app.serverlogs.JsonLogger"
 # The default control socket is one path per user, shared by every gunicorn on the host.
 control_socket_disable = True
 

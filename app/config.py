@@ -62,6 +62,25 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _host(name: str, raw: str) -> str:
+    host = raw.strip()
+    if not all(c.isalnum() or c in ".-:[]" for c in host):
+        raise ConfigError(
+            f"{name} must be an address or host name to bind, such as 127.0.0.1 or 0.0.0.0, "
+            f"got {raw!r}"
+        )
+    return host
+
+
+def _folder(name: str, raw: str) -> str:
+    path = raw.strip()
+    if not os.path.isdir(path):
+        raise ConfigError(
+            f"{name} must name an existing folder, got {raw!r}: create it, or leave {name} unset"
+        )
+    return path
+
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -87,6 +106,12 @@ class Settings:
     """Every setting the service reads, with its default (docs/configuration.md#settings)."""
 
     port: int = _setting(3000, _integer(1, 65535), "PORT")
+    # The server's settings (gunicorn.conf.py); 0.0.0.0 or :: opens the API to the network.
+    host: str = _setting("127.0.0.1", _host, "HOST")
+    web_concurrency: int = _setting(1, _integer(1, 256), "WEB_CONCURRENCY")
+    gunicorn_threads: int = _setting(8, _integer(1, 1024), "GUNICORN_THREADS")
+    # Empty: no access log; `-`: standard output; otherwise a file.
+    gunicorn_access_log: str = _setting("", _text, "GUNICORN_ACCESS_LOG")
     database_url: str = _setting("", _database_url, "DATABASE_URL")
     max_concurrent_tasks: int = _setting(3, _integer(1, 1024), "MAX_CONCURRENT_TASKS")
     polling_interval_ms: int = _setting(1000, _integer(1, 3_600_000), "POLLING_INTERVAL")
@@ -98,6 +123,8 @@ class Settings:
     cors_origins: str = _setting("*", _text, "CORS_ORIGINS")
     lease_s: int = _setting(30, _integer(2, 86_400), "LEASE_S")
     task_handlers: str = _setting("", _text, "TASK_HANDLERS")
+    # Read by the example handlers (app/example_handlers.py); checked here to fail at start.
+    task_data_dir: str = _setting("", _folder, "TASK_DATA_DIR")
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")
     retention_days: int = _setting(7, _integer(0, 36_500), "RETENTION_DAYS")
     log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")

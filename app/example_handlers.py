@@ -50,7 +50,10 @@ def register(registry: Registry) -> None:
         return
     root = Path(raw).resolve()
     if not root.is_dir():
-        raise ConfigError(f"TASK_DATA_DIR must name an existing folder, got {raw!r}")
+        raise ConfigError(
+            f"TASK_DATA_DIR must name an existing folder, got {raw!r}: "
+            "create it, or leave TASK_DATA_DIR unset"
+        )
     registry.register("checksum", partial(checksum, root=root))
     registry.register("word_count", partial(word_count, root=root))
 

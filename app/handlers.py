@@ -107,14 +107,17 @@ def load_modules(registry: Registry, modules: str) -> None:
             module = importlib.import_module(name)
         except ImportError as exc:
             message = (
-                f"TASK_HANDLERS names {name!r}, which cannot be imported: {exc} (put the "
+                f"TASK_HANDLERS names {name!r}, which cannot be imported ({exc}): put the "
                 "module in the directory the service starts from, on PYTHONPATH, or in an "
-                "installed package)"
+                "installed package, and list module paths comma-separated"
             )
             raise ConfigError(message) from None
         register = getattr(module, "register", None)
         if not callable(register):
-            raise ConfigError(f"TASK_HANDLERS module {name!r} has no register(registry) function")
+            raise ConfigError(
+                f"TASK_HANDLERS module {name!r} has no register(registry) function: "
+                "add one, or leave the module out of TASK_HANDLERS"
+            )
         register(registry)
 
 

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 from typing import Any
 
 from app.events import stamp
 
-# Task fields a record may carry as extras; the JSON formatter writes them out.
-FIELDS = ("task_id", "type", "attempt", "status", "reason")
+# Fields a record may carry as extras, the JSON formatter writes them out: a task's, then
+# those of gunicorn's access lines (app/serverlogs.py; `status` is then the HTTP status).
+FIELDS = (
+    "task_id",
+    "type",
+    "attempt",
+    "status",
+    "reason",
+    "remote_addr",
+    "method",
+    "path",
+    "query",
+    "bytes",
+    "duration_ms",
+    "user_agent",
+)
 
 
 class TextFormatter(logging.Formatter):
@@ -41,7 +57,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(log_format: str) -> None:
-    """Send logs to stderr as text or JSON; call once per process."""
+    """Send logs to stderr as text or JSON; call once per process.
+
+    Python's warnings become log lines too, and with JSON so do uncaught exceptions, so
+    that nothing else reaches stderr.
+    """
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -52,3 +72,22 @@ def configure(log_format: str) -> None:
         handler._task_scheduler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    if log_format == "json":
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    logging.getLogger("app").critical("uncaught exception", exc_info=(kind, error, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("app").critical(
+        "uncaught exception in thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

@@ -1,5 +1,4 @@
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -8,9 +7,10 @@ from flask import current_app
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Logging is the app's (LOG_FORMAT, set up by create_app): migration lines are written
+# like every other log line, as JSON with LOG_FORMAT=json.
+logging.getLogger("alembic").setLevel(logging.INFO)
+logging.getLogger("flask_migrate").setLevel(logging.INFO)
 logger = logging.getLogger("alembic.env")
 
 

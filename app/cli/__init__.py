@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import click
+import logging
+
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app import parts
 from app.cli.metrics_endpoint import MetricsEndpoint
 from app.cli.tasks import tasks_cli
+from app.config import ConfigError
+from app.startup import fail
+
+log = logging.getLogger(__name__)
 
 scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the HTTP API.")
 
 
 @scheduler_cli.command("run")
 def run_scheduler() -> None:
-    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0."""
+    """Execute tasks until SIGTERM or SIGINT, then drain and exit 0.
+
+    Its lines are log lines (stderr; JSON with LOG_FORMAT=json), like a server's.
+    """
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
     endpoint = _metrics_endpoint()
@@ -25,15 +33,15 @@ def run_scheduler() -> None:
     scheduler.start()
     stop.start()
     if scheduler.id is None:
-        click.echo(f"scheduler waiting for the database: {scheduler.unregistered_because}")
+        log.info("scheduler waiting for the database: %s", scheduler.unregistered_because)
     else:
-        click.echo(f"scheduler {scheduler.id} running {scheduler.max_concurrent} slots")
+        log.info("scheduler %s running %s slots", scheduler.id, scheduler.max_concurrent)
     if endpoint is not None:
-        click.echo(f"metrics at {endpoint.url}")
+        log.info("metrics at %s", endpoint.url)
     stop.wait()
     if endpoint is not None:
         endpoint.close()
-    click.echo("scheduler stopped")
+    log.info("scheduler stopped")
     leave_lingering_handlers(scheduler)
 
 
@@ -48,8 +56,13 @@ def _metrics_endpoint() -> MetricsEndpoint | None:
     try:
         return MetricsEndpoint(parts.metrics(), host, port, token)
     except OSError as exc:
-        click.echo(f"error: metrics_port: cannot serve metrics on {host}:{port}: {exc}", err=True)
-        raise SystemExit(1) from None
+        problem = exc.strerror or exc
+        fail(
+            ConfigError(
+                f"METRICS_PORT: cannot serve metrics on {host}:{port} ({problem}); "
+                "choose a free port, or leave METRICS_PORT unset"
+            )
+        )
 
 
 def register_cli(app: Flask) -> None:

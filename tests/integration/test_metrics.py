@@ -231,6 +231,6 @@ def test_scheduler_run_exits_cleanly_when_the_metrics_port_is_taken(make_app: Ap
         port = taken.getsockname()[1]
         app = make_app(METRICS_PORT=str(port))
         result = app.test_cli_runner().invoke(args=["scheduler", "run"])
-    assert result.exit_code == 1
-    assert f"error: metrics_port: cannot serve metrics on 127.0.0.1:{port}" in result.output
+    assert result.exit_code == 2
+    assert f"error: METRICS_PORT: cannot serve metrics on 127.0.0.1:{port}" in result.output
     assert app.extensions["scheduler"].id is None  # it never started

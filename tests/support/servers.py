@@ -48,7 +48,9 @@ ISOLATED = (
     "METRICS_PORT",
     "METRICS_HOST",
 )
-BLANKED = ("API_TOKEN", "MAX_QUEUED_TASKS", "TASK_HANDLERS", "STRICT_TASK_TYPES")
+BLANKED = ("API_TOKEN", "MAX_QUEUED_TASKS", "TASK_HANDLERS", "STRICT_TASK_TYPES", "TASK_DATA_DIR")
+# No control socket: its default path is per user, shared with every other gunicorn.
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket"]
 
 
 def free_port() -> int:
@@ -147,6 +149,30 @@ def run_flask(db: Path | str, *args: str, **settings: str) -> subprocess.Complet
         timeout=START_TIMEOUT_S,
         check=False,
     )
+
+
+def run_to_exit(
+    argv: list[str], env: dict[str, str], timeout: float = START_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in its own session to its end; past `timeout`, kill its whole group and fail."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{argv} still running after {timeout} s:\n{out}{err}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 class Server:
@@ -306,9 +332,7 @@ class Launcher:
         """
         port = port or free_port()
         env = service_env(db, PORT=str(port), HOST="127.0.0.1", **settings)
-        # No control socket: its default path is per user, shared with every other gunicorn.
-        argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket"]
-        argv.append("wsgi:app")
+        argv = [*GUNICORN, "wsgi:app"]
         server = self._start("gunicorn", argv, env, port)
         if ready is not None:
             server.wait_ready(ready)

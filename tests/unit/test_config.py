@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import runpy
 from pathlib import Path
 
 import pytest
 
 from app import create_app
 from app.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_match_the_spec() -> None:
@@ -23,6 +26,9 @@ def test_defaults_match_the_spec() -> None:
     assert settings.lease_s == 30
     assert settings.metrics_port is None
     assert settings.metrics_host == "127.0.0.1"
+    assert settings.host == "127.0.0.1"  # not every interface: the API may be open
+    assert (settings.web_concurrency, settings.gunicorn_threads) == (1, 8)
+    assert settings.gunicorn_access_log == ""
 
 
 @pytest.mark.parametrize(
@@ -36,6 +42,10 @@ def test_defaults_match_the_spec() -> None:
         ("SQLITE_SYNCHRONOUS", "OFF", "SQLITE_SYNCHRONOUS must be one of"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must be a sqlite:// or postgresql://"),
         ("METRICS_PORT", "0", "METRICS_PORT must be between 1 and 65535"),
+        ("HOST", "localhost:3000/", "HOST must be an address or host name"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be between"),
+        ("GUNICORN_THREADS", "many", "GUNICORN_THREADS must be an integer"),
+        ("TASK_DATA_DIR", "/no/such/folder", "TASK_DATA_DIR must name an existing folder"),
     ],
 )
 def test_an_invalid_value_names_its_variable(name: str, value: str, fragment: str) -> None:
@@ -72,3 +82,27 @@ def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(
     assert app.config["DATABASE_URL"].startswith("sqlite:///")
     assert app.config["DATABASE_URL"].endswith("instance/tasks.db")
     app.extensions["store"].engine.dispose()
+
+
+def _gunicorn_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> dict:
+    """Read gunicorn.conf.py as gunicorn does, in an environment holding only `env`."""
+    monkeypatch.chdir(tmp_path)  # no `.env` to read
+    monkeypatch.setattr(os, "environ", {"PATH": os.environ.get("PATH", ""), **env})
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_gunicorn_binds_127_0_0_1_port_3000_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf = _gunicorn_settings(monkeypatch, tmp_path)
+    assert conf["bind"] == "127.0.0.1:3000"
+    assert (conf["workers"], conf["threads"], conf["accesslog"]) == (1, 8, None)
+
+
+@pytest.mark.parametrize(
+    ("host", "bind"), [("0.0.0.0", "0.0.0.0:8080"), ("::", "[::]:8080"), ("[::1]", "[::1]:8080")]
+)
+def test_gunicorn_binds_host_and_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str, bind: str
+) -> None:
+    assert _gunicorn_settings(monkeypatch, tmp_path, HOST=host, PORT="8080")["bind"] == bind

@@ -1,0 +1,86 @@
+"""A bad setting stops every entry point with one line naming it, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import GUNICORN, free_port, run_to_exit, service_env
+
+BAD_SETTINGS = {
+    "MAX_CONCURRENT_TASKS": {"MAX_CONCURRENT_TASKS": "abc"},
+    "DATABASE_URL": {"DATABASE_URL": "mysql://db/tasks"},
+    "TASK_HANDLERS": {"TASK_HANDLERS": "nosuch.module"},
+    "TASK_DATA_DIR": {"TASK_HANDLERS": "app.example_handlers", "TASK_DATA_DIR": "/no/such/dir"},
+    "API_TOKEN": {"API_TOKEN": "short"},
+    "HOST": {"HOST": "no host"},
+    "WEB_CONCURRENCY": {"WEB_CONCURRENCY": "0"},
+}
+FLASK = [sys.executable, "-m", "flask"]
+ENTRY_POINTS = {
+    "gunicorn": [*GUNICORN, "wsgi:app"],
+    "flask db upgrade": [*FLASK, "db", "upgrade"],
+    "flask tasks list": [*FLASK, "tasks", "list"],
+    "flask scheduler run": [*FLASK, "scheduler", "run"],
+}
+
+
+def _run(argv: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    # A free port: should the setting pass unnoticed, gunicorn starts instead of failing to bind.
+    env = service_env(tmp_path / "tasks.db", PORT=str(free_port()), **settings)
+    return run_to_exit(argv, env)
+
+
+def _assert_one_line(done: subprocess.CompletedProcess[str], variable: str) -> str:
+    shown = f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 2, shown
+    assert done.stdout == "", shown
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, shown
+    assert variable in lines[0], shown
+    return lines[0]
+
+
+# Every bad setting from gunicorn and a `flask` command; two of them from the other commands.
+CASES = [
+    *(("gunicorn", variable) for variable in BAD_SETTINGS),
+    *(("flask tasks list", variable) for variable in BAD_SETTINGS),
+    *(
+        (entry, variable)
+        for entry in ("flask db upgrade", "flask scheduler run")
+        for variable in ("MAX_CONCURRENT_TASKS", "TASK_HANDLERS")
+    ),
+]
+
+
+@pytest.mark.parametrize(("entry", "variable"), CASES)
+def test_a_bad_setting_prints_one_line_and_exits_2(
+    entry: str, variable: str, tmp_path: Path
+) -> None:
+    done = _run(ENTRY_POINTS[entry], tmp_path, **BAD_SETTINGS[variable])
+    assert _assert_one_line(done, variable).startswith(f"error: {variable} ")
+
+
+@pytest.mark.parametrize("entry", ["gunicorn", "flask tasks list"])
+def test_with_log_format_json_the_line_is_json(entry: str, tmp_path: Path) -> None:
+    done = _run(ENTRY_POINTS[entry], tmp_path, LOG_FORMAT="json", API_TOKEN="short")
+    line = json.loads(_assert_one_line(done, "API_TOKEN"))
+    assert line["level"] == "ERROR" and line["message"].startswith("API_TOKEN must be")
+    assert "short" not in line["message"]  # the token is a secret, even a bad one
+
+
+def test_make_run_stops_on_a_short_token(tmp_path: Path) -> None:
+    venv = Path(sys.executable).parents[1]
+    if not (venv / "bin" / ".installed").exists():
+        pytest.skip("the tests do not run in a venv built by `make install`")
+    argv = ["make", "-s", "run", f"VENV={venv}", f"PORT={free_port()}"]
+    done = run_to_exit(argv, service_env(tmp_path / "tasks.db", API_TOKEN="short"))
+    # make adds its own line about the failed recipe, and exits 2 for any failure.
+    ours = [line for line in done.stderr.splitlines() if not line.startswith("make: ")]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(ours) == 1 and ours[0].startswith("error: API_TOKEN must be"), done.stderr
+    assert "Traceback" not in done.stderr
