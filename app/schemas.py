@@ -18,6 +18,18 @@ MAX_DURATION_MS = 86_400_000
 MAX_DEPENDENCIES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024
 TRIGGER_RULES = ("all_success", "all_done")
+BLOCKER_KINDS = ("dependency", "run_at", "backoff", "no_slot", "no_handler", "shutdown")
+# The OpenAPI document turns a field with this metadata key into a reference to the named
+# enum schema (app/http/openapi.py lists them), so a client generator makes one enum of it.
+ENUM = "x-enum"
+TASK_ERROR_CODES = (
+    "handler_error",
+    "timeout",
+    "interrupted",
+    "cancelled",
+    "upstream_failed",
+    "upstream_cancelled",
+)
 
 
 def _identifier(max_length: int) -> list[validate.Validator]:
@@ -109,6 +121,7 @@ class TaskIn(Schema):
     trigger_rule = fields.String(
         allow_none=True,
         validate=validate.OneOf(TRIGGER_RULES, error="Must be all_success or all_done."),
+        metadata={ENUM: "TriggerRule", "description": "Null or absent: all_success."},
     )
 
     @validates("payload")
@@ -123,7 +136,7 @@ class TaskOut(Schema):
     id = fields.String()
     type = fields.String()
     duration_ms = fields.Integer()
-    status = fields.String()
+    status = fields.String(metadata={ENUM: "Status"})
     dependencies = fields.List(fields.String())
     created_at = Timestamp()
     updated_at = Timestamp()
@@ -133,11 +146,18 @@ class TaskOut(Schema):
     retry_backoff_ms = fields.Integer()
     timeout_ms = fields.Integer(allow_none=True)
     run_at = Timestamp(allow_none=True)
-    trigger_rule = fields.String()
+    trigger_rule = fields.String(metadata={ENUM: "TriggerRule"})
     batch_id = fields.String(allow_none=True)
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
-    error_code = fields.String(allow_none=True)
+    error_code = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Why the task failed or was cancelled: "
+            + ", ".join(TASK_ERROR_CODES)
+            + ". An open set: new codes may come, so a client must accept one it does not know."
+        },
+    )
     progress = fields.Integer(allow_none=True)
     attempts = fields.Integer()
     started_at = Timestamp(allow_none=True)
@@ -149,7 +169,7 @@ class TaskStatusOut(Schema):
     """The answer of `GET /api/tasks/<id>/status`."""
 
     id = fields.String()
-    status = fields.String()
+    status = fields.String(metadata={ENUM: "Status"})
 
 
 def validation_details(error: ValidationError) -> dict[str, Any]:
@@ -208,16 +228,13 @@ class BlockerOut(Schema):
     """One reason a task is not running."""
 
     kind = fields.String(
-        required=True,
-        validate=validate.OneOf(
-            ("dependency", "run_at", "backoff", "no_slot", "no_handler", "shutdown")
-        ),
+        required=True, validate=validate.OneOf(BLOCKER_KINDS), metadata={ENUM: "BlockerKind"}
     )
     task_id = fields.String(metadata={"description": "The dependency, for kind dependency."})
     type = fields.String(
         metadata={"description": "The task type no running scheduler can run, for no_handler."}
     )
-    status = fields.String(metadata={"description": "The dependency's status."})
+    status = fields.String(metadata={ENUM: "Status", "description": "The dependency's status."})
     until = Timestamp(metadata={"description": "When the wait ends, for run_at and backoff."})
 
 
@@ -225,32 +242,51 @@ class BlockersOut(Schema):
     """The answer of `GET /api/tasks/<id>/blockers`."""
 
     id = fields.String(required=True)
-    status = fields.String(required=True)
+    status = fields.String(required=True, metadata={ENUM: "Status"})
     blockers = fields.List(fields.Nested(BlockerOut), required=True)
     root_causes = fields.List(fields.String(), required=True)
+
+
+class DatabaseHealth(Schema):
+    """The database's part of `GET /health`."""
+
+    dialect = fields.String(required=True, metadata={"description": "sqlite or postgresql."})
+    status = fields.String(required=True, metadata={ENUM: "DatabaseStatus"})
+    reason = fields.String(
+        metadata={
+            "description": "When not ok: a stable code such as shutting_down or disk_full. "
+            "An open set: new codes may come."
+        }
+    )
+    error = fields.String(metadata={"description": "When not ok: what is wrong, in words."})
+
+
+class SchedulerHealth(Schema):
+    """The scheduler's part of `GET /health`: only `state` when it is disabled."""
+
+    state = fields.String(required=True, metadata={ENUM: "SchedulerState"})
+    instance = fields.String(metadata={"description": "This scheduler's instance id."})
+    max_concurrent = fields.Integer(metadata={"description": "Its MAX_CONCURRENT_TASKS."})
+    running = fields.Integer(metadata={"description": "The attempts it is executing."})
+    types = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "The task types it claims; null: every type."},
+    )
+    problem = fields.String(
+        metadata={"description": "What keeps it from its job, when something does."}
+    )
+    listening = fields.Boolean(
+        metadata={"description": "On PostgreSQL: whether notifications reach it."}
+    )
 
 
 class HealthOut(Schema):
     """The answer of `GET /health`."""
 
-    status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
-    database = fields.Dict(
-        required=True,
-        metadata={
-            "description": "dialect and status (ok, unreachable or refusing_writes); when not "
-            "ok, reason (a stable code such as shutting_down or disk_full) and error (what is "
-            "wrong, in words)."
-        },
-    )
-    scheduler = fields.Dict(
-        required=True,
-        metadata={
-            "description": "state and, when enabled, instance, max_concurrent, running, "
-            "types (the task types it claims; null: every type), problem (what keeps it from "
-            "its job, when something does) and, on PostgreSQL, listening (whether "
-            "notifications reach it)."
-        },
-    )
+    status = fields.String(required=True, metadata={ENUM: "HealthStatus"})
+    database = fields.Nested(DatabaseHealth, required=True)
+    scheduler = fields.Nested(SchedulerHealth, required=True)
 
 
 _task_in = TaskIn()

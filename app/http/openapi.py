@@ -12,13 +12,18 @@ from app.errors import ApiError
 from app.http.errors import HTTP_CODES
 from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from app.schemas import (
+    BLOCKER_KINDS,
+    ENUM,
     ID_PATTERN,
+    TRIGGER_RULES,
     BatchIn,
     BatchOut,
     BlockerOut,
     BlockersOut,
+    DatabaseHealth,
     ErrorOut,
     HealthOut,
+    SchedulerHealth,
     TaskIn,
     TaskOut,
     TaskStatusOut,
@@ -46,6 +51,30 @@ DESCRIPTION = (
     "same submission with the same id, answered as a replay if it was stored) or "
     "`507 storage_full` (nothing stored; space must be freed first)."
 )
+# The license of setup.cfg's metadata, as an SPDX identifier.
+LICENSE = {"name": "MIT", "identifier": "MIT"}
+# Relative to the document: the server that serves it serves the API.
+SERVERS = [{"url": "/", "description": "The server that serves this document."}]
+# The closed sets of values, each one enum schema that every field holding it refers to.
+ENUMS: dict[str, tuple[str, list[str]]] = {
+    "Status": ("Where a task is in its life.", [s.value for s in Status]),
+    "TriggerRule": (
+        "When a task with dependencies may run: all_success once every dependency "
+        "completed, all_done once every dependency is terminal, whatever the outcome.",
+        list(TRIGGER_RULES),
+    ),
+    "BlockerKind": ("Why a task is not running.", list(BLOCKER_KINDS)),
+    "HealthStatus": ("ok: the database and the scheduler can do their job.", ["ok", "unavailable"]),
+    "DatabaseStatus": (
+        "unreachable: a read fails; refusing_writes: reads work, but the last write was "
+        "refused and none has committed since.",
+        ["ok", "unreachable", "refusing_writes"],
+    ),
+    "SchedulerState": (
+        "stopped: this process runs no scheduler loop; disabled: SCHEDULER_ENABLED is false.",
+        ["starting", "running", "draining", "stopped", "disabled"],
+    ),
+}
 BEARER = {
     "type": "http",
     "scheme": "bearer",
@@ -66,8 +95,8 @@ LIST_PARAMETERS = [
     {
         "name": "status",
         "in": "query",
-        "description": "Only tasks in this status.",
-        "schema": {"type": "string", "enum": [s.value for s in Status]},
+        "description": "Only tasks in this status, in any case (`failed` is `FAILED`).",
+        "schema": {"$ref": "#/components/schemas/Status"},
     },
     {
         "name": "type",
@@ -349,7 +378,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "openapi_document",
                 "This document",
                 {
-                    "200": {"description": "The OpenAPI document.", "content": {JSON: {}}},
+                    "200": _json({"type": "object"}, "The OpenAPI document."),
                     **_errors("none", public=True, e400=bad_parameter),
                 },
                 security=[],  # public, even with API_TOKEN set
@@ -381,10 +410,13 @@ def build_spec() -> dict[str, Any]:
         version=API_VERSION,
         openapi_version=OPENAPI_VERSION,
         plugins=[marshmallow],
-        info={"description": DESCRIPTION},
+        info={"description": DESCRIPTION, "license": LICENSE},
+        servers=SERVERS,
         security=SECURITY,
     )
     marshmallow.map_to_openapi_type(Timestamp, "string", "date-time")
+    for name, (description, values) in ENUMS.items():
+        spec.components.schema(name, {"type": "string", "enum": values, "description": description})
     spec.components.schema("Error", schema=ErrorOut)
     spec.components.schema("TaskIn", schema=TaskIn)
     spec.components.schema("TaskOut", schema=TaskOut)
@@ -394,6 +426,8 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("BatchOut", schema=BatchOut)
     spec.components.schema("BlockerOut", schema=BlockerOut)
     spec.components.schema("BlockersOut", schema=BlockersOut)
+    spec.components.schema("DatabaseHealth", schema=DatabaseHealth)
+    spec.components.schema("SchedulerHealth", schema=SchedulerHealth)
     spec.components.schema("HealthOut", schema=HealthOut)
     spec.components.security_scheme("bearerAuth", BEARER)
     for name, (description, headers) in SHARED_RESPONSES.items():
@@ -405,10 +439,30 @@ def build_spec() -> dict[str, Any]:
     document = spec.to_dict()
     schemas = document["components"]["schemas"]
     schemas["Error"]["properties"]["code"]["enum"] = error_codes()
-    for name in ("TaskOut", "TaskSummary", "TaskStatusOut", "BlockersOut"):
-        schemas[name]["properties"]["status"]["enum"] = [s.value for s in Status]
+    for schema in schemas.values():
+        _refer_to_enums(schema.get("properties", {}))
     _portable_patterns(document)
     return document
+
+
+def _refer_to_enums(properties: dict[str, Any]) -> None:
+    """Replace each property marked with an enum's name by a reference to that enum schema.
+
+    A nullable one becomes `anyOf` the enum and `null`: a type list with `null` in the enum
+    makes client generators write one enum class per variant.
+    """
+    for name, prop in properties.items():
+        enum = prop.pop(ENUM, None)
+        if enum is None:
+            continue
+        assert enum in ENUMS, f"{name}: no enum schema {enum}"
+        ref: dict[str, Any] = {"$ref": f"#/components/schemas/{enum}"}
+        types = prop.get("type")
+        nullable = isinstance(types, list) and "null" in types
+        replaced = {"anyOf": [ref, {"type": "null"}]} if nullable else ref
+        if "description" in prop:
+            replaced["description"] = prop["description"]
+        properties[name] = replaced
 
 
 def _portable_patterns(node: Any) -> None:

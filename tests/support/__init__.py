@@ -12,5 +12,8 @@
 - `pgcluster`: a private PostgreSQL cluster to restart and crash;
 - `simulation`: the deterministic simulation of the whole scheduler;
 - `interleave`: two PostgreSQL sessions interleaved at every statement;
-- `sample_handlers`, `ledger_handlers`: handler modules for `TASK_HANDLERS`.
+- `sample_handlers`, `ledger_handlers`: handler modules for `TASK_HANDLERS`;
+- `openapi`: the OpenAPI document's URL, and values checked against its schemas;
+- `openapi_tools`: a client generator and a linter run on the document, and
+  `generated_client_run`, the script that drives a server through the generated client.
 """

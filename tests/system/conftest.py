@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.apps import IN_CI
+from tests.support.openapi_tools import generator_env
 from tests.support.servers import Launcher, copy_db, run_flask
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +63,13 @@ def db(schema: Path, tmp_path: Path) -> Path:
     path = tmp_path / "tasks.db"
     copy_db(schema, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def generator(request: pytest.FixtureRequest) -> Path:
+    """Return the Python of an environment holding openapi-python-client, kept in the pytest
+    cache between runs (built on first use: about 15 s)."""
+    return generator_env(request.config.cache.mkdir("openapi-generator"))
 
 
 @pytest.fixture

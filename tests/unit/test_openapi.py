@@ -6,7 +6,9 @@ tests/integration/test_openapi_answers.py.
 
 from __future__ import annotations
 
+import configparser
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +18,13 @@ from openapi_spec_validator import validate
 
 from app.errors import ApiError
 from app.http.openapi import spec_for
-from app.schemas import TaskIn, TaskOut, TaskStatusOut
+from app.schemas import TASK_ERROR_CODES, BlockerOut, TaskIn, TaskOut, TaskStatusOut
+from app.statuses import Status
 from tests.support.client import assert_error
 from tests.support.openapi import URL, conforms
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
+SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
 
 
 def openapi_path(rule: str) -> str:
@@ -88,7 +92,7 @@ def test_list_parameters_and_headers(document: dict[str, Any]) -> None:
     assert list(parameters) == ["status", "type", "batch_id", "limit", "cursor"]
     assert parameters["limit"]["schema"]["minimum"] == 1
     assert parameters["limit"]["schema"]["maximum"] == 1000
-    assert "FAILED" in parameters["status"]["schema"]["enum"]
+    assert parameters["status"]["schema"] == {"$ref": "#/components/schemas/Status"}
     assert "Link" in listing["responses"]["200"]["headers"]
     submit = document["paths"]["/api/tasks"]["post"]
     assert "Location" in submit["responses"]["201"]["headers"]
@@ -102,6 +106,96 @@ def test_error_codes_cover_every_domain_error(document: dict[str, Any]) -> None:
         assert cls.code in codes
         pending.extend(cls.__subclasses__())
     assert {"method_not_allowed", "internal_error"} <= codes
+
+
+# Every field holding a closed set of values, and the enum schema it refers to.
+ENUM_FIELDS = {
+    ("TaskOut", "status"): "Status",
+    ("TaskSummary", "status"): "Status",
+    ("TaskStatusOut", "status"): "Status",
+    ("BlockersOut", "status"): "Status",
+    ("BlockerOut", "status"): "Status",
+    ("BlockerOut", "kind"): "BlockerKind",
+    ("TaskOut", "trigger_rule"): "TriggerRule",
+    ("TaskSummary", "trigger_rule"): "TriggerRule",
+    ("HealthOut", "status"): "HealthStatus",
+    ("DatabaseHealth", "status"): "DatabaseStatus",
+    ("SchedulerHealth", "state"): "SchedulerState",
+}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def test_closed_sets_are_named_enum_schemas(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for (component, name), enum in ENUM_FIELDS.items():
+        prop = dict(schemas[component]["properties"][name])
+        prop.pop("description", None)
+        assert prop == ref(enum), (component, name)
+        assert schemas[enum]["type"] == "string" and schemas[enum]["enum"], enum
+    assert schemas["Status"]["enum"] == [s.value for s in Status]
+
+
+def test_a_nullable_enum_is_the_enum_or_null(document: dict[str, Any]) -> None:
+    trigger_rule = document["components"]["schemas"]["TaskIn"]["properties"]["trigger_rule"]
+    assert trigger_rule["anyOf"] == [ref("TriggerRule"), {"type": "null"}]
+    assert conforms(document, "TaskIn", {"type": "a", "duration_ms": 1, "trigger_rule": None}) == []
+    assert conforms(document, "TaskIn", {"type": "a", "duration_ms": 1, "trigger_rule": "x"}) != []
+    # `null` inside an `enum` makes client generators write one enum class per variant.
+    stack: list[Any] = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            assert None not in node.get("enum", []), node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def test_enum_schemas_hold_what_the_validators_accept(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for field, enum in (
+        (TaskIn().fields["trigger_rule"], "TriggerRule"),
+        (BlockerOut().fields["kind"], "BlockerKind"),
+    ):
+        (one_of,) = field.validators
+        assert list(one_of.choices) == schemas[enum]["enum"]
+
+
+def test_a_task_error_code_is_an_open_set(document: dict[str, Any]) -> None:
+    error_code = document["components"]["schemas"]["TaskOut"]["properties"]["error_code"]
+    assert error_code["type"] == ["string", "null"]
+    assert "enum" not in error_code
+    for code in TASK_ERROR_CODES:
+        assert code in error_code["description"]
+    assert "open set" in error_code["description"]
+
+
+def test_health_parts_are_typed_objects(document: dict[str, Any]) -> None:
+    health = document["components"]["schemas"]["HealthOut"]["properties"]
+    assert health["database"] == ref("DatabaseHealth")
+    assert health["scheduler"] == ref("SchedulerHealth")
+    ok = {"dialect": "sqlite", "status": "ok"}
+    running = {"state": "running", "instance": "h-1", "max_concurrent": 3, "running": 0}
+    answer = {"status": "ok", "database": ok, "scheduler": {**running, "types": None}}
+    assert conforms(document, "HealthOut", answer) == []
+    disabled = {"status": "ok", "database": ok, "scheduler": {"state": "disabled"}}
+    assert conforms(document, "HealthOut", disabled) == []
+    bad_state = {**answer, "scheduler": {**running, "state": "sleeping"}}
+    assert conforms(document, "HealthOut", bad_state) != []
+    bad_count = {**answer, "scheduler": {**running, "running": "1"}}
+    assert conforms(document, "HealthOut", bad_count) != []
+
+
+def test_servers_and_license(document: dict[str, Any]) -> None:
+    assert document["servers"] == [
+        {"url": "/", "description": "The server that serves this document."}
+    ]
+    metadata = configparser.ConfigParser()
+    metadata.read(SETUP_CFG)
+    assert document["info"]["license"]["identifier"] == metadata["metadata"]["license"]
 
 
 def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
