@@ -26,5 +26,7 @@ except ConfigError as error:
 
     raise AppImportError(error_line(error)) from None
 
+if devserver.running() and app.config["LOG_FORMAT"] == "json":
+    devserver.log_banner()
 if devserver.serving():
     devserver.start(app, app.config["SHUTDOWN_GRACE_S"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 from typing import Any
@@ -38,6 +39,10 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# ANSI SGR sequences (`ESC[31m` and the like).
+COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the task's fields."""
 
@@ -46,7 +51,8 @@ class JsonFormatter(logging.Formatter):
             "time": stamp(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            # Without terminal colours: Flask's development server paints its lines.
+            "message": COLOURS.sub("", record.getMessage()),
         }
         for name in FIELDS:
             if hasattr(record, name):

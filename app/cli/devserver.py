@@ -7,6 +7,7 @@ import signal
 from types import FrameType
 
 import click
+import flask.cli
 from flask import Flask
 from flask.cli import get_debug_flag, run_command
 from werkzeug.serving import is_running_from_reloader
@@ -19,19 +20,38 @@ from app.runtime.shutdown import leave_lingering_handlers
 log = logging.getLogger("app.shutdown")
 
 
+def running() -> bool:
+    """Tell whether this process runs `flask run` (the reloader's parent included)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.command is run_command
+
+
 def serving() -> bool:
     """Tell whether this process serves requests for `flask run`.
 
     With the reloader, `flask run` starts a parent that only watches files and restarts a
     child that serves; only the child may run a scheduler. Other commands never do.
     """
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.command is not run_command:
+    if not running():
         return False
+    ctx = click.get_current_context()
     reload = ctx.params.get("reload")
     if reload is None:  # as `flask run` decides: the reloader comes with --debug
         reload = get_debug_flag()
     return not reload or is_running_from_reloader()
+
+
+def log_banner() -> None:
+    """Write Flask's start-up banner as a log line, so that JSON logs stay JSON."""
+
+    def banner(debug: bool, app_import_path: str | None) -> None:
+        if not is_running_from_reloader():  # the parent said it already
+            mode = "on" if debug else "off"
+            logging.getLogger("app.devserver").info(
+                "serving Flask app %r, debug mode %s", app_import_path, mode
+            )
+
+    flask.cli.show_server_banner = banner
 
 
 def start(app: Flask, grace_s: float) -> Scheduler | None:

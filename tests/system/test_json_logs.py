@@ -77,3 +77,15 @@ def test_flask_scheduler_run_writes_json_lines(launcher: Launcher, db: Path) -> 
     assert scheduler.wait_exit(30) == 0
     said = _messages(_parse(scheduler.log()), "app.cli")
     assert any(" running " in m for m in said) and "scheduler stopped" in said, said
+
+
+def test_flask_run_writes_json_lines(launcher: Launcher, db: Path) -> None:
+    server = launcher.flask_run(db, "--reload", LOG_FORMAT="json")
+    server.submit("a", 10)
+    server.wait_status("a", "COMPLETED")
+    server.signal_group(signal.SIGINT)
+    server.wait_exit(30)
+    lines = _parse(server.log())
+    assert _messages(lines, "app.devserver") == ["serving Flask app 'wsgi', debug mode off"]
+    served = " ".join(_messages(lines, "werkzeug"))
+    assert "Running on http://127.0.0.1:" in served and "\x1b[" not in served
