@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import signal
+import threading
 from types import FrameType
 
 import click
@@ -58,7 +60,10 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     """Start the app's scheduler and drain it when SIGINT or SIGTERM stops the server.
 
     The first signal drains (running tasks get `grace_s`, then go back to the queue) and
-    stops the server as Ctrl-C always did; a second one hurries the drain.
+    stops the server as Ctrl-C always did; a second one hurries the drain. Under the
+    reloader, a code change ends this process from its main thread; the same drain runs
+    then, before Python waits for the pool's threads (which would let a running task go on
+    for as long as it likes, and exit before its outcome was written).
     """
     if not app.config["SCHEDULER_ENABLED"]:
         return None
@@ -79,6 +84,17 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
         leave_lingering_handlers(scheduler)
         raise KeyboardInterrupt
 
+    def drain_before_reload() -> None:
+        nonlocal draining
+        if not draining:
+            draining = True
+            log.info("reloading: draining")
+            scheduler.stop(grace_s)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if is_running_from_reloader():
+        # Called at exit before the pool's own hook, which waits for every running task.
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(drain_before_reload)
     return scheduler

@@ -6,6 +6,7 @@ file, and kills the whole process group at teardown; the logs are printed on fai
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -259,3 +260,23 @@ def test_flask_run_with_the_reloader_runs_a_scheduler_only_in_the_serving_child(
     server.signal_group(SIGINT)
     server.wait_exit(20)
     assert instances(db) == 0
+
+
+def test_a_reload_drains_the_running_task_before_the_new_child_starts(
+    launcher: Launcher, db: Path, tmp_path: Path
+) -> None:
+    trigger = tmp_path / "trigger.txt"
+    trigger.write_text("0")
+    options = ("--reload", "--extra-files", str(trigger))
+    server = launcher.flask_run(db, *options, SHUTDOWN_GRACE_S="30")
+    server.submit("long", 2000)
+    server.wait_status("long", "RUNNING")
+    trigger.write_text("1")
+    later = time.time() + 5  # a later mtime, whatever the file system's resolution
+    os.utime(trigger, (later, later))
+    server.wait_log("reloading: draining")
+    done = server.wait_status("long", "COMPLETED")
+    assert done["attempts"] == 1 and done["error_code"] is None, done
+    server.wait_ready()  # the new child serves, with its own scheduler
+    server.signal_group(SIGINT)
+    server.wait_exit(20)
