@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PORT ?= 3000
 # The PostgreSQL tests use the local server when one answers (CI always has one).
 TEST_DATABASE_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && \
 	echo postgresql://postgres@127.0.0.1:5432/test)
@@ -18,11 +17,12 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed
 
+# Quiet recipes: with LOG_FORMAT=json every line `make run` prints is the service's JSON.
 db-upgrade: install
-	$(BIN)/flask db upgrade
+	@$(BIN)/flask db upgrade
 
 run: db-upgrade
-	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@$(if $(PORT),PORT=$(PORT) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -38,7 +38,7 @@ format: install
 	$(BIN)/ruff format .
 
 integration: install
-	$(BIN)/python scripts/integration_test.py --base-url http://127.0.0.1:$(PORT)
+	$(BIN)/python scripts/integration_test.py --base-url http://127.0.0.1:$(or $(PORT),3000)
 
 # The benchmark suite (bench/run.py): prints the table, writes bench/results/latest.json.
 # BENCH_ARGS=--quick for a one-minute smoke run; `.venv/bin/python -m bench --help` for sizes.

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from tests.support.servers import REQUEST_TIMEOUT_S, Launcher, run_flask
+from tests.support.servers import (
+    REQUEST_TIMEOUT_S,
+    Launcher,
+    run_flask,
+    run_to_exit,
+    service_env,
+)
 
 BASIC_USER, BASIC_SECRET = "someone", "basic-secret-0123456789"
 
@@ -89,3 +97,18 @@ def test_flask_run_writes_json_lines(launcher: Launcher, db: Path) -> None:
     assert _messages(lines, "app.devserver") == ["serving Flask app 'wsgi', debug mode off"]
     served = " ".join(_messages(lines, "werkzeug"))
     assert "Running on http://127.0.0.1:" in served and "\x1b[" not in served
+
+
+def test_make_db_upgrade_prints_json_lines_only(tmp_path: Path) -> None:
+    venv = Path(sys.executable).parents[1]
+    if not (venv / "bin" / ".installed").exists():
+        pytest.skip("the tests do not run in a venv built by `make install`")
+    env = service_env(tmp_path / "fresh.db", LOG_FORMAT="json")
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # as typed in a shell, not a sub-make
+        env.pop(name, None)
+    done = run_to_exit(["make", "db-upgrade", f"VENV={venv}"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = _parse(done.stdout + done.stderr)
+    assert any(
+        m.startswith("Running upgrade") for m in _messages(lines, "alembic.runtime.migration")
+    )
