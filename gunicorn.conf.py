@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ from prometheus_client import multiprocess  # noqa: E402
 
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
 from app.startup import checked_settings  # noqa: E402
+
+# A worker exiting with this status makes the gunicorn master stop ("Worker failed to boot").
+WORKER_BOOT_ERROR = 3
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -153,8 +157,14 @@ def post_worker_init(worker: Any) -> None:
     a drain; ours start the drain at once, stop the worker's loop, and let `worker_exit`
     wait for the drain (or hurry it) instead.
     """
-    from app import start_scheduler
+    from app import parts, start_scheduler
     from app.runtime.shutdown import GracefulStop
+    from app.startup import UNMIGRATED
+    from app.storage.health import unmigrated
+
+    if unmigrated(parts.engine(worker.wsgi)):
+        worker.log.error(UNMIGRATED)
+        sys.exit(WORKER_BOOT_ERROR)  # the master stops, rather than boot another
 
     scheduler = start_scheduler(worker.wsgi)
     if scheduler is not None:

@@ -55,6 +55,13 @@ def _database_url(name: str, raw: str) -> str:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith(("sqlite://", "postgresql+psycopg://")):
         raise ConfigError(f"{name} must be a sqlite:// or postgresql:// URL, got {raw!r}")
+    path = url.removeprefix("sqlite:///").split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    folder = os.path.dirname(path)
+    if path and path != ":memory:" and folder and not os.path.isdir(folder):
+        raise ConfigError(
+            f"{name} names a SQLite file in a folder that does not exist ({folder}): "
+            "create the folder, or name a file in one that exists"
+        )
     return url
 
 

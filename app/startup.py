@@ -16,6 +16,13 @@ from app.logs import JsonFormatter
 EXIT_STATUS = 2
 
 
+# The database answers but was never migrated: every serving command says so, in one line.
+UNMIGRATED = (
+    "DATABASE_URL names a database without the service's tables: run `flask db upgrade` "
+    "first (`make run` does)"
+)
+
+
 def error_line(error: ConfigError) -> str:
     """Return the line reporting `error`: `error: ...`, or a JSON object with LOG_FORMAT=json."""
     # Read raw: the bad setting may be LOG_FORMAT itself, and then the line is text.

@@ -11,7 +11,8 @@ from app import parts
 from app.cli.metrics_endpoint import MetricsEndpoint
 from app.cli.tasks import tasks_cli
 from app.config import ConfigError
-from app.startup import fail
+from app.startup import UNMIGRATED, fail
+from app.storage.health import unmigrated
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def run_scheduler() -> None:
     """
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
+    if unmigrated(parts.engine()):
+        fail(ConfigError(UNMIGRATED))
     endpoint = _metrics_endpoint()
     scheduler = parts.scheduler()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])

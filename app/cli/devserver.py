@@ -15,8 +15,11 @@ from flask.cli import get_debug_flag, run_command
 from werkzeug.serving import is_running_from_reloader
 
 from app import parts
+from app.config import ConfigError
 from app.runtime.scheduler import Scheduler
 from app.runtime.shutdown import leave_lingering_handlers
+from app.startup import UNMIGRATED, fail
+from app.storage.health import unmigrated
 
 # Named like the other stop messages, so that operators' log filters find them.
 log = logging.getLogger("app.shutdown")
@@ -65,6 +68,8 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     then, before Python waits for the pool's threads (which would let a running task go on
     for as long as it likes, and exit before its outcome was written).
     """
+    if unmigrated(parts.engine(app)):
+        fail(ConfigError(UNMIGRATED))
     if not app.config["SCHEDULER_ENABLED"]:
         return None
     scheduler = parts.scheduler(app)

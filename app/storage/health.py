@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.storage import database, dbfaults
@@ -33,3 +33,15 @@ def database_health(engine: Engine) -> dict[str, Any]:
     fault, age_s = refused
     problem = f"writes are refused: {fault.problem} (last refused {age_s:.0f} s ago)"
     return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
+
+
+def unmigrated(engine: Engine) -> bool:
+    """Tell whether the database answers but lacks the tasks table (never migrated).
+
+    False when the database cannot be reached: the service waits for it, as at any time.
+    """
+    try:
+        with engine.connect() as conn:
+            return not inspect(conn).has_table("tasks")
+    except SQLAlchemyError:
+        return False

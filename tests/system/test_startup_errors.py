@@ -86,3 +86,26 @@ def test_make_run_stops_on_a_short_token(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(ours) == 1 and ours[0].startswith("error: API_TOKEN must be"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("entry", ["gunicorn", "flask db upgrade"])
+def test_a_sqlite_file_in_a_missing_folder_is_a_bad_setting(entry: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "tasks.db"
+    done = _run(ENTRY_POINTS[entry], tmp_path, DATABASE_URL=f"sqlite:///{missing}")
+    assert "folder that does not exist" in _assert_one_line(done, "DATABASE_URL")
+
+
+def test_a_database_never_migrated_stops_every_serving_command_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    fix = "run `flask db upgrade` first"
+    for entry in ("flask scheduler run", "flask run"):
+        argv = ENTRY_POINTS.get(entry, [*FLASK, "run", "--port", str(free_port())])
+        assert fix in _assert_one_line(_run(argv, tmp_path), "DATABASE_URL")
+
+    listed = _run(ENTRY_POINTS["flask tasks list"], tmp_path)
+    assert listed.returncode == 1 and fix in listed.stderr, listed.stderr
+
+    served = _run(ENTRY_POINTS["gunicorn"], tmp_path)
+    assert served.returncode == 3, served.stderr  # gunicorn's own status: a worker could not boot
+    assert fix in served.stderr and "Traceback" not in served.stderr, served.stderr

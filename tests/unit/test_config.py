@@ -106,3 +106,12 @@ def test_gunicorn_binds_host_and_port(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str, bind: str
 ) -> None:
     assert _gunicorn_settings(monkeypatch, tmp_path, HOST=host, PORT="8080")["bind"] == bind
+
+
+def test_a_sqlite_file_must_be_in_a_folder_that_exists(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "tasks.db"
+    with pytest.raises(ConfigError, match="folder that does not exist"):
+        Settings.from_env({"DATABASE_URL": f"sqlite:///{missing}"})
+    present = f"sqlite:///{tmp_path / 'tasks.db'}"
+    assert Settings.from_env({"DATABASE_URL": present}).database_url == present
+    assert Settings.from_env({"DATABASE_URL": "sqlite://"}).database_url == "sqlite://"
