@@ -267,10 +267,13 @@ def prune(older_than: timedelta | None, dry_run: bool, yes: bool) -> None:
     age = _human(older_than)
     counts = retention.count_prunable(parts.engine(), older_than)
     total = sum(counts.values())
-    if dry_run or total == 0:
-        verb = "would prune up to" if dry_run else "pruned"
+    if total == 0:
+        click.echo(f"nothing to prune: no finished task older than {age}")
+        return
+    if dry_run:
+        verb = "would prune up to"
         by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
-        click.echo(f"{verb} {_tasks(total)} older than {age}" + (f": {by_status}" if total else ""))
+        click.echo(f"{verb} {_tasks(total)} older than {age}: {by_status}")
         return
     if not yes:
         question = f"Delete up to {_tasks(total)} older than {age}?"
@@ -279,7 +282,9 @@ def prune(older_than: timedelta | None, dry_run: bool, yes: bool) -> None:
                 f"no terminal to confirm deleting up to {_tasks(total)} older than {age}: "
                 "pass --yes to delete them, or --dry-run to only count them."
             )
-        click.confirm(question, abort=True, err=True)
+        if not click.confirm(question, err=True):
+            click.echo("nothing deleted", err=True)
+            raise click.exceptions.Exit(1)
     deleted = retention.prune(parts.engine(), older_than)
     click.echo(f"pruned {_tasks(deleted)} older than {age}")
 

@@ -47,7 +47,8 @@ def wait_and_report(engine: Engine, ids: Sequence[str], timeout_s: float) -> boo
         for task_id in progress.pending[:MAX_LISTED]:
             click.echo(f"  unfinished {task_id}", err=True)
         return False
-    click.echo(f"{len(ids)} tasks finished in {elapsed:.1f} s: {summary}", err=True)
+    noun = "task" if len(ids) == 1 else "tasks"
+    click.echo(f"{len(ids)} {noun} finished in {elapsed:.1f} s: {summary}", err=True)
     failed = [(i, s, e) for i, (s, e) in progress.finished.items() if s != Status.COMPLETED]
     for task_id, status, error in failed[:MAX_LISTED]:
         click.echo(f"  {status} {task_id}" + (f": {error}" if error else ""), err=True)

@@ -195,7 +195,7 @@ def test_wait_exits_0_once_every_task_completed(app: Flask) -> None:
     result = succeed(app, "submit", "--wait", "--timeout", "60", "-", stdin=body)
 
     assert json.loads(result.stdout)["id"] == "a"
-    assert "1 tasks finished" in result.stderr and "1 COMPLETED" in result.stderr
+    assert "1 task finished" in result.stderr and "1 COMPLETED" in result.stderr
     status = app.test_client().get("/api/tasks/a/status").get_json()["status"]
     assert status == "COMPLETED"
 
@@ -367,7 +367,7 @@ def test_prune_with_nothing_to_delete_asks_nothing(app: Flask) -> None:
     submit(app, "queued")
 
     assert succeed(app, "prune", "--older-than", "0").stdout == (
-        "pruned 0 finished tasks older than 0s\n"
+        "nothing to prune: no finished task older than 0s\n"
     )
 
 
@@ -383,6 +383,7 @@ def test_prune_at_a_terminal_asks_first(
 
     assert "Delete up to 1 finished task older than 12h? [y/N]" in result.stderr
     assert result.exit_code == (1 if kept else 0)
+    assert ("nothing deleted" in result.stderr) is kept and "Aborted" not in result.output
     assert (invoke(app, "show", "old").exit_code == 0) is kept
 
 
@@ -412,7 +413,7 @@ def test_a_database_error_is_a_clean_error(app: Flask) -> None:
 
     stderr = assert_cli_error(invoke(app, "list"), "database_error")
 
-    assert "tasks" in stderr
+    assert "run `flask db upgrade` first" in stderr  # no tables: the fix, not SQL
     assert len(stderr.splitlines()) == 1
 
 

@@ -170,7 +170,9 @@ def test_a_task_page_links_its_batch_to_the_filtered_list(client: FlaskClient) -
     assert elements.shown("task-batch")
     assert elements.by_id["batch-link"]["href"] == f"/?batch_id={answer['batch_id']}"
     submit(client, "alone")
-    assert not Elements(page(client, "/tasks/alone")).shown("task-batch")
+    alone = page(client, "/tasks/alone")
+    assert not Elements(alone).shown("task-batch")
+    assert ">None<" not in alone  # the hidden links hold no Python None
 
 
 def test_the_overview_starts_with_the_filters_of_its_url(client: FlaskClient) -> None:
