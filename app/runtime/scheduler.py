@@ -253,6 +253,13 @@ class Scheduler:
             if left is not None:
                 log.info("task %s %s at shutdown", running.claim.id, _AT_SHUTDOWN[left])
             running.stop("shutdown")
+        with self._lock:
+            # Written or requeued: nothing of these attempts is left to write, and a
+            # handler still returning is discarded. Only those still running hold a slot.
+            for running in pending:
+                running.cut_off = running.cut_off or not running.returned
+                running.settled = True
+            self._forget_done()
         if self._executor is not None:
             self._executor.shutdown()
         _safely(self.store.deregister, self.id)
@@ -550,6 +557,17 @@ class Scheduler:
     def listening(self) -> bool:
         """Tell whether other instances' notifications reach this one (PostgreSQL)."""
         return self._listener is not None and self._listener.listening.is_set()
+
+    def wait_for_handlers(self, timeout_s: float) -> int:
+        """Give stopped handlers up to `timeout_s` to return; say how many still hold a slot."""
+        deadline = self.clock() + timeout_s
+        with self._lock:
+            while self._attempts:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                self._lock.wait(min(remaining, 0.1))
+            return len(self._attempts)
 
     def running_count(self) -> int:
         """Return how many attempts hold a slot of this instance now."""

@@ -19,6 +19,8 @@ log = logging.getLogger("app.shutdown")
 
 # A process group is signalled as a whole, so one stop may bring several copies at once.
 REPEAT_WINDOW_S = 1.0
+# How long a handler told to stop may take to return before it counts as ignoring the stop.
+STOPPING_HANDLER_S = 1.0
 
 
 class GracefulStop:
@@ -105,7 +107,8 @@ def leave_lingering_handlers(scheduler: Scheduler) -> None:
     they return would be discarded; but Python waits for every pool thread at exit, so
     the process would outlive its stop by as long as they run. Exit 0 without them.
     """
-    lingering = scheduler.running_count()
+    # A handler asked to stop a moment ago may simply not have returned yet.
+    lingering = scheduler.wait_for_handlers(STOPPING_HANDLER_S)
     if not lingering:
         return
     log.warning(

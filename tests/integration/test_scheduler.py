@@ -247,7 +247,9 @@ def test_a_scheduler_started_while_the_database_is_unavailable_starts_once_it_is
 ) -> None:
     """A supervisor may start it before the database: it waits, and /health says why."""
     folder = tmp_path / "not-yet"  # SQLite cannot open a file in a missing folder
+    folder.mkdir()  # a missing folder is a bad setting at start-up: it goes only after
     app = build_app_lazily(f"sqlite:///{folder / 'tasks.db'}")
+    folder.rmdir()
     client = app.test_client()
     scheduler = scheduler_of(app)
     try:
