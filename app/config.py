@@ -88,6 +88,18 @@ def _folder(name: str, raw: str) -> str:
     return path
 
 
+def _log_file(name: str, raw: str) -> str:
+    path = raw.strip()
+    if path == "-":
+        return path
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ConfigError(
+            f"{name} must be - (standard output) or a file in a folder that exists, got {raw!r}"
+        )
+    return path
+
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -99,7 +111,7 @@ def _token(name: str, raw: str) -> str:
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             f"{name} must be at least {MIN_TOKEN_LENGTH} characters long; "
-            'generate one with python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            'generate one with python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
         )
     return token
 
@@ -118,7 +130,7 @@ class Settings:
     web_concurrency: int = _setting(1, _integer(1, 256), "WEB_CONCURRENCY")
     gunicorn_threads: int = _setting(8, _integer(1, 1024), "GUNICORN_THREADS")
     # Empty: no access log; `-`: standard output; otherwise a file.
-    gunicorn_access_log: str = _setting("", _text, "GUNICORN_ACCESS_LOG")
+    gunicorn_access_log: str = _setting("", _log_file, "GUNICORN_ACCESS_LOG")
     database_url: str = _setting("", _database_url, "DATABASE_URL")
     max_concurrent_tasks: int = _setting(3, _integer(1, 1024), "MAX_CONCURRENT_TASKS")
     polling_interval_ms: int = _setting(1000, _integer(1, 3_600_000), "POLLING_INTERVAL")

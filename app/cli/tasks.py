@@ -80,6 +80,14 @@ class Duration(click.ParamType):
         return timedelta(seconds=seconds)
 
 
+class AnyCase(click.Choice):
+    """Upper-case choices given in any case; the error lists them as the API writes them."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Compare in upper case."""
+        return super().convert(value.upper() if isinstance(value, str) else value, param, ctx)
+
+
 def fail(code: str, message: str, details: dict[str, Any] | None = None) -> NoReturn:
     """Print `error: <code>: <message>` (and any details) to stderr and exit 1."""
     click.echo(f"error: {code}: {message}", err=True)
@@ -178,7 +186,7 @@ def show(task_id: str) -> None:
 
 
 @tasks_cli.command("list")
-@click.option("--status", type=click.Choice([s.value for s in Status], case_sensitive=False))
+@click.option("--status", type=AnyCase([s.value for s in Status]))
 @click.option("--type", "task_type", help="Only tasks of this type.")
 @click.option("--batch-id", help="Only tasks of this batch.")
 @click.option(

@@ -275,7 +275,9 @@ def test_list_filters_and_pages(app: Flask) -> None:
 
 def test_list_refuses_a_bad_cursor_and_a_bad_status(app: Flask) -> None:
     assert_cli_error(invoke(app, "list", "--cursor", "nonsense"), "invalid_parameter")
-    assert invoke(app, "list", "--status", "DONE").exit_code == 2
+    refused = invoke(app, "list", "--status", "done")
+    assert refused.exit_code == 2
+    assert "'QUEUED', 'RUNNING'" in refused.stderr  # the statuses as the API writes them
 
 
 # -- cancel, retry ----------------------------------------------------------------------

@@ -115,3 +115,12 @@ def test_a_sqlite_file_must_be_in_a_folder_that_exists(tmp_path: Path) -> None:
     present = f"sqlite:///{tmp_path / 'tasks.db'}"
     assert Settings.from_env({"DATABASE_URL": present}).database_url == present
     assert Settings.from_env({"DATABASE_URL": "sqlite://"}).database_url == "sqlite://"
+
+
+def test_the_access_log_is_stdout_or_a_file_in_a_folder_that_exists(tmp_path: Path) -> None:
+    assert Settings.from_env({"GUNICORN_ACCESS_LOG": "-"}).gunicorn_access_log == "-"
+    log = str(tmp_path / "access.log")
+    assert Settings.from_env({"GUNICORN_ACCESS_LOG": log}).gunicorn_access_log == log
+    for bad in (str(tmp_path / "missing" / "access.log"), str(tmp_path)):
+        with pytest.raises(ConfigError, match="GUNICORN_ACCESS_LOG must be -"):
+            Settings.from_env({"GUNICORN_ACCESS_LOG": bad})
