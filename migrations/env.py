@@ -2,6 +2,10 @@ import logging
 
 from alembic import context
 from flask import current_app
+from sqlalchemy.exc import OperationalError
+
+from app.config import ConfigError
+from app.startup import fail
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -86,8 +90,19 @@ def run_migrations_online():
         conf_args["process_revision_directives"] = process_revision_directives
 
     connectable = get_engine()
+    try:
+        connection = connectable.connect()
+    except OperationalError as exc:
+        # One line, as for a bad setting: the address is wrong or the database is down.
+        cause = str(exc.orig or exc).strip().splitlines()
+        fail(
+            ConfigError(
+                f"DATABASE_URL: cannot connect to the database ({cause[0] if cause else exc}); "
+                "check the address, or start the database and run this again"
+            )
+        )
 
-    with connectable.connect() as connection:
+    with connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

@@ -109,3 +109,11 @@ def test_a_database_never_migrated_stops_every_serving_command_with_the_fix(
     served = _run(ENTRY_POINTS["gunicorn"], tmp_path)
     assert served.returncode == 3, served.stderr  # gunicorn's own status: a worker could not boot
     assert fix in served.stderr and "Traceback" not in served.stderr, served.stderr
+
+
+def test_a_database_that_cannot_be_reached_stops_the_migration_with_one_line(
+    tmp_path: Path,
+) -> None:
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/tasks"
+    done = _run(ENTRY_POINTS["flask db upgrade"], tmp_path, DATABASE_URL=unreachable)
+    assert "cannot connect to the database" in _assert_one_line(done, "DATABASE_URL")
