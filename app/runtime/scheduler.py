@@ -614,8 +614,8 @@ class Scheduler:
         for _ in range(SHUTDOWN_WRITE_TRIES - 1):
             try:
                 return action(*args)
-            except Exception:
-                log.exception("%s failed during shutdown; trying again", _name(action))
+            except Exception as exc:
+                _log_failure(action, exc, "; trying again")
             if self._hurry.wait(delay):
                 break
             delay *= 2
@@ -656,6 +656,15 @@ def _name(action: Callable[..., object]) -> str:
 def _safely(action: Callable[..., T], *args: object) -> T | None:
     try:
         return action(*args)
-    except Exception:
-        log.exception("%s failed during shutdown", _name(action))
+    except Exception as exc:
+        _log_failure(action, exc)
         return None
+
+
+def _log_failure(action: Callable[..., object], exc: Exception, then: str = "") -> None:
+    """Log a write that failed at shutdown: one line for an outage, a traceback for a bug."""
+    fault = dbfaults.classify(exc)
+    if fault is None:
+        log.error("%s failed during shutdown%s", _name(action), then, exc_info=exc)
+    else:
+        log.error("%s failed during shutdown%s: %s", _name(action), then, fault.problem)
