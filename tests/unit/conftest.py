@@ -14,14 +14,14 @@ from app import create_app
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    """Return an app whose database cannot be opened (its folder does not exist), its
-    scheduler off: what it serves without a database, it serves."""
+    """Return an app whose database cannot be opened (its folder is gone), its scheduler
+    off: what it serves without a database, it serves."""
+    folder = tmp_path / "gone"
+    folder.mkdir()  # a missing folder is a bad setting at start-up: it goes only after
     application = create_app(
-        {
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'no-such-folder' / 'tasks.db'}",
-            "SCHEDULER_ENABLED": "false",
-        }
+        {"DATABASE_URL": f"sqlite:///{folder / 'tasks.db'}", "SCHEDULER_ENABLED": "false"}
     )
+    folder.rmdir()
     application.config["TESTING"] = True
     yield application
     application.extensions["store"].engine.dispose()
