@@ -86,6 +86,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
     table += _storage_rows(results.get("storage") or [])
+    table += _growth_rows(results.get("growth") or {})
     measured = ("sqlite", "postgresql", "huey_sqlite", "huey_redis")
     return [r for r in table if any(r.get(k) is not None for k in measured)]
 
@@ -108,6 +109,65 @@ def _storage_rows(sizes: list[dict[str, Any]]) -> list[Row]:
             row: Row = {"figure": label, "sqlite": size[field], "target": target}
             row.update(higher_is_better=False, met=_met(size[field], target))
             table.append(row)
+    return table
+
+
+# Issue 15's targets: a cascade of a 20,000-deep chain, counts and pages at 10^6 stored.
+CASCADE_LIMIT_S = 0.5
+READ_LIMIT_MS = 5.0
+PRUNE_RATE = 25_000
+PRUNE_CHUNK_MS = 50
+GROWTH_READS = (
+    ("queued_count_ms", "Admission's QUEUED count"),
+    ("metrics_ms", "GET /metrics"),
+    ("dashboard_counts_ms", "GET /dashboard/counts"),
+    ("list_status_ms", "Page of 100, status=FAILED"),
+    ("list_type_ms", "Page of 100, type=rare"),
+    ("list_status_type_ms", "Page of 100, status=COMPLETED&type=rare"),
+    ("list_status_batch_ms", "Page of 100, status=FAILED&batch_id"),
+)
+
+
+def _measured(figure: str, value: float, target: str, higher: bool = False) -> Row:
+    row: Row = {"figure": figure, "sqlite": value, "target": target, "higher_is_better": higher}
+    row["met"] = _met(value, target)
+    return row
+
+
+def _growth_rows(growth: dict[str, Any]) -> list[Row]:
+    table: list[Row] = []
+    if "cascade" in growth:
+        c = growth["cascade"]
+        limit = f"<= {CASCADE_LIMIT_S}"
+        table.append(
+            _measured(f"Failure cascade, chain of {c['chain']:,} (s)", c["fail_cascade_s"], limit)
+        )
+        table.append(
+            _measured(f"Cancel of a {c['chain']:,} chain's root (s)", c["cancel_cascade_s"], limit)
+        )
+    if "claim" in growth:
+        c = growth["claim"]
+        table.append(_measured("Claim, nothing delayed (ms)", c["claim_ms"], ""))
+        target = f"<= {SCALE_LIMIT * c['claim_ms']:.2f} ({SCALE_LIMIT}x none)"
+        label = f"Claim behind {c['delayed']:,} delayed (ms)"
+        table.append(_measured(label, c["claim_delayed_ms"], target))
+    measured = growth.get("sizes") or []
+    for field, title in GROWTH_READS:
+        base = measured[0][field] if measured else None
+        for i, size in enumerate(measured):
+            target = f"<= {READ_LIMIT_MS:g}"
+            if i and base is not None:
+                limit = min(READ_LIMIT_MS, SCALE_LIMIT * base)
+                target = f"<= {limit:.2f} ({READ_LIMIT_MS:g}; {SCALE_LIMIT}x first)"
+            label = f"{title}, {size['stored']:.0e} stored (ms)".replace("e+0", "e")
+            table.append(_measured(label, size[field], target))
+    if "prune" in growth:
+        p = growth["prune"]
+        label = f"Prune, {p['pruned']:,} tasks (rows/s)"
+        table.append(_measured(label, p["prune_rows_per_s"], f">= {PRUNE_RATE:,}", True))
+        table.append(
+            _measured("  ... longest chunk (ms)", p["prune_max_chunk_ms"], f"<= {PRUNE_CHUNK_MS}")
+        )
     return table
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench import db as store
-from bench import machine, peers, report
+from bench import growth, machine, peers, report
 from bench.profile import profile_e2e
 from bench.profile import text as profile_text
 from bench.progress import BUDGET, log
@@ -28,7 +28,7 @@ from bench.suite import Options, ours, peer_figures, scaling
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-SECTIONS = ("e2e", "chain", "fanin", "load", "storage", "peers", "profile")
+SECTIONS = ("e2e", "chain", "fanin", "load", "storage", "growth", "peers", "profile")
 QUICK = {
     "tasks": 2_000,
     "chain": 200,
@@ -46,11 +46,18 @@ def _sizes(raw: str) -> list[int]:
     return [int(float(x)) for x in raw.split(",") if x.strip()]
 
 
+def _list(sizes: list[int]) -> str:
+    return ",".join(f"{n:.0e}".replace("e+0", "e") for n in sizes)
+
+
 def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     """Read the command line into Options."""
     defaults = Options()
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, one run each (~1 min)")
+    p.add_argument(
+        "--full", action="store_true", help="growth at 1e6 stored, a 20,000 chain, 100,000 delayed"
+    )
     p.add_argument("--tasks", type=int, help=f"e2e tasks (default {defaults.tasks:,})")
     p.add_argument("--batch", type=int, default=defaults.batch, help="tasks per batch request")
     p.add_argument("--chain", type=int, help=f"chain length (default {defaults.chain:,})")
@@ -68,6 +75,11 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--load-threads", type=int, default=defaults.load_threads)
     p.add_argument("--sizes", type=_sizes, help="stored-task counts (default 1e3,1e5,1e6)")
     p.add_argument("--cycles", type=int, help="claim+finish cycles per size (default 300)")
+    d = growth.DEFAULT
+    p.add_argument("--growth-sizes", type=_sizes, help=f"growth: stored tasks ({_list(d.stored)})")
+    p.add_argument("--growth-chain", type=int, help=f"growth: chain length ({d.chain:,})")
+    p.add_argument("--growth-delayed", type=int, help=f"growth: delayed tasks ({d.delayed:,})")
+    p.add_argument("--growth-prune", type=int, help=f"growth: tasks to prune ({d.prune:,})")
     p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="per figure, s")
     p.add_argument(
         "--budget",
@@ -88,6 +100,13 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     if args.cycles is not None:
         values["cycles"] = args.cycles
     opts = Options(**values)
+    base = growth.QUICK if args.quick else growth.FULL if args.full else growth.DEFAULT
+    opts.growth = growth.Sizes(
+        args.growth_sizes or base.stored,
+        args.growth_chain or base.chain,
+        args.growth_delayed or base.delayed,
+        args.growth_prune or base.prune,
+    )
     opts.batch, opts.timeout_s, opts.budget_s = args.batch, args.timeout, args.budget
     opts.load_processes, opts.load_threads = args.load_processes, args.load_threads
     opts.redis = not args.no_redis
@@ -150,6 +169,8 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
                 store.drop_postgres(opts.pg_url, name)
     if opts.wants("storage"):
         results["storage"] = scaling(opts, workdir)
+    if opts.wants("growth"):
+        results["growth"] = growth.run(workdir, opts.growth)
     if opts.wants("peers"):
         results["peers"] = {"huey_sqlite": peer_figures("sqlite", opts, workdir)}
         if opts.redis:
@@ -199,4 +220,6 @@ def _failures(results: dict[str, Any]) -> list[str]:
     found += [
         f"storage/{s['stored']}: {s['error']}" for s in results.get("storage", []) if "error" in s
     ]
+    errors = (results.get("growth") or {}).get("errors", {})
+    found += [f"growth/{name}: {error}" for name, error in errors.items()]
     return found

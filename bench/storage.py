@@ -82,7 +82,7 @@ def claim_costs(dbs: dict[int, Database], cycles: int, sync: str) -> dict[int, d
         # The state-change lines are queued as in the service, then dropped, not printed.
         events.of(stores[size].engine).stream = open(os.devnull, "w")  # noqa: SIM115
     timings: dict[int, tuple[list[float], list[float]]] = {size: ([], []) for size in dbs}
-    workers = {size: _register(store_) for size, store_ in stores.items()}
+    workers = {size: register_worker(store_) for size, store_ in stores.items()}
     try:
         for size, store_ in stores.items():
             _cycles(store_, workers[size], WARMUP_CYCLES, ([], []))
@@ -121,7 +121,8 @@ def _stats(claims: list[float], finishes: list[float]) -> dict[str, Any]:
     }
 
 
-def _register(store_: Any) -> str:
+def register_worker(store_: Any) -> str:
+    """Register this process as a scheduler instance of `store_`; return its id."""
     from app.runtime import identity
 
     worker = f"bench-{os.getpid()}"

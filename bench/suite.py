@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import db as store
-from bench import e2e, load, peers, storage
+from bench import e2e, growth, load, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
@@ -37,6 +37,7 @@ class Options:
     timeout_s: float = 120.0
     # Past this many seconds from the start, no further repeat of a figure starts.
     budget_s: float = 420.0
+    growth: growth.Sizes = field(default_factory=lambda: growth.DEFAULT)
     only: set[str] = field(default_factory=set)
     profile: bool = False
 
