@@ -49,7 +49,7 @@ def run_scheduler() -> None:
 
 
 def _metrics_endpoint() -> MetricsEndpoint | None:
-    """Serve the metrics on METRICS_HOST:METRICS_PORT when a port is set; exit 1 if taken."""
+    """Serve the metrics on METRICS_HOST:METRICS_PORT when a port is set; exit 2 if taken."""
     config = current_app.config
     port = config["METRICS_PORT"]
     if port is None:

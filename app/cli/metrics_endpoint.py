@@ -8,8 +8,6 @@ API's JSON error shape.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -21,15 +19,12 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from app.errors import error_body
 from app.runtime.metrics import CONTENT_TYPE, Metrics
+from app.tokens import MESSAGE, carries, digest
 
 log = logging.getLogger("app.metrics")
 
 PATH = "/metrics"
 METHODS = ("GET", "HEAD")
-UNAUTHORIZED = (
-    "This endpoint needs the API token: send Authorization: Bearer <token> "
-    "with the value of the API_TOKEN setting."
-)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -41,14 +36,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Log nothing: a line per scrape would drown the task log."""
 
 
-def _digest(value: bytes) -> bytes:
-    # Fixed-length digests keep even the token's length out of the comparison's timing.
-    return hashlib.sha256(value).digest()
-
-
 def metrics_app(metrics: Metrics, token: str = "") -> WSGIApplication:
     """Return a WSGI app serving `metrics` at /metrics; with `token`, behind it."""
-    expected = _digest(token.encode())
+    expected = digest(token.encode())
 
     def error(
         start: StartResponse, status: str, code: str, message: str, *headers: tuple[str, str]
@@ -65,12 +55,9 @@ def metrics_app(metrics: Metrics, token: str = "") -> WSGIApplication:
             message = f"{PATH} does not accept {method[:16]}; it accepts GET."
             allow = ("Allow", ", ".join(METHODS))
             return error(start, "405 Method Not Allowed", "method_not_allowed", message, allow)
-        if token:
-            scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-            presented = given.strip().encode() if scheme.lower() == "bearer" else b""
-            if not hmac.compare_digest(_digest(presented), expected) or not presented:
-                challenge = ("WWW-Authenticate", 'Bearer realm="task-scheduler"')
-                return error(start, "401 Unauthorized", "unauthorized", UNAUTHORIZED, challenge)
+        if token and not carries(environ.get("HTTP_AUTHORIZATION", ""), expected):
+            challenge = ("WWW-Authenticate", 'Bearer realm="task-scheduler"')
+            return error(start, "401 Unauthorized", "unauthorized", MESSAGE, challenge)
         try:
             body = metrics.exposition()
         except Exception:

@@ -7,32 +7,21 @@ sent (nothing, a wrong token, another scheme). The token itself is never logged 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from flask import Flask, request
 
 from app.errors import Unauthorized
+from app.tokens import MESSAGE, carries, digest
 
 # The data routes of the dashboard; its HTML pages and static files stay open.
 DASHBOARD_DATA = "/dashboard/"
 OPS_ROUTES = frozenset({"/health", "/metrics"})
 # Under /api but open with a token set: it describes the API, it exposes no data.
 PUBLIC_API = frozenset({"/api/openapi.json"})
-MESSAGE = (
-    "This server needs its API token: send Authorization: Bearer <token> "
-    "with the value of its API_TOKEN setting."
-)
-
-
-def _digest(value: bytes) -> bytes:
-    # Comparing fixed-length digests keeps even the token's length out of the timing.
-    return hashlib.sha256(value).digest()
 
 
 def require_token(app: Flask, token: str, ops_routes: bool) -> None:
     """Refuse guarded requests that do not carry `Authorization: Bearer <token>`."""
-    expected = _digest(token.encode())
+    expected = digest(token.encode())
 
     def guarded(path: str) -> bool:
         if path in PUBLIC_API:
@@ -56,18 +45,8 @@ def require_token(app: Flask, token: str, ops_routes: bool) -> None:
 
 def may_read(token: str) -> bool:
     """Tell whether this request may see data: no token is set, or it carries the token."""
-    return not token or _carries(_digest(token.encode()))
-
-
-def _presented() -> bytes | None:
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        return None
-    return credentials.strip().encode()
+    return not token or _carries(digest(token.encode()))
 
 
 def _carries(expected: bytes) -> bool:
-    given = _presented()
-    # Always one digest and one comparison, whether anything was sent or not.
-    ok = hmac.compare_digest(_digest(given or b""), expected)
-    return given is not None and ok
+    return carries(request.headers.get("Authorization", ""), expected)
