@@ -279,9 +279,8 @@ def prune(older_than: timedelta | None, dry_run: bool, yes: bool) -> None:
         click.echo(f"nothing to prune: no finished task older than {age}")
         return
     if dry_run:
-        verb = "would prune up to"
         by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
-        click.echo(f"{verb} {_tasks(total)} older than {age}: {by_status}")
+        click.echo(f"would prune up to {_tasks(total)} older than {age}: {by_status}")
         return
     if not yes:
         question = f"Delete up to {_tasks(total)} older than {age}?"

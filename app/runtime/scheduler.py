@@ -206,13 +206,7 @@ class Scheduler:
             return
         if not self._draining:
             self.begin_drain()
-        deadline = self.clock() + grace_s
-        with self._lock:
-            while self._attempts and not self._hurry.is_set():
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    break
-                self._lock.wait(min(remaining, 0.1))
+        self._await_attempts(grace_s, self._hurry)
         self._halt.set()
         self.wake()
         self._thread.join()
@@ -560,9 +554,13 @@ class Scheduler:
 
     def wait_for_handlers(self, timeout_s: float) -> int:
         """Give stopped handlers up to `timeout_s` to return; say how many still hold a slot."""
+        return self._await_attempts(timeout_s)
+
+    def _await_attempts(self, timeout_s: float, hurry: threading.Event | None = None) -> int:
+        """Wait until no attempt holds a slot, `timeout_s` passes or `hurry` is set."""
         deadline = self.clock() + timeout_s
         with self._lock:
-            while self._attempts:
+            while self._attempts and not (hurry is not None and hurry.is_set()):
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
