@@ -6,7 +6,10 @@ app's own code: the `Store` for claims and finishes, `app.storage.retention.prun
 Flask's test client for the HTTP routes (route, service and queries; no network, no
 gunicorn). So each figure is the server-side time of one operation:
 - a failure cascading down a chain: `Store.finish` of the chain's root as FAILED;
+- the retry of that failed root, bringing the whole chain back: `POST .../retry`;
 - the cancel of a chain's root: `POST /api/tasks/<root>/cancel`;
+- a failure cascading to the dependents of one task, five times the chain's length wide,
+  in rows per second;
 - a claim with no delayed task, and behind `delayed` QUEUED tasks whose `not_before` is
   a day away (submitted before the ready ones): `Store.claim(worker, 1)`, interleaved;
 - at each stored size: the admission's count of QUEUED tasks (`counts.queued`, what
@@ -57,6 +60,8 @@ COLUMNS = (
 )
 INSERT = f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 EDGE = "INSERT INTO task_dependencies (task_id, dependency_id, position) VALUES (?, ?, 0)"
+# The wide cascade's dependents, per task of the chain.
+FAN_OUT = 5
 # Runs of each read figure; the median is reported.
 READS = 15
 # Claims per database in the claim figure (after a few unmeasured ones).
@@ -165,6 +170,12 @@ def _chain(n: int) -> tuple[Iterator[tuple[Any, ...]], Iterator[tuple[str, str]]
     return rows, edges
 
 
+def _fan_out(n: int) -> tuple[Iterator[tuple[Any, ...]], Iterator[tuple[str, str]]]:
+    rows = (_row(f"w-{i:07d}", "QUEUED", pending_deps=1 if i else 0) for i in range(n + 1))
+    edges = ((f"w-{i:07d}", "w-0000000") for i in range(1, n + 1))
+    return rows, edges
+
+
 def _claimable(delayed: int, ready: int) -> Iterator[tuple[Any, ...]]:
     later = _now() + timedelta(days=1)
     for i in range(delayed):
@@ -253,8 +264,14 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
     store_.finish(claim, Outcome(Status.FAILED, error="bench: the root fails"))
     fail_s = time.perf_counter() - began
     store_.deregister(worker)
-    store_.engine.dispose()
     _check_settled(fail_db, "c-", length)
+    began = time.perf_counter()
+    response = app.test_client().post("/api/tasks/c-000000/retry")
+    retry_s = time.perf_counter() - began
+    if response.status_code != 200:
+        raise RuntimeError(f"retry: {response.status_code} {response.get_data()[:200]!r}")
+    store_.engine.dispose()
+    _check_requeued(fail_db, "c-", length)
 
     app = _open(cancel_db)
     client = app.test_client()
@@ -265,7 +282,30 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
         raise RuntimeError(f"cancel: {response.status_code} {response.get_data()[:200]!r}")
     app.extensions["store"].engine.dispose()
     _check_settled(cancel_db, "c-", length)
-    return {"chain": length, "fail_cascade_s": fail_s, "cancel_cascade_s": cancel_s}
+    return {
+        "chain": length,
+        "fail_cascade_s": fail_s,
+        "retry_cascade_s": retry_s,
+        "cancel_cascade_s": cancel_s,
+    }
+
+
+def fan_out(db: Database, width: int) -> dict[str, Any]:
+    """Time the root of `width` dependents failing: the cascade's rows per second."""
+    from app.statuses import Status
+    from app.storage.store import Outcome
+
+    app = _open(db)
+    store_ = app.extensions["store"]
+    worker = register_worker(store_)
+    (claim,) = store_.claim(worker, 1)
+    began = time.perf_counter()
+    store_.finish(claim, Outcome(Status.FAILED, error="bench: the root fails"))
+    took = time.perf_counter() - began
+    store_.deregister(worker)
+    store_.engine.dispose()
+    _check_settled(db, "w-", width)
+    return {"fan_out": width, "fan_out_s": took, "fan_out_rows_per_s": width / took}
 
 
 def _check_settled(db: Database, prefix: str, length: int) -> None:
@@ -273,6 +313,13 @@ def _check_settled(db: Database, prefix: str, length: int) -> None:
     left = store.query(db, sql, (prefix + "%",))[0][0]
     if left:
         raise RuntimeError(f"{left:,} of the chain's {length:,} tasks did not settle")
+
+
+def _check_requeued(db: Database, prefix: str, length: int) -> None:
+    sql = "SELECT count(*) FROM tasks WHERE id LIKE ? AND status = 'QUEUED'"
+    back = store.query(db, sql, (prefix + "%",))[0][0]
+    if back != length:
+        raise RuntimeError(f"the retry brought back {back:,} of the chain's {length:,} tasks")
 
 
 def claims(plain: Database, behind: Database, delayed: int) -> dict[str, Any]:
@@ -373,12 +420,14 @@ def _drop(*dbs: Database) -> None:
 
 def _cascade(workdir: Path, length: int) -> dict[str, Any]:
     fail_db, cancel_db = _fresh(workdir, "fail"), _fresh(workdir, "cancel")
+    wide_db = _fresh(workdir, "wide")
     try:
         build(fail_db, *_chain(length))
         build(cancel_db, *_chain(length))
-        return cascade(fail_db, cancel_db, length)
+        build(wide_db, *_fan_out(FAN_OUT * length))
+        return {**cascade(fail_db, cancel_db, length), **fan_out(wide_db, FAN_OUT * length)}
     finally:
-        _drop(fail_db, cancel_db)
+        _drop(fail_db, cancel_db, wide_db)
 
 
 def _claims(workdir: Path, delayed: int) -> dict[str, Any]:

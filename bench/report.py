@@ -142,9 +142,12 @@ def _growth_rows(growth: dict[str, Any]) -> list[Row]:
         table.append(
             _measured(f"Failure cascade, chain of {c['chain']:,} (s)", c["fail_cascade_s"], limit)
         )
+        table.append(_measured("Retry of that chain's root (s)", c["retry_cascade_s"], limit))
         table.append(
             _measured(f"Cancel of a {c['chain']:,} chain's root (s)", c["cancel_cascade_s"], limit)
         )
+        label = f"Failure cascade, fan-out of {c['fan_out']:,} (rows/s)"
+        table.append(_measured(label, c["fan_out_rows_per_s"], ""))
     if "claim" in growth:
         c = growth["claim"]
         table.append(_measured("Claim, nothing delayed (ms)", c["claim_ms"], ""))

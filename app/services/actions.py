@@ -11,7 +11,7 @@ from app.services.reads import check_task_id, load_task, unknown_task
 from app.statuses import CANCELLABLE, RETRYABLE, Status
 from app.storage import cascade, database, readiness, roots
 from app.storage.notify import announce
-from app.storage.propagation import cut_off, settle
+from app.storage.propagation import CANCEL, count_down_cut, cut_off, settle
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -47,8 +47,8 @@ def _cancel(conn: Connection, task_id: str) -> dict[str, Any]:
     else:
         cascade.ask_to_stop(conn, task_id, now)
         # Its dependents that have not started will never see it succeed for them.
-        stopped = cut_off(conn, [task_id], Status.CANCELLED, "was cancelled", now)
-        if settle(conn, dict.fromkeys(stopped, Status.CANCELLED), now):
+        stopped = cut_off(conn, {task_id: CANCEL}, now)
+        if count_down_cut(conn, stopped):
             announce(conn)  # all_done dependents of those cut off may be ready now
     task = load_task(conn, task_id, with_payload=True)
     assert task is not None
@@ -136,29 +136,31 @@ def _held_back(conn: Connection, root: str) -> tuple[set[str], readiness.Edges]:
     dependencies of each as read under the readiness locks."""
     candidates = cascade.caught_by(conn, root)
     edges = readiness.dependencies(conn, candidates)
-    # Keep only those whose every dependency that did not complete comes back too.
-    while True:
-        kept = {
-            t
-            for t in candidates
-            if t == root or not readiness.blockers(edges.get(t, []), candidates)
-        }
-        if kept == candidates:
-            return kept, edges
-        candidates = kept
+    # Keep only those whose every dependency that did not complete comes back too. A
+    # task left behind stays in the way of its own dependents among the candidates.
+    below: dict[str, list[str]] = {}
+    for task_id, pairs in edges.items():
+        for dependency, _ in pairs:
+            if dependency in candidates:
+                below.setdefault(dependency, []).append(task_id)
+    left = [t for t in candidates if t != root and readiness.blockers(edges.get(t, []), candidates)]
+    dropped: set[str] = set()
+    while left:
+        task_id = left.pop()
+        if task_id not in dropped and task_id != root:
+            dropped.add(task_id)
+            left.extend(below.get(task_id, []))
+    return candidates - dropped, edges
 
 
 def _requeue(conn: Connection, requeued: set[str], edges: readiness.Edges, root: str) -> None:
     now = database.now(conn)
+    pending = {t: readiness.pending(edges.get(t, []), requeued) for t in requeued}
+    found = {r.id: r for r in cascade.requeue(conn, pending, now)}
     changes: list[Change] = []
-    back: set[str] = set()
-    for task_id in sorted(requeued, key=lambda t: (t != root, t)):
-        pending = readiness.pending(edges.get(task_id, []), requeued)
-        found = cascade.requeue(conn, task_id, pending, now)
-        if found is None:
-            continue  # pruned meanwhile: nothing left to bring back
-        back.add(task_id)
+    for task_id in sorted(found, key=lambda t: (t != root, t)):
         why = "retried by a user" if task_id == root else f"its dependency {root} was retried"
-        changes.append((task_id, found.type, found.attempts, Status.QUEUED.value, why))
+        row = found[task_id]
+        changes.append((task_id, row.type, row.attempts, Status.QUEUED.value, why))
     events.stage(changes)
-    cascade.count_up(conn, back)
+    cascade.count_up(conn, set(found))

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, text, update
 
 from app.statuses import Status
-from app.storage.tables import chunks, deps, tasks
+from app.storage.tables import chunks, deps, tasks, weak
 
 # Tasks that did not run because of another task, and come back when it is retried.
 CAUGHT = or_(
     tasks.c.status == Status.UPSTREAM_FAILED.value,
     and_(tasks.c.status == Status.CANCELLED.value, tasks.c.error_code == "upstream_cancelled"),
 )
+QUEUED_SQL = "status = 'QUEUED'"
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
 
 
@@ -73,60 +75,127 @@ def ask_to_stop(conn: Connection, task_id: str, now: datetime) -> None:
 
 def caught_by(conn: Connection, root: str) -> set[str]:
     """Return the root and its dependents, transitively, that did not run because of a
-    dependency (CAUGHT), each locked FOR UPDATE."""
+    dependency (CAUGHT), each locked FOR UPDATE.
+
+    One recursive read finds them and a statement per chunk locks them. On PostgreSQL a
+    submission that named one of them and committed between the two is not in the read:
+    once all are locked (a later one waits for the lock), such dependents are looked
+    for, and the walk goes on from them.
+    """
     candidates = {root}
     frontier = [root]
     while frontier:
-        found: list[str] = []
-        for part in chunks(frontier):
-            # Lock before reading dependents: a submission naming one of these holds it
-            # FOR SHARE until it commits, and its new dependent must be seen here.
-            lock = select(tasks.c.id).where(tasks.c.id.in_(part)).with_for_update()
-            conn.execute(lock).all()
-            query = (
-                select(tasks.c.id)
-                .join(deps, deps.c.task_id == tasks.c.id)
-                .where(deps.c.dependency_id.in_(part), CAUGHT)
-            )
-            found.extend(i for (i,) in conn.execute(query) if i not in candidates)
-        frontier = list(dict.fromkeys(found))
-        candidates.update(frontier)
+        found = [i for i in _caught_below(conn, frontier) if i not in candidates]
+        candidates.update(found)
+        if conn.dialect.name != "postgresql":
+            break  # SQLite's write lock already holds them all
+        for part in chunks(sorted(found)):
+            conn.execute(select(tasks.c.id).where(tasks.c.id.in_(part)).with_for_update()).all()
+        frontier = _missed(conn, candidates)
     return candidates
 
 
-def requeue(conn: Connection, task_id: str, pending: int, now: datetime) -> Any:
-    """Put a task back in the queue with a fresh budget; return its type and attempts,
-    or None when it is gone."""
-    return conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id)
-        .values(
-            status=Status.QUEUED.value,
-            pending_deps=pending,
-            failures=0,
-            # The submitter's run_at holds again; a backoff does not.
-            not_before=tasks.c.run_at,
-            error=None,
-            error_code=None,
-            result=None,
-            progress=None,
-            finished_at=None,
-            cancel_requested=False,
-            updated_at=now,
+def _caught_sql(d: str, count: int) -> str:
+    p = (lambda k: f":s{k}") if d == "sqlite" else (lambda k: f"%(s{k})s")
+    text_ = "" if d == "sqlite" else "::text"
+    seeds = " UNION ".join(f"SELECT {p(k)}{text_}" for k in range(count))
+    return (
+        f"WITH RECURSIVE below(id) AS ({seeds}"
+        f" UNION SELECT e.task_id{text_} FROM below b"
+        " JOIN task_dependencies e ON e.dependency_id = b.id"
+        f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL})"
+        " SELECT id FROM below"
+    )
+
+
+_CAUGHT_SQL = (
+    "(t.status = 'UPSTREAM_FAILED'"
+    " OR (t.status = 'CANCELLED' AND t.error_code = 'upstream_cancelled'))"
+)
+
+
+def _caught_below(conn: Connection, start: Sequence[str]) -> list[str]:
+    """Return `start` and every CAUGHT task below it, in one recursive read per chunk."""
+    found: list[str] = []
+    for part in chunks(list(start)):
+        params = {f"s{k}": task_id for k, task_id in enumerate(part)}
+        found.extend(
+            i for (i,) in conn.exec_driver_sql(_caught_sql(conn.dialect.name, len(part)), params)
         )
-        .returning(tasks.c.type, tasks.c.attempts)
-    ).first()
+    return found
+
+
+def _missed(conn: Connection, candidates: set[str]) -> list[str]:
+    """Return the CAUGHT dependents of `candidates` that are not among them."""
+    missed: list[str] = []
+    for part in chunks(sorted(candidates)):
+        query = (
+            select(tasks.c.id)
+            .join(deps, deps.c.task_id == tasks.c.id)
+            .where(deps.c.dependency_id.in_(part), CAUGHT)
+        )
+        missed.extend(i for (i,) in conn.execute(query) if i not in candidates)
+    return list(dict.fromkeys(missed))
+
+
+def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[Any]:
+    """Put tasks back in the queue with a fresh budget, each with its count of
+    unfinished dependencies; return (id, type, attempts) of those still there."""
+    d = conn.dialect.name
+    by_count: dict[int, list[str]] = {}
+    for task_id, count in pending.items():
+        by_count.setdefault(count, []).append(task_id)
+    found: list[Any] = []
+    for count, ids in sorted(by_count.items()):
+        for part in chunks(sorted(ids)):
+            params = _ids(part)
+            params.update(count=count, now=_moment(d, now))
+            # The submitter's run_at holds again; a backoff does not.
+            sql = (
+                f"UPDATE tasks SET status = 'QUEUED', pending_deps = {_p(d, 'count')},"
+                " failures = 0, not_before = run_at, error = NULL, error_code = NULL,"
+                " result = NULL, progress = NULL, finished_at = NULL,"
+                f" cancel_requested = false, updated_at = {_p(d, 'now')}"
+                f" WHERE id IN ({_in(d, len(part))}) RETURNING id, type, attempts"
+            )
+            found.extend(conn.exec_driver_sql(sql, params).all())
+    return found
 
 
 def count_up(conn: Connection, requeued: set[str]) -> None:
     """Give back an unfinished dependency to each QUEUED dependent outside the requeued set."""
+    d = conn.dialect.name
     waiting: Counter[str] = Counter()
     for part in chunks(list(requeued)):
-        query = select(deps.c.task_id).where(deps.c.dependency_id.in_(part))
-        waiting.update(t for (t,) in conn.execute(query) if t not in requeued)
+        sql = f"SELECT task_id FROM task_dependencies WHERE dependency_id IN ({_in(d, len(part))})"
+        rows = conn.exec_driver_sql(sql, _ids(part)).all()
+        waiting.update(t for (t,) in rows if t not in requeued)
+    by_count: dict[int, list[str]] = {}
     for task_id, count in waiting.items():
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
-            .values(pending_deps=tasks.c.pending_deps + count)
-        )
+        by_count.setdefault(count, []).append(task_id)
+    for count, ids in sorted(by_count.items()):
+        for part in chunks(sorted(ids)):
+            params = _ids(part)
+            params["count"] = count
+            sql = (
+                f"UPDATE tasks SET pending_deps = pending_deps + {_p(d, 'count')}"
+                f" WHERE id IN ({_in(d, len(part))}) AND {weak(QUEUED_SQL, d)}"
+            )
+            conn.exec_driver_sql(sql, params)
+
+
+def _p(d: str, name: str) -> str:
+    return f":{name}" if d == "sqlite" else f"%({name})s"
+
+
+def _in(d: str, count: int) -> str:
+    return ", ".join(_p(d, f"i{k}") for k in range(count))
+
+
+def _ids(ids: Sequence[str]) -> dict[str, Any]:
+    return {f"i{k}": task_id for k, task_id in enumerate(ids)}
+
+
+def _moment(d: str, now: datetime) -> Any:
+    # The text SQLAlchemy's SQLite DateTime writes, so both kinds of writes compare alike.
+    return now.strftime("%Y-%m-%d %H:%M:%S.%f") if d == "sqlite" else now

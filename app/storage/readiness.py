@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from sqlalchemy import Connection, select
 
 from app.statuses import BLOCKING, UNFINISHED
-from app.storage.tables import chunks, deps, tasks
+from app.storage.tables import chunks, tasks
 
 Edges = dict[str, list[tuple[str, str]]]
 
@@ -33,22 +33,26 @@ def dependencies(conn: Connection, task_ids: Iterable[str], *, hold: bool = True
     """Return each task's dependencies as (id, status), in the order given.
 
     With `hold`, the dependency rows are held FOR SHARE; without, it is a plain read, for
-    answers that only describe.
+    answers that only describe. Plain SQL: a retry reads the edges of thousands of tasks.
     """
-    dependency = tasks.alias("dependency")
+    d = conn.dialect.name
     found: Edges = {}
     for part in chunks(list(task_ids)):
-        query = (
-            select(deps.c.task_id, dependency.c.id, dependency.c.status)
-            .join(dependency, dependency.c.id == deps.c.dependency_id)
-            .where(deps.c.task_id.in_(part))
-            .order_by(deps.c.task_id, deps.c.position)
-        )
-        if hold:
-            query = query.with_for_update(read=True, of=dependency)
-        for task_id, dependency_id, status in conn.execute(query):
+        params = {f"t{k}": task_id for k, task_id in enumerate(part)}
+        rows = conn.exec_driver_sql(_dependencies_sql(d, len(part), hold), params).all()
+        for task_id, dependency_id, status in rows:
             found.setdefault(task_id, []).append((dependency_id, status))
     return found
+
+
+def _dependencies_sql(d: str, count: int, hold: bool) -> str:
+    ids = ", ".join((f":t{k}" if d == "sqlite" else f"%(t{k})s") for k in range(count))
+    lock = " FOR SHARE OF dependency" if hold and d == "postgresql" else ""
+    return (
+        "SELECT e.task_id, dependency.id, dependency.status FROM task_dependencies e"
+        " JOIN tasks dependency ON dependency.id = e.dependency_id"
+        f" WHERE e.task_id IN ({ids}) ORDER BY e.task_id, e.position{lock}"
+    )
 
 
 def pending(pairs: Iterable[tuple[str, str]], coming_back: Collection[str] = ()) -> int:

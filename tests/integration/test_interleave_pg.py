@@ -131,11 +131,17 @@ def cycle(task_id: str, status: Status) -> Step:
     )
 
 
-def submit(task_id: str, *dependencies: str) -> Step:
+def submit(task_id: str, *dependencies: str, rule: str = "all_success") -> Step:
     """A client submits a new task."""
-    body = {"id": task_id, "type": "t", "duration_ms": 1, "dependencies": list(dependencies)}
+    body = {
+        "id": task_id,
+        "type": "t",
+        "duration_ms": 1,
+        "dependencies": list(dependencies),
+        "trigger_rule": rule,
+    }
     return Step(
-        f"submit({task_id} <- {', '.join(dependencies)})",
+        f"submit({task_id} <- {', '.join(dependencies)}, {rule})",
         lambda g: submissions.submit(g.engine, body),
     )
 
@@ -308,6 +314,27 @@ def chain_failed_b_running(engine: Engine) -> Graph:
     return g
 
 
+def a_running_chain_behind(engine: Engine) -> Graph:
+    """A runs; B waits for A and C for B: a cascade from A walks two levels down."""
+    g = Graph(engine)
+    g.add("A")
+    g.add("B", "A")
+    g.add("C", "B")
+    g.claim("A")
+    return g
+
+
+def a_queued_chain_behind(engine: Engine) -> Graph:
+    """A waits for a running D; B waits for A and C for B."""
+    g = Graph(engine)
+    g.add("D")
+    g.claim("D")
+    g.add("A", "D")
+    g.add("B", "A")
+    g.add("C", "B")
+    return g
+
+
 def a_failed_b_queued(engine: Engine) -> Graph:
     """T <- A, B; A FAILED so T UPSTREAM_FAILED; B QUEUED behind a RUNNING E."""
     g = Graph(engine)
@@ -340,6 +367,26 @@ SCENARIOS = [
     Scenario("submit_vs_retry", a_failed, submit("T", "A"), retry("A")),
     Scenario("submit_vs_reap", a_running, submit("T", "A"), reap()),
     Scenario("submit_behind_upstream_failed_vs_retry", root_failed, submit("V", "D"), retry("R")),
+    # A submission names a task deep in the path of a cascade, read before it is locked.
+    Scenario(
+        "submit_below_vs_finish_failed",
+        a_running_chain_behind,
+        submit("T", "C"),
+        finish("A", FAILED),
+    ),
+    Scenario(
+        "submit_all_done_below_vs_finish_failed",
+        a_running_chain_behind,
+        submit("T", "C", rule="all_done"),
+        finish("A", FAILED),
+    ),
+    Scenario("submit_below_vs_cancel_queued", a_queued_chain_behind, submit("T", "C"), cancel("A")),
+    Scenario(
+        "submit_all_done_below_vs_cancel_running",
+        a_running_chain_behind,
+        submit("T", "B", rule="all_done"),
+        cancel("A"),
+    ),
     Scenario(
         "batch_vs_finish_failed", a_running, batch(("T", ["A"]), ("V", ["T"])), finish("A", FAILED)
     ),

@@ -136,12 +136,15 @@ class Scheduling(RuleBasedStateMachine):
         return stopped
 
     def settle(self, ended: dict[str, Status]) -> None:
-        """Cascade, level by level; within a level a failure wins over a cancel."""
-        while ended:
-            failed = [t for t, s in ended.items() if s in (FAILED, UPSTREAM_FAILED)]
-            cancelled = [t for t, s in ended.items() if s is CANCELLED]
-            ended = dict.fromkeys(self.cut_off(failed, UPSTREAM_FAILED), UPSTREAM_FAILED)
-            ended.update(dict.fromkeys(self.cut_off(cancelled, CANCELLED), CANCELLED))
+        """Cascade to every QUEUED all_success task below; a failure anywhere above a task
+        wins over a cancel, so the failures go down first."""
+        for kinds, status in (
+            ((FAILED, UPSTREAM_FAILED), UPSTREAM_FAILED),
+            ((CANCELLED,), CANCELLED),
+        ):
+            frontier = [t for t, s in ended.items() if s in kinds]
+            while frontier:
+                frontier = self.cut_off(frontier, status)
 
     def outcome_status(self, task_id: str, outcome: Outcome) -> Status:
         """Apply one fenced outcome to the model's task; return its new status."""

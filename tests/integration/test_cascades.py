@@ -1,0 +1,152 @@
+"""Cascades as set operations: a failure, a cancel or a retry costs a few statements
+however deep the graph below it, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, event, text, update
+
+from app.services import submissions
+from app.statuses import Status
+from app.storage import database
+from app.storage.database import utcnow
+from app.storage.propagation import settle
+from app.storage.store import Outcome, Store
+from app.storage.tables import tasks
+from tests.support.apps import AppFactory
+from tests.support.store import add, claim_all, row
+
+DEPTH = 300
+# Statements one cascade may run, whatever its depth: the walk, the writes, the counts.
+MOST = 25
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Collect every statement sent to the database meanwhile."""
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+
+def chain(store: Store, depth: int = DEPTH) -> None:
+    """Store a chain c0 <- c1 <- ... written in one transaction, as the batch API would."""
+    now = utcnow()
+    rows = [
+        {
+            "id": f"c{i}",
+            "type": "t",
+            "duration_ms": 1,
+            "status": "QUEUED",
+            "pending_deps": 1 if i else 0,
+            "payload": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(depth)
+    ]
+    edges = [{"t": f"c{i}", "d": f"c{i - 1}"} for i in range(1, depth)]
+    with database.write(store.engine) as conn:
+        conn.execute(tasks.insert(), rows)
+        sql = "INSERT INTO task_dependencies (task_id, dependency_id, position) VALUES (:t, :d, 0)"
+        conn.execute(text(sql), edges)
+
+
+def statuses(store: Store) -> dict[str, int]:
+    with database.read(store.engine) as conn:
+        found = conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status"))
+        return {status: int(n) for status, n in found}
+
+
+def test_a_failure_cascades_down_a_deep_chain_in_a_few_statements(store: Store) -> None:
+    chain(store)
+    (root,) = claim_all(store)
+    with statements(store.engine) as sent:
+        assert store.finish(root, Outcome(Status.FAILED, error="boom"))
+    assert len(sent) <= MOST, len(sent)
+    assert statuses(store) == {"FAILED": 1, "UPSTREAM_FAILED": DEPTH - 1}
+    last = row(store, f"c{DEPTH - 1}")
+    assert last.error == f"Dependency c{DEPTH - 2} failed, so this task will not run."
+
+
+def test_a_cancel_and_a_retry_of_a_deep_chains_root_take_a_few_statements(
+    store: Store, client: FlaskClient
+) -> None:
+    chain(store)
+    with statements(store.engine) as sent:
+        assert client.post("/api/tasks/c0/cancel").status_code == 200
+    assert len(sent) <= MOST, len(sent)
+    assert statuses(store) == {"CANCELLED": DEPTH}
+    assert row(store, "c1").error_code == "upstream_cancelled"
+
+    with statements(store.engine) as sent:
+        assert client.post("/api/tasks/c0/retry").status_code == 200
+    assert len(sent) <= MOST, len(sent)
+    assert statuses(store) == {"QUEUED": DEPTH}
+    assert [row(store, f"c{i}").pending_deps for i in (0, 1, DEPTH - 1)] == [0, 1, 1]
+
+
+def test_cancelling_a_running_root_cuts_off_the_chain_and_frees_all_done_waiters(
+    store: Store, client: FlaskClient
+) -> None:
+    chain(store, 50)
+    body = {"id": "cleanup", "type": "t", "duration_ms": 1, "trigger_rule": "all_done"}
+    submissions.submit(store.engine, {**body, "dependencies": ["c49"]})
+    claim_all(store)
+    assert client.post("/api/tasks/c0/cancel").status_code == 200
+    assert row(store, "c0").status == "RUNNING"
+    assert statuses(store)["CANCELLED"] == 49
+    cleanup = row(store, "cleanup")
+    assert (cleanup.status, cleanup.pending_deps) == ("QUEUED", 0)
+
+
+def test_a_failure_anywhere_above_wins_over_a_cancel_nearer(store: Store) -> None:
+    """`both` is one level below a cancel and two below a failure, in one settle."""
+    add(store, "f")
+    add(store, "c")
+    add(store, "mid", "f")
+    add(store, "both", "c", "mid")
+    with database.write(store.engine) as conn:
+        conn.execute(update(tasks).where(tasks.c.id == "f").values(status="FAILED"))
+        conn.execute(update(tasks).where(tasks.c.id == "c").values(status="CANCELLED"))
+        settle(conn, {"f": Status.FAILED, "c": Status.CANCELLED}, utcnow())
+    both = row(store, "both")
+    assert (both.status, both.error) == (
+        "UPSTREAM_FAILED",
+        "Dependency mid failed, so this task will not run.",
+    )
+
+
+def test_a_retry_leaves_behind_a_dependent_that_another_failure_stops(
+    store: Store, client: FlaskClient
+) -> None:
+    """Below the retried root, `x` also waits for `other`, which failed: `x` and all
+    below it stay; the rest of the chain comes back."""
+    chain(store, 6)
+    add(store, "other")
+    add(store, "x", "c2", "other")
+    add(store, "below_x", "x")
+    claims = {c.id: c for c in claim_all(store)}
+    assert store.finish(claims["other"], Outcome(Status.FAILED, error="other"))
+    assert store.finish(claims["c0"], Outcome(Status.FAILED, error="root"))
+    assert client.post("/api/tasks/c0/retry").status_code == 200
+    assert {row(store, f"c{i}").status for i in range(6)} == {"QUEUED"}
+    assert [row(store, t).status for t in ("x", "below_x")] == ["UPSTREAM_FAILED"] * 2
