@@ -159,13 +159,14 @@ def post_worker_init(worker: Any) -> None:
     """
     from app import parts, start_scheduler
     from app.runtime.shutdown import GracefulStop
-    from app.startup import UNMIGRATED
+    from app.startup import UNMIGRATED, freeze_heap
     from app.storage.health import unmigrated
 
     if unmigrated(parts.engine(worker.wsgi)):
         worker.log.error(UNMIGRATED)
         sys.exit(WORKER_BOOT_ERROR)  # the master stops, rather than boot another
 
+    freeze_heap()
     scheduler = start_scheduler(worker.wsgi)
     if scheduler is not None:
 

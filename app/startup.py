@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -56,3 +57,15 @@ def checked_settings() -> Settings:
     except ConfigError as error:
         fail(error)
     return settings
+
+
+def freeze_heap() -> None:
+    """Leave what the process built before serving out of every later garbage collection.
+
+    The modules, tables and schemas loaded at start-up live as long as the process; a full
+    collection walking them took 75-140 ms on a 2-core machine, a pause of every thread
+    that lands inside whatever transaction one of them holds (a claim, a prune chunk).
+    Frozen, they are never walked again; what the process allocates later still is.
+    """
+    gc.collect()
+    gc.freeze()

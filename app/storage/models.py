@@ -29,7 +29,12 @@ from app.statuses import Status
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# Claimable now: a delayed task joins these once promoted (its not_before cleared when due).
+READY = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NULL"
+# Held back by run_at or a retry backoff, ordered by when each falls due.
 DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
+# Tasks submitted one by one have no batch: they cost the status+batch index nothing.
+IN_A_BATCH = "batch_id IS NOT NULL"
 
 
 class Task(db.Model):  # type: ignore[name-defined]
@@ -51,6 +56,7 @@ class Task(db.Model):  # type: ignore[name-defined]
     # As the submitter set it; the scheduler never changes it.
     run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # The earliest start a claim allows: run_at, or the end of a retry backoff if later.
+    # Cleared once that time has come (promotion), so the claim only asks for NULL here.
     not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # Dependencies not yet terminal; the task is ready when this is 0.
     pending_deps: Mapped[int] = mapped_column(Integer, default=0)
@@ -76,8 +82,8 @@ class Task(db.Model):  # type: ignore[name-defined]
             "ix_tasks_ready",
             priority.desc(),
             seq,
-            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
-            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
+            sqlite_where=text(READY),
+            postgresql_where=text(READY),
         ),
         # The same question from an instance that runs only some types: one walk per type.
         Index(
@@ -85,8 +91,8 @@ class Task(db.Model):  # type: ignore[name-defined]
             type,
             priority.desc(),
             seq,
-            sqlite_where=text("status = 'QUEUED' AND pending_deps = 0"),
-            postgresql_where=text("status = 'QUEUED' AND pending_deps = 0"),
+            sqlite_where=text(READY),
+            postgresql_where=text(READY),
         ),
         # When the next held-back task (run_at, retry backoff) becomes due.
         Index(
@@ -101,9 +107,21 @@ class Task(db.Model):  # type: ignore[name-defined]
             sqlite_where=text("status = 'RUNNING'"),
             postgresql_where=text("status = 'RUNNING'"),
         ),
+        # The list's filters, each leading an index that also serves its newest-first order.
         Index("ix_tasks_status_seq", status, seq),
         Index("ix_tasks_type_seq", type, seq),
         Index("ix_tasks_batch_seq", batch_id, seq),
+        # The two pairs the dashboard asks for; without them a page of a rare pair walks
+        # every task of the common half (all COMPLETED tasks, to find 100 of one type).
+        Index("ix_tasks_status_type_seq", status, type, seq),
+        Index(
+            "ix_tasks_status_batch_seq",
+            status,
+            batch_id,
+            seq,
+            sqlite_where=text(IN_A_BATCH),
+            postgresql_where=text(IN_A_BATCH),
+        ),
         Index("ix_tasks_finished_at", finished_at),
     )
 

@@ -7,20 +7,42 @@ of another of its dependencies reads that one to know it still may not run.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, func, or_, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import faults
 from app.statuses import TERMINAL, UNFINISHED, Status
 from app.storage import database
-from app.storage.tables import chunks, deps, tasks, weak
+from app.storage.tables import deps, tasks, weak
 
-# Tasks deleted per transaction: short enough that writers queued behind it barely wait.
+# Tasks deleted per transaction at most.
 PRUNE_CHUNK = 1000
+# How long one chunk may hold the write lock, so that writers queued behind it barely wait:
+# a chunk slower than this halves the next one, one twice as fast doubles it (up to the
+# chunk size asked for). The size follows the machine, the database and its indexes.
+CHUNK_BUDGET_S = 0.025
+MIN_CHUNK = 25
+FIRST_CHUNK = 100
 
 Position = tuple[datetime, int]
 
@@ -35,20 +57,34 @@ def prune(
 ) -> int:
     """Delete tasks that finished before `now - older_than`; return how many went.
 
-    Walks the finished tasks once, oldest first, in chunks of `chunk`, each its own short
-    transaction; between two chunks it returns early once `stop` is set.
+    Walks the finished tasks once, oldest first, in chunks of at most `chunk`, each its own
+    short transaction sized to take about CHUNK_BUDGET_S; between two chunks it returns
+    early once `stop` is set.
     """
     cutoff = _cutoff(engine, older_than, now)
     deleted = 0
+    # Small at first: the first chunk reads its pages from disk.
+    size = min(chunk, FIRST_CHUNK)
     after: Position | None = None
     while stop is None or not stop.is_set():
+        began = time.monotonic()
         with database.write(engine) as conn:
-            selected, removed, after = _prune_chunk(conn, cutoff, chunk, after)
+            selected, removed, after = _prune_chunk(conn, cutoff, size, after)
         deleted += removed
-        faults.point("prune.chunk_committed", removed=removed)
-        if selected < chunk:
+        faults.point("prune.chunk_committed", removed=removed, size=size)
+        if selected < size:
             break
+        size = next_chunk(size, time.monotonic() - began, chunk)
     return deleted
+
+
+def next_chunk(size: int, took_s: float, largest: int) -> int:
+    """Return the size of the chunk after one of `size` that took `took_s` seconds."""
+    if took_s > CHUNK_BUDGET_S:
+        return max(min(MIN_CHUNK, largest), size // 2)
+    if took_s < CHUNK_BUDGET_S / 2:
+        return min(largest, size * 2)
+    return size
 
 
 def count_prunable(
@@ -108,12 +144,13 @@ def _prune_chunk(
         ids = _dependencies_held(conn, ids)
     ids = removable(conn, ids)
     faults.point("prune.chunk", ids=ids)
-    for part in chunks(ids):
+    if ids:
+        d = conn.dialect.name
         # Both directions, explicitly: the cascade would do it, but only where the foreign
         # keys are enforced.
-        edges = or_(deps.c.task_id.in_(part), deps.c.dependency_id.in_(part))
+        edges = or_(among(d, deps.c.task_id, ids), among(d, deps.c.dependency_id, ids))
         conn.execute(delete(deps).where(edges))
-        conn.execute(delete(tasks).where(tasks.c.id.in_(part)))
+        conn.execute(delete(tasks).where(among(d, tasks.c.id, ids)))
     return len(rows), len(ids), (rows[-1].finished_at, rows[-1].seq)
 
 
@@ -125,14 +162,16 @@ def removable(conn: Connection, ids: Sequence[str]) -> list[str]:
     """
     dependent = tasks.alias("dependent")
     blocked_by: dict[str, set[str]] = {}
-    for part in chunks(ids):
-        query = (
-            select(deps.c.dependency_id, deps.c.task_id)
-            .join(dependent, dependent.c.id == deps.c.task_id)
-            .where(deps.c.dependency_id.in_(part), dependent.c.status != Status.COMPLETED.value)
+    query = (
+        select(deps.c.dependency_id, deps.c.task_id)
+        .join(dependent, dependent.c.id == deps.c.task_id)
+        .where(
+            among(conn.dialect.name, deps.c.dependency_id, ids),
+            dependent.c.status != Status.COMPLETED.value,
         )
-        for dependency_id, task_id in conn.execute(query):
-            blocked_by.setdefault(dependency_id, set()).add(task_id)
+    )
+    for dependency_id, task_id in conn.execute(query):
+        blocked_by.setdefault(dependency_id, set()).add(task_id)
     going = set(ids)
     while True:
         kept = {i for i in going if blocked_by.get(i, set()) <= going}
@@ -151,17 +190,17 @@ def _dependencies_held(conn: Connection, ids: Sequence[str]) -> list[str]:
     dependency = tasks.alias("dependency")
     wanted: dict[str, set[str]] = {}
     held: set[str] = set()
-    for part in chunks(ids):
-        edges = select(deps.c.task_id, deps.c.dependency_id).where(deps.c.task_id.in_(part))
-        for task_id, dependency_id in conn.execute(edges):
-            wanted.setdefault(task_id, set()).add(dependency_id)
-        lock = (
-            select(dependency.c.id)
-            .join(deps, deps.c.dependency_id == dependency.c.id)
-            .where(deps.c.task_id.in_(part))
-            .with_for_update(read=True, skip_locked=True, of=dependency)
-        )
-        held.update(conn.execute(lock).scalars())
+    d = conn.dialect.name
+    edges = select(deps.c.task_id, deps.c.dependency_id).where(among(d, deps.c.task_id, ids))
+    for task_id, dependency_id in conn.execute(edges):
+        wanted.setdefault(task_id, set()).add(dependency_id)
+    lock = (
+        select(dependency.c.id)
+        .join(deps, deps.c.dependency_id == dependency.c.id)
+        .where(among(d, deps.c.task_id, ids))
+        .with_for_update(read=True, skip_locked=True, of=dependency)
+    )
+    held.update(conn.execute(lock).scalars())
     chosen = set(ids)
     return [i for i in ids if wanted.get(i, set()) <= held | chosen]
 
@@ -185,3 +224,15 @@ def _has_unfinished() -> Any:
         .join(dependent, dependent.c.id == deps.c.task_id)
         .where(deps.c.dependency_id == tasks.c.id, dependent.c.status.in_(UNFINISHED))
     )
+
+
+def among(dialect: str, column: Any, ids: Sequence[str]) -> Any:
+    """Return `column IN ids` with the ids as one bound parameter, however many.
+
+    An IN list binds, and SQLAlchemy renders, one parameter per id: for a chunk of a
+    thousand tasks that cost as much as the deletes themselves, inside the transaction.
+    """
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(String())))
+    values = func.json_each(bindparam(None, json.dumps(list(ids)))).table_valued("value")
+    return column.in_(select(values.c.value))

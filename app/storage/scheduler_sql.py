@@ -67,9 +67,40 @@ def _ready(d: str, excluded: int, type_param: str | None = None) -> str:
     of_type = f" AND tasks.type = {_p(d, type_param)}" if type_param else ""
     return (
         f"SELECT seq, priority FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0{of_type}"
-        f" AND (tasks.not_before IS NULL OR tasks.not_before <= {_p(d, 'now')}){skip}"
+        f" AND tasks.not_before IS NULL{skip}"
         f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
     )
+
+
+def promote_sql(d: str) -> str:
+    """Return the statement that makes the delayed tasks now due ready, earliest first.
+
+    It walks `ix_tasks_delayed` from its start and stops at the first task not yet due,
+    so with nothing due it costs one index probe. On PostgreSQL it passes over rows another
+    transaction holds (another instance promoting the same ones, or a cancel): it never
+    waits on a lock, so it cannot deadlock with a claim or a cascade; whoever holds the row
+    promotes it, or the next pass does.
+    """
+    due = (
+        f"SELECT seq FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
+        f" AND tasks.not_before IS NOT NULL AND tasks.not_before <= {_p(d, 'now')}"
+        f" ORDER BY tasks.not_before LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
+    )
+    if d == "sqlite":
+        # Led by UPDATE, so that sqlite3 counts the rows it changed.
+        return f"UPDATE tasks SET not_before = NULL WHERE tasks.seq IN ({due})"
+    # Materialized, so that the locking walk runs once (see claim_sql).
+    return (
+        f"WITH due AS MATERIALIZED ({due})"
+        " UPDATE tasks SET not_before = NULL FROM due WHERE tasks.seq = due.seq"
+    )
+
+
+def promote(conn: Connection, now: datetime, limit: int) -> int:
+    """Clear `not_before` of up to `limit` tasks due by `now`; return how many."""
+    d = conn.dialect.name
+    params = {"now": _time(d, now), "limit": limit}
+    return int(conn.exec_driver_sql(promote_sql(d), params).rowcount)
 
 
 def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:

@@ -22,6 +22,9 @@ from app.storage.propagation import settle
 from app.storage.tables import CHUNK, RUNNING, instances, tasks
 
 MAX_BACKOFF = timedelta(hours=1)
+# Delayed tasks made ready per claim at most: a burst falling due at once is promoted over
+# a few passes, in transactions that stay short.
+PROMOTE_BATCH = 1000
 CANCELLED_WHILE_RUNNING = "Cancelled by a user while running."
 
 
@@ -100,7 +103,7 @@ class Store(Membership):
         with database.write(self.engine) as conn:
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
-            return self._claim_as(conn, worker, limit, now or self.now(conn), types=types)
+            return self._claim_as(conn, worker, limit, now or self.now(conn), types=types)[0]
 
     def _claim_as(
         self,
@@ -110,11 +113,20 @@ class Store(Membership):
         now: datetime,
         exclude: Sequence[str] = (),
         types: Sequence[str] = (),
-    ) -> list[Claim]:
+    ) -> tuple[list[Claim], bool]:
+        """Promote the delayed tasks now due, then claim; say also whether more are due.
+
+        More are due when the promotion stopped at its batch size: the caller should pass
+        again at once rather than sleep until the next due time.
+        """
         # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
         # this claim commits, so nothing is claimed under a dead identity.
         if not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
+        promoted = scheduler_sql.promote(conn, now, PROMOTE_BATCH)
+        if promoted:
+            # Other instances may have slots for what this one does not claim.
+            announce(conn)
         claims = [
             _as_claim(
                 r,
@@ -127,7 +139,7 @@ class Store(Membership):
         if claims:
             reason = f"claimed by {worker}"
             events.stage([(c.id, c.type, c.attempt, Status.RUNNING, reason) for c in claims])
-        return claims
+        return claims, promoted >= PROMOTE_BATCH
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
@@ -151,7 +163,8 @@ class Store(Membership):
         One commit per scheduler pass, whatever the number of tasks it settles and starts:
         durability costs little, and a dependent is claimed in the very transaction that
         records its last dependency's completion. When slots stay free, it also says when
-        the next held-back task (run_at, retry backoff) falls due. `exclude` names tasks
+        the next held-back task (run_at, retry backoff) falls due: now, when more fell due
+        than one pass promotes. `exclude` names tasks
         the caller must not claim (an earlier attempt of theirs still holds its thread);
         `types`, when given, the only types it claims.
         """
@@ -159,8 +172,14 @@ class Store(Membership):
         def work(conn: Connection) -> PassResult:
             at = now or self.now(conn)
             applied = self.finish_all(conn, finished, at) if finished else []
-            claims = self._claim_as(conn, worker, limit, at, exclude, types) if limit > 0 else []
-            due = scheduler_sql.next_run_at(conn, at) if len(claims) < limit else None
+            claims, more_due = (
+                self._claim_as(conn, worker, limit, at, exclude, types)
+                if limit > 0
+                else ([], False)
+            )
+            due = None
+            if len(claims) < limit:
+                due = at if more_due else scheduler_sql.next_run_at(conn, at)
             return PassResult(applied, claims, at, due)
 
         done = database.transaction(self.engine, work)

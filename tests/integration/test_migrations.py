@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import MetaData, Table, insert, inspect, select
+from sqlalchemy import Connection, MetaData, Table, insert, inspect, select, text
 
 from app import create_app
 from app.extensions import db
 from app.runtime.metrics import Metrics
 from app.runtime.reaper import Reaper
 from app.services import blockers
+from app.storage.database import utcnow
 from app.storage.tables import deps, tasks
 
 
@@ -35,7 +37,8 @@ def test_upgrade_matches_the_models_and_downgrade_removes_them(database_url: str
 def test_upgrade_to_0003_keeps_run_at_apart_from_a_backoff(database_url: str) -> None:
     """A database the previous version filled: its backoffs move out of run_at."""
     app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
-    now = datetime(2026, 12, 1, 12, 0, 0)
+    # Ahead of the clock, so that no later revision finds these times passed (0006 promotes).
+    now = utcnow().replace(microsecond=0) + timedelta(days=1)
     later, much_later = now + timedelta(minutes=5), now + timedelta(days=1)
     with app.app_context():
         upgrade(revision="0002")
@@ -172,5 +175,90 @@ def test_upgrade_to_0004_keeps_instances_of_the_previous_version_working(
         with db.engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("scheduler_instances")}
         assert "task_types" not in columns and "heartbeat_monotonic" not in columns
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def _index_definition(conn: Connection, name: str) -> str:
+    if conn.dialect.name == "sqlite":
+        sql = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+    else:
+        sql = (
+            "SELECT indexdef FROM pg_indexes"
+            " WHERE indexname = :name AND schemaname = current_schema()"
+        )
+    return str(conn.execute(text(sql), {"name": name}).scalar_one())
+
+
+def _old_task(task_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "type": "t",
+        "duration_ms": 1,
+        "payload": {},
+        "status": "QUEUED",
+        "priority": 0,
+        "trigger_rule": "all_success",
+        "max_attempts": 1,
+        "retry_backoff_ms": 0,
+        "pending_deps": 0,
+        "attempts": 0,
+        "failures": 0,
+        "created_at": at,
+        "updated_at": at,
+        "cancel_requested": False,
+        "run_at": None,
+        "not_before": None,
+        "batch_id": None,
+        "finished_at": None,
+        **fields,
+    }
+
+
+def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_ready_index(
+    database_url: str,
+) -> None:
+    """A database 0004 filled: its due tasks lose not_before, the others keep it."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    past, future = now - timedelta(minutes=5), now + timedelta(days=1)
+    with app.app_context():
+        upgrade(revision="0004")
+        with db.engine.begin() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(old),
+                [
+                    _old_task("due", past, run_at=past, not_before=past),
+                    _old_task("backed-off", past, failures=1, not_before=past),
+                    _old_task("later", past, run_at=future, not_before=future),
+                    _old_task("plain", past, batch_id="b1"),
+                    _old_task("waits", past, pending_deps=1, run_at=past, not_before=past),
+                    _old_task("done", past, status="COMPLETED", not_before=past, finished_at=now),
+                ],
+            )
+        upgrade()
+        with db.engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(select(tasks))}
+            for name in ("ix_tasks_ready", "ix_tasks_ready_type"):
+                assert "not_before IS NULL" in _index_definition(conn, name)
+            indexes = {i["name"] for i in inspect(conn).get_indexes("tasks")}
+        assert {"ix_tasks_status_type_seq", "ix_tasks_status_batch_seq"} <= indexes
+        promoted = {i for i, r in rows.items() if r.status == "QUEUED" and r.not_before is None}
+        assert promoted == {"due", "backed-off", "plain", "waits"}
+        assert (rows["due"].run_at, rows["later"].not_before) == (past, future)
+        assert rows["done"].not_before == past  # only queued tasks are promoted
+        store = app.extensions["store"]
+        store.register(
+            {"id": "w", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+        )
+        assert [c.id for c in store.claim("w", 10)] == ["due", "backed-off", "plain"]
+        assert [c.id for c in store.claim("w", 10, future)] == ["later"]
+
+        downgrade(revision="0004")
+        with db.engine.connect() as conn:
+            assert "not_before" not in _index_definition(conn, "ix_tasks_ready")
+            indexes = {i["name"] for i in inspect(conn).get_indexes("tasks")}
+        assert "ix_tasks_status_type_seq" not in indexes
         downgrade(revision="base")
         db.engine.dispose()

@@ -79,6 +79,7 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
     with database.write(store.engine) as conn:
         dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": exited_pid()}
         conn.execute(insert(instances).values(id="gone", started_at=now, heartbeat_at=now, **dead))
+        scheduler_sql.promote(conn, now + 2 * HOUR, 1)
         claimed = scheduler_sql.claim(conn, "gone", 1, now + 2 * HOUR)
     assert [c.id for c in claimed] == ["orphan"]
     # The runner's own reaper ran at its start: only the busy instance reaps now.

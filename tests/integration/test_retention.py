@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import UTC, timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import Connection, Engine, select, text, update
 
+from app import faults
 from app.services import reads, submissions
 from app.storage import database, retention
 from app.storage.tables import deps, tasks
@@ -148,6 +150,38 @@ def test_prunes_in_chunks_one_transaction_each(
 
     assert ids(engine) == {"recent"}
     assert len(transactions) == 3  # 3 + 3 + 1
+
+
+def chunk_sizes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, each_s: float, **kw: Any
+) -> list[int]:
+    """Prune as if every chunk took `each_s` seconds; return the size of each chunk."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(retention.time, "monotonic", lambda: next(ticks) * each_s)
+    sizes: list[int] = []
+    with faults.injected("prune.chunk_committed", lambda size, **_: sizes.append(size)):
+        retention.prune(engine, WEEK, **kw)
+    return sizes
+
+
+def test_a_slow_chunk_halves_the_next_and_a_quick_one_doubles_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def old_tasks(prefix: str) -> None:
+        for n in range(30):
+            add(engine, f"{prefix}{n}")
+            finish(engine, f"{prefix}{n}", "COMPLETED", OLD + timedelta(minutes=n))
+
+    monkeypatch.setattr(retention, "MIN_CHUNK", 2)
+    old_tasks("slow")
+    # Each chunk takes twice the budget: the next is half as large, down to the least.
+    slow = chunk_sizes(engine, monkeypatch, 2 * retention.CHUNK_BUDGET_S, chunk=8)
+    assert slow == [8, 4] + [2] * 9 + [2]  # 30 tasks, then a look that finds none left
+    old_tasks("quick")
+    monkeypatch.setattr(retention, "FIRST_CHUNK", 2)
+    # Quick chunks grow up to the chunk size asked for, never past it.
+    assert chunk_sizes(engine, monkeypatch, 0.0, chunk=8) == [2, 4, 8, 8, 8, 8]
+    assert ids(engine) == set()
 
 
 def test_chunks_split_tasks_that_finished_at_the_same_instant(engine: Engine) -> None:

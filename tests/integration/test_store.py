@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from app.statuses import Status
 from app.storage import database, scheduler_sql
 from app.storage.database import utcnow
 from app.storage.propagation import settle
+from app.storage.reads import newest_first
 from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory, build_app
@@ -317,6 +318,49 @@ def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str)
     assert not any("TEMP B-TREE" in step or "ix_tasks_status_seq" in step for step in plan)
 
 
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({"status": "FAILED"}, "ix_tasks_status_seq (status=?)"),
+        ({"task_type": "t"}, "ix_tasks_type_seq (type=?)"),
+        ({"batch_id": "b"}, "ix_tasks_batch_seq (batch_id=?)"),
+        (
+            {"status": "COMPLETED", "task_type": "t"},
+            "ix_tasks_status_type_seq (status=? AND type=?)",
+        ),
+        (
+            {"status": "FAILED", "batch_id": "b"},
+            "ix_tasks_status_batch_seq (status=? AND batch_id=?)",
+        ),
+        (
+            {"status": "FAILED", "batch_id": "b", "before": 9},
+            "ix_tasks_status_batch_seq (status=? AND batch_id=? AND seq<?)",
+        ),
+    ],
+)
+def test_a_sqlite_page_walks_one_index_in_its_order(
+    sqlite_url: str, filters: dict[str, Any], index: str
+) -> None:
+    # Newest first straight from the index: a page costs its own rows, however many tasks
+    # of the status (or the type) are stored.
+    store = build_app(sqlite_url, {}).extensions["store"]
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        sent.append((sql, params))
+
+    query = {"status": None, "task_type": None, "batch_id": None, "before": None, **filters}
+    with database.read(store.engine) as conn:
+        event.listen(conn, "before_cursor_execute", record)
+        newest_first(conn, **query, limit=101)
+        event.remove(conn, "before_cursor_execute", record)
+    ((sql, params),) = sent
+    with database.read(store.engine) as conn:
+        plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+    assert plan == [f"SEARCH tasks USING INDEX {index}"], plan
+    store.engine.dispose()
+
+
 def test_sqlite_propagation_and_completion_find_rows_by_id(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
     statements = [
@@ -348,3 +392,84 @@ def test_a_lease_reap_spares_an_instance_that_heartbeated_meanwhile(store: Store
     assert store.heartbeat("slow")
     assert store.reap("slow", "lease expired", stale_before=utcnow() + timedelta(hours=1)) == ["a"]
     assert not store.heartbeat("slow")  # forgotten: it must rejoin under a new identity
+
+
+# -- delayed tasks: kept out of the ready index until promoted ---------------------------
+
+
+def test_a_claim_promotes_what_fell_due_and_leaves_the_rest_delayed(store: Store) -> None:
+    now = utcnow()
+    for name, due in (("due", now - timedelta(seconds=1)), ("later", now + timedelta(hours=1))):
+        add(store, name)
+        set_fields(store, name, run_at=due, not_before=due)
+    assert [c.id for c in claim_all(store)] == ["due"]
+    assert row(store, "due").run_at == now - timedelta(seconds=1)  # the submitter's, kept
+    assert row(store, "later").not_before == now + timedelta(hours=1)
+    assert claim_all(store) == []
+
+
+def test_the_ready_index_holds_no_delayed_task(sqlite_url: str) -> None:
+    # The claim walks ix_tasks_ready (see the plan test above): a delayed task in it would
+    # be walked, and passed over, by every claim until it falls due.
+    store = build_app(sqlite_url, {}).extensions["store"]
+    later = utcnow() + timedelta(hours=1)
+    for name in ("a", "b", "c"):
+        add(store, name)
+        set_fields(store, name, run_at=later, not_before=later)
+    add(store, "ready")
+    with database.write(store.engine) as conn:
+        conn.exec_driver_sql("ANALYZE ix_tasks_ready")  # counts the index's entries
+        sql = "SELECT stat FROM sqlite_stat1 WHERE idx = 'ix_tasks_ready'"
+        entries = int(conn.exec_driver_sql(sql).scalar_one().split()[0])
+    assert entries == 1
+    store.engine.dispose()
+
+
+def test_the_sqlite_promotion_walks_the_delayed_index(sqlite_url: str) -> None:
+    store = build_app(sqlite_url, {}).extensions["store"]
+    params = {"now": "2026-01-01 00:00:00.000000", "limit": 10}
+    plan = query_plan(store, scheduler_sql.promote_sql("sqlite"), params)
+    assert any("USING INDEX ix_tasks_delayed (not_before>? AND not_before<?)" in s for s in plan)
+    assert not any("TEMP B-TREE" in step or "SCAN tasks" in step for step in plan), plan
+    store.engine.dispose()
+
+
+def test_a_pass_that_promotes_a_full_batch_asks_for_another_at_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.storage.store.PROMOTE_BATCH", 2)
+    past = utcnow() - timedelta(seconds=1)
+    for name in ("b1", "b2", "b3"):
+        add(store, name)
+        set_fields(store, name, type="b", run_at=past, not_before=past)
+    register(store, "w1")
+    first = store.cycle("w1", [], 1, types=["a"])
+    assert (first.claims, first.next_due) == ([], first.now)  # more may be due: pass again
+    second = store.cycle("w1", [], 1, types=["a"])
+    assert (second.claims, second.next_due) == ([], None)
+    assert [c.id for c in claim_all(store, worker="w2")] == ["b1", "b2", "b3"]
+
+
+def test_a_pass_still_sleeps_until_the_next_delayed_task(store: Store) -> None:
+    later = utcnow() + timedelta(minutes=5)
+    add(store, "later")
+    set_fields(store, "later", run_at=later, not_before=later)
+    register(store, "w1")
+    assert store.cycle("w1", [], 4).next_due == later
+
+
+def test_on_postgresql_promotion_passes_over_a_row_another_holds(store: Store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no row is held")
+    past = utcnow() - timedelta(seconds=1)
+    for name in ("held", "free"):
+        add(store, name)
+        set_fields(store, name, run_at=past, not_before=past)
+    with store.engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM tasks WHERE id = 'held' FOR UPDATE"))
+        with database.write(store.engine) as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")  # a wait would fail, not hang
+            assert scheduler_sql.promote(conn, database.now(conn), 10) == 1
+        holder.rollback()
+    assert (row(store, "held").not_before, row(store, "free").not_before) == (past, None)
+    assert [c.id for c in claim_all(store)] == ["held", "free"]
