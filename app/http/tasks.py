@@ -92,7 +92,7 @@ def list_tasks() -> Response:
         limit=_limit(request.args.get("limit")),
         cursor=request.args.get("cursor"),
     )
-    response = jsonify(tasks_out.dump(page.tasks))
+    response = jsonify(batch.dump_tasks(page.tasks, tasks_out))
     if page.next_cursor is not None:
         args = {**request.args.to_dict(), "cursor": page.next_cursor}
         link = url_for("tasks.list_tasks", _external=True, **args)

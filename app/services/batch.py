@@ -301,9 +301,12 @@ _NULLABLE = {name for name, field in _task_in.fields.items() if field.allow_none
 # timestamps) still go through TaskOut's own field, once per distinct value.
 
 
-def dump_tasks(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return `tasks` exactly as TaskOut(many=True) dumps them, faster."""
-    items = list(_task_out.dump_fields.items())
+def dump_tasks(
+    tasks: Sequence[dict[str, Any]], schema: TaskOut = _task_out
+) -> list[dict[str, Any]]:
+    """Return `tasks` exactly as `schema` (a TaskOut, maybe with fields left out) dumps
+    them, faster."""
+    items = list(schema.dump_fields.items())
     keys = [field.data_key or name for name, field in items]
     values_of = itemgetter(*(name for name, _ in items))
     converted = [(n, f.data_key or n, f) for n, f in items if not _passes_through(f)]
@@ -313,7 +316,7 @@ def dump_tasks(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             out = dict(zip(keys, values_of(task), strict=True))
         except KeyError:
-            dumped.append(_task_out.dump(task))
+            dumped.append(schema.dump(task, many=False))
             continue
         for name, key, field in converted:
             value = task[name]
