@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +19,10 @@ from app.services import actions, batch
 from app.statuses import Status
 from app.storage import counts, database, retention
 from app.storage.database import utcnow
-from app.storage.store import Outcome, Store
+from app.storage.store import Claim, Outcome, Store
 from app.storage.tables import count_deltas, tasks
-from tests.support.apps import AppFactory, build_app
+from tests.support.apps import AppFactory, build_app, postgres_schema
+from tests.support.interleave import Explorer, Scenario, Step, tune_sessions
 from tests.support.store import add, claim_all, set_fields
 
 
@@ -262,3 +265,95 @@ def test_two_folds_at_once_count_every_delta_once(pg_app: Flask) -> None:
     assert counts.fold(engine) == 0
     assert assert_exact(engine) == expected
     assert pending_deltas(engine) == 0
+
+
+# -- PostgreSQL: a fold raced against every other writer, at every pause point -------------
+
+
+@dataclass
+class Queue:
+    """A scenario's world: three tasks submitted, A claimed and not folded yet."""
+
+    engine: Engine
+    claims: dict[str, Claim] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> set[str]:
+        return set(self.claims)
+
+    @property
+    def store(self) -> Store:
+        return Store(self.engine)
+
+
+def three_queued_one_running(engine: Engine) -> Queue:
+    world = Queue(engine)
+    store = world.store
+    counts.fold(engine)  # what earlier runs left: each run starts with the same deltas
+    for name in ("A", "B", "C"):
+        add(store, name)
+    world.claims = {c.id: c for c in claim_all(store, limit=1)}
+    assert set(world.claims) == {"A"}
+    return world
+
+
+def fold(label: str = "fold") -> Step:
+    """A scheduler folds the count deltas; its answer is how many it moved."""
+    return Step(label, lambda w: counts.fold(w.engine))
+
+
+FOLD_RACES = [
+    Scenario("fold_vs_fold", three_queued_one_running, fold(), fold("another fold")),
+    Scenario(
+        "fold_vs_submit",
+        three_queued_one_running,
+        fold(),
+        Step("submit(D)", lambda w: add(w.store, "D")),
+    ),
+    Scenario(
+        "fold_vs_claim",
+        three_queued_one_running,
+        fold(),
+        Step("claim", lambda w: w.store.claim("w1", 100)),
+    ),
+    Scenario(
+        "fold_vs_finish",
+        three_queued_one_running,
+        fold(),
+        Step("finish(A)", lambda w: w.store.finish(w.claims["A"], Outcome(Status.COMPLETED))),
+    ),
+    Scenario(
+        "fold_vs_cancel",
+        three_queued_one_running,
+        fold(),
+        Step("cancel(B)", lambda w: actions.cancel(w.engine, "B")["status"]),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Iterator[Explorer]:
+    with contextmanager(postgres_schema)() as url:
+        app = build_app(url, {})
+        engine: Engine = app.extensions["store"].engine
+        tune_sessions(engine)
+        found = Explorer(engine)
+        try:
+            yield found
+        finally:
+            found.close()
+            engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scenario", FOLD_RACES, ids=lambda s: s.name)
+def test_a_fold_raced_against_a_writer_keeps_every_count(
+    explorer: Explorer, scenario: Scenario
+) -> None:
+    """Every interleaving leaves the counts equal to the rows (the oracle checks them) and
+    equals one of the two serial orders."""
+    report = explorer.explore(scenario)
+    assert report.runs == sum(len(steps) for steps in report.steps.values()) > 0
+    if report.failed:
+        pytest.fail(report.describe(), pytrace=False)
+    assert report.deadlocks == []
