@@ -40,7 +40,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 
 
 class TaskCounts:
-    """A collector of tasks by status, counted in the database at each scrape."""
+    """A collector of tasks by status, read from the database's counts at each scrape."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -50,7 +50,7 @@ class TaskCounts:
         yield self._family()
 
     def collect(self) -> Iterator[Metric]:
-        """Count the tasks of every status with one GROUP BY; nothing if the database fails."""
+        """Read the tasks of every status from the counts rows; nothing if the database fails."""
         try:
             with database.read(self.engine) as conn:
                 found = counts.by_status(conn)

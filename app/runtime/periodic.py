@@ -1,7 +1,7 @@
 """Maintenance beside the scheduler loop: each job on a thread of its own.
 
-Each job (heartbeat, reaper, pruner) is a small object with `run_once(now)`, run every
-so often by `Periodic` in production and called directly by tests. None waits for
+Each job (heartbeat, reaper, pruner, count folder) is a small object with `run_once(now)`,
+run every so often by `Periodic` in production and called directly by tests. None waits for
 another: a long prune cannot delay a heartbeat, so a live instance is never declared dead
 because it was cleaning up.
 """

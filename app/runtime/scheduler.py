@@ -4,8 +4,9 @@ One pass (`run_once`) writes the outcomes of the attempts that ended and claims 
 ready tasks as threads are free, in one transaction, then starts them. The database holds
 everything the scheduler needs, except what only this process can know: which attempts its
 threads are executing (`_attempts`, keyed by task and attempt number). Heartbeats,
-recovery of dead instances and pruning run beside the loop, each on its own thread
-(`periodic`: heartbeat, reaper, pruner), so none of them can stall the others.
+recovery of dead instances, pruning and (on PostgreSQL) folding the task counts run beside
+the loop, each on its own thread (`periodic`: heartbeat, reaper, pruner, count folder), so
+none of them can stall the others.
 
 Tests drive it without threads: `open()` registers the instance, each `run_once(now)` is
 one pass at the given time, the executor and the clock are injected.
@@ -28,6 +29,7 @@ from app import faults
 from app.handlers import SIMULATE, Registry
 from app.runtime import identity
 from app.runtime.attempt import Executor, Running, ThreadExecutor, call_handler
+from app.runtime.countfold import CountFolder
 from app.runtime.heartbeat import Contact, Heartbeat
 from app.runtime.metrics import Metrics
 from app.runtime.periodic import Periodic
@@ -99,6 +101,7 @@ class Scheduler:
             trusted=self.contact.trusted,
         )
         self.pruner = Pruner(store, retention_days)
+        self.folder = CountFolder(store)
         self._new_executor = executor
         self._executor: Executor | None = None
         self._name = name or _instance_name
@@ -187,6 +190,8 @@ class Scheduler:
             Periodic(self.reaper, max(0.2, min(self.poll_interval_s, self.lease_s / 3))),
             Periodic(self.pruner, self.pruner.every_s, stop=self.pruner.stop_event),
         ]
+        if self.folder.needed:
+            self._jobs.append(Periodic(self.folder, self.folder.every_s))
         for job in self._jobs:
             job.start()
         log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)

@@ -1,25 +1,55 @@
 """Counting tasks: by status for the dashboard and /metrics, QUEUED ones for the queue
-limit, and the members of a batch."""
+limit, and the members of a batch.
+
+The counts by status are read from `task_counts` plus the deltas not yet folded into it,
+which the triggers of app/storage/count_triggers.py keep: a few rows whatever the number
+of tasks, and exact in the reader's snapshot, since every change of a task's status
+commits (or not) with its count.
+"""
 
 from __future__ import annotations
 
 import zlib
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text, union_all
 
 from app.statuses import Status
-from app.storage.tables import tasks
+from app.storage import database
+from app.storage.tables import count_deltas, task_counts, tasks
 
 # Submitters that enforce MAX_QUEUED_TASKS on PostgreSQL queue on this transaction lock,
 # so that two of them cannot both count the same free room.
 QUEUE_LOCK_KEY = zlib.crc32(b"task-scheduler:max-queued-tasks")
+# One fold at a time on PostgreSQL; an instance that finds another folding skips its turn.
+FOLD_LOCK_KEY = zlib.crc32(b"task-scheduler:fold-task-counts")
 
-_BY_STATUS = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-_QUEUED = select(func.count()).select_from(tasks).where(tasks.c.status == Status.QUEUED.value)
+_COUNTED = union_all(
+    select(task_counts.c.status, task_counts.c.n),
+    select(count_deltas.c.status, count_deltas.c.n),
+).subquery("counted")
+_BY_STATUS = select(_COUNTED.c.status, func.sum(_COUNTED.c.n)).group_by(_COUNTED.c.status)
+_QUEUED = select(func.coalesce(func.sum(_COUNTED.c.n), 0)).where(
+    _COUNTED.c.status == Status.QUEUED.value
+)
+
+# Deletes the deltas this transaction sees and adds them to the rows per status, in one
+# statement: a delta is either still in task_count_deltas or already in task_counts, in
+# every snapshot. Rows per status are upserted in status order.
+_FOLD = text(
+    """
+    WITH moved AS (DELETE FROM task_count_deltas RETURNING status, n),
+    folded AS (
+        INSERT INTO task_counts (status, n)
+        SELECT status, sum(n) FROM moved GROUP BY status ORDER BY status
+        ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n
+    )
+    SELECT count(*) FROM moved
+    """
+)
 
 
 def by_status(conn: Connection) -> dict[str, int]:
-    """Return `{status: count}` for every status, zeros included, from one grouped query."""
+    """Return `{status: count}` for every status, zeros included, from the counts rows."""
     found = {s.value: 0 for s in Status}
     for status, count in conn.execute(_BY_STATUS):
         found[status] = int(count)
@@ -36,8 +66,24 @@ def hold_queue(conn: Connection) -> None:
 
 
 def queued(conn: Connection) -> int:
-    """Return how many tasks are QUEUED."""
+    """Return how many tasks are QUEUED, from the counts rows."""
     return int(conn.execute(_QUEUED).scalar_one())
+
+
+def fold(engine: Engine) -> int:
+    """Move the deltas PostgreSQL's triggers appended into the rows per status; return
+    how many went (0 on SQLite, whose triggers write the rows per status directly).
+
+    Readers add the deltas to the rows, so a fold changes no count; it keeps the deltas
+    few, and so the reads quick. When another instance is folding, this one skips.
+    """
+    if engine.dialect.name != "postgresql":
+        return 0
+    with database.write(engine) as conn:
+        lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+        if not conn.execute(lock, {"key": FOLD_LOCK_KEY}).scalar_one():
+            return 0
+        return int(conn.execute(_FOLD).scalar_one())
 
 
 def in_batch(conn: Connection, batch_id: str) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
 from app.statuses import Status
+from app.storage import count_triggers
 
 # SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets a bigint.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -161,3 +162,29 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="running")
     # The task types it claims, as a JSON list; NULL when it runs every type.
     task_types: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TaskCount(db.Model):  # type: ignore[name-defined]
+    """How many tasks have a status, as far as the folded deltas go (app/storage/counts.py).
+
+    Kept by triggers on `tasks` (app/storage/count_triggers.py), never by the code.
+    """
+
+    __tablename__ = "task_counts"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class TaskCountDelta(db.Model):  # type: ignore[name-defined]
+    """A change of the tasks per status not yet folded into `task_counts` (PostgreSQL;
+    always empty on SQLite, whose triggers update `task_counts` directly)."""
+
+    __tablename__ = "task_count_deltas"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+count_triggers.attach(db.metadata)

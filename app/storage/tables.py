@@ -7,11 +7,19 @@ from typing import Any
 
 from sqlalchemy import text
 
-from app.storage.models import SchedulerInstance, Task, TaskDependency
+from app.storage.models import (
+    SchedulerInstance,
+    Task,
+    TaskCount,
+    TaskCountDelta,
+    TaskDependency,
+)
 
 tasks = Task.__table__
 deps = TaskDependency.__table__
 instances = SchedulerInstance.__table__
+task_counts = TaskCount.__table__
+count_deltas = TaskCountDelta.__table__
 
 # Bound parameters per IN list; SQLite allows 32,766 per statement.
 CHUNK = 500

@@ -14,7 +14,7 @@ The list of tasks gets an index for each pair it is asked for: status and type, 
 batch (only tasks submitted in a batch have one).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-04
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

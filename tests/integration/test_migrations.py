@@ -8,13 +8,14 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import Connection, MetaData, Table, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, Table, insert, inspect, select, text
 
 from app import create_app
 from app.extensions import db
 from app.runtime.metrics import Metrics
 from app.runtime.reaper import Reaper
-from app.services import blockers
+from app.services import actions, blockers, submissions
+from app.storage import counts, database
 from app.storage.database import utcnow
 from app.storage.tables import deps, tasks
 
@@ -262,3 +263,100 @@ def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_r
         assert "ix_tasks_status_type_seq" not in indexes
         downgrade(revision="base")
         db.engine.dispose()
+
+
+def _old_counted(task_id: str, status: str, now: datetime) -> dict[str, object]:
+    return {
+        "id": task_id,
+        "type": "t",
+        "duration_ms": 1,
+        "payload": {},
+        "status": status,
+        "priority": 0,
+        "trigger_rule": "all_success",
+        "max_attempts": 1,
+        "retry_backoff_ms": 0,
+        "pending_deps": 0,
+        "attempts": 0,
+        "failures": 0,
+        "created_at": now,
+        "updated_at": now,
+        "cancel_requested": False,
+    }
+
+
+def test_upgrade_to_0005_counts_the_stored_tasks(database_url: str) -> None:
+    """The counts start from the tasks the previous version stored, then follow them."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = datetime(2026, 12, 5, 12, 0, 0)
+    statuses = ["QUEUED"] * 3 + ["RUNNING", "COMPLETED", "COMPLETED", "FAILED", "CANCELLED"]
+    with app.app_context():
+        upgrade(revision="0004")
+        with db.engine.begin() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            conn.execute(insert(old), [_old_counted(f"t{i}", s, now) for i, s in enumerate(statuses)])
+        upgrade()
+        engine = app.extensions["store"].engine
+        with database.read(engine) as conn:
+            assert counts.by_status(conn) == {
+                "QUEUED": 3,
+                "RUNNING": 1,
+                "COMPLETED": 2,
+                "FAILED": 1,
+                "UPSTREAM_FAILED": 0,
+                "CANCELLED": 1,
+            }
+        submissions.submit(engine, {"id": "new", "type": "t", "duration_ms": 1})
+        actions.cancel(engine, "t0")
+        counts.fold(engine)
+        with database.read(engine) as conn:
+            found = counts.by_status(conn)
+        assert (found["QUEUED"], found["CANCELLED"]) == (3, 2)
+
+        downgrade(revision="0004")
+        with db.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+        assert not {"task_counts", "task_count_deltas"} & tables
+        # Nothing is left that would write to the dropped tables.
+        with db.engine.begin() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            conn.execute(insert(old), _old_counted("after", "QUEUED", now))
+            conn.execute(old.update().values(status="CANCELLED"))
+            conn.execute(old.delete())
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def _triggers(engine: Engine) -> list[tuple[str, str]]:
+    """Every trigger (and on PostgreSQL every function) of the database, as defined."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            query = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+            return [(name, " ".join(sql.split())) for name, sql in conn.execute(text(query))]
+        triggers = text(
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+            "WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal ORDER BY tgname"
+        )
+        functions = text(
+            "SELECT proname, prosrc FROM pg_proc "
+            "WHERE pronamespace = current_schema()::regnamespace ORDER BY proname"
+        )
+        found = [(n, " ".join(d.split())) for n, d in conn.execute(triggers)]
+        return found + [(n, " ".join(d.split())) for n, d in conn.execute(functions)]
+
+
+def test_create_all_makes_the_triggers_the_migrations_make(database_url: str) -> None:
+    """The tests build their schemas with create_all: it must count as the service does."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    with app.app_context():
+        upgrade()
+        migrated = _triggers(db.engine)
+        downgrade(revision="base")
+        db.create_all()
+        db.create_all()  # over an existing schema: still one of each
+        created = _triggers(db.engine)
+        db.drop_all()
+        db.engine.dispose()
+    names = {name for name, _ in migrated}
+    assert {"task_counts_insert", "task_counts_update", "task_counts_delete"} <= names
+    assert created == migrated

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 
 from app.errors import ApiError
+from app.storage import counts
 
 DEADLOCK = "40P01"
 UNFINISHED = ("QUEUED", "RUNNING")
@@ -263,6 +265,8 @@ class State:
     tasks: dict[str, tuple[str, int]]
     rules: dict[str, str]
     edges: dict[str, list[str]]
+    # The tasks per status as /metrics reads them (app/storage/counts.py).
+    counted: dict[str, int] = field(default_factory=dict)
 
     def brief(self) -> str:
         """Return the tasks as `id=STATUS/pending`, sorted."""
@@ -280,8 +284,9 @@ def read_state(engine: Engine) -> State:
             text("SELECT task_id, dependency_id FROM task_dependencies ORDER BY task_id, position")
         ):
             edges.setdefault(task_id, []).append(dependency)
+        counted = counts.by_status(conn)
         conn.rollback()
-    return State(found, rules, edges)
+    return State(found, rules, edges, counted)
 
 
 def violations(state: State, claimed: set[str]) -> list[str]:
@@ -289,9 +294,12 @@ def violations(state: State, claimed: set[str]) -> list[str]:
 
     A QUEUED task waits for exactly its unfinished dependencies, and an all_success one
     for none that will never succeed; an UPSTREAM_FAILED task has a dependency that did
-    not succeed; only claimed tasks run.
+    not succeed; only claimed tasks run; the counts by status are those of the rows.
     """
     broken: list[str] = []
+    real = Counter(status for status, _ in state.tasks.values())
+    if state.counted and {s: n for s, n in state.counted.items() if n} != dict(real):
+        broken.append(f"the counts by status are {state.counted}, the rows {dict(real)}")
     for task_id, (status, pending) in sorted(state.tasks.items()):
         dependencies = state.edges.get(task_id, [])
         statuses = [state.tasks[d][0] for d in dependencies if d in state.tasks]

@@ -5,7 +5,7 @@ plays every scheduler instance, every handler thread and every user, following a
 drawn from one seeded random generator: submissions (single tasks and graphs, both
 trigger rules, run_at, retries, timeouts), scheduler passes, handlers that return, fail,
 ignore a cancel or outlive their timeout, cancels and retries, prunes, heartbeats and
-reaps, crashes and restarts, pauses past the lease, drains, and faults at the named
+reaps, count folds, crashes and restarts, pauses past the lease, drains, and faults at the named
 points of `app.faults` (a commit whose acknowledgement is lost, a crash as a handler
 thread starts, a failed requeue, a failed prune chunk). Time is a simulated clock, handler
 threads are simulated (`SimExecutor` starts them at once and ends them when the schedule
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, event, select
+from sqlalchemy import Connection, Engine, delete, event, func, select
 from sqlalchemy.exc import OperationalError
 
 from app import events, faults
@@ -37,8 +37,8 @@ from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
 from app.services import actions, batch, submissions
-from app.statuses import BLOCKING, TERMINAL, UNFINISHED
-from app.storage import database, retention
+from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
+from app.storage import counts, database, retention
 from app.storage.store import Store
 from app.storage.tables import deps, instances, tasks
 
@@ -46,6 +46,7 @@ LEASE_S = 30.0
 POLL_S = 1.0
 HEARTBEAT_S = LEASE_S / 3
 REAP_S = 3.0
+FOLD_S = 5.0
 GRACE_S = 5.0
 START = datetime(2030, 1, 1)
 # A RUNNING row that no live attempt holds is recovered by others within this long of its
@@ -128,6 +129,7 @@ class Node:
     next_heartbeat: float = 0.0
     next_reap: float = 0.0
     next_pass: float = 0.0
+    next_fold: float = 0.0
     last_good_pass: float = -1.0  # serving time of the last pass that did not fail
     paused_since_beat: bool = False  # frozen at some point since its last heartbeat
 
@@ -483,6 +485,9 @@ class Simulation:
             if now >= node.next_reap:
                 node.next_reap = now + REAP_S
                 self.reap_with(node)
+            if now >= node.next_fold:
+                node.next_fold = now + FOLD_S
+                self.fold(node)
             if self.nodes[node.index] is node and now >= node.next_pass:
                 self.run_pass(node)
             if node.draining_since is not None and self.nodes[node.index] is node:
@@ -584,6 +589,17 @@ class Simulation:
             self.gone[task_id] = before[task_id].status
             self.seen.pop(task_id, None)
         self.note(f"prune: {removed} removed")
+
+    def fold(self, node: Node) -> None:
+        folder = node.scheduler.folder
+        if not folder.needed:
+            return
+        try:
+            moved = folder.run_once(self.clock.now())
+        except OperationalError:
+            self.note(f"fold by {node.name}: the database is unavailable")
+            return
+        self.note(f"fold by {node.name}: {moved} delta(s)")
 
     def reap(self) -> None:
         node = self.pick(self.active())
@@ -706,6 +722,19 @@ class Simulation:
         finally:
             self.reading = False
 
+    @contextmanager
+    def checker_snapshot(self) -> Iterator[Connection]:
+        """A read of the checker's own in which every statement sees the same snapshot."""
+        self.reading = True
+        try:
+            with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        finally:
+            self.reading = False
+
     def rows(self) -> dict[str, Any]:
         with self.checker_reads() as conn:
             return {r.id: r for r in conn.execute(select(tasks))}
@@ -808,6 +837,17 @@ class Simulation:
             doubled = [t for t, n in ids.items() if n > 1]
             if doubled:
                 self.fail(f"{node.name} holds two live threads for {doubled}")
+        self._check_counts()
+
+    def _check_counts(self) -> None:
+        """The counts by status, as /metrics and the dashboard read them, are exact."""
+        with self.checker_snapshot() as conn:
+            shown = counts.by_status(conn)
+            real = dict.fromkeys((s.value for s in Status), 0)
+            query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+            real.update({status: int(n) for status, n in conn.execute(query)})
+        if shown != real:
+            self.fail(f"the counts by status are {shown}, the tasks {real}")
 
     def _check_task(
         self,
