@@ -134,8 +134,10 @@ def _row(task_id: str, status: str, **fields: Any) -> tuple[Any, ...]:
 
 def build(db: Database, rows: Iterator[tuple[Any, ...]], edges: Iterator[tuple[str, str]]) -> float:
     """Create the schema, then insert `rows` and `edges` in one transaction; return seconds."""
-    assert db.path is not None
     migrate(db)
+    if db.kind == "postgresql":
+        return _build_postgres(db, rows, edges)
+    assert db.path is not None
     began = time.perf_counter()
     conn = sqlite3.connect(db.path, isolation_level=None)
     try:
@@ -149,6 +151,26 @@ def build(db: Database, rows: Iterator[tuple[Any, ...]], edges: Iterator[tuple[s
     # On disk before measuring: else the first measured fsync would write the whole build.
     with open(db.path, "rb+") as written:
         os.fsync(written.fileno())
+    return time.perf_counter() - began
+
+
+def _build_postgres(
+    db: Database, rows: Iterator[tuple[Any, ...]], edges: Iterator[tuple[str, str]]
+) -> float:
+    import psycopg
+
+    began = time.perf_counter()
+    with psycopg.connect(db.url.replace("+psycopg", "")) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY tasks ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
+            ) as copy:
+                for task_id, dependency in edges:
+                    copy.write_row((task_id, dependency, 0))
+        conn.execute("ANALYZE")  # as autovacuum would soon after such a load
     return time.perf_counter() - began
 
 
@@ -382,16 +404,28 @@ def prune(db: Database, n: int) -> dict[str, Any]:
     }
 
 
-def run(workdir: Path, sizes: Sizes) -> dict[str, Any]:
-    """Build every database, measure every figure; each part's failure is kept apart."""
+def run(workdir: Path, sizes: Sizes, pg_url: str | None = None) -> dict[str, Any]:
+    """Build every database, measure every figure; each part's failure is kept apart.
+
+    With `pg_url`, the cascades, claims and reads run on PostgreSQL too, under "pg".
+    """
+    results = _run(lambda name: _fresh(workdir, name), sizes, prune=True)
+    if pg_url:
+        log("growth: PostgreSQL")
+        results["pg"] = _run(lambda name: store.postgres_database(pg_url, f"growth_{name}"), sizes)
+    return results
+
+
+def _run(fresh: Callable[[str], Database], sizes: Sizes, prune: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": [], "settings": vars(sizes)}
     parts: list[tuple[str, Callable[[], Any]]] = [
-        ("cascade", lambda: _cascade(workdir, sizes.chain)),
-        ("claim", lambda: _claims(workdir, sizes.delayed)),
-        ("prune", lambda: _prune(workdir, sizes.prune)),
+        ("cascade", lambda: _cascade(fresh, sizes.chain)),
+        ("claim", lambda: _claims(fresh, sizes.delayed)),
     ]
+    if prune:
+        parts.append(("prune", lambda: _prune(fresh, sizes.prune)))
     for n in sorted(sizes.stored):
-        parts.append((f"stored-{n}", lambda n=n: _reads(workdir, n)))  # type: ignore[misc]
+        parts.append((f"stored-{n}", lambda n=n: _reads(fresh, n)))  # type: ignore[misc]
     for name, action in parts:
         try:
             found = action()
@@ -419,13 +453,16 @@ def _fresh(workdir: Path, name: str) -> Database:
 
 def _drop(*dbs: Database) -> None:
     for db in dbs:
+        if db.kind == "postgresql":
+            admin, _, name = db.url.rpartition("/")
+            store.drop_postgres(admin + "/postgres", name)
+            continue
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db.path}{suffix}").unlink(missing_ok=True)
 
 
-def _cascade(workdir: Path, length: int) -> dict[str, Any]:
-    fail_db, cancel_db = _fresh(workdir, "fail"), _fresh(workdir, "cancel")
-    wide_db = _fresh(workdir, "wide")
+def _cascade(fresh: Callable[[str], Database], length: int) -> dict[str, Any]:
+    fail_db, cancel_db, wide_db = fresh("fail"), fresh("cancel"), fresh("wide")
     try:
         build(fail_db, *_chain(length))
         build(cancel_db, *_chain(length))
@@ -435,8 +472,8 @@ def _cascade(workdir: Path, length: int) -> dict[str, Any]:
         _drop(fail_db, cancel_db, wide_db)
 
 
-def _claims(workdir: Path, delayed: int) -> dict[str, Any]:
-    plain, behind = _fresh(workdir, "ready"), _fresh(workdir, "delayed")
+def _claims(fresh: Callable[[str], Database], delayed: int) -> dict[str, Any]:
+    plain, behind = fresh("ready"), fresh("delayed")
     ready = 2 * (WARMUP + CLAIMS)
     try:
         build(plain, _claimable(0, ready), iter(()))
@@ -446,8 +483,8 @@ def _claims(workdir: Path, delayed: int) -> dict[str, Any]:
         _drop(plain, behind)
 
 
-def _prune(workdir: Path, n: int) -> dict[str, Any]:
-    db = _fresh(workdir, "prune")
+def _prune(fresh: Callable[[str], Database], n: int) -> dict[str, Any]:
+    db = fresh("prune")
     try:
         # Half of them depend on the one before, as tasks submitted in pairs would.
         build(db, _old(n), ((f"o-{i:07d}", f"o-{i - 1:07d}") for i in range(1, n, 2)))
@@ -456,11 +493,11 @@ def _prune(workdir: Path, n: int) -> dict[str, Any]:
         _drop(db)
 
 
-def _reads(workdir: Path, n: int) -> dict[str, Any]:
-    db = _fresh(workdir, f"stored-{n}")
+def _reads(fresh: Callable[[str], Database], n: int) -> dict[str, Any]:
+    db = fresh(f"stored-{n}")
     try:
         built = build(db, _stored_rows(n), iter(()))
-        log(f"growth: built {n:,} stored tasks in {built:.1f} s")
+        log(f"growth: built {n:,} stored tasks ({db.kind}) in {built:.1f} s")
         return reads(db, n)
     finally:
         _drop(db)

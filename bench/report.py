@@ -86,7 +86,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
     table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
     table += _storage_rows(results.get("storage") or [])
-    table += _growth_rows(results.get("growth") or {})
+    grown = results.get("growth") or {}
+    table += _growth_rows(grown)
+    table += [_on_postgresql(row) for row in _growth_rows(grown.get("pg") or {})]
     measured = ("sqlite", "postgresql", "huey_sqlite", "huey_redis")
     return [r for r in table if any(r.get(k) is not None for k in measured)]
 
@@ -132,6 +134,12 @@ def _measured(figure: str, value: float, target: str, higher: bool = False) -> R
     row: Row = {"figure": figure, "sqlite": value, "target": target, "higher_is_better": higher}
     row["met"] = _met(value, target)
     return row
+
+
+def _on_postgresql(row: Row) -> Row:
+    """Move a growth row measured on PostgreSQL to the PostgreSQL column."""
+    value = row.pop("sqlite")
+    return {**row, "figure": row["figure"] + " [PostgreSQL]", "sqlite": None, "postgresql": value}
 
 
 def _growth_rows(growth: dict[str, Any]) -> list[Row]:

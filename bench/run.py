@@ -170,7 +170,7 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
     if opts.wants("storage"):
         results["storage"] = scaling(opts, workdir)
     if opts.wants("growth"):
-        results["growth"] = growth.run(workdir, opts.growth)
+        results["growth"] = growth.run(workdir, opts.growth, opts.pg_url)
     if opts.wants("peers"):
         results["peers"] = {"huey_sqlite": peer_figures("sqlite", opts, workdir)}
         if opts.redis:

@@ -26,6 +26,7 @@ from app.schemas import (
     TRIGGER_RULES,
     TaskIn,
     TaskOut,
+    Timestamp,
     validation_details,
 )
 from app.services.admission import Admission
@@ -296,9 +297,10 @@ _NULLABLE = {name for name, field in _task_in.fields.items() if field.allow_none
 
 
 # -- output --------------------------------------------------------------------------
-# TaskOut spends 30 µs a task calling 23 fields one by one: 3 s for 100,000. Its plain
-# fields write the value as it is, so they are copied in one step; the others (the
-# timestamps) still go through TaskOut's own field, once per distinct value.
+# TaskOut spends 30 µs a task calling 23 fields one by one: 3 s for 100,000, and over half
+# of a page of 100. Its plain fields write the value as it is, so they are copied in one
+# step; a stored (naive UTC) time is written as Timestamp writes it; anything else goes
+# through TaskOut's own field.
 
 
 def dump_tasks(
@@ -310,7 +312,6 @@ def dump_tasks(
     keys = [field.data_key or name for name, field in items]
     values_of = itemgetter(*(name for name, _ in items))
     converted = [(n, f.data_key or n, f) for n, f in items if not _passes_through(f)]
-    memo: dict[tuple[str, Any], Any] = {}
     dumped: list[dict[str, Any]] = []
     for task in tasks:
         try:
@@ -320,12 +321,12 @@ def dump_tasks(
             continue
         for name, key, field in converted:
             value = task[name]
-            if value is not None and not isinstance(value, datetime):
+            if value is None and field.allow_none:
+                out[key] = None
+            elif type(field) is Timestamp and type(value) is datetime and value.tzinfo is None:
+                out[key] = value.isoformat(timespec="milliseconds") + "Z"  # as Timestamp writes
+            else:
                 out[key] = field.serialize(name, task)
-                continue
-            if (name, value) not in memo:
-                memo[name, value] = field.serialize(name, task)
-            out[key] = memo[name, value]
         dumped.append(out)
     return dumped
 

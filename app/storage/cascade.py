@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, or_, select, text, update
 
 from app.statuses import Status
+from app.storage import jsonsets
 from app.storage.tables import chunks, deps, tasks, weak
 
 # Tasks that did not run because of another task, and come back when it is retried.
@@ -142,58 +143,37 @@ def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[An
     """Put tasks back in the queue with a fresh budget, each with its count of
     unfinished dependencies; return (id, type, attempts) of those still there."""
     d = conn.dialect.name
-    by_count: dict[int, list[str]] = {}
-    for task_id, count in pending.items():
-        by_count.setdefault(count, []).append(task_id)
-    found: list[Any] = []
-    for count, ids in sorted(by_count.items()):
-        for part in chunks(sorted(ids)):
-            params = _ids(part)
-            params.update(count=count, now=_moment(d, now))
-            # The submitter's run_at holds again; a backoff does not.
-            sql = (
-                f"UPDATE tasks SET status = 'QUEUED', pending_deps = {_p(d, 'count')},"
-                " failures = 0, not_before = run_at, error = NULL, error_code = NULL,"
-                " result = NULL, progress = NULL, finished_at = NULL,"
-                f" cancel_requested = false, updated_at = {_p(d, 'now')}"
-                f" WHERE id IN ({_in(d, len(part))}) RETURNING id, type, attempts"
-            )
-            found.extend(conn.exec_driver_sql(sql, params).all())
-    return found
+    # The submitter's run_at holds again; a backoff does not.
+    sql = (
+        "UPDATE tasks SET status = 'QUEUED',"
+        f" pending_deps = {jsonsets.integer(d, 'j.value')},"
+        " failures = 0, not_before = tasks.run_at, error = NULL, error_code = NULL,"
+        " result = NULL, progress = NULL, finished_at = NULL,"
+        f" cancel_requested = false, updated_at = {jsonsets.param(d, 'now')}"
+        f" FROM {jsonsets.pairs(d, 'pending')} WHERE tasks.id = j.key"
+        " RETURNING tasks.id, tasks.type, tasks.attempts"
+    )
+    params = {"pending": jsonsets.of_pairs(pending), "now": _moment(d, now)}
+    return list(conn.exec_driver_sql(sql, params).all())
 
 
 def count_up(conn: Connection, requeued: set[str]) -> None:
     """Give back an unfinished dependency to each QUEUED dependent outside the requeued set."""
     d = conn.dialect.name
-    waiting: Counter[str] = Counter()
-    for part in chunks(list(requeued)):
-        sql = f"SELECT task_id FROM task_dependencies WHERE dependency_id IN ({_in(d, len(part))})"
-        rows = conn.exec_driver_sql(sql, _ids(part)).all()
-        waiting.update(t for (t,) in rows if t not in requeued)
-    by_count: dict[int, list[str]] = {}
-    for task_id, count in waiting.items():
-        by_count.setdefault(count, []).append(task_id)
-    for count, ids in sorted(by_count.items()):
-        for part in chunks(sorted(ids)):
-            params = _ids(part)
-            params["count"] = count
-            sql = (
-                f"UPDATE tasks SET pending_deps = pending_deps + {_p(d, 'count')}"
-                f" WHERE id IN ({_in(d, len(part))}) AND {weak(QUEUED_SQL, d)}"
-            )
-            conn.exec_driver_sql(sql, params)
-
-
-def _p(d: str, name: str) -> str:
-    return f":{name}" if d == "sqlite" else f"%({name})s"
-
-
-def _in(d: str, count: int) -> str:
-    return ", ".join(_p(d, f"i{k}") for k in range(count))
-
-
-def _ids(ids: Sequence[str]) -> dict[str, Any]:
-    return {f"i{k}": task_id for k, task_id in enumerate(ids)}
+    sql = (
+        f"SELECT e.task_id FROM ({jsonsets.ids(d, 'ids')}) AS r"
+        " JOIN task_dependencies e ON e.dependency_id = r.id"
+    )
+    rows = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(requeued)}).all()
+    waiting = Counter(t for (t,) in rows if t not in requeued)
+    if not waiting:
+        return
+    sql = (
+        f"UPDATE tasks SET pending_deps = tasks.pending_deps + {jsonsets.integer(d, 'j.value')}"
+        f" FROM {jsonsets.pairs(d, 'counts')} WHERE tasks.id = j.key"
+        f" AND {weak('tasks.' + QUEUED_SQL, d)}"
+    )
+    conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(waiting)})
 
 
 def _moment(d: str, now: datetime) -> Any:

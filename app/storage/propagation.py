@@ -14,16 +14,16 @@ SQLite's single writer leaves no such gap.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from functools import partial
 
 from sqlalchemy import Connection
 
 from app import events
 from app.statuses import FAILED_LIKE, Status
+from app.storage import jsonsets
 from app.storage.scheduler_sql import count_down
 from app.storage.tables import chunks, weak
 
@@ -33,8 +33,6 @@ _ENDS = {
     FAILURE: (Status.UPSTREAM_FAILED, "upstream_failed", "failed"),
     CANCEL: (Status.CANCELLED, "upstream_cancelled", "was cancelled"),
 }
-# Seeds per statement.
-SEEDS = 400
 
 
 def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> int:
@@ -82,36 +80,22 @@ def count_down_cut(conn: Connection, stopped: Sequence[str]) -> int:
         return 0
     d = conn.dialect.name
     sql = (
-        f"SELECT e.task_id FROM ({_JSON_IDS[d]}) AS j"
+        f"SELECT e.task_id FROM ({jsonsets.ids(d, 'ids')}) AS j"
         " JOIN task_dependencies e ON e.dependency_id = j.id"
         f" JOIN tasks t ON t.id = e.task_id WHERE {_queued(d, 't')}"
         " AND t.trigger_rule = 'all_done'"
     )
-    found = conn.exec_driver_sql(sql, {"ids": json.dumps(list(stopped))}).all()
+    found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(stopped)}).all()
     counts = Counter(task_id for (task_id,) in found)
     if not counts:
         return 0
-    left = conn.exec_driver_sql(_COUNT_DOWN[d], {"counts": json.dumps(counts)}).all()
+    sql = (
+        f"UPDATE tasks SET pending_deps = tasks.pending_deps - {jsonsets.integer(d, 'j.value')}"
+        f" FROM {jsonsets.pairs(d, 'counts')} WHERE tasks.id = j.key"
+        f" AND {_queued(d, 'tasks')} RETURNING tasks.pending_deps"
+    )
+    left = conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(counts)}).all()
     return sum(1 for (pending,) in left if pending == 0)
-
-
-# A JSON array of ids as a table of one column, `id`.
-_JSON_IDS = {
-    "sqlite": "SELECT value AS id FROM json_each(:ids)",
-    "postgresql": "SELECT json_array_elements_text(%(ids)s::json) AS id",
-}
-_COUNT_DOWN = {
-    "sqlite": (
-        "UPDATE tasks SET pending_deps = tasks.pending_deps - j.value"
-        " FROM json_each(:counts) AS j WHERE tasks.id = j.key"
-        " AND likelihood(tasks.status = 'QUEUED', 0.99) RETURNING tasks.pending_deps"
-    ),
-    "postgresql": (
-        "UPDATE tasks SET pending_deps = tasks.pending_deps - j.value::int"
-        " FROM json_each_text(%(counts)s::json) AS j WHERE tasks.id = j.key"
-        " AND tasks.status = 'QUEUED' RETURNING tasks.pending_deps"
-    ),
-}
 
 
 def _queued(d: str, table: str) -> str:
@@ -130,17 +114,16 @@ def _waiting(d: str) -> str:
     return f"{queued} AND t.trigger_rule = 'all_success'"
 
 
-def _reach_sql(d: str, count: int) -> str:
+def _reach_sql(d: str) -> str:
     """Every (dependent, dependency, kind) edge a cascade from the seeds crosses."""
-    p = (lambda n: f":{n}") if d == "sqlite" else (lambda n: f"%({n})s")
     text_ = "" if d == "sqlite" else "::text"
-    seeds = " UNION ".join(f"SELECT {p(f's{k}')}{text_}, {p(f'k{k}')}{text_}" for k in range(count))
     step = (
         "FROM reached r JOIN task_dependencies e ON e.dependency_id = r.id"
         f" JOIN tasks t ON t.id = e.task_id WHERE {_waiting(d)}"
     )
     return (
-        f"WITH RECURSIVE reached(id, kind) AS ({seeds}"
+        "WITH RECURSIVE reached(id, kind) AS ("
+        f"SELECT j.key{text_}, j.value{text_} FROM {jsonsets.pairs(d, 'seeds')}"
         f" UNION SELECT e.task_id{text_}, r.kind {step})"
         f" SELECT e.task_id, e.dependency_id, r.kind {step}"
     )
@@ -148,16 +131,8 @@ def _reach_sql(d: str, count: int) -> str:
 
 def _reach(conn: Connection, seeds: dict[str, str]) -> list[tuple[str, str, str]]:
     """Return the edges below `seeds`, each with the kind of what reached it."""
-    d = conn.dialect.name
-    items = sorted(seeds.items())
-    edges: list[tuple[str, str, str]] = []
-    for start in range(0, len(items), SEEDS):
-        params: dict[str, Any] = {}
-        for k, (task_id, kind) in enumerate(items[start : start + SEEDS]):
-            params[f"s{k}"], params[f"k{k}"] = task_id, kind
-        sql = _reach_sql(d, len(params) // 2)
-        edges.extend(conn.exec_driver_sql(sql, params).all())
-    return edges
+    params = {"seeds": jsonsets.of_pairs(seeds)}
+    return list(conn.exec_driver_sql(_reach_sql(conn.dialect.name), params).all())
 
 
 def _ends(edges: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
@@ -174,29 +149,12 @@ def _ends(edges: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
     }
 
 
-# Each cut-off task and its error, as one JSON object: one statement writes them all.
-_WRITE = {
-    "sqlite": (
-        "UPDATE tasks SET status = :status, error = j.value, error_code = :code,"
-        " finished_at = :now, updated_at = :now FROM json_each(:errors) AS j"
-        " WHERE tasks.id = j.key AND likelihood(tasks.status = 'QUEUED', 0.99)"
-        " RETURNING tasks.id, tasks.type, tasks.attempts, tasks.error"
-    ),
-    "postgresql": (
-        "UPDATE tasks SET status = %(status)s, error = j.value, error_code = %(code)s,"
-        " finished_at = %(now)s, updated_at = %(now)s"
-        " FROM json_each_text(%(errors)s::json) AS j"
-        " WHERE tasks.id = j.key AND tasks.status = 'QUEUED'"
-        " RETURNING tasks.id, tasks.type, tasks.attempts, tasks.error"
-    ),
-}
-
-
 def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime) -> list[str]:
     """End the tasks of one kind that are still QUEUED; return them."""
     if not culprits:
         return []
     d = conn.dialect.name
+    p = partial(jsonsets.param, d)
     status, code, verb = _ENDS[kind]
     errors = {
         task_id: f"Dependency {culprit} {verb}, so this task will not run."
@@ -206,9 +164,15 @@ def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime)
         "status": status.value,
         "code": code,
         "now": now.strftime("%Y-%m-%d %H:%M:%S.%f") if d == "sqlite" else now,
-        "errors": json.dumps(errors),
+        "errors": jsonsets.of_pairs(errors),
     }
-    found = conn.exec_driver_sql(_WRITE[d], params).all()
+    sql = (
+        f"UPDATE tasks SET status = {p('status')}, error = j.value, error_code = {p('code')},"
+        f" finished_at = {p('now')}, updated_at = {p('now')} FROM {jsonsets.pairs(d, 'errors')}"
+        f" WHERE tasks.id = j.key AND {_queued(d, 'tasks')}"
+        " RETURNING tasks.id, tasks.type, tasks.attempts, tasks.error"
+    )
+    found = conn.exec_driver_sql(sql, params).all()
     events.stage([(i, t, a, status.value, e) for i, t, a, e in found])
     return [i for i, _, _, _ in found]
 
@@ -218,9 +182,9 @@ def _escaped(conn: Connection, reached: dict[str, str]) -> dict[str, str]:
     for, with their kinds, read once all of them are locked."""
     d = conn.dialect.name
     sql = (
-        f"SELECT DISTINCT e.dependency_id FROM ({_JSON_IDS[d]}) AS j"
+        f"SELECT DISTINCT e.dependency_id FROM ({jsonsets.ids(d, 'ids')}) AS j"
         " JOIN task_dependencies e ON e.dependency_id = j.id"
         f" JOIN tasks t ON t.id = e.task_id WHERE {_waiting(d)}"
     )
-    found = conn.exec_driver_sql(sql, {"ids": json.dumps(sorted(reached))}).all()
+    found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(sorted(reached))}).all()
     return {i: reached[i] for (i,) in found}

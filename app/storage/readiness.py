@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from sqlalchemy import Connection, select
 
 from app.statuses import BLOCKING, UNFINISHED
+from app.storage import jsonsets
 from app.storage.tables import chunks, tasks
 
 Edges = dict[str, list[tuple[str, str]]]
@@ -33,26 +34,27 @@ def dependencies(conn: Connection, task_ids: Iterable[str], *, hold: bool = True
     """Return each task's dependencies as (id, status), in the order given.
 
     With `hold`, the dependency rows are held FOR SHARE; without, it is a plain read, for
-    answers that only describe. Plain SQL: a retry reads the edges of thousands of tasks.
+    answers that only describe. One statement however many tasks (a retry reads the
+    edges of thousands).
     """
     d = conn.dialect.name
-    found: Edges = {}
-    for part in chunks(list(task_ids)):
-        params = {f"t{k}": task_id for k, task_id in enumerate(part)}
-        rows = conn.exec_driver_sql(_dependencies_sql(d, len(part), hold), params).all()
-        for task_id, dependency_id, status in rows:
-            found.setdefault(task_id, []).append((dependency_id, status))
-    return found
-
-
-def _dependencies_sql(d: str, count: int, hold: bool) -> str:
-    ids = ", ".join((f":t{k}" if d == "sqlite" else f"%(t{k})s") for k in range(count))
     lock = " FOR SHARE OF dependency" if hold and d == "postgresql" else ""
-    return (
-        "SELECT e.task_id, dependency.id, dependency.status FROM task_dependencies e"
+    sql = (
+        "SELECT e.task_id, dependency.id, dependency.status"
+        f" FROM ({jsonsets.ids(d, 'ids')}) AS t"
+        " JOIN task_dependencies e ON e.task_id = t.id"
         " JOIN tasks dependency ON dependency.id = e.dependency_id"
-        f" WHERE e.task_id IN ({ids}) ORDER BY e.task_id, e.position{lock}"
+        f" ORDER BY e.task_id, e.position{lock}"
     )
+    found: Edges = {}
+    wanted = list(dict.fromkeys(task_ids))
+    if not wanted:
+        return found
+    for task_id, dependency_id, status in conn.exec_driver_sql(
+        sql, {"ids": jsonsets.of_ids(wanted)}
+    ).all():
+        found.setdefault(task_id, []).append((dependency_id, status))
+    return found
 
 
 def pending(pairs: Iterable[tuple[str, str]], coming_back: Collection[str] = ()) -> int:

@@ -294,7 +294,9 @@ def test_upgrade_to_0005_counts_the_stored_tasks(database_url: str) -> None:
         upgrade(revision="0004")
         with db.engine.begin() as conn:
             old = Table("tasks", MetaData(), autoload_with=conn)
-            conn.execute(insert(old), [_old_counted(f"t{i}", s, now) for i, s in enumerate(statuses)])
+            conn.execute(
+                insert(old), [_old_counted(f"t{i}", s, now) for i, s in enumerate(statuses)]
+            )
         upgrade()
         engine = app.extensions["store"].engine
         with database.read(engine) as conn:

@@ -25,7 +25,7 @@ from app.runtime.reaper import Reaper
 from app.runtime.scheduler import CANCEL_CHECK_S, Scheduler
 from app.services import actions, submissions
 from app.statuses import Status
-from app.storage import database
+from app.storage import database, retention
 from app.storage.database import utcnow
 from app.storage.store import Store
 from app.storage.tables import instances, tasks
@@ -305,7 +305,7 @@ def test_a_drain_stops_a_prune_between_two_chunks(make_app: AppFactory) -> None:
     app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000", RETENTION_DAYS="1")
     store: Store = app.extensions["store"]
     scheduler: Scheduler = app.extensions["scheduler"]
-    finished_long_ago(store, 2500)  # three chunks of 1,000
+    finished_long_ago(store, 2500)  # more than one chunk
     chunks: list[int] = []
     stopper = threading.Thread(target=scheduler.stop, args=(5,))
 
@@ -322,10 +322,10 @@ def test_a_drain_stops_a_prune_between_two_chunks(make_app: AppFactory) -> None:
         assert stopper_started
         stopper.join(30)
     assert scheduler.state == "stopped"
-    assert chunks == [1000]
+    assert chunks == [retention.FIRST_CHUNK]
     with database.read(store.engine) as conn:
         left = conn.execute(select(tasks.c.id).where(tasks.c.id.like("old%"))).all()
-    assert len(left) == 1500
+    assert len(left) == 2500 - retention.FIRST_CHUNK
 
 
 def test_a_drain_tries_its_writes_again_while_the_database_fails(

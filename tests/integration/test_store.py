@@ -458,9 +458,9 @@ def test_a_pass_still_sleeps_until_the_next_delayed_task(store: Store) -> None:
     assert store.cycle("w1", [], 4).next_due == later
 
 
-def test_on_postgresql_promotion_passes_over_a_row_another_holds(store: Store) -> None:
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time: no row is held")
+@pytest.mark.postgres
+def test_on_postgresql_promotion_passes_over_a_row_another_holds(postgres_url: str) -> None:
+    store = build_app(postgres_url, {}).extensions["store"]
     past = utcnow() - timedelta(seconds=1)
     for name in ("held", "free"):
         add(store, name)
@@ -473,3 +473,4 @@ def test_on_postgresql_promotion_passes_over_a_row_another_holds(store: Store) -
         holder.rollback()
     assert (row(store, "held").not_before, row(store, "free").not_before) == (past, None)
     assert [c.id for c in claim_all(store)] == ["held", "free"]
+    store.engine.dispose()

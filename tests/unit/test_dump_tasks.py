@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ def task(n: int, **fields: Any) -> dict[str, Any]:
         "max_attempts": 2,
         "retry_backoff_ms": 1000,
         "timeout_ms": None,
-        "run_at": datetime(999, 1, 2, 3, 4, 5) if n == 2 else None,
+        "run_at": {2: datetime(999, 1, 2, 3, 4, 5), 3: datetime(2027, 1, 1, tzinfo=UTC)}.get(n),
         "trigger_rule": "all_success",
         "batch_id": None,
         "result": [n, "ok"],
