@@ -10,18 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, text, update
+from sqlalchemy import Connection, select, text, update
 
 from app.statuses import Status
 from app.storage import jsonsets
-from app.storage.tables import chunks, deps, tasks, weak
+from app.storage.tables import tasks, weak
 
-# Tasks that did not run because of another task, and come back when it is retried.
-CAUGHT = or_(
-    tasks.c.status == Status.UPSTREAM_FAILED.value,
-    and_(tasks.c.status == Status.CANCELLED.value, tasks.c.error_code == "upstream_cancelled"),
-)
-QUEUED_SQL = "status = 'QUEUED'"
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
 
 
@@ -78,7 +72,7 @@ def caught_by(conn: Connection, root: str) -> set[str]:
     """Return the root and its dependents, transitively, that did not run because of a
     dependency (CAUGHT), each locked FOR UPDATE.
 
-    One recursive read finds them and a statement per chunk locks them. On PostgreSQL a
+    One recursive read finds them and one statement locks them. On PostgreSQL a
     submission that named one of them and committed between the two is not in the read:
     once all are locked (a later one waits for the lock), such dependents are looked
     for, and the walk goes on from them.
@@ -90,25 +84,45 @@ def caught_by(conn: Connection, root: str) -> set[str]:
         candidates.update(found)
         if conn.dialect.name != "postgresql":
             break  # SQLite's write lock already holds them all
-        for part in chunks(sorted(found)):
-            conn.execute(select(tasks.c.id).where(tasks.c.id.in_(part)).with_for_update()).all()
+        lock = (
+            f"SELECT id FROM tasks WHERE id IN ({jsonsets.ids('postgresql', 'ids')})"
+            " ORDER BY id FOR UPDATE"
+        )
+        conn.exec_driver_sql(lock, {"ids": jsonsets.of_ids(found)}).all()
         frontier = _missed(conn, candidates)
     return candidates
 
 
-def _caught_sql(d: str, count: int) -> str:
-    p = (lambda k: f":s{k}") if d == "sqlite" else (lambda k: f"%(s{k})s")
-    text_ = "" if d == "sqlite" else "::text"
-    seeds = " UNION ".join(f"SELECT {p(k)}{text_}" for k in range(count))
+def _caught_sql(d: str) -> str:
+    """Every CAUGHT task below the JSON array `ids`, and those tasks themselves.
+
+    On PostgreSQL each step is a LATERAL subquery it cannot flatten (OFFSET 0): planned as
+    it liked, from its far too high guess of a recursive query's rows, it hashed the
+    whole edge table at every level of a chain.
+    """
+    if d == "sqlite":
+        step = (
+            "FROM below b JOIN task_dependencies e ON e.dependency_id = b.id"
+            f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL}"
+        )
+        start = jsonsets.ids(d, "ids")
+        return (
+            f"WITH RECURSIVE below(id) AS ({start} UNION SELECT e.task_id {step})"
+            " SELECT id FROM below"
+        )
+    step = (
+        "FROM below b CROSS JOIN LATERAL (SELECT e.task_id FROM task_dependencies e"
+        " JOIN tasks t ON t.id = e.task_id"
+        f" WHERE e.dependency_id = b.id AND {_CAUGHT_SQL} OFFSET 0) AS e"
+    )
     return (
-        f"WITH RECURSIVE below(id) AS ({seeds}"
-        f" UNION SELECT e.task_id{text_} FROM below b"
-        " JOIN task_dependencies e ON e.dependency_id = b.id"
-        f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL})"
-        " SELECT id FROM below"
+        f"WITH RECURSIVE below(id) AS (SELECT id::text FROM ({jsonsets.ids(d, 'ids')}) AS s"
+        f" UNION SELECT e.task_id::text {step}) SELECT id FROM below"
     )
 
 
+_QUEUED = "tasks.status = 'QUEUED'"
+# Tasks that did not run because of another task, and come back when it is retried.
 _CAUGHT_SQL = (
     "(t.status = 'UPSTREAM_FAILED'"
     " OR (t.status = 'CANCELLED' AND t.error_code = 'upstream_cancelled'))"
@@ -116,27 +130,20 @@ _CAUGHT_SQL = (
 
 
 def _caught_below(conn: Connection, start: Sequence[str]) -> list[str]:
-    """Return `start` and every CAUGHT task below it, in one recursive read per chunk."""
-    found: list[str] = []
-    for part in chunks(list(start)):
-        params = {f"s{k}": task_id for k, task_id in enumerate(part)}
-        found.extend(
-            i for (i,) in conn.exec_driver_sql(_caught_sql(conn.dialect.name, len(part)), params)
-        )
-    return found
+    """Return `start` and every CAUGHT task below it, in one recursive read."""
+    sql = _caught_sql(conn.dialect.name)
+    return [i for (i,) in conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(start)}).all()]
 
 
 def _missed(conn: Connection, candidates: set[str]) -> list[str]:
-    """Return the CAUGHT dependents of `candidates` that are not among them."""
-    missed: list[str] = []
-    for part in chunks(sorted(candidates)):
-        query = (
-            select(tasks.c.id)
-            .join(deps, deps.c.task_id == tasks.c.id)
-            .where(deps.c.dependency_id.in_(part), CAUGHT)
-        )
-        missed.extend(i for (i,) in conn.execute(query) if i not in candidates)
-    return list(dict.fromkeys(missed))
+    """Return the CAUGHT dependents of `candidates` that are not among them (PostgreSQL)."""
+    sql = (
+        f"SELECT DISTINCT t.id FROM ({jsonsets.ids('postgresql', 'ids')}) AS c"
+        " JOIN task_dependencies e ON e.dependency_id = c.id"
+        f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL}"
+    )
+    found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(sorted(candidates))}).all()
+    return [i for (i,) in found if i not in candidates]
 
 
 def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[Any]:
@@ -171,7 +178,7 @@ def count_up(conn: Connection, requeued: set[str]) -> None:
     sql = (
         f"UPDATE tasks SET pending_deps = tasks.pending_deps + {jsonsets.integer(d, 'j.value')}"
         f" FROM {jsonsets.pairs(d, 'counts')} WHERE tasks.id = j.key"
-        f" AND {weak('tasks.' + QUEUED_SQL, d)}"
+        f" AND {weak(_QUEUED, d)}"
     )
     conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(waiting)})
 

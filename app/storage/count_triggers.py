@@ -47,11 +47,13 @@ SQLITE_CREATE = (
 # Transition tables are allowed on one event per trigger, hence one trigger per event.
 # The UPDATE trigger cannot name its column (PostgreSQL refuses a column list with
 # transition tables): an update that leaves every status as it was nets zero and
-# inserts nothing.
+# inserts nothing. Each function keeps the search_path it was created under, so that a
+# session with another one (an operator's psql naming `schema.tasks`, a restore from
+# pg_dump, which empties it) still finds the counts beside the tasks.
 POSTGRESQL_CREATE = (
     """
     CREATE OR REPLACE FUNCTION task_counts_delta() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO task_count_deltas (status, n)
@@ -75,7 +77,7 @@ POSTGRESQL_CREATE = (
     """,
     """
     CREATE OR REPLACE FUNCTION task_counts_clear() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         DELETE FROM task_count_deltas;
         DELETE FROM task_counts;

@@ -115,17 +115,33 @@ def _waiting(d: str) -> str:
 
 
 def _reach_sql(d: str) -> str:
-    """Every (dependent, dependency, kind) edge a cascade from the seeds crosses."""
-    text_ = "" if d == "sqlite" else "::text"
-    step = (
-        "FROM reached r JOIN task_dependencies e ON e.dependency_id = r.id"
-        f" JOIN tasks t ON t.id = e.task_id WHERE {_waiting(d)}"
+    """Every (dependent, dependency, kind) edge a cascade from the seeds crosses.
+
+    PostgreSQL guesses a recursive query's rows far too high and would then hash the whole
+    edge table, at every failure; each step is a LATERAL subquery it cannot flatten
+    (OFFSET 0), so each reached task's dependents are read through the index.
+    """
+    if d == "sqlite":
+        step = (
+            "FROM reached r JOIN task_dependencies e ON e.dependency_id = r.id"
+            f" JOIN tasks t ON t.id = e.task_id WHERE {_waiting(d)}"
+        )
+        return (
+            "WITH RECURSIVE reached(id, kind) AS ("
+            f"SELECT j.key, j.value FROM {jsonsets.pairs(d, 'seeds')}"
+            f" UNION SELECT e.task_id, r.kind {step})"
+            f" SELECT e.task_id, e.dependency_id, r.kind {step}"
+        )
+    below = (
+        "FROM reached r CROSS JOIN LATERAL (SELECT e.task_id, e.dependency_id"
+        " FROM task_dependencies e JOIN tasks t ON t.id = e.task_id"
+        f" WHERE e.dependency_id = r.id AND {_waiting(d)} OFFSET 0) AS e"
     )
     return (
         "WITH RECURSIVE reached(id, kind) AS ("
-        f"SELECT j.key{text_}, j.value{text_} FROM {jsonsets.pairs(d, 'seeds')}"
-        f" UNION SELECT e.task_id{text_}, r.kind {step})"
-        f" SELECT e.task_id, e.dependency_id, r.kind {step}"
+        f"SELECT j.key::text, j.value::text FROM {jsonsets.pairs(d, 'seeds')}"
+        f" UNION SELECT e.task_id::text, r.kind {below})"
+        f" SELECT e.task_id, e.dependency_id, r.kind {below}"
     )
 
 

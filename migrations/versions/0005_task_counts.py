@@ -66,7 +66,7 @@ SQLITE_DROP = (
 POSTGRESQL_CREATE = (
     """
     CREATE OR REPLACE FUNCTION task_counts_delta() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO task_count_deltas (status, n)
@@ -90,7 +90,7 @@ POSTGRESQL_CREATE = (
     """,
     """
     CREATE OR REPLACE FUNCTION task_counts_clear() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         DELETE FROM task_count_deltas;
         DELETE FROM task_counts;

@@ -14,12 +14,12 @@ from sqlalchemy import Engine, event, text, update
 
 from app.services import submissions
 from app.statuses import Status
-from app.storage import database
+from app.storage import cascade, database, propagation
 from app.storage.database import utcnow
 from app.storage.propagation import settle
 from app.storage.store import Outcome, Store
 from app.storage.tables import tasks
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app
 from tests.support.store import add, claim_all, row
 
 DEPTH = 300
@@ -150,3 +150,46 @@ def test_a_retry_leaves_behind_a_dependent_that_another_failure_stops(
     assert client.post("/api/tasks/c0/retry").status_code == 200
     assert {row(store, f"c{i}").status for i in range(6)} == {"QUEUED"}
     assert [row(store, t).status for t in ("x", "below_x")] == ["UPSTREAM_FAILED"] * 2
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_walk_reads_edges_by_index_once_the_table_is_analysed(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL guesses a recursive query's rows far too high: planned as it liked, the
+    walk of a failure that reaches nothing hashed every stored edge, and a retry's walk
+    did so at every level."""
+    engine = build_app(postgres_url, {}).extensions["store"].engine
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, type, duration_ms, status, payload, priority,"
+                " pending_deps, attempts, failures, max_attempts, retry_backoff_ms,"
+                " trigger_rule, cancel_requested, created_at, updated_at)"
+                " SELECT 'q' || g, 't', 1, 'QUEUED', '{}', 0, 1, 0, 0, 1, 0,"
+                " 'all_success', false, now(), now() FROM generate_series(1, 20000) g"
+            )
+        )
+        # Chains of 100: q100, q200, ... have no dependents.
+        conn.execute(
+            text(
+                "INSERT INTO task_dependencies (task_id, dependency_id, position)"
+                " SELECT 'q' || g, 'q' || (g - 1), 0 FROM generate_series(2, 20000) g"
+                " WHERE g % 100 <> 1"
+            )
+        )
+        conn.execute(text("ANALYZE tasks"))
+        conn.execute(text("ANALYZE task_dependencies"))
+    walks = [
+        (propagation._reach_sql("postgresql"), {"seeds": '{"q100": "f"}'}),
+        (cascade._caught_sql("postgresql"), {"ids": '["q100"]'}),
+    ]
+    with engine.connect() as conn:
+        plans = [
+            "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql, params))
+            for sql, params in walks
+        ]
+    engine.dispose()
+    for plan in plans:
+        assert "Seq Scan on task_dependencies" not in plan, plan
+        assert "Index" in plan, plan

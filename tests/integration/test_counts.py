@@ -3,6 +3,7 @@ kind of change, on both backends, and read without touching the tasks table."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Engine, event, func, insert, select, text
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 
 from app.runtime.countfold import CountFolder
 from app.services import actions, batch
@@ -357,3 +358,46 @@ def test_a_fold_raced_against_a_writer_keeps_every_count(
     if report.failed:
         pytest.fail(report.describe(), pytrace=False)
     assert report.deadlocks == []
+
+
+@pytest.mark.postgres
+def test_a_schema_qualified_update_from_another_search_path_counts(postgres_url: str) -> None:
+    """An operator's session (default search_path) fixes a task in the app's schema by its
+    qualified name: the triggers must still find the counts beside the tasks."""
+    app = build_app(postgres_url, {})
+    store = app.extensions["store"]
+    add(store, "a")
+    schema = re.search(r"search_path%3D(\w+)", postgres_url).group(1)
+    base = postgres_url.split("?")[0]
+    operator = create_engine(base)
+    try:
+        with operator.begin() as conn:
+            conn.execute(text(f"UPDATE {schema}.tasks SET status = 'CANCELLED' WHERE id = 'a'"))
+    finally:
+        operator.dispose()
+    with database.read(store.engine) as conn:
+        assert counts.by_status(conn)["CANCELLED"] == 1
+    store.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_session_with_an_empty_search_path_can_write_tasks(postgres_url: str) -> None:
+    """pg_dump's output starts with `set_config('search_path', '', false)`: a data-only
+    restore into a migrated database fires the triggers with no search_path at all."""
+    app = build_app(postgres_url, {})
+    store = app.extensions["store"]
+    schema = re.search(r"search_path%3D(\w+)", postgres_url).group(1)
+    with store.engine.begin() as conn:
+        conn.execute(text("SELECT pg_catalog.set_config('search_path', '', false)"))
+        conn.execute(
+            text(
+                f"INSERT INTO {schema}.tasks (id, type, duration_ms, status, payload, priority,"
+                " pending_deps, attempts, failures, max_attempts, retry_backoff_ms, timeout_ms,"
+                " trigger_rule, cancel_requested, created_at, updated_at) VALUES ('r', 't', 1,"
+                " 'QUEUED', '{}', 0, 0, 0, 0, 1, 0, 1000, 'all_success', false, now(), now())"
+            )
+        )
+        conn.execute(text(f"SET search_path = {schema}"))
+    with database.read(store.engine) as conn:
+        assert counts.by_status(conn)["QUEUED"] == 1
+    store.engine.dispose()
