@@ -104,8 +104,9 @@ def _retry(conn: Connection, task_id: str) -> dict[str, Any]:
             f"Task {task_id} did not run because {root} did not succeed; retry {root}.",
             {"id": task_id, "status": row.status, "root": root},
         )
-    requeued, edges = _held_back(conn, task_id)
-    _requeue(conn, requeued, edges, task_id)
+    with database.by_index(conn):
+        requeued, edges = _held_back(conn, task_id)
+        _requeue(conn, requeued, edges, task_id)
     announce(conn)
     task = load_task(conn, task_id, with_payload=True)
     assert task is not None

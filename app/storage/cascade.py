@@ -96,28 +96,23 @@ def caught_by(conn: Connection, root: str) -> set[str]:
 def _caught_sql(d: str) -> str:
     """Every CAUGHT task below the JSON array `ids`, and those tasks themselves.
 
-    On PostgreSQL each step is a LATERAL subquery it cannot flatten (OFFSET 0): planned as
-    it liked, from its far too high guess of a recursive query's rows, it hashed the
-    whole edge table at every level of a chain.
+    On PostgreSQL each step is a LATERAL subquery the planner cannot flatten (OFFSET 0),
+    so that the walk goes from each task found to its dependents (see `_reach_sql` in
+    propagation.py).
     """
+    start = f"SELECT id FROM ({jsonsets.ids(d, 'ids')}) AS s"
     if d == "sqlite":
-        step = (
-            "FROM below b JOIN task_dependencies e ON e.dependency_id = b.id"
-            f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL}"
-        )
-        start = jsonsets.ids(d, "ids")
         return (
-            f"WITH RECURSIVE below(id) AS ({start} UNION SELECT e.task_id {step})"
-            " SELECT id FROM below"
+            f"WITH RECURSIVE below(id) AS ({start} UNION SELECT e.task_id FROM below b"
+            " JOIN task_dependencies e ON e.dependency_id = b.id"
+            f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL}) SELECT id FROM below"
         )
-    step = (
-        "FROM below b CROSS JOIN LATERAL (SELECT e.task_id FROM task_dependencies e"
-        " JOIN tasks t ON t.id = e.task_id"
-        f" WHERE e.dependency_id = b.id AND {_CAUGHT_SQL} OFFSET 0) AS e"
-    )
     return (
-        f"WITH RECURSIVE below(id) AS (SELECT id::text FROM ({jsonsets.ids(d, 'ids')}) AS s"
-        f" UNION SELECT e.task_id::text {step}) SELECT id FROM below"
+        f"WITH RECURSIVE below(id) AS (SELECT id::text FROM ({start}) AS s0"
+        " UNION SELECT e.task_id::text FROM below b CROSS JOIN LATERAL"
+        " (SELECT e.task_id FROM task_dependencies e WHERE e.dependency_id = b.id"
+        f" AND (SELECT {_CAUGHT_SQL} FROM tasks t WHERE t.id = e.task_id) OFFSET 0) AS e)"
+        " SELECT id FROM below"
     )
 
 
@@ -137,11 +132,8 @@ def _caught_below(conn: Connection, start: Sequence[str]) -> list[str]:
 
 def _missed(conn: Connection, candidates: set[str]) -> list[str]:
     """Return the CAUGHT dependents of `candidates` that are not among them (PostgreSQL)."""
-    sql = (
-        f"SELECT DISTINCT t.id FROM ({jsonsets.ids('postgresql', 'ids')}) AS c"
-        " JOIN task_dependencies e ON e.dependency_id = c.id"
-        f" JOIN tasks t ON t.id = e.task_id WHERE {_CAUGHT_SQL}"
-    )
+    below = jsonsets.dependents("postgresql", "ids", _CAUGHT_SQL)
+    sql = f"SELECT DISTINCT task_id FROM ({below}) AS b"
     found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(sorted(candidates))}).all()
     return [i for (i,) in found if i not in candidates]
 
@@ -167,10 +159,7 @@ def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[An
 def count_up(conn: Connection, requeued: set[str]) -> None:
     """Give back an unfinished dependency to each QUEUED dependent outside the requeued set."""
     d = conn.dialect.name
-    sql = (
-        f"SELECT e.task_id FROM ({jsonsets.ids(d, 'ids')}) AS r"
-        " JOIN task_dependencies e ON e.dependency_id = r.id"
-    )
+    sql = f"SELECT task_id FROM ({jsonsets.dependents(d, 'ids', 'TRUE')}) AS b"
     rows = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(requeued)}).all()
     waiting = Counter(t for (t,) in rows if t not in requeued)
     if not waiting:

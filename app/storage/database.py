@@ -199,6 +199,33 @@ def read(engine: Engine) -> AbstractContextManager[Connection]:
     return _transaction(engine, "DEFERRED")
 
 
+# And no JIT: the costs such a misled plan adds up to would have it compile the statement.
+_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit")
+
+
+@contextmanager
+def by_index(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, plan the statements inside with index scans and nested loops.
+
+    A cascade or a retry walks the dependency edges from a few tasks. PostgreSQL plans
+    such a walk from its statistics, and they mislead it: it guesses a recursive query's
+    rows far too high, and where most edges share one dependency (a wide fan-out) it
+    expects every probe by dependency to return them all. Either way it would read whole
+    tables at every failure. Here a walk reads what it reaches, through the indexes. The
+    settings are local to the transaction and put back when the block ends.
+    """
+    if conn.dialect.name != "postgresql" or conn.info.get("by_index"):
+        yield
+        return
+    conn.info["by_index"] = True
+    conn.exec_driver_sql("; ".join(f"SET LOCAL {name} = off" for name in _BY_INDEX))
+    try:
+        yield
+    finally:
+        conn.info.pop("by_index", None)
+    conn.exec_driver_sql("; ".join(f"RESET {name}" for name in _BY_INDEX))
+
+
 def now(conn: Connection) -> datetime:
     """Return the time a transaction compares and stamps with, read when it is called.
 

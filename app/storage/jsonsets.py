@@ -46,3 +46,25 @@ def of_ids(values: Iterable[str]) -> str:
 def of_pairs(values: Mapping[str, Any]) -> str:
     """Return a mapping as the JSON text `pairs` reads."""
     return json.dumps(dict(values))
+
+
+def dependents(d: str, name: str, condition: str) -> str:
+    """Return a query of the edges (task_id, dependency_id) from the tasks of the JSON
+    array `name` to their dependents `t` that meet `condition`.
+
+    On PostgreSQL each task's edges are a LATERAL subquery it cannot flatten (OFFSET 0)
+    and the dependent's row a scalar subquery by id: the read goes from the given tasks
+    outward, however the statistics mislead the planner (see `database.by_index`).
+    """
+    if d == "sqlite":
+        return (
+            f"SELECT e.task_id, e.dependency_id FROM ({ids(d, name)}) AS s"
+            " JOIN task_dependencies e ON e.dependency_id = s.id"
+            f" JOIN tasks t ON t.id = e.task_id WHERE {condition}"
+        )
+    return (
+        f"SELECT e.task_id, e.dependency_id FROM ({ids(d, name)}) AS s CROSS JOIN LATERAL"
+        " (SELECT e.task_id, e.dependency_id FROM task_dependencies e"
+        f" WHERE e.dependency_id = s.id AND (SELECT {condition} FROM tasks t"
+        " WHERE t.id = e.task_id) OFFSET 0) AS e"
+    )

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from app import events
 from app.statuses import FAILED_LIKE, Status
-from app.storage import jsonsets
+from app.storage import database, jsonsets
 from app.storage.scheduler_sql import count_down
 from app.storage.tables import chunks, weak
 
@@ -51,6 +51,11 @@ def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> int:
 def cut_off(conn: Connection, seeds: dict[str, str], now: datetime) -> list[str]:
     """End every QUEUED `all_success` task below `seeds` (id to FAILURE or CANCEL) as
     never to run, transitively; return them. The seeds themselves are not written."""
+    with database.by_index(conn):
+        return _cut_off(conn, seeds, now)
+
+
+def _cut_off(conn: Connection, seeds: dict[str, str], now: datetime) -> list[str]:
     stopped: list[str] = []
     reached = dict(seeds)
     while seeds:
@@ -78,13 +83,14 @@ def count_down_cut(conn: Connection, stopped: Sequence[str]) -> int:
     """
     if not stopped:
         return 0
+    with database.by_index(conn):
+        return _count_down_cut(conn, stopped)
+
+
+def _count_down_cut(conn: Connection, stopped: Sequence[str]) -> int:
     d = conn.dialect.name
-    sql = (
-        f"SELECT e.task_id FROM ({jsonsets.ids(d, 'ids')}) AS j"
-        " JOIN task_dependencies e ON e.dependency_id = j.id"
-        f" JOIN tasks t ON t.id = e.task_id WHERE {_queued(d, 't')}"
-        " AND t.trigger_rule = 'all_done'"
-    )
+    all_done = f"{_queued(d, 't')} AND t.trigger_rule = 'all_done'"
+    sql = f"SELECT task_id FROM ({jsonsets.dependents(d, 'ids', all_done)}) AS b"
     found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(stopped)}).all()
     counts = Counter(task_id for (task_id,) in found)
     if not counts:
@@ -117,9 +123,10 @@ def _waiting(d: str) -> str:
 def _reach_sql(d: str) -> str:
     """Every (dependent, dependency, kind) edge a cascade from the seeds crosses.
 
-    PostgreSQL guesses a recursive query's rows far too high and would then hash the whole
-    edge table, at every failure; each step is a LATERAL subquery it cannot flatten
-    (OFFSET 0), so each reached task's dependents are read through the index.
+    On PostgreSQL each step is a LATERAL subquery the planner cannot flatten (OFFSET 0),
+    and each dependent's status a scalar subquery by id: so the walk goes from each
+    reached task to its dependents, and never from every waiting task back to the
+    reached ones (see `database.by_index` and the edge statistics in models.py).
     """
     if d == "sqlite":
         step = (
@@ -134,8 +141,8 @@ def _reach_sql(d: str) -> str:
         )
     below = (
         "FROM reached r CROSS JOIN LATERAL (SELECT e.task_id, e.dependency_id"
-        " FROM task_dependencies e JOIN tasks t ON t.id = e.task_id"
-        f" WHERE e.dependency_id = r.id AND {_waiting(d)} OFFSET 0) AS e"
+        " FROM task_dependencies e WHERE e.dependency_id = r.id"
+        f" AND (SELECT {_waiting(d)} FROM tasks t WHERE t.id = e.task_id) OFFSET 0) AS e"
     )
     return (
         "WITH RECURSIVE reached(id, kind) AS ("
@@ -197,10 +204,7 @@ def _escaped(conn: Connection, reached: dict[str, str]) -> dict[str, str]:
     """Return the reached tasks that a dependent the recursive read missed still waits
     for, with their kinds, read once all of them are locked."""
     d = conn.dialect.name
-    sql = (
-        f"SELECT DISTINCT e.dependency_id FROM ({jsonsets.ids(d, 'ids')}) AS j"
-        " JOIN task_dependencies e ON e.dependency_id = j.id"
-        f" JOIN tasks t ON t.id = e.task_id WHERE {_waiting(d)}"
-    )
+    below = jsonsets.dependents(d, "ids", _waiting(d))
+    sql = f"SELECT DISTINCT dependency_id FROM ({below}) AS b"
     found = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(sorted(reached))}).all()
     return {i: reached[i] for (i,) in found}

@@ -245,6 +245,13 @@ def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_r
                 assert "not_before IS NULL" in _index_definition(conn, name)
             indexes = {i["name"] for i in inspect(conn).get_indexes("tasks")}
         assert {"ix_tasks_status_type_seq", "ix_tasks_status_batch_seq"} <= indexes
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.connect() as conn:
+                options = conn.exec_driver_sql(
+                    "SELECT attoptions FROM pg_attribute WHERE attrelid ="
+                    " 'task_dependencies'::regclass AND attname = 'dependency_id'"
+                ).scalar_one()
+            assert "n_distinct=-0.5" in options
         promoted = {i for i, r in rows.items() if r.status == "QUEUED" and r.not_before is None}
         assert promoted == {"due", "backed-off", "plain", "waits"}
         assert (rows["due"].run_at, rows["later"].not_before) == (past, future)
