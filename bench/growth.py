@@ -280,17 +280,9 @@ def reads(db: Database, n: int) -> dict[str, Any]:
 
 def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, Any]:
     """Time the root of a chain of `length` failing, and a cancel of another chain's root."""
-    from app.statuses import Status
-    from app.storage.store import Outcome
-
     app = _open(fail_db)
     store_ = app.extensions["store"]
-    worker = register_worker(store_)
-    (claim,) = store_.claim(worker, 1)
-    began = time.perf_counter()
-    store_.finish(claim, Outcome(Status.FAILED, error="bench: the root fails"))
-    fail_s = time.perf_counter() - began
-    store_.deregister(worker)
+    fail_s = _fail_root(store_)
     _check_settled(fail_db, "c-", length)
     began = time.perf_counter()
     response = app.test_client().post("/api/tasks/c-000000/retry")
@@ -319,20 +311,25 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
 
 def fan_out(db: Database, width: int) -> dict[str, Any]:
     """Time the root of `width` dependents failing: the cascade's rows per second."""
+    store_ = _open(db).extensions["store"]
+    took = _fail_root(store_)
+    store_.engine.dispose()
+    _check_settled(db, "w-", width)
+    return {"fan_out": width, "fan_out_s": took, "fan_out_rows_per_s": width / took}
+
+
+def _fail_root(store_: Any) -> float:
+    """Claim the one ready task (a root) and time its finish as FAILED, in seconds."""
     from app.statuses import Status
     from app.storage.store import Outcome
 
-    app = _open(db)
-    store_ = app.extensions["store"]
     worker = register_worker(store_)
     (claim,) = store_.claim(worker, 1)
     began = time.perf_counter()
     store_.finish(claim, Outcome(Status.FAILED, error="bench: the root fails"))
     took = time.perf_counter() - began
     store_.deregister(worker)
-    store_.engine.dispose()
-    _check_settled(db, "w-", width)
-    return {"fan_out": width, "fan_out_s": took, "fan_out_rows_per_s": width / took}
+    return took
 
 
 def _check_settled(db: Database, prefix: str, length: int) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select, text, update
 
 from app.statuses import Status
 from app.storage import jsonsets
+from app.storage.scheduler_sql import bound_time
 from app.storage.tables import tasks, weak
 
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
@@ -152,7 +153,7 @@ def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[An
         f" FROM {jsonsets.pairs(d, 'pending')} WHERE tasks.id = j.key"
         " RETURNING tasks.id, tasks.type, tasks.attempts"
     )
-    params = {"pending": jsonsets.of_pairs(pending), "now": _moment(d, now)}
+    params = {"pending": jsonsets.of_pairs(pending), "now": bound_time(d, now)}
     return list(conn.exec_driver_sql(sql, params).all())
 
 
@@ -170,8 +171,3 @@ def count_up(conn: Connection, requeued: set[str]) -> None:
         f" AND {weak(_QUEUED, d)}"
     )
     conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(waiting)})
-
-
-def _moment(d: str, now: datetime) -> Any:
-    # The text SQLAlchemy's SQLite DateTime writes, so both kinds of writes compare alike.
-    return now.strftime("%Y-%m-%d %H:%M:%S.%f") if d == "sqlite" else now

@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from app import events
 from app.statuses import FAILED_LIKE, Status
 from app.storage import database, jsonsets
-from app.storage.scheduler_sql import count_down
+from app.storage.scheduler_sql import bound_time, count_down
 from app.storage.tables import chunks, weak
 
 # How the cut-off tasks end, by what reached them: a failure wins over a cancel.
@@ -186,7 +186,7 @@ def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime)
     params = {
         "status": status.value,
         "code": code,
-        "now": now.strftime("%Y-%m-%d %H:%M:%S.%f") if d == "sqlite" else now,
+        "now": bound_time(d, now),
         "errors": jsonsets.of_pairs(errors),
     }
     sql = (

@@ -44,8 +44,9 @@ def _list(dialect: str, prefix: str, count: int) -> str:
     return ", ".join(_p(dialect, f"{prefix}{i}") for i in range(count))
 
 
-def _time(dialect: str, moment: datetime) -> Any:
-    # The text SQLAlchemy's SQLite DateTime writes, so both kinds of writes compare alike.
+def bound_time(dialect: str, moment: datetime) -> Any:
+    """Return `moment` as a statement's parameter: on SQLite the text SQLAlchemy's
+    DateTime writes, so that both kinds of writes compare alike."""
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else moment
 
 
@@ -99,7 +100,7 @@ def promote_sql(d: str) -> str:
 def promote(conn: Connection, now: datetime, limit: int) -> int:
     """Clear `not_before` of up to `limit` tasks due by `now`; return how many."""
     d = conn.dialect.name
-    params = {"now": _time(d, now), "limit": limit}
+    params = {"now": bound_time(d, now), "limit": limit}
     return int(conn.exec_driver_sql(promote_sql(d), params).rowcount)
 
 
@@ -143,7 +144,7 @@ def claim(
 ) -> list[Any]:
     """Move up to `limit` ready tasks (of `types`, if any) to RUNNING for `worker`."""
     d = conn.dialect.name
-    params: dict[str, Any] = {"now": _time(d, now), "limit": limit, "w": worker}
+    params: dict[str, Any] = {"now": bound_time(d, now), "limit": limit, "w": worker}
     params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
     params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
     rows = conn.exec_driver_sql(claim_sql(d, len(exclude), len(types)), params).all()
@@ -173,7 +174,7 @@ def complete(
     """Complete the given (id, attempt) pairs of `worker` that still hold; return those."""
     d = conn.dialect.name
     sql = complete_sql(d, len(attempts))
-    params: dict[str, Any] = {"w": worker, "now": _time(d, now)}
+    params: dict[str, Any] = {"w": worker, "now": bound_time(d, now)}
     for k, (task_id, attempt) in enumerate(attempts):
         params[f"i{k}"] = task_id
         params[f"a{k}"] = attempt
@@ -207,5 +208,5 @@ def next_run_at(conn: Connection, now: datetime) -> datetime | None:
         f"SELECT min(tasks.not_before) FROM tasks WHERE {_QUEUED[d]}"
         f" AND tasks.pending_deps = 0 AND tasks.not_before > {_p(d, 'now')}"
     )
-    due = conn.exec_driver_sql(sql, {"now": _time(d, now)}).scalar()
+    due = conn.exec_driver_sql(sql, {"now": bound_time(d, now)}).scalar()
     return datetime.fromisoformat(due) if isinstance(due, str) else due
