@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,19 @@ def shape(row: Any, dependencies: list[str]) -> dict[str, Any]:
     task = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
     task["dependencies"] = dependencies
     return task
+
+
+def shape_rows(rows: Sequence[Any], edges: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Return rows of one query as `shape` does, their column names read once."""
+    if not rows:
+        return []
+    names = list(rows[0]._fields)
+    shaped = []
+    for r in rows:
+        task = dict(zip(names, r, strict=True))
+        task["dependencies"] = edges.get(task["id"], [])
+        shaped.append(task)
+    return shaped
 
 
 def load_task(conn: Connection, task_id: str, *, with_payload: bool) -> dict[str, Any] | None:
@@ -122,7 +136,7 @@ def list_tasks(
         more = len(rows) > limit
         rows = rows[:limit]
         edges = tasks.dependencies_of(conn, [r.id for r in rows])
-    page = [shape(r, edges.get(r.id, [])) for r in rows]
+    page = shape_rows(rows, edges)
     return Page(page, encode_cursor(rows[-1].seq) if more else None)
 
 
