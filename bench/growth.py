@@ -291,6 +291,7 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
         raise RuntimeError(f"retry: {response.status_code} {response.get_data()[:200]!r}")
     store_.engine.dispose()
     _check_requeued(fail_db, "c-", length)
+    floor_s = bare_write(fail_db, "c-")
 
     app = _open(cancel_db)
     client = app.test_client()
@@ -306,7 +307,43 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
         "fail_cascade_s": fail_s,
         "retry_cascade_s": retry_s,
         "cancel_cascade_s": cancel_s,
+        "bare_write_s": floor_s,
     }
+
+
+BARE_WRITE = (
+    "UPDATE tasks SET status = 'UPSTREAM_FAILED', error_code = 'upstream_failed',"
+    " error = 'Dependency ' || id || ' failed, so this task will not run.',"
+    " finished_at = {now}, updated_at = {now} WHERE id LIKE {like} AND id <> {root}"
+)
+
+
+def bare_write(db: Database, prefix: str) -> float:
+    """Time one UPDATE writing every task of a chain as a failure cascade ends it, and
+    its commit: the rows' writes alone, with no walk, the floor of a cascade here."""
+    root = f"{prefix}000000"
+    if db.kind == "sqlite":
+        assert db.path is not None
+        conn = sqlite3.connect(db.path, isolation_level=None, timeout=60)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")  # as the service writes
+            conn.execute("PRAGMA temp_store=MEMORY")
+            sql = BARE_WRITE.format(now="datetime('now')", like="?", root="?")
+            began = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, (prefix + "%", root))
+            conn.execute("COMMIT")
+            return time.perf_counter() - began
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db.url.replace("+psycopg", "")) as pg:
+        sql = BARE_WRITE.format(now="now()", like="%s", root="%s")
+        began = time.perf_counter()
+        pg.execute(sql, (prefix + "%", root))
+        pg.commit()
+        return time.perf_counter() - began
 
 
 def fan_out(db: Database, width: int) -> dict[str, Any]:
