@@ -441,23 +441,22 @@ def prune(db: Database, n: int) -> dict[str, Any]:
 def run(workdir: Path, sizes: Sizes, pg_url: str | None = None) -> dict[str, Any]:
     """Build every database, measure every figure; each part's failure is kept apart.
 
-    With `pg_url`, the cascades, claims and reads run on PostgreSQL too, under "pg".
+    With `pg_url`, every figure is measured on PostgreSQL too, under "pg".
     """
-    results = _run(lambda name: _fresh(workdir, name), sizes, prune=True)
+    results = _run(lambda name: _fresh(workdir, name), sizes)
     if pg_url:
         log("growth: PostgreSQL")
         results["pg"] = _run(lambda name: store.postgres_database(pg_url, f"growth_{name}"), sizes)
     return results
 
 
-def _run(fresh: Callable[[str], Database], sizes: Sizes, prune: bool = False) -> dict[str, Any]:
+def _run(fresh: Callable[[str], Database], sizes: Sizes) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": [], "settings": vars(sizes)}
     parts: list[tuple[str, Callable[[], Any]]] = [
         ("cascade", lambda: _cascade(fresh, sizes.chain)),
         ("claim", lambda: _claims(fresh, sizes.delayed)),
+        ("prune", lambda: _prune(fresh, sizes.prune)),
     ]
-    if prune:
-        parts.append(("prune", lambda: _prune(fresh, sizes.prune)))
     for n in sorted(sizes.stored):
         parts.append((f"stored-{n}", lambda n=n: _reads(fresh, n)))  # type: ignore[misc]
     for name, action in parts:

@@ -516,8 +516,8 @@ def test_prune_leaves_a_task_whose_dependency_a_paused_retry_holds(explorer: Exp
     retry is about to bring back, rather than delete it from under the retry."""
     scenario = Scenario("prune_inside_retry", root_failed, retry("R"), prune())
     steps = explorer.run_alone(explorer.fresh(scenario), retry("R")).track.labels
-    # Its first read of dependency edges: R is locked by then, D not yet.
-    k = next(i for i, label in enumerate(steps) if "task_dependencies" in label)
+    # Its walk down the dependency edges: R is locked by then, D not yet.
+    k = next(i for i, label in enumerate(steps) if label.startswith("WITH RECURSIVE below"))
     world = explorer.fresh(scenario)
     held, other, blocked = explorer.interleave(world, retry("R"), prune(), k)
     assert (blocked, other.error, held.outcome) == (False, None, ("task", "QUEUED"))

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, event, select, text, update
 
 from app import faults
 from app.services import reads, submissions
 from app.storage import database, retention
 from app.storage.tables import deps, tasks
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app
 
 WEEK = timedelta(days=7)
 OLD = timedelta(days=8)
@@ -231,6 +231,32 @@ def test_postgres_skips_a_task_a_submission_is_reading(engine: Engine) -> None:
 
     assert ids(engine) == {"busy"}
     assert retention.prune(engine, WEEK) == 1
+
+
+@pytest.mark.postgres
+def test_postgres_plans_each_chunk_by_index(postgres_url: str) -> None:
+    """No merge join is planned: costing one, PostgreSQL reads the index entries at the
+    ends of `tasks.id` and the edges, where the tasks already pruned lie dead until a
+    vacuum, so every chunk would plan slower than the one before."""
+    app = build_app(postgres_url, {})
+    engine = app.extensions["store"].engine
+    for n in range(4):
+        add(engine, f"t{n}", *([f"t{n - 1}"] if n else []))
+        finish(engine, f"t{n}", "COMPLETED", OLD)
+    seen: list[str] = []
+
+    def record(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("DELETE FROM tasks"):  # asked of the chunk's own session
+            setting = cursor.connection.execute("SHOW enable_mergejoin").fetchone()[0]
+            seen.append(f"merge join {setting}")
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert retention.prune(engine, WEEK, chunk=2) == 4
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    engine.dispose()
+    assert seen == ["merge join off", "merge join off"]
 
 
 def count_transactions(monkeypatch: pytest.MonkeyPatch) -> list[Engine]:
