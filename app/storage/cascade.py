@@ -160,9 +160,11 @@ def requeue(conn: Connection, pending: dict[str, int], now: datetime) -> list[An
 def count_up(conn: Connection, requeued: set[str]) -> None:
     """Give back an unfinished dependency to each QUEUED dependent outside the requeued set."""
     d = conn.dialect.name
-    sql = f"SELECT task_id FROM ({jsonsets.dependents(d, 'ids', 'TRUE')}) AS b"
+    # Those requeued are left out by the database: down a chain, that is every dependent.
+    outside = f"t.status = 'QUEUED' AND t.id NOT IN ({jsonsets.ids(d, 'ids')})"
+    sql = f"SELECT task_id FROM ({jsonsets.dependents(d, 'ids', outside)}) AS b"
     rows = conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(requeued)}).all()
-    waiting = Counter(t for (t,) in rows if t not in requeued)
+    waiting = Counter(t for (t,) in rows)
     if not waiting:
         return
     sql = (
