@@ -160,16 +160,15 @@ def _build_postgres(
     import psycopg
 
     began = time.perf_counter()
-    with psycopg.connect(db.url.replace("+psycopg", "")) as conn:
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY tasks ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            with cur.copy(
-                "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
-            ) as copy:
-                for task_id, dependency in edges:
-                    copy.write_row((task_id, dependency, 0))
+    with psycopg.connect(db.url.replace("+psycopg", "")) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY tasks ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        with cur.copy(
+            "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
+        ) as copy:
+            for task_id, dependency in edges:
+                copy.write_row((task_id, dependency, 0))
     # As autovacuum would soon after such a load; done now, so that it does not run
     # during the measurements (on two cores, it took one from them).
     with psycopg.connect(db.url.replace("+psycopg", ""), autocommit=True) as conn:
