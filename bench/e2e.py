@@ -30,11 +30,18 @@ def _utcnow() -> datetime:
 
 
 def throughput(
-    client: Client, db: Database, prefix: str, n: int, batch: int, timeout_s: float = TIMEOUT_S
+    client: Client,
+    db: Database,
+    prefix: str,
+    n: int,
+    batch: int,
+    timeout_s: float = TIMEOUT_S,
+    kind: str = NOOP,
 ) -> dict[str, Any]:
-    """Submit `n` independent no-op tasks in batches; time first submission to last finish."""
+    """Submit `n` independent tasks of type `kind` (no-op ones unless told) in batches;
+    time first submission to last finish."""
     bodies = [
-        {"tasks": [_task(f"{prefix}-{i}") for i in range(start, min(start + batch, n))]}
+        {"tasks": [_task(f"{prefix}-{i}", kind=kind) for i in range(start, min(start + batch, n))]}
         for start in range(0, n, batch)
     ]
     started = _utcnow()

@@ -22,6 +22,9 @@ from huey import Huey, RedisHuey, SqliteHuey, signals
 # A pipeline nests the rest of the chain in each message; 1,000 levels exceed the default.
 sys.setrecursionlimit(50_000)
 
+# The length of a task of real work, as the `simulate` tasks of `--only work` sleep.
+WORK_S = 0.001
+
 
 @dataclass(frozen=True)
 class HueyConfig:
@@ -54,19 +57,24 @@ def hop() -> None:
     return None
 
 
+def work() -> None:
+    """A task with real work: 1 ms off the CPU, as our `simulate` type of 1 ms does."""
+    time.sleep(WORK_S)
+
+
 def warm() -> None:
     """The warm-up task, not counted."""
     return None
 
 
-def build(config: HueyConfig) -> tuple[Huey, Any, Any, Any]:
-    """Return a Huey on the configured storage and its tasks (noop, hop, warm)."""
+def build(config: HueyConfig) -> tuple[Huey, Any, Any, Any, Any]:
+    """Return a Huey on the configured storage and its tasks (noop, hop, warm, work)."""
     if config.backend == "redis":
         huey: Huey = RedisHuey(config.name, host="127.0.0.1", port=6379)
     else:
         # fsync=True is synchronous=FULL: the durability our service runs with by default.
         huey = SqliteHuey(config.name, filename=config.path, fsync=True)
-    return huey, huey.task()(noop), huey.task()(hop), huey.task()(warm)
+    return huey, huey.task()(noop), huey.task()(hop), huey.task()(warm), huey.task()(work)
 
 
 class _Timing:

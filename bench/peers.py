@@ -4,7 +4,8 @@ Huey's consumer runs as its own process with 4 worker threads (`-k thread -w 4`)
 an empty queue every 10 to 100 ms (`-d 0.01 -m 0.1`; Redis blocks on BRPOP instead), quiet
 (`-q`: no log line per task, like our service). The producer is this process.
 - e2e: enqueue N no-op tasks one by one; time from the first enqueue to the last finish;
-- chain: one pipeline of N tasks (`.then`); per hop = (last finish - first start)/(N-1).
+- chain: one pipeline of N tasks (`.then`); per hop = (last finish - first start)/(N-1);
+- work: as e2e, with tasks that sleep 1 ms, on 16 threads (`-w 16`, as our cap of 16).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from bench.huey_app import HueyConfig, build
 from bench.server import BIN, ROOT, stop_group
 
 CONSUMER_ARGS = ["-k", "thread", "-w", "4", "-d", "0.01", "-m", "0.1", "-q"]
+# Huey's threads for tasks of real work: as many as our MAX_CONCURRENT_TASKS.
+WORK_THREADS = 16
 TIMEOUT_S = 600.0
 _RUNS = count()
 
@@ -62,11 +65,16 @@ def _wait_file(path: str, timeout_s: float, process: subprocess.Popen[bytes]) ->
 
 
 @contextmanager
-def _consumer(config: HueyConfig, huey: Any, warm: Any, log: Path) -> Iterator[Any]:
+def _consumer(
+    config: HueyConfig, huey: Any, warm: Any, log: Path, threads: int | None = None
+) -> Iterator[Any]:
     env = {**os.environ, **config.env(), "PYTHONPATH": str(ROOT)}
+    args = list(CONSUMER_ARGS)
+    if threads is not None:
+        args[args.index("-w") + 1] = str(threads)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [str(BIN / "huey_consumer"), "bench.huey_app.huey", *CONSUMER_ARGS],
+            [str(BIN / "huey_consumer"), "bench.huey_app.huey", *args],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -83,14 +91,18 @@ def _consumer(config: HueyConfig, huey: Any, warm: Any, log: Path) -> Iterator[A
             huey.storage.flush_all()
 
 
-def e2e(backend: str, workdir: Path, n: int, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-    """Enqueue `n` no-op tasks; time the first enqueue to the last finish."""
+def e2e(
+    backend: str, workdir: Path, n: int, timeout_s: float = TIMEOUT_S, work: bool = False
+) -> dict[str, Any]:
+    """Enqueue `n` no-op tasks (with `work`, tasks of 1 ms on WORK_THREADS threads); time
+    the first enqueue to the last finish."""
     config = _config(backend, workdir, n)
-    huey, noop, _, warm = build(config)
-    with _consumer(config, huey, warm, workdir / "huey.log") as process:
+    huey, noop, _, warm, one_ms = build(config)
+    task, threads = (one_ms, WORK_THREADS) if work else (noop, None)
+    with _consumer(config, huey, warm, workdir / "huey.log", threads) as process:
         started = time.time()
         for _ in range(n):
-            noop()
+            task()
         enqueue_s = time.time() - started
         record = json.loads(_wait_file(config.done, timeout_s, process))
     wall = record["last_finish"] - started
@@ -100,7 +112,7 @@ def e2e(backend: str, workdir: Path, n: int, timeout_s: float = TIMEOUT_S) -> di
 def chain(backend: str, workdir: Path, n: int, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """Run one `n`-task pipeline; per hop = (last finish - first start)/(n-1)."""
     config = _config(backend, workdir, n)
-    huey, _, hop, warm = build(config)
+    huey, _, hop, warm, _ = build(config)
     # Linked from the tail: `.then()` walks the pipeline recursively at every call.
     head = hop.s()
     for _ in range(n - 1):

@@ -28,7 +28,7 @@ from bench.suite import Options, ours, peer_figures, scaling
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-SECTIONS = ("e2e", "chain", "fanin", "load", "storage", "growth", "peers", "profile")
+SECTIONS = ("e2e", "work", "chain", "fanin", "load", "storage", "growth", "peers", "profile")
 QUICK = {
     "tasks": 2_000,
     "chain": 200,
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Path) -> None:
-    ours_sections = {"e2e", "chain", "fanin", "load"}
+    ours_sections = {"e2e", "work", "chain", "fanin", "load"}
     if not opts.only or opts.only & ours_sections:
         results["ours"] = {"sqlite": ours(store.sqlite_database(workdir, "ours"), opts, workdir)}
         if opts.pg_url:
@@ -206,7 +206,8 @@ def _settings_line(results: dict[str, Any]) -> str:
         f"gunicorn 1 worker x 8 threads, MAX_CONCURRENT_TASKS=16, SQLITE_SYNCHRONOUS=FULL, "
         f"no-op handler; {s['tasks']:,} tasks in batches of {s['batch']:,} "
         f"({s['pg_tasks']:,} on PostgreSQL); medians of {s['repeat']} "
-        f"(PostgreSQL {s['pg_repeat']}); Huey: consumer -k thread -w 4, SQLite fsync=True"
+        f"(PostgreSQL {s['pg_repeat']}); Huey: consumer -k thread -w 4 (-w 16 for tasks of "
+        "1 ms), SQLite fsync=True"
     )
 
 

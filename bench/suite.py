@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from app.handlers import SIMULATE
 from bench import db as store
 from bench import e2e, growth, load, peers, storage
 from bench.client import Client
@@ -94,6 +95,9 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
         t = opts.timeout_s
         if opts.wants("e2e"):
             plan.append(("e2e", lambda r: e2e.throughput(client, db, f"e{r}", n, opts.batch, t)))
+        if opts.wants("work") and not is_pg:
+            work = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
+            plan.append(("work", lambda r: work(prefix=f"w{r}", kind=SIMULATE)))
         if opts.wants("chain"):
             plan.append(("chain", lambda r: e2e.chain(client, db, f"c{r}", opts.chain, t)))
         if opts.wants("fanin"):
@@ -142,9 +146,12 @@ def peer_figures(backend: str, opts: Options, workdir: Path) -> dict[str, Any]:
     collect = Collector()
     plan: list[tuple[str, Callable[[int], Any]]] = []
     # `--only peers` runs both; `--only peers,chain` only the chain.
-    both = not opts.only & {"e2e", "chain"}
+    both = not opts.only & {"e2e", "chain", "work"}
     if both or opts.wants("e2e"):
         plan.append(("e2e", lambda r: peers.e2e(backend, workdir, opts.tasks, opts.timeout_s)))
+    if (both or opts.wants("work")) and backend == "sqlite":
+        work = partial(peers.e2e, backend, workdir, opts.tasks, opts.timeout_s, work=True)
+        plan.append(("work", lambda r: work()))
     if both or opts.wants("chain"):
         plan.append(("chain", lambda r: peers.chain(backend, workdir, opts.chain, opts.timeout_s)))
     _repeat(collect, f"huey/{backend}", plan, opts.repeat)
