@@ -9,11 +9,12 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Boolean, Connection, DateTime, Engine, insert, select
-from sqlalchemy.exc import IntegrityError
+import psycopg
+from sqlalchemy import JSON, Boolean, Connection, DateTime, Engine, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.storage import database, jsonsets
-from app.storage.tables import chunks, deps, tasks
+from app.storage.tables import chunks, tasks
 
 # Every column but the two large JSON ones, for lists.
 LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
@@ -46,11 +47,8 @@ def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         task_rows.append(fields)
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn, task_rows, edges)
-        return
-    if task_rows:
-        conn.execute(insert(tasks), task_rows)
-    if edges:
-        conn.execute(insert(deps), edges)
+    else:
+        _copy_postgresql(conn, task_rows, edges)
 
 
 # On SQLite the rows go to the driver as lists, written as SQLAlchemy's own types write
@@ -111,6 +109,42 @@ def _insert_sqlite(
     if edges:
         pairs = [(e["task_id"], e["dependency_id"], e["position"]) for e in edges]
         conn.exec_driver_sql(_INSERT_EDGES, pairs)
+
+
+_COPY_TASKS = f"COPY tasks ({', '.join(_COLUMNS)}) FROM STDIN"
+_COPY_EDGES = "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
+
+
+def _copy_postgresql(
+    conn: Connection, task_rows: list[dict[str, Any]], edges: list[dict[str, Any]]
+) -> None:
+    """Insert with COPY, PostgreSQL's fastest path: an INSERT per row, even pipelined,
+    ran at a third of its rate. COPY fires the same triggers and checks the same keys.
+
+    Its errors are raised as SQLAlchemy raises a statement's (a duplicate id as an
+    IntegrityError, which `inserting` answers as a replay), and a connection it broke is
+    not given back to the pool.
+    """
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    json_columns = [k for k, c in enumerate(_COLUMNS) if _BIND.get(c) is _json]
+    try:
+        with raw.cursor() as cursor:
+            if task_rows:
+                with cursor.copy(_COPY_TASKS) as copy:
+                    for row in task_rows:
+                        values = list(_values_of({**_UNSET, **row}))
+                        for k in json_columns:
+                            values[k] = json.dumps(values[k])
+                        copy.write_row(values)
+            if edges:
+                with cursor.copy(_COPY_EDGES) as copy:
+                    for e in edges:
+                        copy.write_row((e["task_id"], e["dependency_id"], e["position"]))
+    except psycopg.Error as exc:
+        if raw.closed or raw.broken:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(_COPY_TASKS, None, exc, psycopg.Error) from exc
 
 
 def row(conn: Connection, task_id: str, *, with_payload: bool) -> Any:

@@ -1,17 +1,22 @@
-"""Task rows as submissions insert them: on SQLite straight to the driver, stored exactly
-as SQLAlchemy's column types would have stored them."""
+"""Task rows as submissions insert them, stored exactly as SQLAlchemy's own insert would
+store them: on SQLite handed to the driver as tuples, on PostgreSQL with COPY."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
+from app import faults
+from app.services import submissions
 from app.storage import database
 from app.storage.tables import deps, tasks
 from app.storage.tasks import insert_rows
+from tests.support.apps import AppFactory
 
 AT = datetime(2026, 12, 4, 21, 0, 0)  # no microseconds: the case a plain isoformat gets wrong
 
@@ -51,22 +56,25 @@ def rows(prefix: str) -> list[dict[str, Any]]:
 
 
 def stored(app: Flask, prefix: str) -> list[tuple[Any, ...]]:
-    """Every column but seq and the prefixed id, as the driver reads it back raw."""
+    """Every column but seq and the prefixed id, as stored (JSON as its stored text)."""
     engine = app.extensions["store"].engine
+    as_text = "CAST(payload AS TEXT)" if engine.dialect.name == "postgresql" else "payload"
     with database.read(engine) as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        found = raw.execute(
-            "SELECT * FROM tasks WHERE id LIKE ? ORDER BY seq", (prefix + "%",)
-        ).fetchall()
-        edges = raw.execute(
-            "SELECT * FROM task_dependencies WHERE task_id LIKE ? ORDER BY task_id, position",
-            (prefix + "%",),
-        ).fetchall()
-    return [r[2:] for r in found] + [(t[1:], d[1:], p) for t, d, p in edges]
+        found = conn.execute(
+            text(f"SELECT *, {as_text} AS payload_text FROM tasks WHERE id LIKE :p ORDER BY seq"),
+            {"p": prefix + "%"},
+        ).all()
+        edges = conn.execute(
+            text(
+                "SELECT * FROM task_dependencies WHERE task_id LIKE :p ORDER BY task_id, position"
+            ),
+            {"p": prefix + "%"},
+        ).all()
+    return [tuple(r[2:]) for r in found] + [(t[1:], d[1:], p) for t, d, p in edges]
 
 
-def test_sqlite_rows_are_stored_as_the_column_types_store_them(app: Flask) -> None:
+def test_rows_are_stored_as_the_column_types_store_them(make_app: AppFactory) -> None:
+    app = make_app()
     engine = app.extensions["store"].engine
     with database.write(engine) as conn:
         insert_rows(conn, rows("f"))
@@ -89,3 +97,52 @@ def test_sqlite_rows_are_stored_as_the_column_types_store_them(app: Flask) -> No
     with database.read(engine) as conn:
         payloads = conn.execute(select(tasks.c.payload).order_by(tasks.c.seq)).scalars().all()
     assert payloads[:3] == [{}, rows("f")[1]["payload"], None]
+
+
+def test_a_submission_that_loses_the_race_for_its_id_answers_as_a_replay(
+    make_app: AppFactory,
+) -> None:
+    """The other submission's row is written but not committed when this one writes the
+    same id: on PostgreSQL its COPY waits for that row's lock, then fails on the unique
+    id, and the submission runs again and finds the stored task."""
+    app = make_app()
+    engine = app.extensions["store"].engine
+    body = {"id": "dup", "type": "t", "duration_ms": 1}
+    written, release = threading.Event(), threading.Event()
+
+    def hold(**_: Any) -> None:
+        if threading.current_thread().name == "holder":
+            written.set()
+            assert release.wait(10)
+
+    answers: list[bool] = []
+
+    def submit() -> None:
+        answers.append(submissions.submit(engine, body).created)
+
+    with faults.injected("database.commit", hold):
+        holder = threading.Thread(target=submit, name="holder")
+        holder.start()
+        assert written.wait(10)
+        waiting = threading.Thread(target=submit, name="waiting")
+        waiting.start()
+        if engine.dialect.name == "postgresql":
+            wait_for_a_lock_wait(engine)
+        release.set()
+        holder.join(10)
+        waiting.join(10)
+    assert sorted(answers) == [False, True]
+
+
+def wait_for_a_lock_wait(engine: Any, timeout_s: float = 10.0) -> None:
+    """Return once a session of this database waits for a lock (the COPY on the id)."""
+    deadline = time.monotonic() + timeout_s
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+    raise AssertionError("the second submission never waited for the first one's row")
