@@ -99,12 +99,46 @@ def rows(results: dict[str, Any]) -> list[Row]:
     )
     table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
+    table += _submit_rows(results.get("submit") or {})
     table += _storage_rows(results.get("storage") or [])
     grown = results.get("growth") or {}
     table += _growth_rows(grown)
     table += [_on_postgresql(row) for row in _growth_rows(grown.get("pg") or {})]
     measured = ("sqlite", "postgresql", "huey_sqlite", "huey_redis")
     return [r for r in table if any(r.get(k) is not None for k in measured)]
+
+
+# Issue 16: at 64 connections, at least this share of the rate at 8.
+MANY_CONNS_SHARE = 0.9
+
+
+def _submit_rows(submit: dict[str, Any]) -> list[Row]:
+    """Single submissions: ours against the baseline app, and ours at 64 connections."""
+
+    def median(name: str, field: str) -> float | None:
+        return _pick(submit, f"{name}.median.{field}")
+
+    ours, baseline, many = (median(n, "requests_per_s") for n in ("ours_8", "minimal_8", "ours_64"))
+    table: list[Row] = []
+    if ours is None:
+        return table
+    target = f">= {baseline:,.0f} (the baseline)" if baseline else ""
+    table.append(_measured("Single POSTs, 8 conns, with the baseline (req/s)", ours, target, True))
+    if baseline is not None:
+        label = "  ... baseline Flask + SQLAlchemy insert app, 8 conns (req/s)"
+        table.append(_measured(label, baseline, "", True))
+    table.append(_measured("  ... ours, p99 latency (ms)", median("ours_8", "p99_ms") or 0, ""))
+    if many is not None:
+        share = f">= {MANY_CONNS_SHARE * ours:,.0f} ({MANY_CONNS_SHARE}x 8 conns)"
+        table.append(_measured("Single POSTs, 64 conns (req/s)", many, share, True))
+        table.append(_measured("  ... p99 latency (ms)", median("ours_64", "p99_ms") or 0, ""))
+    errors = sum(
+        r.get("errors", 0)
+        for name in ("ours_8", "ours_64")
+        for r in submit.get(name, {}).get("runs", [])
+    )
+    table.append(_measured("  ... answers other than 201, ours (count)", errors, "<= 0"))
+    return table
 
 
 def _storage_rows(sizes: list[dict[str, Any]]) -> list[Row]:

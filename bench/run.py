@@ -24,11 +24,22 @@ from bench.profile import profile_e2e
 from bench.profile import text as profile_text
 from bench.progress import BUDGET, log
 from bench.server import ROOT
-from bench.suite import Options, ours, peer_figures, scaling
+from bench.suite import Options, ours, peer_figures, scaling, single_submissions
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-SECTIONS = ("e2e", "work", "chain", "fanin", "load", "storage", "growth", "peers", "profile")
+SECTIONS = (
+    "e2e",
+    "work",
+    "chain",
+    "fanin",
+    "load",
+    "submit",
+    "storage",
+    "growth",
+    "peers",
+    "profile",
+)
 QUICK = {
     "tasks": 2_000,
     "chain": 200,
@@ -167,6 +178,9 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
                 results["ours"]["postgresql"] = ours(pg, opts, workdir)
             finally:
                 store.drop_postgres(opts.pg_url, name)
+    if opts.wants("submit"):
+        log("submit: single POSTs, ours and the baseline app, taking turns")
+        results["submit"] = single_submissions(opts, workdir)
     if opts.wants("storage"):
         results["storage"] = scaling(opts, workdir)
     if opts.wants("growth"):

@@ -18,6 +18,9 @@ from bench.client import Client
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# Our gunicorn's threads per worker (GUNICORN_THREADS' default), which the baseline app
+# of single submissions gets too.
+GUNICORN_THREADS = 8
 # Every run uses these unless a scenario overrides them; SQLITE_SYNCHRONOUS stays FULL.
 BASE_SETTINGS = {
     "TASK_HANDLERS": "bench.noop_handlers",
@@ -131,6 +134,34 @@ class Server:
             return
         stop_group(self.process)
         self.process = None
+
+
+@dataclass
+class MinimalServer(Server):
+    """The single-submission baseline (bench/minimal_app.py), served by gunicorn with the
+    same worker class, one worker and the same threads as ours."""
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start gunicorn on the baseline app; return the seconds it took to answer."""
+        assert self.db.path is not None
+        self.port = free_port()
+        env = {**os.environ, "BENCH_MINIMAL_DB": str(self.db.path), "PYTHONPATH": str(ROOT)}
+        # Not our gunicorn.conf.py, which gunicorn would read from the working folder.
+        command = [str(BIN / "gunicorn"), "-c", os.devnull, "-k", "gthread", "-w", "1"]
+        command += ["--threads", str(GUNICORN_THREADS), "-b", f"127.0.0.1:{self.port}"]
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "bench.minimal_app:app"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_healthy(started + timeout_s)
+        self.start_seconds = time.monotonic() - started
+        return self.start_seconds
 
 
 def stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:

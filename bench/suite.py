@@ -14,7 +14,7 @@ from bench import e2e, growth, load, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
-from bench.server import Database, migrate, serving
+from bench.server import Database, MinimalServer, migrate, serving
 
 
 @dataclass
@@ -130,6 +130,41 @@ def _load(base: str, db: Database, opts: Options) -> dict[str, Any]:
     result = load.post_load(base, opts.load_processes, opts.load_threads, opts.load_seconds)
     store.wait_finished(db, opts.timeout_s)  # the submitted tasks run before the next figure
     return result
+
+
+# Connections of the single-submission figures: as `load` (2 processes x 4 threads), and
+# eight times as many on the same two load processes.
+FEW, MANY = (2, 4), (2, 32)
+
+
+def single_submissions(opts: Options, workdir: Path) -> dict[str, Any]:
+    """`POST /api/tasks` one task at a time: ours at 8 and at 64 connections, and the
+    baseline app (bench/minimal_app.py) at 8, taking turns."""
+    collect = Collector()
+    ours_db = store.sqlite_database(workdir, "submit-ours")
+    migrate(ours_db)
+    baseline = MinimalServer(
+        store.sqlite_database(workdir, "submit-minimal"), workdir / "server-minimal.log"
+    )
+    seconds = opts.load_seconds
+
+    def ours_at(base: str, conns: tuple[int, int]) -> dict[str, Any]:
+        result = load.post_load(base, *conns, seconds)
+        store.wait_finished(ours_db, opts.timeout_s)  # its tasks run before the next figure
+        return result
+
+    with serving(ours_db, workdir / "server-submit.log") as server:
+        baseline.start()
+        try:
+            plan: list[tuple[str, Callable[[int], Any]]] = [
+                ("ours_8", lambda r: ours_at(server.base, FEW)),
+                ("minimal_8", lambda r: load.post_load(baseline.base, *FEW, seconds)),
+                ("ours_64", lambda r: ours_at(server.base, MANY)),
+            ]
+            _repeat(collect, "submit", plan, opts.repeat)
+        finally:
+            baseline.stop()
+    return collect.summary()
 
 
 def scaling(opts: Options, workdir: Path) -> list[dict[str, Any]]:
