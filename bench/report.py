@@ -100,6 +100,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
     table += _submit_rows(results.get("submit") or {})
+    table += _instance_rows(results.get("instances") or {})
     table += _storage_rows(results.get("storage") or [])
     grown = results.get("growth") or {}
     table += _growth_rows(grown)
@@ -138,6 +139,23 @@ def _submit_rows(submit: dict[str, Any]) -> list[Row]:
         for r in submit.get(name, {}).get("runs", [])
     )
     table.append(_measured("  ... answers other than 201, ours (count)", errors, "<= 0"))
+    return table
+
+
+def _instance_rows(instances: dict[str, Any]) -> list[Row]:
+    """E2E on PostgreSQL by number of instances (reported: two cores limit them all)."""
+    table: list[Row] = []
+    for name in sorted(instances, key=lambda n: int(n[1:])):
+        rate = _pick(instances, f"{name}.median.tasks_per_s")
+        share = _pick(instances, f"{name}.median.busiest_share")
+        if rate is None:
+            continue
+        label = f"E2E, {name[1:]} instance(s) on one database (tasks/s)"
+        table.append(_on_postgresql(_measured(label, rate, "")))
+        if share is not None and name != "x1":
+            table.append(
+                _on_postgresql(_measured("  ... busiest instance's share (%)", share * 100, ""))
+            )
     return table
 
 

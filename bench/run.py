@@ -24,7 +24,14 @@ from bench.profile import profile_e2e
 from bench.profile import text as profile_text
 from bench.progress import BUDGET, log
 from bench.server import ROOT
-from bench.suite import Options, ours, peer_figures, scaling, single_submissions
+from bench.suite import (
+    Options,
+    ours,
+    peer_figures,
+    pg_instances,
+    scaling,
+    single_submissions,
+)
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -35,6 +42,7 @@ SECTIONS = (
     "fanin",
     "load",
     "submit",
+    "instances",
     "storage",
     "growth",
     "peers",
@@ -181,6 +189,9 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
     if opts.wants("submit"):
         log("submit: single POSTs, ours and the baseline app, taking turns")
         results["submit"] = single_submissions(opts, workdir)
+    if opts.wants("instances") and opts.pg_url:
+        log("instances: e2e on PostgreSQL with 1, 2 and 4 instances")
+        results["instances"] = pg_instances(opts, workdir)
     if opts.wants("storage"):
         results["storage"] = scaling(opts, workdir)
     if opts.wants("growth"):

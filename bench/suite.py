@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -164,6 +166,44 @@ def single_submissions(opts: Options, workdir: Path) -> dict[str, Any]:
             _repeat(collect, "submit", plan, opts.repeat)
         finally:
             baseline.stop()
+    return collect.summary()
+
+
+INSTANCES = (1, 2, 4)
+
+
+def pg_instances(opts: Options, workdir: Path) -> dict[str, Any]:
+    """E2E on one PostgreSQL database served by 1, 2 and 4 instances (one gunicorn each,
+    its scheduler inside), submitting through the first; how the tasks spread over them."""
+    assert opts.pg_url is not None
+    collect = Collector()
+    for count in INSTANCES:
+        name = f"taskbench_{os.getpid()}_x{count}"
+        db = store.postgres_database(opts.pg_url, name)
+        try:
+            migrate(db)
+            with ExitStack() as stack:
+                servers = [
+                    stack.enter_context(serving(db, workdir / f"server-pg-x{count}-{k}.log"))
+                    for k in range(count)
+                ]
+                client = Client(servers[0].base)
+                stack.callback(client.close)
+
+                def run(
+                    r: int, count: int = count, db: Database = db, client: Client = client
+                ) -> dict[str, Any]:
+                    prefix = f"x{count}r{r}"
+                    found = e2e.throughput(
+                        client, db, prefix, opts.pg_tasks, opts.batch, opts.timeout_s
+                    )
+                    sql = "SELECT count(*) FROM tasks WHERE id LIKE ? GROUP BY worker"
+                    shares = sorted(n for (n,) in store.query(db, sql, (prefix + "-%",)))
+                    return {**found, "instances": count, "busiest_share": shares[-1] / sum(shares)}
+
+                _repeat(collect, f"ours/postgresql x{count}", [(f"x{count}", run)], opts.pg_repeat)
+        finally:
+            store.drop_postgres(opts.pg_url, name)
     return collect.summary()
 
 
