@@ -127,15 +127,16 @@ def _copy_postgresql(
     """
     raw = conn.connection.driver_connection
     assert raw is not None
-    json_columns = [k for k, c in enumerate(_COLUMNS) if _BIND.get(c) is _json]
+    json_columns = [(k, c) for k, c in enumerate(_COLUMNS) if _BIND.get(c) is _json]
     try:
         with raw.cursor() as cursor:
             if task_rows:
                 with cursor.copy(_COPY_TASKS) as copy:
                     for row in task_rows:
                         values = list(_values_of({**_UNSET, **row}))
-                        for k in json_columns:
-                            values[k] = json.dumps(values[k])
+                        for k, name in json_columns:
+                            if name in row:  # left out, it is NULL; given None, JSON null
+                                values[k] = _json(values[k])
                         copy.write_row(values)
             if edges:
                 with cursor.copy(_COPY_EDGES) as copy:
@@ -162,11 +163,13 @@ def rows_by_id(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
 
 
 def existing(conn: Connection, ids: Sequence[str]) -> set[str]:
-    """Return those of `ids` that a stored task has."""
-    found: set[str] = set()
-    for part in chunks(ids, LOOKUP_CHUNK):
-        found.update(conn.execute(select(tasks.c.id).where(tasks.c.id.in_(part))).scalars())
-    return found
+    """Return those of `ids` that a stored task has: one statement, the ids one JSON
+    parameter (as bound lists, a batch of 10,000 cost a third of its submission)."""
+    if not ids:
+        return set()
+    d = conn.dialect.name
+    sql = f"SELECT id FROM tasks WHERE id IN ({jsonsets.ids(d, 'ids')})"
+    return set(conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(ids)}).scalars())
 
 
 def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:

@@ -59,9 +59,14 @@ def stored(app: Flask, prefix: str) -> list[tuple[Any, ...]]:
     """Every column but seq and the prefixed id, as stored (JSON as its stored text)."""
     engine = app.extensions["store"].engine
     as_text = "CAST(payload AS TEXT)" if engine.dialect.name == "postgresql" else "payload"
+    # The JSON null text and SQL's NULL read back alike: the NULL tests tell them apart.
+    nulls = "payload IS NULL AS no_payload, result IS NULL AS no_result"
     with database.read(engine) as conn:
         found = conn.execute(
-            text(f"SELECT *, {as_text} AS payload_text FROM tasks WHERE id LIKE :p ORDER BY seq"),
+            text(
+                f"SELECT *, {as_text} AS payload_text, {nulls} FROM tasks"
+                " WHERE id LIKE :p ORDER BY seq"
+            ),
             {"p": prefix + "%"},
         ).all()
         edges = conn.execute(
