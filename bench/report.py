@@ -101,6 +101,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
     table += _submit_rows(results.get("submit") or {})
     table += _instance_rows(results.get("instances") or {})
+    table += _insert_rows(results.get("insert") or {})
     table += _storage_rows(results.get("storage") or [])
     grown = results.get("growth") or {}
     table += _growth_rows(grown)
@@ -139,6 +140,23 @@ def _submit_rows(submit: dict[str, Any]) -> list[Row]:
         for r in submit.get(name, {}).get("runs", [])
     )
     table.append(_measured("  ... answers other than 201, ours (count)", errors, "<= 0"))
+    return table
+
+
+# Issue 16: PostgreSQL's batch insert, at least this many tasks per second.
+PG_INSERT_RATE = 30_000
+
+
+def _insert_rows(inserted: dict[str, Any]) -> list[Row]:
+    """Batches of 10,000 through submit_batch, server side."""
+    table: list[Row] = []
+    label = "Batch submit, 10 x 10,000 tasks, server side (tasks/s)"
+    sqlite = _pick(inserted, "sqlite.median.tasks_per_s")
+    if sqlite is not None:
+        table.append(_measured(label, sqlite, ""))
+    pg = _pick(inserted, "postgresql.median.tasks_per_s")
+    if pg is not None:
+        table.append(_on_postgresql(_measured(label, pg, f">= {PG_INSERT_RATE:,}", True)))
     return table
 
 

@@ -26,6 +26,7 @@ from bench.progress import BUDGET, log
 from bench.server import ROOT
 from bench.suite import (
     Options,
+    batch_inserts,
     ours,
     peer_figures,
     pg_instances,
@@ -43,6 +44,7 @@ SECTIONS = (
     "load",
     "submit",
     "instances",
+    "insert",
     "storage",
     "growth",
     "peers",
@@ -192,6 +194,9 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
     if opts.wants("instances") and opts.pg_url:
         log("instances: e2e on PostgreSQL with 1, 2 and 4 instances")
         results["instances"] = pg_instances(opts, workdir)
+    if opts.wants("insert"):
+        log("insert: batches of 10,000 through submit_batch")
+        results["insert"] = batch_inserts(opts, workdir)
     if opts.wants("storage"):
         results["storage"] = scaling(opts, workdir)
     if opts.wants("growth"):

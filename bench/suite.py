@@ -12,7 +12,7 @@ from typing import Any
 
 from app.handlers import SIMULATE
 from bench import db as store
-from bench import e2e, growth, load, peers, storage
+from bench import e2e, growth, insert, load, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
@@ -166,6 +166,27 @@ def single_submissions(opts: Options, workdir: Path) -> dict[str, Any]:
             _repeat(collect, "submit", plan, opts.repeat)
         finally:
             baseline.stop()
+    return collect.summary()
+
+
+def batch_inserts(opts: Options, workdir: Path) -> dict[str, Any]:
+    """Batch submissions on SQLite and (with a server) PostgreSQL, server side."""
+    collect = Collector()
+    plan: list[tuple[str, Callable[[int], Any]]] = [
+        ("sqlite", lambda r: insert.batch_insert(store.sqlite_database(workdir, f"insert{r}")))
+    ]
+    if opts.pg_url:
+        url = opts.pg_url
+
+        def on_postgresql(r: int) -> dict[str, Any]:
+            name = f"taskbench_{os.getpid()}_insert"
+            try:
+                return insert.batch_insert(store.postgres_database(url, name))
+            finally:
+                store.drop_postgres(url, name)
+
+        plan.append(("postgresql", on_postgresql))
+    _repeat(collect, "insert", plan, opts.repeat)
     return collect.summary()
 
 
