@@ -47,7 +47,17 @@ def _list(dialect: str, prefix: str, count: int) -> str:
 def bound_time(dialect: str, moment: datetime) -> Any:
     """Return `moment` as a statement's parameter: on SQLite the text SQLAlchemy's
     DateTime writes, so that both kinds of writes compare alike."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else moment
+    return sqlite_time(moment) if dialect == "sqlite" else moment
+
+
+def sqlite_time(moment: datetime) -> str:
+    """Return a time as SQLAlchemy's SQLite DateTime stores it: the year on four digits
+    (strftime's %Y leaves years before 1000 short, which sort after every later year and
+    which Python cannot read back), microseconds always, no offset."""
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} {moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
+    )
 
 
 def _stamp(dialect: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 
@@ -14,6 +14,8 @@ from app.storage.models import (
     TaskCountDelta,
     TaskDependency,
 )
+
+T = TypeVar("T")
 
 tasks = Task.__table__
 deps = TaskDependency.__table__
@@ -28,7 +30,7 @@ CHUNK = 500
 RUNNING = text("tasks.status = 'RUNNING'")
 
 
-def chunks(items: Sequence[str], size: int = CHUNK) -> Iterable[Sequence[str]]:
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
     """Yield `items` in slices of at most `size`."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

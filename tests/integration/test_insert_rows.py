@@ -8,15 +8,18 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import insert, select, text
 
 from app import faults
 from app.services import submissions
 from app.storage import database
+from app.storage import tasks as tasks_module
 from app.storage.tables import deps, tasks
 from app.storage.tasks import insert_rows
 from tests.support.apps import AppFactory
+from tests.support.store import register
 
 AT = datetime(2026, 12, 4, 21, 0, 0)  # no microseconds: the case a plain isoformat gets wrong
 
@@ -51,6 +54,16 @@ def rows(prefix: str) -> list[dict[str, Any]]:
             "finished_at": AT,
             "cancel_requested": True,
             "dependencies": [f"{prefix}b", f"{prefix}a"],
+        },
+        {
+            **base,
+            "id": f"{prefix}d",
+            "payload": {},
+            # Before year 1000: strftime's %Y would write "999-", which SQLite's readers
+            # cannot parse and which sorts after every later year.
+            "run_at": datetime(999, 6, 1),
+            "not_before": datetime(999, 6, 1),
+            "dependencies": [],
         },
     ]
 
@@ -97,11 +110,40 @@ def test_rows_are_stored_as_the_column_types_store_them(make_app: AppFactory) ->
             ],
         )
     fast, slow = stored(app, "f"), stored(app, "s")
-    assert len(fast) == 3 + 3
+    assert len(fast) == 4 + 3
     assert fast == slow
     with database.read(engine) as conn:
         payloads = conn.execute(select(tasks.c.payload).order_by(tasks.c.seq)).scalars().all()
     assert payloads[:3] == [{}, rows("f")[1]["payload"], None]
+
+
+def test_a_task_due_before_year_1000_reads_back_and_does_not_stop_the_scheduler(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    client = app.test_client()
+    body = {"id": "old", "type": "t", "duration_ms": 1, "run_at": "0999-06-01T00:00:00Z"}
+    assert client.post("/api/tasks", json=body).status_code == 201
+    assert client.post("/api/tasks", json=body).status_code == 200  # a replay
+    answer = client.get("/api/tasks/old")
+    assert answer.status_code == 200
+    assert answer.get_json()["run_at"] == "0999-06-01T00:00:00.000Z"
+    assert client.get("/api/tasks").status_code == 200
+    # Long due: the next claim promotes it and takes it.
+    store = app.extensions["store"]
+    register(store, "w1")
+    assert [c.id for c in store.claim("w1", 5)] == ["old"]
+
+
+def test_batches_larger_than_a_copy_are_stored_whole(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks_module, "COPY_CHUNK", 2)
+    app = make_app()
+    engine = app.extensions["store"].engine
+    with database.write(engine) as conn:
+        insert_rows(conn, rows("f") + rows("g"))
+    assert len(stored(app, "f")) == len(stored(app, "g")) == 4 + 3
 
 
 def test_a_submission_that_loses_the_race_for_its_id_answers_as_a_replay(
