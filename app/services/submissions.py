@@ -7,10 +7,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from app import events
-from app.errors import DuplicateId, UnknownDependency, ValidationFailed
+from app.errors import DuplicateId, QueueFull, UnknownDependency, ValidationFailed
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
 from app.statuses import FAILED_LIKE, Status
@@ -62,22 +63,37 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
     wanted = normalise(data)
     admission.check_types([wanted["type"]])
 
-    def work(conn: Connection) -> Submitted:
+    def replayed(conn: Connection) -> Submitted | None:
         existing = load_task(conn, wanted["id"], with_payload=True)
-        if existing is not None:
-            check_replay(existing, wanted)
-            return Submitted(existing, created=False)
+        if existing is None:
+            return None
+        check_replay(existing, wanted)
+        return Submitted(existing, created=False)
+
+    def work(conn: Connection, looked: bool = True) -> Submitted:
+        # `looked`: whether to look for a stored task first; when not, it is looked for
+        # only before refusing, so that a replay answers as one whatever else changed.
+        found = replayed(conn) if looked else None
+        if found is not None:
+            return found
         statuses = readiness.statuses(conn, wanted["dependencies"])
         missing = [d for d in wanted["dependencies"] if d not in statuses]
-        if missing:
-            raise unknown_dependencies(missing)
-        now = database.now(conn)
-        row = new_row(wanted, statuses, now)
-        admission.make_room(conn, [row])
+        row = None if missing else new_row(wanted, statuses, database.now(conn))
+        try:
+            if row is None:
+                raise unknown_dependencies(missing)
+            admission.make_room(conn, [row])
+        except (UnknownDependency, QueueFull):
+            found = None if looked else replayed(conn)
+            if found is None:
+                raise
+            return found
         insert_tasks(conn, [row])
         return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
 
-    return tasks.inserting(engine, work)
+    # A new id is the usual case: the write lock is not held for a read that finds
+    # nothing. A stored id fails the insert on the unique key, and `work` answers.
+    return tasks.inserting(engine, work, first=partial(work, looked=False))
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:

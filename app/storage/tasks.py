@@ -25,13 +25,19 @@ LOOKUP_CHUNK = 5000
 T = TypeVar("T")
 
 
-def inserting(engine: Engine, work: Callable[[Connection], T]) -> T:
+def inserting(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    first: Callable[[Connection], T] | None = None,
+) -> T:
     """Run a transaction that inserts tasks, once more if another inserted an id first.
 
-    Run again, the transaction finds the other's task and answers as for a replay.
+    Run again, the transaction finds the other's task and answers as for a replay. With
+    `first`, that runs first instead of `work`: a cheaper transaction that only inserts,
+    leaving a stored id to the unique key (and so to `work`, which looks for it).
     """
     try:
-        return database.transaction(engine, work)
+        return database.transaction(engine, first or work)
     except IntegrityError:
         return database.transaction(engine, work)
 
