@@ -82,10 +82,16 @@ class Server:
         """Start gunicorn and wait for a running scheduler; return the seconds it took."""
         self.port = free_port()
         env = service_env(self.db, {**self.settings, "PORT": str(self.port)})
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+        return self._launch(command, env, timeout_s)
+
+    def _launch(self, command: list[str], env: dict[str, str], timeout_s: float) -> float:
+        """Run `command` in a session of its own until it answers /health; return the
+        seconds that took."""
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -149,19 +155,7 @@ class MinimalServer(Server):
         # Not our gunicorn.conf.py, which gunicorn would read from the working folder.
         command = [str(BIN / "gunicorn"), "-c", os.devnull, "-k", "gthread", "-w", "1"]
         command += ["--threads", str(GUNICORN_THREADS), "-b", f"127.0.0.1:{self.port}"]
-        started = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "bench.minimal_app:app"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._wait_healthy(started + timeout_s)
-        self.start_seconds = time.monotonic() - started
-        return self.start_seconds
+        return self._launch([*command, "bench.minimal_app:app"], env, timeout_s)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
