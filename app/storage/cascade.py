@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, select, update
 
 from app.statuses import Status
-from app.storage import jsonsets
+from app.storage import database, jsonsets
 from app.storage.scheduler_sql import bound_time
 from app.storage.tables import tasks, weak
 
@@ -29,7 +29,7 @@ def one_at_a_time(conn: Connection) -> None:
     and SQLite's single writer already puts them in line.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": USER_ACTIONS_KEY})
+        database.advisory_lock(conn, USER_ACTIONS_KEY)
 
 
 def locked(conn: Connection, task_id: str) -> Any:

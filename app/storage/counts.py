@@ -62,7 +62,7 @@ def hold_queue(conn: Connection) -> None:
     Held to the end of the transaction; SQLite's write lock already serialises.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUEUE_LOCK_KEY})
+        database.advisory_lock(conn, QUEUE_LOCK_KEY)
 
 
 def queued(conn: Connection) -> int:
@@ -80,8 +80,7 @@ def fold(engine: Engine) -> int:
     if engine.dialect.name != "postgresql":
         return 0
     with database.write(engine) as conn:
-        lock = text("SELECT pg_try_advisory_xact_lock(:key)")
-        if not conn.execute(lock, {"key": FOLD_LOCK_KEY}).scalar_one():
+        if not database.advisory_lock(conn, FOLD_LOCK_KEY, wait=False):
             return 0
         return int(conn.execute(_FOLD).scalar_one())
 

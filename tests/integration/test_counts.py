@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 
+from app import faults
 from app.runtime.countfold import CountFolder
 from app.services import actions, batch
 from app.statuses import Status
@@ -187,6 +188,39 @@ def pg_app(postgres_url: str) -> Iterator[Flask]:
     app = build_app(postgres_url, {})
     yield app
     app.extensions["store"].engine.dispose()
+
+
+@pytest.mark.postgres
+def test_deployments_in_other_schemas_do_not_share_their_locks(pg_app: Flask) -> None:
+    """The fold's lock (and the queue's, and the cancels' and retries') is this
+    deployment's: another schema of the same database folding does not make this one
+    skip its turn."""
+    other_schema = postgres_schema()
+    other = build_app(next(other_schema), {})
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(**_: Any) -> None:
+        if threading.current_thread().name == "other-fold":
+            holding.set()
+            assert release.wait(10)
+
+    try:
+        add(pg_app.extensions["store"], "mine")
+        with faults.injected("database.commit", hold):
+            folding = threading.Thread(
+                target=counts.fold, args=(other.extensions["store"].engine,), name="other-fold"
+            )
+            folding.start()
+            assert holding.wait(10)  # the other deployment's fold holds its lock
+            try:
+                assert counts.fold(pg_app.extensions["store"].engine) >= 1
+            finally:
+                release.set()
+                folding.join(10)
+    finally:
+        other.extensions["store"].engine.dispose()
+        for _ in other_schema:  # drops the schema
+            pass
 
 
 @pytest.mark.postgres
