@@ -217,7 +217,7 @@ def _old(n: int) -> Iterator[tuple[Any, ...]]:
         yield _row(f"o-{i:07d}", "COMPLETED", at=base + timedelta(milliseconds=i))
 
 
-def _open(db: Database) -> Any:
+def open_app(db: Database) -> Any:
     """Return the app on `db` (no scheduler), its state-change lines dropped."""
     from app import create_app, events
     from app.startup import freeze_heap
@@ -254,7 +254,7 @@ def reads(db: Database, n: int) -> dict[str, Any]:
     """Time the counts and the filtered pages on `n` stored tasks."""
     from app.storage import counts, database
 
-    app = _open(db)
+    app = open_app(db)
     engine = app.extensions["store"].engine
     client = app.test_client()
 
@@ -282,7 +282,7 @@ def reads(db: Database, n: int) -> dict[str, Any]:
 
 def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, Any]:
     """Time the root of a chain of `length` failing, and a cancel of another chain's root."""
-    app = _open(fail_db)
+    app = open_app(fail_db)
     store_ = app.extensions["store"]
     fail_s = _fail_root(store_)
     _check_settled(fail_db, "c-", length)
@@ -295,7 +295,7 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
     _check_requeued(fail_db, "c-", length)
     floor_s = bare_write(fail_db, "c-")
 
-    app = _open(cancel_db)
+    app = open_app(cancel_db)
     client = app.test_client()
     began = time.perf_counter()
     response = client.post("/api/tasks/c-000000/cancel")
@@ -350,7 +350,7 @@ def bare_write(db: Database, prefix: str) -> float:
 
 def fan_out(db: Database, width: int) -> dict[str, Any]:
     """Time the root of `width` dependents failing: the cascade's rows per second."""
-    store_ = _open(db).extensions["store"]
+    store_ = open_app(db).extensions["store"]
     took = _fail_root(store_)
     store_.engine.dispose()
     _check_settled(db, "w-", width)
@@ -391,7 +391,8 @@ def claims(plain: Database, behind: Database, delayed: int) -> dict[str, Any]:
     from app.storage.store import Outcome
 
     stores = {
-        name: _open(db).extensions["store"] for name, db in (("none", plain), ("delayed", behind))
+        name: open_app(db).extensions["store"]
+        for name, db in (("none", plain), ("delayed", behind))
     }
     workers = {name: register_worker(s) for name, s in stores.items()}
     times: dict[str, list[float]] = {name: [] for name in stores}
@@ -421,7 +422,7 @@ def prune(db: Database, n: int) -> dict[str, Any]:
     from app import faults
     from app.storage.retention import prune as run_prune
 
-    app = _open(db)
+    app = open_app(db)
     engine = app.extensions["store"].engine
     marks: list[float] = []
     with faults.injected("prune.chunk_committed", lambda **_: marks.append(time.perf_counter())):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.growth import _open
+from bench.growth import open_app
 from bench.server import Database, migrate
 
 BATCHES = 10
@@ -37,7 +37,7 @@ def batch_insert(db: Database) -> dict[str, Any]:
     from app.services.batch import submit_batch
 
     migrate(db)
-    app = _open(db)
+    app = open_app(db)
     engine = app.extensions["store"].engine
     bodies = _bodies("i")
     began = time.perf_counter()

@@ -129,11 +129,15 @@ def _submit_rows(submit: dict[str, Any]) -> list[Row]:
     if baseline is not None:
         label = "  ... baseline Flask + SQLAlchemy insert app, 8 conns (req/s)"
         table.append(_measured(label, baseline, "", True))
-    table.append(_measured("  ... ours, p99 latency (ms)", median("ours_8", "p99_ms") or 0, ""))
+    p99 = median("ours_8", "p99_ms")
+    if p99 is not None:
+        table.append(_measured("  ... ours, p99 latency (ms)", p99, ""))
     if many is not None:
         share = f">= {MANY_CONNS_SHARE * ours:,.0f} ({MANY_CONNS_SHARE}x 8 conns)"
         table.append(_measured("Single POSTs, 64 conns (req/s)", many, share, True))
-        table.append(_measured("  ... p99 latency (ms)", median("ours_64", "p99_ms") or 0, ""))
+        p99 = median("ours_64", "p99_ms")
+        if p99 is not None:
+            table.append(_measured("  ... p99 latency (ms)", p99, ""))
     errors = sum(
         r.get("errors", 0)
         for name in ("ours_8", "ours_64")

@@ -78,10 +78,10 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
             return found
         statuses = readiness.statuses(conn, wanted["dependencies"])
         missing = [d for d in wanted["dependencies"] if d not in statuses]
-        row = None if missing else new_row(wanted, statuses, database.now(conn))
         try:
-            if row is None:
+            if missing:
                 raise unknown_dependencies(missing)
+            row = new_row(wanted, statuses, database.now(conn))
             admission.make_room(conn, [row])
         except (UnknownDependency, QueueFull):
             found = None if looked else replayed(conn)

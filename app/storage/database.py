@@ -203,10 +203,6 @@ def read(engine: Engine) -> AbstractContextManager[Connection]:
     return _transaction(engine, "DEFERRED")
 
 
-# And no JIT: the costs such a misled plan adds up to would have it compile the statement.
-_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit")
-
-
 def advisory_lock(conn: Connection, name: int, *, wait: bool = True) -> bool:
     """Take the PostgreSQL transaction lock `name` (a 32-bit number) for this deployment;
     without `wait`, only if it is free. Tell whether it is held.
@@ -220,6 +216,10 @@ def advisory_lock(conn: Connection, name: int, *, wait: bool = True) -> bool:
     sql = f"SELECT {function}(%(name)s, CAST(CAST('tasks' AS regclass) AS oid)::int)"
     held = conn.exec_driver_sql(sql, {"name": signed}).scalar()
     return wait or bool(held)
+
+
+# What `by_index` turns off; JIT too, which the costs of a misled plan would switch on.
+_BY_INDEX = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit")
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -45,11 +45,11 @@ def inserting(
 def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert task rows (each with its `dependencies` list) and their edges."""
     task_rows: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
+    edges: list[tuple[str, str, int]] = []
     for row in rows:
         fields = dict(row)
         for position, dependency in enumerate(fields.pop("dependencies")):
-            edges.append({"task_id": row["id"], "dependency_id": dependency, "position": position})
+            edges.append((row["id"], dependency, position))
         task_rows.append(fields)
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn, task_rows, edges)
@@ -57,9 +57,9 @@ def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         _copy_postgresql(conn, task_rows, edges)
 
 
-# On SQLite the rows go to the driver as lists, written as SQLAlchemy's own types write
-# them (`sqlite_value`): its per-row parameter processing cost as much as SQLite's insert
-# itself, inside the write lock every scheduler pass waits for.
+# The rows go to the driver as tuples of every column but seq, bound as SQLAlchemy's own
+# types bind them: its per-row parameter processing cost as much as the insert itself,
+# inside the write lock every scheduler pass waits for.
 _COLUMNS = [c.name for c in tasks.c if c.name != "seq"]
 # Every column, with the value a row that leaves it out gets (its default, or NULL).
 _UNSET = {
@@ -67,10 +67,6 @@ _UNSET = {
     for c in tasks.c
     if c.name != "seq"
 }
-_INSERT_TASKS = (
-    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_INSERT_EDGES = "INSERT INTO task_dependencies (task_id, dependency_id, position) VALUES (?, ?, ?)"
 _values_of = itemgetter(*_COLUMNS)
 
 
@@ -86,34 +82,48 @@ def _flag(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-# How each kind of column is bound on SQLite, as SQLAlchemy's types bind it. A JSON
-# column given None stores the JSON text null, as SQLAlchemy's JSON does by default.
-_BIND: dict[str, Callable[[Any], Any]] = {
-    **{c.name: _json for c in tasks.c if isinstance(c.type, JSON)},
+# What each backend's driver needs converted, as SQLAlchemy's types convert it: JSON as
+# its text on both (a column given None stores the JSON text null, one left out NULL);
+# on SQLite also times as SQLAlchemy's DateTime writes them, and flags as integers.
+_JSON_BIND: dict[str, Callable[[Any], Any]] = {
+    c.name: _json for c in tasks.c if isinstance(c.type, JSON)
+}
+_SQLITE_BIND: dict[str, Callable[[Any], Any]] = {
+    **_JSON_BIND,
     **{c.name: _time for c in tasks.c if isinstance(c.type, DateTime)},
     **{c.name: _flag for c in tasks.c if isinstance(c.type, Boolean)},
 }
 
 
-def _insert_sqlite(
-    conn: Connection, task_rows: list[dict[str, Any]], edges: list[dict[str, Any]]
-) -> None:
-    values: list[tuple[Any, ...]] = []
+def _tuples(
+    task_rows: Sequence[dict[str, Any]], binds: dict[str, Callable[[Any], Any]]
+) -> Iterator[tuple[Any, ...]]:
+    """Yield each row's values in `_COLUMNS` order, those it sets converted by `binds`."""
     keys: Any = None
     plan: list[tuple[int, Callable[[Any], Any]]] = []
     for row in task_rows:
         if row.keys() != keys:  # the rows of one submission share their keys
             keys = row.keys()
-            plan = [(k, _BIND[c]) for k, c in enumerate(_COLUMNS) if c in keys and c in _BIND]
-        full = list(_values_of({**_UNSET, **row}))
+            plan = [(k, binds[c]) for k, c in enumerate(_COLUMNS) if c in keys and c in binds]
+        values = list(_values_of({**_UNSET, **row}))
         for k, bind in plan:
-            full[k] = bind(full[k])
-        values.append(tuple(full))
-    if values:
-        conn.exec_driver_sql(_INSERT_TASKS, values)
+            values[k] = bind(values[k])
+        yield tuple(values)
+
+
+_INSERT_TASKS = (
+    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_INSERT_EDGES = "INSERT INTO task_dependencies (task_id, dependency_id, position) VALUES (?, ?, ?)"
+
+
+def _insert_sqlite(
+    conn: Connection, task_rows: list[dict[str, Any]], edges: list[tuple[str, str, int]]
+) -> None:
+    if task_rows:
+        conn.exec_driver_sql(_INSERT_TASKS, list(_tuples(task_rows, _SQLITE_BIND)))
     if edges:
-        pairs = [(e["task_id"], e["dependency_id"], e["position"]) for e in edges]
-        conn.exec_driver_sql(_INSERT_EDGES, pairs)
+        conn.exec_driver_sql(_INSERT_EDGES, edges)
 
 
 # Rows per COPY statement: about a quarter of a second of PostgreSQL's work each.
@@ -123,7 +133,7 @@ _COPY_EDGES = "COPY task_dependencies (task_id, dependency_id, position) FROM ST
 
 
 def _copy_postgresql(
-    conn: Connection, task_rows: list[dict[str, Any]], edges: list[dict[str, Any]]
+    conn: Connection, task_rows: list[dict[str, Any]], edges: list[tuple[str, str, int]]
 ) -> None:
     """Insert with COPY, PostgreSQL's fastest path: an INSERT per row, even pipelined,
     ran at a third of its rate. COPY fires the same triggers and checks the same keys.
@@ -134,7 +144,6 @@ def _copy_postgresql(
     """
     raw = conn.connection.driver_connection
     assert raw is not None
-    json_columns = [(k, c) for k, c in enumerate(_COLUMNS) if _BIND.get(c) is _json]
     statement = _COPY_TASKS
     try:
         with raw.cursor() as cursor:
@@ -142,17 +151,13 @@ def _copy_postgresql(
             # that a row at a time always met.
             for part in chunks(task_rows, COPY_CHUNK):
                 with cursor.copy(_COPY_TASKS) as copy:
-                    for row in part:
-                        values = list(_values_of({**_UNSET, **row}))
-                        for k, name in json_columns:
-                            if name in row:  # left out, it is NULL; given None, JSON null
-                                values[k] = _json(values[k])
+                    for values in _tuples(part, _JSON_BIND):
                         copy.write_row(values)
             statement = _COPY_EDGES
-            for part in chunks(edges, COPY_CHUNK):
+            for edge_part in chunks(edges, COPY_CHUNK):
                 with cursor.copy(_COPY_EDGES) as copy:
-                    for e in part:
-                        copy.write_row((e["task_id"], e["dependency_id"], e["position"]))
+                    for edge in edge_part:
+                        copy.write_row(edge)
     except psycopg.Error as exc:
         if raw.closed or raw.broken:
             conn.invalidate(exc)
