@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -83,6 +84,9 @@ def configure_postgresql(engine: Engine, lease_s: int) -> None:
         dbapi_connection.commit()
 
 
+_BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE")}
+
+
 def configure_sqlite(engine: Engine, synchronous: str) -> None:
     """Set WAL, durability, a busy timeout and in-memory temporary storage; make writers
     take the lock up front."""
@@ -105,8 +109,38 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
     def _on_begin(connection: Connection) -> None:
         # A deferred transaction that reads then writes gets SQLITE_BUSY at once,
         # without waiting; a writer must hold the lock from its first statement.
+        # Sent to the driver directly: as a statement of SQLAlchemy's, with its result set
+        # up and its events run, it cost a scheduler pass as much as its claim.
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        driver_execute(connection, _BEGIN[mode])
+
+
+def driver_execute(conn: Connection, sql: str, params: Any = ()) -> tuple[Sequence[Any], int]:
+    """Run one of the scheduler pass's fixed statements; return its rows (as tuples) and
+    how many rows it changed.
+
+    On SQLite the statement goes to the driver's own cursor. SQLAlchemy's execution
+    (a context, a result and its metadata per statement) cost a pass about as much as
+    SQLite's own work, all of it holding the GIL the task threads wait for. What callers
+    rely on is kept: the `before_cursor_execute` listeners still see the statement (the
+    simulation fails statements through them), and an error is raised as SQLAlchemy
+    raises a statement's. PostgreSQL's statements go through SQLAlchemy as before.
+    """
+    if conn.dialect.name != "sqlite":
+        result = conn.exec_driver_sql(sql, params)
+        return (list(result) if result.returns_rows else []), result.rowcount
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        for listener in conn.dispatch.before_cursor_execute:
+            sql, params = listener(conn, cursor, sql, params, None, False)
+        cursor.execute(sql, params)
+        return cursor.fetchall(), cursor.rowcount
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+    finally:
+        cursor.close()
 
 
 @contextmanager

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
+from app.storage.database import driver_execute
 from app.storage.tables import weak
 
 _QUEUED = {
@@ -64,11 +66,20 @@ def _stamp(dialect: str) -> str:
     return _NOW[dialect].format(p=":" if dialect == "sqlite" else "")
 
 
+# On SQLite the claim itself asks whether its worker is registered (the write lock keeps
+# the answer true until the commit): a pass that claims what it asked for needs no
+# statement of its own for it. PostgreSQL asks first, holding the row (`is_member`).
+_MEMBER = {
+    "sqlite": " AND EXISTS (SELECT 1 FROM scheduler_instances WHERE id = :w)",
+    "postgresql": "",
+}
+
+
 def is_member(conn: Connection, worker: str) -> bool:
     """Tell whether `worker` is registered, holding its row against a concurrent reap."""
     d = conn.dialect.name
     sql = f"SELECT id FROM scheduler_instances WHERE id = {_p(d, 'w')}{_SHARE[d]}"
-    return conn.exec_driver_sql(sql, {"w": worker}).first() is not None
+    return bool(driver_execute(conn, sql, {"w": worker})[0])
 
 
 def _ready(d: str, excluded: int, type_param: str | None = None) -> str:
@@ -83,6 +94,7 @@ def _ready(d: str, excluded: int, type_param: str | None = None) -> str:
     )
 
 
+@cache
 def promote_sql(d: str) -> str:
     """Return the statement that makes the delayed tasks now due ready, earliest first.
 
@@ -111,9 +123,10 @@ def promote(conn: Connection, now: datetime, limit: int) -> int:
     """Clear `not_before` of up to `limit` tasks due by `now`; return how many."""
     d = conn.dialect.name
     params = {"now": bound_time(d, now), "limit": limit}
-    return int(conn.exec_driver_sql(promote_sql(d), params).rowcount)
+    return driver_execute(conn, promote_sql(d), params)[1]
 
 
+@lru_cache(maxsize=512)
 def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:
     """Return the claim statement for dialect `d`, passing over `excluded` ids.
 
@@ -139,9 +152,26 @@ def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:
         f" worker = {_p(d, 'w')}, started_at = {_stamp(d)}, updated_at = {_stamp(d)},"
         " finished_at = NULL, result = NULL, error = NULL, error_code = NULL"
         " FROM ready WHERE tasks.seq = ready.seq"
-        " AND tasks.status = 'QUEUED' AND tasks.pending_deps = 0"
+        f" AND tasks.status = 'QUEUED' AND tasks.pending_deps = 0{_MEMBER[d]}"
         f" RETURNING {_CLAIMED}, {_WAITED[d]} AS waited"
     )
+
+
+class Claimed(NamedTuple):
+    """A row the claim moved to RUNNING: `_CLAIMED`, then the wait before this start."""
+
+    seq: int
+    id: str
+    type: str
+    duration_ms: int
+    payload: Any
+    attempts: int
+    failures: int
+    max_attempts: int
+    retry_backoff_ms: int
+    timeout_ms: int | None
+    priority: int
+    waited: float | None
 
 
 def claim(
@@ -151,21 +181,24 @@ def claim(
     now: datetime,
     exclude: Sequence[str] = (),
     types: Sequence[str] = (),
-) -> list[Any]:
+) -> list[Claimed]:
     """Move up to `limit` ready tasks (of `types`, if any) to RUNNING for `worker`."""
     d = conn.dialect.name
     params: dict[str, Any] = {"now": bound_time(d, now), "limit": limit, "w": worker}
     params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
     params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
-    rows = conn.exec_driver_sql(claim_sql(d, len(exclude), len(types)), params).all()
-    return sorted(rows, key=lambda r: (-r.priority, r.seq))
+    rows = driver_execute(conn, claim_sql(d, len(exclude), len(types)), params)[0]
+    return sorted(map(Claimed._make, rows), key=lambda r: (-r.priority, r.seq))
 
 
 def payload_of(value: Any) -> Any:
     """Return a stored payload as an object (SQLite hands back its JSON text)."""
+    if value == "{}":
+        return {}  # the usual payload, a dict of its own for each handler
     return json.loads(value) if isinstance(value, str) else value
 
 
+@lru_cache(maxsize=512)
 def complete_sql(d: str, n: int) -> str:
     """Return the statement completing `n` (id, attempt) pairs for dialect `d`."""
     fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
@@ -188,9 +221,10 @@ def complete(
     for k, (task_id, attempt) in enumerate(attempts):
         params[f"i{k}"] = task_id
         params[f"a{k}"] = attempt
-    return {(i, a) for i, a in conn.exec_driver_sql(sql, params)}
+    return {(i, a) for i, a in driver_execute(conn, sql, params)[0]}
 
 
+@lru_cache(maxsize=512)
 def count_down_sql(d: str, n: int) -> str:
     """Return the statement counting down the dependents of `n` ended tasks."""
     ids = _list(d, "e", n)
@@ -208,7 +242,7 @@ def count_down(conn: Connection, ended: Sequence[str]) -> int:
     """Take the ended tasks off their QUEUED dependents' counts; return how many reach 0."""
     sql = count_down_sql(conn.dialect.name, len(ended))
     params = {f"e{k}": task_id for k, task_id in enumerate(ended)}
-    return sum(1 for (pending,) in conn.exec_driver_sql(sql, params) if pending == 0)
+    return sum(1 for (pending,) in driver_execute(conn, sql, params)[0] if pending == 0)
 
 
 def next_run_at(conn: Connection, now: datetime) -> datetime | None:
@@ -218,5 +252,5 @@ def next_run_at(conn: Connection, now: datetime) -> datetime | None:
         f"SELECT min(tasks.not_before) FROM tasks WHERE {_QUEUED[d]}"
         f" AND tasks.pending_deps = 0 AND tasks.not_before > {_p(d, 'now')}"
     )
-    due = conn.exec_driver_sql(sql, {"now": bound_time(d, now)}).scalar()
+    ((due,),) = driver_execute(conn, sql, {"now": bound_time(d, now)})[0]
     return datetime.fromisoformat(due) if isinstance(due, str) else due

@@ -119,14 +119,19 @@ class Store(Membership):
         More are due when the promotion stopped at its batch size: the caller should pass
         again at once rather than sleep until the next due time.
         """
-        # Only a registered instance claims; FOR SHARE holds off a reaper's delete until
-        # this claim commits, so nothing is claimed under a dead identity.
-        if not scheduler_sql.is_member(conn, worker):
+        # Only a registered instance claims. On PostgreSQL FOR SHARE holds off a reaper's
+        # delete until this claim commits, so nothing is claimed under a dead identity;
+        # on SQLite the claim checks it, and a claim short of `limit` asks which it was.
+        shared = conn.dialect.name == "postgresql"
+        if shared and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
         promoted = scheduler_sql.promote(conn, now, PROMOTE_BATCH)
         if promoted:
             # Other instances may have slots for what this one does not claim.
             announce(conn)
+        rows = scheduler_sql.claim(conn, worker, limit, now, exclude, types)
+        if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
+            raise NotRegistered(worker)
         claims = [
             _as_claim(
                 r,
@@ -134,7 +139,7 @@ class Store(Membership):
                 payload=scheduler_sql.payload_of(r.payload),
                 waited_s=max(0.0, r.waited or 0.0),
             )
-            for r in scheduler_sql.claim(conn, worker, limit, now, exclude, types)
+            for r in rows
         ]
         if claims:
             reason = f"claimed by {worker}"

@@ -7,12 +7,14 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import event, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.statuses import Status
-from app.storage import database, scheduler_sql
+from app.storage import database, dbfaults, scheduler_sql
 from app.storage.database import utcnow
 from app.storage.propagation import settle
 from app.storage.reads import newest_first
@@ -381,6 +383,56 @@ def test_only_a_registered_instance_claims(store: Store) -> None:
     with pytest.raises(NotRegistered):
         store.claim("ghost", 1)
     assert row(store, "a").status == "QUEUED"
+
+
+def test_a_claim_of_exactly_its_limit_checks_membership_too(store: Store) -> None:
+    # The claim that takes all it asked for is the one that asks no separate question
+    # on SQLite: the claim itself must refuse an unregistered worker.
+    add(store, "a")
+    add(store, "b")
+    with pytest.raises(NotRegistered):
+        store.claim("ghost", 2)
+    assert [row(store, t).status for t in ("a", "b")] == ["QUEUED", "QUEUED"]
+    register(store, "w1")
+    assert [c.id for c in store.claim("w1", 2)] == ["a", "b"]
+
+
+def test_a_pass_statements_meet_cursor_listeners_and_fail_as_statements_do(
+    store: Store,
+) -> None:
+    # Sent to the driver directly on SQLite, the pass's statements must still meet the
+    # listeners that tests and the simulation hook in, and fail with SQLAlchemy's errors,
+    # which the fault classifier and the pass's retry rely on.
+    add(store, "a")
+    register(store, "w1")
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        seen.append(sql)
+
+    def fail(*_: Any) -> None:
+        raise OperationalError("statement", {}, Exception("the database is unavailable"))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        (claim,) = store.cycle("w1", [], 1).claims
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert claim.id == "a"
+    assert any("SET status = 'RUNNING'" in sql for sql in seen), seen
+    if store.engine.dialect.name == "sqlite":
+        assert "BEGIN IMMEDIATE" in seen
+    event.listen(store.engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(OperationalError):
+            store.cycle("w1", [(claim, Outcome(Status.COMPLETED))], 1)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", fail)
+    assert row(store, "a").status == "RUNNING"
+    with pytest.raises(DBAPIError) as raised, database.write(store.engine) as conn:
+        database.driver_execute(conn, "SELECT * FROM no_such_table")
+    assert isinstance(raised.value.orig, sqlite3.Error | psycopg.Error)
+    assert dbfaults.classify(raised.value) is None  # a bug, not an outage
 
 
 def test_a_lease_reap_spares_an_instance_that_heartbeated_meanwhile(store: Store) -> None:
