@@ -12,7 +12,7 @@ from typing import Any
 
 from app.handlers import SIMULATE
 from bench import db as store
-from bench import e2e, growth, insert, load, peers, storage
+from bench import e2e, floor, growth, insert, load, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
@@ -100,6 +100,7 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
         if opts.wants("work") and not is_pg:
             work = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
             plan.append(("work", lambda r: work(prefix=f"w{r}", kind=SIMULATE)))
+            plan.append(("floor", lambda r: floor.pass_floor(workdir)))
         if opts.wants("chain"):
             plan.append(("chain", lambda r: e2e.chain(client, db, f"c{r}", opts.chain, t)))
         if opts.wants("fanin"):
