@@ -162,6 +162,22 @@ def staging(engine: Engine) -> Iterator[None]:
         of(engine).add(changes)
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Inside a write transaction, around a savepoint: what the block stages joins the
+    transaction's changes only if the block succeeds (a rolled-back savepoint's do not)."""
+    outer = _staged.get()
+    if outer is None:
+        raise RuntimeError("task state changes are staged inside database.write() only")
+    mine: list[Change] = []
+    token = _staged.set(mine)
+    try:
+        yield
+    finally:
+        _staged.reset(token)
+    outer.extend(mine)
+
+
 def stage(changes: Iterable[Change]) -> None:
     """Hold changes of the current write transaction until it commits."""
     staged = _staged.get()

@@ -11,11 +11,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from app import events
-from app.errors import DuplicateId, QueueFull, UnknownDependency, ValidationFailed
+from app.errors import ApiError, DuplicateId, QueueFull, UnknownDependency, ValidationFailed
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
 from app.statuses import FAILED_LIKE, Status
-from app.storage import database, readiness, tasks
+from app.storage import database, groups, readiness, tasks
 from app.storage.notify import announce
 
 if TYPE_CHECKING:
@@ -93,7 +93,11 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
 
     # A new id is the usual case: the write lock is not held for a read that finds
     # nothing. A stored id fails the insert on the unique key, and `work` answers.
-    return tasks.inserting(engine, work, first=partial(work, looked=False))
+    first = partial(work, looked=False)
+    if engine.dialect.name == "sqlite":
+        # Concurrent submissions share the write lock's turn and one commit.
+        return groups.of(engine, (ApiError,)).run(work, first)
+    return tasks.inserting(engine, work, first=first)
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:
