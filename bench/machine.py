@@ -97,3 +97,25 @@ def _revision() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("+changes" if git("status", "--porcelain", "--", "app") else "")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user and system) the processes `pids` and their finished
+    children have used so far; a process that is gone counts nothing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+def postgres_pids() -> list[int]:
+    """Return the pids of this machine's PostgreSQL server processes."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with suppress(OSError):
+            if comm.read_text().strip() == "postgres":
+                found.append(int(comm.parent.name))
+    return found

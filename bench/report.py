@@ -201,6 +201,13 @@ def _instance_rows(instances: dict[str, Any]) -> list[Row]:
             table.append(
                 _on_postgresql(_measured("  ... busiest instance's share (%)", share * 100, ""))
             )
+        for field, label in (
+            ("service_cores", "  ... cores busy in our processes"),
+            ("postgresql_cores", "  ... cores busy in PostgreSQL"),
+        ):
+            cores = _pick(instances, f"{name}.median.{field}")
+            if cores is not None:
+                table.append(_on_postgresql(_measured(label, cores, "")))
     return table
 
 

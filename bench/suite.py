@@ -12,11 +12,11 @@ from typing import Any
 
 from app.handlers import SIMULATE
 from bench import db as store
-from bench import e2e, floor, growth, insert, load, peers, storage
+from bench import e2e, floor, growth, insert, load, machine, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
-from bench.server import Database, MinimalServer, migrate, serving
+from bench.server import Database, MinimalServer, Server, migrate, serving
 
 
 @dataclass
@@ -213,15 +213,30 @@ def pg_instances(opts: Options, workdir: Path) -> dict[str, Any]:
                 stack.callback(client.close)
 
                 def run(
-                    r: int, count: int = count, db: Database = db, client: Client = client
+                    r: int,
+                    count: int = count,
+                    db: Database = db,
+                    client: Client = client,
+                    servers: list[Server] = servers,
                 ) -> dict[str, Any]:
                     prefix = f"x{count}r{r}"
+                    ours = [s.worker_pid() for s in servers]
+                    theirs = machine.postgres_pids()
+                    cpu = machine.cpu_seconds(ours), machine.cpu_seconds(theirs)
                     found = e2e.throughput(
                         client, db, prefix, opts.pg_tasks, opts.batch, opts.timeout_s
                     )
+                    used = machine.cpu_seconds(ours) - cpu[0], machine.cpu_seconds(theirs) - cpu[1]
                     sql = "SELECT count(*) FROM tasks WHERE id LIKE ? GROUP BY worker"
                     shares = sorted(n for (n,) in store.query(db, sql, (prefix + "-%",)))
-                    return {**found, "instances": count, "busiest_share": shares[-1] / sum(shares)}
+                    return {
+                        **found,
+                        "instances": count,
+                        "busiest_share": shares[-1] / sum(shares),
+                        # Cores busy on average, from the first submission to the last finish.
+                        "service_cores": used[0] / found["wall_s"],
+                        "postgresql_cores": used[1] / found["wall_s"],
+                    }
 
                 _repeat(collect, f"ours/postgresql x{count}", [(f"x{count}", run)], opts.pg_repeat)
         finally:
