@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from app.storage.database import driver_execute
-from app.storage.tables import weak
+from app.storage.tables import status_filter, weak
 
 _QUEUED = {
     dialect: weak("tasks.status = 'QUEUED'", dialect) for dialect in ("sqlite", "postgresql")
@@ -66,6 +66,12 @@ def _stamp(dialect: str) -> str:
     return _NOW[dialect].format(p=":" if dialect == "sqlite" else "")
 
 
+# The rows the walk chose, found by their key. On PostgreSQL an array built once: as a
+# join, stale statistics could make the planner drive it from a status index instead.
+_BY_SEQ = {
+    "sqlite": " FROM ready WHERE tasks.seq = ready.seq",
+    "postgresql": " WHERE tasks.seq = ANY (ARRAY(SELECT seq FROM ready))",
+}
 # On SQLite the claim itself asks whether its worker is registered (the write lock keeps
 # the answer true until the commit): a pass that claims what it asked for needs no
 # statement of its own for it. PostgreSQL asks first, holding the row (`is_member`).
@@ -151,8 +157,8 @@ def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:
         " UPDATE tasks SET status = 'RUNNING', attempts = tasks.attempts + 1,"
         f" worker = {_p(d, 'w')}, started_at = {_stamp(d)}, updated_at = {_stamp(d)},"
         " finished_at = NULL, result = NULL, error = NULL, error_code = NULL"
-        " FROM ready WHERE tasks.seq = ready.seq"
-        f" AND tasks.status = 'QUEUED' AND tasks.pending_deps = 0{_MEMBER[d]}"
+        f"{_BY_SEQ[d]} AND {status_filter('tasks', 'QUEUED', d)}"
+        f" AND tasks.pending_deps = 0{_MEMBER[d]}"
         f" RETURNING {_CLAIMED}, {_WAITED[d]} AS waited"
     )
 
@@ -206,7 +212,8 @@ def complete_sql(d: str, n: int) -> str:
         "UPDATE tasks SET status = 'COMPLETED', result = NULL, error = NULL,"
         f" error_code = NULL, finished_at = {_stamp(d)}, updated_at = {_stamp(d)}"
         f" WHERE tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
-        f" AND tasks.status = 'RUNNING' AND tasks.attempts = CASE tasks.id {fence} END"
+        f" AND {status_filter('tasks', 'RUNNING', d)}"
+        f" AND tasks.attempts = CASE tasks.id {fence} END"
         " RETURNING tasks.id, tasks.attempts"
     )
 
@@ -233,7 +240,7 @@ def count_down_sql(d: str, n: int) -> str:
         " FROM task_dependencies AS e WHERE e.task_id = tasks.id"
         f" AND e.dependency_id IN ({ids}))"
         " WHERE tasks.id IN (SELECT task_id FROM task_dependencies"
-        f" WHERE dependency_id IN ({ids})) AND {_QUEUED[d]}"
+        f" WHERE dependency_id IN ({ids})) AND {status_filter('tasks', 'QUEUED', d)}"
         " RETURNING tasks.pending_deps"
     )
 
