@@ -20,7 +20,7 @@ from app.storage.propagation import settle
 from app.storage.store import Outcome, Store
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory, build_app
-from tests.support.store import add, claim_all, row
+from tests.support.store import add, claim_all, postgres_plans, row
 
 DEPTH = 300
 # Statements one cascade may run, whatever its depth: the walk, the writes, the counts.
@@ -186,10 +186,7 @@ def test_on_postgresql_the_walks_read_edges_by_index_once_the_tables_are_analyse
         (cascade._caught_sql("postgresql"), {"ids": '["q100"]'}),
     ]
     with engine.begin() as conn, database.by_index(conn):
-        plans = [
-            "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql, params))
-            for sql, params in walks
-        ]
+        plans = postgres_plans(conn, walks)
     engine.dispose()
     for plan in plans:
         assert "Seq Scan" not in plan and "Hash" not in plan, plan

@@ -21,7 +21,7 @@ from app.storage.reads import newest_first
 from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory, build_app
-from tests.support.store import add, claim_all, register, row, set_fields
+from tests.support.store import add, claim_all, postgres_plans, register, row, set_fields
 
 
 @pytest.fixture
@@ -403,10 +403,7 @@ def test_postgres_finds_a_pass_rows_by_key_whatever_its_statistics_say(postgres_
         (scheduler_sql.count_down_sql("postgresql", 2), {"e0": "new1", "e1": "new2"}),
     ]
     with engine.begin() as conn:
-        plans = [
-            "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql, params))
-            for sql, params in statements
-        ]
+        plans = postgres_plans(conn, statements)
     engine.dispose()
     for plan in plans:
         assert "ix_tasks_status" not in plan and "Seq Scan on tasks" not in plan, plan

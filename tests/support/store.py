@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from app.runtime import identity
 from app.services import submissions
@@ -86,3 +86,11 @@ def register_instance(store: Store, instance_id: str, pid: int, *, age_s: float 
             "state": "running",
         }
     )
+
+
+def postgres_plans(conn: Connection, statements: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Return PostgreSQL's plan of each (statement, parameters), as EXPLAIN prints it."""
+    return [
+        "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql, params))
+        for sql, params in statements
+    ]
