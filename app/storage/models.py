@@ -36,6 +36,12 @@ SeqType = BigInteger().with_variant(Integer(), "sqlite")
 READY = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NULL"
 # Held back by run_at or a retry backoff, ordered by when each falls due.
 DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
+# On PostgreSQL the scheduler's walks name these indexes by a status term that no status
+# index holds (tables.status_filter), so that stale statistics cannot send them through a
+# status index instead; their predicates say the same.
+PG_QUEUED = "(status || '') = 'QUEUED'"
+PG_READY = READY.replace("status = 'QUEUED'", PG_QUEUED)
+PG_DELAYED = DELAYED.replace("status = 'QUEUED'", PG_QUEUED)
 # Tasks submitted one by one have no batch: they cost the status+batch index nothing.
 IN_A_BATCH = "batch_id IS NOT NULL"
 
@@ -86,7 +92,7 @@ class Task(db.Model):  # type: ignore[name-defined]
             priority.desc(),
             seq,
             sqlite_where=text(READY),
-            postgresql_where=text(READY),
+            postgresql_where=text(PG_READY),
         ),
         # The same question from an instance that runs only some types: one walk per type.
         Index(
@@ -95,14 +101,14 @@ class Task(db.Model):  # type: ignore[name-defined]
             priority.desc(),
             seq,
             sqlite_where=text(READY),
-            postgresql_where=text(READY),
+            postgresql_where=text(PG_READY),
         ),
         # When the next held-back task (run_at, retry backoff) becomes due.
         Index(
             "ix_tasks_delayed",
             not_before,
             sqlite_where=text(DELAYED),
-            postgresql_where=text(DELAYED),
+            postgresql_where=text(PG_DELAYED),
         ),
         Index(
             "ix_tasks_running",

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from app.storage.database import driver_execute
-from app.storage.tables import status_filter, weak
+from app.storage.tables import status_filter
 
+# As the ready and delayed indexes' predicates say it on each backend (models.PG_QUEUED).
 _QUEUED = {
-    dialect: weak("tasks.status = 'QUEUED'", dialect) for dialect in ("sqlite", "postgresql")
+    dialect: status_filter("tasks", "QUEUED", dialect) for dialect in ("sqlite", "postgresql")
 }
 _NOW = {"sqlite": "{p}now", "postgresql": "timezone('UTC', clock_timestamp())"}
 _LOCK_READY = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}
@@ -252,12 +253,17 @@ def count_down(conn: Connection, ended: Sequence[str]) -> int:
     return sum(1 for (pending,) in driver_execute(conn, sql, params)[0] if pending == 0)
 
 
-def next_run_at(conn: Connection, now: datetime) -> datetime | None:
-    """Return the earliest future time a ready task is held back to (run_at, backoff)."""
-    d = conn.dialect.name
-    sql = (
+@cache
+def next_run_at_sql(d: str) -> str:
+    """Return the read of the earliest future time a task is held back to."""
+    return (
         f"SELECT min(tasks.not_before) FROM tasks WHERE {_QUEUED[d]}"
         f" AND tasks.pending_deps = 0 AND tasks.not_before > {_p(d, 'now')}"
     )
-    ((due,),) = driver_execute(conn, sql, {"now": bound_time(d, now)})[0]
+
+
+def next_run_at(conn: Connection, now: datetime) -> datetime | None:
+    """Return the earliest future time a ready task is held back to (run_at, backoff)."""
+    d = conn.dialect.name
+    ((due,),) = driver_execute(conn, next_run_at_sql(d), {"now": bound_time(d, now)})[0]
     return datetime.fromisoformat(due) if isinstance(due, str) else due

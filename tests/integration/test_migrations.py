@@ -272,6 +272,46 @@ def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_r
         db.engine.dispose()
 
 
+def test_upgrade_to_0007_names_queued_in_the_walks_indexes_as_the_walks_do(
+    database_url: str,
+) -> None:
+    """On PostgreSQL the ready and delayed indexes are built again with the status term
+    the scheduler's walks write; tasks the previous version stored are claimed and
+    promoted through them. Nothing changes on SQLite."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow()
+    later = now + timedelta(hours=1)
+    with app.app_context():
+        upgrade(revision="0006")
+        with db.engine.begin() as conn:
+            old = Table("tasks", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(old),
+                [
+                    _old_task("ready", now),
+                    _old_task("delayed", now, run_at=later, not_before=later),
+                    _old_task("done", now, status="COMPLETED", finished_at=now),
+                ],
+            )
+        upgrade()
+        pg = db.engine.dialect.name == "postgresql"
+        with db.engine.connect() as conn:
+            for name in ("ix_tasks_ready", "ix_tasks_ready_type", "ix_tasks_delayed"):
+                definition = _index_definition(conn, name)
+                assert ("|| ''" in definition) == pg, definition
+        store = app.extensions["store"]
+        store.register(
+            {"id": "w", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+        )
+        assert [c.id for c in store.claim("w", 10)] == ["ready"]
+        assert [c.id for c in store.claim("w", 10, later + timedelta(seconds=1))] == ["delayed"]
+        downgrade(revision="0006")
+        with db.engine.connect() as conn:
+            assert "|| ''" not in _index_definition(conn, "ix_tasks_delayed")
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
 def _old_counted(task_id: str, status: str, now: datetime) -> dict[str, object]:
     return {
         "id": task_id,

@@ -379,10 +379,13 @@ def test_sqlite_propagation_and_completion_find_rows_by_id(sqlite_url: str) -> N
 
 
 @pytest.mark.postgres
-def test_postgres_finds_a_pass_rows_by_key_whatever_its_statistics_say(postgres_url: str) -> None:
+def test_postgres_walks_a_pass_rows_by_their_own_indexes_whatever_its_statistics_say(
+    postgres_url: str,
+) -> None:
     """Statistics taken while every task had finished made QUEUED look empty, and the
-    claim, completion and count-down of every pass walked a status index over all queued
-    tasks (45 ms a claim at 5,000 queued), until autovacuum analyzed the table again."""
+    claim, completion, count-down and promotion of every pass walked a status index over
+    all queued tasks (45 ms a claim at 5,000 queued), until autovacuum analyzed the table
+    again."""
     engine = build_app(postgres_url, {}).extensions["store"].engine
     insert = (
         "INSERT INTO tasks (id, type, duration_ms, status, payload, priority, pending_deps,"
@@ -402,12 +405,20 @@ def test_postgres_finds_a_pass_rows_by_key_whatever_its_statistics_say(postgres_
         ),
         (scheduler_sql.count_down_sql("postgresql", 2), {"e0": "new1", "e1": "new2"}),
     ]
+    walks = [
+        (scheduler_sql.promote_sql("postgresql"), {"now": utcnow(), "limit": 1000}),
+        (scheduler_sql.next_run_at_sql("postgresql"), {"now": utcnow()}),
+    ]
     with engine.begin() as conn:
         plans = postgres_plans(conn, statements)
+        walked = postgres_plans(conn, walks)
     engine.dispose()
     for plan in plans:
         assert "ix_tasks_status" not in plan and "Seq Scan on tasks" not in plan, plan
         assert "pk_tasks" in plan or "uq_tasks_id" in plan, plan
+    assert "ix_tasks_ready" in plans[0]  # the claim's walk
+    for plan in walked:
+        assert "ix_tasks_status" not in plan and "ix_tasks_delayed" in plan, plan
 
 
 def test_only_a_registered_instance_claims(store: Store) -> None:
