@@ -10,13 +10,17 @@ waiting caller leads the next group.
 
 Nothing is acknowledged before the one commit that holds it. A caller's expected refusal
 (`expected`, an answer such as "duplicate id") rolls back its savepoint only and leaves
-the others' work in the group; any other error of a caller's work rolls the whole
-transaction back, and the others then run their work again alone, each in a transaction
-of its own, as if there had been no group. A failed commit is every caller's failure.
+the others' work in the group; it is the answer only once the group has committed, since
+it may rest on another caller's work (a duplicate of an id inserted earlier in the
+group). Any other error of a caller's work rolls the whole transaction back, and the
+others then run their work again alone, each in a transaction of its own, as if there
+had been no group. A failed commit is the failure of every caller whose work it held;
+those it refused are asked again alone.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +49,9 @@ class _Entry(Generic[T]):
         self.answered = False
         self.alone = False  # run again in a transaction of its own
         self.result: T | None = None
+        # Its own refusal: the answer, once the group has committed.
+        self.refusal: Exception | None = None
+        # What it raises instead: the error of its own work, or of the group's commit.
         self.error: BaseException | None = None
 
 
@@ -80,6 +87,8 @@ class GroupCommit:
             return tasks.inserting(self.engine, work, first)
         if entry.error is not None:
             raise entry.error
+        if entry.refusal is not None:
+            raise entry.refusal
         return entry.result  # type: ignore[return-value]
 
     def _pass_on(self) -> None:
@@ -109,10 +118,14 @@ class GroupCommit:
                 own.answered = True
             for entry in group:
                 if entry.error is not None:
-                    continue  # its own refusal, or the error that spoiled the group
-                if wrote:
-                    entry.error = exc  # the commit failed: nothing of it is known to hold
+                    continue  # the error of its own work, which spoiled the group
+                if wrote and entry.refusal is None:
+                    # The commit failed: nothing of its work is known to hold.
+                    entry.error = _own_copy(exc)
                 else:
+                    # Not written; a refusal may have rested on another's rolled-back
+                    # work (a duplicate of an id no one stored): asked again, alone.
+                    entry.refusal = None
                     entry.alone = True
         finally:
             for entry in group:
@@ -125,9 +138,14 @@ class GroupCommit:
             try:
                 entry.result = _in_savepoint(conn, entry.first)
             except IntegrityError:
+                if not _open(conn):
+                    raise
                 entry.result = _in_savepoint(conn, entry.work)
         except self.expected as exc:
-            entry.error = exc
+            if not _open(conn):
+                entry.error = exc
+                raise
+            entry.refusal = exc
         except BaseException as exc:
             entry.error = exc
             raise
@@ -139,11 +157,30 @@ def _in_savepoint(conn: Connection, work: Callable[[Connection], T]) -> T:
         with events.held():
             result = work(conn)
     except BaseException:
-        database.driver_execute(conn, "ROLLBACK TO entry")
-        database.driver_execute(conn, "RELEASE entry")
+        if _open(conn):
+            database.driver_execute(conn, "ROLLBACK TO entry")
+            database.driver_execute(conn, "RELEASE entry")
         raise
     database.driver_execute(conn, "RELEASE entry")
     return result
+
+
+def _open(conn: Connection) -> bool:
+    """Tell whether the transaction is still open: after some errors (an I/O error, a
+    full disk) SQLite rolls the whole of it back itself, savepoints included."""
+    return bool(getattr(conn.connection.dbapi_connection, "in_transaction", True))
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """Return a copy of `exc` for one caller to raise: raised in several threads, one
+    exception would collect all their tracebacks (and keep their frames alive)."""
+    try:
+        copied = copy.copy(exc)
+    except Exception:
+        return exc
+    copied.__cause__, copied.__context__ = exc.__cause__, exc.__context__
+    copied.__traceback__ = None
+    return copied
 
 
 _groups: WeakKeyDictionary[Engine, GroupCommit] = WeakKeyDictionary()

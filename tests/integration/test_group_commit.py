@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from app import events, faults
 from app.errors import ApiError, DuplicateId
 from app.services import submissions
-from app.storage import database, groups
+from app.storage import database, dbfaults, groups
 from app.storage.dbfaults import CommitUnknown
 from app.storage.store import Store
 from tests.support.store import row
@@ -219,3 +219,85 @@ def test_changes_of_a_rolled_back_savepoint_are_not_logged(app: Flask, store: St
     lines = log.stream.getvalue()
     assert "task kept QUEUED" in lines and "task also kept QUEUED" in lines
     assert "dropped" not in lines
+
+
+def _full_at_commit() -> Callable[..., None]:
+    calls: list[int] = []
+
+    def full(**_: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the lock holder's commit, then the group's
+            raise OperationalError("COMMIT", {}, Exception("database or disk is full"))
+
+    return full
+
+
+def _exists(store: Store, task_id: str) -> bool:
+    with database.read(store.engine) as conn:
+        found = conn.execute(text("SELECT 1 FROM tasks WHERE id = :i"), {"i": task_id})
+        return found.first() is not None
+
+
+def test_a_refusal_stands_only_once_its_group_has_committed(store: Store) -> None:
+    # Found by an outside review: B was refused as a duplicate of A's insert, which the
+    # failed commit then undid; B's 409 named an id that was never stored.
+    with faults.injected("database.commit", _full_at_commit()):
+        first, second = _in_one_group(
+            store, [_submit(store, "x"), _submit(store, "x", duration_ms=2)]
+        )
+    assert isinstance(first, OperationalError)
+    assert second.created and second.task["duration_ms"] == 2  # asked again, alone
+    assert row(store, "x").duration_ms == 2
+
+
+def test_a_refusal_in_a_group_that_rolled_back_is_asked_again(store: Store) -> None:
+    # B is refused inside the group as a duplicate of A's insert; c's error rolls the
+    # group back, and x's inserts fail from then on: x is never stored, so nothing may
+    # be refused as its duplicate.
+    inserted: list[str] = []
+
+    def unavailable(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        if sql.startswith("INSERT INTO tasks"):
+            inserted.append(params[0][0])
+            if params[0][0] == "c" or inserted.count("x") > 2:
+                raise OperationalError(sql, {}, Exception("the database is unavailable"))
+
+    event.listen(store.engine, "before_cursor_execute", unavailable)
+    try:
+        calls = [_submit(store, "x"), _submit(store, "x", duration_ms=2), _submit(store, "c")]
+        first, second, third = _in_one_group(store, calls)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", unavailable)
+    assert all(isinstance(a, OperationalError) for a in (first, second, third))
+    assert not _exists(store, "x")
+
+
+def test_an_error_that_ended_the_whole_transaction_keeps_its_kind(
+    store: Store, group: groups.GroupCommit
+) -> None:
+    # Found by an outside review: on a full disk SQLite may roll the whole transaction
+    # back itself; the savepoint's ROLLBACK TO then failed, and its "no such savepoint"
+    # replaced storage_full with a bug.
+    with database.write(store.engine) as conn:
+        conn.exec_driver_sql("CREATE TABLE u (b BLOB)")
+
+    def fill(conn: Connection) -> int:
+        (pages,) = conn.exec_driver_sql("PRAGMA page_count").one()
+        conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+        conn.exec_driver_sql("INSERT INTO u (b) VALUES (randomblob(100000))")
+        return 1
+
+    with pytest.raises(OperationalError) as raised:
+        group.run(fill, fill)
+    assert dbfaults.classify(raised.value) is not None, raised.value
+    assert not group._waiting
+
+
+def test_each_caller_raises_an_exception_of_its_own(
+    store: Store, group: groups.GroupCommit
+) -> None:
+    with faults.injected("database.commit", _full_at_commit()):
+        out = _in_one_group(store, [_insert(group, k) for k in range(3)], group)
+    assert all(isinstance(o, OperationalError) for o in out), out
+    assert len({id(o) for o in out}) == 3
+    assert _stored(store) == []
