@@ -18,6 +18,7 @@ from app.services import actions, blockers, submissions
 from app.storage import counts, database
 from app.storage.database import utcnow
 from app.storage.tables import deps, tasks
+from tests.support.store import register
 
 
 def test_upgrade_matches_the_models_and_downgrade_removes_them(database_url: str) -> None:
@@ -191,6 +192,14 @@ def _index_definition(conn: Connection, name: str) -> str:
     return str(conn.execute(text(sql), {"name": name}).scalar_one())
 
 
+def _stored_at(revision: str, rows: list[dict[str, Any]]) -> None:
+    """Upgrade to `revision` and store `rows` in its tasks table, as that version did."""
+    upgrade(revision=revision)
+    with db.engine.begin() as conn:
+        old = Table("tasks", MetaData(), autoload_with=conn)
+        conn.execute(insert(old), rows)
+
+
 def _old_task(task_id: str, at: datetime, **fields: Any) -> dict[str, Any]:
     return {
         "id": task_id,
@@ -224,20 +233,17 @@ def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_r
     now = utcnow().replace(microsecond=0)
     past, future = now - timedelta(minutes=5), now + timedelta(days=1)
     with app.app_context():
-        upgrade(revision="0004")
-        with db.engine.begin() as conn:
-            old = Table("tasks", MetaData(), autoload_with=conn)
-            conn.execute(
-                insert(old),
-                [
-                    _old_task("due", past, run_at=past, not_before=past),
-                    _old_task("backed-off", past, failures=1, not_before=past),
-                    _old_task("later", past, run_at=future, not_before=future),
-                    _old_task("plain", past, batch_id="b1"),
-                    _old_task("waits", past, pending_deps=1, run_at=past, not_before=past),
-                    _old_task("done", past, status="COMPLETED", not_before=past, finished_at=now),
-                ],
-            )
+        _stored_at(
+            "0004",
+            [
+                _old_task("due", past, run_at=past, not_before=past),
+                _old_task("backed-off", past, failures=1, not_before=past),
+                _old_task("later", past, run_at=future, not_before=future),
+                _old_task("plain", past, batch_id="b1"),
+                _old_task("waits", past, pending_deps=1, run_at=past, not_before=past),
+                _old_task("done", past, status="COMPLETED", not_before=past, finished_at=now),
+            ],
+        )
         upgrade()
         with db.engine.connect() as conn:
             rows = {r.id: r for r in conn.execute(select(tasks))}
@@ -282,17 +288,14 @@ def test_upgrade_to_0007_names_queued_in_the_walks_indexes_as_the_walks_do(
     now = utcnow()
     later = now + timedelta(hours=1)
     with app.app_context():
-        upgrade(revision="0006")
-        with db.engine.begin() as conn:
-            old = Table("tasks", MetaData(), autoload_with=conn)
-            conn.execute(
-                insert(old),
-                [
-                    _old_task("ready", now),
-                    _old_task("delayed", now, run_at=later, not_before=later),
-                    _old_task("done", now, status="COMPLETED", finished_at=now),
-                ],
-            )
+        _stored_at(
+            "0006",
+            [
+                _old_task("ready", now),
+                _old_task("delayed", now, run_at=later, not_before=later),
+                _old_task("done", now, status="COMPLETED", finished_at=now),
+            ],
+        )
         upgrade()
         pg = db.engine.dialect.name == "postgresql"
         with db.engine.connect() as conn:
@@ -300,9 +303,7 @@ def test_upgrade_to_0007_names_queued_in_the_walks_indexes_as_the_walks_do(
                 definition = _index_definition(conn, name)
                 assert ("|| ''" in definition) == pg, definition
         store = app.extensions["store"]
-        store.register(
-            {"id": "w", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
-        )
+        register(store, "w")
         assert [c.id for c in store.claim("w", 10)] == ["ready"]
         assert [c.id for c in store.claim("w", 10, later + timedelta(seconds=1))] == ["delayed"]
         downgrade(revision="0006")
