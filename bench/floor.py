@@ -8,14 +8,28 @@ previous pass's tasks, counting down their dependents, promoting what fell due, 
 16, committing. What it takes is the least a pass can cost on this machine's disk and CPU,
 and so bounds what one scheduler can run at 16 slots: every slot waits for a pass to hand
 it a task and for another to write its outcome.
+
+The bare designs go one step further: the same statements driving 16 real threads that
+run no-op tasks, or sleep 1 ms, with nothing of the service around them.
+- `loop`: the service's design. One thread runs passes; each claim goes to a thread through
+  a queue, each thread hands its outcome back and wakes the loop.
+- `group`: the alternative of letting each task's thread write its own outcome and claim
+  its next task. Those returning together share one transaction and commit, led by the
+  first.
+What the better of them reaches is what this machine gives the design with no service
+code at all: the service's figures are to be read against it, not against the ceilings
+computed from one pass.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,25 +43,13 @@ SLOTS = int(BASE_SETTINGS["MAX_CONCURRENT_TASKS"])
 PASSES = 400
 WORKER = "floor"
 HANDLER_S = 0.001  # the tasks of the `work` figure
+BARE_TASKS = 8_000  # tasks of each bare-design run
 
 
 def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
     """Time `passes` bare passes of SLOTS tasks; return the median and what it bounds."""
-    from app.storage import scheduler_sql
-
-    db = store.sqlite_database(workdir, "floor")
-    migrate(db)
-    _fill(db, SLOTS * (passes + 1))
-    assert db.path is not None
-    conn = sqlite3.connect(db.path, isolation_level=None)
+    conn = _connect(workdir, "floor", SLOTS * (passes + 1))
     try:
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "temp_store=MEMORY"):
-            conn.execute(f"PRAGMA {pragma}")
-        conn.execute(
-            "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
-            " heartbeat_monotonic, state) VALUES (?, 'floor', ?, ?, ?, 0, 'running')",
-            (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(datetime.now())] * 2),
-        )
         times = []
         previous: list[tuple[str, int]] = []
         for _ in range(passes):
@@ -66,7 +68,136 @@ def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
     }
 
 
-def _one_pass(conn: sqlite3.Connection, previous: list[tuple[str, int]]) -> list[tuple[str, int]]:
+def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
+    """Run `tasks` no-op tasks and `tasks` of 1 ms through each bare design; tasks/s."""
+    results: dict[str, Any] = {"tasks": tasks}
+    for design, run in (("loop", _loop_design), ("group", _group_design)):
+        for kind, handler_s in (("noop", 0.0), ("work", HANDLER_S)):
+            conn = _connect(workdir, f"bare-{design}-{kind}", tasks)
+            try:
+                began = time.perf_counter()
+                commits = run(conn, tasks, handler_s)
+                took = time.perf_counter() - began
+            finally:
+                conn.close()
+            results[f"{design}_{kind}_tasks_per_s"] = tasks / took
+            results[f"{design}_{kind}_tasks_per_commit"] = tasks / commits
+    return results
+
+
+def _handler(handler_s: float) -> Callable[[], None]:
+    return (lambda: time.sleep(handler_s)) if handler_s else (lambda: None)
+
+
+def _loop_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int:
+    """One loop makes every pass; SLOTS threads run the claims it hands them."""
+    handle = _handler(handler_s)
+    todo: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
+    ended: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    wake = threading.Event()
+
+    def thread() -> None:
+        while (claim := todo.get()) is not None:
+            handle()
+            with lock:
+                ended.append(claim)
+            wake.set()
+
+    threads = [threading.Thread(target=thread, daemon=True) for _ in range(SLOTS)]
+    for t in threads:
+        t.start()
+    finished = running = passes = 0
+    while finished < tasks:
+        wake.clear()
+        with lock:
+            previous = ended[:]
+            ended.clear()
+        finished += len(previous)
+        running -= len(previous)
+        claims = _one_pass(conn, previous, SLOTS - running)
+        passes += 1
+        running += len(claims)
+        for claim in claims:
+            todo.put(claim)
+        if finished < tasks:
+            wake.wait(1.0)  # for a thread to return
+    for _ in threads:
+        todo.put(None)
+    return passes
+
+
+def _group_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int:
+    """Each thread writes its outcome and claims its next task; those waiting commit as one."""
+    handle = _handler(handler_s)
+    lock = threading.Lock()
+    writer = threading.Lock()
+    waiting: list[tuple[tuple[str, int] | None, list[tuple[str, int] | None]]] = []
+    finished = [0]
+    commits = [0]
+
+    def commit_group() -> None:
+        with writer:
+            with lock:
+                group = waiting[:]
+                waiting.clear()
+            if not group:
+                return  # an earlier leader took this thread's entry
+            previous = [ended for ended, _ in group if ended is not None]
+            claims = _one_pass(conn, previous, len(group))
+            commits[0] += 1
+            with lock:
+                finished[0] += len(previous)
+            for k, (_, answer) in enumerate(group):
+                answer.append(claims[k] if k < len(claims) else None)
+
+    def thread() -> None:
+        ended: tuple[str, int] | None = None
+        while True:
+            answer: list[tuple[str, int] | None] = []
+            with lock:
+                waiting.append((ended, answer))
+            while not answer:
+                commit_group()
+            ended = answer[0]
+            if ended is None:
+                with lock:
+                    if finished[0] >= tasks:
+                        return
+                time.sleep(0.0005)  # the others still run the last tasks
+                continue
+            handle()
+
+    threads = [threading.Thread(target=thread) for _ in range(SLOTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return commits[0]
+
+
+def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
+    """A database holding `tasks` no-op tasks, and a bare connection registered to claim."""
+    from app.storage import scheduler_sql
+
+    db = store.sqlite_database(workdir, name)
+    migrate(db)
+    _fill(db, tasks)
+    assert db.path is not None
+    conn = sqlite3.connect(db.path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "temp_store=MEMORY"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute(
+        "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
+        " heartbeat_monotonic, state) VALUES (?, 'floor', ?, ?, ?, 0, 'running')",
+        (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(datetime.now())] * 2),
+    )
+    return conn
+
+
+def _one_pass(
+    conn: sqlite3.Connection, previous: list[tuple[str, int]], limit: int = SLOTS
+) -> list[tuple[str, int]]:
     from app.storage import scheduler_sql as sql
 
     now = sql.sqlite_time(datetime.now())
@@ -79,8 +210,8 @@ def _one_pass(conn: sqlite3.Connection, previous: list[tuple[str, int]]) -> list
         ended = {f"e{k}": task_id for k, (task_id, _) in enumerate(done)}
         conn.execute(sql.count_down_sql("sqlite", len(ended)), ended).fetchall()
     conn.execute(sql.promote_sql("sqlite"), {"now": now, "limit": 1000})
-    claim = {"now": now, "limit": SLOTS, "w": WORKER}
-    rows = conn.execute(sql.claim_sql("sqlite"), claim).fetchall()
+    claim = {"now": now, "limit": limit, "w": WORKER}
+    rows = conn.execute(sql.claim_sql("sqlite"), claim).fetchall() if limit else []
     conn.execute("COMMIT")
     return [(row[1], row[5]) for row in rows]  # id, attempts
 

@@ -79,6 +79,26 @@ def _floor_rows(results: dict[str, Any]) -> list[Row]:
             "  ... ceiling at 16 slots, tasks of 1 ms (tasks/s)",
             "floor:work_ceiling_tasks_per_s",
         ),
+        _row(
+            results,
+            "  ... bare design (a loop, 16 threads, no service code), no-op (tasks/s)",
+            "bare:loop_noop_tasks_per_s",
+        ),
+        _row(
+            results,
+            "  ... bare design, tasks of 1 ms (tasks/s)",
+            "bare:loop_work_tasks_per_s",
+        ),
+        _row(
+            results,
+            "  ... bare threads committing their own outcomes in groups, no-op (tasks/s)",
+            "bare:group_noop_tasks_per_s",
+        ),
+        _row(
+            results,
+            "  ... bare threads committing in groups, tasks of 1 ms (tasks/s)",
+            "bare:group_work_tasks_per_s",
+        ),
     ]
 
 
@@ -184,6 +204,13 @@ def _insert_rows(inserted: dict[str, Any]) -> list[Row]:
     pg = _pick(inserted, "postgresql.median.tasks_per_s")
     if pg is not None:
         table.append(_on_postgresql(_measured(label, pg, f">= {PG_INSERT_RATE:,}", True)))
+    cpu = _pick(inserted, "postgresql.median.postgres_cpu_s")
+    ceiling = _pick(inserted, "postgresql.median.server_ceiling")
+    if cpu is not None and ceiling is not None:
+        label = "  ... PostgreSQL's own CPU for the 100,000 tasks (s)"
+        table.append(_on_postgresql(_measured(label, cpu, "")))
+        label = "  ... ceiling were ours free: tasks / PostgreSQL's CPU (tasks/s)"
+        table.append(_on_postgresql(_measured(label, ceiling, "", True)))
     return table
 
 

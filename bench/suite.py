@@ -101,6 +101,7 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
             work = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
             plan.append(("work", lambda r: work(prefix=f"w{r}", kind=SIMULATE)))
             plan.append(("floor", lambda r: floor.pass_floor(workdir)))
+            plan.append(("bare", lambda r: floor.bare_designs(workdir)))
         if opts.wants("chain"):
             plan.append(("chain", lambda r: e2e.chain(client, db, f"c{r}", opts.chain, t)))
         if opts.wants("fanin"):
@@ -182,7 +183,12 @@ def batch_inserts(opts: Options, workdir: Path) -> dict[str, Any]:
         def on_postgresql(r: int) -> dict[str, Any]:
             name = f"taskbench_{os.getpid()}_insert"
             try:
-                return insert.batch_insert(store.postgres_database(url, name))
+                server = machine.postgres_pids()
+                before = machine.cpu_seconds(server)
+                run = insert.batch_insert(store.postgres_database(url, name))
+                # PostgreSQL's own work: what no change on our side could take away.
+                spent = machine.cpu_seconds(server) - before
+                return {**run, "postgres_cpu_s": spent, "server_ceiling": run["tasks"] / spent}
             finally:
                 store.drop_postgres(url, name)
 
