@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from werkzeug.exceptions import ClientDisconnected
 
 from app import parts
-from app.errors import (
-    BodyTooLarge,
-    InvalidJson,
-    InvalidParameter,
-    UnsupportedMediaType,
-)
+from app.errors import InvalidParameter
+from app.http.inputs import json_body, only_parameters, page_limit
 from app.http.openapi import spec_for
-from app.jsonbody import parse_json_object
-from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
+from app.limits import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.schemas import TaskOut, TaskStatusOut, load_task
 from app.services import actions, batch, reads, submissions
 from app.services.blockers import blockers
@@ -29,22 +21,11 @@ tasks_out = TaskOut(many=True, exclude=("payload", "result"))
 status_out = TaskStatusOut()
 
 
-def _only_parameters(*allowed: str) -> None:
-    unknown = sorted(set(request.args) - set(allowed))
-    if unknown:
-        raise InvalidParameter(
-            f"Unknown query parameter {unknown[0]!r}; this route accepts "
-            + (", ".join(allowed) if allowed else "none")
-            + ".",
-            {name: "Unknown parameter." for name in unknown},
-        )
-
-
 @bp.post("/tasks")
 def submit_task() -> tuple[Response, int]:
     """Accept one task; 201 once it is committed, 200 for an identical replay."""
-    _only_parameters()
-    body = _json_body(MAX_BODY_BYTES)
+    only_parameters()
+    body = json_body(MAX_BODY_BYTES)
     data = load_task(body)
     submitted = submissions.submit(parts.engine(), data, parts.admission())
     response = jsonify(task_out.dump(submitted.task))
@@ -59,8 +40,8 @@ def submit_task() -> tuple[Response, int]:
 @bp.post("/tasks/batch")
 def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
-    _only_parameters()
-    body = _json_body(MAX_BATCH_BYTES)
+    only_parameters()
+    body = json_body(MAX_BATCH_BYTES)
     submitted = batch.submit_batch(parts.engine(), body, parts.admission())
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:
@@ -73,7 +54,7 @@ def submit_batch() -> tuple[Response, int]:
 @bp.get("/tasks")
 def list_tasks() -> Response:
     """List tasks newest first, a page at a time, with a Link to the next page."""
-    _only_parameters("status", "type", "batch_id", "limit", "cursor")
+    only_parameters("status", "type", "batch_id", "limit", "cursor")
     status = request.args.get("status")
     if status is not None:
         # Any case is accepted, as users type it; only ASCII folds, so `ß` never becomes `SS`.
@@ -89,7 +70,7 @@ def list_tasks() -> Response:
         status=status,
         task_type=request.args.get("type"),
         batch_id=request.args.get("batch_id"),
-        limit=_limit(request.args.get("limit")),
+        limit=page_limit(request.args.get("limit")),
         cursor=request.args.get("cursor"),
     )
     response = jsonify(batch.dump_tasks(page.tasks, tasks_out))
@@ -100,35 +81,24 @@ def list_tasks() -> Response:
     return response
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE_SIZE
-    # str.isdigit alone accepts "²", which int() refuses; the length spares int() huge input.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise InvalidParameter(
-            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}.", {"limit": "Out of range."}
-        )
-    return int(raw)
-
-
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Response:
     """Show one task with its payload and result."""
-    _only_parameters()
+    only_parameters()
     return jsonify(task_out.dump(reads.get_task(parts.engine(), task_id)))
 
 
 @bp.get("/tasks/<task_id>/status")
 def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
-    _only_parameters()
+    only_parameters()
     return jsonify(status_out.dump(reads.get_status(parts.engine(), task_id)))
 
 
 @bp.post("/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
-    _only_parameters()
+    only_parameters()
     task = actions.cancel(parts.engine(), task_id)
     if task["status"] == Status.RUNNING:
         parts.scheduler().cancel_running(task_id, task["attempts"])
@@ -138,7 +108,7 @@ def cancel_task(task_id: str) -> Response:
 @bp.post("/tasks/<task_id>/retry")
 def retry_task(task_id: str) -> Response:
     """Requeue a FAILED or CANCELLED task and the dependents it held back."""
-    _only_parameters()
+    only_parameters()
     task = actions.retry(parts.engine(), task_id)
     parts.scheduler().wake()
     return jsonify(task_out.dump(task))
@@ -147,30 +117,12 @@ def retry_task(task_id: str) -> Response:
 @bp.get("/tasks/<task_id>/blockers")
 def task_blockers(task_id: str) -> Response:
     """Say why a task is not running, down to the root causes."""
-    _only_parameters()
+    only_parameters()
     return jsonify(blockers(parts.engine(), task_id))
 
 
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
     """Serve the OpenAPI 3 document of every route, generated from the schemas."""
-    _only_parameters()
+    only_parameters()
     return jsonify(spec_for(current_app))
-
-
-def _json_body(max_bytes: int) -> dict[str, Any]:
-    """Return the request's JSON object or raise the error the client should see."""
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
-    # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
-    # only a longer read can tell a body that is too large from one that just fits.
-    request.max_content_length = max_bytes + 1
-    try:
-        raw = request.get_data(cache=True)
-    except ClientDisconnected:
-        raise InvalidJson(
-            "The request body ended before the length its Content-Length header announced."
-        ) from None
-    return parse_json_object(raw, max_bytes)

@@ -1,0 +1,52 @@
+"""What every route reads from a request: its query parameters, its JSON body, a page size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import ClientDisconnected
+
+from app.errors import BodyTooLarge, InvalidJson, InvalidParameter, UnsupportedMediaType
+from app.jsonbody import parse_json_object
+from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+
+def only_parameters(*allowed: str) -> None:
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise InvalidParameter(
+            f"Unknown query parameter {unknown[0]!r}; this route accepts "
+            + (", ".join(allowed) if allowed else "none")
+            + ".",
+            {name: "Unknown parameter." for name in unknown},
+        )
+
+
+def json_body(max_bytes: int) -> dict[str, Any]:
+    """Return the request's JSON object or raise the error the client should see."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
+    # only a longer read can tell a body that is too large from one that just fits.
+    request.max_content_length = max_bytes + 1
+    try:
+        raw = request.get_data(cache=True)
+    except ClientDisconnected:
+        raise InvalidJson(
+            "The request body ended before the length its Content-Length header announced."
+        ) from None
+    return parse_json_object(raw, max_bytes)
+
+
+def page_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    # str.isdigit alone accepts "²", which int() refuses; the length spares int() huge input.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise InvalidParameter(
+            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}.", {"limit": "Out of range."}
+        )
+    return int(raw)
