@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import partial
 
 from flask import Flask, Response, request
 
@@ -15,6 +16,7 @@ from app.http.auth import require_token
 from app.http.errors import register_error_handlers
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
+from app.services import schedules
 from app.services.admission import Admission
 from app.storage import database
 from app.storage.store import Store
@@ -73,6 +75,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         lease_s=settings.lease_s,
         retention_days=settings.retention_days,
         metrics=metrics,
+        fire=partial(schedules.fire_due, engine, admission=admission),
     )
     parts.install(
         app,
@@ -87,9 +90,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     from app.cli import register_cli
     from app.http.dashboard import bp as dashboard_bp
     from app.http.ops import ops
+    from app.http.schedules import bp as schedules_bp
     from app.http.tasks import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(schedules_bp)
     app.register_blueprint(ops)
     app.register_blueprint(dashboard_bp)
     register_error_handlers(app)

@@ -21,6 +21,7 @@ POINTS = {
     "claim whose acknowledgement was lost)",
     "prune.chunk": "a prune chunk has chosen its rows and holds them, before deleting",
     "prune.chunk_committed": "a prune chunk has committed; the next one has not begun",
+    "schedule.firing": "a firing's tasks are stored; the schedule is not yet moved on",
     "thread.started": "a handler thread has started, before the handler is called",
     "heartbeat.before_write": "an instance is about to prove itself alive",
     "notify.announce": "a transaction announces ready work (a NOTIFY sent at its commit)",

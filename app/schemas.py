@@ -224,6 +224,122 @@ class BatchOut(Schema):
     tasks = fields.List(fields.Nested(TaskOut), required=True)
 
 
+CATCH_UP = {
+    "oneOf": [
+        {"type": "string", "enum": ["skip", "last"]},
+        {"type": "integer", "minimum": 1, "maximum": 100},
+    ],
+    "description": "After downtime: skip the missed firings (run the latest only if it is "
+    "under a minute late), run only the last, or run up to this many of the latest.",
+}
+MAX_SCHEDULE_ID_LENGTH = MAX_ID_LENGTH - len(".20261205T030000Z")
+
+
+class ScheduledTaskIn(TaskIn):
+    """The task of a schedule: a task body without id (each firing names it)."""
+
+    class Meta:
+        unknown = RAISE
+        exclude = ("id",)
+
+
+class _ScheduleFields(Schema):
+    """What a schedule is made of, as a client sends it (validated by the service)."""
+
+    class Meta:
+        unknown = RAISE
+
+    cron = fields.String(
+        metadata={
+            "description": "A cron expression of 5 fields; exactly one of cron and interval_s."
+        }
+    )
+    interval_s = fields.Integer(
+        validate=validate.Range(min=1, max=366 * 86_400),
+        metadata={"description": "Seconds between firings, counted from when the timing was set."},
+    )
+    timezone = fields.String(
+        metadata={"description": "The IANA time zone cron is read in (default UTC)."}
+    )
+    task = fields.Nested(
+        ScheduledTaskIn,
+        metadata={
+            "description": "The task each firing creates, without id; exactly one of "
+            "task and batch."
+        },
+    )
+    batch = fields.Nested(
+        BatchIn,
+        metadata={"description": "The batch each firing creates, as for POST /api/tasks/batch."},
+    )
+    catch_up = fields.Raw(metadata=CATCH_UP)
+    overlap = fields.String(
+        validate=validate.OneOf(["skip", "allow"]),
+        metadata={
+            "description": "skip: no firing while a task of the previous one is "
+            "unfinished (default allow)."
+        },
+    )
+    paused = fields.Boolean(metadata={"description": "A paused schedule does not fire."})
+
+
+class ScheduleIn(_ScheduleFields):
+    """A schedule as created by `POST /api/schedules`."""
+
+    id = fields.String(
+        required=True,
+        validate=_identifier(MAX_SCHEDULE_ID_LENGTH),
+        metadata={"description": "Each firing's tasks are named after it and the instant."},
+    )
+
+
+class ScheduleEdit(_ScheduleFields):
+    """A change to a schedule, `PATCH /api/schedules/<id>`: any of its fields but id."""
+
+
+class LastFiringOut(Schema):
+    """What a schedule did at the last instant it handled."""
+
+    at = Timestamp(allow_none=True)
+    outcome = fields.String(
+        required=True, validate=validate.OneOf(["fired", "skipped", "missed", "failed"])
+    )
+    batch_id = fields.String(
+        allow_none=True, metadata={"description": "The batch of the last firing's tasks."}
+    )
+    error = fields.String(allow_none=True)
+
+
+class FiringCountsOut(Schema):
+    """How many instants a schedule handled, by outcome."""
+
+    fired = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
+    missed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class ScheduleOut(Schema):
+    """A schedule as the API shows it."""
+
+    id = fields.String(required=True)
+    cron = fields.String(required=True, allow_none=True)
+    interval_s = fields.Integer(required=True, allow_none=True)
+    timezone = fields.String(required=True)
+    task = fields.Dict(metadata={"description": "The task each firing creates."})
+    batch = fields.Dict(metadata={"description": "The batch each firing creates."})
+    catch_up = fields.Raw(required=True, metadata=CATCH_UP)
+    overlap = fields.String(required=True)
+    paused = fields.Boolean(required=True)
+    next_firings = fields.List(
+        Timestamp(), required=True, metadata={"description": "The next five (none if paused)."}
+    )
+    last_firing = fields.Nested(LastFiringOut, required=True, allow_none=True)
+    counts = fields.Nested(FiringCountsOut, required=True)
+    created_at = Timestamp(required=True)
+    updated_at = Timestamp(required=True)
+
+
 class BlockerOut(Schema):
     """One reason a task is not running."""
 

@@ -15,6 +15,7 @@ from app.schemas import (
     BLOCKER_KINDS,
     ENUM,
     ID_PATTERN,
+    MAX_SCHEDULE_ID_LENGTH,
     TRIGGER_RULES,
     BatchIn,
     BatchOut,
@@ -23,6 +24,10 @@ from app.schemas import (
     DatabaseHealth,
     ErrorOut,
     HealthOut,
+    ScheduledTaskIn,
+    ScheduleEdit,
+    ScheduleIn,
+    ScheduleOut,
     SchedulerHealth,
     TaskIn,
     TaskOut,
@@ -91,6 +96,38 @@ TASK_ID = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN},
 }
 
+SCHEDULE_ID = {
+    "name": "schedule_id",
+    "in": "path",
+    "required": True,
+    "description": "The schedule's id.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_SCHEDULE_ID_LENGTH,
+        "pattern": ID_PATTERN,
+    },
+}
+PAGE_PARAMETERS = [
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "The page size.",
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PAGE_SIZE,
+            "default": DEFAULT_PAGE_SIZE,
+        },
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "Where the page starts: copy it from the previous page's `Link` header.",
+        "schema": {"type": "string"},
+    },
+]
+
 LIST_PARAMETERS = [
     {
         "name": "status",
@@ -110,23 +147,7 @@ LIST_PARAMETERS = [
         "description": "Only the tasks of this batch.",
         "schema": {"type": "string"},
     },
-    {
-        "name": "limit",
-        "in": "query",
-        "description": "The page size.",
-        "schema": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_PAGE_SIZE,
-            "default": DEFAULT_PAGE_SIZE,
-        },
-    },
-    {
-        "name": "cursor",
-        "in": "query",
-        "description": "Where the page starts: copy it from the previous page's `Link` header.",
-        "schema": {"type": "string"},
-    },
+    *PAGE_PARAMETERS,
 ]
 
 LOCATION = {
@@ -373,6 +394,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 },
             ),
         },
+        **_schedule_paths(),
         "/api/openapi.json": {
             "get": _operation(
                 "openapi_document",
@@ -402,6 +424,81 @@ def _paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _schedule_paths() -> dict[str, dict[str, Any]]:
+    """Return the operations of the schedule routes."""
+    bad_parameter = "`invalid_parameter`: an unknown query parameter."
+    not_found = "`not_found`: no schedule has this id."
+    invalid = (
+        "`validation_error` naming each field that is wrong (a cron expression, a time "
+        "zone, an interval below 1, both or neither of cron and interval_s or of task and "
+        "batch, a task or batch that would not be a valid submission), `invalid_json` or "
+        "`invalid_parameter`."
+    )
+    media = "`unsupported_media_type`: not `application/json`."
+    one = {"parameters": [SCHEDULE_ID]}
+    return {
+        "/api/schedules": {
+            "post": _operation(
+                "create_schedule",
+                "Create a recurring schedule",
+                {
+                    "201": _json("ScheduleOut", "Created.", headers=LOCATION),
+                    "200": _json("ScheduleOut", "The same id and body: a safe retry."),
+                    **_errors(
+                        "writes",
+                        e400=invalid,
+                        e409="`duplicate_id`: the id exists with a different body.",
+                        e413="`body_too_large`: a body over 32 MiB.",
+                        e415=media,
+                    ),
+                },
+                requestBody=_body("ScheduleIn", "The schedule."),
+            ),
+            "get": _operation(
+                "list_schedules",
+                "List schedules by id, with their next and last firings",
+                {
+                    "200": _json(
+                        {"type": "array", "items": "ScheduleOut"}, "A page.", headers=LINK
+                    ),
+                    **_errors(e400="`invalid_parameter`: an unknown parameter or a bad limit."),
+                },
+                parameters=PAGE_PARAMETERS,
+            ),
+        },
+        "/api/schedules/{schedule_id}": {
+            **one,
+            "get": _operation(
+                "get_schedule",
+                "Show one schedule",
+                {
+                    "200": _json("ScheduleOut", "The schedule."),
+                    **_errors(e400=bad_parameter, e404=not_found),
+                },
+            ),
+            "patch": _operation(
+                "edit_schedule",
+                "Pause, resume or change a schedule; a new timing counts from now",
+                {
+                    "200": _json("ScheduleOut", "The schedule as changed."),
+                    **_errors(
+                        "writes", e400=invalid, e404=not_found, e413="`body_too_large`.", e415=media
+                    ),
+                },
+                requestBody=_body("ScheduleEdit", "The fields to change."),
+            ),
+            "delete": _operation(
+                "delete_schedule",
+                "Delete a schedule; the tasks it created stay",
+                {
+                    "204": {"description": "Deleted."},
+                    **_errors("writes", e400=bad_parameter, e404=not_found),
+                },
+            ),
+        },
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """Build the OpenAPI document of every route from the marshmallow schemas."""
     marshmallow = MarshmallowPlugin()
@@ -424,6 +521,10 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("TaskStatusOut", schema=TaskStatusOut)
     spec.components.schema("BatchIn", schema=BatchIn)
     spec.components.schema("BatchOut", schema=BatchOut)
+    spec.components.schema("ScheduledTaskIn", schema=ScheduledTaskIn)
+    spec.components.schema("ScheduleIn", schema=ScheduleIn)
+    spec.components.schema("ScheduleEdit", schema=ScheduleEdit)
+    spec.components.schema("ScheduleOut", schema=ScheduleOut)
     spec.components.schema("BlockerOut", schema=BlockerOut)
     spec.components.schema("BlockersOut", schema=BlockersOut)
     spec.components.schema("DatabaseHealth", schema=DatabaseHealth)

@@ -193,6 +193,13 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.schedule_firings_total = Counter(
+            f"{PREFIX}_schedule_firings",
+            "Instants of schedules this instance handled, by outcome: fired, skipped "
+            "(overlap), missed (catch_up) or failed (the tasks could not be stored).",
+            ["outcome"],
+            registry=reg,
+        )
         self._running_count: Callable[[], int] | None = None
         if engine is not None:
             self.exposed.register(TaskCounts(engine))
@@ -256,6 +263,17 @@ class Metrics:
     def recovered(self, count: int) -> None:
         """Count attempts of dead instances ended by a reap."""
         self.recovered_total.inc(count)
+
+    def schedule_firings(self, fired: int, skipped: int, missed: int, failed: int) -> None:
+        """Count the instants of schedules one firer run handled, by outcome."""
+        for outcome, count in (
+            ("fired", fired),
+            ("skipped", skipped),
+            ("missed", missed),
+            ("failed", failed),
+        ):
+            if count:
+                self.schedule_firings_total.labels(outcome).inc(count)
 
     def heartbeat(self) -> None:
         """Count a successful heartbeat and remember when it was."""

@@ -23,13 +23,14 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app import faults
 from app.handlers import SIMULATE, Registry
 from app.runtime import identity
 from app.runtime.attempt import Executor, Running, ThreadExecutor, call_handler
 from app.runtime.countfold import CountFolder
+from app.runtime.firer import FIRE_EVERY_S, Firer
 from app.runtime.heartbeat import Contact, Heartbeat
 from app.runtime.metrics import Metrics
 from app.runtime.periodic import Periodic
@@ -71,6 +72,7 @@ class Scheduler:
         executor: Callable[[int], Executor] = ThreadExecutor,
         clock: Callable[[], float] = time.monotonic,
         name: Callable[[], str] | None = None,
+        fire: Callable[[datetime | None], Any] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -102,6 +104,8 @@ class Scheduler:
         )
         self.pruner = Pruner(store, retention_days)
         self.folder = CountFolder(store)
+        # Fires due schedules (services/schedules.fire_due, given by the app).
+        self.firer = None if fire is None else Firer(fire, self.metrics, self.wake)
         self._new_executor = executor
         self._executor: Executor | None = None
         self._name = name or _instance_name
@@ -192,6 +196,8 @@ class Scheduler:
         ]
         if self.folder.needed:
             self._jobs.append(Periodic(self.folder, self.folder.every_s))
+        if self.firer is not None:
+            self._jobs.append(Periodic(self.firer, FIRE_EVERY_S))
         for job in self._jobs:
             job.start()
         log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)

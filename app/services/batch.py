@@ -73,7 +73,7 @@ def submit_batch(
         if replayed is not None:
             return replayed
         batch_id = uuid.uuid4().hex
-        rows = _new_rows(conn, wanted, order, batch_id)
+        rows = new_rows(conn, wanted, order, batch_id)
         # The whole batch fits under the queue limit, or none of it is stored.
         admission.make_room(conn, rows)
         insert_tasks(conn, rows)
@@ -156,7 +156,7 @@ def creation_order(wanted: Sequence[dict[str, Any]]) -> list[str]:
     )
 
 
-def _new_rows(
+def new_rows(
     conn: Connection, wanted: Sequence[dict[str, Any]], order: list[str], batch_id: str
 ) -> list[dict[str, Any]]:
     """Return the batch's rows in submission order, each state computed after its deps."""

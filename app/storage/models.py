@@ -1,4 +1,4 @@
-"""Tables: tasks, the dependency edges between them, and scheduler instances."""
+"""Tables: tasks, the dependency edges between them, scheduler instances and schedules."""
 
 from __future__ import annotations
 
@@ -170,6 +170,61 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="running")
     # The task types it claims, as a JSON list; NULL when it runs every type.
     task_types: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# What a schedule's firings create: one task, or a whole batch.
+SCHEDULE_KINDS = ("task", "batch")
+
+
+class Schedule(db.Model):  # type: ignore[name-defined]
+    """A recurring submission: when it fires next, what it creates, what it did last.
+
+    `next_fire_at` is the fence of exactly-once firing: a firing moves it on in the same
+    transaction as it stores the firing's tasks, on the condition that it still holds the
+    instant being fired (and that `version` is still the one read).
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(111), primary_key=True)
+    cron: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    interval_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # "task" or "batch", and that body (without ids for a task; with them for a batch).
+    kind: Mapped[str] = mapped_column(String(8))
+    body: Mapped[Any] = mapped_column(JSON)
+    # "skip", "last", or a number as text (how many missed firings to run).
+    catch_up: Mapped[str] = mapped_column(String(8), default="skip")
+    overlap: Mapped[str] = mapped_column(String(8), default="allow")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Intervals count from here; cron expressions ignore it.
+    anchor_at: Mapped[datetime] = mapped_column(DateTime)
+    # The next instant to fire (naive UTC); NULL while paused.
+    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The last instant fired and the batch id of its tasks (for `overlap: skip`).
+    last_fire_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_batch_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # What happened at the last instant handled: fired, skipped, missed or failed.
+    last_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fired: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    missed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every edit: a firing that read an older version does not fire.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (
+        # What is due: the firer's only question.
+        Index(
+            "ix_schedules_due",
+            next_fire_at,
+            sqlite_where=text("next_fire_at IS NOT NULL"),
+            postgresql_where=text("next_fire_at IS NOT NULL"),
+        ),
+    )
 
 
 class TaskCount(db.Model):  # type: ignore[name-defined]

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 
 from app.storage.models import (
+    Schedule,
     SchedulerInstance,
     Task,
     TaskCount,
@@ -20,6 +21,7 @@ T = TypeVar("T")
 tasks = Task.__table__
 deps = TaskDependency.__table__
 instances = SchedulerInstance.__table__
+schedules = Schedule.__table__
 task_counts = TaskCount.__table__
 count_deltas = TaskCountDelta.__table__
 

@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, update
 from werkzeug.test import TestResponse
 
-from app.storage.tables import deps, tasks
+from app.storage.tables import deps, schedules, tasks
 from tests.support.apps import build_app, postgres_schema, teardown
 from tests.support.client import MAX_ERROR_BYTES
 
@@ -57,6 +57,7 @@ def _task(task_id: str, *dependencies: str, **fields: Any) -> dict[str, Any]:
 
 
 SEED_BATCH = {"tasks": [_task("p2", "p1"), _task("p1", payload={"n": 1})]}
+SEED_SCHEDULE = {"id": "s1", "cron": "*/5 * * * *", "task": {"type": "simulate", "duration_ms": 10}}
 
 
 def _seed(client: FlaskClient, engine: Engine) -> str:
@@ -80,6 +81,7 @@ def _seed(client: FlaskClient, engine: Engine) -> str:
     assert client.post("/api/tasks", json=_task("g", "f")).get_json()["status"] == "UPSTREAM_FAILED"
     assert client.post("/api/tasks/x/cancel").get_json()["status"] == "CANCELLED"
     assert client.post("/api/tasks/batch", json=SEED_BATCH).status_code == 201
+    assert client.post("/api/schedules", json=SEED_SCHEDULE).status_code == 201
     link = client.get("/api/tasks?limit=2").headers["Link"]
     found = re.search(r"[?&]cursor=([^&>]+)", link)
     assert found, link
@@ -123,7 +125,9 @@ def snapshot(engine: Engine) -> Snapshot:
     with engine.connect() as conn:
         task_rows = conn.execute(select(tasks).order_by(tasks.c.id)).all()
         dep_rows = conn.execute(select(deps).order_by(deps.c.task_id, deps.c.dependency_id)).all()
+        schedule_rows = conn.execute(select(schedules).order_by(schedules.c.id)).all()
     rows = tuple(tuple(r) for r in task_rows) + tuple(tuple(r) for r in dep_rows)
+    rows += tuple(tuple(r) for r in schedule_rows)
     digest = hashlib.sha256(repr(rows).encode()).hexdigest()
     return Snapshot(len(task_rows), len(dep_rows), digest, rows)
 
@@ -445,6 +449,69 @@ BATCHES = [
     post("batch-stored-plus-new", batch(_task("a", payload={"n": 1}), ONE), 409, "duplicate_id", r"1 of the batch's 2 tasks already exist", path=BATCH),
     post("batch-replay-identical", json.dumps(SEED_BATCH).encode(), 200, None, "", path=BATCH),
 ]
+
+def schedule(**fields: Any) -> bytes:
+    """A new schedule's body with `fields` changed; a field set to ... is left out."""
+    base: dict[str, Any] = {"id": "s-new", "interval_s": 60, "task": {"type": "simulate", "duration_ms": 10}}
+    return json.dumps({k: v for k, v in {**base, **fields}.items() if v is not ...}).encode()
+
+
+def patch(name: str, path: str, body: bytes, status: int, code: str, message: str, **options: Any) -> Case:
+    return Case(name, "PATCH", path, status, code, message, body, {**JSON, **options.pop("headers", {})}, **options)
+
+
+SCHEDULES_PATH = "/api/schedules"
+SCHEDULES = [
+    post("schedule-cron-61-minutes", schedule(interval_s=..., cron="61 * * * *"), 400, INVALID, r'"cron": "Not a valid cron expression', path=SCHEDULES_PATH),
+    post("schedule-cron-4-fields", schedule(interval_s=..., cron="* * * *"), 400, INVALID, r'"cron": "Must be a cron expression of 5 fields', path=SCHEDULES_PATH),
+    post("schedule-cron-6-fields", schedule(interval_s=..., cron="0 * * * * *"), 400, INVALID, r'"cron": "Must be a cron expression of 5 fields', path=SCHEDULES_PATH),
+    post("schedule-cron-100kb", schedule(interval_s=..., cron="*" * 100_000), 400, INVALID, r'"cron": "Must be a cron', path=SCHEDULES_PATH),
+    post("schedule-timezone-unknown", schedule(timezone="Mars/Olympus"), 400, INVALID, r'"timezone": "Unknown time zone', path=SCHEDULES_PATH),
+    post("schedule-timezone-path", schedule(timezone="../../../etc/passwd"), 400, INVALID, r'"timezone": "Unknown time zone', path=SCHEDULES_PATH),
+    post("schedule-timezone-with-nul", schedule(timezone="UTC\u0000"), 400, INVALID, r'"timezone": "Unknown time zone', path=SCHEDULES_PATH),
+    post("schedule-interval-zero", schedule(interval_s=0), 400, INVALID, r'"interval_s": "Must be a whole number of seconds from 1', path=SCHEDULES_PATH),
+    post("schedule-interval-true", schedule(interval_s=True), 400, INVALID, r'"interval_s": "Must be a whole number', path=SCHEDULES_PATH),
+    post("schedule-interval-2-pow-63", with_raw("interval_s", str(2**63)).replace(b'"id": "new-1", ', b'"id": "s-new", "task": {"type": "simulate", "duration_ms": 10}, ').replace(b'"type": "simulate", "duration_ms": 10, "interval_s"', b'"interval_s"'), 400, BAD_JSON, r"does not fit in 64 bits", path=SCHEDULES_PATH),
+    post("schedule-cron-and-interval", schedule(cron="* * * * *"), 400, INVALID, r'"cron": "Give exactly one of cron and interval_s, not both', path=SCHEDULES_PATH),
+    post("schedule-neither-timing", schedule(interval_s=...), 400, INVALID, r'"cron": "Give exactly one of cron and interval_s\."', path=SCHEDULES_PATH),
+    post("schedule-task-and-batch", schedule(batch={"tasks": [_task("b1")]}), 400, INVALID, r'"batch": "Give exactly one of task and batch, not both', path=SCHEDULES_PATH),
+    post("schedule-neither-work", schedule(task=...), 400, INVALID, r'"task": "Give exactly one of task and batch\."', path=SCHEDULES_PATH),
+    post("schedule-task-with-id", schedule(task=_task("mine")), 400, INVALID, r'"task.id": "A schedule\'s task has no id', path=SCHEDULES_PATH),
+    post("schedule-task-invalid", schedule(task={"type": "simulate", "duration_ms": 0}), 400, INVALID, r'"task.duration_ms": "Must be between 1', path=SCHEDULES_PATH),
+    post("schedule-batch-cycle", schedule(task=..., batch={"tasks": [_task("q1", "q2"), _task("q2", "q1")]}), 400, INVALID, r'"batch": "The dependencies form a cycle', path=SCHEDULES_PATH),
+    post("schedule-batch-id-too-long", schedule(task=..., batch={"tasks": [_task("q" * 112)]}), 400, INVALID, r'"batch.tasks.0.id": "Too long', path=SCHEDULES_PATH),
+    post("schedule-id-112-chars", schedule(id="s" * 112), 400, INVALID, r'"id": "Use 1 to 111 characters', path=SCHEDULES_PATH),
+    post("schedule-id-with-slash", schedule(id="a/b"), 400, INVALID, r'"id": "Use 1 to 111', path=SCHEDULES_PATH),
+    post("schedule-id-missing", schedule(id=...), 400, INVALID, r'"id": "Use 1 to 111', path=SCHEDULES_PATH),
+    post("schedule-catch-up-zero", schedule(catch_up=0), 400, INVALID, r'"catch_up": "Must be \'skip\', \'last\' or a number from 1 to 100', path=SCHEDULES_PATH),
+    post("schedule-catch-up-all", schedule(catch_up="all"), 400, INVALID, r'"catch_up": "Must be', path=SCHEDULES_PATH),
+    post("schedule-overlap-queue", schedule(overlap="queue"), 400, INVALID, r'"overlap": "Must be \'skip\' or \'allow\'', path=SCHEDULES_PATH),
+    post("schedule-paused-string", schedule(paused="no"), 400, INVALID, r'"paused": "Must be true or false', path=SCHEDULES_PATH),
+    post("schedule-unknown-field", schedule(every="day"), 400, INVALID, r'"every": "Unknown field', path=SCHEDULES_PATH),
+    post("schedule-an-array", b"[]", 400, BAD_JSON, NOT_OBJECT, path=SCHEDULES_PATH),
+    post("schedule-text-plain", schedule(), 415, "unsupported_media_type", r"application/json", path=SCHEDULES_PATH, headers={"Content-Type": "text/plain"}),
+    post("schedule-with-param", schedule(), 400, "invalid_parameter", r"'now'", path=SCHEDULES_PATH + "?now=1"),
+    post("schedule-replay-different", json.dumps({**SEED_SCHEDULE, "cron": "0 * * * *"}).encode(), 409, "duplicate_id", r"'s1' already exists with a different body", path=SCHEDULES_PATH),
+    post("schedule-replay-identical", json.dumps(SEED_SCHEDULE).encode(), 200, None, "", path=SCHEDULES_PATH),
+    get("schedules-limit-zero", "/api/schedules?limit=0", 400, "invalid_parameter", r"limit must be"),
+    get("schedules-unknown-param", "/api/schedules?status=x", 400, "invalid_parameter", r"'status'"),
+    get("schedule-unknown", "/api/schedules/ghost", 404, "not_found", r"No schedule 'ghost'"),
+    get("schedule-id-with-nul", "/api/schedules/s%00", 404, "not_found", r"No schedule 's\\x00'; schedule ids use 1 to 111 characters"),
+    get("schedules-cursor-with-nul", "/api/schedules?cursor=s%00", 400, "invalid_parameter", r"The cursor is malformed"),
+    get("schedules-cursor-10000-chars", "/api/schedules?cursor=" + "s" * 10_000, 400, "invalid_parameter", r"The cursor is malformed"),
+    patch("schedule-patch-id-with-nul", "/api/schedules/s%00", json.dumps({"paused": True}).encode(), 404, "not_found", r"schedule ids use"),
+    Case("schedule-delete-id-with-nul", "DELETE", "/api/schedules/s%00", 404, "not_found", r"schedule ids use"),
+    get("schedule-id-10000-chars", "/api/schedules/" + "s" * 10_000, 404, "not_found", r"No schedule"),
+    patch("schedule-patch-id", "/api/schedules/s1", json.dumps({"id": "s2"}).encode(), 400, INVALID, r'"id": "Cannot change'),
+    patch("schedule-patch-empty", "/api/schedules/s1", b"{}", 400, INVALID, r"Nothing to change"),
+    patch("schedule-patch-bad-cron", "/api/schedules/s1", json.dumps({"cron": "nope"}).encode(), 400, INVALID, r'"cron": "Must be a cron expression'),
+    patch("schedule-patch-both", "/api/schedules/s1", json.dumps({"cron": "* * * * *", "interval_s": 5}).encode(), 400, INVALID, r"not both"),
+    patch("schedule-patch-task-with-id", "/api/schedules/s1", json.dumps({"task": _task("x")}).encode(), 400, INVALID, r'"task.id"'),
+    patch("schedule-patch-unknown", "/api/schedules/ghost", json.dumps({"paused": True}).encode(), 404, "not_found", r"No schedule 'ghost'"),
+    patch("schedule-patch-text", "/api/schedules/s1", b"paused", 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "text/plain"}),
+    Case("schedule-delete-unknown", "DELETE", "/api/schedules/ghost", 404, "not_found", r"No schedule 'ghost'"),
+    Case("schedule-delete-with-param", "DELETE", "/api/schedules/s1?force=1", 400, "invalid_parameter", r"'force'"),
+]
 # fmt: on
 
 # Every rule of the app's URL map: a path it matches, and the methods of METHODS it answers.
@@ -459,6 +526,8 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/api/tasks/<task_id>/cancel": ("/api/tasks/a/cancel", frozenset({"POST"})),
     "/api/tasks/<task_id>/retry": ("/api/tasks/f/retry", frozenset({"POST"})),
     "/api/tasks/<task_id>/blockers": ("/api/tasks/b/blockers", frozenset({"GET"})),
+    "/api/schedules": ("/api/schedules", frozenset({"GET", "POST"})),
+    "/api/schedules/<schedule_id>": ("/api/schedules/s1", frozenset({"GET", "PATCH", "DELETE"})),
     "/api/openapi.json": ("/api/openapi.json", frozenset({"GET"})),
     "/health": ("/health", frozenset({"GET"})),
     "/metrics": ("/metrics", frozenset({"GET"})),
@@ -483,7 +552,7 @@ NOT_ALLOWED = [
         sample,
         405,
         "method_not_allowed",
-        rf"This route does not accept {method}; it accepts {'GET' if 'GET' in allowed else 'POST'}",
+        rf"This route does not accept {method}; it accepts {', '.join(sorted(allowed | {'HEAD'} if 'GET' in allowed else allowed))}",
         # a body the route would take, so that only the method can explain the 405
         task() if method != "GET" else b"",
         JSON if method != "GET" else {},
@@ -495,7 +564,16 @@ NOT_ALLOWED = [
 ]
 
 CASES = (
-    SUBMIT_FIELDS + REPLAYS + MEDIA + QUERY + CURSORS + PATH_IDS + STATES + BATCHES + NOT_ALLOWED
+    SUBMIT_FIELDS
+    + REPLAYS
+    + MEDIA
+    + QUERY
+    + CURSORS
+    + PATH_IDS
+    + STATES
+    + BATCHES
+    + SCHEDULES
+    + NOT_ALLOWED
 )
 
 

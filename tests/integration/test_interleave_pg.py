@@ -12,13 +12,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from app.services import actions, submissions
+from app.services import actions, schedules, submissions
 from app.services.batch import submit_batch
 from app.statuses import Status
 from app.storage import retention
@@ -164,12 +164,37 @@ def prune() -> Step:
     )
 
 
+SCHEDULED_AT = datetime(2026, 12, 5, 3, 0, 0)
+
+
+def fire(instance: str) -> Step:
+    """An instance's firer fires what is due a minute after the schedule was made."""
+
+    def run(g: Graph) -> int:
+        report = schedules.fire_due(g.engine, now=SCHEDULED_AT + timedelta(minutes=1))
+        return len(report.fired)
+
+    return Step(f"fire({instance})", run)
+
+
+def pause() -> Step:
+    """A user pauses the schedule."""
+    return Step("pause", lambda g: schedules.edit(g.engine, "tick", {"paused": True})["paused"])
+
+
 def reap() -> Step:
     """A live instance declares the worker dead and ends its attempts."""
     return Step("reap(w1)", lambda g: g.store.reap(WORKER, "declared dead"))
 
 
 # -- the starting states -------------------------------------------------------------
+
+
+def schedule_due(engine: Engine) -> Graph:
+    """A schedule firing every minute, its first instant due."""
+    body = {"id": "tick", "interval_s": 60, "task": {"type": "t", "duration_ms": 1}}
+    schedules.create(engine, schedules.parse_new(body), now=SCHEDULED_AT)
+    return Graph(engine)
 
 
 def a_failed_b_running(engine: Engine) -> Graph:
@@ -459,6 +484,9 @@ SCENARIOS = [
     Scenario("claim_vs_cancel", a_ready, claim(), cancel("A")),
     Scenario("cycle_vs_retry", a_failed_b_running, cycle("B", COMPLETED), retry("A")),
     Scenario("cycle_vs_cancel", a_running_with_dependents, cycle("A", COMPLETED), cancel("T")),
+    # Two instances fire the same instant: one stores its task, the other nothing.
+    Scenario("fire_vs_fire", schedule_due, fire("one"), fire("two")),
+    Scenario("fire_vs_pause", schedule_due, fire("one"), pause()),
 ]
 
 

@@ -14,7 +14,7 @@ from app import create_app
 from app.extensions import db
 from app.runtime.metrics import Metrics
 from app.runtime.reaper import Reaper
-from app.services import actions, blockers, submissions
+from app.services import actions, blockers, schedules, submissions
 from app.storage import counts, database
 from app.storage.database import utcnow
 from app.storage.tables import deps, tasks
@@ -410,3 +410,29 @@ def test_create_all_makes_the_triggers_the_migrations_make(database_url: str) ->
     names = {name for name, _ in migrated}
     assert {"task_counts_insert", "task_counts_update", "task_counts_delete"} <= names
     assert created == migrated
+
+
+def test_upgrade_to_0008_adds_schedules_beside_the_stored_tasks(database_url: str) -> None:
+    """A 0007 database with tasks gains the schedules table; a schedule made after the
+    upgrade fires beside the stored tasks; a downgrade drops only the schedules."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    with app.app_context():
+        _stored_at("0007", [_old_task("before", now)])
+        upgrade()
+        spec = schedules.parse_new({"id": "tick", "interval_s": 60, "task": _SCHEDULED})
+        schedules.create(db.engine, spec, now=now)
+        fired = schedules.fire_due(db.engine, now=now + timedelta(seconds=60))
+        assert [n for _, _, n in fired.fired] == [1]
+        with db.engine.connect() as conn:
+            ids = sorted(r[0] for r in conn.exec_driver_sql("SELECT id FROM tasks"))
+        assert ids[0] == "before" and ids[1].startswith("tick.")
+        downgrade(revision="0007")
+        with db.engine.connect() as conn:
+            assert "schedules" not in inspect(conn).get_table_names()
+            assert conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar() == 2
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+_SCHEDULED = {"type": "t", "duration_ms": 1}

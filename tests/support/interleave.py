@@ -423,6 +423,7 @@ class Explorer:
             conn.execute(text("DELETE FROM task_dependencies"))
             conn.execute(text("DELETE FROM tasks"))
             conn.execute(text("DELETE FROM scheduler_instances"))
+            conn.execute(text("DELETE FROM schedules"))
         return scenario.setup(self.engine)
 
     def run_alone(self, world: World, step: Step) -> Side:

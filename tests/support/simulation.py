@@ -5,7 +5,9 @@ plays every scheduler instance, every handler thread and every user, following a
 drawn from one seeded random generator: submissions (single tasks and graphs, both
 trigger rules, run_at, retries, timeouts), scheduler passes, handlers that return, fail,
 ignore a cancel or outlive their timeout, cancels and retries, prunes, heartbeats and
-reaps, count folds, crashes and restarts, pauses past the lease, drains, and faults at the named
+reaps, count folds, recurring schedules (created, fired by any instance, paused, resumed,
+retimed, deleted; an instance dying in the middle of a firing), crashes and restarts,
+pauses past the lease, drains, and faults at the named
 points of `app.faults` (a commit whose acknowledgement is lost, a crash as a handler
 thread starts, a failed requeue, a failed prune chunk). Time is a simulated clock, handler
 threads are simulated (`SimExecutor` starts them at once and ends them when the schedule
@@ -21,9 +23,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, event, func, select
@@ -36,17 +39,19 @@ from app.handlers import HandlerFailed, Registry, TaskContext
 from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
-from app.services import actions, batch, submissions
+from app.services import actions, batch, schedules, submissions
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.store import Store
 from app.storage.tables import deps, instances, tasks
+from app.storage.tables import schedules as schedule_rows
 
 LEASE_S = 30.0
 POLL_S = 1.0
 HEARTBEAT_S = LEASE_S / 3
 REAP_S = 3.0
 FOLD_S = 5.0
+FIRE_S = 1.0
 GRACE_S = 5.0
 START = datetime(2030, 1, 1)
 # A RUNNING row that no live attempt holds is recovered by others within this long of its
@@ -130,6 +135,7 @@ class Node:
     next_reap: float = 0.0
     next_pass: float = 0.0
     next_fold: float = 0.0
+    next_fire: float = 0.0
     last_good_pass: float = -1.0  # serving time of the last pass that did not fail
     paused_since_beat: bool = False  # frozen at some point since its last heartbeat
 
@@ -195,8 +201,18 @@ class Simulation:
         # Notifications (NOTIFY) wake every instance for a pass, unless lost until then.
         self.deaf_until = -1.0
         self.announced = False
+        # Schedules: each task name a firing creates, its schedule and its dependencies
+        # (names of the same firing); the instants each schedule's committed firings hold;
+        # the fired count last read of each.
+        self.schedule_count = 0
+        self.schedule_ids: list[str] = []
+        self.fired_names: dict[str, tuple[str, list[str]]] = {}
+        self.firings: dict[str, set[str]] = {}
+        self.fired_seen: dict[str, int] = {}
+        self.firing_node: Node | None = None
+        self.settling = False
         with database.write(engine) as conn:
-            for table in (deps, tasks, instances):
+            for table in (deps, tasks, instances, schedule_rows):
                 conn.execute(delete(table))
         events.attach(engine, Recorder(self))
 
@@ -209,6 +225,7 @@ class Simulation:
                 stack.enter_context(faults.injected(name, self._fault(name)))
             stack.enter_context(faults.injected("prune.chunk", self._prune_fault))
             stack.enter_context(faults.injected("notify.announce", self._announced))
+            stack.enter_context(faults.injected("schedule.firing", self._firing_fault))
             event.listen(self.engine, "before_cursor_execute", self._outage)
             stack.callback(event.remove, self.engine, "before_cursor_execute", self._outage)
             for index in range(len(self.nodes)):
@@ -256,6 +273,9 @@ class Simulation:
             (1, self.database_outage),
             (1, self.step_clock),
             (1, self.lose_notifications),
+            (2, self.add_schedule),
+            (3, self.fire),
+            (1, self.edit_schedule),
         ]
         weights = [w for w, _ in actions_]
         (action,) = self.rng.choices([a for _, a in actions_], weights)
@@ -285,6 +305,7 @@ class Simulation:
             clock=self.clock.monotonic,
             name=lambda: next(names),
             executor=lambda workers: self._executor(index, workers),
+            fire=partial(schedules.fire_due, self.engine),
         )
         node = Node(index, generation, scheduler)
         self.nodes[index] = node
@@ -418,6 +439,94 @@ class Simulation:
         shown = {t["id"]: t["status"] for t in stored.tasks}
         self.note(f"batch {shown}")
 
+    def add_schedule(self) -> None:
+        self.schedule_count += 1
+        sid = f"S{self.schedule_count}"
+        rng = self.rng
+        body: dict[str, Any] = {
+            "id": sid,
+            "interval_s": rng.choice([1, 3, 10, 30]),
+            "catch_up": rng.choice(["skip", "last", 2]),
+            "overlap": rng.choice(["skip", "allow"]),
+        }
+        task = {"type": "sim", "duration_ms": 1, "max_attempts": rng.choice([1, 2])}
+        if rng.random() < 0.5:
+            body["task"] = task
+            names = {sid: []}
+        else:
+            first, second = f"{sid}a", f"{sid}b"
+            body["batch"] = {
+                "tasks": [
+                    {**task, "id": first},
+                    {**task, "id": second, "dependencies": [first]},
+                ]
+            }
+            names = {first: [], second: [first]}
+        try:
+            schedules.create(self.engine, schedules.parse_new(body), now=self.clock.now())
+        except OperationalError:
+            self.note(f"schedule {sid}: the database is unavailable")
+            return
+        for name, dependencies in names.items():
+            self.fired_names[name] = (sid, dependencies)
+        self.schedule_ids.append(sid)
+        self.firings[sid] = set()
+        self.note(f"schedule {sid} every {body['interval_s']} s, {list(names)}")
+
+    def fire(self) -> None:
+        """An instance's firer runs out of turn (it runs every second in `tick`)."""
+        node = self.pick([n for n in self.active() if n.draining_since is None])
+        if node is not None:
+            self.fire_with(node)
+
+    def fire_with(self, node: Node) -> None:
+        if node.scheduler.firer is None:
+            return
+        self.firing_node = node
+        try:
+            report = node.scheduler.firer.run_once(self.clock.now())
+        except OperationalError:
+            self.note(f"fire by {node.name}: the database is unavailable")
+            return
+        except SimCrash:
+            self.down(node, "crashed in the middle of a firing")
+            return
+        finally:
+            self.firing_node = None
+        fired = [f"{sid}@{stamp_of(i)}" for sid, i, _ in report.fired]
+        self.note(
+            f"fire by {node.name}: fired {fired}, skipped {len(report.skipped)}, "
+            f"missed {sum(n for _, n in report.missed)}, lost {report.lost}"
+        )
+
+    def _firing_fault(self, **_context: Any) -> None:
+        if self.firing_node is not None and not self.settling and self.rng.random() < 0.1:
+            self.note(f"fault schedule.firing strikes {self.firing_node.name}")
+            raise SimCrash()
+
+    def edit_schedule(self) -> None:
+        if not self.schedule_ids:
+            return
+        sid = self.rng.choice(self.schedule_ids)
+        change = self.rng.choice(["pause", "resume", "retime", "delete"])
+        try:
+            if change == "delete":
+                schedules.delete(self.engine, sid)
+            else:
+                edit = {
+                    "pause": {"paused": True},
+                    "resume": {"paused": False},
+                    "retime": {"interval_s": self.rng.choice([2, 5, 20])},
+                }[change]
+                schedules.edit(self.engine, sid, edit, now=self.clock.now())
+        except ApiError as error:
+            self.note(f"{change} {sid}: refused {error.code}")
+            return
+        except OperationalError:
+            self.note(f"{change} {sid}: the database is unavailable")
+            return
+        self.note(f"{change} {sid}")
+
     def pass_(self) -> None:
         node = self.pick(self.active())
         if node is not None:
@@ -488,6 +597,9 @@ class Simulation:
             if now >= node.next_fold:
                 node.next_fold = now + FOLD_S
                 self.fold(node)
+            if now >= node.next_fire and node.draining_since is None:
+                node.next_fire = now + FIRE_S
+                self.fire_with(node)
             if self.nodes[node.index] is node and now >= node.next_pass:
                 self.run_pass(node)
             if node.draining_since is not None and self.nodes[node.index] is node:
@@ -794,6 +906,12 @@ class Simulation:
     def committed(self, changes: list[Change]) -> None:
         """Follow every state change as it commits: who may start again, and why."""
         for task_id, _type, attempt, status, reason in changes:
+            name, _, stamp = task_id.rpartition(".")
+            if name in self.fired_names and task_id not in self.deps_of:
+                # Born by a firing: its dependencies are its siblings of the same instant.
+                sid, dependencies = self.fired_names[name]
+                self.deps_of[task_id] = [f"{d}.{stamp}" for d in dependencies]
+                self.firings[sid].add(stamp)
             seen = self.seen.setdefault(task_id, Seen(status, attempt, 0))
             if reason == "retried by a user" or reason.startswith("its dependency "):
                 seen.starts = seen.free_requeues = 0
@@ -820,6 +938,7 @@ class Simulation:
         for node in self.nodes:
             if node is not None and node.scheduler.id not in self.beat_at:
                 self.beat_at[node.scheduler.id or ""] = self.serving  # registered just now
+        self._check_schedules()
         rows, edges = self.snapshot()
         held = self.live_attempts()
         now = self.serving
@@ -906,6 +1025,26 @@ class Simulation:
             if kind != "failed" or row.error != error:
                 self.fail(f"{task_id} failed as attempt {row.attempts}, which returned {kind}")
 
+    def _check_schedules(self) -> None:
+        """A firing's tasks and its record commit together, and no instant fires twice."""
+        with self.checker_reads() as conn:
+            found = list(conn.execute(select(schedule_rows)))
+        for row in found:
+            if row.failed:
+                # Nothing here can make a firing fail but its ids already being taken:
+                # an instant fired a second time.
+                self.fail(f"schedule {row.id} failed to fire: {row.last_error}")
+            if row.fired != len(self.firings[row.id]):
+                self.fail(
+                    f"schedule {row.id} records {row.fired} firings; their tasks were "
+                    f"committed for {sorted(self.firings[row.id])}"
+                )
+            if row.fired < self.fired_seen.get(row.id, 0):
+                self.fail(f"schedule {row.id} forgot firings: {row.fired}")
+            self.fired_seen[row.id] = row.fired
+            if not row.paused and row.next_fire_at is None:
+                self.fail(f"schedule {row.id} runs, but has no next firing")
+
     # -- the end: heal, and everything must finish -----------------------------------
 
     def settle(self) -> None:
@@ -913,6 +1052,10 @@ class Simulation:
         self.note("settle: faults off, every node healed")
         self.armed.clear()
         self.outage_until = self.deaf_until = -1.0
+        self.settling = True
+        for sid in self.schedule_ids:  # no new tasks while the rest finishes
+            with suppress(ApiError):  # deleted
+                schedules.edit(self.engine, sid, {"paused": True}, now=self.clock.now())
         for node in self.nodes:
             if node is not None:
                 node.paused_until = None
@@ -943,6 +1086,10 @@ class Simulation:
             outcome = job.run()
         finally:
             job.end(outcome)
+
+
+def stamp_of(instant: datetime) -> str:
+    return schedules.stamp(instant)
 
 
 def seeds(first: int, count: int) -> Iterator[int]:

@@ -263,6 +263,9 @@ def test_database_faults_are_documented_where_they_can_happen(document: dict[str
         ("/api/tasks/batch", "post"),
         ("/api/tasks/{task_id}/cancel", "post"),
         ("/api/tasks/{task_id}/retry", "post"),
+        ("/api/schedules", "post"),
+        ("/api/schedules/{schedule_id}", "patch"),
+        ("/api/schedules/{schedule_id}", "delete"),
     }
     every = operations(document)
     full = {key for key, op in every.items() if "507" in op["responses"]}

@@ -1,0 +1,334 @@
+"""Recurring schedules on both backends: the API, and firing with the time given.
+
+Each firing is driven by `fire_due(engine, now=...)` (what every instance's firer calls
+each second), so the tests choose the instants: many firings, several instances on one
+database, downtime, a crash between storing a firing's tasks and recording it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import parts
+from app.services import schedules
+from app.statuses import Status
+from app.storage import schedules as schedule_rows
+from tests.support.apps import AppFactory
+from tests.support.store import count, row, set_status
+
+T0 = datetime(2026, 12, 5, 3, 0, 0)
+
+
+@pytest.fixture
+def either_app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+def _create(app: Flask, body: dict[str, Any], at: datetime = T0) -> dict[str, Any]:
+    spec = schedules.parse_new(body)
+    return schedules.create(parts.engine(app), spec, now=at).schedule
+
+
+def _fire(app: Flask, at: datetime) -> schedules.Fired:
+    return schedules.fire_due(parts.engine(app), now=at)
+
+
+def _every_minute(sid: str = "tick", **extra: Any) -> dict[str, Any]:
+    return {"id": sid, "interval_s": 60, "task": {"type": "simulate", "duration_ms": 1}, **extra}
+
+
+def _ids(app: Flask) -> list[str]:
+    with parts.engine(app).connect() as conn:
+        return sorted(r[0] for r in conn.exec_driver_sql("SELECT id FROM tasks"))
+
+
+# -- the API --------------------------------------------------------------------------
+
+
+def test_a_schedule_is_created_shown_listed_and_replayed(either_app: Flask) -> None:
+    client = either_app.test_client()
+    body = {
+        "id": "nightly",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Paris",
+        "task": {"type": "simulate", "duration_ms": 5, "payload": {"k": 1}},
+        "catch_up": "last",
+        "overlap": "skip",
+    }
+    created = client.post("/api/schedules", json=body)
+    assert created.status_code == 201, created.get_json()
+    assert created.headers["Location"].endswith("/api/schedules/nightly")
+    shown = client.get("/api/schedules/nightly").get_json()
+    assert shown["cron"] == "0 2 * * *" and shown["timezone"] == "Europe/Paris"
+    assert shown["task"] == body["task"] and shown["catch_up"] == "last"
+    assert shown["paused"] is False and shown["last_firing"] is None
+    assert shown["counts"] == {"fired": 0, "skipped": 0, "missed": 0, "failed": 0}
+    # 02:00 in Paris is 01:00 UTC in winter: five consecutive days.
+    firings = [datetime.fromisoformat(f.rstrip("Z")) for f in shown["next_firings"]]
+    assert len(firings) == 5
+    assert all(f.hour == 1 and f.minute == 0 for f in firings)
+    assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(firings))
+    assert client.post("/api/schedules", json=body).status_code == 200  # a replay
+    other = client.post("/api/schedules", json={**body, "cron": "0 3 * * *"})
+    assert other.status_code == 409
+    assert other.get_json()["code"] == "duplicate_id"
+    assert [s["id"] for s in client.get("/api/schedules").get_json()] == ["nightly"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "* * * *"}, "cron"),
+        ({"cron": 5}, "cron"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "../../etc/passwd"}, "timezone"),
+        ({"interval_s": 0}, "interval_s"),
+        ({"interval_s": 1.5}, "interval_s"),
+        ({"interval_s": True}, "interval_s"),
+        ({"cron": "* * * * *", "interval_s": 60}, "cron"),
+        ({"catch_up": 0}, "catch_up"),
+        ({"catch_up": "all"}, "catch_up"),
+        ({"overlap": "queue"}, "overlap"),
+        ({"paused": "yes"}, "paused"),
+        ({"id": "x" * 112}, "id"),
+        ({"id": "-bad"}, "id"),
+        ({"task": {"type": "simulate", "duration_ms": 1, "id": "x"}}, "task.id"),
+        ({"task": {"type": "simulate", "duration_ms": 0}}, "task.duration_ms"),
+        ({"task": [1]}, "task"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(
+    client: Any, change: dict[str, Any], field: str
+) -> None:
+    body = {**_every_minute(), **change}
+    answer = client.post("/api/schedules", json=body)
+    assert answer.status_code == 400, answer.get_json()
+    error = answer.get_json()
+    assert error["code"] == "validation_error"
+    assert field in error["details"], error
+
+
+@pytest.mark.parametrize(
+    ("drop", "add", "field"),
+    [
+        ("interval_s", {}, "cron"),
+        ("task", {}, "task"),
+        (None, {"batch": {"tasks": [{"id": "a", "type": "simulate", "duration_ms": 1}]}}, "task"),
+    ],
+)
+def test_exactly_one_of_each_pair(client: Any, drop: str | None, add: dict, field: str) -> None:
+    body = {k: v for k, v in {**_every_minute(), **add}.items() if k != drop}
+    answer = client.post("/api/schedules", json=body)
+    assert answer.status_code == 400
+    assert field in answer.get_json()["details"]
+
+
+def test_a_scheduled_batch_must_leave_room_for_the_suffix(client: Any) -> None:
+    body = {
+        "id": "b",
+        "interval_s": 60,
+        "batch": {"tasks": [{"id": "a" * 112, "type": "simulate", "duration_ms": 1}]},
+    }
+    answer = client.post("/api/schedules", json=body)
+    assert answer.status_code == 400
+    assert "batch.tasks.0.id" in answer.get_json()["details"]
+
+
+def test_pause_resume_edit_and_delete(either_app: Flask) -> None:
+    client = either_app.test_client()
+    _create(either_app, _every_minute())
+    paused = client.patch("/api/schedules/tick", json={"paused": True})
+    assert paused.status_code == 200 and paused.get_json()["next_firings"] == []
+    assert _fire(either_app, T0 + timedelta(hours=1)).fired == []
+    resumed = client.patch("/api/schedules/tick", json={"paused": False}).get_json()
+    assert resumed["paused"] is False and len(resumed["next_firings"]) == 5
+    edited = client.patch("/api/schedules/tick", json={"cron": "*/5 * * * *"}).get_json()
+    assert edited["cron"] == "*/5 * * * *" and edited["interval_s"] is None
+    assert client.patch("/api/schedules/tick", json={"id": "other"}).status_code == 400
+    assert client.patch("/api/schedules/tick", json={}).status_code == 400
+    assert client.patch("/api/schedules/nope", json={"paused": True}).status_code == 404
+    assert client.delete("/api/schedules/tick").status_code == 204
+    assert client.get("/api/schedules/tick").status_code == 404
+    assert client.delete("/api/schedules/tick").status_code == 404
+
+
+# -- firing ---------------------------------------------------------------------------
+
+
+def test_each_instant_fires_once_with_its_id_and_batch(either_app: Flask) -> None:
+    _create(either_app, _every_minute())
+    assert _fire(either_app, T0 + timedelta(seconds=59)).fired == []
+    for minute in range(1, 11):
+        at = T0 + timedelta(minutes=minute, seconds=1)
+        fired = _fire(either_app, at)
+        assert [(i, n) for _, i, n in fired.fired] == [(T0 + timedelta(minutes=minute), 1)]
+        assert _fire(either_app, at).fired == []  # the same instant, again: nothing
+    ids = _ids(either_app)
+    assert len(ids) == 10
+    assert ids[0] == "tick.20261205T030100Z"
+    stored = row(parts.store(either_app), "tick.20261205T030100Z")
+    assert stored.batch_id == "tick.20261205T030100Z"
+    shown = either_app.test_client().get("/api/schedules/tick").get_json()
+    assert shown["counts"]["fired"] == 10
+    assert shown["last_firing"]["at"] == "2026-12-05T03:10:00.000Z"
+    assert shown["last_firing"]["outcome"] == "fired"
+    assert shown["next_firings"][0] == "2026-12-05T03:11:00.000Z"
+
+
+def test_instances_firing_at_once_fire_each_instant_once(make_app: AppFactory) -> None:
+    apps = [make_app() for _ in range(3)]
+    for k in range(5):
+        _create(apps[0], _every_minute(f"s{k}", interval_s=7))
+    for step in range(1, 30):
+        at = T0 + timedelta(seconds=7 * step)
+        barrier = threading.Barrier(len(apps))
+        reports: list[schedules.Fired] = []
+
+        def fire(
+            app: Flask,
+            at: datetime = at,
+            barrier: threading.Barrier = barrier,
+            reports: list[schedules.Fired] = reports,
+        ) -> None:
+            barrier.wait()
+            reports.append(_fire(app, at))
+
+        threads = [threading.Thread(target=fire, args=(a,)) for a in apps]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(len(r.fired) for r in reports) == 5, step
+    assert count(apps[0]) == 5 * 29
+
+
+def test_a_crash_between_storing_a_firing_and_recording_it_stores_nothing(
+    either_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _create(either_app, _every_minute())
+
+    def crash(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("the process died before the commit")
+
+    monkeypatch.setattr(schedule_rows, "advance", crash)
+    with pytest.raises(RuntimeError):
+        _fire(either_app, T0 + timedelta(minutes=1))
+    assert count(either_app) == 0
+    monkeypatch.undo()
+    fired = _fire(either_app, T0 + timedelta(minutes=1, seconds=2))
+    assert len(fired.fired) == 1
+    assert _ids(either_app) == ["tick.20261205T030100Z"]
+
+
+def test_an_edit_between_reading_and_firing_wins(either_app: Flask) -> None:
+    _create(either_app, _every_minute())
+    at = T0 + timedelta(minutes=1)
+    with parts.engine(either_app).connect() as conn:
+        (due,) = schedule_rows.due(conn, at, 10)
+    schedules.edit(parts.engine(either_app), "tick", {"overlap": "skip"}, now=at)
+    report = schedules.Fired()
+    schedules._fire_one(parts.engine(either_app), schedules.OPEN, due, at, report)
+    assert report.fired == [] and report.lost == 1
+    assert count(either_app) == 0
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "late_s", "fired", "missed"),
+    [
+        ("skip", 5, 1, 9),  # the latest instant is on time: it runs
+        ("skip", 90, 0, 10),  # every instant is late
+        ("last", 90, 1, 9),
+        (3, 90, 3, 7),
+        (20, 90, 10, 0),
+    ],
+)
+def test_catch_up_after_downtime(
+    either_app: Flask, catch_up: Any, late_s: int, fired: int, missed: int
+) -> None:
+    _create(either_app, _every_minute(interval_s=300, catch_up=catch_up))
+    # Down from before the first instant (03:05) until `late_s` after the tenth (03:50).
+    now = T0 + timedelta(minutes=50, seconds=late_s)
+    report = _fire(either_app, now)
+    assert len(report.fired) == fired
+    assert sum(n for _, n in report.missed) == missed
+    assert count(either_app) == fired
+    if fired:  # the latest instants run, oldest first
+        instants = [i for _, i, _ in report.fired]
+        assert instants == [T0 + timedelta(minutes=50 - 5 * k) for k in range(fired)][::-1]
+    shown = either_app.test_client().get("/api/schedules/tick").get_json()
+    assert shown["counts"]["missed"] == missed and shown["counts"]["fired"] == fired
+    assert shown["next_firings"][0] == "2026-12-05T03:55:00.000Z"
+    assert _fire(either_app, now).fired == []  # handled once
+
+
+def test_overlap_skip_waits_for_the_previous_firing(either_app: Flask) -> None:
+    _create(either_app, _every_minute(overlap="skip"))
+    first = _fire(either_app, T0 + timedelta(minutes=1))
+    assert len(first.fired) == 1
+    second = _fire(either_app, T0 + timedelta(minutes=2))
+    assert second.fired == [] and len(second.skipped) == 1
+    set_status(either_app, "tick.20261205T030100Z", Status.COMPLETED.value)
+    third = _fire(either_app, T0 + timedelta(minutes=3))
+    assert [i for _, i, _ in third.fired] == [T0 + timedelta(minutes=3)]
+    shown = either_app.test_client().get("/api/schedules/tick").get_json()
+    assert shown["counts"] == {"fired": 2, "skipped": 1, "missed": 0, "failed": 0}
+
+
+def test_overlap_allow_fires_beside_unfinished_tasks(either_app: Flask) -> None:
+    _create(either_app, _every_minute())
+    for minute in (1, 2, 3):
+        assert len(_fire(either_app, T0 + timedelta(minutes=minute)).fired) == 1
+    assert count(either_app) == 3
+
+
+def test_a_batch_fires_with_every_id_suffixed_and_its_edges_rewritten(
+    either_app: Flask,
+) -> None:
+    client = either_app.test_client()
+    assert (
+        client.post("/api/tasks", json={"id": "base", "type": "simulate", "duration_ms": 1})
+    ).status_code == 201
+    batch = {
+        "tasks": [
+            {"id": "extract", "type": "simulate", "duration_ms": 1, "dependencies": ["base"]},
+            {"id": "load", "type": "simulate", "duration_ms": 1, "dependencies": ["extract"]},
+        ]
+    }
+    _create(either_app, {"id": "etl", "interval_s": 3600, "batch": batch})
+    report = _fire(either_app, T0 + timedelta(hours=1))
+    assert [n for _, _, n in report.fired] == [2]
+    got = client.get("/api/tasks/load.20261205T040000Z").get_json()
+    assert got["dependencies"] == ["extract.20261205T040000Z"]
+    assert got["batch_id"] == "etl.20261205T040000Z"
+    extract = client.get("/api/tasks/extract.20261205T040000Z").get_json()
+    assert extract["dependencies"] == ["base"]  # a stored task keeps its id
+
+
+def test_a_firing_that_cannot_be_stored_is_recorded_and_the_schedule_goes_on(
+    either_app: Flask,
+) -> None:
+    task = {"type": "simulate", "duration_ms": 1, "dependencies": ["gone"]}
+    _create(either_app, {"id": "orphan", "interval_s": 60, "task": task})
+    report = _fire(either_app, T0 + timedelta(minutes=1))
+    assert report.fired == [] and [c for _, _, c in report.failed] == ["unknown_dependency"]
+    shown = either_app.test_client().get("/api/schedules/orphan").get_json()
+    assert shown["last_firing"]["outcome"] == "failed"
+    assert "unknown_dependency" in shown["last_firing"]["error"]
+    assert shown["counts"]["failed"] == 1
+    assert shown["next_firings"][0] == "2026-12-05T03:02:00.000Z"
+    assert _fire(either_app, T0 + timedelta(minutes=1)).failed == []  # recorded once
+
+
+def test_a_deleted_schedule_fires_no_more(either_app: Flask) -> None:
+    _create(either_app, _every_minute())
+    schedules.delete(parts.engine(either_app), "tick")
+    assert _fire(either_app, T0 + timedelta(minutes=5)).fired == []
+    assert count(either_app) == 0
