@@ -232,7 +232,8 @@ CATCH_UP = {
     "description": "After downtime: skip the missed firings (run the latest only if it is "
     "under a minute late), run only the last, or run up to this many of the latest.",
 }
-MAX_SCHEDULE_ID_LENGTH = MAX_ID_LENGTH - len(".20261205T030000Z")
+# A firing's batch id is `<schedule id>.<instant>`, and a batch id holds 64 characters.
+MAX_SCHEDULE_ID_LENGTH = 64 - len(".20261205T030000Z")
 
 
 class ScheduledTaskIn(TaskIn):

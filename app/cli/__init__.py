@@ -1,4 +1,5 @@
-"""Flask commands for operators: `flask scheduler run` and `flask tasks ...`."""
+"""Flask commands for operators: `flask scheduler run`, `flask tasks ...` and
+`flask schedules ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask.cli import AppGroup
 
 from app import parts
 from app.cli.metrics_endpoint import MetricsEndpoint
+from app.cli.schedules import schedules_cli
 from app.cli.tasks import tasks_cli
 from app.config import ConfigError
 from app.startup import UNMIGRATED, fail
@@ -72,3 +74,4 @@ def register_cli(app: Flask) -> None:
     """Attach the command groups to the app."""
     app.cli.add_command(scheduler_cli)
     app.cli.add_command(tasks_cli)
+    app.cli.add_command(schedules_cli)

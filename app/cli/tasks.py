@@ -217,7 +217,7 @@ def list_tasks(
         click.echo("no tasks found", err=True)
         return
     rows = [_row(task) for task in page.tasks]
-    click.echo(_table([c.upper() for c in LIST_COLUMNS], rows))
+    click.echo(table([c.upper() for c in LIST_COLUMNS], rows))
     if page.next_cursor is not None:
         click.echo(f"more tasks: --cursor {page.next_cursor}", err=True)
 
@@ -227,7 +227,7 @@ def _row(task: dict[str, Any]) -> list[str]:
     return ["-" if shown[c] is None else str(shown[c]) for c in LIST_COLUMNS]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -1,9 +1,10 @@
 """The dashboard: HTML pages served by the app, and the JSON reads they need beyond the API.
 
-The pages are plain HTML, CSS and JavaScript from `templates/dashboard` and
-`static/dashboard`; they call the JSON API on the same origin, plus `GET /dashboard/counts`
-(tasks per status), `GET /dashboard/graph/<id>` (a task's neighbourhood, both ways) and
-`GET /dashboard/actions/<id>` (whether cancel and retry would succeed).
+The pages (the overview, a task, the schedules) are plain HTML, CSS and JavaScript from
+`templates/dashboard` and `static/dashboard`; they call the JSON API on the same origin,
+plus `GET /dashboard/counts` (tasks per status), `GET /dashboard/graph/<id>` (a task's
+neighbourhood, both ways) and `GET /dashboard/actions/<id>` (whether cancel and retry
+would succeed).
 With API_TOKEN set, those data routes need the token like the API (app/http/auth.py); the
 pages and static files stay open, and the pages ask for the token once and keep it per tab.
 A task page shows the task as the server reads it (or answers 404) only to a request that
@@ -47,6 +48,12 @@ def index() -> str:
         task_type=request.args.get("type", ""),
         batch_id=request.args.get("batch_id", ""),
     )
+
+
+@bp.get("/schedules")
+def schedules_page() -> str:
+    """The schedules: next and last firings, counts, pause and resume (from the API)."""
+    return render_template("dashboard/schedules.html")
 
 
 @bp.get("/tasks/<task_id>")

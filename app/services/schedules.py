@@ -157,7 +157,8 @@ def parse_new(body: dict[str, Any], admission: Admission = OPEN) -> dict[str, An
     schedule_id = body.get("id")
     if not _valid_id(schedule_id):
         details["id"] = ID_MESSAGE.format(max=MAX_SCHEDULE_ID) + (
-            f" At most {MAX_SCHEDULE_ID}: a firing appends '.' and its instant."
+            f" A firing's batch id, {MAX_SCHEDULE_ID} characters at most and then '.' and its"
+            " instant, must fit a batch id's 64."
         )
     spec = _parse_fields(body, details, require_pairs=True)
     if details:
@@ -707,15 +708,15 @@ def shape(row: dict[str, Any]) -> dict[str, Any]:
         "catch_up": int(row["catch_up"]) if row["catch_up"].isdigit() else row["catch_up"],
         "overlap": row["overlap"],
         "paused": row["paused"],
-        "next_firings": [_iso(moment) for moment in upcoming],
+        "next_firings": [iso(moment) for moment in upcoming],
         "last_firing": None,
         "counts": {name: row[name] for name in ("fired", "skipped", "missed", "failed")},
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
     if row["last_outcome"] is not None:
         out["last_firing"] = {
-            "at": None if row["last_fire_at"] is None else _iso(row["last_fire_at"]),
+            "at": None if row["last_fire_at"] is None else iso(row["last_fire_at"]),
             "outcome": row["last_outcome"],
             "batch_id": row["last_batch_id"],
             "error": row["last_error"],
@@ -723,6 +724,6 @@ def shape(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     """Write a stored (naive UTC) time as the API writes times."""
     return moment.isoformat(timespec="milliseconds") + "Z"

@@ -303,3 +303,13 @@ def test_the_graph_stops_at_the_node_limit(client: FlaskClient) -> None:
 def test_the_graph_of_an_unknown_task_is_a_404(client: FlaskClient) -> None:
     body = assert_error(client.get("/dashboard/graph/nope"), 404, "not_found")
     assert body["details"] == {"id": "nope"}
+
+
+def test_the_schedules_page_uses_only_local_files_and_is_linked(client: FlaskClient) -> None:
+    html = page(client, "/schedules")
+    found = assets(html)
+    for name in ("dashboard.css", "common.js", "schedules.js"):
+        assert f"/static/dashboard/{name}" in found
+    assert 'id="schedule-rows"' in html
+    assert URL.findall(html) == []
+    assert 'href="/schedules"' in page(client, "/")

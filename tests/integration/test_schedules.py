@@ -8,7 +8,9 @@ database, downtime, a crash between storing a firing's tasks and recording it.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,7 +99,7 @@ def test_a_schedule_is_created_shown_listed_and_replayed(either_app: Flask) -> N
         ({"catch_up": "all"}, "catch_up"),
         ({"overlap": "queue"}, "overlap"),
         ({"paused": "yes"}, "paused"),
-        ({"id": "x" * 112}, "id"),
+        ({"id": "x" * 48}, "id"),
         ({"id": "-bad"}, "id"),
         ({"task": {"type": "simulate", "duration_ms": 1, "id": "x"}}, "task.id"),
         ({"task": {"type": "simulate", "duration_ms": 0}}, "task.duration_ms"),
@@ -332,3 +334,67 @@ def test_a_deleted_schedule_fires_no_more(either_app: Flask) -> None:
     schedules.delete(parts.engine(either_app), "tick")
     assert _fire(either_app, T0 + timedelta(minutes=5)).fired == []
     assert count(either_app) == 0
+
+
+# -- flask schedules ... --------------------------------------------------------------
+
+
+def _cli(app: Flask, *args: str, stdin: str | None = None) -> Any:
+    return app.test_cli_runner().invoke(args=["schedules", *args], input=stdin)
+
+
+def test_the_commands_create_list_pause_resume_fire_and_delete(app: Flask) -> None:
+    body = json.dumps(_every_minute(interval_s=1))
+    created = _cli(app, "create", "-", stdin=body)
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["interval_s"] == 1
+    again = _cli(app, "create", "-", stdin=body)
+    assert again.exit_code == 0 and "already exists with this body" in again.stderr
+    listed = _cli(app, "list")
+    assert listed.exit_code == 0
+    header, line = listed.stdout.splitlines()
+    assert header.split()[:3] == ["ID", "WHEN", "PAUSED"]
+    assert line.split()[:5] == ["tick", "every", "1", "s", "no"]
+    paused = _cli(app, "pause", "tick")
+    assert json.loads(paused.stdout)["paused"] is True
+    assert json.loads(_cli(app, "resume", "tick").stdout)["next_firings"]
+    fired = _poll_fire(app)
+    assert fired["fired"][0]["schedule"] == "tick" and fired["fired"][0]["tasks"] == 1
+    shown = json.loads(_cli(app, "show", "tick").stdout)
+    assert shown["counts"]["fired"] >= 1
+    assert _cli(app, "delete", "tick").exit_code == 0
+    gone = _cli(app, "show", "tick")
+    assert gone.exit_code == 1 and gone.stderr.startswith("error: not_found: ")
+    assert _cli(app, "list").stderr.strip() == "no schedules found"
+
+
+def _poll_fire(app: Flask) -> dict[str, Any]:
+    """Run `fire-due` until the schedule (every second, real time) has fired."""
+    deadline = time.monotonic() + 10
+    while True:
+        result = _cli(app, "fire-due")
+        assert result.exit_code == 0, result.output
+        report: dict[str, Any] = json.loads(result.stdout)
+        if report["fired"] or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def test_bad_input_to_the_commands_is_one_clean_line(app: Flask) -> None:
+    bad = _cli(app, "create", "-", stdin=json.dumps(_every_minute(cron="nope")))
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: validation_error: ")
+    assert "cron" in bad.stderr and "Traceback" not in bad.output
+    missing = _cli(app, "pause", "ghost")
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: not_found: ")
+
+
+def test_the_longest_schedule_id_fires_and_lists_its_tasks(either_app: Flask) -> None:
+    sid = "s" * 47
+    _create(either_app, _every_minute(sid))
+    report = _fire(either_app, T0 + timedelta(minutes=1))
+    assert [n for _, _, n in report.fired] == [1]
+    batch_id = f"{sid}.20261205T030100Z"
+    assert len(batch_id) == 64
+    listed = either_app.test_client().get("/api/tasks", query_string={"batch_id": batch_id})
+    assert listed.status_code == 200, listed.get_json()
+    assert [t["id"] for t in listed.get_json()] == [batch_id]

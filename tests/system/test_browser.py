@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tests.support.servers import Launcher, poll
 
 # Set SCREENSHOT_DIR to keep a screenshot of the task page (the README's picture).
@@ -64,3 +66,30 @@ def test_a_graph_turns_green_and_a_failed_task_is_retried(
     assert missing is not None and missing.status == 404
     assert p.text_content("#task-missing").startswith("No task with id ghost.")
     assert p.locator("button#retry").count() == 0
+
+
+def test_the_schedules_page_shows_firings_and_pauses(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db)
+    body = {"id": "tick", "interval_s": 1, "task": {"type": "simulate", "duration_ms": 5}}
+    assert requests.post(f"{server.base_url}/api/schedules", json=body, timeout=10).ok
+    p = page
+    p.goto(f"{server.base_url}/")
+    p.click('nav.sections a:text-is("Schedules")')
+    p.wait_for_url(f"{server.base_url}/schedules")
+    row = '#schedule-rows tr[data-schedule-id="tick"]'
+    p.wait_for_selector(f'{row}[data-paused="false"]', timeout=10_000)
+    # Refreshed every 2 s: the count of firings climbs without a reload.
+    p.wait_for_function(
+        'Number(document.querySelector(\'[data-schedule-id="tick"] [data-count="fired"]\')'
+        ".textContent) >= 2",
+        timeout=20_000,
+    )
+    p.click(f'{row} button:text-is("Pause")')
+    p.wait_for_selector(f'{row}[data-paused="true"]', timeout=10_000)
+    assert server.get("/api/schedules/tick").json()["paused"] is True
+    # The last firing links to its tasks.
+    p.click(f'{row} td[data-outcome="fired"] a')
+    p.wait_for_url(f"{server.base_url}/?batch_id=tick.*")
+    p.wait_for_function("document.querySelectorAll('#task-rows tr').length === 1")

@@ -37,6 +37,10 @@ var Dash = (function () {
     return "/api/tasks/" + encodeURIComponent(id);
   }
 
+  function apiScheduleUrl(id) {
+    return "/api/schedules/" + encodeURIComponent(id);
+  }
+
   // With API_TOKEN set, the data routes answer 401 until the page sends the token; it is
   // asked for once and kept for this tab's session only.
   var TOKEN_KEY = "task-scheduler.api-token";
@@ -108,6 +112,9 @@ var Dash = (function () {
       headers.Authorization = "Bearer " + token;
     }
     var init = { method: options.method || "GET", headers: headers, credentials: "same-origin" };
+    if (options.body !== undefined) {
+      init.body = options.body;
+    }
     return fetch(url, init).then(function (response) {
       return response
         .json()
@@ -222,6 +229,7 @@ var Dash = (function () {
     attempts: attempts,
     ATTEMPTS_NOTE: ATTEMPTS_NOTE,
     apiTaskUrl: apiTaskUrl,
+    apiScheduleUrl: apiScheduleUrl,
     fetchJson: fetchJson,
     errorText: errorText,
     nextCursor: nextCursor,
