@@ -21,6 +21,7 @@ however late, a number N runs the N latest. Those not run are counted as missed.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ from app.storage import schedules as rows
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
+
+# The firer's logger too: one filter shows every change of a schedule.
+log = logging.getLogger("app.schedules")
 
 INSTANT_FORMAT = "%Y%m%dT%H%M%SZ"
 # "." and the instant: what a firing appends to an id.
@@ -379,7 +383,20 @@ def create(engine: Engine, spec: dict[str, Any], now: datetime | None = None) ->
         return Created(row, created=True)
 
     created = database.transaction(engine, work)
+    if created.created:
+        row = created.schedule
+        log.info("schedule %s created: %s, next firing %s", row["id"], _when(row), _next(row))
     return created
+
+
+def _when(row: dict[str, Any]) -> str:
+    if row["cron"] is not None:
+        return f"cron {row['cron']!r} in {row['timezone']}"
+    return f"every {row['interval_s']} s"
+
+
+def _next(row: dict[str, Any]) -> str:
+    return "none (paused)" if row["next_fire_at"] is None else iso(row["next_fire_at"])
 
 
 def _now(conn: Connection, now: datetime | None) -> datetime:
@@ -503,6 +520,11 @@ def edit(
         return new
 
     result: dict[str, Any] = database.transaction(engine, work)
+    if "paused" in changes and len(changes) == 1:
+        what = "paused" if changes["paused"] else "resumed"
+    else:
+        what = "changed (" + ", ".join(sorted(changes)) + ")"
+    log.info("schedule %s %s: %s, next firing %s", schedule_id, what, _when(result), _next(result))
     return result
 
 
@@ -514,6 +536,7 @@ def delete(engine: Engine, schedule_id: str) -> None:
 
     if not database.transaction(engine, work):
         raise _not_found(schedule_id)
+    log.info("schedule %s deleted", schedule_id)
 
 
 # -- firing ---------------------------------------------------------------------------

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 from flask import Flask
 
 from app import parts
+from app.runtime.firer import Firer
+from app.runtime.metrics import Metrics
 from app.services import schedules
 from app.statuses import Status
 from app.storage import schedules as schedule_rows
 from tests.support.apps import AppFactory
+from tests.support.stepping import Threads, open_scheduler
 from tests.support.store import count, row, set_status
 
 T0 = datetime(2026, 12, 5, 3, 0, 0)
@@ -398,3 +403,56 @@ def test_the_longest_schedule_id_fires_and_lists_its_tasks(either_app: Flask) ->
     listed = either_app.test_client().get("/api/tasks", query_string={"batch_id": batch_id})
     assert listed.status_code == 200, listed.get_json()
     assert [t["id"] for t in listed.get_json()] == [batch_id]
+
+
+def test_every_change_of_a_schedule_is_logged_and_firings_are_counted(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.schedules")
+    _create(app, _every_minute(overlap="skip"))
+    schedules.edit(parts.engine(app), "tick", {"paused": True}, now=T0)
+    schedules.edit(parts.engine(app), "tick", {"paused": False}, now=T0)
+    metrics = Metrics()
+    firer = Firer(partial(schedules.fire_due, parts.engine(app)), metrics, lambda: None)
+    firer.run_once(T0 + timedelta(minutes=1))
+    firer.run_once(T0 + timedelta(minutes=2))  # the first firing's task is unfinished
+    firer.run_once(T0 + timedelta(minutes=5))  # two instants late: missed
+    schedules.delete(parts.engine(app), "tick")
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.schedules"]
+    assert lines[0].startswith("schedule tick created: every 60 s, next firing ")
+    assert lines[1].startswith("schedule tick paused: every 60 s, next firing none (paused)")
+    assert lines[2].startswith("schedule tick resumed: ")
+    assert lines[3] == "schedule tick fired at 2026-12-05T03:01:00Z: 1 task(s)"
+    assert "skipped 2026-12-05T03:02:00Z" in lines[4] and "overlap: skip" in lines[4]
+    assert lines[-1] == "schedule tick deleted"
+    exposed = metrics.exposition().decode()
+    assert 'taskscheduler_schedule_firings_total{outcome="fired"} 1.0' in exposed
+    assert 'taskscheduler_schedule_firings_total{outcome="skipped"} 2.0' in exposed
+    assert 'taskscheduler_schedule_firings_total{outcome="missed"} 2.0' in exposed
+
+
+def test_a_firing_runs_through_the_steppable_loop(app: Flask) -> None:
+    """An instance's own firer, then its passes: the fired task is claimed, run, recorded."""
+    threads: list[Threads] = []
+
+    def executor(workers: int) -> Threads:
+        threads.append(Threads(workers))
+        return threads[-1]
+
+    engine = parts.engine(app)
+    scheduler = open_scheduler(
+        parts.store(app),
+        parts.registry(app),
+        cap=2,
+        executor=executor,
+        name=lambda: "one",
+        fire=partial(schedules.fire_due, engine),
+    )
+    _create(app, _every_minute())
+    assert scheduler.firer is not None
+    at = T0 + timedelta(minutes=1)
+    assert len(scheduler.firer.run_once(at).fired) == 1
+    assert scheduler.run_once(at) == 1
+    threads[0].finish("tick.20261205T030100Z")
+    scheduler.run_once(at)
+    assert row(parts.store(app), "tick.20261205T030100Z").status == Status.COMPLETED.value
