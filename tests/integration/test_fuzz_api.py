@@ -27,7 +27,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from app.http.openapi import build_spec
 from app.schemas import ID_PATTERN, MAX_DEPENDENCIES
-from app.services import actions, reads, submissions
+from app.services import actions, reads, schedules, submissions
 from app.statuses import Status
 from app.storage import database
 from app.storage.store import Outcome, Store
@@ -88,6 +88,9 @@ SEEDED = {
     "cancelled": Status.CANCELLED,
 }
 
+# Schedules the fuzzed routes may name: one firing every minute, one paused cron schedule.
+SCHEDULES = ["minutely", "nightly"]
+
 # The document the app serves, as JSON; test_the_fuzzed_document_is_the_served_one checks it.
 schema = schemathesis.openapi.from_dict(
     json.loads(json.dumps(build_spec())), config=SchemathesisConfig.from_dict(CONFIG)
@@ -105,7 +108,10 @@ def conforming_id(value: Any) -> bool:
 
 @schema.hook
 def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
-    """Name a seeded task half the time, or keep what was generated."""
+    """Name a seeded task (or schedule) half the time, or keep what was generated."""
+    if path_parameters and conforming_id(path_parameters.get("schedule_id")):
+        named = st.sampled_from(SCHEDULES).map(lambda i: {**path_parameters, "schedule_id": i})
+        return st.one_of(st.just(path_parameters), named)
     if not path_parameters or not conforming_id(path_parameters.get("task_id")):
         return st.just(path_parameters)
     seeded = st.sampled_from(sorted(SEEDED)).map(lambda i: {**path_parameters, "task_id": i})
@@ -151,6 +157,18 @@ def seed(store: Store) -> None:
     add("upstream", "failed")
     add("cancelled")
     actions.cancel(engine, "cancelled")
+    work = {"type": "simulate", "duration_ms": 1}
+    for body in (
+        {"id": "minutely", "interval_s": 60, "task": work},
+        {
+            "id": "nightly",
+            "cron": "0 2 * * *",
+            "timezone": "Europe/Paris",
+            "paused": True,
+            "batch": {"tasks": [{**work, "id": "a"}, {**work, "id": "b", "dependencies": ["a"]}]},
+        },
+    ):
+        schedules.create(engine, schedules.parse_new(body))
     statuses = {t: reads.get_status(engine, t)["status"] for t in SEEDED}
     assert statuses == SEEDED
 
