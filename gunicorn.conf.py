@@ -159,11 +159,12 @@ def post_worker_init(worker: Any) -> None:
     """
     from app import parts, start_scheduler
     from app.runtime.shutdown import GracefulStop
-    from app.startup import UNMIGRATED, freeze_heap
-    from app.storage.health import unmigrated
+    from app.startup import freeze_heap
+    from app.storage.health import schema_problem
 
-    if unmigrated(parts.engine(worker.wsgi)):
-        worker.log.error(UNMIGRATED)
+    problem = schema_problem(parts.engine(worker.wsgi))
+    if problem is not None:
+        worker.log.error(problem)
         sys.exit(WORKER_BOOT_ERROR)  # the master stops, rather than boot another
 
     freeze_heap()

@@ -13,8 +13,8 @@ from app.cli.metrics_endpoint import MetricsEndpoint
 from app.cli.schedules import schedules_cli
 from app.cli.tasks import tasks_cli
 from app.config import ConfigError
-from app.startup import UNMIGRATED, fail
-from app.storage.health import unmigrated
+from app.startup import fail
+from app.storage.health import schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ def run_scheduler() -> None:
     """
     from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 
-    if unmigrated(parts.engine()):
-        fail(ConfigError(UNMIGRATED))
+    problem = schema_problem(parts.engine())
+    if problem is not None:
+        fail(ConfigError(problem))
     endpoint = _metrics_endpoint()
     scheduler = parts.scheduler()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])

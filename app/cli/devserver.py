@@ -18,8 +18,8 @@ from app import parts
 from app.config import ConfigError
 from app.runtime.scheduler import Scheduler
 from app.runtime.shutdown import leave_lingering_handlers
-from app.startup import UNMIGRATED, fail
-from app.storage.health import unmigrated
+from app.startup import fail
+from app.storage.health import schema_problem
 
 # Named like the other stop messages, so that operators' log filters find them.
 log = logging.getLogger("app.shutdown")
@@ -68,8 +68,9 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     then, before Python waits for the pool's threads (which would let a running task go on
     for as long as it likes, and exit before its outcome was written).
     """
-    if unmigrated(parts.engine(app)):
-        fail(ConfigError(UNMIGRATED))
+    problem = schema_problem(parts.engine(app))
+    if problem is not None:
+        fail(ConfigError(problem))
     if not app.config["SCHEDULER_ENABLED"]:
         return None
     scheduler = parts.scheduler(app)

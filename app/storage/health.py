@@ -1,4 +1,5 @@
-"""The database's part of `/health`: does it serve reads, and writes?"""
+"""The database's part of `/health` (does it serve reads, and writes?), and whether its
+schema is the one this version needs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Any
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.startup import UNMIGRATED
 from app.storage import database, dbfaults
+
+# The migration this version of the code needs (migrations/versions/); a test holds it
+# to the newest revision there.
+SCHEMA_REVISION = "0008"
 
 
 def database_health(engine: Engine) -> dict[str, Any]:
@@ -35,13 +41,24 @@ def database_health(engine: Engine) -> dict[str, Any]:
     return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
 
 
-def unmigrated(engine: Engine) -> bool:
-    """Tell whether the database answers but lacks the tasks table (never migrated).
-
-    False when the database cannot be reached: the service waits for it, as at any time.
-    """
+def schema_problem(engine: Engine) -> str | None:
+    """Say why this version cannot run on the database's schema: never migrated, or
+    migrated by an older version. None when it can, or when the database cannot be
+    reached (the service waits for it, as at any time)."""
     try:
         with engine.connect() as conn:
-            return not inspect(conn).has_table("tasks")
+            tables = inspect(conn)
+            if not tables.has_table("tasks"):
+                return UNMIGRATED
+            if not tables.has_table("alembic_version"):
+                return None  # made from the models directly (tests), never by revisions
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError:
-        return False
+        return None
+    if revision is None or str(revision) >= SCHEMA_REVISION:
+        return None
+    return (
+        f"the database's schema is at revision {revision}, and this version needs "
+        f"{SCHEMA_REVISION}: stop every instance, run `flask db upgrade`, then start them "
+        "again (docs/deployment.md, Upgrading)"
+    )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import Connection, Engine, MetaData, Table, insert, inspect, select, text
 
@@ -17,6 +19,7 @@ from app.runtime.reaper import Reaper
 from app.services import actions, blockers, schedules, submissions
 from app.storage import counts, database
 from app.storage.database import utcnow
+from app.storage.health import SCHEMA_REVISION, schema_problem
 from app.storage.tables import deps, tasks
 from tests.support.store import register
 
@@ -436,3 +439,26 @@ def test_upgrade_to_0008_adds_schedules_beside_the_stored_tasks(database_url: st
 
 
 _SCHEDULED = {"type": "t", "duration_ms": 1}
+
+
+def test_the_code_needs_the_newest_revision_and_refuses_an_older_schema(
+    database_url: str,
+) -> None:
+    """SCHEMA_REVISION is the head of migrations/; on a database an older version
+    migrated, the commands refuse to work and say how to upgrade."""
+    heads = ScriptDirectory(str(Path(__file__).parents[2] / "migrations")).get_heads()
+    assert heads == [SCHEMA_REVISION]
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    with app.app_context():
+        upgrade(revision="0007")
+        problem = schema_problem(db.engine)
+        assert problem is not None
+        assert f"at revision 0007, and this version needs {SCHEMA_REVISION}" in problem
+        listed = app.test_cli_runner().invoke(args=["tasks", "list"])
+        assert listed.exit_code == 1
+        assert "flask db upgrade" in listed.stderr
+        upgrade()
+        assert schema_problem(db.engine) is None
+        downgrade(revision="base")
+        assert schema_problem(db.engine) is not None  # no tasks table: never migrated
+        db.engine.dispose()
