@@ -19,9 +19,14 @@ from urllib.parse import parse_qs, urlparse
 from task_scheduler_client import AuthenticatedClient, Client
 from task_scheduler_client.api.default import (
     cancel_task,
+    create_schedule,
+    delete_schedule,
+    edit_schedule,
+    get_schedule,
     get_status,
     get_task,
     health,
+    list_schedules,
     list_tasks,
     openapi_document,
     retry_task,
@@ -38,6 +43,10 @@ from task_scheduler_client.models import (
     Error,
     HealthOut,
     HealthStatus,
+    ScheduledTaskIn,
+    ScheduleEdit,
+    ScheduleIn,
+    ScheduleOut,
     SchedulerState,
     Status,
     TaskIn,
@@ -135,7 +144,27 @@ def main(base_url: str, token: str) -> None:
             break
     assert sorted(seen) == ["b0", "b1", "b2"], seen
 
+    schedules(client)
     print(json.dumps(sorted(set(called))))
+
+
+def schedules(client: AuthenticatedClient) -> None:
+    """Create, read, list, pause and delete a schedule through the typed client."""
+    work = ScheduledTaskIn(type_="simulate", duration_ms=1)
+    body = ScheduleIn(id="nightly", cron="0 2 * * *", timezone="Europe/Paris", task=work)
+    made = answer(create_schedule, client, body=body, expect=201).parsed
+    assert isinstance(made, ScheduleOut) and made.cron == "0 2 * * *"
+    assert len(made.next_firings) == 5 and made.next_firings[0].tzinfo is not None
+    assert made.last_firing is None and made.counts.fired == 0
+    shown = answer(get_schedule, client, "nightly").parsed
+    assert isinstance(shown, ScheduleOut) and shown.timezone == "Europe/Paris"
+    listed = answer(list_schedules, client, limit=10).parsed
+    assert [s.id for s in listed] == ["nightly"]
+    paused = answer(edit_schedule, client, "nightly", body=ScheduleEdit(paused=True)).parsed
+    assert paused.paused is True and paused.next_firings == []
+    answer(delete_schedule, client, "nightly", expect=204)
+    gone = answer(get_schedule, client, "nightly", expect=404).parsed
+    assert isinstance(gone, Error) and gone.code == "not_found"
 
 
 if __name__ == "__main__":
