@@ -13,9 +13,10 @@ schedule's `next_fire_at` on, on the condition that it still holds the instant b
 commits, the other's condition fails and it stores nothing. A crash before the commit
 leaves neither, and the firing is found due again.
 
-After downtime several instants may be due at once; `catch_up` decides which run:
-`skip` runs the latest only if it is less than GRACE_S late, `last` runs the latest
-however late, a number N runs the N latest. Those not run are counted as missed.
+After downtime several instants may be due at once. Those late by less than the
+schedule's grace (grace_s) always run; of the later ones `catch_up` decides: `skip` runs
+none, `last` the latest unless one is on time, a number N the latest up to N in all.
+Those not run are counted as missed.
 `overlap: skip` skips an instant while a task of the previous firing is unfinished.
 """
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from itertools import islice
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -52,14 +55,22 @@ SUFFIX_LENGTH = 1 + len("20261205T030000Z")
 MAX_SCHEDULE_ID = MAX_SCHEDULE_ID_LENGTH
 MAX_INTERVAL_S = 366 * 86_400
 MAX_CATCH_UP = 100
-# A firing later than this is late: `catch_up: skip` does not run it.
-GRACE_S = 60
+# How late an instant may be and still run whatever `catch_up` says (grace_s).
+MIN_GRACE_S = 10
+MAX_GRACE_S = 60
+# On-time instants one run fires at most (an interval of 1 s: a minute's worth).
+MAX_ON_TIME = MAX_GRACE_S + 1
 # How many upcoming firings a schedule shows.
 SHOWN_FIRINGS = 5
-# Due schedules handled per firer run.
+# Due schedules read at once, and pages of them one firer run handles at most.
 DUE_PER_RUN = 100
+MAX_PAGES = 10
 # Missed instants of a cron expression counted at most after a long downtime.
 MAX_WALK = 10_000
+# More than any zone's clock change: where a scan for the next or last match starts.
+DST_MARGIN = timedelta(hours=3)
+# Matches a scan looks at: a match every minute gives 180 inside the margin.
+MAX_SCAN = 400
 FIELDS = ("id", "cron", "interval_s", "timezone", "task", "batch", "catch_up", "overlap", "paused")
 EDITABLE = set(FIELDS) - {"id"}
 _ID = re.compile(ID_PATTERN)
@@ -80,10 +91,13 @@ class Timing:
             elapsed = (moment - self.anchor).total_seconds()
             steps = max(0, int(elapsed // self.interval_s)) + 1
             return self.anchor + timedelta(seconds=steps * self.interval_s)
-        assert self.cron is not None
-        zone = ZoneInfo(self.timezone)
-        local = moment.replace(tzinfo=UTC).astimezone(zone)
-        return _naive(next(CronSim(self.cron, local)))
+        # From a little before, kept only once past `moment` in UTC: in the hour a zone
+        # repeats when its clocks go back, cronsim's local arithmetic can answer a match
+        # of the first pass through that hour while `moment` is already in the second.
+        for match in self._matches(moment - DST_MARGIN, reverse=False):
+            if match > moment:
+                return match
+        raise ValueError(f"cron {self.cron!r} has no match after {moment}")
 
     def latest(self, moment: datetime) -> datetime | None:
         """Return the last instant at or before `moment`, or None if there is none."""
@@ -92,13 +106,17 @@ class Timing:
             if steps < 1:
                 return None
             return self.anchor + timedelta(seconds=steps * self.interval_s)
+        for match in self._matches(moment + DST_MARGIN, reverse=True):
+            if match <= moment:
+                return match
+        return None
+
+    def _matches(self, start: datetime, *, reverse: bool) -> Iterator[datetime]:
+        """Yield the cron expression's matches from `start` (naive UTC), in naive UTC, at
+        most MAX_SCAN of them: enough to pass the margin around `start`."""
         assert self.cron is not None
-        zone = ZoneInfo(self.timezone)
-        local = (moment + timedelta(seconds=1)).replace(tzinfo=UTC).astimezone(zone)
-        try:
-            return _naive(next(CronSim(self.cron, local, reverse=True)))
-        except StopIteration:
-            return None
+        local = start.replace(tzinfo=UTC).astimezone(ZoneInfo(self.timezone))
+        return (_naive(m) for m in islice(CronSim(self.cron, local, reverse=reverse), MAX_SCAN))
 
     def last(self, first: datetime, moment: datetime, n: int) -> list[datetime]:
         """Return the `n` latest instants from `first` to `moment`, oldest first."""
@@ -213,9 +231,13 @@ def _deeper_problem(name: str, value: Any) -> str | None:
     """What is wrong with a field that has the right shape, if anything."""
     if name == "cron":
         try:
-            CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+            # cronsim looks 50 years ahead for a match: none is an expression that
+            # never fires ("0 0 */20 * 1L": day 1, 21 or 41 is never the last Monday).
+            next(CronSim(value, datetime.now(UTC)))
         except (CronSimError, ValueError) as exc:
             return f"Not a valid cron expression: {str(exc)[:100]}."
+        except StopIteration:
+            return "This cron expression never matches a date."
     if name == "task" and "id" in value:
         return "A schedule's task has no id: each firing names it."
     return None
@@ -258,11 +280,14 @@ _STORED: dict[str, Callable[[Any], Any]] = {
 def _known_zone(zone: Any) -> bool:
     if type(zone) is not str or not 1 <= len(zone) <= 64 or zone.startswith(("/", ".")):
         return False
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
+    return zone in _zones()
+
+
+@cache
+def _zones() -> frozenset[str]:
+    """The IANA zones: not `localtime` or `posixrules` (a copy of whatever zone this
+    host is set to, different from host to host) nor `Factory` (no zone at all)."""
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 SAMPLE = datetime(2000, 1, 1)
@@ -285,6 +310,23 @@ def _check_work(spec: dict[str, Any], details: dict[str, str], admission: Admiss
             details[f"{kind}.{key}" if key not in ("", "_") else kind] = text
 
 
+def _check_dependencies(
+    conn: Connection, schedule_id: str, kind: str, body: dict[str, Any]
+) -> None:
+    """Refuse work that depends on tasks no one stored: every firing would fail."""
+    items = wanted(schedule_id, kind, body, SAMPLE)
+    members = {task["id"] for task in items}
+    outside = sorted({d for task in items for d in task["dependencies"] if d not in members})
+    missing = sorted(set(outside) - tasks.existing(conn, outside))
+    if missing:
+        name = "task.dependencies" if kind == "task" else "batch"
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ValidationFailed(
+            f"{len(missing)} dependencies name no stored task: {shown}.",
+            {name: f"Unknown tasks: {shown}."},
+        )
+
+
 def _kind(spec: dict[str, Any]) -> str:
     return "task" if "task" in spec else "batch"
 
@@ -303,7 +345,29 @@ def wanted(
         return batch.parse_batch({"tasks": [{**body, "id": schedule_id + suffix}]})
     items = body.get("tasks")
     if isinstance(items, list):
+        nameless = [
+            f"tasks.{k}.id" for k, t in enumerate(items) if isinstance(t, dict) and "id" not in t
+        ]
+        if nameless:
+            raise ValidationFailed(
+                "Each task of a scheduled batch needs an id: a firing appends its instant.",
+                {name: "Missing: the task of a schedule's batch needs an id." for name in nameless},
+            )
         members = {t["id"] for t in items if isinstance(t, dict) and isinstance(t.get("id"), str)}
+        suffixed = {m + suffix for m in members}
+        aliases = [
+            f"tasks.{k}.dependencies"
+            for k, t in enumerate(items)
+            if isinstance(t, dict)
+            and isinstance(t.get("dependencies"), list)
+            and any(d in suffixed for d in t["dependencies"])
+        ]
+        if aliases:
+            raise ValidationFailed(
+                "A dependency names a task of this batch as one firing would: name it "
+                "without the instant, and each firing's tasks depend on each other.",
+                {name: "Names a member with an instant." for name in aliases},
+            )
         too_long = [
             f"tasks.{k}.id"
             for k, t in enumerate(items)
@@ -370,17 +434,19 @@ def create(engine: Engine, spec: dict[str, Any], now: datetime | None = None) ->
 
     def work(conn: Connection) -> Created:
         at = _now(conn, now)
-        existing = rows.get(conn, spec["id"])
-        if existing is not None:
-            if _config(existing) != _config(_row(spec, at)):
-                raise DuplicateId(
-                    f"A schedule {spec['id']!r} already exists with a different body.",
-                    {"id": spec["id"]},
-                )
-            return Created(existing, created=False)
         row = _row(spec, at)
-        rows.add(conn, row)
-        return Created(row, created=True)
+        _check_dependencies(conn, row["id"], row["kind"], row["body"])
+        # Two identical requests at once: one inserts, the other finds its row.
+        if rows.add(conn, row):
+            return Created(row, created=True)
+        existing = rows.get(conn, spec["id"])
+        assert existing is not None, "an id the insert found taken is stored"
+        if _config(existing) != _config(row):
+            raise DuplicateId(
+                f"A schedule {spec['id']!r} already exists with a different body.",
+                {"id": spec["id"]},
+            )
+        return Created(existing, created=False)
 
     created = database.transaction(engine, work)
     if created.created:
@@ -431,7 +497,9 @@ def _row(spec: dict[str, Any], at: datetime) -> dict[str, Any]:
     return row
 
 
-_CONFIG = ("cron", "interval_s", "timezone", "kind", "body", "catch_up", "overlap", "paused")
+# What makes two creations the same schedule. Not `paused`: a deploy script creating it
+# again finds it as it is, paused from the dashboard or not.
+_CONFIG = ("cron", "interval_s", "timezone", "kind", "body", "catch_up", "overlap")
 
 
 def _config(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -485,7 +553,8 @@ def edit(
 
     def work(conn: Connection) -> dict[str, Any]:
         at = _now(conn, now)
-        row = rows.get(conn, _known(schedule_id))
+        # Locked to the end: two edits (or an edit and a firing) take turns on PostgreSQL.
+        row = rows.get(conn, _known(schedule_id), lock=True)
         if row is None:
             raise _not_found(schedule_id)
         new = dict(row)
@@ -505,7 +574,9 @@ def edit(
             _check_work({"id": schedule_id, new["kind"]: new["body"]}, details, admission)
             if details:
                 raise ValidationFailed("The change is invalid.", details)
-        retimed = any(n in changes for n in ("cron", "interval_s", "timezone"))
+            _check_dependencies(conn, schedule_id, new["kind"], new["body"])
+        # The same timing sent again keeps the schedule's rhythm.
+        retimed = any(new[n] != row[n] for n in ("cron", "interval_s", "timezone"))
         resumed = row["paused"] and not new["paused"]
         if retimed:
             new["anchor_at"] = at
@@ -515,7 +586,8 @@ def edit(
             new["next_fire_at"] = timing_of(new).after(at)
         new["updated_at"] = at
         values = {k: v for k, v in new.items() if k not in ("id", "version") and row[k] != v}
-        rows.change(conn, schedule_id, row["version"], values)
+        changed = rows.change(conn, schedule_id, row["version"], values)
+        assert changed, "the row is locked: no one else changed it"
         new["version"] = row["version"] + 1
         return new
 
@@ -568,11 +640,15 @@ def fire_due(
     """Fire every schedule due at `now` (None: the database's time), each in its own
     transaction, fenced so that no firing happens twice."""
     report = Fired()
-    with database.read(engine) as conn:
-        at = _now(conn, now)
-        due = rows.due(conn, at, limit)
-    for row in due:
-        _fire_one(engine, admission, row, at, report)
+    at = None
+    for _ in range(MAX_PAGES):
+        with database.read(engine) as conn:
+            at = at or _now(conn, now)
+            due = rows.due(conn, at, limit)
+        for row in due:
+            _fire_one(engine, admission, row, at, report)
+        if len(due) < limit:
+            break  # a handled schedule is due again only after `at`
     return report
 
 
@@ -581,18 +657,44 @@ class _Plan:
     run: list[datetime]
     missed: int
     next_at: datetime
+    last_missed: datetime | None = None
 
 
 def plan(row: dict[str, Any], now: datetime) -> _Plan:
-    """Decide which due instants of a schedule run at `now`, and when it fires next."""
+    """Decide which due instants of a schedule run at `now`, and when it fires next.
+
+    An instant late by less than the schedule's grace always runs: a firer a second
+    behind, or an instance restarting, is not downtime. Those later than that are
+    missed, but for what `catch_up` runs of them: none (skip), the latest if nothing is
+    on time (last), or the latest of them up to N in all (N).
+    """
     timing = timing_of(row)
     first: datetime = row["next_fire_at"]
+    cut = now - timedelta(seconds=grace_s(row))  # on time from here on
+    on_time = timing.last(max(first, cut), now, MAX_ON_TIME)
+    late_end = cut - timedelta(seconds=1)
+    late = timing.count(first, late_end) if first <= late_end else 0
     catch_up = row["catch_up"]
-    run = timing.last(first, now, int(catch_up) if catch_up.isdigit() else 1)
-    if catch_up == "skip" and run and (now - run[-1]).total_seconds() > GRACE_S:
-        run = []
-    missed = max(0, timing.count(first, now) - len(run))
-    return _Plan(run, missed, timing.after(now))
+    if catch_up == "skip" or not late:
+        wanted_late = 0
+    elif catch_up == "last":
+        wanted_late = 0 if on_time else 1
+    else:
+        wanted_late = max(0, int(catch_up) - len(on_time))
+    caught = timing.last(first, late_end, wanted_late) if wanted_late else []
+    missed = late - len(caught)
+    last_missed = None
+    if missed:
+        last_missed = timing.latest(caught[0] - timedelta(seconds=1) if caught else late_end)
+    return _Plan(caught + on_time, missed, timing.after(now), last_missed)
+
+
+def grace_s(row: dict[str, Any]) -> int:
+    """How late an instant may be and still run whatever `catch_up` says: a minute for a
+    cron expression, the interval (from 10 s to a minute) for an interval."""
+    if row["interval_s"] is None:
+        return MAX_GRACE_S
+    return min(MAX_GRACE_S, max(MIN_GRACE_S, row["interval_s"]))
 
 
 def _fire_one(
@@ -686,7 +788,11 @@ def _recorded(
         kind, instant, error = outcomes[-1]
         values |= {"last_fire_at": instant, "last_outcome": kind, "last_error": error}
     elif decided.missed:
-        values |= {"last_outcome": "missed", "last_error": None}
+        values |= {
+            "last_fire_at": decided.last_missed,
+            "last_outcome": "missed",
+            "last_error": None,
+        }
     return values
 
 
@@ -741,7 +847,7 @@ def shape(row: dict[str, Any]) -> dict[str, Any]:
         out["last_firing"] = {
             "at": None if row["last_fire_at"] is None else iso(row["last_fire_at"]),
             "outcome": row["last_outcome"],
-            "batch_id": row["last_batch_id"],
+            "batch_id": row["last_batch_id"] if row["last_outcome"] == "fired" else None,
             "error": row["last_error"],
         }
     return out

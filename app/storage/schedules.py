@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.storage.tables import schedules, tasks
 
@@ -13,9 +15,13 @@ from app.storage.tables import schedules, tasks
 UNFINISHED = ("QUEUED", "RUNNING")
 
 
-def get(conn: Connection, schedule_id: str) -> dict[str, Any] | None:
-    """Return one schedule's row as a dict, or None."""
-    row = conn.execute(select(schedules).where(schedules.c.id == schedule_id)).mappings().first()
+def get(conn: Connection, schedule_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """Return one schedule's row as a dict, or None; with `lock`, locked until the end of
+    the transaction (on PostgreSQL: SQLite runs one writer at a time)."""
+    query = select(schedules).where(schedules.c.id == schedule_id)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
     return None if row is None else dict(row)
 
 
@@ -27,9 +33,16 @@ def page(conn: Connection, after: str | None, limit: int) -> list[dict[str, Any]
     return [dict(row) for row in conn.execute(query).mappings()]
 
 
-def add(conn: Connection, row: dict[str, Any]) -> None:
-    """Insert a schedule; an existing id raises IntegrityError."""
-    conn.execute(insert(schedules).values(**row))
+def add(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert a schedule unless its id is taken; tell whether it was inserted.
+
+    On PostgreSQL, an insert of the same id in flight elsewhere is waited for: once it
+    commits this one finds the id taken, and a read that follows sees that row.
+    """
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = dialect_insert(schedules).values(**row).on_conflict_do_nothing()
+    # RETURNING, not the row count: psycopg's pipeline leaves the count unknown (-1).
+    return conn.execute(statement.returning(schedules.c.id)).first() is not None
 
 
 def change(conn: Connection, schedule_id: str, version: int, values: dict[str, Any]) -> bool:

@@ -182,6 +182,21 @@ def pause() -> Step:
     return Step("pause", lambda g: schedules.edit(g.engine, "tick", {"paused": True})["paused"])
 
 
+def set_overlap() -> Step:
+    """Another user changes the schedule's overlap rule."""
+    change = {"overlap": "skip"}
+    return Step("overlap", lambda g: schedules.edit(g.engine, "tick", change)["overlap"])
+
+
+def create_schedule(client: str) -> Step:
+    """A client creates the schedule `again`; two clients send the same body at once."""
+    body = {"id": "again", "interval_s": 60, "task": {"type": "t", "duration_ms": 1}}
+    return Step(
+        f"create({client})",
+        lambda g: schedules.create(g.engine, schedules.parse_new(body)).created,
+    )
+
+
 def reap() -> Step:
     """A live instance declares the worker dead and ends its attempts."""
     return Step("reap(w1)", lambda g: g.store.reap(WORKER, "declared dead"))
@@ -487,6 +502,8 @@ SCENARIOS = [
     # Two instances fire the same instant: one stores its task, the other nothing.
     Scenario("fire_vs_fire", schedule_due, fire("one"), fire("two")),
     Scenario("fire_vs_pause", schedule_due, fire("one"), pause()),
+    # Two clients create the same schedule: one creates it, the other is answered a replay.
+    Scenario("create_vs_create", schedule_due, create_schedule("one"), create_schedule("two")),
 ]
 
 
@@ -623,3 +640,20 @@ def test_a_deadlock_is_recorded_and_its_victim_retried(explorer: Explorer) -> No
     report = explorer.explore(scenario)
     assert report.deadlocks
     assert not report.failed, report.describe()
+
+
+def test_two_edits_of_a_schedule_both_stay_whatever_the_interleaving(
+    explorer: Explorer,
+) -> None:
+    """A pause and another edit at once: each waits for the other's row lock, so neither
+    is answered 200 for a change the other then overwrites."""
+    scenario = Scenario("edit_vs_edit", schedule_due, pause(), set_overlap())
+    for paused, running in ((pause(), set_overlap()), (set_overlap(), pause())):
+        steps = explorer.run_alone(explorer.fresh(scenario), paused).track.labels
+        for k in range(len(steps)):
+            world = explorer.fresh(scenario)
+            held, other, _ = explorer.interleave(world, paused, running, k)
+            assert (held.error, other.error) == (None, None), (k, steps[k])
+            with explorer.engine.connect() as conn:
+                row = conn.execute(text("SELECT paused, overlap FROM schedules")).one()
+            assert (row.paused, row.overlap) == (True, "skip"), (paused.label, k, steps[k])

@@ -322,8 +322,12 @@ def test_a_batch_fires_with_every_id_suffixed_and_its_edges_rewritten(
 def test_a_firing_that_cannot_be_stored_is_recorded_and_the_schedule_goes_on(
     either_app: Flask,
 ) -> None:
+    client = either_app.test_client()
+    assert client.post("/api/tasks", json={"id": "gone", "type": "simulate", "duration_ms": 1})
     task = {"type": "simulate", "duration_ms": 1, "dependencies": ["gone"]}
     _create(either_app, {"id": "orphan", "interval_s": 60, "task": task})
+    with parts.engine(either_app).begin() as conn:  # as retention would, once it finished
+        conn.exec_driver_sql("DELETE FROM tasks WHERE id = 'gone'")
     report = _fire(either_app, T0 + timedelta(minutes=1))
     assert report.fired == [] and [c for _, _, c in report.failed] == ["unknown_dependency"]
     shown = either_app.test_client().get("/api/schedules/orphan").get_json()
@@ -416,7 +420,9 @@ def test_every_change_of_a_schedule_is_logged_and_firings_are_counted(
     firer = Firer(partial(schedules.fire_due, parts.engine(app)), metrics, lambda: None)
     firer.run_once(T0 + timedelta(minutes=1))
     firer.run_once(T0 + timedelta(minutes=2))  # the first firing's task is unfinished
-    firer.run_once(T0 + timedelta(minutes=5))  # two instants late: missed
+    # 03:09 and 03:10 are within the grace (a minute): skipped, as the first is unfinished;
+    # 03:03 to 03:08 are later than that: missed (catch_up: skip).
+    firer.run_once(T0 + timedelta(minutes=10))
     schedules.delete(parts.engine(app), "tick")
     lines = [r.getMessage() for r in caplog.records if r.name == "app.schedules"]
     assert lines[0].startswith("schedule tick created: every 60 s, next firing ")
@@ -427,8 +433,8 @@ def test_every_change_of_a_schedule_is_logged_and_firings_are_counted(
     assert lines[-1] == "schedule tick deleted"
     exposed = metrics.exposition().decode()
     assert 'taskscheduler_schedule_firings_total{outcome="fired"} 1.0' in exposed
-    assert 'taskscheduler_schedule_firings_total{outcome="skipped"} 2.0' in exposed
-    assert 'taskscheduler_schedule_firings_total{outcome="missed"} 2.0' in exposed
+    assert 'taskscheduler_schedule_firings_total{outcome="skipped"} 3.0' in exposed
+    assert 'taskscheduler_schedule_firings_total{outcome="missed"} 6.0' in exposed
 
 
 def test_a_firing_runs_through_the_steppable_loop(app: Flask) -> None:
@@ -456,3 +462,95 @@ def test_a_firing_runs_through_the_steppable_loop(app: Flask) -> None:
     threads[0].finish("tick.20261205T030100Z")
     scheduler.run_once(at)
     assert row(parts.store(app), "tick.20261205T030100Z").status == Status.COMPLETED.value
+
+
+def test_an_instant_a_little_late_runs_and_is_not_missed(either_app: Flask) -> None:
+    """A firer a second behind sees two instants of a 1 s schedule due: both run."""
+    _create(either_app, _every_minute(interval_s=1))
+    assert len(_fire(either_app, T0 + timedelta(seconds=1)).fired) == 1
+    report = _fire(either_app, T0 + timedelta(seconds=3))
+    assert [i for _, i, _ in report.fired] == [T0 + timedelta(seconds=s) for s in (2, 3)]
+    assert report.missed == []
+    # Past the grace (10 s for a 1 s interval), what was due is downtime: catch_up decides.
+    late = _fire(either_app, T0 + timedelta(seconds=30))
+    assert [i for _, i, _ in late.fired] == [T0 + timedelta(seconds=s) for s in range(20, 31)]
+    assert late.missed == [("tick", 16)]  # 4 to 19
+    shown = either_app.test_client().get("/api/schedules/tick").get_json()
+    assert shown["counts"]["missed"] == 16 and shown["last_firing"]["outcome"] == "fired"
+
+
+def test_a_run_of_only_missed_instants_shows_the_latest_missed(either_app: Flask) -> None:
+    _create(either_app, _every_minute(interval_s=300))
+    with parts.engine(either_app).connect() as conn:  # pretend it fired at 03:05
+        conn.exec_driver_sql("UPDATE schedules SET last_batch_id = 'tick.20261205T030500Z'")
+        conn.commit()
+    _fire(either_app, T0 + timedelta(minutes=32))  # 03:05 to 03:30 are late: all missed
+    last = either_app.test_client().get("/api/schedules/tick").get_json()["last_firing"]
+    assert last == {
+        "at": "2026-12-05T03:30:00.000Z",
+        "outcome": "missed",
+        "batch_id": None,
+        "error": None,
+    }
+
+
+def test_sending_the_same_timing_keeps_the_rhythm(either_app: Flask) -> None:
+    _create(either_app, _every_minute(interval_s=10))  # 03:00:10, 03:00:20, ...
+    later = T0 + timedelta(seconds=13)
+    same = schedules.edit(parts.engine(either_app), "tick", {"interval_s": 10}, now=later)
+    assert same["next_fire_at"] == T0 + timedelta(seconds=10)  # not fired yet, as before
+    other = schedules.edit(parts.engine(either_app), "tick", {"interval_s": 7}, now=later)
+    assert other["next_fire_at"] == later + timedelta(seconds=7)
+
+
+def test_what_would_fail_every_firing_is_refused_at_creation(client: Any) -> None:
+    unknown = {
+        **_every_minute(),
+        "task": {"type": "simulate", "duration_ms": 1, "dependencies": ["nope"]},
+    }
+    answer = client.post("/api/schedules", json=unknown)
+    assert answer.status_code == 400 and "task.dependencies" in answer.get_json()["details"]
+    nameless = {
+        "id": "b",
+        "interval_s": 60,
+        "batch": {"tasks": [{"type": "simulate", "duration_ms": 1}]},
+    }
+    answer = client.post("/api/schedules", json=nameless)
+    assert answer.status_code == 400 and "batch.tasks.0.id" in answer.get_json()["details"]
+    alias = {
+        "id": "b",
+        "interval_s": 60,
+        "batch": {
+            "tasks": [
+                {"id": "a", "type": "simulate", "duration_ms": 1},
+                {
+                    "id": "c",
+                    "type": "simulate",
+                    "duration_ms": 1,
+                    "dependencies": ["a.20000101T000000Z"],
+                },
+            ]
+        },
+    }
+    answer = client.post("/api/schedules", json=alias)
+    assert answer.status_code == 400
+    assert "batch.tasks.1.dependencies" in answer.get_json()["details"]
+    for zone in ("localtime", "posixrules", "Factory"):
+        answer = client.post("/api/schedules", json={**_every_minute(), "timezone": zone})
+        assert answer.status_code == 400 and "timezone" in answer.get_json()["details"]
+
+
+def test_a_paused_schedule_created_again_unpaused_is_a_replay(client: Any) -> None:
+    assert client.post("/api/schedules", json=_every_minute()).status_code == 201
+    assert client.patch("/api/schedules/tick", json={"paused": True}).status_code == 200
+    again = client.post("/api/schedules", json=_every_minute())
+    assert again.status_code == 200 and again.get_json()["paused"] is True
+
+
+def test_browsers_may_patch_and_delete_from_another_origin(client: Any) -> None:
+    answer = client.options(
+        "/api/schedules/tick",
+        headers={"Origin": "http://elsewhere", "Access-Control-Request-Method": "PATCH"},
+    )
+    methods = answer.headers["Access-Control-Allow-Methods"]
+    assert "PATCH" in methods and "DELETE" in methods
