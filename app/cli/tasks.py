@@ -27,6 +27,7 @@ from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
 from app.schemas import TaskOut, load_task
 from app.services import actions, batch, reads, submissions
+from app.startup import UNMIGRATED
 from app.statuses import Status
 from app.storage import retention
 from app.storage.dbfaults import database_error
@@ -104,13 +105,16 @@ def clean_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         behind = schema_problem(parts.engine())
-        if behind is not None:  # an older version's schema: nothing here may work on it
-            fail("database_error", behind)
+        if behind is not None and behind != UNMIGRATED:
+            fail("database_error", behind)  # an older version's schema: nothing may run
         try:
             return command(*args, **kwargs)
         except ApiError as exc:
             fail(exc.code, exc.message, exc.details)
         except SQLAlchemyError as exc:
+            problem = schema_problem(parts.engine())
+            if problem is not None:  # never migrated: what failed was the missing tables
+                fail("database_error", problem)
             known = database_error(exc)  # the same code and advice an API client gets
             if known is not None:
                 fail(known.code, known.message)

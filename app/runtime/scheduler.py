@@ -155,8 +155,10 @@ class Scheduler:
             )
             self._thread.start()
             return
-        self._started()
+        # Known before the maintenance threads start: one of them may already be running
+        # when a stop comes, and the stop must find a loop to stop.
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._started()
         self._thread.start()
 
     def _not_registered(self, problem: str) -> None:
@@ -220,7 +222,8 @@ class Scheduler:
         self._await_attempts(grace_s, self._hurry)
         self._halt.set()
         self.wake()
-        self._thread.join()
+        if self._thread.ident is not None:  # else it starts, sees the halt and returns
+            self._thread.join()
         if self.id is None:  # it never registered: nothing to write back
             self.state = "stopped"
             return

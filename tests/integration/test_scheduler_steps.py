@@ -375,3 +375,29 @@ def test_a_drain_says_what_became_of_each_attempt_it_stops(
     assert "task kept requeued at shutdown" in caplog.text
     assert "task cancelled cancelled, as a user had asked" in caplog.text
     assert "task cancelled requeued" not in caplog.text
+
+
+def test_a_stop_while_the_maintenance_threads_start_stops_the_scheduler(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that comes once the first maintenance thread runs, before the loop's thread
+    has started (a prune's first chunk, SIGTERM at that moment), stops everything."""
+    app = make_app(SCHEDULER_ENABLED="true", POLLING_INTERVAL="3600000")
+    scheduler: Scheduler = app.extensions["scheduler"]
+    started = scheduler._started
+    stopped: list[str] = []
+
+    def then_stop() -> None:
+        started()
+        stopper = threading.Thread(target=scheduler.stop, args=(5,))
+        stopper.start()
+        stopper.join(30)
+        stopped.append(scheduler.state)
+
+    monkeypatch.setattr(scheduler, "_started", then_stop)
+    start_scheduler(app)
+    assert stopped == ["stopped"]
+    thread = scheduler._thread
+    assert thread is not None
+    thread.join(10)  # it started after the stop, saw the halt and returned
+    assert not thread.is_alive()
