@@ -536,7 +536,9 @@ def test_sqlite_gunicorn_plus_flask_scheduler_run_each_task_once(lite: Cluster) 
     server = lite.launcher.gunicorn(lite.db, **lite.settings(MAX_CONCURRENT_TASKS=str(cap)))
     (extra,) = lite.launcher.schedulers(lite.db, 1, **lite.settings(MAX_CONCURRENT_TASKS="3"))
     lite.wait_instances(2)
-    loose = independent(random.Random(500), 500, 1, 5)
+    # Long enough that the sampling of RUNNING rows (every 20 ms) sees some: 500 tasks
+    # of 1-5 ms once all ended between two samples (CI, on this machine).
+    loose = independent(random.Random(500), 300, 10, 30)
     server.submit_batch(loose)
     ids = [t["id"] for t in loose]
 
