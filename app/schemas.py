@@ -232,8 +232,10 @@ CATCH_UP = {
     "description": "After downtime: skip the missed firings (run the latest only if it is "
     "under a minute late), run only the last, or run up to this many of the latest.",
 }
+# What a firing appends to an id: "." and its instant, YYYYMMDDTHHMMSSZ.
+FIRING_SUFFIX_LENGTH = len(".20261205T030000Z")
 # A firing's batch id is `<schedule id>.<instant>`, and a batch id holds 64 characters.
-MAX_SCHEDULE_ID_LENGTH = 64 - len(".20261205T030000Z")
+MAX_SCHEDULE_ID_LENGTH = 64 - FIRING_SUFFIX_LENGTH
 
 
 class ScheduledTaskIn(TaskIn):

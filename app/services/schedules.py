@@ -36,7 +36,13 @@ from cronsim import CronSim, CronSimError
 
 from app import faults
 from app.errors import ApiError, DuplicateId, InvalidParameter, NotFound, ValidationFailed
-from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_SCHEDULE_ID_LENGTH
+from app.schemas import (
+    FIRING_SUFFIX_LENGTH,
+    ID_MESSAGE,
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_SCHEDULE_ID_LENGTH,
+)
 from app.services import batch
 from app.services.admission import Admission
 from app.services.submissions import OPEN, insert_tasks
@@ -49,10 +55,7 @@ if TYPE_CHECKING:
 # The firer's logger too: one filter shows every change of a schedule.
 log = logging.getLogger("app.schedules")
 
-INSTANT_FORMAT = "%Y%m%dT%H%M%SZ"
 # "." and the instant: what a firing appends to an id.
-SUFFIX_LENGTH = 1 + len("20261205T030000Z")
-MAX_SCHEDULE_ID = MAX_SCHEDULE_ID_LENGTH
 MAX_INTERVAL_S = 366 * 86_400
 MAX_CATCH_UP = 100
 # How late an instant may be and still run whatever `catch_up` says (grace_s).
@@ -178,9 +181,9 @@ def parse_new(body: dict[str, Any], admission: Admission = OPEN) -> dict[str, An
     details: dict[str, str] = {}
     schedule_id = body.get("id")
     if not _valid_id(schedule_id):
-        details["id"] = ID_MESSAGE.format(max=MAX_SCHEDULE_ID) + (
-            f" A firing's batch id, {MAX_SCHEDULE_ID} characters at most and then '.' and its"
-            " instant, must fit a batch id's 64."
+        details["id"] = ID_MESSAGE.format(max=MAX_SCHEDULE_ID_LENGTH) + (
+            f" A firing's batch id, {MAX_SCHEDULE_ID_LENGTH} characters at most and then '.'"
+            " and its instant, must fit a batch id's 64."
         )
     spec = _parse_fields(body, details, require_pairs=True)
     if details:
@@ -195,7 +198,7 @@ def parse_new(body: dict[str, Any], admission: Admission = OPEN) -> dict[str, An
 def _valid_id(value: Any) -> bool:
     return (
         type(value) is str
-        and 1 <= len(value) <= MAX_SCHEDULE_ID
+        and 1 <= len(value) <= MAX_SCHEDULE_ID_LENGTH
         and _ID.fullmatch(value) is not None
     )
 
@@ -373,12 +376,12 @@ def wanted(
             for k, t in enumerate(items)
             if isinstance(t, dict)
             and isinstance(t.get("id"), str)
-            and len(t["id"]) > MAX_ID_LENGTH - SUFFIX_LENGTH
+            and len(t["id"]) > MAX_ID_LENGTH - FIRING_SUFFIX_LENGTH
         ]
         if too_long:
             raise ValidationFailed(
                 "Task ids of a scheduled batch are at most "
-                f"{MAX_ID_LENGTH - SUFFIX_LENGTH} characters: a firing appends its instant.",
+                f"{MAX_ID_LENGTH - FIRING_SUFFIX_LENGTH} characters: a firing appends its instant.",
                 {name: "Too long." for name in too_long},
             )
         body = {"tasks": [_suffixed(t, members, suffix) for t in items]} | {
@@ -519,7 +522,7 @@ def _not_found(schedule_id: str) -> NotFound:
     if _valid_id(schedule_id):
         return NotFound(f"No schedule {schedule_id!r}.", {"id": schedule_id})
     shown = repr(schedule_id[:40]) + ("..." if len(schedule_id) > 40 else "")
-    rule = ID_MESSAGE.format(max=MAX_SCHEDULE_ID).removeprefix("Use ")
+    rule = ID_MESSAGE.format(max=MAX_SCHEDULE_ID_LENGTH).removeprefix("Use ")
     return NotFound(f"No schedule {shown}; schedule ids use {rule}")
 
 

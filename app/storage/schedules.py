@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -71,15 +71,6 @@ def due(conn: Connection, now: datetime, limit: int) -> list[dict[str, Any]]:
     return [dict(row) for row in conn.execute(query).mappings()]
 
 
-def next_due(conn: Connection) -> datetime | None:
-    """Return the soonest next firing of any schedule."""
-    query = select(schedules.c.next_fire_at).where(schedules.c.next_fire_at.is_not(None))
-    moment: datetime | None = conn.execute(
-        query.order_by(schedules.c.next_fire_at).limit(1)
-    ).scalar()
-    return moment
-
-
 def hold(conn: Connection, schedule_id: str, instant: datetime, version: int) -> bool:
     """Lock a schedule's row for this transaction if it still fires next at `instant` at
     `version`; tell whether it does.
@@ -130,8 +121,3 @@ def unfinished(conn: Connection, batch_id: str) -> bool:
         .limit(1)
     )
     return conn.execute(query).first() is not None
-
-
-def count(conn: Connection) -> int:
-    """Return how many schedules exist."""
-    return int(conn.execute(select(func.count()).select_from(schedules)).scalar_one())

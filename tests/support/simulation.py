@@ -493,7 +493,7 @@ class Simulation:
             return
         finally:
             self.firing_node = None
-        fired = [f"{sid}@{stamp_of(i)}" for sid, i, _ in report.fired]
+        fired = [f"{sid}@{schedules.stamp(i)}" for sid, i, _ in report.fired]
         self.note(
             f"fire by {node.name}: fired {fired}, skipped {len(report.skipped)}, "
             f"missed {sum(n for _, n in report.missed)}, lost {report.lost}"
@@ -1086,10 +1086,6 @@ class Simulation:
             outcome = job.run()
         finally:
             job.end(outcome)
-
-
-def stamp_of(instant: datetime) -> str:
-    return schedules.stamp(instant)
 
 
 def seeds(first: int, count: int) -> Iterator[int]:
