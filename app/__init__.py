@@ -76,6 +76,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         retention_days=settings.retention_days,
         metrics=metrics,
         fire=partial(schedules.fire_due, engine, admission=admission),
+        queues=settings.scheduler_queues,
     )
     parts.install(
         app,
@@ -90,11 +91,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     from app.cli import register_cli
     from app.http.dashboard import bp as dashboard_bp
     from app.http.ops import ops
+    from app.http.queues import bp as queues_bp
     from app.http.schedules import bp as schedules_bp
     from app.http.tasks import bp
 
     app.register_blueprint(bp)
     app.register_blueprint(schedules_bp)
+    app.register_blueprint(queues_bp)
     app.register_blueprint(ops)
     app.register_blueprint(dashboard_bp)
     register_error_handlers(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -67,6 +68,21 @@ def _database_url(name: str, raw: str) -> str:
 
 def _text(name: str, raw: str) -> str:
     return raw.strip()
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+
+
+def queue_names(name: str, raw: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of queue names (the queues an instance serves)."""
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    bad = [n for n in names if not QUEUE_NAME.match(n)]
+    if bad:
+        raise ConfigError(
+            f"{name} holds {bad[0][:70]!r}, which is not a queue name: use 1 to 64 characters "
+            "from A-Z a-z 0-9 . _ : - starting with a letter or digit, comma-separated"
+        )
+    return names
 
 
 def _host(name: str, raw: str) -> str:
@@ -142,6 +158,8 @@ class Settings:
     cors_origins: str = _setting("*", _text, "CORS_ORIGINS")
     lease_s: int = _setting(30, _integer(2, 86_400), "LEASE_S")
     task_handlers: str = _setting("", _text, "TASK_HANDLERS")
+    # The queues this instance's scheduler claims from; empty: every queue.
+    scheduler_queues: tuple[str, ...] = _setting((), queue_names, "SCHEDULER_QUEUES")
     # Read by the example handlers (app/example_handlers.py); checked here to fail at start.
     task_data_dir: str = _setting("", _folder, "TASK_DATA_DIR")
     strict_task_types: bool = _setting(False, _boolean, "STRICT_TASK_TYPES")

@@ -77,6 +77,11 @@ class InvalidState(ApiError):
     code = "invalid_state"
 
 
+class TooManyQueues(ApiError):
+    status = 409
+    code = "too_many_queues"
+
+
 class BodyTooLarge(ApiError):
     status = 413
     code = "body_too_large"

@@ -9,3 +9,6 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 # Tasks per page of `GET /api/tasks` and `flask tasks list`.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+
+# Queues at most: a claim walks each open queue's part of the ready index in turn.
+MAX_QUEUES = 200

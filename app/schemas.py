@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +15,23 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z"
 ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
 MAX_ID_LENGTH = 128
 MAX_TYPE_LENGTH = 64
+MAX_QUEUE_NAME_LENGTH = 64
 MAX_DURATION_MS = 86_400_000
 MAX_DEPENDENCIES = 1000
 MAX_PAYLOAD_BYTES = 64 * 1024
 TRIGGER_RULES = ("all_success", "all_done")
-BLOCKER_KINDS = ("dependency", "run_at", "backoff", "no_slot", "no_handler", "shutdown")
+BLOCKER_KINDS = (
+    "dependency",
+    "run_at",
+    "backoff",
+    "queue_paused",
+    "no_slot",
+    "no_handler",
+    "queue_not_served",
+    "queue_limit",
+    "queue_rate",
+    "shutdown",
+)
 # The OpenAPI document turns a field with this metadata key into a reference to the named
 # enum schema (app/http/openapi.py lists them), so a client generator makes one enum of it.
 ENUM = "x-enum"
@@ -123,6 +136,14 @@ class TaskIn(Schema):
         validate=validate.OneOf(TRIGGER_RULES, error="Must be all_success or all_done."),
         metadata={ENUM: "TriggerRule", "description": "Null or absent: all_success."},
     )
+    queue = fields.String(
+        allow_none=True,
+        validate=_identifier(MAX_QUEUE_NAME_LENGTH),
+        metadata={
+            "description": "The queue whose pause and limits govern its start. Null or "
+            "absent: `default`."
+        },
+    )
 
     @validates("payload")
     def _payload_size(self, value: dict[str, Any] | None, **kwargs: Any) -> None:
@@ -148,6 +169,7 @@ class TaskOut(Schema):
     run_at = Timestamp(allow_none=True)
     trigger_rule = fields.String(metadata={ENUM: "TriggerRule"})
     batch_id = fields.String(allow_none=True)
+    queue = fields.String()
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     error_code = fields.String(
@@ -343,6 +365,81 @@ class ScheduleOut(Schema):
     updated_at = Timestamp(required=True)
 
 
+class StrictNumber(fields.Float):
+    """A finite JSON number: not a boolean, not a string."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("Must be a JSON number (not a string or boolean).")
+        if not math.isfinite(value):
+            raise ValidationError("Must be a finite number.")
+        return float(value)
+
+
+MAX_CONCURRENCY_LIMIT = 100_000
+MIN_RATE_PER_S = 0.001
+MAX_RATE_PER_S = 100_000
+
+
+class QueueLimitsIn(Schema):
+    """A queue's limits, `PUT /api/queues/<name>`: each null or absent means none."""
+
+    class Meta:
+        unknown = RAISE
+
+    concurrency_limit = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(
+            min=1,
+            max=MAX_CONCURRENCY_LIMIT,
+            error=f"Must be null or from 1 to {MAX_CONCURRENCY_LIMIT} (pause the queue to "
+            "start nothing).",
+        ),
+        metadata={"description": "Its RUNNING tasks at most, across every instance."},
+    )
+    rate_limit_per_s = StrictNumber(
+        allow_none=True,
+        validate=validate.Range(
+            min=MIN_RATE_PER_S,
+            max=MAX_RATE_PER_S,
+            error=f"Must be null or from {MIN_RATE_PER_S} to {MAX_RATE_PER_S}.",
+        ),
+        metadata={
+            "description": "Its starts per second at most, across every instance; up to one "
+            "second's worth (at least one) may start at once."
+        },
+    )
+
+
+class QueueOut(Schema):
+    """A queue as the API shows it."""
+
+    name = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(["active", "paused"]))
+    paused = fields.Boolean(required=True)
+    concurrency_limit = fields.Integer(required=True, allow_none=True)
+    rate_limit_per_s = fields.Float(required=True, allow_none=True)
+    running = fields.Integer(required=True, metadata={"description": "Its RUNNING tasks."})
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Its tasks by status, every status included."},
+    )
+    updated_at = Timestamp(
+        allow_none=True, metadata={"description": "When its settings last changed."}
+    )
+
+
+def load_queue_limits(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the limits a client sent (absent as null), or raise validation_failed."""
+    try:
+        loaded: dict[str, Any] = _queue_limits_in.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("The queue's limits are invalid.", validation_details(exc)) from None
+    return {name: loaded.get(name) for name in QueueLimitsIn._declared_fields}
+
+
 class BlockerOut(Schema):
     """One reason a task is not running."""
 
@@ -354,7 +451,15 @@ class BlockerOut(Schema):
         metadata={"description": "The task type no running scheduler can run, for no_handler."}
     )
     status = fields.String(metadata={ENUM: "Status", "description": "The dependency's status."})
-    until = Timestamp(metadata={"description": "When the wait ends, for run_at and backoff."})
+    until = Timestamp(
+        metadata={"description": "When the wait ends, for run_at, backoff and queue_rate."}
+    )
+    queue = fields.String(
+        metadata={"description": "The task's queue, for the kinds that start with queue_."}
+    )
+    limit = fields.Integer(
+        metadata={"description": "The queue's concurrency limit, for queue_limit."}
+    )
 
 
 class BlockersOut(Schema):
@@ -409,6 +514,7 @@ class HealthOut(Schema):
 
 
 _task_in = TaskIn()
+_queue_limits_in = QueueLimitsIn()
 
 
 def load_task(body: dict[str, Any]) -> dict[str, Any]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 
+import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app import parts
 from app.cli.metrics_endpoint import MetricsEndpoint
+from app.cli.queues import queues_cli
 from app.cli.schedules import schedules_cli
 from app.cli.tasks import tasks_cli
-from app.config import ConfigError
+from app.config import ConfigError, queue_names
 from app.startup import fail
 from app.storage.health import schema_problem
 
@@ -22,7 +24,13 @@ scheduler_cli = AppGroup("scheduler", help="Run the task scheduler without the H
 
 
 @scheduler_cli.command("run")
-def run_scheduler() -> None:
+@click.option(
+    "--queues",
+    "served",
+    metavar="A,B",
+    help="Claim only from these queues (comma-separated); default: SCHEDULER_QUEUES, or all.",
+)
+def run_scheduler(served: str | None) -> None:
     """Execute tasks until SIGTERM or SIGINT, then drain and exit 0.
 
     Its lines are log lines (stderr; JSON with LOG_FORMAT=json), like a server's.
@@ -32,8 +40,13 @@ def run_scheduler() -> None:
     problem = schema_problem(parts.engine())
     if problem is not None:
         fail(ConfigError(problem))
-    endpoint = _metrics_endpoint()
     scheduler = parts.scheduler()
+    if served is not None:
+        try:
+            scheduler.queues = list(queue_names("--queues", served))
+        except ConfigError as exc:
+            fail(exc)
+    endpoint = _metrics_endpoint()
     stop = GracefulStop(scheduler, current_app.config["SHUTDOWN_GRACE_S"])
     stop.install()
     scheduler.start()
@@ -41,7 +54,13 @@ def run_scheduler() -> None:
     if scheduler.id is None:
         log.info("scheduler waiting for the database: %s", scheduler.unregistered_because)
     else:
-        log.info("scheduler %s running %s slots", scheduler.id, scheduler.max_concurrent)
+        serves = ", ".join(scheduler.queues) if scheduler.queues else "every queue"
+        log.info(
+            "scheduler %s running %s slots, serving %s",
+            scheduler.id,
+            scheduler.max_concurrent,
+            serves,
+        )
     if endpoint is not None:
         log.info("metrics at %s", endpoint.url)
     stop.wait()
@@ -76,3 +95,4 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(scheduler_cli)
     app.cli.add_command(tasks_cli)
     app.cli.add_command(schedules_cli)
+    app.cli.add_command(queues_cli)

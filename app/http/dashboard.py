@@ -1,6 +1,6 @@
 """The dashboard: HTML pages served by the app, and the JSON reads they need beyond the API.
 
-The pages (the overview, a task, the schedules) are plain HTML, CSS and JavaScript from
+The pages (the overview, a task, the schedules, the queues) are plain HTML, CSS and JavaScript from
 `templates/dashboard` and `static/dashboard`; they call the JSON API on the same origin,
 plus `GET /dashboard/counts` (tasks per status), `GET /dashboard/graph/<id>` (a task's
 neighbourhood, both ways) and `GET /dashboard/actions/<id>` (whether cancel and retry
@@ -54,6 +54,12 @@ def index() -> str:
 def schedules_page() -> str:
     """The schedules: next and last firings, counts, pause and resume (from the API)."""
     return render_template("dashboard/schedules.html")
+
+
+@bp.get("/queues")
+def queues_page() -> str:
+    """The queues: tasks by status, limits to set, pause and resume (from the API)."""
+    return render_template("dashboard/queues.html")
 
 
 @bp.get("/tasks/<task_id>")

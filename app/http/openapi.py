@@ -15,6 +15,7 @@ from app.schemas import (
     BLOCKER_KINDS,
     ENUM,
     ID_PATTERN,
+    MAX_QUEUE_NAME_LENGTH,
     MAX_SCHEDULE_ID_LENGTH,
     TRIGGER_RULES,
     BatchIn,
@@ -24,6 +25,8 @@ from app.schemas import (
     DatabaseHealth,
     ErrorOut,
     HealthOut,
+    QueueLimitsIn,
+    QueueOut,
     ScheduledTaskIn,
     ScheduleEdit,
     ScheduleIn,
@@ -96,6 +99,18 @@ TASK_ID = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN},
 }
 
+QUEUE_NAME = {
+    "name": "queue_name",
+    "in": "path",
+    "required": True,
+    "description": "The queue's name.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_QUEUE_NAME_LENGTH,
+        "pattern": ID_PATTERN,
+    },
+}
 SCHEDULE_ID = {
     "name": "schedule_id",
     "in": "path",
@@ -395,6 +410,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             ),
         },
         **_schedule_paths(),
+        **_queue_paths(),
         "/api/openapi.json": {
             "get": _operation(
                 "openapi_document",
@@ -499,6 +515,76 @@ def _schedule_paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _queue_paths() -> dict[str, dict[str, Any]]:
+    bad_name = "`invalid_parameter`: not a queue name, or an unknown query parameter."
+    too_many = "`too_many_queues`: a new queue past the most queues there may be (200)."
+    one = {"parameters": [QUEUE_NAME]}
+    changed = "The queue as it now stands."
+    return {
+        "/api/queues": {
+            "get": _operation(
+                "list_queues",
+                "List every queue with its state, limits and tasks by status",
+                {
+                    "200": _json({"type": "array", "items": "QueueOut"}, "Every queue, by name."),
+                    **_errors(e400="`invalid_parameter`: an unknown query parameter."),
+                },
+            ),
+        },
+        "/api/queues/{queue_name}": {
+            **one,
+            "get": _operation(
+                "get_queue",
+                "Show one queue",
+                {
+                    "200": _json("QueueOut", "The queue."),
+                    **_errors(
+                        e400=bad_name, e404="`not_found`: no task or setting names this queue."
+                    ),
+                },
+            ),
+            "put": _operation(
+                "set_queue_limits",
+                "Set a queue's concurrency and rate limits (absent or null: none)",
+                {
+                    "200": _json("QueueOut", changed),
+                    **_errors(
+                        "writes",
+                        e400="`validation_error` naming each field that is wrong, "
+                        "`invalid_json` or " + bad_name,
+                        e409=too_many,
+                        e413="`body_too_large`.",
+                        e415="`unsupported_media_type`: not `application/json`.",
+                    ),
+                },
+                requestBody=_body("QueueLimitsIn", "The limits; a limit left out is none."),
+            ),
+        },
+        "/api/queues/{queue_name}/pause": {
+            **one,
+            "post": _operation(
+                "pause_queue",
+                "Stop a queue starting tasks; its running tasks go on",
+                {
+                    "200": _json("QueueOut", changed),
+                    **_errors("writes", e400=bad_name, e409=too_many),
+                },
+            ),
+        },
+        "/api/queues/{queue_name}/resume": {
+            **one,
+            "post": _operation(
+                "resume_queue",
+                "Let a paused queue start tasks again",
+                {
+                    "200": _json("QueueOut", changed),
+                    **_errors("writes", e400=bad_name, e409=too_many),
+                },
+            ),
+        },
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """Build the OpenAPI document of every route from the marshmallow schemas."""
     marshmallow = MarshmallowPlugin()
@@ -525,6 +611,8 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("ScheduleIn", schema=ScheduleIn)
     spec.components.schema("ScheduleEdit", schema=ScheduleEdit)
     spec.components.schema("ScheduleOut", schema=ScheduleOut)
+    spec.components.schema("QueueLimitsIn", schema=QueueLimitsIn)
+    spec.components.schema("QueueOut", schema=QueueOut)
     spec.components.schema("BlockerOut", schema=BlockerOut)
     spec.components.schema("BlockersOut", schema=BlockersOut)
     spec.components.schema("DatabaseHealth", schema=DatabaseHealth)

@@ -40,20 +40,22 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 
 
 class TaskCounts:
-    """A collector of tasks by status, read from the database's counts at each scrape."""
+    """A collector of tasks by status (and by queue and status), read from the database's
+    counts at each scrape."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def describe(self) -> Iterator[Metric]:
-        """Name the family without querying the database (called at registration)."""
+        """Name the families without querying the database (called at registration)."""
         yield self._family()
+        yield self._queue_family()
 
     def collect(self) -> Iterator[Metric]:
         """Read the tasks of every status from the counts rows; nothing if the database fails."""
         try:
             with database.read(self.engine) as conn:
-                found = counts.by_status(conn)
+                found = counts.by_queue(conn)
         except SQLAlchemyError as exc:
             fault = dbfaults.classify(exc)
             if fault is None:
@@ -62,14 +64,29 @@ class TaskCounts:
                 log.warning("could not count tasks by status for /metrics: %s", fault.problem)
             return
         family = self._family()
-        for status, count in found.items():
+        per_queue = self._queue_family()
+        by_status = {s.value: 0 for s in Status}
+        for queue, statuses in sorted(found.items()):
+            for status, count in statuses.items():
+                by_status[status] = by_status.get(status, 0) + count
+                per_queue.add_metric([queue, status], count)
+        for status, count in by_status.items():
             family.add_metric([status], count)
         yield family
+        yield per_queue
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
             f"{PREFIX}_tasks", "Tasks in the database by status.", labels=["status"]
+        )
+
+    @staticmethod
+    def _queue_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{PREFIX}_queue_tasks",
+            "Tasks in the database by queue and status.",
+            labels=["queue", "status"],
         )
 
 
@@ -200,6 +217,13 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.queue_changes_total = Counter(
+            f"{PREFIX}_queue_changes",
+            "Changes of queues' settings made through this process, by kind: paused, "
+            "resumed, limits.",
+            ["change"],
+            registry=reg,
+        )
         self._running_count: Callable[[], int] | None = None
         if engine is not None:
             self.exposed.register(TaskCounts(engine))
@@ -274,6 +298,10 @@ class Metrics:
         ):
             if count:
                 self.schedule_firings_total.labels(outcome).inc(count)
+
+    def queue_changed(self, change: str) -> None:
+        """Count a change of a queue's pause or limits."""
+        self.queue_changes_total.labels(change).inc()
 
     def heartbeat(self) -> None:
         """Count a successful heartbeat and remember when it was."""

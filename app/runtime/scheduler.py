@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -73,6 +73,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         name: Callable[[], str] | None = None,
         fire: Callable[[datetime | None], Any] | None = None,
+        queues: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.registry = registry
@@ -86,6 +87,8 @@ class Scheduler:
         self.unregistered_because: str | None = None
         # The types this instance claims (those it has handlers for); empty: every type.
         self.types: list[str] = []
+        # The queues this instance claims from; empty: every queue.
+        self.queues: list[str] = list(queues)
         self.state = "stopped"
         self.last_tick: float | None = None
         self.host = identity.host_key()
@@ -326,7 +329,9 @@ class Scheduler:
         finished = [(r.claim, r.outcome) for r in ending if r.outcome is not None]
         began = self.clock()
         try:
-            cycle = self.store.cycle(self.id, finished, limit, now, exclude, self.types)
+            cycle = self.store.cycle(
+                self.id, finished, limit, now, exclude, self.types, self.queues
+            )
         except NotRegistered:
             self._rejoin(now)  # whoever reaped the old identity ended its attempts
             return 0
@@ -497,6 +502,7 @@ class Scheduler:
                 "heartbeat_monotonic": self.store.monotonic(),
                 "state": "draining" if self._draining else "running",
                 "task_types": json.dumps(self.types) if self.types else None,
+                "queues": json.dumps(self.queues) if self.queues else None,
             }
         )
         self._warn_of_sleepers()

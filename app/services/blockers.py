@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from app.services.reads import check_task_id, unknown_task
 from app.statuses import TERMINAL, Status
 from app.storage import database, membership
+from app.storage import queues as queue_rows
 from app.storage.reads import why_not_running
 from app.storage.roots import dependencies_where, failed_roots, unfinished_roots
 
@@ -51,11 +52,26 @@ def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
     if row.not_before is not None and row.not_before > now:
         kind = "run_at" if row.run_at is not None and row.run_at >= row.not_before else "backoff"
         return [{"kind": kind, "until": _iso(row.not_before)}]
+    (queue,) = queue_rows.rows(conn, [row.queue]) or [None]
+    if queue is not None and queue.paused:
+        return [{"kind": "queue_paused", "queue": row.queue}]
     serving = membership.serving_types(conn)
     if not serving:
         return [{"kind": "shutdown"}]
-    if not any(types is None or row.type in json.loads(types) for types in serving):
+    typed = [queues for types, queues in serving if types is None or row.type in json.loads(types)]
+    if not typed:
         return [{"kind": "no_handler", "type": row.type}]
+    if not any(queues is None or row.queue in json.loads(queues) for queues in typed):
+        return [{"kind": "queue_not_served", "queue": row.queue}]
+    if queue is not None and queue.concurrency_limit is not None:
+        running = queue_rows.running(conn, [row.queue]).get(row.queue, 0)
+        if running >= queue.concurrency_limit:
+            return [{"kind": "queue_limit", "queue": row.queue, "limit": queue.concurrency_limit}]
+    if queue is not None and queue.rate_limit_per_s is not None:
+        held = queue.held(now)
+        if held < 1:
+            wait = timedelta(seconds=(1 - held) / queue.rate_limit_per_s)
+            return [{"kind": "queue_rate", "queue": row.queue, "until": _iso(now + wait)}]
     return [{"kind": "no_slot"}]
 
 

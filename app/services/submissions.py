@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from app import events
 from app.errors import ApiError, DuplicateId, QueueFull, UnknownDependency, ValidationFailed
+from app.services import queues
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
 from app.statuses import FAILED_LIKE, Status
 from app.storage import database, groups, readiness, tasks
 from app.storage.notify import announce
+from app.storage.queues import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -30,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout_ms": None,
     "run_at": None,
     "trigger_rule": "all_success",
+    "queue": DEFAULT_QUEUE,
 }
 # Fields whose stored value must equal the resubmitted one for a replay to be identical.
 COMPARED = ("type", "duration_ms", "dependencies", *DEFAULTS)
@@ -200,6 +203,8 @@ def born_terminal(
 
 def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert task rows (each with its `dependencies` list) and their edges; announce them."""
+    if rows:
+        queues.admit(conn, {r["queue"] for r in rows}, rows[0]["created_at"])
     tasks.insert_rows(conn, rows)
     events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in rows)
     announce(conn)

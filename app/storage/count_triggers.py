@@ -1,15 +1,17 @@
-"""The triggers that keep `task_counts` equal to the tasks per status, on both backends.
+"""The triggers that keep `task_counts` equal to the tasks per queue and status, on both
+backends.
 
 Every change of the tasks table goes through them, whatever statement made it (a
 submission, a claim, a finish, a cascade, a cancel, a retry, a prune, a raw INSERT), so
-no code path can forget a count. Migration 0005 creates them on an existing database;
-`attach` creates them with the tables for `metadata.create_all` (the tests' schemas).
+no code path can forget a count. Migration 0005 creates them on an existing database and
+0009 adds the queue; `attach` creates them with the tables for `metadata.create_all` (the
+tests' schemas).
 
-SQLite has one writer: a row-level trigger adds each row's change to one row per status.
-On PostgreSQL one row per status would be a hot row every claim and finish of every
+SQLite has one writer: a row-level trigger adds each row's change to one row per queue
+and status. On PostgreSQL such a row would be a hot row every claim and finish of every
 instance updates, serialising them and inviting deadlocks; there a statement-level
-trigger appends the statement's net change per status to `task_count_deltas` (nothing
-when the statuses did not change), and `counts.fold` moves those deltas into
+trigger appends the statement's net change per queue and status to `task_count_deltas`
+(nothing when no status or queue changed), and `counts.fold` moves those deltas into
 `task_counts` every few seconds. Readers add the two.
 """
 
@@ -21,27 +23,33 @@ SQLITE_CREATE = (
     """
     CREATE TRIGGER IF NOT EXISTS task_counts_insert AFTER INSERT ON tasks
     BEGIN
-        INSERT INTO task_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + excluded.n;
+        INSERT INTO task_counts (queue, status, n) VALUES (NEW.queue, NEW.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
     END
     """,
     """
-    CREATE TRIGGER IF NOT EXISTS task_counts_update AFTER UPDATE OF status ON tasks
-    WHEN OLD.status IS NOT NEW.status
+    CREATE TRIGGER IF NOT EXISTS task_counts_update AFTER UPDATE OF status, queue ON tasks
+    WHEN OLD.status IS NOT NEW.status OR OLD.queue IS NOT NEW.queue
     BEGIN
-        INSERT INTO task_counts (status, n) VALUES (OLD.status, -1)
-        ON CONFLICT (status) DO UPDATE SET n = n + excluded.n;
-        INSERT INTO task_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + excluded.n;
+        INSERT INTO task_counts (queue, status, n) VALUES (OLD.queue, OLD.status, -1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
+        INSERT INTO task_counts (queue, status, n) VALUES (NEW.queue, NEW.status, 1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
     END
     """,
     """
     CREATE TRIGGER IF NOT EXISTS task_counts_delete AFTER DELETE ON tasks
     BEGIN
-        INSERT INTO task_counts (status, n) VALUES (OLD.status, -1)
-        ON CONFLICT (status) DO UPDATE SET n = n + excluded.n;
+        INSERT INTO task_counts (queue, status, n) VALUES (OLD.queue, OLD.status, -1)
+        ON CONFLICT (queue, status) DO UPDATE SET n = n + excluded.n;
     END
     """,
+)
+
+SQLITE_DROP = (
+    "DROP TRIGGER IF EXISTS task_counts_insert",
+    "DROP TRIGGER IF EXISTS task_counts_update",
+    "DROP TRIGGER IF EXISTS task_counts_delete",
 )
 
 # Transition tables are allowed on one event per trigger, hence one trigger per event.
@@ -56,19 +64,19 @@ POSTGRESQL_CREATE = (
     LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         IF TG_OP = 'INSERT' THEN
-            INSERT INTO task_count_deltas (status, n)
-            SELECT status, count(*) FROM new_rows GROUP BY status;
+            INSERT INTO task_count_deltas (queue, status, n)
+            SELECT queue, status, count(*) FROM new_rows GROUP BY queue, status;
         ELSIF TG_OP = 'DELETE' THEN
-            INSERT INTO task_count_deltas (status, n)
-            SELECT status, -count(*) FROM old_rows GROUP BY status;
+            INSERT INTO task_count_deltas (queue, status, n)
+            SELECT queue, status, -count(*) FROM old_rows GROUP BY queue, status;
         ELSE
-            INSERT INTO task_count_deltas (status, n)
-            SELECT status, sum(change) FROM (
-                SELECT status, 1 AS change FROM new_rows
+            INSERT INTO task_count_deltas (queue, status, n)
+            SELECT queue, status, sum(change) FROM (
+                SELECT queue, status, 1 AS change FROM new_rows
                 UNION ALL
-                SELECT status, -1 AS change FROM old_rows
+                SELECT queue, status, -1 AS change FROM old_rows
             ) AS changed
-            GROUP BY status
+            GROUP BY queue, status
             HAVING sum(change) <> 0;
         END IF;
         RETURN NULL;

@@ -1,7 +1,7 @@
-"""Counting tasks: by status for the dashboard and /metrics, QUEUED ones for the queue
-limit, and the members of a batch.
+"""Counting tasks: by status for the dashboard and /metrics, by queue and status for the
+queues' list, QUEUED ones for the queue limit, and the members of a batch.
 
-The counts by status are read from `task_counts` plus the deltas not yet folded into it,
+The counts are read from `task_counts` plus the deltas not yet folded into it,
 which the triggers of app/storage/count_triggers.py keep: a few rows whatever the number
 of tasks, and exact in the reader's snapshot, since every change of a task's status
 commits (or not) with its count.
@@ -24,24 +24,28 @@ QUEUE_LOCK_KEY = zlib.crc32(b"task-scheduler:max-queued-tasks")
 FOLD_LOCK_KEY = zlib.crc32(b"task-scheduler:fold-task-counts")
 
 _COUNTED = union_all(
-    select(task_counts.c.status, task_counts.c.n),
-    select(count_deltas.c.status, count_deltas.c.n),
+    select(task_counts.c.queue, task_counts.c.status, task_counts.c.n),
+    select(count_deltas.c.queue, count_deltas.c.status, count_deltas.c.n),
 ).subquery("counted")
 _BY_STATUS = select(_COUNTED.c.status, func.sum(_COUNTED.c.n)).group_by(_COUNTED.c.status)
+_BY_QUEUE = select(_COUNTED.c.queue, _COUNTED.c.status, func.sum(_COUNTED.c.n)).group_by(
+    _COUNTED.c.queue, _COUNTED.c.status
+)
 _QUEUED = select(func.coalesce(func.sum(_COUNTED.c.n), 0)).where(
     _COUNTED.c.status == Status.QUEUED.value
 )
 
 # Deletes the deltas this transaction sees and adds them to the rows per status, in one
 # statement: a delta is either still in task_count_deltas or already in task_counts, in
-# every snapshot. Rows per status are upserted in status order.
+# every snapshot. Rows per queue and status are upserted in key order.
 _FOLD = text(
     """
-    WITH moved AS (DELETE FROM task_count_deltas RETURNING status, n),
+    WITH moved AS (DELETE FROM task_count_deltas RETURNING queue, status, n),
     folded AS (
-        INSERT INTO task_counts (status, n)
-        SELECT status, sum(n) FROM moved GROUP BY status ORDER BY status
-        ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n
+        INSERT INTO task_counts (queue, status, n)
+        SELECT queue, status, sum(n) FROM moved GROUP BY queue, status
+        ORDER BY queue, status
+        ON CONFLICT (queue, status) DO UPDATE SET n = task_counts.n + excluded.n
     )
     SELECT count(*) FROM moved
     """
@@ -53,6 +57,14 @@ def by_status(conn: Connection) -> dict[str, int]:
     found = {s.value: 0 for s in Status}
     for status, count in conn.execute(_BY_STATUS):
         found[status] = int(count)
+    return found
+
+
+def by_queue(conn: Connection) -> dict[str, dict[str, int]]:
+    """Return `{queue: {status: count}}` for every queue that has tasks, zeros included."""
+    found: dict[str, dict[str, int]] = {}
+    for queue, status, count in conn.execute(_BY_QUEUE):
+        found.setdefault(queue, {s.value: 0 for s in Status})[status] = int(count)
     return found
 
 

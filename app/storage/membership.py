@@ -87,7 +87,8 @@ class Membership:
             return [w for (w,) in conn.execute(stmt) if w is not None]
 
 
-def serving_types(conn: Connection) -> list[str | None]:
-    """Return the task types (a JSON list, or None for every type) of each running instance."""
-    rows = conn.execute(select(instances.c.state, instances.c.task_types))
-    return [types for state, types in rows if state == "running"]
+def serving_types(conn: Connection) -> list[tuple[str | None, str | None]]:
+    """Return the task types and the queues (each a JSON list, or None for all) of each
+    running instance."""
+    rows = conn.execute(select(instances.c.state, instances.c.task_types, instances.c.queues))
+    return [(types, queues) for state, types, queues in rows if state == "running"]

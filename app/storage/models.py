@@ -1,4 +1,5 @@
-"""Tables: tasks, the dependency edges between them, scheduler instances and schedules."""
+"""Tables: tasks, the dependency edges between them, queues, scheduler instances and
+schedules."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ DELAYED = "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NOT NULL"
 PG_QUEUED = "(status || '') = 'QUEUED'"
 PG_READY = READY.replace("status = 'QUEUED'", PG_QUEUED)
 PG_DELAYED = DELAYED.replace("status = 'QUEUED'", PG_QUEUED)
+# The queue of a task that names none; its row always exists (migration 0009).
+DEFAULT_QUEUE = "default"
 # Tasks submitted one by one have no batch: they cost the status+batch index nothing.
 IN_A_BATCH = "batch_id IS NOT NULL"
 
@@ -82,6 +85,10 @@ class Task(db.Model):  # type: ignore[name-defined]
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     progress: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The queue whose pause and limits govern its starts (a row of `queues`).
+    queue: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_QUEUE, server_default=DEFAULT_QUEUE
+    )
     # A user asked a RUNNING attempt to stop; its scheduler sets the handler's cancel event.
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
@@ -94,9 +101,21 @@ class Task(db.Model):  # type: ignore[name-defined]
             sqlite_where=text(READY),
             postgresql_where=text(PG_READY),
         ),
-        # The same question from an instance that runs only some types: one walk per type.
+        # The same question asked of one queue at a time, when some queue is paused or
+        # limited (or the instance serves only some): the walks skip the queues that may not
+        # start anything, rather than read past their tasks.
+        Index(
+            "ix_tasks_ready_queue",
+            queue,
+            priority.desc(),
+            seq,
+            sqlite_where=text(READY),
+            postgresql_where=text(PG_READY),
+        ),
+        # And from an instance that runs only some types: one walk per queue and type.
         Index(
             "ix_tasks_ready_type",
+            queue,
             type,
             priority.desc(),
             seq,
@@ -113,6 +132,13 @@ class Task(db.Model):  # type: ignore[name-defined]
         Index(
             "ix_tasks_running",
             worker,
+            sqlite_where=text("status = 'RUNNING'"),
+            postgresql_where=text("status = 'RUNNING'"),
+        ),
+        # A limited queue's running attempts: at most its limit, so counting them is cheap.
+        Index(
+            "ix_tasks_running_queue",
+            queue,
             sqlite_where=text("status = 'RUNNING'"),
             postgresql_where=text("status = 'RUNNING'"),
         ),
@@ -170,6 +196,29 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="running")
     # The task types it claims, as a JSON list; NULL when it runs every type.
     task_types: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The queues it serves, as a JSON list; NULL when it serves every queue.
+    queues: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Queue(db.Model):  # type: ignore[name-defined]
+    """A named queue: whether it may start tasks, and how many and how fast.
+
+    Every queue a task names has a row (a submission adds one for a new name). The
+    concurrency limit counts RUNNING tasks of the queue across every instance; the rate
+    limit is a token bucket (`tokens` as of `tokens_at`) holding at most one second's
+    worth, and at least one token.
+    """
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_limit_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 # What a schedule's firings create: one task, or a whole batch.
@@ -228,13 +277,15 @@ class Schedule(db.Model):  # type: ignore[name-defined]
 
 
 class TaskCount(db.Model):  # type: ignore[name-defined]
-    """How many tasks have a status, as far as the folded deltas go (app/storage/counts.py).
+    """How many tasks of a queue have a status, as far as the folded deltas go
+    (app/storage/counts.py).
 
     Kept by triggers on `tasks` (app/storage/count_triggers.py), never by the code.
     """
 
     __tablename__ = "task_counts"
 
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
 
@@ -246,6 +297,7 @@ class TaskCountDelta(db.Model):  # type: ignore[name-defined]
     __tablename__ = "task_count_deltas"
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    queue: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     n: Mapped[int] = mapped_column(BigInteger)
 

@@ -48,6 +48,7 @@ def why_not_running(conn: Connection, task_id: str) -> Any:
     columns = (
         tasks.c.id,
         tasks.c.type,
+        tasks.c.queue,
         tasks.c.status,
         tasks.c.run_at,
         tasks.c.not_before,

@@ -9,6 +9,7 @@ follow the driver's style (`:name` for sqlite3, `%(name)s` for psycopg).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache, lru_cache
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from app.storage.database import driver_execute
-from app.storage.tables import status_filter
+from app.storage.tables import chunks, status_filter
 
 # As the ready and delayed indexes' predicates say it on each backend (models.PG_QUEUED).
 _QUEUED = {
@@ -26,11 +27,13 @@ _QUEUED = {
 _NOW = {"sqlite": "{p}now", "postgresql": "timezone('UTC', clock_timestamp())"}
 _LOCK_READY = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}
 _SHARE = {"sqlite": "", "postgresql": " FOR SHARE"}
+# Index walks per claim statement at most.
+MAX_WALKS = 200
 
 _CLAIMED = (
     "tasks.seq, tasks.id, tasks.type, tasks.duration_ms, tasks.payload, tasks.attempts,"
     " tasks.failures, tasks.max_attempts, tasks.retry_backoff_ms, tasks.timeout_ms,"
-    " tasks.priority"
+    " tasks.priority, tasks.queue"
 )
 # Seconds from the task's creation to this start: the queue wait the metrics observe.
 _WAITED = {
@@ -82,22 +85,44 @@ _MEMBER = {
 }
 
 
+# On PostgreSQL a claim holds this lock shared, and a change of a queue's pause or limits
+# holds it alone: a change waits for the claims under way to commit, and the claims after
+# it read what it wrote, so that no task starts in a queue once its pause is answered.
+QUEUES_LOCK_KEY = zlib.crc32(b"task-scheduler:queues") - (1 << 31)
+_QUEUES_LOCK = (
+    f"pg_advisory_xact_lock_shared({QUEUES_LOCK_KEY}, CAST(CAST('tasks' AS regclass) AS oid)::int)"
+)
+
+
 def is_member(conn: Connection, worker: str) -> bool:
-    """Tell whether `worker` is registered, holding its row against a concurrent reap."""
+    """Tell whether `worker` is registered, holding its row against a concurrent reap (and,
+    on PostgreSQL, the queues' lock shared for the rest of the claim)."""
     d = conn.dialect.name
-    sql = f"SELECT id FROM scheduler_instances WHERE id = {_p(d, 'w')}{_SHARE[d]}"
+    held = f", {_QUEUES_LOCK}" if d == "postgresql" else ""
+    sql = f"SELECT id{held} FROM scheduler_instances WHERE id = {_p(d, 'w')}{_SHARE[d]}"
     return bool(driver_execute(conn, sql, {"w": worker})[0])
 
 
-def _ready(d: str, excluded: int, type_param: str | None = None) -> str:
-    """Return the walk of the ready index (or of one type's part of it), best first."""
+def _ready(d: str, excluded: int, *filters: str, limit: str = "limit") -> str:
+    """Return the walk of the ready index (or of one queue's, one type's part of it), best
+    first; `filters` name the parameters holding its queue and then its type."""
     # Tasks whose earlier attempt still occupies one of the claimer's threads.
     skip = f" AND tasks.id NOT IN ({_list(d, 'x', excluded)})" if excluded else ""
-    of_type = f" AND tasks.type = {_p(d, type_param)}" if type_param else ""
+    columns = ("tasks.queue", "tasks.type")
+    narrowed = "".join(f" AND {c} = {_p(d, f)}" for c, f in zip(columns, filters, strict=False))
     return (
-        f"SELECT seq, priority FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0{of_type}"
+        f"SELECT seq, priority FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0{narrowed}"
         f" AND tasks.not_before IS NULL{skip}"
-        f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
+        f" ORDER BY tasks.priority DESC, tasks.seq LIMIT {_p(d, limit)}{_LOCK_READY[d]}"
+    )
+
+
+def _best(d: str, parts: list[str], limit: str) -> str:
+    """Return the best `limit` of the walks named `parts`, best first."""
+    union = " UNION ALL ".join(f"SELECT seq, priority FROM {part}" for part in parts)
+    return (
+        f"SELECT seq, priority FROM ({union}) AS c"
+        f" ORDER BY c.priority DESC, c.seq LIMIT {_p(d, limit)}"
     )
 
 
@@ -134,23 +159,35 @@ def promote(conn: Connection, now: datetime, limit: int) -> int:
 
 
 @lru_cache(maxsize=512)
-def claim_sql(d: str, excluded: int = 0, types: int = 0) -> str:
+def claim_sql(d: str, excluded: int = 0, types: int = 0, queues: int = 0) -> str:
     """Return the claim statement for dialect `d`, passing over `excluded` ids.
 
-    With `types`, only tasks of that many given types: each type's best ready tasks are
-    read from its own part of the type-led ready index, and the best of those claimed, so
-    the ready tasks of other types are never walked. On PostgreSQL each walk locks what it
-    reads; what the claim does not take is released at its commit.
+    With `queues`, only tasks of that many given queues (`q0`...), at most `l0`... from
+    each: each queue's best ready tasks are read from its own part of the queue-led ready
+    index, so the tasks of a paused or full queue are never walked. With `types` as well,
+    only tasks of that many given types (`t0`...): one walk per queue and type, through
+    the index led by both. The best of the walks are claimed. On PostgreSQL each walk
+    locks what it reads; what the claim does not take is released at its commit.
     """
     # Materialized CTEs: as `seq IN (subquery)`, PostgreSQL may rescan the locking
     # subquery once per row and so claim more than `limit` tasks.
-    if types:
-        walks = [f"t{k} AS MATERIALIZED ({_ready(d, excluded, f't{k}')})" for k in range(types)]
-        union = " UNION ALL ".join(f"SELECT seq, priority FROM t{k}" for k in range(types))
-        ready = (
-            f"WITH {', '.join(walks)}, ready AS MATERIALIZED (SELECT seq FROM ({union}) AS c"
-            f" ORDER BY c.priority DESC, c.seq LIMIT {_p(d, 'limit')})"
-        )
+    if queues:
+        walks: list[str] = []
+        per_queue: list[str] = []
+        for k in range(queues):
+            if types:
+                for j in range(types):
+                    walk = _ready(d, excluded, f"q{k}", f"t{j}", limit=f"l{k}")
+                    walks.append(f"q{k}t{j} AS MATERIALIZED ({walk})")
+                parts = [f"q{k}t{j}" for j in range(types)]
+                walks.append(f"q{k} AS MATERIALIZED ({_best(d, parts, f'l{k}')})")
+            else:
+                walks.append(
+                    f"q{k} AS MATERIALIZED ({_ready(d, excluded, f'q{k}', limit=f'l{k}')})"
+                )
+            per_queue.append(f"q{k}")
+        best = _best(d, per_queue, "limit")
+        ready = f"WITH {', '.join(walks)}, ready AS MATERIALIZED ({best})"
     else:
         ready = f"WITH ready AS MATERIALIZED ({_ready(d, excluded)})"
     return (
@@ -178,6 +215,7 @@ class Claimed(NamedTuple):
     retry_backoff_ms: int
     timeout_ms: int | None
     priority: int
+    queue: str
     waited: float | None
 
 
@@ -188,13 +226,39 @@ def claim(
     now: datetime,
     exclude: Sequence[str] = (),
     types: Sequence[str] = (),
+    queues: Sequence[tuple[str, int]] | None = None,
 ) -> list[Claimed]:
-    """Move up to `limit` ready tasks (of `types`, if any) to RUNNING for `worker`."""
+    """Move up to `limit` ready tasks to RUNNING for `worker`.
+
+    `queues`, when given, lists the only queues to claim from, each with the most it may
+    start; `types`, the only types (with `queues` only).
+    """
     d = conn.dialect.name
     params: dict[str, Any] = {"now": bound_time(d, now), "limit": limit, "w": worker}
     params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
-    params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
-    rows = driver_execute(conn, claim_sql(d, len(exclude), len(types)), params)[0]
+    if queues is None:
+        assert not types, "a claim by type names its queues"
+        sql = claim_sql(d, len(exclude))
+    else:
+        if not queues:
+            return []
+        params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
+        # Past MAX_WALKS walks a statement (SQLite takes 500 terms of a compound SELECT),
+        # the queues are claimed from in turns, best first within each turn.
+        per_statement = max(1, MAX_WALKS // max(1, len(types)))
+        found: list[Claimed] = []
+        for part in chunks(list(queues), per_statement):
+            wanted = limit - len(found)
+            if wanted <= 0:
+                break
+            part_params = {**params, "limit": wanted}
+            for k, (queue, most) in enumerate(part):
+                part_params[f"q{k}"] = queue
+                part_params[f"l{k}"] = min(most, wanted)
+            sql = claim_sql(d, len(exclude), len(types), len(part))
+            found.extend(map(Claimed._make, driver_execute(conn, sql, part_params)[0]))
+        return sorted(found, key=lambda r: (-r.priority, r.seq))
+    rows = driver_execute(conn, sql, params)[0]
     return sorted(map(Claimed._make, rows), key=lambda r: (-r.priority, r.seq))
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, case, delete, select, update
 
@@ -15,8 +15,10 @@ from app import events, faults
 from app.events import Change
 from app.statuses import Status
 from app.storage import database, readiness, scheduler_sql
+from app.storage import queues as queue_rows
 from app.storage.database import stamp, utcnow
 from app.storage.membership import Membership
+from app.storage.models import DEFAULT_QUEUE
 from app.storage.notify import announce
 from app.storage.propagation import settle
 from app.storage.tables import CHUNK, RUNNING, instances, tasks
@@ -47,6 +49,7 @@ class Claim:
     retry_backoff_ms: int
     timeout_ms: int | None = None
     waited_s: float = 0.0  # from the task's creation to this attempt's start
+    queue: str = DEFAULT_QUEUE
 
     @property
     def key(self) -> tuple[str, int]:
@@ -74,6 +77,12 @@ class Outcome:
     error_code: str | None = None
 
 
+class _Claimed(NamedTuple):
+    claims: list[Claim]
+    more_due: bool
+    token_at: datetime | None
+
+
 class Store(Membership):
     """The task table's state transitions, each one transaction with a fence."""
 
@@ -93,17 +102,20 @@ class Store(Membership):
         limit: int,
         now: datetime | None = None,
         types: Sequence[str] = (),
+        queues: Sequence[str] = (),
     ) -> list[Claim]:
         """Move up to `limit` ready tasks to RUNNING for `worker`, best first.
 
-        With `types`, only tasks of those types (the ones `worker` has handlers for).
+        With `types`, only tasks of those types (the ones `worker` has handlers for); with
+        `queues`, only tasks of those queues.
         """
         if limit <= 0:
             return []
         with database.write(self.engine) as conn:
             # Read the clock inside the transaction, once the write lock is held, so a
             # start is never stamped before the finish that made the task ready.
-            return self._claim_as(conn, worker, limit, now or self.now(conn), types=types)[0]
+            at = now or self.now(conn)
+            return self._claim_as(conn, worker, limit, at, types=types, queues=queues).claims
 
     def _claim_as(
         self,
@@ -113,8 +125,11 @@ class Store(Membership):
         now: datetime,
         exclude: Sequence[str] = (),
         types: Sequence[str] = (),
-    ) -> tuple[list[Claim], bool]:
-        """Promote the delayed tasks now due, then claim; say also whether more are due.
+        queues: Sequence[str] = (),
+    ) -> _Claimed:
+        """Promote the delayed tasks now due, then claim from the queues that may start
+        tasks now; say also whether more are due, and when a rate-limited queue gets its
+        next token.
 
         More are due when the promotion stopped at its batch size: the caller should pass
         again at once rather than sleep until the next due time.
@@ -129,7 +144,11 @@ class Store(Membership):
         if promoted:
             # Other instances may have slots for what this one does not claim.
             announce(conn)
-        rows = scheduler_sql.claim(conn, worker, limit, now, exclude, types)
+        plan = queue_rows.walks(conn, now, limit, queues, typed=bool(types))
+        caps = None if plan is None else plan.caps
+        rows = scheduler_sql.claim(conn, worker, limit, now, exclude, types, caps)
+        if plan is not None and plan.buckets:
+            queue_rows.spend(conn, plan, [r.queue for r in rows], now)
         if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
         claims = [
@@ -144,7 +163,8 @@ class Store(Membership):
         if claims:
             reason = f"claimed by {worker}"
             events.stage([(c.id, c.type, c.attempt, Status.RUNNING, reason) for c in claims])
-        return claims, promoted >= PROMOTE_BATCH
+        token_at = None if plan is None else plan.next_token_at
+        return _Claimed(claims, promoted >= PROMOTE_BATCH, token_at)
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
@@ -162,6 +182,7 @@ class Store(Membership):
         now: datetime | None = None,
         exclude: Sequence[str] = (),
         types: Sequence[str] = (),
+        queues: Sequence[str] = (),
     ) -> PassResult:
         """Record finished attempts and claim up to `limit` tasks, in one transaction.
 
@@ -171,21 +192,21 @@ class Store(Membership):
         the next held-back task (run_at, retry backoff) falls due: now, when more fell due
         than one pass promotes. `exclude` names tasks
         the caller must not claim (an earlier attempt of theirs still holds its thread);
-        `types`, when given, the only types it claims.
+        `types` and `queues`, when given, the only types and queues it claims.
         """
 
         def work(conn: Connection) -> PassResult:
             at = now or self.now(conn)
             applied = self.finish_all(conn, finished, at) if finished else []
-            claims, more_due = (
-                self._claim_as(conn, worker, limit, at, exclude, types)
-                if limit > 0
-                else ([], False)
-            )
+            if limit <= 0:
+                return PassResult(applied, [], at, None)
+            claimed = self._claim_as(conn, worker, limit, at, exclude, types, queues)
             due = None
-            if len(claims) < limit:
-                due = at if more_due else scheduler_sql.next_run_at(conn, at)
-            return PassResult(applied, claims, at, due)
+            if len(claimed.claims) < limit:
+                due = at if claimed.more_due else scheduler_sql.next_run_at(conn, at)
+                if claimed.token_at is not None and (due is None or claimed.token_at < due):
+                    due = claimed.token_at
+            return PassResult(applied, claimed.claims, at, due)
 
         done = database.transaction(self.engine, work)
         faults.point("cycle.committed", worker=worker, cycle=done)
@@ -386,6 +407,7 @@ def _as_claim(row: Any, worker: str, payload: Any = None, waited_s: float = 0.0)
         retry_backoff_ms=row.retry_backoff_ms,
         timeout_ms=row.timeout_ms,
         waited_s=waited_s,
+        queue=getattr(row, "queue", DEFAULT_QUEUE),
     )
 
 

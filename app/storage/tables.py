@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 
 from app.storage.models import (
+    Queue,
     Schedule,
     SchedulerInstance,
     Task,
@@ -19,6 +20,7 @@ from app.storage.models import (
 T = TypeVar("T")
 
 tasks = Task.__table__
+queues = Queue.__table__
 deps = TaskDependency.__table__
 instances = SchedulerInstance.__table__
 schedules = Schedule.__table__

@@ -26,8 +26,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from app.http.openapi import build_spec
-from app.schemas import ID_PATTERN, MAX_DEPENDENCIES
-from app.services import actions, reads, schedules, submissions
+from app.schemas import ID_PATTERN, MAX_DEPENDENCIES, MAX_QUEUE_NAME_LENGTH
+from app.services import actions, queues, reads, schedules, submissions
 from app.statuses import Status
 from app.storage import database
 from app.storage.store import Outcome, Store
@@ -90,6 +90,8 @@ SEEDED = {
 
 # Schedules the fuzzed routes may name: one firing every minute, one paused cron schedule.
 SCHEDULES = ["minutely", "nightly"]
+# Queues they may name: the default, a limited one, a paused one.
+QUEUES = ["default", "mail", "held"]
 
 # The document the app serves, as JSON; test_the_fuzzed_document_is_the_served_one checks it.
 schema = schemathesis.openapi.from_dict(
@@ -111,6 +113,10 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     """Name a seeded task (or schedule) half the time, or keep what was generated."""
     if path_parameters and conforming_id(path_parameters.get("schedule_id")):
         named = st.sampled_from(SCHEDULES).map(lambda i: {**path_parameters, "schedule_id": i})
+        return st.one_of(st.just(path_parameters), named)
+    name = path_parameters.get("queue_name") if path_parameters else None
+    if path_parameters and conforming_id(name) and len(name) <= MAX_QUEUE_NAME_LENGTH:
+        named = st.sampled_from(QUEUES).map(lambda q: {**path_parameters, "queue_name": q})
         return st.one_of(st.just(path_parameters), named)
     if not path_parameters or not conforming_id(path_parameters.get("task_id")):
         return st.just(path_parameters)
@@ -169,6 +175,9 @@ def seed(store: Store) -> None:
         },
     ):
         schedules.create(engine, schedules.parse_new(body))
+    queues.set_limits(engine, "mail", {"concurrency_limit": 2, "rate_limit_per_s": 5.0})
+    queues.pause(engine, "held")
+    add("mailed", queue="mail")
     statuses = {t: reads.get_status(engine, t)["status"] for t in SEEDED}
     assert statuses == SEEDED
 

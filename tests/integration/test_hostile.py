@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, update
 from werkzeug.test import TestResponse
 
-from app.storage.tables import deps, schedules, tasks
+from app.storage.tables import deps, queues, schedules, tasks
 from tests.support.apps import build_app, postgres_schema, teardown
 from tests.support.client import MAX_ERROR_BYTES
 
@@ -57,6 +57,7 @@ def _task(task_id: str, *dependencies: str, **fields: Any) -> dict[str, Any]:
 
 
 SEED_BATCH = {"tasks": [_task("p2", "p1"), _task("p1", payload={"n": 1})]}
+SEED_QUEUE = {"concurrency_limit": 2, "rate_limit_per_s": 5}
 SEED_SCHEDULE = {"id": "s1", "cron": "*/5 * * * *", "task": {"type": "simulate", "duration_ms": 10}}
 
 
@@ -82,6 +83,8 @@ def _seed(client: FlaskClient, engine: Engine) -> str:
     assert client.post("/api/tasks/x/cancel").get_json()["status"] == "CANCELLED"
     assert client.post("/api/tasks/batch", json=SEED_BATCH).status_code == 201
     assert client.post("/api/schedules", json=SEED_SCHEDULE).status_code == 201
+    assert client.put("/api/queues/mail", json=SEED_QUEUE).status_code == 200
+    assert client.post("/api/queues/held/pause").status_code == 200
     link = client.get("/api/tasks?limit=2").headers["Link"]
     found = re.search(r"[?&]cursor=([^&>]+)", link)
     assert found, link
@@ -126,8 +129,9 @@ def snapshot(engine: Engine) -> Snapshot:
         task_rows = conn.execute(select(tasks).order_by(tasks.c.id)).all()
         dep_rows = conn.execute(select(deps).order_by(deps.c.task_id, deps.c.dependency_id)).all()
         schedule_rows = conn.execute(select(schedules).order_by(schedules.c.id)).all()
+        queue_rows = conn.execute(select(queues).order_by(queues.c.name)).all()
     rows = tuple(tuple(r) for r in task_rows) + tuple(tuple(r) for r in dep_rows)
-    rows += tuple(tuple(r) for r in schedule_rows)
+    rows += tuple(tuple(r) for r in schedule_rows) + tuple(tuple(r) for r in queue_rows)
     digest = hashlib.sha256(repr(rows).encode()).hexdigest()
     return Snapshot(len(task_rows), len(dep_rows), digest, rows)
 
@@ -512,6 +516,40 @@ SCHEDULES = [
     Case("schedule-delete-unknown", "DELETE", "/api/schedules/ghost", 404, "not_found", r"No schedule 'ghost'"),
     Case("schedule-delete-with-param", "DELETE", "/api/schedules/s1?force=1", 400, "invalid_parameter", r"'force'"),
 ]
+
+def put(name: str, path: str, body: bytes, status: int, code: str | None, message: str, **options: Any) -> Case:
+    return Case(name, "PUT", path, status, code, message, body, {**JSON, **options.pop("headers", {})}, **options)
+
+
+QUEUE_RULE = r"1 to 64 characters from A-Z a-z 0-9"
+QUEUES = [
+    post("task-queue-bad-name", task(queue="-mail"), 400, INVALID, r'"queue": "Use ' + QUEUE_RULE),
+    post("task-queue-65-chars", task(queue="q" * 65), 400, INVALID, r'"queue": "Use ' + QUEUE_RULE),
+    post("task-queue-a-number", task(queue=7), 400, INVALID, r'"queue": "Not a valid string'),
+    post("task-queue-a-list", task(queue=["mail"]), 400, INVALID, r'"queue": "Not a valid string'),
+    post("batch-queue-bad-name", batch(_task(NEW, queue="ma il")), 400, INVALID, r'"tasks.0.queue"', path=BATCH),
+    get("queues-unknown-param", "/api/queues?state=paused", 400, "invalid_parameter", r"'state'"),
+    get("queue-unknown", "/api/queues/ghost", 404, "not_found", r"No queue named 'ghost'"),
+    get("queue-name-with-nul", "/api/queues/q%00", 400, "invalid_parameter", r"is not a queue name.*" + QUEUE_RULE),
+    get("queue-name-10000-chars", "/api/queues/" + "q" * 10_000, 400, "invalid_parameter", r"is not a queue name"),
+    put("queue-limit-zero", "/api/queues/mail", json.dumps({"concurrency_limit": 0}).encode(), 400, INVALID, r'"concurrency_limit": "Must be null or from 1 to 100000 \(pause the queue'),
+    put("queue-limit-string", "/api/queues/mail", json.dumps({"concurrency_limit": "2"}).encode(), 400, INVALID, r'"concurrency_limit": "Must be a JSON integer'),
+    put("queue-limit-boolean", "/api/queues/mail", json.dumps({"concurrency_limit": True}).encode(), 400, INVALID, r'"concurrency_limit": "Must be a JSON integer'),
+    put("queue-limit-float", "/api/queues/mail", json.dumps({"concurrency_limit": 1.5}).encode(), 400, INVALID, r'"concurrency_limit": "Must be a JSON integer'),
+    put("queue-limit-huge", "/api/queues/mail", b'{"concurrency_limit": 1' + b"0" * 4000 + b"}", 400, BAD_JSON, r"4,001 digits\) does not fit in 64 bits"),
+    put("queue-rate-zero", "/api/queues/mail", json.dumps({"rate_limit_per_s": 0}).encode(), 400, INVALID, r'"rate_limit_per_s": "Must be null or from 0.001'),
+    put("queue-rate-string", "/api/queues/mail", json.dumps({"rate_limit_per_s": "fast"}).encode(), 400, INVALID, r'"rate_limit_per_s": "Must be a JSON number'),
+    put("queue-rate-overflow", "/api/queues/mail", b'{"rate_limit_per_s": 1e999}', 400, BAD_JSON, r"1e999 does not fit in a double"),
+    put("queue-unknown-field", "/api/queues/mail", json.dumps({"paused": True}).encode(), 400, INVALID, r'"paused": "Unknown field'),
+    put("queue-body-a-list", "/api/queues/mail", b"[2]", 400, BAD_JSON, NOT_OBJECT),
+    put("queue-body-text", "/api/queues/mail", b"2", 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "text/plain"}),
+    put("queue-bad-name", "/api/queues/ma%20il", json.dumps({}).encode(), 400, "invalid_parameter", r"is not a queue name"),
+    put("queue-with-param", "/api/queues/mail?force=1", json.dumps({}).encode(), 400, "invalid_parameter", r"'force'"),
+    put("queue-same-limits", "/api/queues/mail", json.dumps(SEED_QUEUE).encode(), 200, None, ""),
+    post("queue-pause-bad-name", b"", 400, "invalid_parameter", r"is not a queue name", path="/api/queues/-x/pause"),
+    post("queue-resume-10000-chars", b"", 400, "invalid_parameter", r"is not a queue name", path="/api/queues/" + "q" * 10_000 + "/resume"),
+    post("queue-pause-paused", b"", 200, None, "", path="/api/queues/held/pause"),
+]
 # fmt: on
 
 # Every rule of the app's URL map: a path it matches, and the methods of METHODS it answers.
@@ -528,12 +566,17 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/api/tasks/<task_id>/blockers": ("/api/tasks/b/blockers", frozenset({"GET"})),
     "/api/schedules": ("/api/schedules", frozenset({"GET", "POST"})),
     "/api/schedules/<schedule_id>": ("/api/schedules/s1", frozenset({"GET", "PATCH", "DELETE"})),
+    "/api/queues": ("/api/queues", frozenset({"GET"})),
+    "/api/queues/<queue_name>": ("/api/queues/mail", frozenset({"GET", "PUT"})),
+    "/api/queues/<queue_name>/pause": ("/api/queues/held/pause", frozenset({"POST"})),
+    "/api/queues/<queue_name>/resume": ("/api/queues/mail/resume", frozenset({"POST"})),
     "/api/openapi.json": ("/api/openapi.json", frozenset({"GET"})),
     "/health": ("/health", frozenset({"GET"})),
     "/metrics": ("/metrics", frozenset({"GET"})),
     "/": ("/", frozenset({"GET"})),
     "/tasks/<task_id>": ("/tasks/a", frozenset({"GET"})),
     "/schedules": ("/schedules", frozenset({"GET"})),
+    "/queues": ("/queues", frozenset({"GET"})),
     "/dashboard/counts": ("/dashboard/counts", frozenset({"GET"})),
     "/dashboard/graph/<task_id>": ("/dashboard/graph/a", frozenset({"GET"})),
     "/dashboard/actions/<task_id>": ("/dashboard/actions/a", frozenset({"GET"})),
@@ -574,6 +617,7 @@ CASES = (
     + STATES
     + BATCHES
     + SCHEDULES
+    + QUEUES
     + NOT_ALLOWED
 )
 

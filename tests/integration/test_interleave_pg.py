@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from app.services import actions, schedules, submissions
+from app.services import actions, queues, schedules, submissions
 from app.services.batch import submit_batch
 from app.statuses import Status
 from app.storage import retention
@@ -118,9 +118,10 @@ def requeue(task_id: str) -> Step:
     return Step(f"requeue({task_id})", lambda g: g.store.requeue(g.claims[task_id]))
 
 
-def claim() -> Step:
-    """The scheduler claims every ready task."""
-    return Step("claim", lambda g: g.store.claim(WORKER, 100))
+def claim(instance: str = "") -> Step:
+    """The scheduler (of `instance`, when two race) claims every ready task."""
+    label = f"claim({instance})" if instance else "claim"
+    return Step(label, lambda g: g.store.claim(WORKER, 100))
 
 
 def cycle(task_id: str, status: Status) -> Step:
@@ -333,6 +334,22 @@ def root_failed_registered(engine: Engine) -> Graph:
     return g
 
 
+def two_ready_in_a_limited_queue(engine: Engine) -> Graph:
+    """A and B QUEUED and ready in the queue `tight`, whose limit is 1."""
+    g = Graph(engine)
+    g.register()
+    for task_id in ("A", "B"):
+        body = {"id": task_id, "type": "t", "duration_ms": 1, "queue": "tight"}
+        submissions.submit(engine, body)
+    queues.set_limits(engine, "tight", {"concurrency_limit": 1, "rate_limit_per_s": None})
+    return g
+
+
+def pause_queue(name: str) -> Step:
+    """A user pauses a queue."""
+    return Step(f"pause({name})", lambda g: queues.pause(g.engine, name).queue["paused"])
+
+
 def a_ready(engine: Engine) -> Graph:
     """A QUEUED and ready, T <- A; the claiming instance registered."""
     g = Graph(engine)
@@ -497,6 +514,9 @@ SCENARIOS = [
     # The scheduler claims what pending counts say is ready.
     Scenario("claim_vs_retry", root_failed_registered, claim(), retry("R")),
     Scenario("claim_vs_cancel", a_ready, claim(), cancel("A")),
+    # Two instances claim from a queue with one free slot: one takes it.
+    Scenario("claim_vs_claim_limited", two_ready_in_a_limited_queue, claim("one"), claim("two")),
+    Scenario("claim_vs_pause_queue", two_ready_in_a_limited_queue, claim(), pause_queue("tight")),
     Scenario("cycle_vs_retry", a_failed_b_running, cycle("B", COMPLETED), retry("A")),
     Scenario("cycle_vs_cancel", a_running_with_dependents, cycle("A", COMPLETED), cancel("T")),
     # Two instances fire the same instant: one stores its task, the other nothing.

@@ -17,6 +17,7 @@ from app.extensions import db
 from app.runtime.metrics import Metrics
 from app.runtime.reaper import Reaper
 from app.services import actions, blockers, schedules, submissions
+from app.services import queues as queue_services
 from app.storage import counts, database
 from app.storage.database import utcnow
 from app.storage.health import SCHEMA_REVISION, schema_problem
@@ -461,4 +462,56 @@ def test_the_code_needs_the_newest_revision_and_refuses_an_older_schema(
         assert schema_problem(db.engine) is None
         downgrade(revision="base")
         assert schema_problem(db.engine) is not None  # no tasks table: never migrated
+        db.engine.dispose()
+
+
+def test_upgrade_to_0009_puts_stored_tasks_in_the_default_queue_and_counts_them(
+    database_url: str,
+) -> None:
+    """A 0008 database with tasks in every state (and unfolded count deltas on
+    PostgreSQL): after the upgrade each is in `default`, the counts per queue match the
+    tasks, the claim works through pauses and limits, and a downgrade keeps the tasks."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    statuses = ["QUEUED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+    with app.app_context():
+        _stored_at("0008", [_old_task(f"t{k}", now, status=s) for k, s in enumerate(statuses)])
+        upgrade()
+        engine = app.extensions["store"].engine
+        with database.read(engine) as conn:
+            by_queue = counts.by_queue(conn)
+            queues_of = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT queue FROM tasks")}
+        assert queues_of == {"default"}
+        assert set(by_queue) == {"default"}
+        assert {s: n for s, n in by_queue["default"].items() if n} == {
+            "QUEUED": 2,
+            "RUNNING": 1,
+            "COMPLETED": 1,
+            "FAILED": 1,
+            "CANCELLED": 1,
+        }
+        store = app.extensions["store"]
+        submissions.submit(engine, {"id": "mailed", "type": "t", "duration_ms": 1, "queue": "mail"})
+        queue_services.pause(engine, "default")
+        register(store, "w1")
+        assert [c.id for c in store.claim("w1", 10)] == ["mailed"]
+        queue_services.resume(engine, "default")
+        queue_services.set_limits(
+            engine, "default", {"concurrency_limit": 2, "rate_limit_per_s": None}
+        )
+        # t2 is RUNNING already: one slot of two is left.
+        assert [c.id for c in store.claim("w1", 10)] == ["t0"]
+        counts.fold(engine)
+        with database.read(engine) as conn:
+            assert counts.by_queue(conn)["mail"]["RUNNING"] == 1
+        downgrade(revision="0008")
+        with db.engine.connect() as conn:
+            assert "queues" not in inspect(conn).get_table_names()
+            assert conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar() == 7
+        with database.read(engine) as conn:
+            found = conn.exec_driver_sql(
+                "SELECT status, sum(n) FROM task_counts GROUP BY status"
+            ).all()
+        assert dict(found)["QUEUED"] == 1 and dict(found)["RUNNING"] == 3
+        downgrade(revision="base")
         db.engine.dispose()

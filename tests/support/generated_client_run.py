@@ -22,14 +22,19 @@ from task_scheduler_client.api.default import (
     create_schedule,
     delete_schedule,
     edit_schedule,
+    get_queue,
     get_schedule,
     get_status,
     get_task,
     health,
+    list_queues,
     list_schedules,
     list_tasks,
     openapi_document,
+    pause_queue,
+    resume_queue,
     retry_task,
+    set_queue_limits,
     submit_batch,
     submit_task,
     task_blockers,
@@ -43,6 +48,8 @@ from task_scheduler_client.models import (
     Error,
     HealthOut,
     HealthStatus,
+    QueueLimitsIn,
+    QueueOut,
     ScheduledTaskIn,
     ScheduleEdit,
     ScheduleIn,
@@ -145,6 +152,7 @@ def main(base_url: str, token: str) -> None:
     assert sorted(seen) == ["b0", "b1", "b2"], seen
 
     schedules(client)
+    queues(client)
     print(json.dumps(sorted(set(called))))
 
 
@@ -164,6 +172,24 @@ def schedules(client: AuthenticatedClient) -> None:
     assert paused.paused is True and paused.next_firings == []
     answer(delete_schedule, client, "nightly", expect=204)
     gone = answer(get_schedule, client, "nightly", expect=404).parsed
+    assert isinstance(gone, Error) and gone.code == "not_found"
+
+
+def queues(client: AuthenticatedClient) -> None:
+    """Limit, pause, show, resume and list a queue through the typed client."""
+    limits = QueueLimitsIn(concurrency_limit=2, rate_limit_per_s=None)
+    limited = answer(set_queue_limits, client, "reports", body=limits).parsed
+    assert isinstance(limited, QueueOut) and limited.concurrency_limit == 2
+    assert limited.rate_limit_per_s is None and limited.counts["QUEUED"] == 0
+    paused = answer(pause_queue, client, "reports").parsed
+    assert isinstance(paused, QueueOut) and paused.paused is True and paused.state == "paused"
+    shown = answer(get_queue, client, "reports").parsed
+    assert isinstance(shown, QueueOut) and shown.paused is True
+    resumed = answer(resume_queue, client, "reports").parsed
+    assert isinstance(resumed, QueueOut) and resumed.paused is False
+    listed = answer(list_queues, client).parsed
+    assert {"default", "reports"} <= {q.name for q in listed}, listed
+    gone = answer(get_queue, client, "ghost", expect=404).parsed
     assert isinstance(gone, Error) and gone.code == "not_found"
 
 

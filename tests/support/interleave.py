@@ -176,6 +176,16 @@ class Monitor:
         ).fetchone()
         return row is not None and row[0] == "Lock"
 
+    def any_waiting_for_lock(self, exclude: int) -> bool:
+        """Tell whether a backend of this database other than `exclude` (and this
+        session) waits for a lock."""
+        row = self._conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND pid <> %s AND pid <> pg_backend_pid()",
+            (exclude,),
+        ).fetchone()
+        return row is not None and row[0] > 0
+
     def terminate(self, pid: int | None) -> None:
         """End backend `pid`, so that a thread stuck in it gets an error and stops."""
         if pid is not None:
@@ -424,6 +434,7 @@ class Explorer:
             conn.execute(text("DELETE FROM tasks"))
             conn.execute(text("DELETE FROM scheduler_instances"))
             conn.execute(text("DELETE FROM schedules"))
+            conn.execute(text("DELETE FROM queues"))
         return scenario.setup(self.engine)
 
     def run_alone(self, world: World, step: Step) -> Side:

@@ -39,11 +39,12 @@ from app.handlers import HandlerFailed, Registry, TaskContext
 from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
-from app.services import actions, batch, schedules, submissions
+from app.services import actions, batch, queues, schedules, submissions
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.store import Store
 from app.storage.tables import deps, instances, tasks
+from app.storage.tables import queues as queue_rows
 from app.storage.tables import schedules as schedule_rows
 
 LEASE_S = 30.0
@@ -54,6 +55,9 @@ FOLD_S = 5.0
 FIRE_S = 1.0
 GRACE_S = 5.0
 START = datetime(2030, 1, 1)
+# The queues tasks name (None: the default), and the choices of queues a node serves.
+QUEUES = [None, None, "q1", "q2"]
+SERVED = [(), (), ("q1",), ("default", "q2")]
 # A RUNNING row that no live attempt holds is recovered by others within this long of its
 # owner's last heartbeat; its owner, if it lives, recovers it at a pass within a lease/3.
 RECOVERY_BOUND_S = LEASE_S + 2 * REAP_S + 2 * POLL_S
@@ -211,8 +215,12 @@ class Simulation:
         self.fired_seen: dict[str, int] = {}
         self.firing_node: Node | None = None
         self.settling = False
+        # Queues: the simulated start times in each rate-limited queue since its rate was
+        # last set (a new rate starts from a full bucket).
+        self.queue_starts: dict[str, list[float]] = {}
+        self.bucket_time = 0.0
         with database.write(engine) as conn:
-            for table in (deps, tasks, instances, schedule_rows):
+            for table in (deps, tasks, instances, schedule_rows, queue_rows):
                 conn.execute(delete(table))
         events.attach(engine, Recorder(self))
 
@@ -276,6 +284,7 @@ class Simulation:
             (2, self.add_schedule),
             (3, self.fire),
             (1, self.edit_schedule),
+            (3, self.change_queue),
         ]
         weights = [w for w, _ in actions_]
         (action,) = self.rng.choices([a for _, a in actions_], weights)
@@ -306,6 +315,8 @@ class Simulation:
             name=lambda: next(names),
             executor=lambda workers: self._executor(index, workers),
             fire=partial(schedules.fire_due, self.engine),
+            # The first node serves every queue, so that every task can finish.
+            queues=self.rng.choice(SERVED) if index else (),
         )
         node = Node(index, generation, scheduler)
         self.nodes[index] = node
@@ -320,7 +331,8 @@ class Simulation:
         self.beat_mono[scheduler.id or ""] = now
         self.beat_avail[scheduler.id or ""] = self.available
         self.disturbed = self.serving
-        self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent}")
+        serves = ",".join(scheduler.queues) or "every queue"
+        self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent} for {serves}")
 
     def _executor(self, index: int, workers: int) -> SimExecutor:
         node = self.nodes[index]
@@ -390,6 +402,7 @@ class Simulation:
             "max_attempts": rng.choice([1, 1, 2, 3]),
             "retry_backoff_ms": rng.choice([0, 500, 3000]),
             "priority": rng.choice([0, 0, 0, 5]),
+            "queue": rng.choice(QUEUES),
         }
         if rng.random() < 0.3:
             body["timeout_ms"] = rng.choice([500, 2000, 8000])
@@ -526,6 +539,27 @@ class Simulation:
             self.note(f"{change} {sid}: the database is unavailable")
             return
         self.note(f"{change} {sid}")
+
+    def change_queue(self) -> None:
+        """Pause or resume a queue, or set its limits, as a user would, at any moment."""
+        rng = self.rng
+        name = rng.choice(["default", "q1", "q2"])
+        kind = rng.choice(["pause", "resume", "resume", "limits"])
+        try:
+            if kind == "limits":
+                limits = {
+                    "concurrency_limit": rng.choice([None, 1, 2, 3]),
+                    "rate_limit_per_s": rng.choice([None, None, 0.5, 2.0]),
+                }
+                changed = queues.set_limits(self.engine, name, limits)
+                if changed.change is not None:
+                    self.queue_starts[name] = []
+                self.note(f"queue {name}: limits {limits}")
+            else:
+                getattr(queues, kind)(self.engine, name)
+                self.note(f"queue {name}: {kind}")
+        except OperationalError:
+            self.note(f"queue {name}: {kind} failed, the database is unavailable")
 
     def pass_(self) -> None:
         node = self.pick(self.active())
@@ -892,6 +926,7 @@ class Simulation:
             self.fail(f"{claim.key} started before the end of its backoff {row.not_before}")
         if claim.id in self.cancelled:
             self.fail(f"{claim.key} started after a user cancelled it")
+        self._check_queue(claim.key, row.queue, rows)
         if row.failures >= row.max_attempts:
             self.fail(f"{claim.key} started with its budget spent: {row.failures} failures")
         seen = self.seen.setdefault(claim.id, Seen(row.status, row.attempts, row.failures))
@@ -902,6 +937,41 @@ class Simulation:
                 f"{claim.id} started {seen.starts} times since queued by a user; "
                 f"max_attempts {row.max_attempts}, free requeues {seen.free_requeues}"
             )
+
+    def _check_queue(self, key: tuple[str, int], name: str, rows: dict[str, Any]) -> None:
+        """A start honours its queue as it stands: not paused, within its concurrency
+        limit (its RUNNING rows, this one included), within its rate."""
+        with self.checker_reads() as conn:
+            (queue,) = conn.execute(select(queue_rows).where(queue_rows.c.name == name)).all() or [
+                None
+            ]
+        if queue is None:
+            return
+        worker = rows[key[0]].worker
+        node = next(n for n in self.nodes if n is not None and n.scheduler.id == worker)
+        serves = node.scheduler.queues
+        if serves and name not in serves:
+            self.fail(f"{key} of queue {name} started by {node.name}, which serves {serves}")
+        if queue.paused:
+            self.fail(f"{key} started in the paused queue {name}")
+        running = sum(1 for r in rows.values() if r.queue == name and r.status == "RUNNING")
+        if queue.concurrency_limit is not None and running > queue.concurrency_limit:
+            self.fail(f"{key} started as {running} run in {name}, limit {queue.concurrency_limit}")
+        rate = queue.rate_limit_per_s
+        # Buckets refill by the claimers' wall clock, which never goes back for them: a
+        # clock stepped forward refills a bucket (one burst at most), one stepped back
+        # refills nothing until it passes the last spend.
+        starts = self.queue_starts.setdefault(name, [])
+        self.bucket_time = max(self.bucket_time, (self.clock.now() - START).total_seconds())
+        now = self.bucket_time
+        starts.append(now)
+        if rate is not None:
+            burst = max(1.0, rate)
+            for k, since in enumerate(starts):
+                if len(starts) - k > burst + rate * (now - since) + 1e-6:
+                    self.fail(
+                        f"{len(starts) - k} starts in {name} in {now - since:.2f}s; rate {rate}/s"
+                    )
 
     def committed(self, changes: list[Change]) -> None:
         """Follow every state change as it commits: who may start again, and why."""
@@ -965,8 +1035,16 @@ class Simulation:
             real = dict.fromkeys((s.value for s in Status), 0)
             query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
             real.update({status: int(n) for status, n in conn.execute(query)})
+            per_queue = counts.by_queue(conn)
+            query = select(tasks.c.queue, tasks.c.status, func.count()).group_by(
+                tasks.c.queue, tasks.c.status
+            )
+            real_per_queue = {(q, st): int(n) for q, st, n in conn.execute(query)}
         if shown != real:
             self.fail(f"the counts by status are {shown}, the tasks {real}")
+        kept = {(q, st): n for q, by in per_queue.items() for st, n in by.items() if n}
+        if kept != real_per_queue:
+            self.fail(f"the counts by queue are {kept}, the tasks {real_per_queue}")
 
     def _check_task(
         self,
@@ -1053,6 +1131,11 @@ class Simulation:
         self.armed.clear()
         self.outage_until = self.deaf_until = -1.0
         self.settling = True
+        for name in ("default", "q1", "q2"):  # every queue open, so that everything ends
+            queues.resume(self.engine, name)
+            queues.set_limits(
+                self.engine, name, {"concurrency_limit": None, "rate_limit_per_s": None}
+            )
         for sid in self.schedule_ids:  # no new tasks while the rest finishes
             with suppress(ApiError):  # deleted
                 schedules.edit(self.engine, sid, {"paused": True}, now=self.clock.now())

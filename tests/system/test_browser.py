@@ -93,3 +93,45 @@ def test_the_schedules_page_shows_firings_and_pauses(
     p.click(f'{row} td[data-outcome="fired"] a')
     p.wait_for_url(f"{server.base_url}/?batch_id=tick.*")
     p.wait_for_function("document.querySelectorAll('#task-rows tr').length === 1")
+
+
+def test_the_queues_page_pauses_a_queue_and_sets_its_limit(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="4")
+    p = page
+    p.goto(f"{server.base_url}/")
+    p.click('nav.sections a:text-is("Queues")')
+    p.wait_for_url(f"{server.base_url}/queues")
+    row = '#queue-rows tr[data-queue="mail"]'
+    p.wait_for_selector('#queue-rows tr[data-queue="default"]', timeout=10_000)
+    assert requests.post(f"{server.base_url}/api/queues/mail/pause", timeout=10).ok
+    tasks = [
+        {"id": f"m{k}", "type": "simulate", "duration_ms": 200, "queue": "mail"} for k in range(6)
+    ]
+    server.submit_batch(tasks)
+    # Paused: the six wait, shown as QUEUED without a reload.
+    p.wait_for_selector(
+        f'{row}[data-paused="true"] [data-count="QUEUED"]:text-is("6")', timeout=10_000
+    )
+    assert all(server.task(t["id"])["status"] == "QUEUED" for t in tasks)
+    p.fill(f'{row} input[name="concurrency_limit"]', "1")
+    p.click(f'{row} button:text-is("Set")')
+    poll(
+        lambda: server.get("/api/queues/mail").json()["concurrency_limit"] == 1,
+        10,
+        "the limit to be set",
+    )
+    p.click(f'{row} button:text-is("Resume")')
+    p.wait_for_selector(f'{row}[data-paused="false"]', timeout=10_000)
+    most = 0
+
+    def drained() -> bool:
+        nonlocal most
+        shown = server.get("/api/queues/mail").json()
+        most = max(most, shown["running"])
+        return shown["counts"]["COMPLETED"] == 6
+
+    poll(drained, 30, "the queue to drain")
+    assert most <= 1
+    p.wait_for_selector(f'{row} [data-count="COMPLETED"]:text-is("6")', timeout=10_000)

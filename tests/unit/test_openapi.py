@@ -266,6 +266,9 @@ def test_database_faults_are_documented_where_they_can_happen(document: dict[str
         ("/api/schedules", "post"),
         ("/api/schedules/{schedule_id}", "patch"),
         ("/api/schedules/{schedule_id}", "delete"),
+        ("/api/queues/{queue_name}", "put"),
+        ("/api/queues/{queue_name}/pause", "post"),
+        ("/api/queues/{queue_name}/resume", "post"),
     }
     every = operations(document)
     full = {key for key, op in every.items() if "507" in op["responses"]}

@@ -41,6 +41,10 @@ var Dash = (function () {
     return "/api/schedules/" + encodeURIComponent(id);
   }
 
+  function apiQueueUrl(name) {
+    return "/api/queues/" + encodeURIComponent(name);
+  }
+
   // With API_TOKEN set, the data routes answer 401 until the page sends the token; it is
   // asked for once and kept for this tab's session only.
   var TOKEN_KEY = "task-scheduler.api-token";
@@ -230,6 +234,7 @@ var Dash = (function () {
     ATTEMPTS_NOTE: ATTEMPTS_NOTE,
     apiTaskUrl: apiTaskUrl,
     apiScheduleUrl: apiScheduleUrl,
+    apiQueueUrl: apiQueueUrl,
     fetchJson: fetchJson,
     errorText: errorText,
     nextCursor: nextCursor,

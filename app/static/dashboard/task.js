@@ -32,6 +32,7 @@
     ["progress", "Progress"],
     ["attempts", "Attempts"],
     ["max_attempts", "Max attempts"],
+    ["queue", "Queue"],
     ["priority", "Priority"],
     ["duration_ms", "Duration (ms)"],
     ["timeout_ms", "Timeout (ms)"],

@@ -1,0 +1,105 @@
+/* The queues: their tasks by status, their limits (editable), pause and resume. */
+"use strict";
+
+(function () {
+  var el = Dash.el;
+  var rows = document.getElementById("queue-rows");
+  var error = document.getElementById("queues-error");
+  // While a limit is being typed, refreshes leave the rows alone.
+  var editing = false;
+
+  function send(url, method, body) {
+    var options = { method: method, headers: { "Content-Type": "application/json" } };
+    if (body !== undefined) {
+      options.body = JSON.stringify(body);
+    }
+    return Dash.fetchJson(url, options).then(function (result) {
+      Dash.show(error, result.ok ? "" : Dash.errorText(result));
+      editing = false;
+      return refresh();
+    });
+  }
+
+  function toggle(queue) {
+    var button = el("button", { type: "button" }, queue.paused ? "Resume" : "Pause");
+    button.addEventListener("click", function () {
+      button.disabled = true;
+      send(Dash.apiQueueUrl(queue.name) + (queue.paused ? "/resume" : "/pause"), "POST");
+    });
+    return button;
+  }
+
+  function number(value) {
+    if (value.trim() === "") {
+      return null;
+    }
+    var parsed = Number(value);
+    return Number.isFinite(parsed) ? parsed : value; // the API names what is wrong
+  }
+
+  function limits(queue) {
+    var form = el("form", { class: "limits", "data-queue": queue.name });
+    var limit = el("input", {
+      type: "text", inputmode: "numeric", size: "6", name: "concurrency_limit",
+      "aria-label": "Concurrency limit of " + queue.name,
+      value: queue.concurrency_limit === null ? "" : String(queue.concurrency_limit),
+    });
+    var rate = el("input", {
+      type: "text", inputmode: "decimal", size: "6", name: "rate_limit_per_s",
+      "aria-label": "Rate limit of " + queue.name,
+      value: queue.rate_limit_per_s === null ? "" : String(queue.rate_limit_per_s),
+    });
+    [limit, rate].forEach(function (input) {
+      input.addEventListener("input", function () {
+        editing = true;
+      });
+    });
+    form.appendChild(limit);
+    form.appendChild(rate);
+    form.appendChild(el("button", { type: "submit" }, "Set"));
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      send(Dash.apiQueueUrl(queue.name), "PUT", {
+        concurrency_limit: number(limit.value),
+        rate_limit_per_s: number(rate.value),
+      });
+    });
+    return form;
+  }
+
+  function row(queue) {
+    var tr = el("tr", { "data-queue": queue.name, "data-paused": String(queue.paused) });
+    tr.appendChild(el("td", null, queue.name));
+    ["QUEUED", "RUNNING", "COMPLETED", "FAILED"].forEach(function (status) {
+      tr.appendChild(el("td", { "data-count": status }, queue.counts[status]));
+    });
+    var settings = el("td", { colspan: "2" });
+    settings.appendChild(limits(queue));
+    tr.appendChild(settings);
+    var state = el("td");
+    state.appendChild(el("span", { class: "badge" }, queue.state));
+    state.appendChild(document.createTextNode(" "));
+    state.appendChild(toggle(queue));
+    tr.appendChild(state);
+    return tr;
+  }
+
+  function refresh() {
+    if (editing) {
+      return Promise.resolve();
+    }
+    return Dash.fetchJson("/api/queues").then(function (result) {
+      if (!result.ok || !Array.isArray(result.body)) {
+        Dash.show(error, Dash.errorText(result));
+        return;
+      }
+      Dash.show(error, "");
+      Dash.clear(rows);
+      result.body.forEach(function (queue) {
+        rows.appendChild(row(queue));
+      });
+    });
+  }
+
+  Dash.poll(refresh, 2000);
+})();
