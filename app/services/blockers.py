@@ -52,7 +52,8 @@ def _queued_blockers(conn: Connection, row: Any) -> list[dict[str, Any]]:
     if row.not_before is not None and row.not_before > now:
         kind = "run_at" if row.run_at is not None and row.run_at >= row.not_before else "backoff"
         return [{"kind": kind, "until": _iso(row.not_before)}]
-    (queue,) = queue_rows.rows(conn, [row.queue]) or [None]
+    found = queue_rows.rows(conn, [row.queue])
+    queue = found[0] if found else None
     if queue is not None and queue.paused:
         return [{"kind": "queue_paused", "queue": row.queue}]
     serving = membership.serving_types(conn)
