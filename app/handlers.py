@@ -1,19 +1,33 @@
-"""The task-type registry, handler modules, and the built-in simulated handler."""
+"""The task-type registry, handler modules, the context a handler gets, and the built-in
+simulated handler."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from marshmallow import ValidationError
+
 from app.config import ConfigError
+from app.dag import topological_order
 from app.errors import UnknownTaskType
+from app.schemas import TaskIn, validation_details
 
 SIMULATE = "simulate"
+# Tasks one attempt may add to the graph (they are created with its completion).
+MAX_ADDED_TASKS = 10_000
+# The results of a task's dependencies, as JSON, that `dependency_results` loads at most.
+MAX_DEPENDENCY_RESULTS_BYTES = 4 * 1024 * 1024
+
+_task_in = TaskIn()
 
 
 class HandlerFailed(Exception):
@@ -24,9 +38,14 @@ def _ignore_progress(percent: int) -> None:
     return None
 
 
+def _no_results() -> dict[str, Any]:
+    return {}
+
+
 @dataclass
 class TaskContext:
-    """What a handler receives: the task, its attempt, a cancel event, a progress hook."""
+    """What a handler receives: the task, its attempt, a cancel event, a progress hook,
+    its dependencies' results, and a way to add tasks to the graph."""
 
     id: str
     type: str
@@ -36,6 +55,61 @@ class TaskContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     # Report 0..100; the scheduler records it as the task's `progress`.
     progress: Callable[[int], None] = _ignore_progress
+    # Reads `{dependency id: result}` from the database (the scheduler gives it).
+    read_dependency_results: Callable[[], dict[str, Any]] = _no_results
+    # The tasks this attempt adds, loaded and checked; created with its completion.
+    added: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def dependency_results(self) -> dict[str, Any]:
+        """The results of this task's dependencies, by id (null for one that returned
+        nothing or did not complete; absent for one retention removed). Read once, on
+        first use, at most MAX_DEPENDENCY_RESULTS_BYTES of them (beyond: HandlerFailed)."""
+        return self.read_dependency_results()
+
+    def add_tasks(self, tasks: Iterable[dict[str, Any]]) -> list[str]:
+        """Add tasks to the graph, created in the transaction that records this attempt's
+        completion: if the attempt fails, or its completion is never recorded, none exist.
+
+        Each task is a body as `POST /api/tasks` takes it (an id is generated when absent);
+        its dependencies may name this task and the tasks it adds. This task's dependents
+        wait for the added tasks too. Return their ids. Raises HandlerFailed for a task
+        that is invalid, an id used twice, a dependency elsewhere, a cycle, or more than
+        MAX_ADDED_TASKS in all (so the attempt fails, saying why).
+        """
+        loaded = [self._load_added(len(self.added) + k, t) for k, t in enumerate(tasks)]
+        if len(self.added) + len(loaded) > MAX_ADDED_TASKS:
+            raise HandlerFailed(f"An attempt may add at most {MAX_ADDED_TASKS} tasks.")
+        taken = {t["id"] for t in self.added} | {self.id}
+        for task in loaded:
+            if task["id"] in taken:
+                raise HandlerFailed(f"add_tasks: the id {task['id']!r} is used twice.")
+            taken.add(task["id"])
+        for task in loaded:
+            elsewhere = [d for d in task.get("dependencies") or [] if d not in taken]
+            if elsewhere:
+                raise HandlerFailed(
+                    f"add_tasks: task {task['id']!r} depends on {elsewhere[0]!r}; an added "
+                    "task may depend only on the task adding it and the tasks it adds."
+                )
+        everything = [*self.added, *loaded]
+        edges = {t["id"]: t.get("dependencies") or [] for t in everything}
+        if len(topological_order([t["id"] for t in everything], edges)) < len(everything):
+            raise HandlerFailed("add_tasks: the added tasks' dependencies form a cycle.")
+        self.added.extend(loaded)
+        return [task["id"] for task in loaded]
+
+    @staticmethod
+    def _load_added(index: int, task: Any) -> dict[str, Any]:
+        if not isinstance(task, dict):
+            raise HandlerFailed(f"add_tasks: task {index} is not a dict.")
+        try:
+            loaded: dict[str, Any] = _task_in.load(task)
+        except ValidationError as exc:
+            shown = json.dumps(validation_details(exc))[:500]
+            raise HandlerFailed(f"add_tasks: task {index} is invalid: {shown}") from None
+        loaded.setdefault("id", uuid.uuid4().hex)
+        return loaded
 
 
 Handler = Callable[[TaskContext], Any]

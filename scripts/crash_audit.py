@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.support.ledger_handlers import fails_at
+from tests.support.ledger_handlers import added_ids, fails_at
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"})
 
@@ -110,6 +110,13 @@ def audit(
     """
     found = Audit()
     planned = {body["id"]: body for body in plan}
+    added = check_added(found, planned, stored)
+    for parent, children in added.items():
+        for child in children:
+            if child in stored.tasks:  # what a completion added: planned by its handler
+                body = {"id": child, "dependencies": [parent], "max_attempts": 1, "payload": {}}
+                planned[child] = body
+                accepted = accepted | {child}
     missing = sorted(accepted - set(stored.tasks))
     for task_id in missing:
         found.fail("accepted but missing", task_id)
@@ -132,8 +139,29 @@ def audit(
         by_task[task_id][attempt] = run
     for task_id, row in stored.tasks.items():
         if task_id in planned:
-            check_task(found, planned[task_id], row, stored, by_task, killed)
+            check_task(found, planned[task_id], row, stored, by_task, killed, added)
     return found
+
+
+def check_added(
+    found: Audit, planned: dict[str, dict[str, Any]], stored: Stored
+) -> dict[str, list[str]]:
+    """The tasks an attempt added exist if and only if the task completed. Return the
+    tasks each planned task adds as it completes."""
+    added = {
+        task_id: added_ids(task_id, body.get("payload", {}))
+        for task_id, body in planned.items()
+        if added_ids(task_id, body.get("payload", {}))
+    }
+    for parent, children in added.items():
+        row = stored.tasks.get(parent)
+        present = [child for child in children if child in stored.tasks]
+        if row is not None and row.status == "COMPLETED" and len(present) < len(children):
+            found.fail("a completed task lacks the tasks it added", f"{parent} {present}")
+        if present and (row is None or row.status != "COMPLETED"):
+            status = None if row is None else row.status
+            found.fail("added tasks of an attempt that did not complete", f"{parent} {status}")
+    return added
 
 
 def check_task(
@@ -143,13 +171,24 @@ def check_task(
     stored: Stored,
     by_task: dict[str, dict[int, Run]],
     killed: set[int],
+    added: dict[str, list[str]] | None = None,
 ) -> None:
-    """Check one task: its status, its attempts against the policy, its dependencies."""
+    """Check one task: its status, its attempts against the policy, its dependencies.
+
+    A dependency that added tasks as it completed may have made this task wait for those
+    too: all of them, or none (this task came after that completion).
+    """
     task_id, attempts, payload = row.id, row.attempts, body.get("payload", {})
     mine = by_task.get(task_id, {})
     if row.status not in TERMINAL or row.status == "CANCELLED":
         found.fail("not terminal (or cancelled)", f"{task_id} {row.status}")
-    if set(body["dependencies"]) != stored.deps.get(task_id, set()):
+    extra = stored.deps.get(task_id, set()) - set(body["dependencies"])
+    adopted = [set((added or {}).get(d, [])) for d in body["dependencies"]]
+    if (
+        not set(body["dependencies"]) <= stored.deps.get(task_id, set())
+        or any((extra & kids) not in (set(), kids) for kids in adopted)
+        or extra - set().union(*adopted)
+    ):
         found.fail("stored dependencies differ", task_id)
     if row.max_attempts != body["max_attempts"] or attempts > row.max_attempts:
         found.fail("attempts beyond the policy", f"{task_id} {attempts}/{row.max_attempts}")
@@ -206,8 +245,9 @@ def check_dependencies(
 ) -> None:
     """Nothing started before its dependencies ended; propagation went where it should."""
     task_id, names = row.id, body["dependencies"]
+    everything = sorted(stored.deps.get(task_id, set()) | set(names))  # with adopted ones
     mine = by_task.get(task_id, {})
-    parents = [stored.tasks[d] for d in names if d in stored.tasks]
+    parents = [stored.tasks[d] for d in everything if d in stored.tasks]
     all_success = body.get("trigger_rule", "all_success") == "all_success"
     unmet = [p.id for p in parents if p.status != "COMPLETED"]
     if all_success and unmet and row.status != "UPSTREAM_FAILED":

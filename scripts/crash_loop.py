@@ -94,7 +94,8 @@ def make_tasks(rng: random.Random, count: int) -> list[dict[str, Any]]:
 
     A task that fails for good (by design, or interrupted without retries left) takes its
     workflow's dependents with it, not the whole graph. Mixed: no retries or 1-3 retries,
-    2 % failing every attempt, 8 % failing their first one or two, 5 % `all_done`.
+    2 % failing every attempt, 8 % failing their first one or two, 5 % `all_done`, 5 %
+    adding 1-4 tasks that depend on them as they complete (dynamic fan-out).
     """
     bodies: list[dict[str, Any]] = []
     group: list[str] = []
@@ -118,6 +119,8 @@ def make_tasks(rng: random.Random, count: int) -> list[dict[str, Any]]:
             body["payload"] = {"fail": True}
         elif roll < 0.10:
             body["payload"] = {"fail_attempts": rng.randint(1, 2)}
+        elif roll < 0.15:
+            body["payload"] = {"map": rng.randint(1, 4)}  # adds tasks as it completes
         bodies.append(body)
         group.append(task_id)
     return bodies
@@ -512,6 +515,7 @@ class Loop:
             + ")",
             f"attempts: {attempts} started, {len(runs)} in the ledger; retries {retries};"
             f" attempts lost to kills {found.lost_attempts}",
+            f"added by completions: {len(set(stored.tasks) - {b['id'] for b in self.plan})} tasks",
             f"elapsed: {elapsed:.1f} s",
         ]
 

@@ -8,8 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from app.handlers import HandlerFailed, Registry, TaskContext
 from app.statuses import Status
@@ -112,8 +112,16 @@ def _work(job: Job) -> None:
         job.end(outcome)
 
 
-def call_handler(registry: Registry, running: Running, report: Callable[[int], None]) -> Outcome:
-    """Run the attempt's handler and return its outcome; never raise."""
+def call_handler(
+    registry: Registry,
+    running: Running,
+    report: Callable[[int], None],
+    read_dependency_results: Callable[[], dict[str, Any]] | None = None,
+) -> Outcome:
+    """Run the attempt's handler and return its outcome; never raise.
+
+    A completed outcome carries the tasks the handler added, to be created with it.
+    """
     claim = running.claim
     payload = claim.payload if isinstance(claim.payload, dict) else {}
     ctx = TaskContext(
@@ -125,6 +133,8 @@ def call_handler(registry: Registry, running: Running, report: Callable[[int], N
         running.cancel,
         progress=_throttled(report),
     )
+    if read_dependency_results is not None:
+        ctx.read_dependency_results = read_dependency_results
     try:
         result = registry.resolve(claim.type)(ctx)
     except Exception as exc:  # a handler's bug must fail its task, not the scheduler
@@ -136,7 +146,10 @@ def call_handler(registry: Registry, running: Running, report: Callable[[int], N
             log.exception("handler for task %s raised", claim.id)
         message = str(exc) if isinstance(exc, HandlerFailed) else _describe(exc)
         return Outcome(Status.FAILED, error=message[:MAX_ERROR_CHARS], error_code="handler_error")
-    return _checked_result(result)
+    outcome = _checked_result(result)
+    if ctx.added and outcome.status is Status.COMPLETED:
+        return replace(outcome, children=tuple(ctx.added))
+    return outcome
 
 
 def _describe(exc: Exception) -> str:

@@ -379,7 +379,8 @@ class Scheduler:
         faults.point("thread.started", running=running, scheduler=self)
 
     def _run(self, running: Running) -> Outcome:
-        return call_handler(self.registry, running, partial(self._progress, running.claim))
+        read = partial(self.store.dependency_results, running.claim.id)
+        return call_handler(self.registry, running, partial(self._progress, running.claim), read)
 
     def _end(self, running: Running, outcome: Outcome | None) -> None:
         """Called on the attempt's own thread as it returns."""
@@ -447,6 +448,12 @@ class Scheduler:
                 running = self._attempts.get(key)
             if running is not None:
                 running.stop("cancel")
+
+    def honour_cancel_requests(self) -> None:
+        """Stop at once the attempts of this instance that users asked to stop (the loop
+        also looks every few seconds)."""
+        if self.id is not None:
+            _safely(self._honour_cancel_requests)
 
     def cancel_running(self, task_id: str, attempt: int) -> bool:
         """Ask the handler of this attempt to stop, if this instance runs it."""

@@ -10,12 +10,16 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, case, delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app import events, faults
+from app.errors import ApiError, DuplicateId
 from app.events import Change
+from app.handlers import MAX_DEPENDENCY_RESULTS_BYTES, HandlerFailed
 from app.statuses import Status
 from app.storage import database, readiness, scheduler_sql
 from app.storage import queues as queue_rows
+from app.storage import tasks as stored
 from app.storage.database import stamp, utcnow
 from app.storage.membership import Membership
 from app.storage.models import DEFAULT_QUEUE
@@ -75,6 +79,16 @@ class Outcome:
     result: Any = None
     error: str | None = None
     error_code: str | None = None
+    # Tasks the handler added (loaded task bodies), created with the completion.
+    children: tuple[dict[str, Any], ...] = ()
+
+
+# spawn(conn, claim, added tasks, now): creates the tasks; raises ApiError to refuse them.
+Spawn = Callable[[Connection, "Claim", Sequence[dict[str, Any]], datetime], None]
+
+
+class _Stale(Exception):
+    """The row no longer holds the attempt whose outcome was being written."""
 
 
 class _Claimed(NamedTuple):
@@ -95,6 +109,21 @@ class Store(Membership):
     ) -> None:
         super().__init__(engine, clock, monotonic)
         self.rng = rng or random.Random()
+        # Creates the tasks a completed attempt added, inside its completion's transaction
+        # (services/fanout.spawn, given by the app); raises ApiError to refuse them.
+        self.spawn: Spawn | None = None
+
+    def dependency_results(self, task_id: str) -> dict[str, Any]:
+        """Return `{dependency id: result}` of a task, or raise HandlerFailed past
+        MAX_DEPENDENCY_RESULTS_BYTES (read for a handler, on its thread)."""
+        with database.read(self.engine) as conn:
+            size = stored.dependency_results_size(conn, task_id)
+            if size > MAX_DEPENDENCY_RESULTS_BYTES:
+                raise HandlerFailed(
+                    f"The results of this task's dependencies are {size:,} bytes of JSON; "
+                    f"dependency_results loads at most {MAX_DEPENDENCY_RESULTS_BYTES:,}."
+                )
+            return stored.dependency_results(conn, task_id)
 
     def claim(
         self,
@@ -144,10 +173,9 @@ class Store(Membership):
         if promoted:
             # Other instances may have slots for what this one does not claim.
             announce(conn)
-        plan = queue_rows.walks(conn, now, limit, queues, typed=bool(types))
-        caps = None if plan is None else plan.caps
-        rows = scheduler_sql.claim(conn, worker, limit, now, exclude, types, caps)
-        if plan is not None and plan.buckets:
+        plan = queue_rows.walks(conn, now, limit, queues)
+        rows = scheduler_sql.claim(conn, worker, limit, now, plan.caps, exclude, types)
+        if plan.buckets:
             queue_rows.spend(conn, plan, [r.queue for r in rows], now)
         if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
@@ -163,8 +191,7 @@ class Store(Membership):
         if claims:
             reason = f"claimed by {worker}"
             events.stage([(c.id, c.type, c.attempt, Status.RUNNING, reason) for c in claims])
-        token_at = None if plan is None else plan.next_token_at
-        return _Claimed(claims, promoted >= PROMOTE_BATCH, token_at)
+        return _Claimed(claims, promoted >= PROMOTE_BATCH, plan.next_token_at)
 
     def finish(self, claim: Claim, outcome: Outcome, now: datetime | None = None) -> bool:
         """Record how an attempt ended, if the row still holds this attempt."""
@@ -226,6 +253,8 @@ class Store(Membership):
             if _is_plain_success(outcome):
                 ok = claim.key in applied_plain
                 written: tuple[Status, str | None] | None = (Status.COMPLETED, None) if ok else None
+            elif outcome.children:
+                outcome, written = self._complete_with_children(conn, claim, outcome, now)
             else:
                 written = self._write_outcome(conn, claim, outcome, now)
             applied.append(written is not None)
@@ -247,6 +276,37 @@ class Store(Membership):
             # backoff whose end the others must plan for): another instance may run them.
             announce(conn)
         return applied
+
+    def _complete_with_children(
+        self, conn: Connection, claim: Claim, outcome: Outcome, now: datetime
+    ) -> tuple[Outcome, tuple[Status, str | None] | None]:
+        """Complete an attempt and create the tasks it added, together, if fenced.
+
+        When the tasks are refused (MAX_QUEUED_TASKS, an id taken, a type no handler
+        runs...), none is created and the attempt fails instead, with the refusal's code
+        as its error_code, to be retried by its policy. Return the outcome written.
+        """
+        savepoint = conn.begin_nested()
+        try:
+            # What the added tasks stage joins the pass's changes only if all of it holds.
+            with events.held():
+                if self.spawn is None:
+                    raise ApiError("This instance cannot add tasks to the graph.")
+                # First, while the task is still RUNNING: the added tasks that depend on
+                # it count it as unfinished, and the completion's settle counts them down.
+                self.spawn(conn, claim, outcome.children, now)
+                written = self._write_outcome(conn, claim, outcome, now)
+                if written is None:
+                    raise _Stale
+        except _Stale:  # the row no longer holds this attempt: what it added goes too
+            savepoint.rollback()
+            return outcome, None
+        except (ApiError, IntegrityError) as exc:
+            savepoint.rollback()
+            refused = _refused(exc, len(outcome.children))
+            return refused, self._write_outcome(conn, claim, refused, now)
+        savepoint.commit()
+        return outcome, written
 
     def _complete_plain(
         self, conn: Connection, claims: list[Claim], now: datetime
@@ -455,7 +515,17 @@ def recount(conn: Connection, requeued: list[str]) -> None:
 
 
 def _is_plain_success(outcome: Outcome) -> bool:
-    return outcome.status is Status.COMPLETED and outcome.result is None
+    return outcome.status is Status.COMPLETED and outcome.result is None and not outcome.children
+
+
+def _refused(exc: Exception, added: int) -> Outcome:
+    """Return the failure of an attempt whose added tasks were refused."""
+    if isinstance(exc, ApiError):
+        code, why = exc.code, exc.message
+    else:  # a concurrent submission took one of the ids first
+        code, why = DuplicateId.code, "A task with one of its ids was stored meanwhile."
+    error = f"The {added} task(s) it added were refused ({code}): {why}"
+    return Outcome(Status.FAILED, error=error[:1000], error_code=code)
 
 
 def _fence(claim: Claim) -> tuple[Any, ...]:

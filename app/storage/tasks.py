@@ -9,12 +9,27 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import JSON, Boolean, Connection, DateTime, Engine, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    DateTime,
+    Engine,
+    Text,
+    cast,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.storage import database, jsonsets
 from app.storage.scheduler_sql import sqlite_time
-from app.storage.tables import chunks, tasks
+from app.storage.tables import CHUNK, chunks, deps, still_queued, tasks
+
+# The other edges of a task that gains dependencies (tasks.adopt).
+other = deps.alias("other")
 
 # Every column but the two large JSON ones, for lists.
 LIST_COLUMNS = [c for c in tasks.c if c.name not in ("payload", "result")]
@@ -206,3 +221,62 @@ def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]
     for task_id, dependency_id in conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(ids)}):
         result.setdefault(task_id, []).append(dependency_id)
     return result
+
+
+def dependency_results_size(conn: Connection, task_id: str) -> int:
+    """Return the length of the results of a task's dependencies, as JSON text."""
+    size = func.coalesce(func.sum(func.length(cast(tasks.c.result, Text))), 0)
+    query = (
+        select(size)
+        .select_from(deps.join(tasks, tasks.c.id == deps.c.dependency_id))
+        .where(deps.c.task_id == task_id)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def dependency_results(conn: Connection, task_id: str) -> dict[str, Any]:
+    """Return `{dependency id: result}` of a task's stored dependencies, in their order."""
+    query = (
+        select(tasks.c.id, tasks.c.result)
+        .select_from(deps.join(tasks, tasks.c.id == deps.c.dependency_id))
+        .where(deps.c.task_id == task_id)
+        .order_by(deps.c.position)
+    )
+    return {task_id: result for task_id, result in conn.execute(query)}
+
+
+def dependents_of(conn: Connection, parent: str) -> list[tuple[str, int]]:
+    """Return each task that depends on `parent`, with the last position of its edges."""
+    return [
+        (task_id, last)
+        for task_id, last in conn.execute(
+            select(deps.c.task_id, func.max(other.c.position))
+            .select_from(deps.join(other, other.c.task_id == deps.c.task_id))
+            .where(deps.c.dependency_id == parent)
+            .group_by(deps.c.task_id)
+            .order_by(deps.c.task_id)
+        )
+    ]
+
+
+def adopt(conn: Connection, dependents: Sequence[tuple[str, int]], added: Sequence[str]) -> int:
+    """Make each of `dependents` (as `dependents_of` read them) depend on the new tasks
+    `added` too, after its other dependencies; a QUEUED one waits for them (they are
+    unfinished). Return how many tasks now wait for them."""
+    if not dependents or not added:
+        return 0
+    edges = [
+        {"task_id": dependent, "dependency_id": child, "position": last + 1 + k}
+        for dependent, last in dependents
+        for k, child in enumerate(added)
+    ]
+    for part in chunks(edges, CHUNK):
+        conn.execute(insert(deps), list(part))
+    changed = 0
+    for ids in chunks([dependent for dependent, _ in dependents], CHUNK):
+        changed += conn.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(ids), still_queued(conn.dialect.name))
+            .values(pending_deps=tasks.c.pending_deps + len(added))
+        ).rowcount
+    return changed

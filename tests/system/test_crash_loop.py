@@ -18,6 +18,8 @@ def test_ten_kills_on_sqlite_lose_nothing_and_run_nothing_twice(tmp_path: Path) 
     print(report.text())
     assert report.ok, report.text()
     assert "kills: 10 SIGKILL" in report.text()
+    # Some completions added tasks (and the audit checked they exist iff those committed).
+    assert "added by completions: 0 tasks" not in report.text()
 
 
 @pytest.mark.postgres
@@ -29,3 +31,4 @@ def test_kills_on_postgresql_lose_nothing_and_run_nothing_twice(tmp_path: Path) 
     report = run(options)
     print(report.text())
     assert report.ok, report.text()
+    assert "added by completions: 0 tasks" not in report.text()

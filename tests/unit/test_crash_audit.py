@@ -147,3 +147,39 @@ def test_the_ledger_reader_names_an_attempt_started_twice(tmp_path: Path) -> Non
     assert runs == {("a", 1): Run(10, 1, 2)}
     assert len(problems) == 2, problems
     assert "started twice" in problems[0] and "ended without a start" in problems[1]
+
+
+# A planned task that adds two tasks as it completes, and one that depends on it.
+MAPPED: list[dict[str, Any]] = [
+    {"id": "m", "dependencies": [], "max_attempts": 1, "payload": {"map": 2}},
+    {"id": "d", "dependencies": ["m"], "max_attempts": 1},
+]
+
+
+def mapped_history(
+    status: str = "COMPLETED", added: tuple[str, ...] = ("m.m0", "m.m1")
+) -> dict[str, list[str]]:
+    """Audit `m` ending `status` with the tasks `added` stored, `d` waiting for them all."""
+    worker = f"h-{LIVE_PID}-x"
+    rows = {
+        "m": Row("m", status, 1, int(status != "COMPLETED"), 1, None, worker, at(1), at(10)),
+        "d": Row("d", "COMPLETED", 1, 0, 1, None, worker, at(30), at(40)),
+    }
+    runs = {("m", 1): Run(LIVE_PID, ns(1), ns(9)), ("d", 1): Run(LIVE_PID, ns(31), ns(39))}
+    deps = {"d": {"m", *added}}
+    for k, child in enumerate(added):
+        rows[child] = Row(child, "COMPLETED", 1, 0, 1, None, worker, at(11 + k), at(20 + k))
+        runs[(child, 1)] = Run(LIVE_PID, ns(11 + k), ns(19 + k))
+        deps[child] = {"m"}
+    stored = Stored(rows, deps, instances=0, orphan_edges=0)
+    return dict(audit(MAPPED, {"m", "d"}, stored, runs, {KILLED_PID}).violations)
+
+
+def test_the_audit_accepts_what_a_completion_added() -> None:
+    assert mapped_history() == {}
+
+
+def test_the_audit_names_added_tasks_missing_or_added_by_an_attempt_that_failed() -> None:
+    assert "a completed task lacks the tasks it added" in mapped_history(added=("m.m0",))
+    failed = mapped_history(status="FAILED")
+    assert "added tasks of an attempt that did not complete" in failed
