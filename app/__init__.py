@@ -16,7 +16,7 @@ from app.http.auth import require_token
 from app.http.errors import register_error_handlers
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
-from app.services import schedules
+from app.services import fanout, schedules
 from app.services.admission import Admission
 from app.storage import database
 from app.storage.store import Store
@@ -66,6 +66,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         max_queued=settings.max_queued_tasks,
         retry_after_s=Admission.retry_after_for(settings.polling_interval_ms),
     )
+    store.spawn = partial(fanout.spawn, admission=admission)
     metrics = Metrics(engine)
     scheduler = Scheduler(
         store,
@@ -89,6 +90,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     metrics.watch(scheduler.running_count)
 
     from app.cli import register_cli
+    from app.http.batches import bp as batches_bp
     from app.http.dashboard import bp as dashboard_bp
     from app.http.ops import ops
     from app.http.queues import bp as queues_bp
@@ -98,6 +100,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(schedules_bp)
     app.register_blueprint(queues_bp)
+    app.register_blueprint(batches_bp)
     app.register_blueprint(ops)
     app.register_blueprint(dashboard_bp)
     register_error_handlers(app)

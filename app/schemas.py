@@ -42,6 +42,8 @@ TASK_ERROR_CODES = (
     "cancelled",
     "upstream_failed",
     "upstream_cancelled",
+    "queue_full",
+    "duplicate_id",
 )
 
 
@@ -365,6 +367,56 @@ class ScheduleOut(Schema):
     updated_at = Timestamp(required=True)
 
 
+class TaskEdit(Schema):
+    """A change to a QUEUED task, `PATCH /api/tasks/<id>`: any of these fields."""
+
+    class Meta:
+        unknown = RAISE
+
+    priority = TaskIn._declared_fields["priority"]
+    run_at = TaskIn._declared_fields["run_at"]
+    queue = TaskIn._declared_fields["queue"]
+
+
+BATCH_STATES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+class BatchSummaryOut(Schema):
+    """A batch as `GET /api/batches/<id>` shows it."""
+
+    batch_id = fields.String(required=True)
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(BATCH_STATES),
+        metadata={
+            "description": "queued: nothing started yet; running: some unfinished; completed: "
+            "all COMPLETED; failed: all finished, some FAILED or UPSTREAM_FAILED; cancelled: "
+            "all finished, some CANCELLED, none failed."
+        },
+    )
+    total = fields.Integer(required=True)
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Its tasks by status, every status included."},
+    )
+    first_started_at = Timestamp(
+        allow_none=True, metadata={"description": "The earliest start of its tasks' last attempts."}
+    )
+    last_finished_at = Timestamp(
+        allow_none=True, metadata={"description": "The last finish, once every task finished."}
+    )
+    changed = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={
+            "description": "What a cancel (cancelled, stopping) or retry (retried) did; "
+            "absent from GET."
+        },
+    )
+
+
 class StrictNumber(fields.Float):
     """A finite JSON number: not a boolean, not a string."""
 
@@ -429,6 +481,23 @@ class QueueOut(Schema):
     updated_at = Timestamp(
         allow_none=True, metadata={"description": "When its settings last changed."}
     )
+
+
+def load_task_edit(body: dict[str, Any]) -> dict[str, Any]:
+    """Return the fields a client asked to change, or raise validation_failed."""
+    try:
+        loaded: dict[str, Any] = _task_edit.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed("The change is invalid.", validation_details(exc)) from None
+    if not loaded:
+        raise ValidationFailed(
+            "Nothing to change: send priority, run_at or queue.", {"_schema": "Empty."}
+        )
+    if "priority" in loaded and loaded["priority"] is None:
+        loaded["priority"] = 0
+    if "queue" in loaded and loaded["queue"] is None:
+        loaded["queue"] = "default"
+    return loaded
 
 
 def load_queue_limits(body: dict[str, Any]) -> dict[str, Any]:
@@ -515,6 +584,7 @@ class HealthOut(Schema):
 
 _task_in = TaskIn()
 _queue_limits_in = QueueLimitsIn()
+_task_edit = TaskEdit()
 
 
 def load_task(body: dict[str, Any]) -> dict[str, Any]:

@@ -198,7 +198,9 @@ def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
 def _one_pass(
     conn: sqlite3.Connection, previous: list[tuple[str, int]], limit: int = SLOTS
 ) -> list[tuple[str, int]]:
+    from app.storage import queues as queue_rows
     from app.storage import scheduler_sql as sql
+    from app.storage.queues import DEFAULT_QUEUE
 
     now = sql.sqlite_time(datetime.now())
     conn.execute("BEGIN IMMEDIATE")
@@ -210,7 +212,8 @@ def _one_pass(
         ended = {f"e{k}": task_id for k, (task_id, _) in enumerate(done)}
         conn.execute(sql.count_down_sql("sqlite", len(ended)), ended).fetchall()
     conn.execute(sql.promote_sql("sqlite"), {"now": now, "limit": 1000})
-    claim = {"now": now, "limit": limit, "w": WORKER}
+    conn.execute(queue_rows.ALL_ROWS_SQL).fetchall()  # what each queue may start
+    claim = {"now": now, "limit": limit, "w": WORKER, "q0": DEFAULT_QUEUE, "l0": limit}
     rows = conn.execute(sql.claim_sql("sqlite"), claim).fetchall() if limit else []
     conn.execute("COMMIT")
     return [(row[1], row[5]) for row in rows]  # id, attempts

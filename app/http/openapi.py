@@ -20,6 +20,7 @@ from app.schemas import (
     TRIGGER_RULES,
     BatchIn,
     BatchOut,
+    BatchSummaryOut,
     BlockerOut,
     BlockersOut,
     DatabaseHealth,
@@ -32,6 +33,7 @@ from app.schemas import (
     ScheduleIn,
     ScheduleOut,
     SchedulerHealth,
+    TaskEdit,
     TaskIn,
     TaskOut,
     TaskStatusOut,
@@ -110,6 +112,19 @@ QUEUE_NAME = {
         "maxLength": MAX_QUEUE_NAME_LENGTH,
         "pattern": ID_PATTERN,
     },
+}
+WITH_DEPENDENTS = {
+    "name": "with_dependents",
+    "in": "query",
+    "description": "true: delete every task below it too (all must be finished).",
+    "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+}
+BATCH_ID = {
+    "name": "batch_id",
+    "in": "path",
+    "required": True,
+    "description": "The batch's id.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": ID_PATTERN},
 }
 SCHEDULE_ID = {
     "name": "schedule_id",
@@ -353,6 +368,41 @@ def _paths() -> dict[str, dict[str, Any]]:
                     **_errors(e400=bad_parameter, e404=not_found),
                 },
             ),
+            "patch": _operation(
+                "edit_task",
+                "Change a QUEUED task's priority, run_at or queue",
+                {
+                    "200": _json("TaskOut", "The task as changed."),
+                    **_errors(
+                        "writes",
+                        e400="`validation_error` naming each field that is wrong (an "
+                        "empty body, a field that cannot change), `invalid_json` or "
+                        "`invalid_parameter`.",
+                        e404=not_found,
+                        e409="`invalid_state`: the task is not QUEUED; `too_many_queues`: a "
+                        "new queue past the most there may be.",
+                        e413="`body_too_large`.",
+                        e415="`unsupported_media_type`: not `application/json`.",
+                    ),
+                },
+                requestBody=_body("TaskEdit", "The fields to change."),
+            ),
+            "delete": _operation(
+                "delete_task",
+                "Delete a finished task once every task depending on it COMPLETED",
+                {
+                    "204": {"description": "Deleted (with the tasks below it, if asked)."},
+                    **_errors(
+                        "writes",
+                        e400="`invalid_parameter`: with_dependents not true or false, or an "
+                        "unknown parameter.",
+                        e404=not_found,
+                        e409="`invalid_state`: the task is not finished, or tasks that "
+                        "depend on it keep it (`details.blocking` names them).",
+                    ),
+                },
+                parameters=[WITH_DEPENDENTS],
+            ),
         },
         "/api/tasks/{task_id}/status": {
             **task_ops,
@@ -411,6 +461,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         **_schedule_paths(),
         **_queue_paths(),
+        **_batch_paths(),
         "/api/openapi.json": {
             "get": _operation(
                 "openapi_document",
@@ -515,6 +566,57 @@ def _schedule_paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _batch_paths() -> dict[str, dict[str, Any]]:
+    bad_id = "`invalid_parameter`: not a batch id, or an unknown query parameter."
+    not_found = "`not_found`: no task has this batch id."
+    one = {"parameters": [BATCH_ID]}
+    return {
+        "/api/batches/{batch_id}": {
+            **one,
+            "get": _operation(
+                "get_batch",
+                "Show a batch: its tasks by status, its state, first start and last finish",
+                {
+                    "200": _json("BatchSummaryOut", "The batch."),
+                    **_errors(e400=bad_id, e404=not_found),
+                },
+            ),
+        },
+        "/api/batches/{batch_id}/cancel": {
+            **one,
+            "post": _operation(
+                "cancel_batch",
+                "Cancel every QUEUED task of a batch and ask every RUNNING one to stop",
+                {
+                    "200": _json("BatchSummaryOut", "The batch afterwards, with `changed`."),
+                    **_errors(
+                        "writes",
+                        e400=bad_id,
+                        e404=not_found,
+                        e409="`invalid_state`: no task of the batch is QUEUED or RUNNING.",
+                    ),
+                },
+            ),
+        },
+        "/api/batches/{batch_id}/retry": {
+            **one,
+            "post": _operation(
+                "retry_batch",
+                "Retry every task of a batch that failed or a user cancelled",
+                {
+                    "200": _json("BatchSummaryOut", "The batch afterwards, with `changed`."),
+                    **_errors(
+                        "writes",
+                        e400=bad_id,
+                        e404=not_found,
+                        e409="`invalid_state`: nothing to retry.",
+                    ),
+                },
+            ),
+        },
+    }
+
+
 def _queue_paths() -> dict[str, dict[str, Any]]:
     bad_name = "`invalid_parameter`: not a queue name, or an unknown query parameter."
     too_many = "`too_many_queues`: a new queue past the most queues there may be (200)."
@@ -611,6 +713,8 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("ScheduleIn", schema=ScheduleIn)
     spec.components.schema("ScheduleEdit", schema=ScheduleEdit)
     spec.components.schema("ScheduleOut", schema=ScheduleOut)
+    spec.components.schema("TaskEdit", schema=TaskEdit)
+    spec.components.schema("BatchSummaryOut", schema=BatchSummaryOut)
     spec.components.schema("QueueLimitsIn", schema=QueueLimitsIn)
     spec.components.schema("QueueOut", schema=QueueOut)
     spec.components.schema("BlockerOut", schema=BlockerOut)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from app import parts
@@ -9,12 +11,13 @@ from app.errors import InvalidParameter
 from app.http.inputs import json_body, only_parameters, page_limit
 from app.http.openapi import spec_for
 from app.limits import MAX_BATCH_BYTES, MAX_BODY_BYTES
-from app.schemas import TaskOut, TaskStatusOut, load_task
+from app.schemas import TaskOut, TaskStatusOut, load_task, load_task_edit
 from app.services import actions, batch, reads, submissions
 from app.services.blockers import blockers
 from app.statuses import Status
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+log = logging.getLogger("app.actions")
 
 task_out = TaskOut()
 tasks_out = TaskOut(many=True, exclude=("payload", "result"))
@@ -88,6 +91,32 @@ def get_task(task_id: str) -> Response:
     return jsonify(task_out.dump(reads.get_task(parts.engine(), task_id)))
 
 
+@bp.patch("/tasks/<task_id>")
+def edit_task(task_id: str) -> Response:
+    """Change a QUEUED task's priority, run_at or queue."""
+    only_parameters()
+    changes = load_task_edit(json_body(MAX_BODY_BYTES))
+    task = actions.edit(parts.engine(), task_id, changes)
+    parts.metrics().task_action("edited")
+    parts.scheduler().wake()
+    return jsonify(task_out.dump(task))
+
+
+@bp.delete("/tasks/<task_id>")
+def delete_task(task_id: str) -> tuple[str, int]:
+    """Delete a finished task once its dependents completed (or with them)."""
+    only_parameters("with_dependents")
+    raw = request.args.get("with_dependents", "false")
+    if raw not in ("true", "false"):
+        raise InvalidParameter(
+            "with_dependents must be true or false.", {"with_dependents": "Not true or false."}
+        )
+    deleted = actions.delete(parts.engine(), task_id, with_dependents=raw == "true")
+    parts.metrics().task_action("deleted", len(deleted))
+    log.info("task %s deleted by a user, %d task(s) in all", task_id, len(deleted))
+    return "", 204
+
+
 @bp.get("/tasks/<task_id>/status")
 def get_status(task_id: str) -> Response:
     """Show a task's status, as the original API did."""
@@ -100,6 +129,7 @@ def cancel_task(task_id: str) -> Response:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
     only_parameters()
     task = actions.cancel(parts.engine(), task_id)
+    parts.metrics().task_action("cancelled")
     if task["status"] == Status.RUNNING:
         parts.scheduler().cancel_running(task_id, task["attempts"])
     return jsonify(task_out.dump(task))
@@ -110,6 +140,7 @@ def retry_task(task_id: str) -> Response:
     """Requeue a FAILED or CANCELLED task and the dependents it held back."""
     only_parameters()
     task = actions.retry(parts.engine(), task_id)
+    parts.metrics().task_action("retried")
     parts.scheduler().wake()
     return jsonify(task_out.dump(task))
 

@@ -217,6 +217,13 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.task_actions_total = Counter(
+            f"{PREFIX}_task_actions",
+            "Tasks users acted on through this process, by action: cancelled, retried, "
+            "edited, deleted, and batch_cancelled, batch_retried (a batch each).",
+            ["action"],
+            registry=reg,
+        )
         self.queue_changes_total = Counter(
             f"{PREFIX}_queue_changes",
             "Changes of queues' settings made through this process, by kind: paused, "
@@ -298,6 +305,10 @@ class Metrics:
         ):
             if count:
                 self.schedule_firings_total.labels(outcome).inc(count)
+
+    def task_action(self, action: str, count: int = 1) -> None:
+        """Count a user's action on tasks (or on a batch)."""
+        self.task_actions_total.labels(action).inc(count)
 
     def queue_changed(self, change: str) -> None:
         """Count a change of a queue's pause or limits."""

@@ -1,4 +1,5 @@
-"""What a user does to a task after submitting it: cancel and retry, one transaction each."""
+"""What a user does to a task after submitting it: cancel, retry, change while QUEUED, and
+delete once finished; one transaction each."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 from app import events
 from app.errors import InvalidState
 from app.events import Change
+from app.services import queues
 from app.services.reads import check_task_id, load_task, unknown_task
-from app.statuses import CANCELLABLE, RETRYABLE, Status
-from app.storage import cascade, database, readiness, roots
+from app.statuses import CANCELLABLE, RETRYABLE, TERMINAL, Status
+from app.storage import cascade, database, readiness, retention, roots
 from app.storage.notify import announce
 from app.storage.propagation import CANCEL, count_down_cut, cut_off, settle
 
@@ -86,10 +88,11 @@ def retry(engine: Engine, task_id: str) -> dict[str, Any]:
     to retry instead, found by following such dependencies down; retrying that one works.
     """
     check_task_id(task_id)
-    return database.transaction(engine, lambda conn: _retry(conn, task_id))
+    return database.transaction(engine, lambda conn: retry_in(conn, task_id))
 
 
-def _retry(conn: Connection, task_id: str) -> dict[str, Any]:
+def retry_in(conn: Connection, task_id: str) -> dict[str, Any]:
+    """Retry a task inside the caller's transaction (see `retry`)."""
     cascade.one_at_a_time(conn)
     row = _locked(conn, task_id)
     if row.status not in RETRYABLE:
@@ -165,3 +168,98 @@ def _requeue(conn: Connection, requeued: set[str], edges: readiness.Edges, root:
         changes.append((task_id, row.type, row.attempts, Status.QUEUED.value, why))
     events.stage(changes)
     cascade.count_up(conn, set(found))
+
+
+# Tasks a delete with its dependents removes at most.
+MAX_DELETED = 10_000
+EDITABLE = ("priority", "run_at", "queue")
+
+
+def edit(engine: Engine, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change what may change while a task is QUEUED: its priority, run_at and queue.
+
+    A new run_at holds the task back until then (or lets it start now, if past), unless a
+    retry backoff holds it longer; a new queue's pause and limits govern it from now on.
+    """
+    check_task_id(task_id)
+    return database.transaction(engine, lambda conn: _edit(conn, task_id, changes))
+
+
+def _edit(conn: Connection, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    row = _locked(conn, task_id)
+    if row.status != Status.QUEUED.value:
+        raise InvalidState(
+            f"Task {task_id} is {row.status}; only a QUEUED task can be changed.",
+            {"id": task_id, "status": row.status},
+        )
+    now = database.now(conn)
+    values: dict[str, Any] = {n: changes[n] for n in ("priority", "queue") if n in changes}
+    if "queue" in changes:
+        queues.admit(conn, [changes["queue"]], now)
+    if "run_at" in changes:
+        values.update(_held_until(conn, task_id, changes["run_at"], now))
+    cascade.edit_queued(conn, task_id, values, now)
+    shown = ", ".join(f"{name} {_shown(changes[name])}" for name in EDITABLE if name in changes)
+    events.stage([(task_id, row.type, row.attempts, Status.QUEUED, f"changed by a user: {shown}")])
+    announce(conn)  # it may be ready now, or in a queue another instance serves
+    task = load_task(conn, task_id, with_payload=True)
+    assert task is not None
+    return task
+
+
+def _held_until(conn: Connection, task_id: str, run_at: Any, now: Any) -> dict[str, Any]:
+    """Return the run_at and not_before of a task given a new `run_at` (None: none)."""
+    old = cascade.times_of(conn, task_id)
+    run_at = None if run_at is None else database.naive_utc(run_at)
+    # A not_before beyond the old run_at is a retry backoff: it still holds.
+    backoff = old.not_before
+    if backoff is not None and old.run_at is not None and backoff <= old.run_at:
+        backoff = None
+    held = max((t for t in (run_at, backoff) if t is not None), default=None)
+    return {"run_at": run_at, "not_before": held if held is not None and held > now else None}
+
+
+def _shown(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def delete(engine: Engine, task_id: str, with_dependents: bool = False) -> list[str]:
+    """Delete a finished task, once every task that depends on it has COMPLETED (the
+    retention rule); with `with_dependents`, together with every task below it, which must
+    all be finished. Return the ids deleted; raise invalid_state naming what blocks.
+    """
+    check_task_id(task_id)
+    return database.transaction(engine, lambda conn: _delete(conn, task_id, with_dependents))
+
+
+def _delete(conn: Connection, task_id: str, with_dependents: bool) -> list[str]:
+    cascade.one_at_a_time(conn)
+    row = _locked(conn, task_id)
+    if row.status not in TERMINAL:
+        raise InvalidState(
+            f"Task {task_id} is {row.status}; only a finished task can be deleted.",
+            {"id": task_id, "status": row.status},
+        )
+    wanted = [task_id]
+    if with_dependents:
+        found = cascade.dependents_below(conn, task_id, MAX_DELETED)
+        if found is None:
+            raise InvalidState(
+                f"More than {MAX_DELETED:,} tasks depend on {task_id}; delete fewer at once.",
+                {"id": task_id, "limit": MAX_DELETED},
+            )
+        statuses = cascade.lock_all(conn, found)
+        wanted = [i for i in found if statuses.get(i) in TERMINAL]
+    going = retention.removable(conn, wanted)
+    if task_id not in going:
+        blocking = sorted(cascade.blocking_dependents(conn, task_id, set(going)))
+        raise InvalidState(
+            f"Task {task_id} cannot be deleted: {len(blocking)} task(s) that depend on it "
+            + ("did not complete" if with_dependents else "have not COMPLETED")
+            + f", e.g. {blocking[0]}"
+            + ("" if with_dependents else "; delete them first, or pass with_dependents=true")
+            + ".",
+            {"id": task_id, "blocking": blocking[:100]},
+        )
+    cascade.remove(conn, going)
+    return going

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from app.statuses import Status
 from app.storage import database, jsonsets
 from app.storage.scheduler_sql import bound_time
-from app.storage.tables import tasks, weak
+from app.storage.tables import deps, tasks, weak
 
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
 
@@ -173,3 +173,107 @@ def count_up(conn: Connection, requeued: set[str]) -> None:
         f" AND {weak(_QUEUED, d)}"
     )
     conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(waiting)})
+
+
+def unfinished_of_batch(conn: Connection, batch_id: str) -> list[tuple[str, str, int, str]]:
+    """Return (id, type, attempts, status) of the batch's QUEUED and RUNNING tasks, in
+    creation order, each locked FOR UPDATE (in id order, as every multi-row lock here)."""
+    query = (
+        select(tasks.c.id, tasks.c.type, tasks.c.attempts, tasks.c.status, tasks.c.seq)
+        .where(
+            tasks.c.batch_id == batch_id,
+            tasks.c.status.in_([Status.QUEUED.value, Status.RUNNING.value]),
+        )
+        .order_by(tasks.c.id)
+        .with_for_update()
+    )
+    rows = sorted(conn.execute(query).all(), key=lambda r: r.seq)
+    return [(r.id, r.type, r.attempts, r.status) for r in rows]
+
+
+def cancel_queued_many(conn: Connection, ids: Sequence[str], now: datetime) -> list[str]:
+    """Mark the QUEUED tasks among `ids` CANCELLED by a user; return those it changed."""
+    d = conn.dialect.name
+    sql = (
+        "UPDATE tasks SET status = 'CANCELLED', error = 'Cancelled by a user before it started.',"
+        f" error_code = 'cancelled', finished_at = {jsonsets.param(d, 'now')},"
+        f" updated_at = {jsonsets.param(d, 'now')}"
+        f" WHERE id IN ({jsonsets.ids(d, 'ids')}) AND {weak(_QUEUED, d)} RETURNING id"
+    )
+    params = {"ids": jsonsets.of_ids(ids), "now": bound_time(d, now)}
+    return [i for (i,) in conn.exec_driver_sql(sql, params).all()]
+
+
+def ask_to_stop_many(conn: Connection, ids: Sequence[str], now: datetime) -> list[str]:
+    """Ask the schedulers running the RUNNING tasks among `ids` to stop them."""
+    d = conn.dialect.name
+    sql = (
+        f"UPDATE tasks SET cancel_requested = true, updated_at = {jsonsets.param(d, 'now')}"
+        f" WHERE id IN ({jsonsets.ids(d, 'ids')}) AND tasks.status = 'RUNNING' RETURNING id"
+    )
+    params = {"ids": jsonsets.of_ids(ids), "now": bound_time(d, now)}
+    return [i for (i,) in conn.exec_driver_sql(sql, params).all()]
+
+
+def times_of(conn: Connection, task_id: str) -> Any:
+    """Return the task's run_at and not_before (the row is locked already)."""
+    query = select(tasks.c.run_at, tasks.c.not_before).where(tasks.c.id == task_id)
+    return conn.execute(query).one()
+
+
+def edit_queued(conn: Connection, task_id: str, values: dict[str, Any], now: datetime) -> bool:
+    """Change columns of a QUEUED task; tell whether it was still QUEUED."""
+    changed = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
+        .values(**values, updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+def dependents_below(conn: Connection, task_id: str, most: int) -> list[str] | None:
+    """Return the task and every task that depends on it, transitively (None past `most`)."""
+    found = [task_id]
+    seen = {task_id}
+    frontier = [task_id]
+    while frontier:
+        query = select(deps.c.task_id).where(deps.c.dependency_id.in_(frontier)).distinct()
+        frontier = [i for (i,) in conn.execute(query) if i not in seen]
+        seen.update(frontier)
+        found.extend(frontier)
+        if len(found) > most:
+            return None
+    return found
+
+
+def lock_all(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Lock the tasks `ids` FOR UPDATE, in id order; return the status of each found."""
+    d = conn.dialect.name
+    locking = " FOR UPDATE" if d == "postgresql" else ""
+    sql = (
+        f"SELECT id, status FROM tasks WHERE id IN ({jsonsets.ids(d, 'ids')}) ORDER BY id{locking}"
+    )
+    return dict(conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(ids)}).all())
+
+
+def remove(conn: Connection, ids: Sequence[str]) -> None:
+    """Delete the tasks `ids` and every edge to or from them."""
+    d = conn.dialect.name
+    listed = jsonsets.ids(d, "ids")
+    params = {"ids": jsonsets.of_ids(ids)}
+    conn.exec_driver_sql(
+        f"DELETE FROM task_dependencies WHERE task_id IN ({listed}) OR dependency_id IN ({listed})",
+        params,
+    )
+    conn.exec_driver_sql(f"DELETE FROM tasks WHERE id IN ({listed})", params)
+
+
+def blocking_dependents(conn: Connection, task_id: str, going: set[str]) -> list[str]:
+    """Return the tasks depending on `task_id` that keep it: not COMPLETED, not going."""
+    dependent = tasks.alias("dependent")
+    query = (
+        select(deps.c.task_id)
+        .join(dependent, dependent.c.id == deps.c.task_id)
+        .where(deps.c.dependency_id == task_id, dependent.c.status != Status.COMPLETED.value)
+    )
+    return [i for (i,) in conn.execute(query) if i not in going]

@@ -93,26 +93,19 @@ class Task(db.Model):  # type: ignore[name-defined]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
-        # The scheduler's only question: the next ready tasks, best first.
+        # The scheduler's only question: the next ready tasks of a queue, best first. A
+        # claim walks the part of each queue that may start tasks now, so the tasks of a
+        # paused or full queue are never read.
         Index(
             "ix_tasks_ready",
-            priority.desc(),
-            seq,
-            sqlite_where=text(READY),
-            postgresql_where=text(PG_READY),
-        ),
-        # The same question asked of one queue at a time, when some queue is paused or
-        # limited (or the instance serves only some): the walks skip the queues that may not
-        # start anything, rather than read past their tasks.
-        Index(
-            "ix_tasks_ready_queue",
             queue,
             priority.desc(),
             seq,
             sqlite_where=text(READY),
             postgresql_where=text(PG_READY),
         ),
-        # And from an instance that runs only some types: one walk per queue and type.
+        # The same question from an instance that runs only some types: one walk per queue
+        # and type.
         Index(
             "ix_tasks_ready_type",
             queue,
@@ -132,13 +125,6 @@ class Task(db.Model):  # type: ignore[name-defined]
         Index(
             "ix_tasks_running",
             worker,
-            sqlite_where=text("status = 'RUNNING'"),
-            postgresql_where=text("status = 'RUNNING'"),
-        ),
-        # A limited queue's running attempts: at most its limit, so counting them is cheap.
-        Index(
-            "ix_tasks_running_queue",
-            queue,
             sqlite_where=text("status = 'RUNNING'"),
             postgresql_where=text("status = 'RUNNING'"),
         ),

@@ -1,10 +1,10 @@
 """Queues as stored, and what a scheduler pass asks of them before it claims.
 
-A queue with no row is open and unlimited; `default` is such a queue until someone sets
-it. A pass reads the rows (a few, whatever the number of tasks) and, when none pauses or
-limits anything this instance serves, claims through the one ready index as before.
-Otherwise it claims queue by queue, each walk capped at what its queue may start now:
-its concurrency limit less its RUNNING tasks, and the whole tokens of its rate bucket.
+Every queue a task names has a row, but for `default`, which is open and unlimited until
+someone sets it. A pass reads the rows (a few, whatever the number of tasks) and claims
+queue by queue through the queue-led ready index, leaving out the paused queues and
+capping each walk at what its queue may start now: its concurrency limit less its RUNNING
+tasks, and the whole tokens of its rate bucket.
 On PostgreSQL the rows of limited queues are locked first (and read again under the
 lock), so that two instances never both count the same free slot or token.
 """
@@ -58,6 +58,10 @@ _COLUMNS = (
 )
 
 
+# Every queue's row: what a scheduler pass reads first.
+ALL_ROWS_SQL = f"SELECT {_COLUMNS} FROM queues ORDER BY name"
+
+
 def _p(d: str, name: str) -> str:
     return f":{name}" if d == "sqlite" else f"%({name})s"
 
@@ -90,13 +94,13 @@ def rows(
         params = {f"n{k}": name for k, name in enumerate(names)}
         where = f" WHERE name IN ({', '.join(_p(d, f'n{k}') for k in range(len(names)))})"
     locking = " FOR UPDATE" if lock and d == "postgresql" else ""
-    sql = f"SELECT {_COLUMNS} FROM queues{where} ORDER BY name{locking}"
+    sql = ALL_ROWS_SQL.replace(" ORDER BY", f"{where} ORDER BY") + locking
     return [_row(r) for r in driver_execute(conn, sql, params)[0]]
 
 
 def running(conn: Connection, names: Sequence[str]) -> dict[str, int]:
-    """Return how many tasks of each queue in `names` are RUNNING (by the small partial
-    index of RUNNING tasks by queue)."""
+    """Return how many tasks of each queue in `names` are RUNNING: read through the
+    partial index of RUNNING tasks, as many as the instances' slots at most."""
     if not names:
         return {}
     d = conn.dialect.name
@@ -163,20 +167,10 @@ class Walks:
     next_token_at: datetime | None
 
 
-def walks(
-    conn: Connection,
-    now: datetime,
-    limit: int,
-    served: Sequence[str] = (),
-    typed: bool = False,
-) -> Walks | None:
+def walks(conn: Connection, now: datetime, limit: int, served: Sequence[str] = ()) -> Walks:
     """Return the queues a pass of an instance serving `served` (empty: every queue) may
-    claim from now, or None when it may claim from all of them through the one ready
-    index (no queue it serves is paused or limited, it serves every queue and every type).
-    """
+    claim from now, each with the most it may start (at most `limit`)."""
     stored = rows(conn)
-    if not served and not typed and not any(r.paused or r.bounded for r in stored):
-        return None
     by_name = {r.name: r for r in stored}
     names = list(served) if served else sorted({DEFAULT_QUEUE, *by_name})
     bounded = [n for n in names if n in by_name and by_name[n].bounded and not by_name[n].paused]

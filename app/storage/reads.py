@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from app.storage.tables import chunks, tasks
 from app.storage.tasks import LIST_COLUMNS
@@ -62,3 +62,36 @@ def outcomes(conn: Connection, ids: Sequence[str]) -> Iterator[tuple[str, str, s
     for part in chunks(ids):
         query = select(tasks.c.id, tasks.c.status, tasks.c.error).where(tasks.c.id.in_(part))
         yield from conn.execute(query)
+
+
+def batch_summary(conn: Connection, batch_id: str) -> list[Any]:
+    """Return (status, count, first start, last finish) per status of the batch's tasks
+    (read through the batch index: the batch's own tasks only)."""
+    query = (
+        select(
+            tasks.c.status,
+            func.count(),
+            func.min(tasks.c.started_at),
+            func.max(tasks.c.finished_at),
+        )
+        .where(tasks.c.batch_id == batch_id)
+        .group_by(tasks.c.status)
+    )
+    return list(conn.execute(query))
+
+
+def batch_roots(conn: Connection, batch_id: str) -> list[tuple[str, str]]:
+    """Return (id, trigger rule) of the batch's tasks that failed or a user cancelled, in
+    creation order: the tasks a retry of the whole batch starts from."""
+    query = (
+        select(tasks.c.id, tasks.c.trigger_rule)
+        .where(
+            tasks.c.batch_id == batch_id,
+            or_(
+                tasks.c.status == "FAILED",
+                and_(tasks.c.status == "CANCELLED", tasks.c.error_code == "cancelled"),
+            ),
+        )
+        .order_by(tasks.c.seq)
+    )
+    return [(r.id, r.trigger_rule) for r in conn.execute(query)]

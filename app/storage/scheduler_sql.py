@@ -159,21 +159,23 @@ def promote(conn: Connection, now: datetime, limit: int) -> int:
 
 
 @lru_cache(maxsize=512)
-def claim_sql(d: str, excluded: int = 0, types: int = 0, queues: int = 0) -> str:
+def claim_sql(d: str, excluded: int = 0, types: int = 0, queues: int = 1) -> str:
     """Return the claim statement for dialect `d`, passing over `excluded` ids.
 
-    With `queues`, only tasks of that many given queues (`q0`...), at most `l0`... from
-    each: each queue's best ready tasks are read from its own part of the queue-led ready
-    index, so the tasks of a paused or full queue are never walked. With `types` as well,
-    only tasks of that many given types (`t0`...): one walk per queue and type, through
-    the index led by both. The best of the walks are claimed. On PostgreSQL each walk
+    It claims from `queues` given queues (`q0`...), at most `l0`... from each: each queue's
+    best ready tasks are read from its own part of the queue-led ready index, so the tasks
+    of a paused or full queue (which the caller leaves out) are never walked. With `types`,
+    only tasks of that many given types (`t0`...): one walk per queue and type, through the
+    index led by both. The best `limit` of the walks are claimed. On PostgreSQL each walk
     locks what it reads; what the claim does not take is released at its commit.
     """
     # Materialized CTEs: as `seq IN (subquery)`, PostgreSQL may rescan the locking
     # subquery once per row and so claim more than `limit` tasks.
-    if queues:
+    if queues == 1 and not types:
+        # One queue (the usual case): its walk is the claim's, capped by the caller.
+        ready = f"WITH ready AS MATERIALIZED ({_ready(d, excluded, 'q0', limit='l0')})"
+    else:
         walks: list[str] = []
-        per_queue: list[str] = []
         for k in range(queues):
             if types:
                 for j in range(types):
@@ -182,14 +184,10 @@ def claim_sql(d: str, excluded: int = 0, types: int = 0, queues: int = 0) -> str
                 parts = [f"q{k}t{j}" for j in range(types)]
                 walks.append(f"q{k} AS MATERIALIZED ({_best(d, parts, f'l{k}')})")
             else:
-                walks.append(
-                    f"q{k} AS MATERIALIZED ({_ready(d, excluded, f'q{k}', limit=f'l{k}')})"
-                )
-            per_queue.append(f"q{k}")
-        best = _best(d, per_queue, "limit")
+                walk = _ready(d, excluded, f"q{k}", limit=f"l{k}")
+                walks.append(f"q{k} AS MATERIALIZED ({walk})")
+        best = _best(d, [f"q{k}" for k in range(queues)], "limit")
         ready = f"WITH {', '.join(walks)}, ready AS MATERIALIZED ({best})"
-    else:
-        ready = f"WITH ready AS MATERIALIZED ({_ready(d, excluded)})"
     return (
         f"{ready}"
         " UPDATE tasks SET status = 'RUNNING', attempts = tasks.attempts + 1,"
@@ -224,42 +222,31 @@ def claim(
     worker: str,
     limit: int,
     now: datetime,
+    queues: Sequence[tuple[str, int]],
     exclude: Sequence[str] = (),
     types: Sequence[str] = (),
-    queues: Sequence[tuple[str, int]] | None = None,
 ) -> list[Claimed]:
-    """Move up to `limit` ready tasks to RUNNING for `worker`.
-
-    `queues`, when given, lists the only queues to claim from, each with the most it may
-    start; `types`, the only types (with `queues` only).
-    """
+    """Move up to `limit` ready tasks to RUNNING for `worker`: from `queues` only, each
+    given with the most it may start, and of `types` only, when given."""
     d = conn.dialect.name
-    params: dict[str, Any] = {"now": bound_time(d, now), "limit": limit, "w": worker}
+    params: dict[str, Any] = {"now": bound_time(d, now), "w": worker}
     params.update((f"x{k}", task_id) for k, task_id in enumerate(exclude))
-    if queues is None:
-        assert not types, "a claim by type names its queues"
-        sql = claim_sql(d, len(exclude))
-    else:
-        if not queues:
-            return []
-        params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
-        # Past MAX_WALKS walks a statement (SQLite takes 500 terms of a compound SELECT),
-        # the queues are claimed from in turns, best first within each turn.
-        per_statement = max(1, MAX_WALKS // max(1, len(types)))
-        found: list[Claimed] = []
-        for part in chunks(list(queues), per_statement):
-            wanted = limit - len(found)
-            if wanted <= 0:
-                break
-            part_params = {**params, "limit": wanted}
-            for k, (queue, most) in enumerate(part):
-                part_params[f"q{k}"] = queue
-                part_params[f"l{k}"] = min(most, wanted)
-            sql = claim_sql(d, len(exclude), len(types), len(part))
-            found.extend(map(Claimed._make, driver_execute(conn, sql, part_params)[0]))
-        return sorted(found, key=lambda r: (-r.priority, r.seq))
-    rows = driver_execute(conn, sql, params)[0]
-    return sorted(map(Claimed._make, rows), key=lambda r: (-r.priority, r.seq))
+    params.update((f"t{k}", task_type) for k, task_type in enumerate(types))
+    # Past MAX_WALKS walks a statement (SQLite takes 500 terms of a compound SELECT), the
+    # queues are claimed from in turns, best first within each turn.
+    per_statement = max(1, MAX_WALKS // max(1, len(types)))
+    found: list[Claimed] = []
+    for part in chunks(list(queues), per_statement):
+        wanted = limit - len(found)
+        if wanted <= 0:
+            break
+        part_params = {**params, "limit": wanted}
+        for k, (queue, most) in enumerate(part):
+            part_params[f"q{k}"] = queue
+            part_params[f"l{k}"] = min(most, wanted)
+        sql = claim_sql(d, len(exclude), len(types), len(part))
+        found.extend(map(Claimed._make, driver_execute(conn, sql, part_params)[0]))
+    return sorted(found, key=lambda r: (-r.priority, r.seq))
 
 
 def payload_of(value: Any) -> Any:

@@ -7,8 +7,8 @@
   status. task_counts is filled again from a count of the stored tasks, in the same
   transaction that replaces the triggers (on PostgreSQL the trigger DDL locks out writers
   of tasks until the commit, so no change falls between the count and the triggers).
-- Ready indexes by queue (and by queue and type, replacing the one by type), and an index
-  of the RUNNING tasks by queue, which a limited queue's claim counts.
+- The ready indexes are led by the queue (ix_tasks_ready, and ix_tasks_ready_type by queue
+  and type): a claim walks each open queue's part, never a paused or full one's.
 
 The trigger statements are copied here as they are at this revision: a later change of the
 app's copy must come with a migration of its own. Stop the schedulers before upgrading.
@@ -32,7 +32,6 @@ READY = {
     "sqlite": "status = 'QUEUED' AND pending_deps = 0 AND not_before IS NULL",
     "postgresql": "(status || '') = 'QUEUED' AND pending_deps = 0 AND not_before IS NULL",
 }
-RUNNING = "status = 'RUNNING'"
 PRIORITY = sa.literal_column("priority DESC")
 
 SQLITE_DROP = (
@@ -197,10 +196,9 @@ def upgrade():
         " SELECT queue, status, count(*) FROM tasks GROUP BY queue, status"
     )
 
-    op.drop_index("ix_tasks_ready_type", "tasks")
-    _index("ix_tasks_ready_queue", ["queue", PRIORITY, "seq"], READY[dialect])
-    _index("ix_tasks_ready_type", ["queue", "type", PRIORITY, "seq"], READY[dialect])
-    _index("ix_tasks_running_queue", ["queue"], RUNNING)
+    for name, columns in (("ix_tasks_ready", []), ("ix_tasks_ready_type", ["type"])):
+        op.drop_index(name, "tasks")
+        _index(name, ["queue", *columns, PRIORITY, "seq"], READY[dialect])
 
 
 def _index(name: str, columns: list, where: str) -> None:
@@ -213,10 +211,9 @@ def _index(name: str, columns: list, where: str) -> None:
 def downgrade():
     bind = op.get_bind()
     dialect = bind.dialect.name
-    op.drop_index("ix_tasks_running_queue", "tasks")
-    op.drop_index("ix_tasks_ready_type", "tasks")
-    op.drop_index("ix_tasks_ready_queue", "tasks")
-    _index("ix_tasks_ready_type", ["type", PRIORITY, "seq"], READY[dialect])
+    for name, columns in (("ix_tasks_ready", []), ("ix_tasks_ready_type", ["type"])):
+        op.drop_index(name, "tasks")
+        _index(name, [*columns, PRIORITY, "seq"], READY[dialect])
     if dialect != "postgresql":
         for statement in SQLITE_DROP:
             op.execute(statement)

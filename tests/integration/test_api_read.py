@@ -315,12 +315,12 @@ def test_bad_cursor_is_invalid(client: FlaskClient, cursor: str) -> None:
     [
         ("DELETE", "/api/tasks", {"GET", "POST"}),
         ("PUT", "/api/tasks", {"GET", "POST"}),
-        ("PUT", "/api/tasks/x", {"GET"}),
-        ("DELETE", "/api/tasks/x", {"GET"}),
+        ("PUT", "/api/tasks/x", {"GET", "PATCH", "DELETE"}),
+        ("POST", "/api/tasks/x", {"GET", "PATCH", "DELETE"}),
         ("POST", "/api/tasks/x/status", {"GET"}),
         ("POST", "/health", {"GET"}),
     ],
-    ids=["delete-list", "put-list", "put-task", "delete-task", "post-status", "post-health"],
+    ids=["delete-list", "put-list", "put-task", "post-task", "post-status", "post-health"],
 )
 def test_wrong_method_is_not_allowed(
     client: FlaskClient, method: str, path: str, allowed: set[str]

@@ -33,6 +33,7 @@ from app.storage import database
 from app.storage.store import Outcome, Store
 from tests.support.apps import build_app, postgres_schema
 from tests.support.openapi import URL
+from tests.support.store import set_fields
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261127"))
@@ -92,6 +93,8 @@ SEEDED = {
 SCHEDULES = ["minutely", "nightly"]
 # Queues they may name: the default, a limited one, a paused one.
 QUEUES = ["default", "mail", "held"]
+# The batch some seeded tasks belong to.
+BATCH = "fuzz-batch"
 
 # The document the app serves, as JSON; test_the_fuzzed_document_is_the_served_one checks it.
 schema = schemathesis.openapi.from_dict(
@@ -113,6 +116,9 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     """Name a seeded task (or schedule) half the time, or keep what was generated."""
     if path_parameters and conforming_id(path_parameters.get("schedule_id")):
         named = st.sampled_from(SCHEDULES).map(lambda i: {**path_parameters, "schedule_id": i})
+        return st.one_of(st.just(path_parameters), named)
+    if path_parameters and conforming_id(path_parameters.get("batch_id")):
+        named = st.just({**path_parameters, "batch_id": BATCH})
         return st.one_of(st.just(path_parameters), named)
     name = path_parameters.get("queue_name") if path_parameters else None
     if path_parameters and conforming_id(name) and len(name) <= MAX_QUEUE_NAME_LENGTH:
@@ -178,6 +184,8 @@ def seed(store: Store) -> None:
     queues.set_limits(engine, "mail", {"concurrency_limit": 2, "rate_limit_per_s": 5.0})
     queues.pause(engine, "held")
     add("mailed", queue="mail")
+    for task_id in ("done", "failed", "upstream", "queued"):
+        set_fields(store, task_id, batch_id=BATCH)
     statuses = {t: reads.get_status(engine, t)["status"] for t in SEEDED}
     assert statuses == SEEDED
 

@@ -82,6 +82,10 @@ def _seed(client: FlaskClient, engine: Engine) -> str:
     assert client.post("/api/tasks", json=_task("g", "f")).get_json()["status"] == "UPSTREAM_FAILED"
     assert client.post("/api/tasks/x/cancel").get_json()["status"] == "CANCELLED"
     assert client.post("/api/tasks/batch", json=SEED_BATCH).status_code == 201
+    with engine.begin() as conn:  # a batch id the table can name
+        conn.execute(
+            update(tasks).where(tasks.c.id.in_(["p1", "p2"])).values(batch_id="seed-batch")
+        )
     assert client.post("/api/schedules", json=SEED_SCHEDULE).status_code == 201
     assert client.put("/api/queues/mail", json=SEED_QUEUE).status_code == 200
     assert client.post("/api/queues/held/pause").status_code == 200
@@ -550,6 +554,32 @@ QUEUES = [
     post("queue-resume-10000-chars", b"", 400, "invalid_parameter", r"is not a queue name", path="/api/queues/" + "q" * 10_000 + "/resume"),
     post("queue-pause-paused", b"", 200, None, "", path="/api/queues/held/pause"),
 ]
+ACTIONS = [
+    patch("task-patch-empty", "/api/tasks/b", b"{}", 400, INVALID, r"Nothing to change"),
+    patch("task-patch-status", "/api/tasks/b", json.dumps({"status": "COMPLETED"}).encode(), 400, INVALID, r'"status": "Unknown field'),
+    patch("task-patch-priority-high", "/api/tasks/b", json.dumps({"priority": 1001}).encode(), 400, INVALID, r'"priority": "Must be between -1000 and 1000'),
+    patch("task-patch-priority-bool", "/api/tasks/b", json.dumps({"priority": True}).encode(), 400, INVALID, r'"priority": "Must be a JSON integer'),
+    patch("task-patch-queue-bad", "/api/tasks/b", json.dumps({"queue": "a b"}).encode(), 400, INVALID, r'"queue": "Use ' + QUEUE_RULE),
+    patch("task-patch-run-at-text", "/api/tasks/b", json.dumps({"run_at": "soon"}).encode(), 400, INVALID, r'"run_at": "Must be an ISO 8601 time'),
+    patch("task-patch-not-queued", "/api/tasks/x", json.dumps({"priority": 1}).encode(), 409, "invalid_state", r"only a QUEUED task can be changed"),
+    patch("task-patch-unknown", "/api/tasks/ghost", json.dumps({"priority": 1}).encode(), 404, "not_found", r"ghost"),
+    patch("task-patch-text", "/api/tasks/b", b"priority", 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "text/plain"}),
+    patch("task-patch-list", "/api/tasks/b", b"[1]", 400, BAD_JSON, NOT_OBJECT),
+    Case("task-delete-queued", "DELETE", "/api/tasks/b", 409, "invalid_state", r"only a finished task can be deleted"),
+    Case("task-delete-blocked", "DELETE", "/api/tasks/f", 409, "invalid_state", r'cannot be deleted.*"blocking": \["g"\]'),
+    Case("task-delete-param", "DELETE", "/api/tasks/x?with_dependents=1", 400, "invalid_parameter", r"with_dependents must be true or false"),
+    Case("task-delete-unknown-param", "DELETE", "/api/tasks/x?force=true", 400, "invalid_parameter", r"'force'"),
+    Case("task-delete-unknown", "DELETE", "/api/tasks/ghost", 404, "not_found", r"ghost"),
+    Case("task-delete-id-10000-chars", "DELETE", "/api/tasks/" + "t" * 10_000, 404, "not_found", r"."),
+    get("batch-unknown", "/api/batches/ghost", 404, "not_found", r"No batch 'ghost'"),
+    get("batch-id-65-chars", "/api/batches/" + "b" * 65, 400, "invalid_parameter", r"is not a batch id"),
+    get("batch-id-with-nul", "/api/batches/b%00", 400, "invalid_parameter", r"is not a batch id"),
+    get("batch-unknown-param", "/api/batches/seed-batch?x=1", 400, "invalid_parameter", r"'x'"),
+    post("batch-cancel-unknown", b"", 404, "not_found", r"No batch 'ghost'", path="/api/batches/ghost/cancel"),
+    post("batch-retry-unknown", b"", 404, "not_found", r"No batch 'ghost'", path="/api/batches/ghost/retry"),
+    post("batch-retry-nothing", b"", 409, "invalid_state", r"has no task to retry", path="/api/batches/seed-batch/retry"),
+    post("batch-cancel-bad-id", b"", 400, "invalid_parameter", r"is not a batch id", path="/api/batches/-x/cancel"),
+]
 # fmt: on
 
 # Every rule of the app's URL map: a path it matches, and the methods of METHODS it answers.
@@ -557,9 +587,9 @@ QUEUES = [
 ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/static/<path:filename>": ("/static/dashboard/dashboard.css", frozenset({"GET"})),
     "/api/tasks": ("/api/tasks", frozenset({"GET", "POST"})),
-    # GET /api/tasks/batch is the task whose id is "batch"
-    "/api/tasks/batch": ("/api/tasks/batch", frozenset({"GET", "POST"})),
-    "/api/tasks/<task_id>": ("/api/tasks/a", frozenset({"GET"})),
+    # GET, PATCH and DELETE /api/tasks/batch act on the task whose id is "batch"
+    "/api/tasks/batch": ("/api/tasks/batch", frozenset({"GET", "POST", "PATCH", "DELETE"})),
+    "/api/tasks/<task_id>": ("/api/tasks/a", frozenset({"GET", "PATCH", "DELETE"})),
     "/api/tasks/<task_id>/status": ("/api/tasks/a/status", frozenset({"GET"})),
     "/api/tasks/<task_id>/cancel": ("/api/tasks/a/cancel", frozenset({"POST"})),
     "/api/tasks/<task_id>/retry": ("/api/tasks/f/retry", frozenset({"POST"})),
@@ -567,6 +597,9 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/api/schedules": ("/api/schedules", frozenset({"GET", "POST"})),
     "/api/schedules/<schedule_id>": ("/api/schedules/s1", frozenset({"GET", "PATCH", "DELETE"})),
     "/api/queues": ("/api/queues", frozenset({"GET"})),
+    "/api/batches/<batch_id>": ("/api/batches/seed-batch", frozenset({"GET"})),
+    "/api/batches/<batch_id>/cancel": ("/api/batches/seed-batch/cancel", frozenset({"POST"})),
+    "/api/batches/<batch_id>/retry": ("/api/batches/seed-batch/retry", frozenset({"POST"})),
     "/api/queues/<queue_name>": ("/api/queues/mail", frozenset({"GET", "PUT"})),
     "/api/queues/<queue_name>/pause": ("/api/queues/held/pause", frozenset({"POST"})),
     "/api/queues/<queue_name>/resume": ("/api/queues/mail/resume", frozenset({"POST"})),
@@ -618,6 +651,7 @@ CASES = (
     + BATCHES
     + SCHEDULES
     + QUEUES
+    + ACTIONS
     + NOT_ALLOWED
 )
 

@@ -80,7 +80,7 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
         dead = {"hostname": busy_app.extensions["scheduler"].host, "pid": exited_pid()}
         conn.execute(insert(instances).values(id="gone", started_at=now, heartbeat_at=now, **dead))
         scheduler_sql.promote(conn, now + 2 * HOUR, 1)
-        claimed = scheduler_sql.claim(conn, "gone", 1, now + 2 * HOUR)
+        claimed = scheduler_sql.claim(conn, "gone", 1, now + 2 * HOUR, [("default", 1)])
     assert [c.id for c in claimed] == ["orphan"]
     # The runner's own reaper ran at its start: only the busy instance reaps now.
     done = wait_status(runner, "orphan", "COMPLETED")

@@ -285,7 +285,7 @@ def test_the_claim_walks_each_open_queue_by_its_own_index(app: Flask) -> None:
     params = {"now": "x", "limit": 10, "w": "w", "q0": "a", "l0": 2, "q1": "b", "l1": 10}
     with database.read(store.engine) as conn:
         plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
-    assert sum("USING INDEX ix_tasks_ready_queue (queue=?)" in step for step in plan) == 2, plan
+    assert sum("USING INDEX ix_tasks_ready (queue=?)" in step for step in plan) == 2, plan
     typed = scheduler_sql.claim_sql("sqlite", 0, 1, 1)
     params = {"now": "x", "limit": 10, "w": "w", "q0": "a", "l0": 2, "t0": "x"}
     with database.read(store.engine) as conn:
@@ -353,7 +353,7 @@ def test_a_pause_waits_for_the_claims_under_way_and_none_after_it_starts_a_task(
     claimer_pid: list[int] = []
 
     def hold(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith("WITH ready AS") and not at_claim.is_set():
+        if "SET status = 'RUNNING'" in statement and not at_claim.is_set():
             claimer_pid.append(conn.connection.driver_connection.info.backend_pid)
             at_claim.set()
             assert release.wait(timeout=30)

@@ -314,9 +314,9 @@ def query_plan(store: Store, sql: str, params: dict[str, Any]) -> list[str]:
 
 def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str) -> None:
     store = build_app(sqlite_url, {}).extensions["store"]
-    params = {"now": "2026-01-01 00:00:00.000000", "limit": 10, "w": "w"}
+    params = {"now": "2026-01-01 00:00:00.000000", "limit": 10, "w": "w", "q0": "q", "l0": 10}
     plan = query_plan(store, scheduler_sql.claim_sql("sqlite"), params)
-    assert "SCAN tasks USING INDEX ix_tasks_ready" in plan, plan
+    assert "SEARCH tasks USING INDEX ix_tasks_ready (queue=?)" in plan, plan
     assert not any("TEMP B-TREE" in step or "ix_tasks_status_seq" in step for step in plan)
 
 
@@ -398,7 +398,10 @@ def test_postgres_walks_a_pass_rows_by_their_own_indexes_whatever_its_statistics
         conn.exec_driver_sql("ANALYZE tasks")
         conn.exec_driver_sql(insert.format(p="new", s="QUEUED", n=5000))
     statements = [
-        (scheduler_sql.claim_sql("postgresql"), {"limit": 16, "w": "w1", "now": None}),
+        (
+            scheduler_sql.claim_sql("postgresql"),
+            {"limit": 16, "w": "w1", "now": None, "q0": "default", "l0": 16},
+        ),
         (
             scheduler_sql.complete_sql("postgresql", 2),
             {"w": "w1", "now": None, "i0": "new1", "a0": 1, "i1": "new2", "a1": 1},

@@ -18,10 +18,14 @@ from urllib.parse import parse_qs, urlparse
 
 from task_scheduler_client import AuthenticatedClient, Client
 from task_scheduler_client.api.default import (
+    cancel_batch,
     cancel_task,
     create_schedule,
     delete_schedule,
+    delete_task,
     edit_schedule,
+    edit_task,
+    get_batch,
     get_queue,
     get_schedule,
     get_status,
@@ -33,6 +37,7 @@ from task_scheduler_client.api.default import (
     openapi_document,
     pause_queue,
     resume_queue,
+    retry_batch,
     retry_task,
     set_queue_limits,
     submit_batch,
@@ -42,6 +47,7 @@ from task_scheduler_client.api.default import (
 from task_scheduler_client.models import (
     BatchIn,
     BatchOut,
+    BatchSummaryOut,
     BlockerKind,
     BlockersOut,
     DatabaseStatus,
@@ -56,6 +62,7 @@ from task_scheduler_client.models import (
     ScheduleOut,
     SchedulerState,
     Status,
+    TaskEdit,
     TaskIn,
     TaskOut,
     TaskStatusOut,
@@ -153,6 +160,7 @@ def main(base_url: str, token: str) -> None:
 
     schedules(client)
     queues(client)
+    acting(client, stored.batch_id)
     print(json.dumps(sorted(set(called))))
 
 
@@ -191,6 +199,22 @@ def queues(client: AuthenticatedClient) -> None:
     assert {"default", "reports"} <= {q.name for q in listed}, listed
     gone = answer(get_queue, client, "ghost", expect=404).parsed
     assert isinstance(gone, Error) and gone.code == "not_found"
+
+
+def acting(client: AuthenticatedClient, batch_id: str) -> None:
+    """Change a QUEUED task, delete a finished one, show, cancel and retry a batch."""
+    edited = answer(edit_task, client, "b0", body=TaskEdit(priority=9, queue="reports")).parsed
+    assert isinstance(edited, TaskOut) and edited.priority == 9 and edited.queue == "reports"
+    answer(delete_task, client, "plain", expect=204)
+    answer(get_task, client, "plain", expect=404)
+    refused = answer(delete_task, client, "b1", expect=409).parsed  # QUEUED
+    assert isinstance(refused, Error) and refused.code == "invalid_state"
+    shown = answer(get_batch, client, batch_id).parsed
+    assert isinstance(shown, BatchSummaryOut) and shown.total == 3 and shown.state == "queued"
+    cancelled = answer(cancel_batch, client, batch_id).parsed
+    assert isinstance(cancelled, BatchSummaryOut) and cancelled.counts["CANCELLED"] == 3
+    retried = answer(retry_batch, client, batch_id).parsed
+    assert isinstance(retried, BatchSummaryOut) and retried.counts["QUEUED"] == 3
 
 
 if __name__ == "__main__":

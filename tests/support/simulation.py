@@ -39,7 +39,7 @@ from app.handlers import HandlerFailed, Registry, TaskContext
 from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
-from app.services import actions, batch, queues, schedules, submissions
+from app.services import actions, batch, batches, fanout, queues, schedules, submissions
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.store import Store
@@ -219,6 +219,10 @@ class Simulation:
         # last set (a new rate starts from a full bucket).
         self.queue_starts: dict[str, list[float]] = {}
         self.bucket_time = 0.0
+        # Tasks added by handlers (dynamic fan-out): by the attempt that added them, and
+        # the task that added each.
+        self.added: dict[tuple[str, int], list[str]] = {}
+        self.added_by: dict[str, str] = {}
         with database.write(engine) as conn:
             for table in (deps, tasks, instances, schedule_rows, queue_rows):
                 conn.execute(delete(table))
@@ -285,6 +289,9 @@ class Simulation:
             (3, self.fire),
             (1, self.edit_schedule),
             (3, self.change_queue),
+            (2, self.edit_task),
+            (1, self.delete_task),
+            (1, self.batch_action),
         ]
         weights = [w for w, _ in actions_]
         (action,) = self.rng.choices([a for _, a in actions_], weights)
@@ -304,6 +311,7 @@ class Simulation:
             rng=random.Random(self.rng.random()),
             monotonic=self.clock.monotonic,
         )
+        store.spawn = fanout.spawn
         scheduler = Scheduler(
             store,
             registry,
@@ -573,7 +581,7 @@ class Simulation:
         node, job = self.rng.choice(candidates)
         key = job.running.key  # type: ignore[attr-defined]
         self.behaviour[key] = self.rng.choices(
-            ["result", "none", "fail", "honour"], [45, 15, 25, 15]
+            ["result", "none", "fail", "honour", "map"], [40, 15, 25, 15, 10]
         )[0]
         assert node.executor is not None
         node.executor.live.remove(job)
@@ -594,8 +602,28 @@ class Simulation:
             self.returns[key] = ("failed", f"fail {ctx.id}#{ctx.attempt}")
             raise HandlerFailed(f"fail {ctx.id}#{ctx.attempt}")
         result = None if behaviour == "none" else {"task": ctx.id, "attempt": ctx.attempt}
+        if behaviour == "map":
+            self._add_tasks(ctx)
         self.returns[key] = ("completed", result)
         return result
+
+    def _add_tasks(self, ctx: TaskContext) -> None:
+        """Add 1 to 3 tasks depending on this one: they must exist if and only if this
+        attempt's completion commits, and this task's dependents must wait for them."""
+        n = self.rng.randint(1, 3)
+        added = ctx.add_tasks(
+            {
+                "id": f"{ctx.id}.{ctx.attempt}.{k}",
+                "type": "sim",
+                "duration_ms": 1,
+                "dependencies": [ctx.id],
+            }
+            for k in range(n)
+        )
+        self.added[(ctx.id, ctx.attempt)] = added
+        for child in added:
+            self.added_by[child] = ctx.id
+            self.deps_of[child] = [ctx.id]
 
     def tick(self, seconds: float | None = None) -> None:
         """Let time pass; what runs on a timer in production runs when it falls due."""
@@ -714,6 +742,82 @@ class Simulation:
         back = before & self.statuses_now({"QUEUED"})
         self.cancelled -= back
         self.note(f"retry {task_id}: requeued {sorted(back)}")
+
+    def edit_task(self) -> None:
+        """Change a QUEUED task's priority, run_at or queue, as a user would."""
+        target = self.target({"QUEUED"})
+        if target is None:
+            return
+        task_id, _ = target
+        rng = self.rng
+        field_ = rng.choice(["priority", "run_at", "queue"])
+        value: Any = {
+            "priority": rng.choice([-5, 0, 9]),
+            "run_at": rng.choice(
+                [None, self.clock.now() + timedelta(seconds=rng.uniform(0.5, 20))]
+            ),
+            "queue": rng.choice(["default", "q1", "q2"]),
+        }[field_]
+        try:
+            task = actions.edit(self.engine, task_id, {field_: value})
+        except ApiError as error:
+            self.note(f"edit {task_id} {field_}: {error.code}")
+            return
+        except OperationalError:
+            self.note(f"edit {task_id}: the database is unavailable")
+            return
+        if field_ == "run_at":
+            if value is None:
+                self.run_at_of.pop(task_id, None)
+            else:
+                self.run_at_of[task_id] = value
+        self.note(f"edit {task_id}: {field_} {value} -> {task['status']}")
+
+    def delete_task(self) -> None:
+        """Delete a finished task (with what is below it, sometimes), as a user would."""
+        target = self.target(set(TERMINAL))
+        if target is None:
+            return
+        task_id, _ = target
+        before = self.rows()
+        below = self.rng.random() < 0.3
+        try:
+            deleted = actions.delete(self.engine, task_id, with_dependents=below)
+        except ApiError as error:
+            self.note(f"delete {task_id}: {error.code} {(error.details or {}).get('blocking')}")
+            return
+        except OperationalError:
+            self.note(f"delete {task_id}: the database is unavailable")
+            return
+        for gone in deleted:
+            if before[gone].status not in TERMINAL:
+                self.fail(f"delete {task_id} removed {gone}, which was {before[gone].status}")
+            self.gone[gone] = before[gone].status
+            self.seen.pop(gone, None)
+        self.note(f"delete {task_id}{' with what is below' if below else ''}: {deleted}")
+
+    def batch_action(self) -> None:
+        """Cancel or retry a whole batch, as a user would."""
+        with self.checker_reads() as conn:
+            found = sorted({b for (b,) in conn.execute(select(tasks.c.batch_id)) if b is not None})
+        if not found:
+            return
+        batch_id = self.rng.choice(found)
+        kind = self.rng.choice(["cancel", "retry"])
+        before = self.statuses_now(set(TERMINAL))
+        try:
+            answer = getattr(batches, kind)(self.engine, batch_id)
+        except ApiError as error:
+            self.note(f"batch {kind} {batch_id}: {error.code}")
+            return
+        except OperationalError:
+            self.note(f"batch {kind} {batch_id}: the database is unavailable")
+            return
+        if kind == "cancel":
+            self.cancelled.update(self.statuses_now({"CANCELLED"}))
+        else:
+            self.cancelled -= before & self.statuses_now({"QUEUED"})
+        self.note(f"batch {kind} {batch_id}: {answer['changed']}")
 
     def target(self, statuses: set[str]) -> tuple[str, str] | None:
         rows = self.rows()
@@ -976,6 +1080,13 @@ class Simulation:
     def committed(self, changes: list[Change]) -> None:
         """Follow every state change as it commits: who may start again, and why."""
         for task_id, _type, attempt, status, reason in changes:
+            parent = self.added_by.get(task_id)
+            if parent is not None and reason == "submitted":
+                # Added with its parent's completion: the parent's dependents wait for it.
+                for dependent, dependencies in self.deps_of.items():
+                    adopted = parent in dependencies and self.added_by.get(dependent) != parent
+                    if adopted and task_id not in dependencies:
+                        dependencies.append(task_id)
             name, _, stamp = task_id.rpartition(".")
             if name in self.fired_names and task_id not in self.deps_of:
                 # Born by a firing: its dependencies are its siblings of the same instant.
@@ -1010,6 +1121,7 @@ class Simulation:
                 self.beat_at[node.scheduler.id or ""] = self.serving  # registered just now
         self._check_schedules()
         rows, edges = self.snapshot()
+        self._check_added(rows)
         held = self.live_attempts()
         now = self.serving
         for task_id, row in rows.items():
@@ -1090,6 +1202,20 @@ class Simulation:
         last_beat = max(last_beat, self.disturbed + HEARTBEAT_S)
         if now - last_beat > RECOVERY_BOUND_S:
             self.fail(f"{task_id} RUNNING under {row.worker} with no live attempt")
+
+    def _check_added(self, rows: dict[str, Any]) -> None:
+        """The tasks an attempt added exist if and only if its completion committed."""
+        for (parent, attempt), added in self.added.items():
+            row = rows.get(parent)
+            if row is None:
+                continue  # pruned: what it added may be too
+            completed = row.status == "COMPLETED" and row.attempts == attempt
+            for child in added:
+                exists = child in rows or child in self.gone
+                if completed and not exists:
+                    self.fail(f"{parent} completed as attempt {attempt}, but {child} is missing")
+                if exists and not completed:
+                    self.fail(f"{child} exists, but {parent} attempt {attempt} did not complete")
 
     def _check_fence(self, task_id: str, row: Any) -> None:
         """The outcome a row shows came from the attempt the row holds, never a stale one."""

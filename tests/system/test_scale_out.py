@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import Engine, create_engine, text
 
 from tests.support.apps import postgres_schema
@@ -610,3 +611,54 @@ def test_an_instance_paused_inside_a_transaction_is_recovered_without_stalling_t
     finally:
         paused.signal(signal.SIGCONT)
     assert_keeps_working(pg, api, paused, other)
+
+
+# -- f. queues: a limit held across processes, a pause that starts nothing -----------------
+
+QUEUE_RUNNING_SQL = "SELECT queue, count(*) FROM tasks WHERE status = 'RUNNING' GROUP BY queue"
+
+
+def run_queues(cluster: Cluster, api: Server) -> None:
+    """A limit of 2 on `tight` across every scheduler process, `held` paused until the
+    rest is done: sampled from the database, and checked against the ledger."""
+    base = api.base_url
+    assert requests.put(f"{base}/api/queues/tight", json={"concurrency_limit": 2}, timeout=10).ok
+    assert requests.post(f"{base}/api/queues/held/pause", timeout=10).ok
+    rng = random.Random(18)
+    tight = [ledger_task(f"tight-{i}", rng.randint(10, 40), queue="tight") for i in range(40)]
+    held = [ledger_task(f"held-{i}", 5, queue="held") for i in range(10)]
+    loose = independent(rng, 150, 5, 20)
+    api.submit_batch(tight + held + loose)
+    peak: Counter[str] = Counter()
+
+    def others_finished() -> bool:
+        for queue, count in cluster.query(QUEUE_RUNNING_SQL):
+            peak[queue] = max(peak[queue], count)
+        left = cluster.query("SELECT count(*) FROM tasks WHERE status <> 'COMPLETED'")[0][0]
+        return bool(left == len(held))
+
+    poll(others_finished, 90, "every task outside the paused queue to complete", 0.01)
+    assert peak["tight"] == 2, dict(peak)  # reached, never passed
+    assert not {r.task_id for r in cluster.runs()} & {t["id"] for t in held}
+    assert requests.post(f"{base}/api/queues/held/resume", timeout=10).ok
+    cluster.wait_finished(timeout=30)
+    runs = cluster.runs()
+    assert max_running([r for r in runs if r.task_id.startswith("tight-")]) <= 2
+    assert_exactly_once(runs, [t["id"] for t in tight + held + loose])
+
+
+@pytest.mark.postgres
+def test_a_queue_limit_holds_across_three_instances_and_a_pause_starts_nothing(
+    pg: Cluster,
+) -> None:
+    pg.schedulers(3, MAX_CONCURRENT_TASKS="4")
+    run_queues(pg, pg.api())
+
+
+def test_on_sqlite_a_queue_limit_holds_across_processes_and_a_pause_starts_nothing(
+    lite: Cluster,
+) -> None:
+    server = lite.launcher.gunicorn(lite.db, **lite.settings(MAX_CONCURRENT_TASKS="4"))
+    lite.launcher.schedulers(lite.db, 2, **lite.settings(MAX_CONCURRENT_TASKS="4"))
+    lite.wait_instances(3)
+    run_queues(lite, server)

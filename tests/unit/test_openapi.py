@@ -267,6 +267,10 @@ def test_database_faults_are_documented_where_they_can_happen(document: dict[str
         ("/api/schedules/{schedule_id}", "patch"),
         ("/api/schedules/{schedule_id}", "delete"),
         ("/api/queues/{queue_name}", "put"),
+        ("/api/tasks/{task_id}", "patch"),
+        ("/api/tasks/{task_id}", "delete"),
+        ("/api/batches/{batch_id}/cancel", "post"),
+        ("/api/batches/{batch_id}/retry", "post"),
         ("/api/queues/{queue_name}/pause", "post"),
         ("/api/queues/{queue_name}/resume", "post"),
     }

@@ -1,0 +1,163 @@
+"""A whole run at once: `GET /api/batches/<id>`, and cancel or retry every task of it.
+
+A batch is the tasks one `POST /api/tasks/batch` (or a schedule's firing) stored under
+one batch id, and those their handlers added. Its summary counts them by status and says
+where the run stands. Cancel and retry act on all of them in one transaction, by the rules
+the single-task actions apply: a cancel ends every QUEUED task and asks every RUNNING one
+to stop (their dependents outside the batch follow, as after single cancels); a retry
+starts again from each task of the batch that failed or that a user cancelled, bringing
+back what each held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from app import events
+from app.errors import InvalidParameter, InvalidState, NotFound
+from app.schemas import ID_PATTERN
+from app.services.actions import retry_in, root_cause
+from app.statuses import TERMINAL, Status
+from app.storage import cascade, database
+from app.storage.notify import announce
+from app.storage.propagation import CANCEL, count_down_cut, cut_off, settle
+from app.storage.reads import batch_roots, batch_summary
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+log = logging.getLogger("app.batches")
+
+MAX_BATCH_ID_LENGTH = 64
+_FAILED = {Status.FAILED.value, Status.UPSTREAM_FAILED.value}
+
+
+def check_batch_id(batch_id: str) -> None:
+    """Raise invalid_parameter for a batch id no batch can have."""
+    if len(batch_id) > MAX_BATCH_ID_LENGTH or not re.match(ID_PATTERN, batch_id):
+        raise InvalidParameter(
+            f"{batch_id[:70]!r} is not a batch id: batch ids use 1 to {MAX_BATCH_ID_LENGTH} "
+            "characters from A-Z a-z 0-9 . _ : -, starting with a letter or digit.",
+            {"batch_id": "Not a batch id."},
+        )
+
+
+def summary(engine: Engine, batch_id: str) -> dict[str, Any]:
+    """Return the batch's counts by status, its state, first start and last finish."""
+    check_batch_id(batch_id)
+    with database.read(engine) as conn:
+        return _summary(conn, batch_id)
+
+
+def _summary(conn: Connection, batch_id: str) -> dict[str, Any]:
+    rows = batch_summary(conn, batch_id)
+    if not rows:
+        raise NotFound(f"No batch {batch_id!r}.", {"batch_id": batch_id})
+    counts = {s.value: 0 for s in Status}
+    starts: list[datetime] = []
+    finishes: list[datetime] = []
+    for status, count, first, last in rows:
+        counts[status] = int(count)
+        if first is not None:
+            starts.append(first)
+        if last is not None:
+            finishes.append(last)
+    total = sum(counts.values())
+    unfinished = counts[Status.QUEUED.value] + counts[Status.RUNNING.value]
+    done = all(status in TERMINAL for status, n in counts.items() if n)
+    return {
+        "batch_id": batch_id,
+        "state": _state(counts, unfinished, bool(starts)),
+        "total": total,
+        "counts": counts,
+        "first_started_at": min(starts) if starts else None,
+        "last_finished_at": max(finishes) if done and finishes else None,
+    }
+
+
+def _state(counts: dict[str, int], unfinished: int, started: bool) -> str:
+    if unfinished:
+        return "running" if counts[Status.RUNNING.value] or started else "queued"
+    if counts[Status.COMPLETED.value] == sum(counts.values()):
+        return "completed"
+    if any(counts[s] for s in _FAILED):
+        return "failed"
+    return "cancelled"
+
+
+def cancel(engine: Engine, batch_id: str) -> dict[str, Any]:
+    """Cancel every unfinished task of the batch; answer its summary afterwards."""
+    check_batch_id(batch_id)
+    outcome = database.transaction(engine, lambda conn: _cancel(conn, batch_id))
+    log.info(
+        "batch %s cancelled by a user: %d queued task(s) cancelled, %d running asked to stop",
+        batch_id,
+        outcome["changed"]["cancelled"],
+        outcome["changed"]["stopping"],
+    )
+    return outcome
+
+
+def _cancel(conn: Connection, batch_id: str) -> dict[str, Any]:
+    cascade.one_at_a_time(conn)
+    found = cascade.unfinished_of_batch(conn, batch_id)
+    if not found:
+        answer = _summary(conn, batch_id)  # 404 for an unknown batch
+        raise InvalidState(
+            f"Batch {batch_id} has no QUEUED or RUNNING task to cancel; it is {answer['state']}.",
+            {"batch_id": batch_id, "state": answer["state"]},
+        )
+    now = database.now(conn)
+    queued = [(i, t, a) for i, t, a, s in found if s == Status.QUEUED.value]
+    running = [(i, t, a) for i, t, a, s in found if s == Status.RUNNING.value]
+    cancelled = set(cascade.cancel_queued_many(conn, [i for i, _, _ in queued], now))
+    reason = "cancelled by a user with its batch"
+    events.stage([(i, t, a, Status.CANCELLED, reason) for i, t, a in queued if i in cancelled])
+    readied = settle(conn, dict.fromkeys(cancelled, Status.CANCELLED), now) if cancelled else 0
+    stopping = cascade.ask_to_stop_many(conn, [i for i, _, _ in running], now)
+    if stopping:
+        stopped = cut_off(conn, dict.fromkeys(stopping, CANCEL), now)
+        readied += count_down_cut(conn, stopped)
+    if readied:
+        announce(conn)  # all_done dependents may be ready now
+    answer = _summary(conn, batch_id)
+    answer["changed"] = {"cancelled": len(cancelled), "stopping": len(stopping)}
+    return answer
+
+
+def retry(engine: Engine, batch_id: str) -> dict[str, Any]:
+    """Retry every task of the batch that failed or that a user cancelled, with what each
+    held back; answer the batch's summary afterwards."""
+    check_batch_id(batch_id)
+    outcome = database.transaction(engine, lambda conn: _retry_batch(conn, batch_id))
+    log.info(
+        "batch %s retried by a user: %d task(s) retried", batch_id, outcome["changed"]["retried"]
+    )
+    return outcome
+
+
+def _retry_batch(conn: Connection, batch_id: str) -> dict[str, Any]:
+    cascade.one_at_a_time(conn)
+    retried = 0
+    for task_id, rule in batch_roots(conn, batch_id):
+        # An earlier retry of this loop may have brought it back already, or it waits for
+        # a dependency that failed: that one is retried on its own turn, or is outside.
+        if root_cause(conn, task_id, rule) != task_id:
+            continue
+        try:
+            retry_in(conn, task_id)
+        except InvalidState:
+            continue
+        retried += 1
+    answer = _summary(conn, batch_id)
+    if not retried:
+        raise InvalidState(
+            f"Batch {batch_id} has no task to retry: none failed or was cancelled by a user, "
+            "or each waits for a dependency outside the batch that did not complete.",
+            {"batch_id": batch_id, "state": answer["state"]},
+        )
+    answer["changed"] = {"retried": retried}
+    return answer
