@@ -1,4 +1,5 @@
-"""`flask tasks ...`: submit, inspect, cancel, retry and prune tasks from a shell.
+"""`flask tasks ...`: submit, inspect, change, cancel, retry, delete and prune tasks, and
+act on whole batches, from a shell.
 
 These commands talk to the database directly and never start a scheduler; a running
 server or `flask scheduler run` picks their work up at its next polling tick.
@@ -25,8 +26,8 @@ from app.cli.wait import wait_and_report
 from app.errors import ApiError, BodyTooLarge
 from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
-from app.schemas import TaskOut, load_task
-from app.services import actions, batch, reads, submissions
+from app.schemas import BatchSummaryOut, TaskOut, load_task, load_task_edit
+from app.services import actions, batch, batches, reads, submissions
 from app.startup import UNMIGRATED
 from app.statuses import Status
 from app.storage import retention
@@ -57,7 +58,9 @@ def quiet_logs() -> None:
 
 
 tasks_cli = AppGroup(
-    "tasks", help="Submit, inspect, cancel, retry and prune tasks.", callback=quiet_logs
+    "tasks",
+    help="Submit, inspect, change, cancel, retry, delete and prune tasks; act on batches.",
+    callback=quiet_logs,
 )
 task_out = TaskOut()
 
@@ -253,6 +256,46 @@ def cancel(task_id: str) -> None:
 def retry(task_id: str) -> None:
     """Put a FAILED or CANCELLED task back in the queue; print the task."""
     echo_json(task_out.dump(actions.retry(parts.engine(), task_id)))
+
+
+@tasks_cli.command("edit", short_help="Change a QUEUED task.")
+@click.argument("task_id", metavar="ID")
+@click.option("--priority", type=int, help="-1000..1000.")
+@click.option("--run-at", help="An ISO 8601 time; 'none' to start as soon as it may.")
+@click.option("--queue", help="The queue whose pause and limits govern it.")
+@clean_errors
+def edit(task_id: str, priority: int | None, run_at: str | None, queue: str | None) -> None:
+    """Change a QUEUED task's priority, run_at or queue, as PATCH /api/tasks/<id> does;
+    print the task."""
+    wanted: dict[str, Any] = {"priority": priority, "queue": queue}
+    body = {name: value for name, value in wanted.items() if value is not None}
+    if run_at is not None:
+        body["run_at"] = None if run_at.lower() == "none" else run_at
+    echo_json(task_out.dump(actions.edit(parts.engine(), task_id, load_task_edit(body))))
+
+
+@tasks_cli.command("delete", short_help="Delete a finished task.")
+@click.argument("task_id", metavar="ID")
+@click.option(
+    "--with-dependents", is_flag=True, help="Delete every task below it too (all finished)."
+)
+@clean_errors
+def delete(task_id: str, with_dependents: bool) -> None:
+    """Delete a finished task once every task depending on it COMPLETED, as DELETE
+    /api/tasks/<id> does; print the ids deleted."""
+    for deleted in actions.delete(parts.engine(), task_id, with_dependents=with_dependents):
+        click.echo(deleted)
+
+
+@tasks_cli.command("batch", short_help="Show, cancel or retry a whole batch.")
+@click.argument("action", type=click.Choice(["show", "cancel", "retry"]))
+@click.argument("batch_id", metavar="BATCH_ID")
+@clean_errors
+def batch_action(action: str, batch_id: str) -> None:
+    """Show a batch's counts and state, or cancel or retry every task of it, as
+    /api/batches/<id> does; print the batch as JSON."""
+    run = {"show": batches.summary, "cancel": batches.cancel, "retry": batches.retry}[action]
+    echo_json(BatchSummaryOut().dump(run(parts.engine(), batch_id)))
 
 
 @tasks_cli.command("prune", short_help="Delete old finished tasks.")

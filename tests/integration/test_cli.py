@@ -430,3 +430,33 @@ def test_wait_reports_progress_as_tasks_finish(app: Flask) -> None:
     succeed(app, "cancel", "p2")
     poll_until_finished(engine, ["p1", "p2"], time.monotonic() + 5, seen.append)
     assert seen[-1] == 2
+
+
+# -- edit, delete, batch --------------------------------------------------------------------
+
+
+def test_edit_delete_and_batch_actions(app: Flask) -> None:
+    submit(app, "a")
+    edited = json.loads(succeed(app, "edit", "a", "--priority", "5", "--queue", "q1").stdout)
+    assert (edited["priority"], edited["queue"]) == (5, "q1")
+    held = json.loads(succeed(app, "edit", "a", "--run-at", "2036-01-01T00:00:00Z").stdout)
+    assert held["run_at"] == "2036-01-01T00:00:00.000Z"
+    cleared = json.loads(succeed(app, "edit", "a", "--run-at", "none").stdout)
+    assert cleared["run_at"] is None
+    assert "validation_error" in invoke(app, "edit", "a").stderr  # nothing to change
+    assert "QUEUED" in assert_cli_error(invoke(app, "delete", "a"), "invalid_state")
+    succeed(app, "cancel", "a")
+    assert succeed(app, "delete", "a").stdout.split() == ["a"]
+    assert_cli_error(invoke(app, "show", "a"), "not_found")
+
+    done = app.test_client().post(
+        "/api/tasks/batch", json={"tasks": [{"id": "b1", "type": "t", "duration_ms": 1}]}
+    )
+    batch_id = done.get_json()["batch_id"]
+    shown = json.loads(succeed(app, "batch", "show", batch_id).stdout)
+    assert shown["state"] == "queued" and shown["total"] == 1
+    cancelled = json.loads(succeed(app, "batch", "cancel", batch_id).stdout)
+    assert cancelled["changed"] == {"cancelled": 1, "stopping": 0}
+    retried = json.loads(succeed(app, "batch", "retry", batch_id).stdout)
+    assert retried["changed"] == {"retried": 1}
+    assert_cli_error(invoke(app, "batch", "show", "ghost"), "not_found")
