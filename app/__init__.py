@@ -124,7 +124,7 @@ def _enable_cors(app: Flask, origins: str) -> None:
             response.headers["Vary"] = "Origin"
         else:
             return response
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         return response

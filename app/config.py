@@ -76,6 +76,11 @@ QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 def queue_names(name: str, raw: str) -> tuple[str, ...]:
     """Parse a comma-separated list of queue names (the queues an instance serves)."""
     names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not names:
+        raise ConfigError(
+            f"{name} names no queue ({raw!r}): leave it unset to serve every queue, or list "
+            "the queues to serve, comma-separated"
+        )
     bad = [n for n in names if not QUEUE_NAME.match(n)]
     if bad:
         raise ConfigError(

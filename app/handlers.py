@@ -77,6 +77,8 @@ class TaskContext:
         that is invalid, an id used twice, a dependency elsewhere, a cycle, or more than
         MAX_ADDED_TASKS in all (so the attempt fails, saying why).
         """
+        if isinstance(tasks, dict | str | bytes) or not hasattr(tasks, "__iter__"):
+            raise HandlerFailed("add_tasks takes a list (or another iterable) of task bodies.")
         loaded = [self._load_added(len(self.added) + k, t) for k, t in enumerate(tasks)]
         if len(self.added) + len(loaded) > MAX_ADDED_TASKS:
             raise HandlerFailed(f"An attempt may add at most {MAX_ADDED_TASKS} tasks.")
@@ -108,6 +110,12 @@ class TaskContext:
         except ValidationError as exc:
             shown = json.dumps(validation_details(exc))[:500]
             raise HandlerFailed(f"add_tasks: task {index} is invalid: {shown}") from None
+        try:  # as the API reads JSON: no NaN or Infinity, which no database stores
+            json.dumps(loaded.get("payload"), allow_nan=False)
+        except ValueError:
+            raise HandlerFailed(
+                f"add_tasks: task {index}'s payload holds NaN or Infinity, which JSON has not."
+            ) from None
         loaded.setdefault("id", uuid.uuid4().hex)
         return loaded
 

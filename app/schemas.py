@@ -44,6 +44,10 @@ TASK_ERROR_CODES = (
     "upstream_cancelled",
     "queue_full",
     "duplicate_id",
+    "unknown_task_type",
+    "too_many_queues",
+    "validation_error",
+    "invalid_added_tasks",
 )
 
 

@@ -23,6 +23,16 @@ def only_parameters(*allowed: str) -> None:
         )
 
 
+def no_body() -> None:
+    """Refuse a body on a route that takes none (an empty JSON object is accepted)."""
+    length = request.content_length
+    raw = b"x" * 65 if length is not None and length > 64 else request.stream.read(65)
+    if raw.strip() not in (b"", b"{}"):
+        raise InvalidParameter(
+            "This route takes no body; send none (or {}).", {"body": "Not taken here."}
+        )
+
+
 def json_body(max_bytes: int) -> dict[str, Any]:
     """Return the request's JSON object or raise the error the client should see."""
     if request.mimetype != "application/json":

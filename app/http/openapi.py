@@ -618,7 +618,10 @@ def _batch_paths() -> dict[str, dict[str, Any]]:
 
 
 def _queue_paths() -> dict[str, dict[str, Any]]:
-    bad_name = "`invalid_parameter`: not a queue name, or an unknown query parameter."
+    bad_name = (
+        "`invalid_parameter`: not a queue name, an unknown query parameter, or (pause and "
+        "resume) a body."
+    )
     too_many = "`too_many_queues`: a new queue past the most queues there may be (200)."
     one = {"parameters": [QUEUE_NAME]}
     changed = "The queue as it now stands."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from app import parts
-from app.http.inputs import json_body, only_parameters
+from app.http.inputs import json_body, no_body, only_parameters
 from app.limits import MAX_BODY_BYTES
 from app.schemas import QueueOut, load_queue_limits
 from app.services import queues
@@ -42,6 +42,7 @@ def set_queue_limits(queue_name: str) -> Response:
 def pause_queue(queue_name: str) -> Response:
     """Stop a queue starting tasks (its running ones go on); adds the queue if new."""
     only_parameters()
+    no_body()
     return _answer(queues.pause(parts.engine(), queue_name))
 
 
@@ -49,6 +50,7 @@ def pause_queue(queue_name: str) -> Response:
 def resume_queue(queue_name: str) -> Response:
     """Let a paused queue start tasks again."""
     only_parameters()
+    no_body()
     return _answer(queues.resume(parts.engine(), queue_name))
 
 

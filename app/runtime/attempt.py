@@ -158,7 +158,8 @@ def _describe(exc: Exception) -> str:
 
 def _checked_result(result: object) -> Outcome:
     try:
-        size = len(json.dumps(result).encode())
+        # No NaN or Infinity: PostgreSQL refuses them as JSON, and a client cannot read them.
+        size = len(json.dumps(result, allow_nan=False).encode())
     except (TypeError, ValueError):
         return Outcome(
             Status.FAILED,

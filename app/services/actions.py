@@ -3,6 +3,7 @@ delete once finished; one transaction each."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from app import events
@@ -108,8 +109,9 @@ def retry_in(conn: Connection, task_id: str) -> dict[str, Any]:
             {"id": task_id, "status": row.status, "root": root},
         )
     with database.by_index(conn):
-        requeued, edges = _held_back(conn, task_id)
-        _requeue(conn, requeued, edges, task_id)
+        requeued, edges = held_back(conn, [task_id])
+        brought_back = f"its dependency {task_id} was retried"
+        requeue(conn, requeued, edges, {task_id}, "retried by a user", brought_back)
     announce(conn)
     task = load_task(conn, task_id, with_payload=True)
     assert task is not None
@@ -135,10 +137,14 @@ def root_cause(
     return roots.retry_root(conn, stopped)
 
 
-def _held_back(conn: Connection, root: str) -> tuple[set[str], readiness.Edges]:
-    """Return the root and every dependent that did not run only because of it, with the
-    dependencies of each as read under the readiness locks."""
-    candidates = cascade.caught_by(conn, root)
+def held_back(conn: Connection, roots: Sequence[str]) -> tuple[set[str], readiness.Edges]:
+    """Return the roots and every dependent that did not run only because of them, with
+    the dependencies of each as read under the readiness locks.
+
+    A root, or a dependent, that still waits for a dependency that did not complete and
+    does not come back is left behind, and so are the dependents it stops.
+    """
+    candidates = cascade.caught_by(conn, roots)
     edges = readiness.dependencies(conn, candidates)
     # Keep only those whose every dependency that did not complete comes back too. A
     # task left behind stays in the way of its own dependents among the candidates.
@@ -147,23 +153,37 @@ def _held_back(conn: Connection, root: str) -> tuple[set[str], readiness.Edges]:
         for dependency, _ in pairs:
             if dependency in candidates:
                 below.setdefault(dependency, []).append(task_id)
-    left = [t for t in candidates if t != root and readiness.blockers(edges.get(t, []), candidates)]
+    single = set(roots) if len(roots) == 1 else set()  # a lone root was checked already
+    left = [
+        t
+        for t in candidates
+        if t not in single and readiness.blockers(edges.get(t, []), candidates)
+    ]
     dropped: set[str] = set()
     while left:
         task_id = left.pop()
-        if task_id not in dropped and task_id != root:
+        if task_id not in dropped and task_id not in single:
             dropped.add(task_id)
             left.extend(below.get(task_id, []))
     return candidates - dropped, edges
 
 
-def _requeue(conn: Connection, requeued: set[str], edges: readiness.Edges, root: str) -> None:
+def requeue(
+    conn: Connection,
+    requeued: set[str],
+    edges: readiness.Edges,
+    roots: set[str],
+    why_root: str,
+    why_other: str,
+) -> None:
+    """Put `requeued` back in the queue with fresh budgets, each waiting for its
+    unfinished dependencies; log the roots with `why_root`, the rest with `why_other`."""
     now = database.now(conn)
     pending = {t: readiness.pending(edges.get(t, []), requeued) for t in requeued}
     found = {r.id: r for r in cascade.requeue(conn, pending, now)}
     changes: list[Change] = []
-    for task_id in sorted(found, key=lambda t: (t != root, t)):
-        why = "retried by a user" if task_id == root else f"its dependency {root} was retried"
+    for task_id in sorted(found, key=lambda t: (t not in roots, t)):
+        why = why_root if task_id in roots else why_other
         row = found[task_id]
         changes.append((task_id, row.type, row.attempts, Status.QUEUED.value, why))
     events.stage(changes)

@@ -157,7 +157,7 @@ def creation_order(wanted: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def new_rows(
-    conn: Connection, wanted: Sequence[dict[str, Any]], order: list[str], batch_id: str
+    conn: Connection, wanted: Sequence[dict[str, Any]], order: list[str], batch_id: str | None
 ) -> list[dict[str, Any]]:
     """Return the batch's rows in submission order, each state computed after its deps."""
     members = {task["id"] for task in wanted}

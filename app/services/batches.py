@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from app import events
 from app.errors import InvalidParameter, InvalidState, NotFound
 from app.schemas import ID_PATTERN
-from app.services.actions import retry_in, root_cause
-from app.statuses import TERMINAL, Status
+from app.services.actions import held_back, requeue
+from app.statuses import RETRYABLE, TERMINAL, Status
 from app.storage import cascade, database
 from app.storage.notify import announce
 from app.storage.propagation import CANCEL, count_down_cut, cut_off, settle
@@ -141,23 +141,30 @@ def retry(engine: Engine, batch_id: str) -> dict[str, Any]:
 
 def _retry_batch(conn: Connection, batch_id: str) -> dict[str, Any]:
     cascade.one_at_a_time(conn)
-    retried = 0
-    for task_id, rule in batch_roots(conn, batch_id):
-        # An earlier retry of this loop may have brought it back already, or it waits for
-        # a dependency that failed: that one is retried on its own turn, or is outside.
-        if root_cause(conn, task_id, rule) != task_id:
-            continue
-        try:
-            retry_in(conn, task_id)
-        except InvalidState:
-            continue
-        retried += 1
+    wanted = [task_id for task_id, _ in batch_roots(conn, batch_id)]
+    # Locked, then read again: one may have changed since the read that found it.
+    statuses = cascade.lock_all(conn, wanted)
+    roots = [t for t in wanted if statuses.get(t) in RETRYABLE]
+    requeued: set[str] = set()
+    if roots:
+        # Every root at once, with what each held back: one walk, one requeue, however
+        # many tasks the batch has. A root whose own dependency outside the retried set
+        # did not complete stays, as its single retry would refuse.
+        with database.by_index(conn):
+            requeued, edges = held_back(conn, roots)
+            came_back = requeued & set(roots)
+            if came_back:
+                requeue(
+                    conn, requeued, edges, came_back, "retried by a user with its batch", batch_id
+                )
     answer = _summary(conn, batch_id)
+    retried = len(requeued & set(roots))
     if not retried:
         raise InvalidState(
             f"Batch {batch_id} has no task to retry: none failed or was cancelled by a user, "
             "or each waits for a dependency outside the batch that did not complete.",
             {"batch_id": batch_id, "state": answer["state"]},
         )
+    announce(conn)
     answer["changed"] = {"retried": retried}
     return answer

@@ -69,17 +69,17 @@ def ask_to_stop(conn: Connection, task_id: str, now: datetime) -> None:
     )
 
 
-def caught_by(conn: Connection, root: str) -> set[str]:
-    """Return the root and its dependents, transitively, that did not run because of a
-    dependency (CAUGHT), each locked FOR UPDATE.
+def caught_by(conn: Connection, roots: Sequence[str]) -> set[str]:
+    """Return the roots and their dependents, transitively, that did not run because of a
+    dependency (CAUGHT), each dependent locked FOR UPDATE (the roots are locked already).
 
     One recursive read finds them and one statement locks them. On PostgreSQL a
     submission that named one of them and committed between the two is not in the read:
     once all are locked (a later one waits for the lock), such dependents are looked
     for, and the walk goes on from them.
     """
-    candidates = {root}
-    frontier = [root]
+    candidates = set(roots)
+    frontier = list(roots)
     while frontier:
         found = [i for i in _caught_below(conn, frontier) if i not in candidates]
         candidates.update(found)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, case, delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from app import events, faults
 from app.errors import ApiError, DuplicateId
@@ -301,7 +301,7 @@ class Store(Membership):
         except _Stale:  # the row no longer holds this attempt: what it added goes too
             savepoint.rollback()
             return outcome, None
-        except (ApiError, IntegrityError) as exc:
+        except (ApiError, IntegrityError, DataError) as exc:
             savepoint.rollback()
             refused = _refused(exc, len(outcome.children))
             return refused, self._write_outcome(conn, claim, refused, now)
@@ -522,8 +522,10 @@ def _refused(exc: Exception, added: int) -> Outcome:
     """Return the failure of an attempt whose added tasks were refused."""
     if isinstance(exc, ApiError):
         code, why = exc.code, exc.message
-    else:  # a concurrent submission took one of the ids first
+    elif isinstance(exc, IntegrityError):  # a concurrent submission took an id first
         code, why = DuplicateId.code, "A task with one of its ids was stored meanwhile."
+    else:  # a value the database refused: never a reason to fail every pass after
+        code, why = "invalid_added_tasks", "The database refused a value of them."
     error = f"The {added} task(s) it added were refused ({code}): {why}"
     return Outcome(Status.FAILED, error=error[:1000], error_code=code)
 

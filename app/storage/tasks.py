@@ -18,7 +18,6 @@ from sqlalchemy import (
     Text,
     cast,
     func,
-    insert,
     select,
     update,
 )
@@ -245,12 +244,23 @@ def dependency_results(conn: Connection, task_id: str) -> dict[str, Any]:
     return {task_id: result for task_id, result in conn.execute(query)}
 
 
-def dependents_of(conn: Connection, parent: str) -> list[tuple[str, int]]:
-    """Return each task that depends on `parent`, with the last position of its edges."""
+def lock_for_adding(conn: Connection, task_id: str) -> str | None:
+    """Lock a task's row FOR UPDATE (PostgreSQL; SQLite's write lock holds it already);
+    return its batch id."""
+    query = select(tasks.c.batch_id).where(tasks.c.id == task_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    batch_id: str | None = conn.execute(query).scalar_one()
+    return batch_id
+
+
+def dependents_of(conn: Connection, parent: str) -> list[tuple[str, int, int]]:
+    """Return each task that depends on `parent`, with the last position of its edges and
+    how many dependencies it has."""
     return [
-        (task_id, last)
-        for task_id, last in conn.execute(
-            select(deps.c.task_id, func.max(other.c.position))
+        (task_id, last, count)
+        for task_id, last, count in conn.execute(
+            select(deps.c.task_id, func.max(other.c.position), func.count())
             .select_from(deps.join(other, other.c.task_id == deps.c.task_id))
             .where(deps.c.dependency_id == parent)
             .group_by(deps.c.task_id)
@@ -260,18 +270,20 @@ def dependents_of(conn: Connection, parent: str) -> list[tuple[str, int]]:
 
 
 def adopt(conn: Connection, dependents: Sequence[tuple[str, int]], added: Sequence[str]) -> int:
-    """Make each of `dependents` (as `dependents_of` read them) depend on the new tasks
-    `added` too, after its other dependencies; a QUEUED one waits for them (they are
+    """Make each of `dependents` (with the last position of its edges) depend on the new
+    tasks `added` too, after its other dependencies; a QUEUED one waits for them (they are
     unfinished). Return how many tasks now wait for them."""
     if not dependents or not added:
         return 0
     edges = [
-        {"task_id": dependent, "dependency_id": child, "position": last + 1 + k}
+        (dependent, child, last + 1 + k)
         for dependent, last in dependents
         for k, child in enumerate(added)
     ]
-    for part in chunks(edges, CHUNK):
-        conn.execute(insert(deps), list(part))
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_INSERT_EDGES, edges)
+    else:
+        _copy_postgresql(conn, [], edges)
     changed = 0
     for ids in chunks([dependent for dependent, _ in dependents], CHUNK):
         changed += conn.execute(

@@ -3,17 +3,20 @@ tasks to the graph that exist if and only if its completion committed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from app.handlers import MAX_DEPENDENCY_RESULTS_BYTES, HandlerFailed, Registry, TaskContext
 from app.services import submissions
 from app.storage import database
 from app.storage.store import Store
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app
+from tests.support.interleave import Monitor
 from tests.support.stepping import Clock, Threads, open_scheduler
 from tests.support.store import row, set_fields
 
@@ -103,21 +106,19 @@ def test_a_map_task_adds_tasks_its_dependents_wait_for_and_results_flow_down(
     assert row(store, "m").status == "COMPLETED"
     assert {"m.0", "m.1", "m.2", "m.join"} <= _ids(store)
     assert row(store, "m.0").batch_id == row(store, "m").batch_id
-    # `after` waited for m; now for m's four added tasks.
-    assert row(store, "after").pending_deps == 4
+    # `after` waited for m; now for the last of m's added tasks, the join, which waits
+    # for the rest.
+    assert row(store, "after").pending_deps == 1
     assert app.test_client().get("/api/tasks/after").get_json()["dependencies"] == [
         "m",
-        "m.0",
-        "m.1",
-        "m.2",
         "m.join",
     ]
     runner.drain()
     assert row(store, "m.1").result == {"k": 1, "of": 3}
     assert row(store, "m.join").result == {"sum": 3}
-    # `after` ran last, and read every dependency's result: m's and its added tasks'.
+    # `after` ran last, and read every dependency's result: m's and the join's.
     assert row(store, "after").status == "COMPLETED"
-    assert row(store, "after").result == ["m", "m.0", "m.1", "m.2", "m.join"]
+    assert row(store, "after").result == ["m", "m.join"]
 
 
 def test_dependency_results_are_read_once_per_attempt(app: Flask) -> None:
@@ -281,3 +282,118 @@ def test_a_failing_added_task_stops_the_dependents_of_the_task_that_added_it(
     runner.drain()
     assert row(store, "bad.0").status == "FAILED"
     assert row(store, "after").status == "UPSTREAM_FAILED"
+
+
+def test_a_nan_fails_the_attempt_cleanly_and_every_other_outcome_is_written(app: Flask) -> None:
+    """PostgreSQL refuses NaN as JSON: in an added task's payload or in a result it made
+    every pass fail, holding the outcomes of the pass's other attempts."""
+
+    def nan_payload(ctx: TaskContext) -> Any:
+        ctx.add_tasks([{"type": "leaf", "duration_ms": 1, "payload": {"x": float("nan")}}])
+
+    runner = Runner(
+        app, nan_payload=nan_payload, nan_result=lambda ctx: {"x": float("inf")}, ok=lambda c: 1
+    )
+    store = runner.store
+    for task_id, task_type in (("p", "nan_payload"), ("r", "nan_result"), ("fine", "ok")):
+        _add(store, task_id, task_type)
+    runner.drain()
+    assert row(store, "fine").status == "COMPLETED"
+    for task_id, said in (("p", "NaN or Infinity"), ("r", "not JSON")):
+        failed = row(store, task_id)
+        assert (failed.status, failed.error_code) == ("FAILED", "handler_error"), task_id
+        assert said in failed.error
+    assert _ids(store) == {"p", "r", "fine"}
+
+
+def test_a_value_the_database_refuses_fails_the_attempt_not_every_pass(app: Flask) -> None:
+    from sqlalchemy.exc import DataError
+
+    runner = Runner(app)
+    store = runner.store
+
+    def refuse(*_args: Any) -> None:
+        raise DataError("COPY tasks", None, ValueError("invalid input syntax for type json"))
+
+    store.spawn = refuse
+    _add(store, "m", "map", payload={"n": 1})
+    _add(store, "fine", "leaf_free")
+    runner.drain()
+    failed = row(store, "m")
+    assert (failed.status, failed.error_code) == ("FAILED", "invalid_added_tasks")
+
+
+def test_dependents_wait_for_the_last_added_tasks_within_the_dependency_limit(
+    app: Flask,
+) -> None:
+    def wide(ctx: TaskContext) -> Any:
+        ctx.add_tasks(
+            {"id": f"{ctx.id}.{k}", "type": "leaf_free", "duration_ms": 1} for k in range(1000)
+        )
+
+    runner = Runner(app, wide=wide, leaf_free=lambda ctx: None)
+    store = runner.store
+    _add(store, "w", "wide")
+    _add(store, "after", "leaf_free", "w")
+    runner.drain()
+    refused = row(store, "w")
+    assert (refused.status, refused.error_code) == ("FAILED", "validation_error")
+    assert "would wait for 1001 tasks" in refused.error
+    # With a join, the dependent waits for the join alone.
+    _add(store, "m", "map", payload={"n": 50})
+    _add(store, "later", "leaf_free", "m")
+    runner.drain()
+    deps = app.test_client().get("/api/tasks/later").get_json()["dependencies"]
+    assert deps == ["m", "m.join"]
+
+
+@pytest.mark.postgres
+def test_a_dependent_submitted_during_the_completion_waits_for_it_to_commit(
+    postgres_url: str,
+) -> None:
+    """A task submitted, naming the adding task, while its completion is being written must
+    either be among the dependents that gain the added tasks, or come after the completion
+    (and so see the task COMPLETED): never between, left waiting for nothing."""
+    app = build_app(postgres_url, {})
+    runner = Runner(app)
+    store = runner.store
+    _add(store, "m", "map", payload={"n": 2})
+    runner.scheduler.run_once()
+    runner.threads.finish("m")
+    at_insert = threading.Event()
+    release = threading.Event()
+
+    def hold(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "max(other.position)" in statement and not at_insert.is_set():
+            at_insert.set()
+            assert release.wait(timeout=30)
+
+    event.listen(store.engine, "before_cursor_execute", hold)
+    completer = threading.Thread(target=runner.scheduler.run_once)
+    completer.start()
+    submitted = threading.Event()
+    monitor = Monitor(store.engine)
+    try:
+        assert at_insert.wait(timeout=30)
+
+        def submit_dependent() -> None:
+            _add(store, "late", "leaf_free", "m")
+            submitted.set()
+
+        submitter = threading.Thread(target=submit_dependent)
+        submitter.start()
+        deadline = time.monotonic() + 30
+        while not monitor.any_waiting_for_lock(exclude=0):
+            assert not submitted.is_set(), "the dependent was stored while m's completion was open"
+            assert time.monotonic() < deadline, "the submission neither waited nor finished"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        completer.join(timeout=30)
+        monitor.close()
+        event.remove(store.engine, "before_cursor_execute", hold)
+    submitter.join(timeout=30)
+    assert submitted.is_set()
+    late = row(store, "late")
+    assert row(store, "m").status == "COMPLETED" and late.created_at >= row(store, "m").finished_at
+    store.engine.dispose()

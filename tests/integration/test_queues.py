@@ -435,3 +435,21 @@ def test_blockers_name_what_a_queue_holds_a_task_back_by(app: Flask) -> None:
         }
     )
     assert blockers("r2") == [{"kind": "queue_not_served", "queue": "reports"}]
+
+
+def test_pause_takes_no_body_and_cors_allows_put(app: Flask) -> None:
+    client = app.test_client()
+    refused = client.post("/api/queues/q/pause", data=b"garbage", content_type="text/plain")
+    assert refused.status_code == 400 and refused.get_json()["code"] == "invalid_parameter"
+    assert client.post("/api/queues/q/pause", json={}).status_code == 200
+    assert client.post("/api/queues/q/resume").status_code == 200
+    preflight = client.options("/api/queues/q", headers={"Origin": "https://example.org"})
+    assert "PUT" in preflight.headers["Access-Control-Allow-Methods"]
+
+
+def test_an_empty_list_of_queues_to_serve_is_refused() -> None:
+    from app.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="names no queue"):
+        Settings.from_env({"SCHEDULER_QUEUES": " , "})
+    assert Settings.from_env({"SCHEDULER_QUEUES": "a, b,a"}).scheduler_queues == ("a", "b")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from app.statuses import Status
 from app.storage.database import utcnow
@@ -208,3 +209,31 @@ def test_a_batch_retry_starts_again_from_what_failed(app: Flask) -> None:
     assert statuses == {"a": "QUEUED", "b": "QUEUED", "c": "QUEUED", "d": "COMPLETED"}
     again = client.post(f"/api/batches/{batch_id}/retry")
     assert again.status_code == 409 and again.get_json()["code"] == "invalid_state"
+
+
+def test_a_batch_retry_costs_the_same_statements_whatever_its_size(app: Flask) -> None:
+    """Retrying 5,000 cancelled tasks one root at a time held the user actions' lock for
+    18 s: the whole batch comes back in one walk and one requeue."""
+    client = app.test_client()
+    store: Store = app.extensions["store"]
+    counted: list[int] = []
+
+    def statements_of_retry(size: int, prefix: str) -> int:
+        tasks = [_task(f"{prefix}{k}", run_at="2036-01-01T00:00:00Z") for k in range(size)]
+        batch_id = _post(client, *tasks)
+        assert client.post(f"/api/batches/{batch_id}/cancel").status_code == 200
+        sent: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            sent.append(statement)
+
+        event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            answer = client.post(f"/api/batches/{batch_id}/retry")
+        finally:
+            event.remove(store.engine, "before_cursor_execute", record)
+        assert answer.get_json()["changed"] == {"retried": size}
+        return len(sent)
+
+    counted = [statements_of_retry(5, "small"), statements_of_retry(300, "large")]
+    assert counted[1] == counted[0], counted

@@ -799,7 +799,15 @@ class Simulation:
     def batch_action(self) -> None:
         """Cancel or retry a whole batch, as a user would."""
         with self.checker_reads() as conn:
-            found = sorted({b for (b,) in conn.execute(select(tasks.c.batch_id)) if b is not None})
+            # In the order the batches were stored: their ids are random, the seed's
+            # choice must not be.
+            query = (
+                select(tasks.c.batch_id)
+                .where(tasks.c.batch_id.is_not(None))
+                .group_by(tasks.c.batch_id)
+                .order_by(func.min(tasks.c.seq))
+            )
+            found = [b for (b,) in conn.execute(query)]
         if not found:
             return
         batch_id = self.rng.choice(found)
@@ -1094,7 +1102,7 @@ class Simulation:
                 self.deps_of[task_id] = [f"{d}.{stamp}" for d in dependencies]
                 self.firings[sid].add(stamp)
             seen = self.seen.setdefault(task_id, Seen(status, attempt, 0))
-            if reason == "retried by a user" or reason.startswith("its dependency "):
+            if reason.startswith(("retried by a user", "its dependency ", "its batch ")):
                 seen.starts = seen.free_requeues = 0
             elif status == "QUEUED" and reason.startswith("back in the queue"):
                 key = (task_id, attempt)
