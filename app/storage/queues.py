@@ -167,10 +167,17 @@ class Walks:
     next_token_at: datetime | None
 
 
-def walks(conn: Connection, now: datetime, limit: int, served: Sequence[str] = ()) -> Walks:
+def walks(
+    conn: Connection,
+    now: datetime,
+    limit: int,
+    served: Sequence[str] = (),
+    read: Sequence[Sequence[Any]] | None = None,
+) -> Walks:
     """Return the queues a pass of an instance serving `served` (empty: every queue) may
-    claim from now, each with the most it may start (at most `limit`)."""
-    stored = rows(conn)
+    claim from now, each with the most it may start (at most `limit`). `read`: the queues'
+    rows, if the pass read them already (scheduler_sql.promote_reading_queues)."""
+    stored = rows(conn) if read is None else [_row(r) for r in read]
     by_name = {r.name: r for r in stored}
     names = list(served) if served else sorted({DEFAULT_QUEUE, *by_name})
     bounded = [n for n in names if n in by_name and by_name[n].bounded and not by_name[n].paused]

@@ -126,6 +126,15 @@ def _best(d: str, parts: list[str], limit: str) -> str:
     )
 
 
+def _due_sql(d: str) -> str:
+    """Return the walk of the delayed tasks now due, earliest first."""
+    return (
+        f"SELECT seq FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
+        f" AND tasks.not_before IS NOT NULL AND tasks.not_before <= {_p(d, 'now')}"
+        f" ORDER BY tasks.not_before LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
+    )
+
+
 @cache
 def promote_sql(d: str) -> str:
     """Return the statement that makes the delayed tasks now due ready, earliest first.
@@ -136,11 +145,7 @@ def promote_sql(d: str) -> str:
     waits on a lock, so it cannot deadlock with a claim or a cascade; whoever holds the row
     promotes it, or the next pass does.
     """
-    due = (
-        f"SELECT seq FROM tasks WHERE {_QUEUED[d]} AND tasks.pending_deps = 0"
-        f" AND tasks.not_before IS NOT NULL AND tasks.not_before <= {_p(d, 'now')}"
-        f" ORDER BY tasks.not_before LIMIT {_p(d, 'limit')}{_LOCK_READY[d]}"
-    )
+    due = _due_sql(d)
     if d == "sqlite":
         # Led by UPDATE, so that sqlite3 counts the rows it changed.
         return f"UPDATE tasks SET not_before = NULL WHERE tasks.seq IN ({due})"
@@ -156,6 +161,38 @@ def promote(conn: Connection, now: datetime, limit: int) -> int:
     d = conn.dialect.name
     params = {"now": bound_time(d, now), "limit": limit}
     return driver_execute(conn, promote_sql(d), params)[1]
+
+
+# The queues' rows as `queues.ALL_ROWS_SQL` reads them, from the alias `q`.
+QUEUE_COLUMNS = (
+    "q.name, q.paused, q.concurrency_limit, q.rate_limit_per_s, q.tokens, q.tokens_at,"
+    " q.created_at, q.updated_at"
+)
+
+
+@cache
+def promote_reading_queues_sql() -> str:
+    """Return PostgreSQL's promotion that also reads every queue's row: one round trip
+    for both, in a statement after the one that took the queues' lock shared, so that
+    it sees every change of a queue committed before (a row per queue, the number
+    promoted on each; one row of nulls but that number when there is no queue)."""
+    return (
+        f"WITH due AS MATERIALIZED ({_due_sql('postgresql')}),"
+        " moved AS (UPDATE tasks SET not_before = NULL FROM due WHERE tasks.seq = due.seq"
+        f" RETURNING 1) SELECT (SELECT count(*) FROM moved), {QUEUE_COLUMNS}"
+        " FROM (SELECT 1) AS one LEFT JOIN queues AS q ON true ORDER BY q.name"
+    )
+
+
+def promote_reading_queues(
+    conn: Connection, now: datetime, limit: int
+) -> tuple[int, list[tuple[Any, ...]]]:
+    """Promote as `promote` does and read the queues' rows, in one statement
+    (PostgreSQL); return how many were promoted and the rows."""
+    params = {"now": now, "limit": limit}
+    rows = driver_execute(conn, promote_reading_queues_sql(), params)[0]
+    promoted = int(rows[0][0]) if rows else 0
+    return promoted, [tuple(r[1:]) for r in rows if r[1] is not None]
 
 
 @lru_cache(maxsize=512)

@@ -169,11 +169,15 @@ class Store(Membership):
         shared = conn.dialect.name == "postgresql"
         if shared and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
-        promoted = scheduler_sql.promote(conn, now, PROMOTE_BATCH)
+        read = None
+        if shared:  # one round trip for the promotion and the queues' rows
+            promoted, read = scheduler_sql.promote_reading_queues(conn, now, PROMOTE_BATCH)
+        else:
+            promoted = scheduler_sql.promote(conn, now, PROMOTE_BATCH)
         if promoted:
             # Other instances may have slots for what this one does not claim.
             announce(conn)
-        plan = queue_rows.walks(conn, now, limit, queues)
+        plan = queue_rows.walks(conn, now, limit, queues, read)
         rows = scheduler_sql.claim(conn, worker, limit, now, plan.caps, exclude, types)
         if plan.buckets:
             queue_rows.spend(conn, plan, [r.queue for r in rows], now)
