@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection
 
 from app.storage.database import driver_execute
+from app.storage.jsonsets import param
 from app.storage.models import DEFAULT_QUEUE
 from app.storage.scheduler_sql import QUEUES_LOCK_KEY, bound_time
 
@@ -62,10 +63,6 @@ _COLUMNS = (
 ALL_ROWS_SQL = f"SELECT {_COLUMNS} FROM queues ORDER BY name"
 
 
-def _p(d: str, name: str) -> str:
-    return f":{name}" if d == "sqlite" else f"%({name})s"
-
-
 def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
@@ -92,7 +89,7 @@ def rows(
         if not names:
             return []
         params = {f"n{k}": name for k, name in enumerate(names)}
-        where = f" WHERE name IN ({', '.join(_p(d, f'n{k}') for k in range(len(names)))})"
+        where = f" WHERE name IN ({', '.join(param(d, f'n{k}') for k in range(len(names)))})"
     locking = " FOR UPDATE" if lock and d == "postgresql" else ""
     sql = ALL_ROWS_SQL.replace(" ORDER BY", f"{where} ORDER BY") + locking
     return [_row(r) for r in driver_execute(conn, sql, params)[0]]
@@ -105,7 +102,7 @@ def running(conn: Connection, names: Sequence[str]) -> dict[str, int]:
         return {}
     d = conn.dialect.name
     params = {f"n{k}": name for k, name in enumerate(names)}
-    listed = ", ".join(_p(d, f"n{k}") for k in range(len(names)))
+    listed = ", ".join(param(d, f"n{k}") for k in range(len(names)))
     sql = (
         "SELECT queue, count(*) FROM tasks WHERE status = 'RUNNING'"
         f" AND queue IN ({listed}) GROUP BY queue"
@@ -120,7 +117,7 @@ def register(conn: Connection, names: Sequence[str], now: datetime) -> list[str]
     for name in sorted(set(names)):
         sql = (
             "INSERT INTO queues (name, paused, created_at, updated_at)"
-            f" VALUES ({_p(d, 'n')}, {_p(d, 'f')}, {_p(d, 'now')}, {_p(d, 'now')})"
+            f" VALUES ({param(d, 'n')}, {param(d, 'f')}, {param(d, 'now')}, {param(d, 'now')})"
             " ON CONFLICT (name) DO NOTHING RETURNING name"
         )
         params = {"n": name, "f": False, "now": bound_time(d, now)}
@@ -148,10 +145,10 @@ def update(conn: Connection, name: str, now: datetime, **values: Any) -> None:
     """Set columns of the queue `name`, whose row exists."""
     d = conn.dialect.name
     values["updated_at"] = now
-    assignments = ", ".join(f"{column} = {_p(d, column)}" for column in values)
+    assignments = ", ".join(f"{column} = {param(d, column)}" for column in values)
     params = {c: bound_time(d, v) if isinstance(v, datetime) else v for c, v in values.items()}
     params["queue_name"] = name
-    sql = f"UPDATE queues SET {assignments} WHERE name = {_p(d, 'queue_name')}"
+    sql = f"UPDATE queues SET {assignments} WHERE name = {param(d, 'queue_name')}"
     driver_execute(conn, sql, params)
 
 
@@ -213,9 +210,9 @@ def spend(conn: Connection, plan: Walks, claimed: Sequence[str], now: datetime) 
     # The bucket's time never goes back: a clock stepped back refills nothing until it
     # passes the last spend again.
     sql = (
-        f"UPDATE queues SET tokens = {_p(d, 'tokens')}, tokens_at = CASE WHEN tokens_at IS NULL"
-        f" OR tokens_at < {_p(d, 'at')} THEN {_p(d, 'at')} ELSE tokens_at END"
-        f" WHERE name = {_p(d, 'n')}"
+        f"UPDATE queues SET tokens = {param(d, 'tokens')}, tokens_at = CASE WHEN tokens_at IS NULL"
+        f" OR tokens_at < {param(d, 'at')} THEN {param(d, 'at')} ELSE tokens_at END"
+        f" WHERE name = {param(d, 'n')}"
     )
     for name, held in plan.buckets.items():
         taken = sum(1 for queue in claimed if queue == name)
