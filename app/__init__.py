@@ -14,10 +14,12 @@ from app.extensions import db, migrate
 from app.handlers import Registry, load_modules
 from app.http.auth import require_token
 from app.http.errors import register_error_handlers
+from app.http.inputs import no_encoded_slash
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import fanout, schedules
 from app.services.admission import Admission
+from app.services.waiting import Waiters
 from app.storage import database
 from app.storage.store import Store
 
@@ -57,7 +59,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     else:
         database.configure_postgresql(engine, settings.lease_s)
 
-    events.attach(engine, events.Events(settings.log_format))
+    changes = events.attach(engine, events.Events(settings.log_format))
     store = Store(engine)
     registry = Registry(strict=settings.strict_task_types)
     load_modules(registry, settings.task_handlers)
@@ -79,6 +81,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         fire=partial(schedules.fire_due, engine, admission=admission),
         queues=settings.scheduler_queues,
     )
+    waiters = Waiters(
+        engine, settings.waiting_capacity, recheck_s=settings.polling_interval_ms / 1000
+    )
+    changes.watchers.append(waiters.changed)
     parts.install(
         app,
         store=store,
@@ -86,12 +92,15 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         admission=admission,
         metrics=metrics,
         scheduler=scheduler,
+        waiters=waiters,
     )
     metrics.watch(scheduler.running_count)
 
     from app.cli import register_cli
+    from app.http.apidocs import bp as apidocs_bp
     from app.http.batches import bp as batches_bp
     from app.http.dashboard import bp as dashboard_bp
+    from app.http.instances import bp as instances_bp
     from app.http.ops import ops
     from app.http.queues import bp as queues_bp
     from app.http.schedules import bp as schedules_bp
@@ -101,9 +110,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(schedules_bp)
     app.register_blueprint(queues_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(instances_bp)
     app.register_blueprint(ops)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(apidocs_bp)
     register_error_handlers(app)
+    app.before_request(no_encoded_slash)
     register_cli(app)
     if settings.api_token:
         require_token(app, settings.api_token, settings.auth_ops_routes)

@@ -176,9 +176,18 @@ class Settings:
     auth_ops_routes: bool = _setting(False, _boolean, "AUTH_OPS_ROUTES")
     # None: no limit on the QUEUED tasks that submissions may add up to.
     max_queued_tasks: int | None = _setting(None, _integer(1, 100_000_000), "MAX_QUEUED_TASKS")
+    # Requests one worker holds waiting for a task to end (`?wait=`); None: half its threads.
+    max_waiting_requests: int | None = _setting(None, _integer(1, 10_000), "MAX_WAITING_REQUESTS")
     # None: `flask scheduler run` serves no metrics (gunicorn serves them at /metrics).
     metrics_port: int | None = _setting(None, _integer(1, 65535), "METRICS_PORT")
     metrics_host: str = _setting("127.0.0.1", _text, "METRICS_HOST")
+
+    @property
+    def waiting_capacity(self) -> int:
+        """How many requests one worker holds waiting for a task to end."""
+        if self.max_waiting_requests is not None:
+            return self.max_waiting_requests
+        return max(1, self.gunicorn_threads // 2)
 
     def __post_init__(self) -> None:
         if self.auth_ops_routes and not self.api_token:

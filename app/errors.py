@@ -130,6 +130,12 @@ class OutcomeUnknown(TryAgainLater):
     code = "outcome_unknown"
 
 
+class TooManyWaiting(TryAgainLater):
+    """This worker holds as many waiting requests as it may (MAX_WAITING_REQUESTS)."""
+
+    code = "too_many_waiting"
+
+
 class StorageFull(ApiError):
     status = 507
     code = "storage_full"

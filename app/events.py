@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from json.encoder import encode_basestring
@@ -51,6 +51,9 @@ class Events:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._logger = logging.getLogger(LOGGER)
+        # Called with each committed transaction's changes (the requests waiting for
+        # tasks to finish), whatever the log level.
+        self.watchers: list[Callable[[Sequence[Change]], None]] = []
 
     def add(self, changes: Sequence[Change]) -> None:
         """Queue one line for each change; cheap enough to call inside a transaction."""
@@ -150,16 +153,22 @@ def of(engine: Engine) -> Events:
 
 
 @contextmanager
-def staging(engine: Engine) -> Iterator[None]:
-    """Around a write transaction: log what it staged once it committed, drop it if not."""
+def staging(engine: Engine) -> Iterator[list[Change]]:
+    """Around a write transaction: log what it staged once it committed, drop it if not.
+
+    Yields the list of changes staged so far (the transaction announces the ends among
+    them before it commits)."""
     changes: list[Change] = []
     token = _staged.set(changes)
     try:
-        yield
+        yield changes
     finally:
         _staged.reset(token)
     if changes:
-        of(engine).add(changes)
+        log = of(engine)
+        log.add(changes)
+        for watcher in log.watchers:
+            watcher(changes)
 
 
 @contextmanager

@@ -15,10 +15,11 @@ from app.handlers import Registry
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services.admission import Admission
+from app.services.waiting import Waiters
 from app.storage.store import Store
 
 # The parts `create_app` builds, each kept in `app.extensions` under its own name.
-PARTS = ("store", "registry", "admission", "metrics", "scheduler")
+PARTS = ("store", "registry", "admission", "metrics", "scheduler", "waiters")
 
 
 def install(app: Flask, **parts: Any) -> None:
@@ -59,3 +60,8 @@ def metrics(app: Flask | None = None) -> Metrics:
 def scheduler(app: Flask | None = None) -> Scheduler:
     """Return the app's scheduler (started or not)."""
     return cast(Scheduler, _part("scheduler", app))
+
+
+def waiters(app: Flask | None = None) -> Waiters:
+    """Return the requests of this process waiting for tasks to end."""
+    return cast(Waiters, _part("waiters", app))

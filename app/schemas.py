@@ -487,6 +487,85 @@ class QueueOut(Schema):
     )
 
 
+ATTEMPT_OUTCOMES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED", "QUEUED")
+
+
+class AttemptOut(Schema):
+    """One attempt of a task, as its history shows it."""
+
+    attempt = fields.Integer(required=True, metadata={"description": "1 for the first."})
+    outcome = fields.String(
+        required=True,
+        metadata={
+            ENUM: "AttemptOutcome",
+            "description": "How it ended: COMPLETED, FAILED (retried or not) or CANCELLED; "
+            "QUEUED when it was put back in the queue without spending a try (its instance "
+            "stopped); RUNNING for the attempt running now.",
+        },
+    )
+    instance = fields.String(
+        required=True, allow_none=True, metadata={"description": "The scheduler instance."}
+    )
+    host = fields.String(
+        required=True, allow_none=True, metadata={"description": "The host it ran on."}
+    )
+    started_at = Timestamp(required=True, allow_none=True)
+    finished_at = Timestamp(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True)
+    error_code = fields.String(required=True, allow_none=True)
+    traceback = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The handler's traceback when it raised (8,000 characters)."},
+    )
+
+
+class AttemptsOut(Schema):
+    """The answer of `GET /api/tasks/<id>/attempts`."""
+
+    task_id = fields.String(required=True)
+    attempts = fields.List(
+        fields.Nested(AttemptOut),
+        required=True,
+        metadata={"description": "Oldest first; the latest 100 when there are more."},
+    )
+    total = fields.Integer(
+        required=True, metadata={"description": "Attempts in all, the running one included."}
+    )
+
+
+class InstanceOut(Schema):
+    """A scheduler instance as `GET /api/instances` shows it."""
+
+    id = fields.String(required=True)
+    host = fields.String(required=True)
+    pid = fields.Integer(required=True)
+    started_at = Timestamp(required=True)
+    heartbeat_at = Timestamp(required=True, metadata={"description": "Its last heartbeat."})
+    state = fields.String(
+        required=True,
+        metadata={ENUM: "InstanceState", "description": "running, or draining while it stops."},
+    )
+    running = fields.Integer(required=True, metadata={"description": "Attempts it holds now."})
+    slots = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Its MAX_CONCURRENT_TASKS (null: an older version's)."},
+    )
+    types = fields.List(
+        fields.String(),
+        required=True,
+        allow_none=True,
+        metadata={"description": "The task types it claims; null: every type."},
+    )
+    queues = fields.List(
+        fields.String(),
+        required=True,
+        allow_none=True,
+        metadata={"description": "The queues it serves; null: every queue."},
+    )
+
+
 def load_task_edit(body: dict[str, Any]) -> dict[str, Any]:
     """Return the fields a client asked to change, or raise validation_failed."""
     try:

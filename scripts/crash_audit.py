@@ -25,6 +25,8 @@ class Stored:
     deps: dict[str, set[str]]
     instances: int
     orphan_edges: int
+    # Each task's attempt history: attempt number -> outcome (None: not read).
+    attempts: dict[str, dict[int, str]] | None = None
 
 
 # -- the ledger -------------------------------------------------------------------------------
@@ -140,7 +142,34 @@ def audit(
     for task_id, row in stored.tasks.items():
         if task_id in planned:
             check_task(found, planned[task_id], row, stored, by_task, killed, added)
+    if stored.attempts is not None:
+        check_history(found, planned, stored, by_task, killed)
     return found
+
+
+def check_history(
+    found: Audit,
+    planned: dict[str, dict[str, Any]],
+    stored: Stored,
+    by_task: dict[str, dict[int, Run]],
+    killed: set[int],
+) -> None:
+    """Every attempt of a finished task is in its history, once; one whose handler
+    returned in a process that lived on is recorded as the handler ended it."""
+    assert stored.attempts is not None
+    for task_id in sorted(set(stored.attempts) - set(stored.tasks)):
+        found.fail("attempt history of an unknown task", task_id)
+    for task_id, row in stored.tasks.items():
+        history = stored.attempts.get(task_id, {})
+        if set(history) != set(range(1, row.attempts + 1)):
+            found.fail("attempt history differs", f"{task_id} {sorted(history)}/{row.attempts}")
+        payload = planned.get(task_id, {}).get("payload", {})
+        for attempt, run in by_task.get(task_id, {}).items():
+            if run.end is None or run.pid in killed or attempt not in history:
+                continue
+            expected = "FAILED" if fails_at(payload, attempt) else "COMPLETED"
+            if history[attempt] != expected:
+                found.fail("attempt recorded otherwise", f"{task_id} {attempt} {history[attempt]}")
 
 
 def check_added(

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.storage.tables import deps, instances, tasks  # noqa: E402
+from app.storage.tables import deps, instances, task_attempts, tasks  # noqa: E402
 from scripts.crash_audit import Audit, Run, Stored, audit, read_ledger  # noqa: E402
 from tests.support.servers import Launcher, Server, free_port, group_pids, run_flask  # noqa: E402
 
@@ -336,6 +336,12 @@ def read_stored(url: str) -> Stored:
             for task_id, dep in conn.execute(select(deps.c.task_id, deps.c.dependency_id)):
                 edges[task_id].add(dep)
             count = conn.execute(select(instances.c.id)).all()
+            history: dict[str, dict[int, str]] = defaultdict(dict)
+            query = select(
+                task_attempts.c.task_id, task_attempts.c.attempt, task_attempts.c.outcome
+            )
+            for task_id, attempt, outcome in conn.execute(query):
+                history[task_id][attempt] = outcome
             orphans = conn.execute(
                 text(
                     "SELECT count(*) FROM task_dependencies d WHERE NOT EXISTS"
@@ -343,7 +349,7 @@ def read_stored(url: str) -> Stored:
                     " (SELECT 1 FROM tasks t WHERE t.id = d.dependency_id)"
                 )
             ).scalar_one()
-        return Stored(rows, edges, len(count), int(orphans))
+        return Stored(rows, edges, len(count), int(orphans), dict(history))
     finally:
         engine.dispose()
 

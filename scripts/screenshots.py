@@ -4,7 +4,8 @@
 Usage: python scripts/screenshots.py [--out DIR] [--chromium PATH]
 Starts gunicorn on a scratch SQLite database, submits a graph in which some tasks have
 finished, some run, one failed and its dependent will never run, and saves `home.png` (the
-counts and the task table) and `graph.png` (one task's neighbourhood) under DIR.
+counts and the task table), `graph.png` (one task's neighbourhood) and `instances.png` (the
+scheduler instances, busy with the pipeline) under DIR.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def shoot(base: str, out: Path, chromium: str) -> None:
             page.goto(base + "/")
             page.wait_for_selector('[data-status="UPSTREAM_FAILED"]')
             page.screenshot(path=out / "home.png")
+            page.goto(base + "/instances")
+            page.wait_for_selector("#instance-rows tr[data-instance]")
+            page.locator("section:has(#instance-rows)").screenshot(path=out / "instances.png")
         finally:
             browser.close()
 
@@ -142,7 +146,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
             log.close()
-    print(f"saved {args.out / 'home.png'} and {args.out / 'graph.png'}")
+    print(f"saved home.png, graph.png and instances.png under {args.out}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from app.tokens import MESSAGE, carries, digest
 # The data routes of the dashboard; its HTML pages and static files stay open.
 DASHBOARD_DATA = "/dashboard/"
 OPS_ROUTES = frozenset({"/health", "/metrics"})
-# Under /api but open with a token set: it describes the API, it exposes no data.
-PUBLIC_API = frozenset({"/api/openapi.json"})
+# Under /api but open with a token set: they describe the API, they expose no data. URL
+# rules, so that every file of the reference page (/api/docs/<path:filename>) is open too.
+PUBLIC_API = frozenset({"/api/openapi.json", "/api/docs", "/api/docs/<path:filename>"})
 
 
 def require_token(app: Flask, token: str, ops_routes: bool) -> None:
@@ -24,7 +25,8 @@ def require_token(app: Flask, token: str, ops_routes: bool) -> None:
     expected = digest(token.encode())
 
     def guarded(path: str) -> bool:
-        if path in PUBLIC_API:
+        rule = request.url_rule
+        if path in PUBLIC_API or (rule is not None and rule.rule in PUBLIC_API):
             return False
         if path == "/api" or path.startswith(("/api/", DASHBOARD_DATA)):
             return True

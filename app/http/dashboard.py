@@ -1,10 +1,10 @@
 """The dashboard: HTML pages served by the app, and the JSON reads they need beyond the API.
 
-The pages (the overview, a task, the schedules, the queues) are plain HTML, CSS and JavaScript from
-`templates/dashboard` and `static/dashboard`; they call the JSON API on the same origin,
-plus `GET /dashboard/counts` (tasks per status), `GET /dashboard/graph/<id>` (a task's
-neighbourhood, both ways) and `GET /dashboard/actions/<id>` (whether cancel and retry
-would succeed).
+The pages (the overview, a task, the schedules, the queues, the instances) are plain
+HTML, CSS and JavaScript from `templates/dashboard` and `static/dashboard`; they call the
+JSON API on the same origin, plus `GET /dashboard/counts` (tasks per status),
+`GET /dashboard/graph/<id>` (a task's neighbourhood, both ways) and
+`GET /dashboard/actions/<id>` (whether cancel and retry would succeed).
 With API_TOKEN set, those data routes need the token like the API (app/http/auth.py); the
 pages and static files stay open, and the pages ask for the token once and keep it per tab.
 A task page shows the task as the server reads it (or answers 404) only to a request that
@@ -60,6 +60,12 @@ def schedules_page() -> str:
 def queues_page() -> str:
     """The queues: tasks by status, limits to set, pause and resume (from the API)."""
     return render_template("dashboard/queues.html")
+
+
+@bp.get("/instances")
+def instances_page() -> str:
+    """The scheduler instances: host, heartbeat, state and load of each (from the API)."""
+    return render_template("dashboard/instances.html")
 
 
 @bp.get("/tasks/<task_id>")

@@ -7,7 +7,13 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
-from app.errors import BodyTooLarge, InvalidJson, InvalidParameter, UnsupportedMediaType
+from app.errors import (
+    BodyTooLarge,
+    InvalidJson,
+    InvalidParameter,
+    NotFound,
+    UnsupportedMediaType,
+)
 from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -60,3 +66,15 @@ def page_limit(raw: str | None) -> int:
             f"limit must be an integer from 1 to {MAX_PAGE_SIZE}.", {"limit": "Out of range."}
         )
     return int(raw)
+
+
+def no_encoded_slash() -> None:
+    """Refuse a path that holds an encoded slash (`%2F`) as not_found, before routing
+    matters: no id or name may hold a slash, and the server decodes it before routing, so
+    `/api/tasks/a%2Fstatus` would otherwise reach task a's status."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    if "%2f" in raw.split("?", 1)[0].lower():
+        raise NotFound(
+            "No route or task has this path: it holds an encoded slash (%2F), which no id "
+            "or name may hold."
+        )

@@ -12,12 +12,15 @@ from app.errors import ApiError
 from app.http.errors import HTTP_CODES
 from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from app.schemas import (
+    ATTEMPT_OUTCOMES,
     BLOCKER_KINDS,
     ENUM,
     ID_PATTERN,
     MAX_QUEUE_NAME_LENGTH,
     MAX_SCHEDULE_ID_LENGTH,
     TRIGGER_RULES,
+    AttemptOut,
+    AttemptsOut,
     BatchIn,
     BatchOut,
     BatchSummaryOut,
@@ -26,6 +29,7 @@ from app.schemas import (
     DatabaseHealth,
     ErrorOut,
     HealthOut,
+    InstanceOut,
     QueueLimitsIn,
     QueueOut,
     ScheduledTaskIn,
@@ -74,6 +78,8 @@ ENUMS: dict[str, tuple[str, list[str]]] = {
         list(TRIGGER_RULES),
     ),
     "BlockerKind": ("Why a task is not running.", list(BLOCKER_KINDS)),
+    "AttemptOutcome": ("How an attempt ended, or RUNNING.", list(ATTEMPT_OUTCOMES)),
+    "InstanceState": ("What a scheduler instance is doing.", ["running", "draining"]),
     "HealthStatus": ("ok: the database and the scheduler can do their job.", ["ok", "unavailable"]),
     "DatabaseStatus": (
         "unreachable: a read fails; refusing_writes: reads work, but the last write was "
@@ -118,6 +124,14 @@ WITH_DEPENDENTS = {
     "in": "query",
     "description": "true: delete every task below it too (all must be finished).",
     "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+}
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "description": "Answer once the task is terminal, or after this many seconds (at most "
+    "60) with the task as it is then. The request holds no database connection meanwhile; "
+    "past `MAX_WAITING_REQUESTS` waiting requests a worker answers `503 too_many_waiting`.",
+    "schema": {"type": "number", "minimum": 0, "maximum": 60},
 }
 BATCH_ID = {
     "name": "batch_id",
@@ -362,11 +376,25 @@ def _paths() -> dict[str, dict[str, Any]]:
             **task_ops,
             "get": _operation(
                 "get_task",
-                "Show one task with its payload and result",
+                "Show one task with its payload and result; with `wait`, once it has ended",
                 {
-                    "200": _json("TaskOut", "The task."),
-                    **_errors(e400=bad_parameter, e404=not_found),
+                    "200": _json(
+                        "TaskOut", "The task (with `wait`: terminal, or the deadline came)."
+                    ),
+                    **_errors(
+                        e400="`invalid_parameter`: an unknown parameter, or a wait that is "
+                        "not a number from 0 to 60.",
+                        e404=not_found,
+                    ),
+                    "503": _json(
+                        "Error",
+                        "`too_many_waiting`: this worker already holds `MAX_WAITING_REQUESTS` "
+                        "waiting requests; or `database_unavailable` / `outcome_unknown` as "
+                        "on every route that reads the database.",
+                        headers=RETRY_AFTER_DATABASE,
+                    ),
                 },
+                parameters=[WAIT],
             ),
             "patch": _operation(
                 "edit_task",
@@ -445,6 +473,27 @@ def _paths() -> dict[str, dict[str, Any]]:
                         e409="`invalid_state`: not FAILED or CANCELLED, or stopped by a "
                         "dependency (`details.root` names the task to retry instead).",
                     ),
+                },
+            ),
+        },
+        "/api/tasks/{task_id}/attempts": {
+            **task_ops,
+            "get": _operation(
+                "task_attempts",
+                "Show a task's attempts: how each ended, where it ran, its error and traceback",
+                {
+                    "200": _json("AttemptsOut", "Its attempts, oldest first."),
+                    **_errors(e400=bad_parameter, e404=not_found),
+                },
+            ),
+        },
+        "/api/instances": {
+            "get": _operation(
+                "list_instances",
+                "List the registered scheduler instances, oldest first",
+                {
+                    "200": _json({"type": "array", "items": "InstanceOut"}, "Every instance."),
+                    **_errors(e400=bad_parameter),
                 },
             ),
         },
@@ -720,6 +769,9 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("BatchSummaryOut", schema=BatchSummaryOut)
     spec.components.schema("QueueLimitsIn", schema=QueueLimitsIn)
     spec.components.schema("QueueOut", schema=QueueOut)
+    spec.components.schema("AttemptOut", schema=AttemptOut)
+    spec.components.schema("AttemptsOut", schema=AttemptsOut)
+    spec.components.schema("InstanceOut", schema=InstanceOut)
     spec.components.schema("BlockerOut", schema=BlockerOut)
     spec.components.schema("BlockersOut", schema=BlockersOut)
     spec.components.schema("DatabaseHealth", schema=DatabaseHealth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
@@ -11,9 +12,10 @@ from app.errors import InvalidParameter
 from app.http.inputs import json_body, only_parameters, page_limit
 from app.http.openapi import spec_for
 from app.limits import MAX_BATCH_BYTES, MAX_BODY_BYTES
-from app.schemas import TaskOut, TaskStatusOut, load_task, load_task_edit
+from app.schemas import AttemptsOut, TaskOut, TaskStatusOut, load_task, load_task_edit
 from app.services import actions, batch, reads, submissions
 from app.services.blockers import blockers
+from app.services.waiting import MAX_WAIT_S
 from app.statuses import Status
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
@@ -22,6 +24,7 @@ log = logging.getLogger("app.actions")
 task_out = TaskOut()
 tasks_out = TaskOut(many=True, exclude=("payload", "result"))
 status_out = TaskStatusOut()
+attempts_out = AttemptsOut()
 
 
 @bp.post("/tasks")
@@ -86,9 +89,26 @@ def list_tasks() -> Response:
 
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Response:
-    """Show one task with its payload and result."""
-    only_parameters()
-    return jsonify(task_out.dump(reads.get_task(parts.engine(), task_id)))
+    """Show one task with its payload and result; with `wait`, once it has ended (or
+    after that many seconds, as it is then)."""
+    only_parameters("wait")
+    raw = request.args.get("wait")
+    if raw is None:
+        return jsonify(task_out.dump(reads.get_task(parts.engine(), task_id)))
+    return jsonify(task_out.dump(parts.waiters().wait(task_id, _wait_seconds(raw))))
+
+
+def _wait_seconds(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_S:  # NaN too
+        raise InvalidParameter(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}.",
+            {"wait": "Not a number from 0 to 60."},
+        )
+    return seconds
 
 
 @bp.patch("/tasks/<task_id>")
@@ -143,6 +163,13 @@ def retry_task(task_id: str) -> Response:
     parts.metrics().task_action("retried")
     parts.scheduler().wake()
     return jsonify(task_out.dump(task))
+
+
+@bp.get("/tasks/<task_id>/attempts")
+def task_attempts(task_id: str) -> Response:
+    """Show a task's attempts: how each ended, where it ran, its error and traceback."""
+    only_parameters()
+    return jsonify(attempts_out.dump(reads.get_attempts(parts.engine(), task_id)))
 
 
 @bp.get("/tasks/<task_id>/blockers")

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,9 @@ log = logging.getLogger("app.attempt")
 
 MAX_RESULT_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 1000
+# A handler's traceback is kept in its attempt's history up to this many characters: the
+# first line and the innermost frames, where it raised.
+MAX_TRACEBACK_CHARS = 8000
 # Progress is written at most this often per attempt (and always at 100).
 PROGRESS_EVERY_S = 0.2
 
@@ -145,11 +149,26 @@ def call_handler(
         if not isinstance(exc, HandlerFailed):
             log.exception("handler for task %s raised", claim.id)
         message = str(exc) if isinstance(exc, HandlerFailed) else _describe(exc)
-        return Outcome(Status.FAILED, error=message[:MAX_ERROR_CHARS], error_code="handler_error")
+        return Outcome(
+            Status.FAILED,
+            error=message[:MAX_ERROR_CHARS],
+            error_code="handler_error",
+            traceback=_traceback(exc),
+        )
     outcome = _checked_result(result)
     if ctx.added and outcome.status is Status.COMPLETED:
         return replace(outcome, children=tuple(ctx.added))
     return outcome
+
+
+def _traceback(exc: Exception) -> str:
+    """Return the traceback of what a handler raised, cut to MAX_TRACEBACK_CHARS."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    head = text.split("\n", 1)[0]
+    cut = "\n  ... (earlier frames left out)\n"
+    return head + cut + text[-(MAX_TRACEBACK_CHARS - len(head) - len(cut)) :]
 
 
 def _describe(exc: Exception) -> str:

@@ -191,7 +191,7 @@ class Scheduler:
         """Registered: start listening for notifications and the maintenance threads."""
         self.unregistered_because = None
         if self.store.shared_clock:
-            self._listener = Listener(self.store.engine, self.wake)
+            self._listener = Listener(self.store.engine, lambda _payload: self.wake())
             self._listener.start()
         self._jobs = [
             # After a failure, beat again within a second: back in touch at once.
@@ -510,6 +510,7 @@ class Scheduler:
                 "state": "draining" if self._draining else "running",
                 "task_types": json.dumps(self.types) if self.types else None,
                 "queues": json.dumps(self.queues) if self.queues else None,
+                "slots": self.max_concurrent,
             }
         )
         self._warn_of_sleepers()

@@ -1,4 +1,5 @@
-"""Reads: one task, its status, pages of tasks. Each one short read transaction."""
+"""Reads: one task, its status, its attempts, pages of tasks. Each one short read
+transaction."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from app.errors import InvalidParameter, NotFound
 from app.limits import DEFAULT_PAGE_SIZE
 from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_TYPE_LENGTH
-from app.storage import database, tasks
-from app.storage.reads import newest_first, status_of
+from app.storage import attempts, database, tasks
+from app.storage.membership import host_name
+from app.storage.reads import newest_first, running_attempt, status_of
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -173,3 +175,27 @@ def decode_cursor(cursor: str) -> int:
             {"cursor": "Not a cursor this server issued."},
         ) from None
     return seq
+
+
+def get_attempts(engine: Engine, task_id: str) -> dict[str, Any]:
+    """Return a task's attempts, oldest first: those that ended, then the running one."""
+    check_task_id(task_id)
+    with database.read(engine) as conn:
+        if status_of(conn, task_id) is None:
+            raise unknown_task(task_id)
+        ended, total = attempts.listing(conn, task_id)
+        running = running_attempt(conn, task_id)
+    if running is not None:
+        running["host"] = None if running["host"] is None else host_name(running["host"])
+        ended.append({**running, **_UNFINISHED})
+        total += 1
+    return {"task_id": task_id, "attempts": ended, "total": total}
+
+
+_UNFINISHED = {
+    "outcome": "RUNNING",
+    "finished_at": None,
+    "error": None,
+    "error_code": None,
+    "traceback": None,
+}

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, RootTransaction, event, func, select
 from sqlalchemy.exc import DBAPIError
 
 from app import events, faults
+from app.statuses import TERMINAL
 from app.storage import dbfaults
 
 # How long a SQLite writer waits for the lock before giving up: long enough that a
@@ -144,13 +145,17 @@ def driver_execute(conn: Connection, sql: str, params: Any = ()) -> tuple[Sequen
 
 
 @contextmanager
-def _transaction(engine: Engine, begin: str, writes: bool = False) -> Iterator[Connection]:
+def _transaction(
+    engine: Engine, begin: str, writes: bool = False, staged: Sequence[events.Change] = ()
+) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin=begin)
         try:
             with conn.begin() as transaction:
                 yield conn
                 if writes:
+                    if staged and conn.dialect.name == "postgresql":
+                        announce_ended(conn, staged)
                     _commit(transaction)
         except BaseException:
             if engine.dialect.name == "sqlite":
@@ -159,6 +164,40 @@ def _transaction(engine: Engine, begin: str, writes: bool = False) -> Iterator[C
                 # once with SQLITE_BUSY_SNAPSHOT; discard the connection instead.
                 conn.invalidate()
             raise
+
+
+# Carries the ids of the tasks a transaction ended, comma-separated (an id holds no
+# comma), in payloads under PostgreSQL's limit of 8,000 bytes: what wakes the requests
+# waiting for those tasks, on every instance (notify.Listener).
+ENDED_CHANNEL = "task_scheduler_ended"
+MAX_PAYLOAD = 7900
+
+
+def announce_ended(conn: Connection, changes: Sequence[events.Change]) -> None:
+    """Tell the listening instances which tasks this transaction ended, once it commits."""
+    ended = [change[0] for change in changes if change[3] in TERMINAL]
+    if not ended:
+        return
+    payloads = ended_payloads(ended)
+    calls = ", ".join(f"pg_notify(%(c)s, %(p{k})s)" for k in range(len(payloads)))
+    params = {"c": ENDED_CHANNEL, **{f"p{k}": p for k, p in enumerate(payloads)}}
+    conn.exec_driver_sql(f"SELECT {calls}", params)
+
+
+def ended_payloads(ids: Sequence[str]) -> list[str]:
+    """Return the payloads that name `ids` on ENDED_CHANNEL."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for task_id in ids:
+        if current and size + len(task_id) + 1 > MAX_PAYLOAD:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(task_id)
+        size += len(task_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
 
 
 def _commit(transaction: RootTransaction) -> None:
@@ -198,7 +237,11 @@ def write(engine: Engine) -> Iterator[Connection]:
     serialised = _writer_lock(engine) if engine.dialect.name == "sqlite" else nullcontext()
     try:
         # State changes the transaction stages are logged once it committed.
-        with serialised, events.staging(engine), _transaction(engine, "IMMEDIATE", True) as conn:
+        with (
+            serialised,
+            events.staging(engine) as staged,
+            _transaction(engine, "IMMEDIATE", True, staged) as conn,
+        ):
             yield conn
     except Exception as exc:
         dbfaults.record(engine, exc)  # /health reports a write refused while reads work

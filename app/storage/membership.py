@@ -35,6 +35,8 @@ class Membership:
         self.clock = clock
         self.monotonic = monotonic
         self.shared_clock = engine.dialect.name == "postgresql"
+        # The host of each instance this process registered, for the attempts it records.
+        self.hosts: dict[str, str] = {}
 
     def now(self, conn: Connection) -> datetime:
         """Return the time for `conn`'s transaction (the database's clock, on PostgreSQL)."""
@@ -44,6 +46,7 @@ class Membership:
         """Record a new scheduler instance."""
         with database.write(self.engine) as conn:
             conn.execute(insert(instances).values(**row))
+        self.hosts[row["id"]] = host_name(row["hostname"])
 
     def database_now(self) -> datetime:
         """Return the current UTC time of the clock every instance shares."""
@@ -92,3 +95,8 @@ def serving_types(conn: Connection) -> list[tuple[str | None, str | None]]:
     running instance."""
     rows = conn.execute(select(instances.c.state, instances.c.task_types, instances.c.queues))
     return [(types, queues) for state, types, queues in rows if state == "running"]
+
+
+def host_name(host_key: str) -> str:
+    """Return the host's name from an instance's host key (name:boot id:namespace)."""
+    return host_key.split(":", 1)[0]

@@ -1,5 +1,5 @@
-"""Tables: tasks, the dependency edges between them, queues, scheduler instances and
-schedules."""
+"""Tables: tasks, the dependency edges between them, the attempts that ended, queues,
+scheduler instances and schedules."""
 
 from __future__ import annotations
 
@@ -164,6 +164,32 @@ class TaskDependency(db.Model):  # type: ignore[name-defined]
     __table_args__ = (Index("ix_task_dependencies_dependency", dependency_id, task_id),)
 
 
+class TaskAttempt(db.Model):  # type: ignore[name-defined]
+    """An attempt that ended: written in the transaction that wrote its outcome.
+
+    The attempt a task is running now has no row yet; the task's own row shows it.
+    Removed with its task.
+    """
+
+    __tablename__ = "task_attempts"
+
+    task_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The scheduler instance that held the attempt, and the host it ran on.
+    instance: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # COMPLETED, FAILED or CANCELLED; QUEUED for an attempt put back in the queue.
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The handler's traceback when it raised (its last MAX_TRACEBACK_CHARS).
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     """A running scheduler: who it is, where it runs, and when it last proved alive."""
 
@@ -184,6 +210,8 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     task_types: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The queues it serves, as a JSON list; NULL when it serves every queue.
     queues: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # How many attempts it runs at once at most (MAX_CONCURRENT_TASKS).
+    slots: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Queue(db.Model):  # type: ignore[name-defined]

@@ -1,7 +1,9 @@
-"""Wake-ups across instances on PostgreSQL: NOTIFY when work becomes ready, LISTEN for it.
+"""Wake-ups across instances on PostgreSQL: NOTIFY when work becomes ready or tasks end,
+LISTEN for it.
 
 On SQLite every scheduler that shares a database file falls back to its polling interval
 for work submitted by another process; within one process submissions wake it directly.
+The same holds for requests waiting for a task to end.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def announce(conn: Connection) -> None:
 
 
 class Listener:
-    """A thread holding one PostgreSQL connection that LISTENs and calls `on_notify`."""
+    """A thread holding one PostgreSQL connection that LISTENs on `channel` and calls
+    `on_notify` with each payload, and with "" once (re)connected: what was sent while it
+    was away is lost, so anything may have happened."""
 
-    def __init__(self, engine: Engine, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self, engine: Engine, on_notify: Callable[[str], None], channel: str = CHANNEL
+    ) -> None:
         url = engine.url.set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
         self._connect_args = postgresql_connect_args(self._conninfo)
         self._on_notify = on_notify
+        self._channel = channel
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Set while the LISTEN connection is up, once it has caught up with what it missed.
@@ -58,14 +65,14 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, **self._connect_args) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self._channel}")
                     delay = 0.5
-                    # Connected: work announced while we were away may be waiting.
-                    self._on_notify()
+                    # Connected: what was announced while we were away may be waiting.
+                    self._on_notify("")
                     self.listening.set()
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._on_notify()
+                        for notice in conn.notifies(timeout=1.0, stop_after=1):
+                            self._on_notify(notice.payload)
             except psycopg.Error:
                 self.listening.clear()
                 log.warning("LISTEN connection lost; reconnecting in %.1f s", delay)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
-from app.storage.tables import chunks, tasks
+from app.storage.tables import RUNNING, chunks, instances, tasks
 from app.storage.tasks import LIST_COLUMNS
 
 
@@ -95,3 +95,36 @@ def batch_roots(conn: Connection, batch_id: str) -> list[tuple[str, str]]:
         .order_by(tasks.c.seq)
     )
     return [(r.id, r.trigger_rule) for r in conn.execute(query)]
+
+
+def instances_with_load(conn: Connection) -> list[dict[str, Any]]:
+    """Return every registered scheduler instance, oldest first, with how many RUNNING
+    attempts it holds (counted through the index of RUNNING rows by worker)."""
+    running = (
+        select(tasks.c.worker, func.count().label("n"))
+        .where(RUNNING)
+        .group_by(tasks.c.worker)
+        .subquery()
+    )
+    query = (
+        select(instances, func.coalesce(running.c.n, 0).label("running"))
+        .outerjoin(running, running.c.worker == instances.c.id)
+        .order_by(instances.c.started_at, instances.c.id)
+    )
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def running_attempt(conn: Connection, task_id: str) -> dict[str, Any] | None:
+    """Return the attempt a task is running now, with its instance's host, or None."""
+    query = (
+        select(
+            tasks.c.attempts.label("attempt"),
+            tasks.c.worker.label("instance"),
+            instances.c.hostname.label("host"),
+            tasks.c.started_at,
+        )
+        .select_from(tasks.outerjoin(instances, instances.c.id == tasks.c.worker))
+        .where(tasks.c.id == task_id, RUNNING)
+    )
+    row = conn.execute(query).first()
+    return None if row is None else dict(row._mapping)

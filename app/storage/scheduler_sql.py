@@ -33,7 +33,7 @@ MAX_WALKS = 200
 _CLAIMED = (
     "tasks.seq, tasks.id, tasks.type, tasks.duration_ms, tasks.payload, tasks.attempts,"
     " tasks.failures, tasks.max_attempts, tasks.retry_backoff_ms, tasks.timeout_ms,"
-    " tasks.priority, tasks.queue"
+    " tasks.priority, tasks.queue, tasks.started_at"
 )
 # Seconds from the task's creation to this start: the queue wait the metrics observe.
 _WAITED = {
@@ -251,6 +251,7 @@ class Claimed(NamedTuple):
     timeout_ms: int | None
     priority: int
     queue: str
+    started_at: Any
     waited: float | None
 
 
@@ -295,29 +296,51 @@ def payload_of(value: Any) -> Any:
 
 @lru_cache(maxsize=512)
 def complete_sql(d: str, n: int) -> str:
-    """Return the statement completing `n` (id, attempt) pairs for dialect `d`."""
+    """Return the statement completing `n` (id, attempt) pairs for dialect `d`.
+
+    On PostgreSQL the same statement adds their history rows (one round trip); SQLite,
+    which has no data-modifying CTE, leaves them to a statement of its own.
+    """
     fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
-    return (
+    update = (
         "UPDATE tasks SET status = 'COMPLETED', result = NULL, error = NULL,"
         f" error_code = NULL, finished_at = {_stamp(d)}, updated_at = {_stamp(d)}"
         f" WHERE tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
         f" AND {status_filter('tasks', 'RUNNING', d)}"
         f" AND tasks.attempts = CASE tasks.id {fence} END"
-        " RETURNING tasks.id, tasks.attempts"
+    )
+    if d == "sqlite":
+        return update + " RETURNING tasks.id, tasks.attempts, tasks.started_at"
+    return (
+        f"WITH done AS ({update} RETURNING tasks.id, tasks.attempts, tasks.started_at,"
+        " tasks.finished_at), kept AS (INSERT INTO task_attempts (task_id, attempt,"
+        " instance, host, started_at, finished_at, outcome) SELECT id, attempts,"
+        f" {_p(d, 'w')}, {_p(d, 'host')}, started_at, finished_at, 'COMPLETED' FROM done)"
+        " SELECT id, attempts, started_at FROM done"
     )
 
 
+# Dialects whose completion statement also writes the history rows.
+RECORDS_COMPLETIONS = frozenset({"postgresql"})
+
+
 def complete(
-    conn: Connection, worker: str, attempts: Sequence[tuple[str, int]], now: datetime
-) -> set[tuple[str, int]]:
-    """Complete the given (id, attempt) pairs of `worker` that still hold; return those."""
+    conn: Connection,
+    worker: str,
+    attempts: Sequence[tuple[str, int]],
+    now: datetime,
+    host: str | None = None,
+) -> dict[tuple[str, int], Any]:
+    """Complete the given (id, attempt) pairs of `worker` that still hold; return those,
+    each with its start. On PostgreSQL their history rows (run on `host`) are added too
+    (`RECORDS_COMPLETIONS`)."""
     d = conn.dialect.name
     sql = complete_sql(d, len(attempts))
-    params: dict[str, Any] = {"w": worker, "now": bound_time(d, now)}
+    params: dict[str, Any] = {"w": worker, "now": bound_time(d, now), "host": host}
     for k, (task_id, attempt) in enumerate(attempts):
         params[f"i{k}"] = task_id
         params[f"a{k}"] = attempt
-    return {(i, a) for i, a in driver_execute(conn, sql, params)[0]}
+    return {(i, a): started for i, a, started in driver_execute(conn, sql, params)[0]}
 
 
 @lru_cache(maxsize=512)

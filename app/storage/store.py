@@ -17,11 +17,12 @@ from app.errors import ApiError, DuplicateId
 from app.events import Change
 from app.handlers import MAX_DEPENDENCY_RESULTS_BYTES, HandlerFailed
 from app.statuses import Status
-from app.storage import database, readiness, scheduler_sql
+from app.storage import attempts, database, readiness, scheduler_sql
 from app.storage import queues as queue_rows
 from app.storage import tasks as stored
+from app.storage.attempts import Ended
 from app.storage.database import stamp, utcnow
-from app.storage.membership import Membership
+from app.storage.membership import Membership, host_name
 from app.storage.models import DEFAULT_QUEUE
 from app.storage.notify import announce
 from app.storage.propagation import settle
@@ -54,6 +55,8 @@ class Claim:
     timeout_ms: int | None = None
     waited_s: float = 0.0  # from the task's creation to this attempt's start
     queue: str = DEFAULT_QUEUE
+    # When the claim started it, as the row holds it (its history row repeats it).
+    started_at: Any = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -81,6 +84,8 @@ class Outcome:
     error_code: str | None = None
     # Tasks the handler added (loaded task bodies), created with the completion.
     children: tuple[dict[str, Any], ...] = ()
+    # The handler's traceback, when it raised.
+    traceback: str | None = None
 
 
 # spawn(conn, claim, added tasks, now): creates the tasks; raises ApiError to refuse them.
@@ -244,19 +249,30 @@ class Store(Membership):
         return done
 
     def finish_all(
-        self, conn: Connection, finished: list[tuple[Claim, Outcome]], now: datetime
+        self,
+        conn: Connection,
+        finished: list[tuple[Claim, Outcome]],
+        now: datetime,
+        host: str | None = None,
     ) -> list[bool]:
-        """Record each outcome that its row still fences; settle what ended, together."""
+        """Record each outcome that its row still fences, and its attempt in the history
+        (run on `host`, else on the host of the instance that claimed it); settle what
+        ended, together."""
         plain = [c for c, o in finished if _is_plain_success(o)]
-        applied_plain = self._complete_plain(conn, plain, now) if plain else set()
+        applied_plain = self._complete_plain(conn, plain, now) if plain else {}
+        # On PostgreSQL the completions' statement wrote their history rows.
+        plain_recorded = conn.dialect.name in scheduler_sql.RECORDS_COMPLETIONS
         applied: list[bool] = []
         ended: dict[str, Status] = {}
         requeued: list[str] = []
         changes: list[Change] = []
+        history: list[Ended] = []
         for claim, outcome in finished:
+            started = claim.started_at
             if _is_plain_success(outcome):
                 ok = claim.key in applied_plain
                 written: tuple[Status, str | None] | None = (Status.COMPLETED, None) if ok else None
+                started = applied_plain.get(claim.key, started)
             elif outcome.children:
                 outcome, written = self._complete_with_children(conn, claim, outcome, now)
             else:
@@ -267,11 +283,16 @@ class Store(Membership):
             status, error = written
             why = _why(status, outcome, error)
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
+            if not (plain_recorded and _is_plain_success(outcome)):
+                where = host or self.hosts.get(claim.worker)
+                history.append(_ended(claim, outcome, status, why, where, started))
             if status.terminal:
                 ended[claim.id] = status
             elif status is Status.QUEUED:
                 requeued.append(claim.id)
         events.stage(changes)
+        if history:
+            attempts.record(conn, history, now)
         readied = bool(ended) and settle(conn, ended, now)
         if requeued:
             recount(conn, requeued)
@@ -314,16 +335,18 @@ class Store(Membership):
 
     def _complete_plain(
         self, conn: Connection, claims: list[Claim], now: datetime
-    ) -> set[tuple[str, int]]:
-        """Complete attempts that returned nothing, in one fenced statement per chunk."""
-        done: set[tuple[str, int]] = set()
+    ) -> dict[tuple[str, int], Any]:
+        """Complete attempts that returned nothing, in one fenced statement per chunk;
+        return those completed, each with its start."""
+        done: dict[tuple[str, int], Any] = {}
         by_worker: dict[str, list[Claim]] = {}
         for claim in claims:
             by_worker.setdefault(claim.worker, []).append(claim)
         for worker, mine in by_worker.items():
             for start in range(0, len(mine), CHUNK // 2):
                 pairs = [c.key for c in mine[start : start + CHUNK // 2]]
-                done |= scheduler_sql.complete(conn, worker, pairs, now)
+                host = self.hosts.get(worker)
+                done.update(scheduler_sql.complete(conn, worker, pairs, now, host))
         return done
 
     def requeue(self, claim: Claim, reason: str | None = None) -> Status | None:
@@ -350,6 +373,11 @@ class Store(Membership):
                 )
             recount(conn, [claim.id])
             events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
+            host = self.hosts.get(claim.worker)
+            back = Ended(
+                claim.id, claim.attempt, claim.worker, host, claim.started_at, "QUEUED", why
+            )
+            attempts.record(conn, [back], now)
             announce(conn)
             return Status.QUEUED
 
@@ -418,7 +446,7 @@ class Store(Membership):
         transaction holds its row: an instance that heartbeated meanwhile is alive.
         `stale_monotonic_before` is the same fence on the host's monotonic clock.
         """
-        forget = delete(instances).where(instances.c.id == worker)
+        forget = delete(instances).where(instances.c.id == worker).returning(instances.c.hostname)
         if stale_before is not None:
             forget = forget.where(instances.c.heartbeat_at < stale_before)
         if stale_monotonic_before is not None:
@@ -431,21 +459,24 @@ class Store(Membership):
                 conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
             # Deleting the row first takes its lock: a claim by that instance either
             # committed before (and is ended below) or finds it gone (and claims nothing).
-            if conn.execute(forget).rowcount == 0 and fenced:
+            gone = conn.execute(forget).first()
+            if gone is None and fenced:
                 return []
+            host = None if gone is None else host_name(gone.hostname)
             query = select(*_CLAIM_COLUMNS).where(RUNNING, tasks.c.worker == worker)
             interrupted = []
             for row in conn.execute(query).all():
                 error = f"Attempt {row.attempts} was interrupted: {reason}."
                 ended = Outcome(Status.FAILED, error=error, error_code="interrupted")
                 interrupted.append((_as_claim(row, worker), ended))
-            applied = self.finish_all(conn, interrupted, now or self.now(conn))
+            applied = self.finish_all(conn, interrupted, now or self.now(conn), host)
             return [c.id for (c, _), ok in zip(interrupted, applied, strict=True) if ok]
 
         return database.transaction(self.engine, work)
 
 
 _CLAIM_COLUMNS = (
+    tasks.c.started_at,
     tasks.c.id,
     tasks.c.type,
     tasks.c.duration_ms,
@@ -472,6 +503,7 @@ def _as_claim(row: Any, worker: str, payload: Any = None, waited_s: float = 0.0)
         timeout_ms=row.timeout_ms,
         waited_s=waited_s,
         queue=getattr(row, "queue", DEFAULT_QUEUE),
+        started_at=getattr(row, "started_at", None),
     )
 
 
@@ -491,6 +523,22 @@ def _cancelled_if_asked(values: dict[str, Any], at: Any) -> None:
     }
     for name, value in instead.items():
         values[name] = case((asked, value), else_=values.get(name, tasks.c[name]))
+
+
+def _ended(
+    claim: Claim, outcome: Outcome, status: Status, why: str, host: str | None, started: Any
+) -> Ended:
+    """Return the history row of an attempt whose outcome left its task in `status`."""
+    error: str | None
+    code: str | None
+    if status is Status.CANCELLED and outcome.status is not Status.CANCELLED:
+        # Asked to stop, it ended otherwise: the task is cancelled, not retried.
+        kind, error, code = Status.CANCELLED.value, why, "cancelled"
+    else:
+        kind, error, code = outcome.status.value, outcome.error, outcome.error_code
+    return Ended(
+        claim.id, claim.attempt, claim.worker, host, started, kind, error, code, outcome.traceback
+    )
 
 
 def _why(status: Status, outcome: Outcome, error: str | None) -> str:

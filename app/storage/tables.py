@@ -12,6 +12,7 @@ from app.storage.models import (
     Schedule,
     SchedulerInstance,
     Task,
+    TaskAttempt,
     TaskCount,
     TaskCountDelta,
     TaskDependency,
@@ -22,6 +23,7 @@ T = TypeVar("T")
 tasks = Task.__table__
 queues = Queue.__table__
 deps = TaskDependency.__table__
+task_attempts = TaskAttempt.__table__
 instances = SchedulerInstance.__table__
 schedules = Schedule.__table__
 task_counts = TaskCount.__table__

@@ -20,6 +20,12 @@ from tests.support.client import assert_error, submit
 ASSET = re.compile(r'(?:src|href)="(/static/dashboard/[^"]+)"')
 URL = re.compile(r"https?://[^\s\"'<>)]+")
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+# The pages of the navigation beyond the overview: (path, its script, its table body, its link).
+SECTIONS = [
+    ("/schedules", "schedules.js", "schedule-rows", "Schedules"),
+    ("/queues", "queues.js", "queue-rows", "Queues"),
+    ("/instances", "instances.js", "instance-rows", "Instances"),
+]
 
 
 def page(client: FlaskClient, path: str, status: int = 200) -> str:
@@ -87,6 +93,7 @@ def test_a_task_page_uses_only_local_files_and_names_the_task(client: FlaskClien
     for name in ("dashboard.css", "common.js", "graph.js", "task.js"):
         assert f"/static/dashboard/{name}" in found
     assert 'data-task-id="task-A"' in html
+    assert Elements(html).by_id["attempt-rows"]["tag"] == "tbody"  # its script fills it
     assert URL.findall(html) == []
 
 
@@ -204,8 +211,9 @@ def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFact
 
 def test_the_static_files_are_served_and_fetch_nothing_remote(client: FlaskClient) -> None:
     submit(client, "x")
-    names = set(assets(page(client, "/")) + assets(page(client, "/tasks/x")))
-    assert len(names) == 5
+    paths = ["/", "/tasks/x", *(path for path, *_ in SECTIONS)]
+    names = {name for path in paths for name in assets(page(client, path))}
+    assert len(names) == 5 + len(SECTIONS)
     for path in names:
         response = client.get(path)
         assert response.status_code == 200, path
@@ -305,11 +313,30 @@ def test_the_graph_of_an_unknown_task_is_a_404(client: FlaskClient) -> None:
     assert body["details"] == {"id": "nope"}
 
 
-def test_the_schedules_page_uses_only_local_files_and_is_linked(client: FlaskClient) -> None:
-    html = page(client, "/schedules")
+@pytest.mark.parametrize(("path", "script", "rows", "link"), SECTIONS)
+def test_a_section_page_uses_only_local_files_and_is_linked(
+    client: FlaskClient, path: str, script: str, rows: str, link: str
+) -> None:
+    html = page(client, path)
     found = assets(html)
-    for name in ("dashboard.css", "common.js", "schedules.js"):
+    for name in ("dashboard.css", "common.js", script):
         assert f"/static/dashboard/{name}" in found
-    assert 'id="schedule-rows"' in html
+    assert Elements(html).by_id[rows]["tag"] == "tbody"
     assert URL.findall(html) == []
-    assert 'href="/schedules"' in page(client, "/")
+    # Every page's navigation links every section.
+    for shown in ("/", path, *(other for other, *_ in SECTIONS)):
+        assert f'<a href="{path}">{link}</a>' in page(client, shown), shown
+
+
+@pytest.mark.parametrize(("path", "script"), [(path, script) for path, script, *_ in SECTIONS])
+def test_with_a_token_set_a_section_page_is_open_and_its_data_is_not(
+    make_app: AppFactory, path: str, script: str
+) -> None:
+    client = make_app(API_TOKEN="dashboard-test-token-1").test_client()
+    html = page(client, path)
+    assert f"/static/dashboard/{script}" in assets(html)
+    assert Elements(html).by_id["token-form"]["tag"] == "form"  # where its script asks
+    data = "/api" + path
+    assert client.get(data).status_code == 401
+    token = {"Authorization": "Bearer dashboard-test-token-1"}
+    assert client.get(data, headers=token).status_code == 200

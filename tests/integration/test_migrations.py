@@ -16,11 +16,13 @@ from app import create_app
 from app.extensions import db
 from app.runtime.metrics import Metrics
 from app.runtime.reaper import Reaper
-from app.services import actions, blockers, schedules, submissions
+from app.services import actions, blockers, reads, schedules, submissions
 from app.services import queues as queue_services
+from app.statuses import Status
 from app.storage import counts, database
 from app.storage.database import utcnow
 from app.storage.health import SCHEMA_REVISION, schema_problem
+from app.storage.store import Outcome
 from app.storage.tables import deps, tasks
 from tests.support.store import register
 
@@ -513,5 +515,79 @@ def test_upgrade_to_0009_puts_stored_tasks_in_the_default_queue_and_counts_them(
                 "SELECT status, sum(n) FROM task_counts GROUP BY status"
             ).all()
         assert dict(found)["QUEUED"] == 1 and dict(found)["RUNNING"] == 3
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def test_upgrade_to_0010_keeps_the_last_attempt_of_each_stored_task(database_url: str) -> None:
+    """A 0009 database: each stored task whose row tells of its last attempt gets it in
+    the history (finished ones, and a failure waiting for its retry); a task that never
+    ran, or runs now, gets none. The history then grows with each attempt, and a
+    downgrade drops it and the instances' slots."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    began, ended = now - timedelta(seconds=5), now - timedelta(seconds=1)
+    ran = {"started_at": began, "worker": "old-1", "attempts": 2}
+    # Every row names the same columns: they are inserted together.
+    unset = {"started_at": None, "worker": None, "error": None, "error_code": None}
+    rows = [
+        _old_task("never", now, **unset),
+        _old_task("running", now, status="RUNNING", **{**unset, **ran}),
+        _old_task("done", now, status="COMPLETED", finished_at=ended, **{**unset, **ran}),
+        _old_task(
+            "broke",
+            now,
+            status="FAILED",
+            finished_at=ended,
+            error="boom",
+            error_code="handler_error",
+            **ran,
+        ),
+        _old_task("again", now, failures=1, error="flaky", error_code="timeout", **ran),
+        _old_task("stopped", now, status="CANCELLED", finished_at=ended, **{**unset, **ran}),
+    ]
+    with app.app_context():
+        _stored_at("0009", rows)
+        upgrade()
+        engine = app.extensions["store"].engine
+        with database.read(engine) as conn:
+            history = {
+                r.task_id: r
+                for r in conn.exec_driver_sql(
+                    "SELECT task_id, attempt, instance, host, started_at, finished_at,"
+                    " outcome, error, error_code, traceback FROM task_attempts"
+                )
+            }
+        assert set(history) == {"done", "broke", "again", "stopped"}
+        assert {i: (r.attempt, r.outcome) for i, r in history.items()} == {
+            "done": (2, "COMPLETED"),
+            "broke": (2, "FAILED"),
+            "again": (2, "FAILED"),
+            "stopped": (2, "CANCELLED"),
+        }
+        assert (history["broke"].error, history["broke"].error_code) == ("boom", "handler_error")
+        assert (history["again"].error, history["again"].error_code) == ("flaky", "timeout")
+        assert history["done"].instance == "old-1" and history["done"].host is None
+        assert history["done"].traceback is None
+        assert str(history["done"].started_at).startswith(str(began)[:19])
+        assert str(history["done"].finished_at).startswith(str(ended)[:19])
+
+        # An attempt the new code ends joins the history beside the recovered ones.
+        store = app.extensions["store"]
+        register(store, "w1")
+        (claim,) = store.claim("w1", 1)
+        assert (claim.id, claim.attempt) == ("never", 1)
+        failed = Outcome(Status.FAILED, error="no", error_code="handler_error", traceback="tb")
+        assert store.finish(claim, failed)
+        shown = reads.get_attempts(engine, "never")
+        assert [(a["attempt"], a["outcome"], a["traceback"]) for a in shown["attempts"]] == [
+            (1, "FAILED", "tb")
+        ]
+        assert reads.get_attempts(engine, "running")["attempts"][0]["outcome"] == "RUNNING"
+        downgrade(revision="0009")
+        with db.engine.connect() as conn:
+            assert "task_attempts" not in inspect(conn).get_table_names()
+            columns = {c["name"] for c in inspect(conn).get_columns("scheduler_instances")}
+            assert "slots" not in columns
         downgrade(revision="base")
         db.engine.dispose()

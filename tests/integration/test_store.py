@@ -404,7 +404,7 @@ def test_postgres_walks_a_pass_rows_by_their_own_indexes_whatever_its_statistics
         ),
         (
             scheduler_sql.complete_sql("postgresql", 2),
-            {"w": "w1", "now": None, "i0": "new1", "a0": 1, "i1": "new2", "a1": 1},
+            {"w": "w1", "host": "h", "now": None, "i0": "new1", "a0": 1, "i1": "new2", "a1": 1},
         ),
         (scheduler_sql.count_down_sql("postgresql", 2), {"e0": "new1", "e1": "new2"}),
     ]

@@ -31,6 +31,7 @@ from task_scheduler_client.api.default import (
     get_status,
     get_task,
     health,
+    list_instances,
     list_queues,
     list_schedules,
     list_tasks,
@@ -42,9 +43,12 @@ from task_scheduler_client.api.default import (
     set_queue_limits,
     submit_batch,
     submit_task,
+    task_attempts,
     task_blockers,
 )
 from task_scheduler_client.models import (
+    AttemptOutcome,
+    AttemptsOut,
     BatchIn,
     BatchOut,
     BatchSummaryOut,
@@ -54,6 +58,8 @@ from task_scheduler_client.models import (
     Error,
     HealthOut,
     HealthStatus,
+    InstanceOut,
+    InstanceState,
     QueueLimitsIn,
     QueueOut,
     ScheduledTaskIn,
@@ -141,6 +147,15 @@ def main(base_url: str, token: str) -> None:
         time.sleep(0.05)
     done = answer(get_task, client, "plain").parsed
     assert done.status is Status.COMPLETED and done.finished_at.tzinfo is not None
+    waited = answer(get_task, client, "plain", wait=5.0).parsed  # ended: at once
+    assert waited.status is Status.COMPLETED
+    history = answer(task_attempts, client, "plain").parsed
+    assert isinstance(history, AttemptsOut) and history.total == 1
+    (only,) = history.attempts
+    assert only.outcome is AttemptOutcome.COMPLETED and only.traceback is None
+    (instance,) = answer(list_instances, client).parsed
+    assert isinstance(instance, InstanceOut) and instance.state is InstanceState.RUNNING
+    assert isinstance(instance.slots, int) and instance.slots >= 1
 
     batch = BatchIn(tasks=[task(f"b{i}", run_at=later) for i in range(3)])
     stored = answer(submit_batch, client, body=batch, expect=201).parsed

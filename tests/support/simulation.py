@@ -43,7 +43,7 @@ from app.services import actions, batch, batches, fanout, queues, schedules, sub
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.store import Store
-from app.storage.tables import deps, instances, tasks
+from app.storage.tables import deps, instances, task_attempts, tasks
 from app.storage.tables import queues as queue_rows
 from app.storage.tables import schedules as schedule_rows
 
@@ -1147,6 +1147,28 @@ class Simulation:
             if doubled:
                 self.fail(f"{node.name} holds two live threads for {doubled}")
         self._check_counts()
+        self._check_attempts()
+
+    def _check_attempts(self) -> None:
+        """Every attempt that ended is in the history, exactly once, and the last one
+        agrees with the task; the one running now is not there yet."""
+        with self.checker_reads() as conn:
+            rows = conn.execute(select(tasks.c.id, tasks.c.status, tasks.c.attempts)).all()
+            recorded: dict[str, dict[int, str]] = {}
+            for task_id, number, outcome in conn.execute(
+                select(task_attempts.c.task_id, task_attempts.c.attempt, task_attempts.c.outcome)
+            ):
+                recorded.setdefault(task_id, {})[number] = outcome
+        for task_id, status, attempts in rows:
+            history = recorded.pop(task_id, {})
+            ended = set(range(1, attempts + 1)) - ({attempts} if status == "RUNNING" else set())
+            if set(history) != ended:
+                self.fail(f"{task_id} ({status}, {attempts} attempts) records {sorted(history)}")
+            last = history.get(attempts)
+            if status in ("COMPLETED", "FAILED") and last != status:
+                self.fail(f"{task_id} is {status}, its last attempt recorded {last}")
+        if recorded:
+            self.fail(f"attempts recorded for tasks that are gone: {sorted(recorded)}")
 
     def _check_counts(self) -> None:
         """The counts by status, as /metrics and the dashboard read them, are exact."""

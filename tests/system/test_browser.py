@@ -1,4 +1,8 @@
-"""The dashboard in headless Chromium, driven by Playwright, against a real server."""
+"""The dashboard in headless Chromium, driven by Playwright, against a real server.
+
+The server runs in its own processes, so a handler a test needs comes from a module it
+imports: this one, as `TASK_HANDLERS=tests.system.test_browser` (see `register`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,26 @@ from typing import Any
 
 import requests
 
+from app.handlers import Registry, TaskContext
 from tests.support.servers import Launcher, poll
 
 # Set SCREENSHOT_DIR to keep a screenshot of the task page (the README's picture).
 SCREENSHOTS = Path(os.environ["SCREENSHOT_DIR"]) if os.environ.get("SCREENSHOT_DIR") else None
+# The server imports this module for its handlers (`register` below).
+HANDLERS = "tests.system.test_browser"
+FLAKY_FAILURES = 2
+
+
+def flaky(ctx: TaskContext) -> dict[str, int]:
+    """Raise in the first FLAKY_FAILURES attempts, then complete."""
+    if ctx.attempt <= FLAKY_FAILURES:
+        raise ValueError(f"flaky gave up in attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+def register(registry: Registry) -> None:
+    """Register the `flaky` type in the server that imports this module."""
+    registry.register("flaky", flaky)
 
 
 def test_a_graph_turns_green_and_a_failed_task_is_retried(
@@ -135,3 +155,65 @@ def test_the_queues_page_pauses_a_queue_and_sets_its_limit(
     poll(drained, 30, "the queue to drain")
     assert most <= 1
     p.wait_for_selector(f'{row} [data-count="COMPLETED"]:text-is("6")', timeout=10_000)
+
+
+def test_a_task_page_lists_its_attempts_with_their_tracebacks(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db, TASK_HANDLERS=HANDLERS)
+    server.submit("flaky", 1, type="flaky", max_attempts=3, retry_backoff_ms=1)
+    p = page
+    p.goto(f"{server.base_url}/tasks/flaky")
+    # Refreshed with the rest of the page: the third attempt shows up without a reload.
+    p.wait_for_selector(
+        '#attempt-rows tr[data-attempt="3"][data-outcome="COMPLETED"]', timeout=20_000
+    )
+    assert server.task("flaky")["status"] == "COMPLETED"
+    rows = p.locator("#attempt-rows tr")
+    assert rows.count() == 3
+    assert [rows.nth(k).get_attribute("data-outcome") for k in range(3)] == [
+        "FAILED",
+        "FAILED",
+        "COMPLETED",
+    ]
+    for number in (1, 2):
+        row = f'#attempt-rows tr[data-attempt="{number}"]'
+        assert p.text_content(f"{row} .badge[data-status=FAILED]") == "FAILED"
+        assert "handler_error" in p.inner_text(row)
+        trace = p.locator(f"{row} details")
+        assert trace.locator("summary").inner_text() == "Traceback"
+        text = trace.locator("pre").text_content()
+        assert text.startswith("Traceback (most recent call last)")
+        assert f"ValueError: flaky gave up in attempt {number}" in text
+        # Closed until opened.
+        assert not trace.locator("pre").is_visible()
+        trace.locator("summary").click()
+        trace.locator("pre").wait_for(state="visible", timeout=10_000)
+    done = '#attempt-rows tr[data-attempt="3"]'
+    assert p.locator(f"{done} details").count() == 0
+    instance = p.text_content(f"{done} td.instance")
+    assert instance and instance != "-"
+
+
+def test_the_instances_page_lists_the_running_instance(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="3")
+    (instance,) = server.get("/api/instances").json()
+    p = page
+    p.goto(f"{server.base_url}/")
+    p.click('nav.sections a:text-is("Instances")')
+    p.wait_for_url(f"{server.base_url}/instances")
+    row = f'#instance-rows tr[data-instance="{instance["id"]}"]'
+    p.wait_for_selector(f'{row}[data-state="running"]', timeout=10_000)
+    assert p.locator("#instance-rows tr").count() == 1
+    assert p.text_content(f'{row} [data-field="load"]') == "0 / 3"
+    assert p.text_content(f'{row} [data-field="host"]') == instance["host"]
+    assert p.text_content(f'{row} [data-field="pid"]') == str(instance["pid"])
+    claimed = "all" if instance["types"] is None else ", ".join(instance["types"])
+    assert p.text_content(f'{row} [data-field="types"]') == claimed
+    # Refreshed every 2 s: a long task takes a slot without a reload.
+    server.submit("long", 60_000)
+    p.wait_for_selector(f'{row} [data-field="load"]:text-is("1 / 3")', timeout=10_000)
+    age = p.text_content(f"{row} [data-age]")
+    assert age is not None and age.endswith(" ago)"), age

@@ -183,3 +183,32 @@ def test_the_audit_names_added_tasks_missing_or_added_by_an_attempt_that_failed(
     assert "a completed task lacks the tasks it added" in mapped_history(added=("m.m0",))
     failed = mapped_history(status="FAILED")
     assert "added tasks of an attempt that did not complete" in failed
+
+
+# The attempt history of the consistent end: a failed by design, then killed, then done.
+RECORDED = {"a": {1: "FAILED", 2: "FAILED", 3: "COMPLETED"}, "b": {1: "COMPLETED"}}
+
+
+def check_history(recorded: dict[str, dict[int, str]]) -> dict[str, list[str]]:
+    rows, runs = history()
+    stored = Stored(rows, {"b": {"a"}}, instances=0, orphan_edges=0, attempts=recorded)
+    return dict(audit(PLAN, {"a", "b"}, stored, runs, {KILLED_PID}).violations)
+
+
+def test_the_audit_passes_a_complete_attempt_history() -> None:
+    assert check_history(RECORDED) == {}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "kind"),
+    [
+        ({**RECORDED, "a": {1: "FAILED", 3: "COMPLETED"}}, "attempt history differs"),
+        ({**RECORDED, "b": {}}, "attempt history differs"),
+        ({**RECORDED, "a": {**RECORDED["a"], 3: "FAILED"}}, "attempt recorded otherwise"),
+        ({**RECORDED, "gone": {1: "FAILED"}}, "attempt history of an unknown task"),
+    ],
+)
+def test_the_audit_names_a_wrong_attempt_history(
+    recorded: dict[str, dict[int, str]], kind: str
+) -> None:
+    assert kind in check_history(recorded)

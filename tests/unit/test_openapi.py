@@ -38,6 +38,8 @@ def routes(app: Flask) -> dict[tuple[str, str], str]:
     for rule in app.url_map.iter_rules():
         if not (rule.rule.startswith("/api/") or rule.rule == "/health"):
             continue
+        if rule.endpoint.startswith("apidocs."):
+            continue  # the page that renders this document, HTML: no operation of the API
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
             found[(openapi_path(rule.rule), method.lower())] = rule.endpoint.rsplit(".", 1)[-1]
     return found

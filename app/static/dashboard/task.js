@@ -1,5 +1,5 @@
-/* One task: details, blockers and the actions that would succeed every 2 s, the graph
- * every second. Cancel and Retry show only where the server says they would succeed. */
+/* One task: details, attempts, blockers and the actions that would succeed every 2 s, the
+ * graph every second. Cancel and Retry show only where the server says they would succeed. */
 "use strict";
 
 (function () {
@@ -24,6 +24,13 @@
   var batchLink = document.getElementById("batch-link");
   var graphBox = document.getElementById("graph");
   var graphNote = document.getElementById("graph-note");
+  var attemptRows = document.getElementById("attempt-rows");
+  var attemptsNote = document.getElementById("attempts-note");
+  // The attempts as last drawn (their JSON), and the tracebacks opened, by attempt number:
+  // a refresh that brings nothing new leaves the rows alone, and one that redraws them
+  // keeps open what the reader opened.
+  var shownAttempts = null;
+  var openTracebacks = {};
 
   var FIELDS = [
     ["type", "Type"],
@@ -107,6 +114,100 @@
     }
   }
 
+  /** A span of time for people: "850 ms", "3.2 s", "2 min 5 s", "1 h 3 min". */
+  function span(ms) {
+    var whole = Math.max(0, Math.round(ms));
+    if (whole < 1000) {
+      return whole + " ms";
+    }
+    if (whole < 60000) {
+      return (whole / 1000).toFixed(1) + " s";
+    }
+    var seconds = Math.floor(whole / 1000);
+    if (seconds < 3600) {
+      return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+    }
+    return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
+  }
+
+  /** How long a finished attempt took, from the server's own times; "-" until it ends. */
+  function attemptDuration(attempt) {
+    var start = attempt.started_at ? Date.parse(attempt.started_at) : NaN;
+    var end = attempt.finished_at ? Date.parse(attempt.finished_at) : NaN;
+    return isNaN(start) || isNaN(end) ? "-" : span(end - start);
+  }
+
+  function timeCell(value) {
+    return el("td", { title: value || null }, Dash.time(value));
+  }
+
+  function text(value) {
+    return value === null || value === undefined || value === "" ? "-" : String(value);
+  }
+
+  function tracebackDetails(attempt) {
+    var number = String(attempt.attempt);
+    var box = el("details", { class: "traceback" });
+    box.appendChild(el("summary", null, "Traceback"));
+    box.appendChild(el("pre", { class: "box" }, attempt.traceback));
+    box.open = Boolean(openTracebacks[number]);
+    box.addEventListener("toggle", function () {
+      if (box.open) {
+        openTracebacks[number] = true;
+      } else {
+        delete openTracebacks[number];
+      }
+    });
+    return box;
+  }
+
+  function attemptRow(attempt) {
+    var tr = el("tr", { "data-attempt": attempt.attempt, "data-outcome": attempt.outcome });
+    tr.appendChild(el("td", null, attempt.attempt));
+    var outcome = el("td");
+    outcome.appendChild(
+      el("span", { class: "badge", "data-status": attempt.outcome }, attempt.outcome)
+    );
+    tr.appendChild(outcome);
+    tr.appendChild(el("td", { class: "instance" }, text(attempt.instance)));
+    tr.appendChild(el("td", null, text(attempt.host)));
+    tr.appendChild(timeCell(attempt.started_at));
+    tr.appendChild(timeCell(attempt.finished_at));
+    tr.appendChild(el("td", null, attemptDuration(attempt)));
+    var error = el("td", { class: "error" });
+    error.appendChild(el("div", null, text(attempt.error)));
+    if (attempt.traceback) {
+      error.appendChild(tracebackDetails(attempt));
+    }
+    tr.appendChild(error);
+    tr.appendChild(el("td", null, text(attempt.error_code)));
+    return tr;
+  }
+
+  function renderAttempts(answer) {
+    var list = Array.isArray(answer.attempts) ? answer.attempts : [];
+    var drawn = JSON.stringify(answer);
+    if (drawn === shownAttempts) {
+      return;
+    }
+    shownAttempts = drawn;
+    Dash.clear(attemptRows);
+    list.forEach(function (attempt) {
+      attemptRows.appendChild(attemptRow(attempt));
+    });
+    if (!list.length) {
+      var empty = el("tr");
+      empty.appendChild(el("td", { colspan: "9", class: "muted" }, "No attempt yet."));
+      attemptRows.appendChild(empty);
+    }
+    Dash.show(
+      attemptsNote,
+      answer.total > list.length
+        ? "The latest " + list.length + " of " + answer.total + " attempts are listed."
+        : ""
+    );
+  }
+
   function renderBlockers(answer) {
     Dash.clear(blockersList);
     Dash.clear(rootsList);
@@ -146,6 +247,7 @@
       Dash.fetchJson(Dash.apiTaskUrl(taskId)),
       Dash.fetchJson(Dash.apiTaskUrl(taskId) + "/blockers"),
       Dash.fetchJson("/dashboard/actions/" + encodeURIComponent(taskId)),
+      Dash.fetchJson(Dash.apiTaskUrl(taskId) + "/attempts"),
     ]).then(function (answers) {
       // Unknown (or deleted meanwhile): say so, and offer nothing to act on.
       var gone = answers[0].status === 404;
@@ -166,6 +268,13 @@
       }
       if (answers[2].ok && answers[2].body) {
         renderChoices(answers[2].body);
+      }
+      if (answers[3].ok && answers[3].body) {
+        renderAttempts(answers[3].body);
+      } else if (answers[3].status !== 404) {
+        // A 404 here is the task deleted since its read: the next refresh says so.
+        Dash.show(attemptsNote, Dash.errorText(answers[3]));
+        shownAttempts = null;
       }
     });
   }

@@ -1,0 +1,142 @@
+"""Requests waiting for a task to end (`GET /api/tasks/<id>?wait=S`), and what wakes them.
+
+A waiting request holds a thread of its worker but no database connection: it reads the
+task, sleeps on an event of its own, and reads it again when woken. What wakes it:
+- a transaction of this process that changed the task (events.watchers), at once;
+- on PostgreSQL, another instance's transaction that ended it (NOTIFY on
+  database.ENDED_CHANNEL, heard by one LISTEN connection per process, opened on the
+  first wait);
+- as a safety net, a read every `recheck_s` (a notification lost while the listener
+  reconnected; on SQLite, a scheduler in another process, which cannot notify).
+
+A worker holds at most `capacity` waiting requests; one more is answered 503 with
+Retry-After at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from app.errors import TooManyWaiting
+from app.events import Change
+from app.services.reads import check_task_id, get_task
+from app.statuses import TERMINAL
+from app.storage.database import ENDED_CHANNEL
+from app.storage.notify import Listener
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# The longest wait a request may ask for, in seconds.
+MAX_WAIT_S = 60.0
+# Between two safety-net reads while notifications reach this process (PostgreSQL).
+LISTENING_RECHECK_S = 5.0
+
+
+class Waiters:
+    """The requests of one process waiting for tasks to end."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        capacity: int,
+        recheck_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.capacity = capacity
+        self.recheck_s = recheck_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._by_task: dict[str, list[threading.Event]] = {}
+        self._waiting = 0
+        self._closed = False
+        self._listener: Listener | None = None
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting now."""
+        return self._waiting
+
+    def wait(self, task_id: str, seconds: float) -> dict[str, Any]:
+        """Return the task once it is terminal, or as it is after `seconds`."""
+        check_task_id(task_id)
+        deadline = self.clock() + seconds
+        task = get_task(self.engine, task_id)
+        if task["status"] in TERMINAL or seconds <= 0 or self._closed:
+            return task
+        with self._slot(task_id) as woken:
+            while True:
+                # Cleared before the read: a change committed after it wakes us again.
+                woken.clear()
+                task = get_task(self.engine, task_id)
+                left = deadline - self.clock()
+                if task["status"] in TERMINAL or left <= 0 or self._closed:
+                    return task
+                woken.wait(min(left, self._recheck()))
+
+    def changed(self, changes: Sequence[Change]) -> None:
+        """Wake the requests waiting for tasks these committed changes touched."""
+        if not self._waiting:
+            return
+        with self._lock:
+            for change in changes:
+                for woken in self._by_task.get(change[0], ()):
+                    woken.set()
+
+    def notified(self, payload: str) -> None:
+        """Wake the requests waiting for the tasks another instance ended (all of them
+        for an empty payload: the listener reconnected and may have missed some)."""
+        if not self._waiting:
+            return
+        with self._lock:
+            if payload:
+                woken = [e for i in payload.split(",") for e in self._by_task.get(i, ())]
+            else:
+                woken = [e for events in self._by_task.values() for e in events]
+        for event in woken:
+            event.set()
+
+    def close(self) -> None:
+        """Answer every waiting request now (the worker is stopping) and stop listening."""
+        self._closed = True
+        self.notified("")
+        if self._listener is not None:
+            self._listener.stop()
+
+    @contextmanager
+    def _slot(self, task_id: str) -> Iterator[threading.Event]:
+        woken = threading.Event()
+        with self._lock:
+            if self._waiting >= self.capacity:
+                raise TooManyWaiting(
+                    f"This server already holds {self.capacity} waiting requests "
+                    "(MAX_WAITING_REQUESTS); try again shortly, or read without wait.",
+                    {"max_waiting_requests": self.capacity},
+                )
+            self._waiting += 1
+            self._by_task.setdefault(task_id, []).append(woken)
+            if (
+                self._listener is None
+                and self.engine.dialect.name == "postgresql"
+                and not self._closed
+            ):
+                self._listener = Listener(self.engine, self.notified, ENDED_CHANNEL)
+                self._listener.start()
+        try:
+            yield woken
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                others = self._by_task[task_id]
+                others.remove(woken)
+                if not others:
+                    del self._by_task[task_id]
+
+    def _recheck(self) -> float:
+        listening = self._listener is not None and self._listener.listening.is_set()
+        return max(self.recheck_s, LISTENING_RECHECK_S) if listening else self.recheck_s
