@@ -6,10 +6,12 @@ from the database file after the run, so polling for completion adds no error.
 
 from __future__ import annotations
 
+import statistics
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from app.handlers import SIMULATE
 from bench import db as store
 from bench.client import Client
 from bench.noop_handlers import NOOP, STAMP
@@ -101,6 +103,32 @@ def fan_in(
         "child_lag_ms": (child_start - last).total_seconds() * 1000,
         "handler_lag_ms": (called.replace(tzinfo=None) - last).total_seconds() * 1000,
         "total_s": (child_finish - summary["first_start"]).total_seconds(),
+    }
+
+
+# Tasks of the wait figure, one after the other, and how long each runs.
+WAITS = 20
+WAITED_TASK_MS = 50
+
+
+def wait_latency(client: Client, prefix: str, waits: int = WAITS) -> dict[str, Any]:
+    """Submit a task of WAITED_TASK_MS and at once wait for it with `?wait=`; how long
+    after its recorded finish the answer arrived (one at a time, `waits` times)."""
+    lags = []
+    for k in range(waits):
+        task_id = f"{prefix}-{k}"
+        client.post("/api/tasks", {**_task(task_id, kind=SIMULATE), "duration_ms": WAITED_TASK_MS})
+        answer = client.get(f"/api/tasks/{task_id}?wait=30")
+        received = datetime.now(UTC)
+        if answer["status"] != "COMPLETED":
+            raise RuntimeError(f"{task_id} is {answer['status']} after its wait")
+        finished = datetime.fromisoformat(answer["finished_at"].replace("Z", "+00:00"))
+        lags.append((received - finished).total_seconds() * 1000)
+    lags.sort()
+    return {
+        "waits": waits,
+        "median_ms": statistics.median(lags),
+        "p90_ms": lags[int(0.9 * (len(lags) - 1))],
     }
 
 

@@ -198,6 +198,7 @@ def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
 def _one_pass(
     conn: sqlite3.Connection, previous: list[tuple[str, int]], limit: int = SLOTS
 ) -> list[tuple[str, int]]:
+    from app.storage import attempts
     from app.storage import queues as queue_rows
     from app.storage import scheduler_sql as sql
     from app.storage.queues import DEFAULT_QUEUE
@@ -209,7 +210,13 @@ def _one_pass(
         for k, (task_id, attempt) in enumerate(previous):
             params[f"i{k}"], params[f"a{k}"] = task_id, attempt
         done = conn.execute(sql.complete_sql("sqlite", len(previous)), params).fetchall()
-        ended = {f"e{k}": task_id for k, (task_id, _) in enumerate(done)}
+        ended = {f"e{k}": task_id for k, (task_id, _, _) in enumerate(done)}
+        history: list[Any] = []
+        for task_id, attempt, started in done:
+            history += [task_id, attempt, WORKER, "bench", started, "COMPLETED", None, None, None]
+            history.append(now)  # finished_at
+        if done:
+            conn.execute(attempts.insert_sql("sqlite", len(done)), history)
         conn.execute(sql.count_down_sql("sqlite", len(ended)), ended).fetchall()
     conn.execute(sql.promote_sql("sqlite"), {"now": now, "limit": 1000})
     conn.execute(queue_rows.ALL_ROWS_SQL).fetchall()  # what each queue may start

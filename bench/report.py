@@ -142,6 +142,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
     )
     table.append(_row(results, "  ... p50 latency (ms)", "load:p50_ms", higher=False))
     table.append(_row(results, "  ... p99 latency (ms)", "load:p99_ms", higher=False))
+    table.append(
+        _row(
+            results,
+            "Wait: answer after the task's finish, median (ms)",
+            "wait:median_ms",
+            higher=False,
+        )
+    )
+    table.append(_row(results, "  ... p90 (ms)", "wait:p90_ms", higher=False))
     table += _submit_rows(results.get("submit") or {})
     table += _instance_rows(results.get("instances") or {})
     table += _insert_rows(results.get("insert") or {})

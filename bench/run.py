@@ -42,6 +42,7 @@ SECTIONS = (
     "chain",
     "fanin",
     "load",
+    "wait",
     "submit",
     "instances",
     "insert",
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Path) -> None:
-    ours_sections = {"e2e", "work", "chain", "fanin", "load"}
+    ours_sections = {"e2e", "work", "chain", "fanin", "load", "wait"}
     if not opts.only or opts.only & ours_sections:
         results["ours"] = {"sqlite": ours(store.sqlite_database(workdir, "ours"), opts, workdir)}
         if opts.pg_url:

@@ -108,6 +108,8 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
             plan.append(("fan_in", lambda r: e2e.fan_in(client, db, f"f{r}", opts.fan_in, t)))
         if opts.wants("load"):
             plan.append(("load", lambda r: _load(server.base, db, opts)))
+        if opts.wants("wait"):
+            plan.append(("wait", lambda r: e2e.wait_latency(client, f"a{r}")))
         if not _repeat(collect, label, plan, repeat):
             log(f"{label}: stopped after a time-out")
         client.close()
