@@ -109,7 +109,7 @@ def retry_in(conn: Connection, task_id: str) -> dict[str, Any]:
             {"id": task_id, "status": row.status, "root": root},
         )
     with database.by_index(conn):
-        requeued, edges = held_back(conn, [task_id])
+        requeued, edges = held_back(conn, [task_id], checked=True)
         brought_back = f"its dependency {task_id} was retried"
         requeue(conn, requeued, edges, {task_id}, "retried by a user", brought_back)
     announce(conn)
@@ -137,12 +137,16 @@ def root_cause(
     return roots.retry_root(conn, stopped)
 
 
-def held_back(conn: Connection, roots: Sequence[str]) -> tuple[set[str], readiness.Edges]:
+def held_back(
+    conn: Connection, roots: Sequence[str], *, checked: bool = False
+) -> tuple[set[str], readiness.Edges]:
     """Return the roots and every dependent that did not run only because of them, with
     the dependencies of each as read under the readiness locks.
 
     A root, or a dependent, that still waits for a dependency that did not complete and
-    does not come back is left behind, and so are the dependents it stops.
+    does not come back is left behind, and so are the dependents it stops. `checked`:
+    the caller found the roots free to run already (a single retry's root cause), so
+    they are kept whatever their dependencies.
     """
     candidates = cascade.caught_by(conn, roots)
     edges = readiness.dependencies(conn, candidates)
@@ -153,16 +157,14 @@ def held_back(conn: Connection, roots: Sequence[str]) -> tuple[set[str], readine
         for dependency, _ in pairs:
             if dependency in candidates:
                 below.setdefault(dependency, []).append(task_id)
-    single = set(roots) if len(roots) == 1 else set()  # a lone root was checked already
+    kept = set(roots) if checked else set()
     left = [
-        t
-        for t in candidates
-        if t not in single and readiness.blockers(edges.get(t, []), candidates)
+        t for t in candidates if t not in kept and readiness.blockers(edges.get(t, []), candidates)
     ]
     dropped: set[str] = set()
     while left:
         task_id = left.pop()
-        if task_id not in dropped and task_id not in single:
+        if task_id not in dropped and task_id not in kept:
             dropped.add(task_id)
             left.extend(below.get(task_id, []))
     return candidates - dropped, edges

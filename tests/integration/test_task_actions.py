@@ -211,6 +211,26 @@ def test_a_batch_retry_starts_again_from_what_failed(app: Flask) -> None:
     assert again.status_code == 409 and again.get_json()["code"] == "invalid_state"
 
 
+def test_a_batch_retry_of_one_task_leaves_it_when_a_dependency_elsewhere_did_not_complete(
+    app: Flask,
+) -> None:
+    """The simulation's seed 20041: a batch whose only task to retry waits for a task
+    outside it that was cancelled. Requeued, it would wait for that task forever; its own
+    retry refuses, and so must its batch's."""
+    client = app.test_client()
+    store: Store = app.extensions["store"]
+    _post(client, _task("first"))
+    batch_id = _post(client, _task("second", "first"))
+    assert client.post("/api/tasks/second/cancel").status_code == 200
+    assert client.post("/api/tasks/first/cancel").status_code == 200
+
+    answer = client.post(f"/api/batches/{batch_id}/retry")
+    assert answer.status_code == 409 and answer.get_json()["code"] == "invalid_state"
+    assert row(store, "second").status == "CANCELLED"
+    single = client.post("/api/tasks/second/retry").get_json()
+    assert single["code"] == "invalid_state" and single["details"]["root"] == "first"
+
+
 def test_a_batch_retry_costs_the_same_statements_whatever_its_size(app: Flask) -> None:
     """Retrying 5,000 cancelled tasks one root at a time held the user actions' lock for
     18 s: the whole batch comes back in one walk and one requeue."""
