@@ -82,7 +82,10 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         queues=settings.scheduler_queues,
     )
     waiters = Waiters(
-        engine, settings.waiting_capacity, recheck_s=settings.polling_interval_ms / 1000
+        engine,
+        settings.waiting_capacity,
+        recheck_s=settings.polling_interval_ms / 1000,
+        report=metrics.waiting.set,
     )
     changes.watchers.append(waiters.changed)
     parts.install(

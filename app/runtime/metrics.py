@@ -196,6 +196,12 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.waiting = Gauge(
+            f"{PREFIX}_waiting_requests",
+            "Requests this process holds waiting for a task to end (?wait=).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.recovered_total = Counter(
             f"{PREFIX}_recovered_attempts",
             "Attempts of dead instances this instance ended as interrupted.",

@@ -46,6 +46,7 @@ class Waiters:
         capacity: int,
         recheck_s: float,
         clock: Callable[[], float] = time.monotonic,
+        report: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.capacity = capacity
@@ -56,6 +57,8 @@ class Waiters:
         self._waiting = 0
         self._closed = False
         self._listener: Listener | None = None
+        # Told how many requests wait, at each change (the metrics' gauge).
+        self._report = report
 
     @property
     def waiting(self) -> int:
@@ -120,6 +123,8 @@ class Waiters:
                 )
             self._waiting += 1
             self._by_task.setdefault(task_id, []).append(woken)
+            if self._report is not None:
+                self._report(self._waiting)
             if (
                 self._listener is None
                 and self.engine.dialect.name == "postgresql"
@@ -132,6 +137,8 @@ class Waiters:
         finally:
             with self._lock:
                 self._waiting -= 1
+                if self._report is not None:
+                    self._report(self._waiting)
                 others = self._by_task[task_id]
                 others.remove(woken)
                 if not others:

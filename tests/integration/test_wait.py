@@ -39,6 +39,12 @@ def _waiting(app: Flask, count: int) -> Callable[[], bool]:
     return lambda: parts.waiters(app).waiting == count
 
 
+def _gauge(client: Any) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    (line,) = [x for x in text.splitlines() if x.startswith("taskscheduler_waiting_requests ")]
+    return float(line.split()[1])
+
+
 def _gate() -> tuple[threading.Event, threading.Event, Callable[[TaskContext], str]]:
     started, release = threading.Event(), threading.Event()
 
@@ -118,6 +124,7 @@ def test_waiting_requests_are_bounded_per_worker(make_app: AppFactory) -> None:
     second = Waiting(app, "/api/tasks/a?wait=60")
     wait_for(_waiting(app, 2), what="two requests to wait")
 
+    assert _gauge(client) == 2  # what /metrics shows an operator
     refused = client.get("/api/tasks/b?wait=60")
     body = assert_error(refused, 503, "too_many_waiting")
     assert refused.headers["Retry-After"] == "1"
@@ -129,6 +136,7 @@ def test_waiting_requests_are_bounded_per_worker(make_app: AppFactory) -> None:
     assert first.result().get_json()["status"] == "CANCELLED"
     assert second.result().get_json()["status"] == "CANCELLED"
     assert parts.waiters(app).waiting == 0
+    assert _gauge(client) == 0
     assert client.get("/api/tasks/c?wait=0.05").get_json()["status"] == "QUEUED"
 
 
