@@ -176,8 +176,9 @@ class Settings:
     auth_ops_routes: bool = _setting(False, _boolean, "AUTH_OPS_ROUTES")
     # None: no limit on the QUEUED tasks that submissions may add up to.
     max_queued_tasks: int | None = _setting(None, _integer(1, 100_000_000), "MAX_QUEUED_TASKS")
-    # Requests one worker holds waiting for a task to end (`?wait=`); None: half its threads.
-    max_waiting_requests: int | None = _setting(None, _integer(1, 10_000), "MAX_WAITING_REQUESTS")
+    # Requests one worker holds waiting for a task to end (`?wait=`), below its threads;
+    # None: half of them (0 with one thread: waits are refused).
+    max_waiting_requests: int | None = _setting(None, _integer(0, 10_000), "MAX_WAITING_REQUESTS")
     # None: `flask scheduler run` serves no metrics (gunicorn serves them at /metrics).
     metrics_port: int | None = _setting(None, _integer(1, 65535), "METRICS_PORT")
     metrics_host: str = _setting("127.0.0.1", _text, "METRICS_HOST")
@@ -187,11 +188,17 @@ class Settings:
         """How many requests one worker holds waiting for a task to end."""
         if self.max_waiting_requests is not None:
             return self.max_waiting_requests
-        return max(1, self.gunicorn_threads // 2)
+        return self.gunicorn_threads // 2
 
     def __post_init__(self) -> None:
         if self.auth_ops_routes and not self.api_token:
             raise ConfigError("AUTH_OPS_ROUTES=true needs API_TOKEN to be set")
+        waiting = self.max_waiting_requests
+        if waiting is not None and waiting >= self.gunicorn_threads:
+            raise ConfigError(
+                f"MAX_WAITING_REQUESTS must be below GUNICORN_THREADS ({self.gunicorn_threads}),"
+                f" got {waiting}: waiting requests would take every thread of a worker"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
@@ -98,11 +99,13 @@ def get_task(task_id: str) -> Response:
     return jsonify(task_out.dump(parts.waiters().wait(task_id, _wait_seconds(raw))))
 
 
+# Seconds as digits, with a fraction or not: nothing else that float() takes (1e3, nan,
+# +5, 1_0, other scripts' digits, spaces).
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?\Z")
+
+
 def _wait_seconds(raw: str) -> float:
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
+    seconds = float(raw) if _SECONDS.match(raw) else math.nan
     if not 0 <= seconds <= MAX_WAIT_S:  # NaN too
         raise InvalidParameter(
             f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}.",

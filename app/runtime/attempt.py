@@ -162,13 +162,23 @@ def call_handler(
 
 
 def _traceback(exc: Exception) -> str:
-    """Return the traceback of what a handler raised, cut to MAX_TRACEBACK_CHARS."""
-    text = "".join(traceback.format_exception(exc))
+    """Return the traceback of what a handler raised, cut to MAX_TRACEBACK_CHARS: each
+    part (a frame, an exception's message) to MAX_ERROR_CHARS, so that a long message
+    leaves room for the frames, then the first line and the innermost parts."""
+    text = "".join(
+        _shortened(part) for part in traceback.TracebackException.from_exception(exc).format()
+    )
     if len(text) <= MAX_TRACEBACK_CHARS:
         return text
     head = text.split("\n", 1)[0]
     cut = "\n  ... (earlier frames left out)\n"
     return head + cut + text[-(MAX_TRACEBACK_CHARS - len(head) - len(cut)) :]
+
+
+def _shortened(part: str) -> str:
+    if len(part) <= MAX_ERROR_CHARS:
+        return part
+    return f"{part[:MAX_ERROR_CHARS]}... ({len(part) - MAX_ERROR_CHARS:,} characters left out)\n"
 
 
 def _describe(exc: Exception) -> str:

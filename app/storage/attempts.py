@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
 
-from app.storage.database import driver_execute
+from app.storage.database import driver_execute, storable
 from app.storage.scheduler_sql import bound_time, sqlite_time
 from app.storage.tables import chunks, task_attempts
 
@@ -70,6 +70,7 @@ def record(conn: Connection, ended: Sequence[Ended], now: datetime) -> None:
     for part in chunks(ended, _ROWS):
         params: list[Any] = []
         for row in part:
+            row = row._replace(error=storable(row.error), traceback=storable(row.traceback))
             if isinstance(row.started_at, datetime):
                 row = row._replace(started_at=bound_time(d, row.started_at))
             params.extend(row)

@@ -29,6 +29,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def storable(text: str | None) -> str | None:
+    """Return `text` as both databases can store it: each NUL (which PostgreSQL refuses
+    in text) and each lone surrogate (which neither can encode) becomes U+FFFD.
+
+    A handler's error or traceback can hold either; written as they are, the statement
+    fails, and so does every pass that carries it.
+    """
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
+
+
 def naive_utc(moment: datetime) -> datetime:
     """Return `moment` as the naive UTC time stored in the database."""
     if moment.tzinfo is None:

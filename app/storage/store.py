@@ -21,7 +21,7 @@ from app.storage import attempts, database, readiness, scheduler_sql
 from app.storage import queues as queue_rows
 from app.storage import tasks as stored
 from app.storage.attempts import Ended
-from app.storage.database import stamp, utcnow
+from app.storage.database import stamp, storable, utcnow
 from app.storage.membership import Membership, host_name
 from app.storage.models import DEFAULT_QUEUE
 from app.storage.notify import announce
@@ -396,7 +396,7 @@ class Store(Membership):
         at = stamp(conn, now)
         values: dict[str, Any] = {
             "updated_at": at,
-            "error": outcome.error,
+            "error": storable(outcome.error),
             "error_code": outcome.error_code,
             "status": outcome.status.value,
         }

@@ -209,6 +209,19 @@ def test_a_long_traceback_keeps_its_first_line_and_where_it_raised() -> None:
     assert 'raise KeyError("at the bottom")' in text
 
 
+def test_a_long_message_leaves_the_frames_in_the_traceback() -> None:
+    def raising() -> None:
+        raise ValueError("x" * 100_000)
+
+    try:
+        raising()
+    except ValueError as exc:
+        text = _traceback(exc)
+    assert len(text) <= MAX_TRACEBACK_CHARS
+    assert 'raise ValueError("x" * 100_000)' in text  # where it raised
+    assert "characters left out" in text and "earlier frames" not in text
+
+
 def test_instances_show_their_host_slots_and_running_attempts(make_app: AppFactory) -> None:
     started = threading.Event()
 
@@ -237,3 +250,38 @@ def test_instances_show_their_host_slots_and_running_attempts(make_app: AppFacto
     wait_terminal(client, "h")
     scheduler.stop(5)
     assert client.get("/api/instances").get_json() == []
+
+
+def test_a_nul_or_a_lone_surrogate_in_what_a_handler_raised_fails_only_its_attempt(
+    make_app: AppFactory,
+) -> None:
+    """PostgreSQL refuses NUL in text, and neither database can encode a lone surrogate:
+    written as they came, the pass that carried them failed, and every pass after it."""
+
+    def chained_nul(ctx: TaskContext) -> None:
+        try:
+            raise ValueError("inner \x00 nul")
+        except ValueError as exc:
+            raise HandlerFailed("clean message") from exc
+
+    def surrogate(ctx: TaskContext) -> None:
+        raise HandlerFailed("bad \ud800 and \x00 here")
+
+    def long_surrogate(ctx: TaskContext) -> None:
+        raise ValueError("a" * 1500 + "\udfff")  # past the error's 1,000 characters
+
+    handlers = {"nul": chained_nul, "surrogate": surrogate, "long": long_surrogate}
+    app = running_app(make_app, handlers)
+    client = app.test_client()
+    for name in handlers:
+        submit(client, name, type=name)
+    submit(client, "after")
+    done = wait_terminal(client, *handlers, "after")
+    assert done["after"]["status"] == "COMPLETED"
+    assert {name: done[name]["status"] for name in handlers} == dict.fromkeys(handlers, "FAILED")
+    assert done["surrogate"]["error"] == "bad \ufffd and \ufffd here"
+    for name in handlers:
+        (attempt,) = _attempts(app, name)["attempts"]
+        assert attempt["outcome"] == "FAILED" and attempt["traceback"]
+        assert name == "long" or "\ufffd" in attempt["traceback"]  # cut before it there
+    assert "inner \ufffd nul" in _attempts(app, "nul")["attempts"][0]["traceback"]

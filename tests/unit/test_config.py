@@ -46,6 +46,8 @@ def test_defaults_match_the_spec() -> None:
         ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be between"),
         ("GUNICORN_THREADS", "many", "GUNICORN_THREADS must be an integer"),
         ("TASK_DATA_DIR", "/no/such/folder", "TASK_DATA_DIR must name an existing folder"),
+        ("MAX_WAITING_REQUESTS", "-1", "MAX_WAITING_REQUESTS must be between 0 and"),
+        ("MAX_WAITING_REQUESTS", "8", r"MAX_WAITING_REQUESTS must be below GUNICORN_THREADS \(8\)"),
     ],
 )
 def test_an_invalid_value_names_its_variable(name: str, value: str, fragment: str) -> None:
@@ -124,3 +126,11 @@ def test_the_access_log_is_stdout_or_a_file_in_a_folder_that_exists(tmp_path: Pa
     for bad in (str(tmp_path / "missing" / "access.log"), str(tmp_path)):
         with pytest.raises(ConfigError, match="GUNICORN_ACCESS_LOG must be -"):
             Settings.from_env({"GUNICORN_ACCESS_LOG": bad})
+
+
+@pytest.mark.parametrize(("threads", "waiting"), [("8", 4), ("3", 1), ("1", 0)])
+def test_waits_leave_a_worker_threads_to_serve_other_requests(threads: str, waiting: int) -> None:
+    """By default half a worker's threads may wait; with one thread, none may."""
+    assert Settings.from_env({"GUNICORN_THREADS": threads}).waiting_capacity == waiting
+    explicit = {"GUNICORN_THREADS": "16", "MAX_WAITING_REQUESTS": "15"}
+    assert Settings.from_env(explicit).waiting_capacity == 15
