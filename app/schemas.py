@@ -544,7 +544,11 @@ class InstanceOut(Schema):
     heartbeat_at = Timestamp(required=True, metadata={"description": "Its last heartbeat."})
     state = fields.String(
         required=True,
-        metadata={ENUM: "InstanceState", "description": "running, or draining while it stops."},
+        metadata={
+            ENUM: "InstanceState",
+            "description": "running; draining while it stops; stale when its last heartbeat "
+            "is older than LEASE_S.",
+        },
     )
     running = fields.Integer(required=True, metadata={"description": "Attempts it holds now."})
     slots = fields.Integer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from app import parts
 from app.http.inputs import only_parameters
@@ -18,4 +18,5 @@ instance_out = InstanceOut()
 def list_instances() -> Response:
     """List the registered scheduler instances, oldest first."""
     only_parameters()
-    return jsonify(instance_out.dump(instances.listing(parts.engine()), many=True))
+    lease_s = current_app.config["LEASE_S"]
+    return jsonify(instance_out.dump(instances.listing(parts.engine(), lease_s), many=True))

@@ -79,7 +79,11 @@ ENUMS: dict[str, tuple[str, list[str]]] = {
     ),
     "BlockerKind": ("Why a task is not running.", list(BLOCKER_KINDS)),
     "AttemptOutcome": ("How an attempt ended, or RUNNING.", list(ATTEMPT_OUTCOMES)),
-    "InstanceState": ("What a scheduler instance is doing.", ["running", "draining"]),
+    "InstanceState": (
+        "What a scheduler instance is doing; stale: no heartbeat for LEASE_S, so it is dead "
+        "or cut off, and the next scheduler to look recovers its attempts.",
+        ["running", "draining", "stale"],
+    ),
     "HealthStatus": ("ok: the database and the scheduler can do their job.", ["ok", "unavailable"]),
     "DatabaseStatus": (
         "unreachable: a read fails; refusing_writes: reads work, but the last write was "

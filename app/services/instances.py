@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from app.storage import database
@@ -13,10 +14,17 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 
-def listing(engine: Engine) -> list[dict[str, Any]]:
-    """Return every registered instance, oldest first, with the attempts it holds now."""
+def listing(engine: Engine, lease_s: float) -> list[dict[str, Any]]:
+    """Return every registered instance, oldest first, with the attempts it holds now.
+
+    One whose last heartbeat is older than `lease_s` (by the database's clock) shows as
+    `stale`: it is dead, or cut off, and the next scheduler to look will recover its
+    attempts; until then it is still registered.
+    """
     with database.read(engine) as conn:
         rows = instances_with_load(conn)
+        now = database.now(conn)
+    silent_since = now - timedelta(seconds=lease_s)
     return [
         {
             "id": row["id"],
@@ -24,7 +32,7 @@ def listing(engine: Engine) -> list[dict[str, Any]]:
             "pid": row["pid"],
             "started_at": row["started_at"],
             "heartbeat_at": row["heartbeat_at"],
-            "state": row["state"],
+            "state": "stale" if row["heartbeat_at"] < silent_since else row["state"],
             "running": row["running"],
             "slots": row["slots"],
             "types": _names(row["task_types"]),

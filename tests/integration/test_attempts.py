@@ -4,6 +4,7 @@ error and the handler's traceback, written in the transaction that wrote the out
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -285,3 +286,23 @@ def test_a_nul_or_a_lone_surrogate_in_what_a_handler_raised_fails_only_its_attem
         assert attempt["outcome"] == "FAILED" and attempt["traceback"]
         assert name == "long" or "\ufffd" in attempt["traceback"]  # cut before it there
     assert "inner \ufffd nul" in _attempts(app, "nul")["attempts"][0]["traceback"]
+
+
+def test_an_instance_silent_for_a_lease_shows_as_stale(make_app: AppFactory) -> None:
+    """Killed, it stays registered until a scheduler reaps it: the list says it is stale
+    rather than running."""
+    app = make_app(LEASE_S="30")
+    store = parts.store(app)
+    now = store.database_now()
+    for name, heard in (("alive", now), ("silent", now - timedelta(seconds=31))):
+        store.register(
+            {
+                "id": name,
+                "hostname": "h:boot:ns",
+                "pid": 1,
+                "started_at": now - timedelta(minutes=5),
+                "heartbeat_at": heard,
+            }
+        )
+    shown = {i["id"]: i["state"] for i in app.test_client().get("/api/instances").get_json()}
+    assert shown == {"alive": "running", "silent": "stale"}
