@@ -58,7 +58,9 @@ class DrainingThreadWorker(ThreadWorker):
             return  # merely full for now, or already closed
         self._closed_listeners = True
         # Requests waiting for a task to end answer now, with the task as it is.
-        self.wsgi.extensions["waiters"].close()
+        from app import parts
+
+        parts.waiters(self.wsgi).close()
         for listener in self.sockets:
             # Bounded: connections arriving without pause must not hold the stop forever.
             for _ in range(self.worker_connections):

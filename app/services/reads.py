@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from app.errors import InvalidParameter, NotFound
 from app.limits import DEFAULT_PAGE_SIZE
 from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_ID_LENGTH, MAX_TYPE_LENGTH
+from app.statuses import Status
 from app.storage import attempts, database, tasks
 from app.storage.membership import host_name
-from app.storage.reads import newest_first, running_attempt, status_of
+from app.storage.reads import last_attempt, newest_first, status_of
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -181,13 +182,14 @@ def get_attempts(engine: Engine, task_id: str) -> dict[str, Any]:
     """Return a task's attempts, oldest first: those that ended, then the running one."""
     check_task_id(task_id)
     with database.read(engine) as conn:
-        if status_of(conn, task_id) is None:
+        last = last_attempt(conn, task_id)
+        if last is None:
             raise unknown_task(task_id)
         ended, total = attempts.listing(conn, task_id)
-        running = running_attempt(conn, task_id)
-    if running is not None:
-        running["host"] = None if running["host"] is None else host_name(running["host"])
-        ended.append({**running, **_UNFINISHED})
+    if last.status == Status.RUNNING:
+        host = None if last.host is None else host_name(last.host)
+        running = {"attempt": last.attempt, "instance": last.instance, "host": host}
+        ended.append({**running, "started_at": last.started_at, **_UNFINISHED})
         total += 1
     return {"task_id": task_id, "attempts": ended, "total": total}
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from app.errors import TooManyWaiting
@@ -69,18 +68,28 @@ class Waiters:
         """Return the task once it is terminal, or as it is after `seconds`."""
         check_task_id(task_id)
         deadline = self.clock() + seconds
-        task = get_task(self.engine, task_id)
-        if task["status"] in TERMINAL or seconds <= 0 or self._closed:
-            return task
-        with self._slot(task_id) as woken:
+        if seconds <= 0 or self._closed:
+            return get_task(self.engine, task_id)
+        # Registered before the first read, so that no change after it goes unheard.
+        woken = self._take(task_id)
+        try:
             while True:
-                # Cleared before the read: a change committed after it wakes us again.
-                woken.clear()
+                if woken is not None:
+                    woken.clear()  # before the read: a change committed after it wakes us
                 task = get_task(self.engine, task_id)
                 left = deadline - self.clock()
                 if task["status"] in TERMINAL or left <= 0 or self._closed:
                     return task
+                if woken is None:  # full: a task that has ended is still answered
+                    raise TooManyWaiting(
+                        f"This server already holds {self.capacity} waiting requests "
+                        "(MAX_WAITING_REQUESTS); try again shortly, or read without wait.",
+                        {"max_waiting_requests": self.capacity},
+                    )
                 woken.wait(min(left, self._recheck()))
+        finally:
+            if woken is not None:
+                self._give_back(task_id, woken)
 
     def changed(self, changes: Sequence[Change]) -> None:
         """Wake the requests waiting for tasks these committed changes touched."""
@@ -111,38 +120,32 @@ class Waiters:
         if self._listener is not None:
             self._listener.stop()
 
-    @contextmanager
-    def _slot(self, task_id: str) -> Iterator[threading.Event]:
-        woken = threading.Event()
+    def _take(self, task_id: str) -> threading.Event | None:
+        """Take one of the worker's waiting places for `task_id`: return its wake-up
+        event, or None when every place is taken."""
         with self._lock:
             if self._waiting >= self.capacity:
-                raise TooManyWaiting(
-                    f"This server already holds {self.capacity} waiting requests "
-                    "(MAX_WAITING_REQUESTS); try again shortly, or read without wait.",
-                    {"max_waiting_requests": self.capacity},
-                )
+                return None
+            woken = threading.Event()
             self._waiting += 1
             self._by_task.setdefault(task_id, []).append(woken)
             if self._report is not None:
                 self._report(self._waiting)
-            if (
-                self._listener is None
-                and self.engine.dialect.name == "postgresql"
-                and not self._closed
-            ):
+            postgresql = self.engine.dialect.name == "postgresql"
+            if self._listener is None and postgresql and not self._closed:
                 self._listener = Listener(self.engine, self.notified, ENDED_CHANNEL)
                 self._listener.start()
-        try:
-            yield woken
-        finally:
-            with self._lock:
-                self._waiting -= 1
-                if self._report is not None:
-                    self._report(self._waiting)
-                others = self._by_task[task_id]
-                others.remove(woken)
-                if not others:
-                    del self._by_task[task_id]
+            return woken
+
+    def _give_back(self, task_id: str, woken: threading.Event) -> None:
+        with self._lock:
+            self._waiting -= 1
+            if self._report is not None:
+                self._report(self._waiting)
+            others = self._by_task[task_id]
+            others.remove(woken)
+            if not others:
+                del self._by_task[task_id]
 
     def _recheck(self) -> float:
         listening = self._listener is not None and self._listener.listening.is_set()

@@ -114,17 +114,18 @@ def instances_with_load(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def running_attempt(conn: Connection, task_id: str) -> dict[str, Any] | None:
-    """Return the attempt a task is running now, with its instance's host, or None."""
+def last_attempt(conn: Connection, task_id: str) -> Any:
+    """Return a task's status and its last attempt as its row tells it (number, instance,
+    the instance's host key, start), or None when the id is unknown."""
     query = (
         select(
+            tasks.c.status,
             tasks.c.attempts.label("attempt"),
             tasks.c.worker.label("instance"),
             instances.c.hostname.label("host"),
             tasks.c.started_at,
         )
         .select_from(tasks.outerjoin(instances, instances.c.id == tasks.c.worker))
-        .where(tasks.c.id == task_id, RUNNING)
+        .where(tasks.c.id == task_id)
     )
-    row = conn.execute(query).first()
-    return None if row is None else dict(row._mapping)
+    return conn.execute(query).first()
