@@ -187,11 +187,12 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
     if not found:
         return None
     existing = _load_existing(conn, [i for i in ids if i in found])
+    submitted = tasks.dependencies_of(conn, list(existing), submitted=True)
     differ: dict[str, list[str]] = {}
     for task in wanted:
         if task["id"] in existing:
             try:
-                check_replay(existing[task["id"]], task)
+                check_replay(existing[task["id"]], task, submitted.get(task["id"], []))
             except DuplicateId as exc:
                 differ[task["id"]] = (exc.details or {})["fields"]
     if differ:
@@ -199,9 +200,16 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
             f"{len(differ)} tasks of the batch already exist with a different body.",
             {"ids": list(differ), "fields": differ},
         )
-    batch_ids = {task["batch_id"] for task in existing.values()}
-    batch_id = batch_ids.pop() if len(batch_ids) == 1 else None
-    if len(found) < len(ids) or batch_id is None or counts.in_batch(conn, batch_id) != len(ids):
+    # A batch's tasks are stored in one transaction, stamped with one creation time. The
+    # tasks their completions add later join the batch with later times: not the
+    # submitter's, they are not counted.
+    batch_ids = {(task["batch_id"], task["created_at"]) for task in existing.values()}
+    batch_id, created_at = batch_ids.pop() if len(batch_ids) == 1 else (None, None)
+    if (
+        len(found) < len(ids)
+        or batch_id is None
+        or counts.in_batch(conn, batch_id, created_at) != len(ids)
+    ):
         raise DuplicateId(
             f"{len(found)} of the batch's {len(ids)} tasks already exist, but not as one "
             "batch of exactly these tasks; resubmit only the new ones.",

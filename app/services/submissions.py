@@ -70,7 +70,8 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
         existing = load_task(conn, wanted["id"], with_payload=True)
         if existing is None:
             return None
-        check_replay(existing, wanted)
+        submitted = tasks.dependencies_of(conn, [wanted["id"]], submitted=True)
+        check_replay(existing, wanted, submitted.get(wanted["id"], []))
         return Submitted(existing, created=False)
 
     def work(conn: Connection, looked: bool = True) -> Submitted:
@@ -126,14 +127,20 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     return wanted
 
 
-def check_replay(existing: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Accept a resubmission identical to the stored task; raise duplicate_id otherwise."""
-    differ = [name for name in COMPARED if not _same(name, existing[name], wanted[name])]
+def check_replay(
+    existing: dict[str, Any], wanted: dict[str, Any], submitted: Sequence[str]
+) -> None:
+    """Accept a resubmission identical to the stored task; raise duplicate_id otherwise.
+
+    `submitted` are the dependencies the stored task was submitted with: those it adopted
+    since (tasks a dependency added as it completed) are not the submitter's to repeat.
+    """
+    stored = {**existing, "dependencies": submitted}
+    differ = [name for name in COMPARED if not _same(name, stored[name], wanted[name])]
     if differ:
         raise DuplicateId(
-            f"A task with id {wanted['id']!r} already exists with a different "
-            + ", ".join(differ)
-            + ".",
+            f"A task with id {wanted['id']!r} already exists with a different body; it"
+            f" differs in {', '.join(differ)}.",
             {"id": wanted["id"], "fields": differ},
         )
 

@@ -10,6 +10,7 @@ commits (or not) with its count.
 from __future__ import annotations
 
 import zlib
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, select, text, union_all
 
@@ -97,7 +98,9 @@ def fold(engine: Engine) -> int:
         return int(conn.execute(_FOLD).scalar_one())
 
 
-def in_batch(conn: Connection, batch_id: str) -> int:
-    """Return how many tasks the batch `batch_id` has."""
+def in_batch(conn: Connection, batch_id: str, created_at: datetime | None = None) -> int:
+    """Return how many tasks the batch `batch_id` has (created at `created_at`, if given)."""
     query = select(func.count()).select_from(tasks).where(tasks.c.batch_id == batch_id)
+    if created_at is not None:
+        query = query.where(tasks.c.created_at == created_at)
     return int(conn.execute(query).scalar_one())

@@ -160,6 +160,10 @@ class TaskDependency(db.Model):  # type: ignore[name-defined]
     )
     # Keeps the order the client gave, so the API shows the array it was sent.
     position: Mapped[int] = mapped_column(Integer, default=0)
+    # The edge came from the graph, not the submitter: the dependency was added by the
+    # completion of one of this task's dependencies (dynamic fan-out). A replay of the
+    # submission compares the other edges only.
+    adopted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_task_dependencies_dependency", dependency_id, task_id),)
 

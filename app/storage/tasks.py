@@ -129,6 +129,9 @@ _INSERT_TASKS = (
     f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _INSERT_EDGES = "INSERT INTO task_dependencies (task_id, dependency_id, position) VALUES (?, ?, ?)"
+_INSERT_ADOPTED = (
+    "INSERT INTO task_dependencies (task_id, dependency_id, position, adopted) VALUES (?, ?, ?, 1)"
+)
 
 
 def _insert_sqlite(
@@ -144,10 +147,14 @@ def _insert_sqlite(
 COPY_CHUNK = 5000
 _COPY_TASKS = f"COPY tasks ({', '.join(_COLUMNS)}) FROM STDIN"
 _COPY_EDGES = "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
+_COPY_ADOPTED = "COPY task_dependencies (task_id, dependency_id, position, adopted) FROM STDIN"
 
 
 def _copy_postgresql(
-    conn: Connection, task_rows: list[dict[str, Any]], edges: list[tuple[str, str, int]]
+    conn: Connection,
+    task_rows: list[dict[str, Any]],
+    edges: Sequence[tuple[str, str, int] | tuple[str, str, int, bool]],
+    edges_copy: str = _COPY_EDGES,
 ) -> None:
     """Insert with COPY, PostgreSQL's fastest path: an INSERT per row, even pipelined,
     ran at a third of its rate. COPY fires the same triggers and checks the same keys.
@@ -167,9 +174,9 @@ def _copy_postgresql(
                 with cursor.copy(_COPY_TASKS) as copy:
                     for values in _tuples(part, _JSON_BIND):
                         copy.write_row(values)
-            statement = _COPY_EDGES
+            statement = edges_copy
             for edge_part in chunks(edges, COPY_CHUNK):
-                with cursor.copy(_COPY_EDGES) as copy:
+                with cursor.copy(edges_copy) as copy:
                     for edge in edge_part:
                         copy.write_row(edge)
     except psycopg.Error as exc:
@@ -202,8 +209,11 @@ def existing(conn: Connection, ids: Sequence[str]) -> set[str]:
     return set(conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(ids)}).scalars())
 
 
-def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
-    """Return the dependencies of each task, in the order they were given.
+def dependencies_of(
+    conn: Connection, ids: Sequence[str], *, submitted: bool = False
+) -> dict[str, list[str]]:
+    """Return the dependencies of each task, in the order they were given; with
+    `submitted`, only those its submission named (not those it adopted since).
 
     The ids travel as one JSON parameter: one statement text whatever their number, so
     the driver and the database reuse its parsing (a page of 100 read them as 100 bound
@@ -212,9 +222,10 @@ def dependencies_of(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]
     if not ids:
         return {}
     d = conn.dialect.name
+    only = " AND NOT e.adopted" if submitted else ""
     sql = (
         f"SELECT e.task_id, e.dependency_id FROM ({jsonsets.ids(d, 'ids')}) AS s"
-        " JOIN task_dependencies e ON e.task_id = s.id ORDER BY e.task_id, e.position"
+        f" JOIN task_dependencies e ON e.task_id = s.id{only} ORDER BY e.task_id, e.position"
     )
     result: dict[str, list[str]] = {}
     for task_id, dependency_id in conn.exec_driver_sql(sql, {"ids": jsonsets.of_ids(ids)}):
@@ -271,8 +282,8 @@ def dependents_of(conn: Connection, parent: str) -> list[tuple[str, int, int]]:
 
 def adopt(conn: Connection, dependents: Sequence[tuple[str, int]], added: Sequence[str]) -> int:
     """Make each of `dependents` (with the last position of its edges) depend on the new
-    tasks `added` too, after its other dependencies; a QUEUED one waits for them (they are
-    unfinished). Return how many tasks now wait for them."""
+    tasks `added` too, after its other dependencies, by edges marked adopted; a QUEUED one
+    waits for them (they are unfinished). Return how many tasks now wait for them."""
     if not dependents or not added:
         return 0
     edges = [
@@ -281,9 +292,9 @@ def adopt(conn: Connection, dependents: Sequence[tuple[str, int]], added: Sequen
         for k, child in enumerate(added)
     ]
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_INSERT_EDGES, edges)
+        conn.exec_driver_sql(_INSERT_ADOPTED, edges)
     else:
-        _copy_postgresql(conn, [], edges)
+        _copy_postgresql(conn, [], [(*edge, True) for edge in edges], _COPY_ADOPTED)
     changed = 0
     for ids in chunks([dependent for dependent, _ in dependents], CHUNK):
         changed += conn.execute(

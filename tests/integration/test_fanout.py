@@ -397,3 +397,39 @@ def test_a_dependent_submitted_during_the_completion_waits_for_it_to_commit(
     late = row(store, "late")
     assert row(store, "m").status == "COMPLETED" and late.created_at >= row(store, "m").finished_at
     store.engine.dispose()
+
+
+def test_a_replay_of_a_dependent_that_gained_added_tasks_is_still_the_same_submission(
+    app: Flask,
+) -> None:
+    """The added tasks a dependent waits for are the graph's doing, not its submitter's: a
+    client replaying the dependent's POST (it never saw the answer), alone or in its batch,
+    after the dependency added tasks gets 200 and the task; a different body still 409."""
+    runner = Runner(app)
+    store = runner.store
+    client = app.test_client()
+    single = {"id": "after", "type": "join", "duration_ms": 1, "dependencies": ["m"]}
+    batch = {
+        "tasks": [
+            {"id": "n", "type": "map", "duration_ms": 1, "payload": {"n": 2}},
+            {"id": "next", "type": "join", "duration_ms": 1, "dependencies": ["n"]},
+        ]
+    }
+    _add(store, "m", "map", payload={"n": 2})
+    assert client.post("/api/tasks", json=single).status_code == 201
+    assert client.post("/api/tasks/batch", json=batch).status_code == 201
+    runner.scheduler.run_once()
+    runner.threads.finish("m")
+    runner.threads.finish("n")
+    runner.scheduler.run_once()  # m and n complete, adding tasks their dependents adopt
+    assert client.get("/api/tasks/after").get_json()["dependencies"] == ["m", "m.join"]
+
+    replayed = client.post("/api/tasks", json=single)
+    assert replayed.status_code == 200, replayed.get_json()
+    assert replayed.get_json()["dependencies"] == ["m", "m.join"]
+    again = client.post("/api/tasks/batch", json=batch)
+    assert again.status_code == 200, again.get_json()
+    for dependencies in (["m", "m.join"], []):
+        other = client.post("/api/tasks", json={**single, "dependencies": dependencies})
+        assert other.status_code == 409
+        assert other.get_json()["details"]["fields"] == ["dependencies"]

@@ -280,10 +280,10 @@ SUBMIT_FIELDS = [
 
 REPLAYS = [
     # the same id again: 200 with the stored task when identical, 409 naming what differs
-    post("replay-different-duration", json.dumps(_task("a", payload={"n": 1}, duration_ms=99)).encode(), 409, "duplicate_id", r"'a' already exists with a different duration_ms\."),
-    post("replay-different-payload", json.dumps(_task("a", payload={"n": 1.0})).encode(), 409, "duplicate_id", r"different payload\."),
-    post("replay-different-deps-and-priority", json.dumps(_task("c", "b", priority=6)).encode(), 409, "duplicate_id", r"different dependencies, priority\..*\"fields\": \[\"dependencies\", \"priority\"\]"),
-    post("replay-without-deps", json.dumps(_task("b")).encode(), 409, "duplicate_id", r"different dependencies"),
+    post("replay-different-duration", json.dumps(_task("a", payload={"n": 1}, duration_ms=99)).encode(), 409, "duplicate_id", r"'a' already exists with a different body; it differs in duration_ms\."),
+    post("replay-different-payload", json.dumps(_task("a", payload={"n": 1.0})).encode(), 409, "duplicate_id", r"differs in payload\."),
+    post("replay-different-deps-and-priority", json.dumps(_task("c", "b", priority=6)).encode(), 409, "duplicate_id", r"differs in dependencies, priority\..*\"fields\": \[\"dependencies\", \"priority\"\]"),
+    post("replay-without-deps", json.dumps(_task("b")).encode(), 409, "duplicate_id", r"differs in dependencies\."),
     post("replay-identical", json.dumps(_task("a", payload={"n": 1})).encode(), 200, None, ""),
     post("replay-deps-reordered-and-repeated", json.dumps(_task("c", "b", "a", "a", priority=5)).encode(), 200, None, ""),
 ]

@@ -88,7 +88,7 @@ def stored(app: Flask, prefix: str) -> list[tuple[Any, ...]]:
             ),
             {"p": prefix + "%"},
         ).all()
-    return [tuple(r[2:]) for r in found] + [(t[1:], d[1:], p) for t, d, p in edges]
+    return [tuple(r[2:]) for r in found] + [(t[1:], d[1:], p, a) for t, d, p, a in edges]
 
 
 def test_rows_are_stored_as_the_column_types_store_them(make_app: AppFactory) -> None:

@@ -591,3 +591,50 @@ def test_upgrade_to_0010_keeps_the_last_attempt_of_each_stored_task(database_url
             assert "slots" not in columns
         downgrade(revision="base")
         db.engine.dispose()
+
+
+def test_upgrade_to_0011_marks_the_edges_a_fan_out_added_so_replays_still_match(
+    database_url: str,
+) -> None:
+    """A 0010 database where `after` was submitted naming `m`, and m's completion added
+    `m.join`, which `after` then waited for too: the upgrade marks that edge adopted (its
+    dependency is younger than its task), so a replay of `after` answers 200."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    later = now + timedelta(seconds=3)
+    rows = [
+        _old_task("m", now, status="COMPLETED", finished_at=later, attempts=1),
+        _old_task("after", now + timedelta(seconds=1), pending_deps=1),
+        _old_task("m.join", later),
+    ]
+    with app.app_context():
+        _stored_at("0010", rows)
+        with db.engine.begin() as conn:
+            old = Table("task_dependencies", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(old),
+                [
+                    {"task_id": "after", "dependency_id": "m", "position": 0},
+                    {"task_id": "after", "dependency_id": "m.join", "position": 1},
+                    {"task_id": "m.join", "dependency_id": "m", "position": 0},
+                ],
+            )
+        upgrade()
+        with db.engine.connect() as conn:
+            marked = set(
+                conn.execute(
+                    text("SELECT task_id, dependency_id FROM task_dependencies WHERE adopted")
+                ).all()
+            )
+        assert marked == {("after", "m.join")}
+        engine = app.extensions["store"].engine
+        body = {"id": "after", "type": "t", "duration_ms": 1, "dependencies": ["m"]}
+        body.update(max_attempts=1, retry_backoff_ms=0)
+        replayed = submissions.submit(engine, body)
+        assert not replayed.created and replayed.task["dependencies"] == ["m", "m.join"]
+        downgrade(revision="0010")
+        with db.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("task_dependencies")}
+            assert "adopted" not in columns
+        downgrade(revision="base")
+        db.engine.dispose()
