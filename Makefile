@@ -24,8 +24,12 @@ db-upgrade: install
 run: db-upgrade
 	@$(if $(PORT),PORT=$(PORT) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+# Test processes (pytest-xdist): the suite waits on servers, browsers and fsyncs as much as
+# it computes, so two share two cores well. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

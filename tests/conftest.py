@@ -17,6 +17,19 @@ from app import events
 from tests.support.openapi import URL
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    """Escape what UTF-8 cannot carry in a report's captured output: the workers of
+    `pytest -n` send reports as UTF-8, and a test's log may hold a lone surrogate (the
+    hostile inputs a handler raises)."""
+    outcome: Any = yield
+    report = outcome.get_result()
+    report.sections = [
+        (name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for name, text in report.sections
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _quiet_task_events() -> Iterator[None]:
     """Keep the state-change lines of every test's app out of the output; tests that
