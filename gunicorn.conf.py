@@ -57,10 +57,12 @@ class DrainingThreadWorker(ThreadWorker):
         if enabled or self.alive or self._closed_listeners:
             return  # merely full for now, or already closed
         self._closed_listeners = True
-        # Requests waiting for a task to end answer now, with the task as it is.
+        # Requests waiting for a task to end answer now, with the task as it is; event
+        # streams end (their clients reconnect to another worker with Last-Event-ID).
         from app import parts
 
         parts.waiters(self.wsgi).close()
+        parts.streams(self.wsgi).close()
         for listener in self.sockets:
             # Bounded: connections arriving without pause must not hold the stop forever.
             for _ in range(self.worker_connections):

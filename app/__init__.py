@@ -19,6 +19,7 @@ from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import fanout, schedules
 from app.services.admission import Admission
+from app.services.streams import Streams
 from app.services.waiting import Waiters
 from app.storage import database
 from app.storage.store import Store
@@ -77,6 +78,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         poll_interval_s=settings.polling_interval_ms / 1000,
         lease_s=settings.lease_s,
         retention_days=settings.retention_days,
+        event_retention_s=settings.event_retention_s,
         metrics=metrics,
         fire=partial(schedules.fire_due, engine, admission=admission),
         queues=settings.scheduler_queues,
@@ -88,6 +90,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         report=metrics.waiting.set,
     )
     changes.watchers.append(waiters.changed)
+    streams = Streams(
+        engine,
+        settings.stream_capacity,
+        recheck_s=settings.polling_interval_ms / 1000,
+        max_s=settings.event_stream_max_s,
+    )
+    changes.watchers.append(streams.changed)
     parts.install(
         app,
         store=store,
@@ -96,6 +105,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         metrics=metrics,
         scheduler=scheduler,
         waiters=waiters,
+        streams=streams,
     )
     metrics.watch(scheduler.running_count)
 
@@ -103,6 +113,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     from app.http.apidocs import bp as apidocs_bp
     from app.http.batches import bp as batches_bp
     from app.http.dashboard import bp as dashboard_bp
+    from app.http.events import bp as events_bp
     from app.http.instances import bp as instances_bp
     from app.http.ops import ops
     from app.http.queues import bp as queues_bp
@@ -114,6 +125,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(queues_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(instances_bp)
+    app.register_blueprint(events_bp)
     app.register_blueprint(ops)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(apidocs_bp)

@@ -179,6 +179,13 @@ class Settings:
     # Requests one worker holds waiting for a task to end (`?wait=`), below its threads;
     # None: half of them (0 with one thread: waits are refused).
     max_waiting_requests: int | None = _setting(None, _integer(0, 10_000), "MAX_WAITING_REQUESTS")
+    # Event streams (`GET /api/events`) one worker holds; None: a quarter of its threads,
+    # fewer if the waiting requests would leave no thread free.
+    max_event_streams: int | None = _setting(None, _integer(0, 10_000), "MAX_EVENT_STREAMS")
+    # How long one event stream lasts before the client reconnects (with Last-Event-ID).
+    event_stream_max_s: int = _setting(300, _integer(1, 86_400), "EVENT_STREAM_MAX_S")
+    # How long events are kept for streams to resume from.
+    event_retention_s: int = _setting(3600, _integer(60, 30 * 86_400), "EVENT_RETENTION_S")
     # None: `flask scheduler run` serves no metrics (gunicorn serves them at /metrics).
     metrics_port: int | None = _setting(None, _integer(1, 65535), "METRICS_PORT")
     metrics_host: str = _setting("127.0.0.1", _text, "METRICS_HOST")
@@ -190,9 +197,24 @@ class Settings:
             return self.max_waiting_requests
         return self.gunicorn_threads // 2
 
+    @property
+    def stream_capacity(self) -> int:
+        """How many event streams one worker holds."""
+        if self.max_event_streams is not None:
+            return self.max_event_streams
+        spare = self.gunicorn_threads - 1 - self.waiting_capacity  # one thread for the rest
+        return max(0, min(self.gunicorn_threads // 4, spare))
+
     def __post_init__(self) -> None:
         if self.auth_ops_routes and not self.api_token:
             raise ConfigError("AUTH_OPS_ROUTES=true needs API_TOKEN to be set")
+        held = self.waiting_capacity + self.stream_capacity
+        if self.max_event_streams is not None and held >= self.gunicorn_threads:
+            raise ConfigError(
+                f"MAX_EVENT_STREAMS ({self.stream_capacity}) and MAX_WAITING_REQUESTS"
+                f" ({self.waiting_capacity}) together must be below GUNICORN_THREADS"
+                f" ({self.gunicorn_threads}): they would take every thread of a worker"
+            )
         waiting = self.max_waiting_requests
         if waiting is not None and waiting >= self.gunicorn_threads:
             raise ConfigError(

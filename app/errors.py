@@ -136,6 +136,12 @@ class TooManyWaiting(TryAgainLater):
     code = "too_many_waiting"
 
 
+class TooManyStreams(TryAgainLater):
+    """This worker holds as many event streams as it may (MAX_EVENT_STREAMS)."""
+
+    code = "too_many_streams"
+
+
 class StorageFull(ApiError):
     status = 507
     code = "storage_full"

@@ -15,11 +15,12 @@ from app.handlers import Registry
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services.admission import Admission
+from app.services.streams import Streams
 from app.services.waiting import Waiters
 from app.storage.store import Store
 
 # The parts `create_app` builds, each kept in `app.extensions` under its own name.
-PARTS = ("store", "registry", "admission", "metrics", "scheduler", "waiters")
+PARTS = ("store", "registry", "admission", "metrics", "scheduler", "waiters", "streams")
 
 
 def install(app: Flask, **parts: Any) -> None:
@@ -60,6 +61,11 @@ def metrics(app: Flask | None = None) -> Metrics:
 def scheduler(app: Flask | None = None) -> Scheduler:
     """Return the app's scheduler (started or not)."""
     return cast(Scheduler, _part("scheduler", app))
+
+
+def streams(app: Flask | None = None) -> Streams:
+    """Return the app's event streams."""
+    return cast(Streams, _part("streams", app))
 
 
 def waiters(app: Flask | None = None) -> Waiters:

@@ -71,6 +71,12 @@ def _floor_rows(results: dict[str, Any]) -> list[Row]:
         ),
         _row(
             results,
+            "  ... of which writing its task events (ms; the events stream's cost)",
+            "floor:events_ms",
+            higher=False,
+        ),
+        _row(
+            results,
             "  ... ceiling at 16 slots, no-op tasks (tasks/s)",
             "floor:noop_ceiling_tasks_per_s",
         ),

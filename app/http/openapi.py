@@ -137,6 +137,46 @@ WAIT = {
     "past `MAX_WAITING_REQUESTS` waiting requests a worker answers `503 too_many_waiting`.",
     "schema": {"type": "number", "minimum": 0, "maximum": 60},
 }
+EVENT_FILTERS = [
+    {
+        "name": "task",
+        "in": "query",
+        "description": "Only this task's events.",
+        "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
+    },
+    {
+        "name": "batch",
+        "in": "query",
+        "description": "Only the events of this batch's tasks.",
+        "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
+    },
+    {
+        "name": "type",
+        "in": "query",
+        "description": "Only these task types (comma-separated, at most 20).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "status",
+        "in": "query",
+        "description": "Only changes to these statuses (comma-separated).",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "description": "Resume after this event (the `id` of the last one received): every "
+        "later event still retained is sent, in order. Without it the stream starts now.",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    },
+]
+EVENT_STREAM = (
+    "Server-sent events. At once: `retry: 1000`. Then, for each state change in the "
+    "order of its number: `id: <seq>`, `event: task`, `data:` a JSON object (`seq`, `at`, "
+    "`task_id`, `batch_id`, `type`, `attempt`, `status`, `reason`), a blank line; "
+    "`: keepalive` comments while nothing happens. The stream ends after "
+    "`EVENT_STREAM_MAX_S`; reconnect with `Last-Event-ID`."
+)
 BATCH_ID = {
     "name": "batch_id",
     "in": "path",
@@ -489,6 +529,29 @@ def _paths() -> dict[str, dict[str, Any]]:
                     "200": _json("AttemptsOut", "Its attempts, oldest first."),
                     **_errors(e400=bad_parameter, e404=not_found),
                 },
+            ),
+        },
+        "/api/events": {
+            "get": _operation(
+                "stream_events",
+                "Stream task state changes as they commit (server-sent events)",
+                {
+                    "200": {
+                        "description": EVENT_STREAM,
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(
+                        e400="`invalid_parameter`: an unknown parameter or status, a filter "
+                        "no task can match, a `Last-Event-ID` that is not a number."
+                    ),
+                    "503": _json(
+                        "Error",
+                        "`too_many_streams`: this worker already holds `MAX_EVENT_STREAMS` "
+                        "streams; or `database_unavailable` as on every route that reads.",
+                        headers=RETRY_AFTER_DATABASE,
+                    ),
+                },
+                parameters=EVENT_FILTERS,
             ),
         },
         "/api/instances": {

@@ -1,4 +1,5 @@
-"""The pruner: deletes finished tasks older than RETENTION_DAYS."""
+"""The pruners: finished tasks older than RETENTION_DAYS, events older than
+EVENT_RETENTION_S."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import threading
 from datetime import datetime, timedelta
 
+from app.storage import database, eventlog
 from app.storage.retention import prune
 from app.storage.store import Store
 
@@ -35,4 +37,32 @@ class Pruner:
         removed = prune(self.store.engine, older_than, now=at, stop=self.stop_event)
         if removed:
             log.info("pruned %d finished task(s) older than %d days", removed, self.retention_days)
+        return removed
+
+
+# How often events older than EVENT_RETENTION_S are pruned, and how many go per transaction.
+EVENTS_EVERY_S = 60.0
+EVENTS_CHUNK = 5000
+
+
+class EventPruner:
+    """Deletes the events older than `retention_s`, a chunk per short transaction."""
+
+    every_s = EVENTS_EVERY_S
+
+    def __init__(self, store: Store, retention_s: float) -> None:
+        self.store = store
+        self.retention_s = retention_s
+        self.stop_event = threading.Event()
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Prune once; return how many events went."""
+        before = (now or self.store.database_now()) - timedelta(seconds=self.retention_s)
+        removed = 0
+        while not self.stop_event.is_set():
+            with database.write(self.store.engine) as conn:
+                gone = eventlog.prune(conn, before, EVENTS_CHUNK)
+            removed += gone
+            if gone < EVENTS_CHUNK:
+                break
         return removed

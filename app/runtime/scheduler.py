@@ -34,7 +34,7 @@ from app.runtime.firer import FIRE_EVERY_S, Firer
 from app.runtime.heartbeat import Contact, Heartbeat
 from app.runtime.metrics import Metrics
 from app.runtime.periodic import Periodic
-from app.runtime.pruner import Pruner
+from app.runtime.pruner import EventPruner, Pruner
 from app.runtime.reaper import Reaper
 from app.statuses import Status
 from app.storage import dbfaults
@@ -68,6 +68,7 @@ class Scheduler:
         poll_interval_s: float,
         lease_s: float,
         retention_days: int = 0,
+        event_retention_s: float = 3600.0,
         metrics: Metrics | None = None,
         executor: Callable[[int], Executor] = ThreadExecutor,
         clock: Callable[[], float] = time.monotonic,
@@ -106,6 +107,7 @@ class Scheduler:
             trusted=self.contact.trusted,
         )
         self.pruner = Pruner(store, retention_days)
+        self.event_pruner = EventPruner(store, event_retention_s)
         self.folder = CountFolder(store)
         # Fires due schedules (services/schedules.fire_due, given by the app).
         self.firer = None if fire is None else Firer(fire, self.metrics, self.wake)
@@ -198,6 +200,9 @@ class Scheduler:
             Periodic(self.heartbeat, self.lease_s / 3, retry_s=min(1.0, self.lease_s / 3)),
             Periodic(self.reaper, max(0.2, min(self.poll_interval_s, self.lease_s / 3))),
             Periodic(self.pruner, self.pruner.every_s, stop=self.pruner.stop_event),
+            Periodic(
+                self.event_pruner, self.event_pruner.every_s, stop=self.event_pruner.stop_event
+            ),
         ]
         if self.folder.needed:
             self._jobs.append(Periodic(self.folder, self.folder.every_s))

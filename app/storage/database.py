@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import psycopg
 from sqlalchemy import Connection, Engine, RootTransaction, event, func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -172,8 +174,8 @@ def _transaction(
             with conn.begin() as transaction:
                 yield conn
                 if writes:
-                    if staged and conn.dialect.name == "postgresql":
-                        announce_ended(conn, staged)
+                    if staged:
+                        record_changes(conn, staged)
                     _commit(transaction)
         except BaseException:
             if engine.dialect.name == "sqlite":
@@ -189,17 +191,85 @@ def _transaction(
 # waiting for those tasks, on every instance (notify.Listener).
 ENDED_CHANNEL = "task_scheduler_ended"
 MAX_PAYLOAD = 7900
+# Tells the instances' event streams that a transaction wrote events (no payload).
+EVENTS_CHANNEL = "task_scheduler_events"
+# Rows per statement of events (SQLite binds at most 32,766 parameters), and the longest
+# reason an event keeps.
+EVENT_ROWS = 500
+MAX_EVENT_REASON = 1000
+_EVENT_AT = {"sqlite": "?", "postgresql": "timezone('UTC', clock_timestamp())"}
+# Past this many events, a PostgreSQL transaction writes them by COPY.
+COPY_EVENTS_FROM = 100
+_COPY_EVENTS = "COPY task_events (task_id, type, attempt, status, reason, at) FROM STDIN"
 
 
-def announce_ended(conn: Connection, changes: Sequence[events.Change]) -> None:
-    """Tell the listening instances which tasks this transaction ended, once it commits."""
-    ended = [change[0] for change in changes if change[3] in TERMINAL]
-    if not ended:
+def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
+    """Write the transaction's state changes to `task_events`, and on PostgreSQL tell the
+    listening instances, once it commits, that events were written and which tasks ended.
+
+    A pass's few events go in one INSERT; on PostgreSQL the notifications ride on it (a
+    data-modifying CTE), so no round trip is added. A large submission's go by COPY, which
+    PostgreSQL takes at several times the rate of a many-row INSERT.
+    """
+    d = conn.dialect.name
+    if d == "postgresql" and len(changes) > COPY_EVENTS_FROM:
+        _copy_events(conn, changes)
+        conn.exec_driver_sql(*_notify_sql(changes))
         return
-    payloads = ended_payloads(ended)
-    calls = ", ".join(f"pg_notify(%(c)s, %(p{k})s)" for k in range(len(payloads)))
-    params = {"c": ENDED_CHANNEL, **{f"p{k}": p for k, p in enumerate(payloads)}}
-    conn.exec_driver_sql(f"SELECT {calls}", params)
+    at = (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),) if d == "sqlite" else ()
+    for start in range(0, len(changes), EVENT_ROWS):
+        part = changes[start : start + EVENT_ROWS]
+        params: list[Any] = []
+        for task_id, task_type, attempt, status, why in part:
+            params.extend((task_id, task_type, attempt, status, _reason(why), *at))
+        insert = events_insert_sql(d, len(part))
+        if d == "sqlite" or start + EVENT_ROWS < len(changes):
+            driver_execute(conn, insert, tuple(params))
+            continue
+        notify, notify_params = _notify_sql(changes)
+        conn.exec_driver_sql(f"WITH written AS ({insert}) {notify}", (*params, *notify_params))
+
+
+def _reason(why: str) -> str | None:
+    return storable(why[:MAX_EVENT_REASON])
+
+
+def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]:
+    """Return the SELECT that notifies EVENTS_CHANNEL, and ENDED_CHANNEL of the ended ids."""
+    ended = [change[0] for change in changes if change[3] in TERMINAL]
+    payloads = ["", *ended_payloads(ended)]
+    channels = [EVENTS_CHANNEL] + [ENDED_CHANNEL] * (len(payloads) - 1)
+    calls = ", ".join(["pg_notify(%s, %s)"] * len(payloads))
+    return f"SELECT {calls}", tuple(
+        v for pair in zip(channels, payloads, strict=True) for v in pair
+    )
+
+
+def _copy_events(conn: Connection, changes: Sequence[events.Change]) -> None:
+    """COPY the events, stamped with the database's clock read once."""
+    at = now(conn)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        with raw.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+            for task_id, task_type, attempt, status, why in changes:
+                copy.write_row((task_id, task_type, attempt, status, _reason(why), at))
+    except psycopg.Error as exc:  # raised as SQLAlchemy raises a statement's
+        if raw.closed or raw.broken:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(_COPY_EVENTS, None, exc, psycopg.Error) from exc
+
+
+@lru_cache(maxsize=64)
+def events_insert_sql(d: str, n: int) -> str:
+    """Return the statement adding `n` events for `d`: positional parameters, task id,
+    type, attempt, status and reason of each in turn, then (on SQLite) the time."""
+    mark = "?" if d == "sqlite" else "%s"
+    row = f"({mark}, {mark}, {mark}, {mark}, {mark}, {_EVENT_AT[d]})"
+    return (
+        "INSERT INTO task_events (task_id, type, attempt, status, reason, at)"
+        f" VALUES {', '.join([row] * n)}"
+    )
 
 
 def ended_payloads(ids: Sequence[str]) -> list[str]:

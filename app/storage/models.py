@@ -194,6 +194,33 @@ class TaskAttempt(db.Model):  # type: ignore[name-defined]
     traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class TaskEvent(db.Model):  # type: ignore[name-defined]
+    """A task's state change, written in the transaction that made it: what
+    `GET /api/events` streams. Pruned after EVENT_RETENTION_S.
+
+    `seq` only grows (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so a stream
+    resumes after the last one it sent. On PostgreSQL, transactions can commit out of the
+    order of their numbers: a reader never steps over a missing number until every
+    transaction that could still hold it has ended (app/storage/eventlog.py).
+    """
+
+    __tablename__ = "task_events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime)
+    task_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+
+    # No index but the key: each write on the hot path would pay for it, and a stream
+    # reads forward from where it stands, a few rows at a time once caught up.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
 class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     """A running scheduler: who it is, where it runs, and when it last proved alive."""
 

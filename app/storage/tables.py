@@ -16,6 +16,7 @@ from app.storage.models import (
     TaskCount,
     TaskCountDelta,
     TaskDependency,
+    TaskEvent,
 )
 
 T = TypeVar("T")
@@ -24,6 +25,7 @@ tasks = Task.__table__
 queues = Queue.__table__
 deps = TaskDependency.__table__
 task_attempts = TaskAttempt.__table__
+task_events = TaskEvent.__table__
 instances = SchedulerInstance.__table__
 schedules = Schedule.__table__
 task_counts = TaskCount.__table__

@@ -210,6 +210,9 @@ def fuzzed_app(
     # A generated `wait` of up to 60 s on a task nothing runs would only wait: answered at
     # once, as by a worker that stops, its values are still checked.
     parts.waiters(app).close()
+    # A stream lasts EVENT_STREAM_MAX_S: closed, as a stopping worker's, each generated
+    # request is checked and its stream ends at once (the streams' own tests read them).
+    parts.streams(app).close()
     yield app
     app.extensions["store"].engine.dispose()
     next(schemas, None)  # drops the PostgreSQL schema

@@ -107,7 +107,7 @@ def seeded(
     else:
         urls = postgres_schema()
     url = next(urls)
-    app = build_app(url, {})
+    app = build_app(url, {"EVENT_STREAM_MAX_S": "1"})  # a GET of the stream ends
     assert not app.config["SCHEDULER_ENABLED"]
     engine = app.extensions["store"].engine
     client = app.test_client()
@@ -372,6 +372,17 @@ QUERY = [
     get("attempts-impossible-id", "/api/tasks/%00/attempts", 404, "not_found", r"No task has the id"),
     get("attempts-long-id", "/api/tasks/" + "x" * 5000 + "/attempts", 404, "not_found", r"5,000 characters"),
     get("instances-with-param", "/api/instances?host=vm", 400, "invalid_parameter", r"'host'"),
+    get("events-unknown-param", "/api/events?since=3", 400, "invalid_parameter", r"'since'"),
+    get("events-unknown-status", "/api/events?status=DONE", 400, "invalid_parameter", r"Unknown status 'DONE'"),
+    get("events-status-lowercase", "/api/events?status=queued", 400, "invalid_parameter", r"Unknown status 'queued'"),
+    get("events-empty-type-list", "/api/events?type=,,", 400, "invalid_parameter", r"comma-separated"),
+    get("events-21-types", "/api/events?type=" + ",".join(f"t{k}" for k in range(21)), 400, "invalid_parameter", r"1 to 20"),
+    get("events-long-batch", "/api/events?batch=" + "b" * 129, 400, "invalid_parameter", r"batch must be an id"),
+    get("events-impossible-task", "/api/events?task=%00", 400, "invalid_parameter", r"task must be an id"),
+    get("events-nul-type", "/api/events?type=a%00b", 400, "invalid_parameter", r"comma-separated"),
+    Case("events-last-id-text", "GET", "/api/events", 400, "invalid_parameter", r"Last-Event-ID must be", headers={"Last-Event-ID": "abc"}),
+    Case("events-last-id-negative", "GET", "/api/events", 400, "invalid_parameter", r"Last-Event-ID must be", headers={"Last-Event-ID": "-1"}),
+    Case("events-last-id-huge", "GET", "/api/events", 400, "invalid_parameter", r"Last-Event-ID must be", headers={"Last-Event-ID": "9" * 19}),
     get("docs-with-param", "/api/docs?url=https://example.com/x.json", 400, "invalid_parameter", r"'url'"),
     get("docs-unknown-file", "/api/docs/index.html", 404, "not_found", r"index.html"),
     get("docs-traversal", "/api/docs/..%2F..%2Fsetup.cfg", 404, "not_found", r"encoded slash"),
@@ -628,6 +639,7 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/api/tasks/<task_id>/blockers": ("/api/tasks/b/blockers", frozenset({"GET"})),
     "/api/tasks/<task_id>/attempts": ("/api/tasks/f/attempts", frozenset({"GET"})),
     "/api/instances": ("/api/instances", frozenset({"GET"})),
+    "/api/events": ("/api/events", frozenset({"GET"})),
     "/api/schedules": ("/api/schedules", frozenset({"GET", "POST"})),
     "/api/schedules/<schedule_id>": ("/api/schedules/s1", frozenset({"GET", "PATCH", "DELETE"})),
     "/api/queues": ("/api/queues", frozenset({"GET"})),

@@ -638,3 +638,29 @@ def test_upgrade_to_0011_marks_the_edges_a_fan_out_added_so_replays_still_match(
             assert "adopted" not in columns
         downgrade(revision="base")
         db.engine.dispose()
+
+
+def test_upgrade_to_0012_adds_the_event_log_that_each_change_then_writes(
+    database_url: str,
+) -> None:
+    """A 0011 database with stored tasks: the log starts empty (earlier changes left no
+    event), each change after the upgrade writes one, and a downgrade drops it."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    with app.app_context():
+        _stored_at("0011", [_old_task("old", now)])
+        upgrade()
+        engine = app.extensions["store"].engine
+        body = {"id": "new", "type": "t", "duration_ms": 1}
+        submissions.submit(engine, body)
+        actions.cancel(engine, "old")
+        with database.read(engine) as conn:
+            logged = conn.exec_driver_sql(
+                "SELECT task_id, status FROM task_events ORDER BY seq"
+            ).all()
+        assert [tuple(r) for r in logged] == [("new", "QUEUED"), ("old", "CANCELLED")]
+        downgrade(revision="0011")
+        with db.engine.connect() as conn:
+            assert "task_events" not in inspect(conn).get_table_names()
+        downgrade(revision="base")
+        db.engine.dispose()

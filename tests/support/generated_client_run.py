@@ -41,6 +41,7 @@ from task_scheduler_client.api.default import (
     retry_batch,
     retry_task,
     set_queue_limits,
+    stream_events,
     submit_batch,
     submit_task,
     task_attempts,
@@ -153,6 +154,9 @@ def main(base_url: str, token: str) -> None:
     assert isinstance(history, AttemptsOut) and history.total == 1
     (only,) = history.attempts
     assert only.outcome is AttemptOutcome.COMPLETED and only.traceback is None
+    # The server ends each stream after a second (EVENT_STREAM_MAX_S): the whole body.
+    streamed = answer(stream_events, client, task="plain", last_event_id="0").content.decode()
+    assert streamed.startswith("retry: ") and '"status": "COMPLETED"' in streamed, streamed
     (instance,) = answer(list_instances, client).parsed
     assert isinstance(instance, InstanceOut) and instance.state is InstanceState.RUNNING
     assert isinstance(instance.slots, int) and instance.slots >= 1

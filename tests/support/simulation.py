@@ -43,7 +43,7 @@ from app.services import actions, batch, batches, fanout, queues, schedules, sub
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.store import Store
-from app.storage.tables import deps, instances, task_attempts, tasks
+from app.storage.tables import deps, instances, task_attempts, task_events, tasks
 from app.storage.tables import queues as queue_rows
 from app.storage.tables import schedules as schedule_rows
 
@@ -1148,6 +1148,21 @@ class Simulation:
                 self.fail(f"{node.name} holds two live threads for {doubled}")
         self._check_counts()
         self._check_attempts()
+        self._check_events()
+
+    def _check_events(self) -> None:
+        """Every committed state change is an event: each task's last event (the stream's
+        view of it) names the status it has now, and one exists for every task."""
+        with self.checker_reads() as conn:
+            rows = dict(conn.execute(select(tasks.c.id, tasks.c.status)).all())
+            last: dict[str, str] = {}
+            for task_id, status in conn.execute(
+                select(task_events.c.task_id, task_events.c.status).order_by(task_events.c.seq)
+            ):
+                last[task_id] = status
+        for task_id, status in rows.items():
+            if last.get(task_id) != status:
+                self.fail(f"{task_id} is {status}, its last event says {last.get(task_id)}")
 
     def _check_attempts(self) -> None:
         """Every attempt that ended is in the history, exactly once, and the last one

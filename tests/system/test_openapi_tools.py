@@ -23,7 +23,7 @@ def test_redocly_finds_no_problem(launcher: Launcher, db: Path, tmp_path: Path) 
 def test_a_generated_client_calls_every_operation(
     launcher: Launcher, db: Path, tmp_path: Path, generator: Path
 ) -> None:
-    server = launcher.gunicorn(db, API_TOKEN=TOKEN)
+    server = launcher.gunicorn(db, API_TOKEN=TOKEN, EVENT_STREAM_MAX_S="1")
     document: dict[str, Any] = server.get(URL).json()
     packages = generate_client(generator, server.base_url + URL, tmp_path)
     called = run_client_script(generator, packages, server.base_url, TOKEN)

@@ -1,0 +1,77 @@
+"""HTTP route of the event stream: task state changes as server-sent events."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, request
+
+from app import parts
+from app.errors import InvalidParameter
+from app.http.inputs import only_parameters
+from app.services.reads import is_identifier
+from app.statuses import Status
+from app.storage.eventlog import Filters
+
+bp = Blueprint("events", __name__, url_prefix="/api")
+
+# An event number: digits only, below 2**63.
+_NUMBER = re.compile(r"[0-9]{1,18}\Z")
+_STATUSES = {s.value for s in Status}
+
+
+@bp.get("/events")
+def stream_events() -> Response:
+    """Stream task state changes as they commit, from now or after `Last-Event-ID`."""
+    only_parameters("task", "batch", "type", "status")
+    filters = Filters(
+        task_id=_identifier("task", request.args.get("task")),
+        batch_id=_identifier("batch", request.args.get("batch")),
+        types=_listed("type", request.args.get("type")),
+        statuses=_statuses(request.args.get("status")),
+    )
+    last = request.headers.get("Last-Event-ID")
+    if last is not None and not _NUMBER.match(last.strip()):
+        raise InvalidParameter(
+            "Last-Event-ID must be the number of an event (the `id` of one this stream sent).",
+            {"Last-Event-ID": "Must be digits."},
+        )
+    if request.method == "HEAD":  # the headers a stream would have, and no stream
+        return Response(mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+    chunks = parts.streams().start(filters, None if last is None else int(last.strip()))
+    response = Response(chunks, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events
+    return response
+
+
+def _identifier(name: str, raw: str | None) -> str | None:
+    if raw is not None and not is_identifier(raw):
+        raise InvalidParameter(
+            f"{name} must be an id: letters, digits and . _ : - only, at most 128.",
+            {name: "Not an id."},
+        )
+    return raw
+
+
+def _listed(name: str, raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    values = tuple(v for v in raw.split(",") if v)
+    if not values or len(values) > 20 or not all(is_identifier(v, 64) for v in values):
+        raise InvalidParameter(
+            f"{name} takes 1 to 20 comma-separated names of at most 64 characters.",
+            {name: "Bad list."},
+        )
+    return values
+
+
+def _statuses(raw: str | None) -> tuple[str, ...]:
+    values = _listed("status", raw)
+    unknown = [v for v in values if v not in _STATUSES]
+    if unknown:
+        raise InvalidParameter(
+            f"Unknown status {unknown[0]!r}; one of {', '.join(sorted(_STATUSES))}.",
+            {"status": "Unknown status."},
+        )
+    return values

@@ -1,0 +1,288 @@
+"""`GET /api/events`: task state changes as server-sent events, on both backends: sent in
+order as they commit, filtered, resumed with Last-Event-ID, bounded, and heard across
+instances; on PostgreSQL a stream never steps over a number an open transaction holds."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from app import parts
+from app.handlers import HandlerFailed, TaskContext
+from app.runtime.pruner import EventPruner
+from app.storage import database, eventlog
+from app.storage.eventlog import Cursor, Filters
+from tests.support.apps import AppFactory, build_app, teardown
+from tests.support.client import running_app
+
+DEADLINE_S = 30.0
+
+
+class Stream:
+    """One open stream read through the test client, event by event."""
+
+    def __init__(self, client: FlaskClient, query: str = "", last: str | None = None) -> None:
+        headers = {} if last is None else {"Last-Event-ID": last}
+        self.response = client.get("/api/events" + query, headers=headers, buffered=False)
+        assert self.response.status_code == 200, self.response.get_data()
+        self.chunks: Iterator[bytes] = iter(self.response.response)
+        self.first = next(self.chunks).decode()
+
+    def events(self, count: int) -> list[dict[str, Any]]:
+        """Read until `count` events came (keepalives aside); fail past the deadline."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len(got) < count:
+            assert time.monotonic() < deadline, f"only {got} after {DEADLINE_S} s"
+            chunk = next(self.chunks).decode()
+            got += parse(chunk)
+        return got
+
+    def rest(self) -> list[dict[str, Any]]:
+        """Read to the end of the stream (it ends after EVENT_STREAM_MAX_S)."""
+        return [e for chunk in self.chunks for e in parse(chunk.decode())]
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def parse(chunk: str) -> list[dict[str, Any]]:
+    """Return the events of a chunk of SSE text, each its data with the `id` it came with."""
+    events = []
+    for block in chunk.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "data" in lines:
+            assert lines["event"] == "task"
+            data = json.loads(lines["data"])
+            assert int(lines["id"]) == data["seq"]
+            events.append(data)
+    return events
+
+
+def submit(client: FlaskClient, task_id: str, **fields: Any) -> None:
+    body = {"id": task_id, "type": "simulate", "duration_ms": 1, **fields}
+    assert client.post("/api/tasks", json=body).status_code == 201
+
+
+def changes(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["task_id"], e["status"]) for e in events]
+
+
+def test_a_stream_says_it_is_connected_then_sends_each_change_in_order(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    client = app.test_client()
+    submit(client, "before")  # older than the stream: not sent
+    stream = Stream(client)
+    assert stream.first == "retry: 1000\n\n"  # before any event
+    assert stream.response.mimetype == "text/event-stream"
+    assert stream.response.headers["Cache-Control"] == "no-cache"
+    submit(client, "a")
+    assert client.post("/api/tasks/a/cancel").status_code == 200
+    got = stream.events(2)
+    assert changes(got) == [("a", "QUEUED"), ("a", "CANCELLED")]
+    assert got[0]["seq"] < got[1]["seq"] and got[0]["attempt"] == 0
+    assert got[1]["reason"] and got[1]["at"].endswith("Z") and got[1]["batch_id"] is None
+    stream.close()
+    assert parts.streams(app).open == 0
+
+
+def test_a_run_streams_claim_failure_retry_and_completion_with_their_attempts(
+    make_app: AppFactory,
+) -> None:
+    tries: list[int] = []
+
+    def flaky(ctx: TaskContext) -> None:
+        tries.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise HandlerFailed("first try fails")
+
+    app = running_app(make_app, {"flaky": flaky})
+    client = app.test_client()
+    stream = Stream(client, "?task=f")
+    submit(client, "f", type="flaky", max_attempts=2, retry_backoff_ms=0)
+    got = stream.events(5)
+    assert [(e["status"], e["attempt"]) for e in got] == [
+        ("QUEUED", 0),
+        ("RUNNING", 1),
+        ("QUEUED", 1),  # failed, to be retried
+        ("RUNNING", 2),
+        ("COMPLETED", 2),
+    ]
+    assert "first try fails" in got[2]["reason"]
+    stream.close()
+
+
+def test_filters_send_only_the_matching_changes(make_app: AppFactory) -> None:
+    app = make_app(MAX_EVENT_STREAMS="4", MAX_WAITING_REQUESTS="1")
+    client = app.test_client()
+    by_task = Stream(client, "?task=b")
+    by_status = Stream(client, "?status=CANCELLED,FAILED")
+    by_type = Stream(client, "?type=simulate,other")
+    batch = {"tasks": [{"id": "b1", "type": "simulate", "duration_ms": 1}]}
+    answer = client.post("/api/tasks/batch", json=batch).get_json()
+    by_batch = Stream(client, f"?batch={answer['batch_id']}")
+    submit(client, "b")
+    assert client.post("/api/tasks/b/cancel").status_code == 200
+    assert client.post("/api/tasks/b1/cancel").status_code == 200
+    assert changes(by_task.events(2)) == [("b", "QUEUED"), ("b", "CANCELLED")]
+    assert changes(by_status.events(2)) == [("b", "CANCELLED"), ("b1", "CANCELLED")]
+    assert changes(by_type.events(4)) == [
+        ("b1", "QUEUED"),
+        ("b", "QUEUED"),
+        ("b", "CANCELLED"),
+        ("b1", "CANCELLED"),
+    ]
+    (only,) = by_batch.events(1)  # b1's submission came before this stream
+    assert (only["task_id"], only["status"], only["batch_id"]) == (
+        "b1",
+        "CANCELLED",
+        answer["batch_id"],
+    )
+    for stream in (by_task, by_status, by_type, by_batch):
+        stream.close()
+
+
+def test_a_client_reconnecting_with_last_event_id_misses_nothing(make_app: AppFactory) -> None:
+    app = make_app(EVENT_STREAM_MAX_S="1")
+    client = app.test_client()
+    first = Stream(client)
+    submit(client, "r1")
+    (seen,) = first.events(1)
+    first.close()
+    # While it is away: two more changes.
+    submit(client, "r2")
+    assert client.post("/api/tasks/r1/cancel").status_code == 200
+    again = Stream(client, last=str(seen["seq"]))
+    assert changes(again.events(2)) == [("r2", "QUEUED"), ("r1", "CANCELLED")]
+    # The stream ends after EVENT_STREAM_MAX_S; nothing more was sent.
+    assert again.rest() == []
+    # From the start of what is retained: everything.
+    assert changes(Stream(client, last="0").rest())[:1] == [("r1", "QUEUED")]
+
+
+def test_streams_past_the_cap_are_refused_with_retry_after_until_one_closes(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(MAX_EVENT_STREAMS="2")
+    client = app.test_client()
+    held = [Stream(client), Stream(client)]
+    refused = client.get("/api/events")
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "too_many_streams"
+    assert int(refused.headers["Retry-After"]) >= 1
+    held.pop().close()
+    Stream(client).close()
+    held[0].close()
+
+
+def test_a_stopping_worker_ends_its_streams(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()
+    stream = Stream(client)
+    parts.streams(app).close()
+    assert stream.rest() == []  # ended, rather than waiting
+    late = client.get("/api/events")
+    assert late.status_code == 200 and late.get_data() == b"retry: 1000\n\n"
+
+
+def test_a_change_another_instance_commits_reaches_the_stream(make_app: AppFactory) -> None:
+    """On PostgreSQL, only the other instance's NOTIFY can wake the stream here (its
+    safety-net read is an hour away); on SQLite (the scheduler in another process) the
+    read every polling interval finds it."""
+    writer = make_app()
+    postgresql = writer.extensions["store"].engine.dialect.name == "postgresql"
+    reader = make_app(POLLING_INTERVAL="3600000" if postgresql else "100")
+    stream = Stream(reader.test_client())
+    if postgresql:
+        listener = parts.streams(reader)._listener
+        assert listener is not None and listener.listening.wait(DEADLINE_S)
+    submit(writer.test_client(), "elsewhere")
+    assert changes(stream.events(1)) == [("elsewhere", "QUEUED")]
+    stream.close()
+
+
+def test_events_older_than_the_retention_are_pruned(make_app: AppFactory) -> None:
+    app = make_app()
+    client = app.test_client()
+    for k in range(3):
+        submit(client, f"p{k}")
+    store = parts.store(app)
+    pruner = EventPruner(store, retention_s=60)
+    assert pruner.run_once() == 0  # all younger than a minute
+    assert pruner.run_once(store.database_now() + timedelta(seconds=61)) == 3
+    with database.read(store.engine) as conn:
+        assert conn.execute(text("SELECT count(*) FROM task_events")).scalar() == 0
+
+
+@pytest.mark.postgres
+def test_a_number_held_by_an_open_transaction_is_waited_for_then_sent_in_order(
+    postgres_url: str,
+) -> None:
+    """Two sessions: the first takes number n and stays open, the second takes n + 1 and
+    commits. A reader sends nothing past n - 1 until the first commits, then n and n + 1
+    in order; had it sent n + 1, a client resuming after it would never get n."""
+    app = build_app(postgres_url, {})
+    app_engine = parts.store(app).engine
+    insert = text(
+        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
+    )
+    first, second = app_engine.connect(), app_engine.connect()
+    try:
+        first.begin()
+        held = first.execute(insert, {"id": "held"}).scalar_one()
+        with second.begin():
+            later = second.execute(insert, {"id": "later"}).scalar_one()
+        assert later == held + 1
+        cursor = Cursor(held - 1)
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert rows == [] and waiting and cursor.seq == held - 1
+        first.commit()
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert [r["task_id"] for r in rows] == ["held", "later"] and not waiting
+        # A number whose transaction rolled back is skipped once that transaction ended.
+        first.begin()
+        gone = first.execute(insert, {"id": "gone"}).scalar_one()
+        with second.begin():
+            second.execute(insert, {"id": "after"})
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert rows == [] and waiting and cursor.hole == gone
+        first.rollback()
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert [r["task_id"] for r in rows] == ["after"] and not waiting
+    finally:
+        first.close()
+        second.close()
+        teardown([app])
+
+
+def test_a_large_batch_streams_one_event_per_task_in_submission_order(
+    make_app: AppFactory,
+) -> None:
+    """Past 100 events PostgreSQL's transaction writes them by COPY, stamped alike."""
+    app = make_app()
+    client = app.test_client()
+    stream = Stream(client)
+    ids = [f"big{k:03d}" for k in range(150)]
+    body = {"tasks": [{"id": i, "type": "simulate", "duration_ms": 1} for i in ids]}
+    answer = client.post("/api/tasks/batch", json=body).get_json()
+    got = stream.events(150)
+    assert [e["task_id"] for e in got] == ids
+    assert {(e["status"], e["batch_id"], e["attempt"]) for e in got} == {
+        ("QUEUED", answer["batch_id"], 0)
+    }
+    assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
+    stream.close()
