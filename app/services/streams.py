@@ -91,7 +91,11 @@ class Streams:
             )
         try:
             with database.read(self.engine) as conn:
-                start = eventlog.latest(conn) if last_event_id is None else last_event_id
+                start = eventlog.latest(conn)
+            if last_event_id is not None:
+                # Past the newest event: numbers this database never gave (another
+                # database's, or everything was pruned), so from the newest.
+                start = min(last_event_id, start) if start else 0
         except BaseException:
             self._give_back(woken)
             raise

@@ -213,8 +213,12 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
     """
     d = conn.dialect.name
     if d == "postgresql" and len(changes) > COPY_EVENTS_FROM:
-        _copy_events(conn, changes)
-        conn.exec_driver_sql(*_notify_sql(changes))
+        # The notifications (sent at commit) and the clock the events are stamped with,
+        # in one statement; then the rows.
+        notify, notify_params = _notify_sql(changes)
+        clock = notify.replace("SELECT ", "SELECT timezone('UTC', clock_timestamp()), ", 1)
+        at = conn.exec_driver_sql(clock, notify_params).scalar_one()
+        _copy_events(conn, changes, at)
         return
     at = (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),) if d == "sqlite" else ()
     for start in range(0, len(changes), EVENT_ROWS):
@@ -245,9 +249,8 @@ def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]
     )
 
 
-def _copy_events(conn: Connection, changes: Sequence[events.Change]) -> None:
-    """COPY the events, stamped with the database's clock read once."""
-    at = now(conn)
+def _copy_events(conn: Connection, changes: Sequence[events.Change], at: datetime) -> None:
+    """COPY the events, each stamped `at`."""
     raw = conn.connection.driver_connection
     assert raw is not None
     try:
