@@ -53,8 +53,14 @@ def use_the_dashboard(page: Any, base_url: str) -> None:
     page.wait_for_selector('[data-count-for="QUEUED"]:has-text("1")', timeout=10_000)
     assert page.is_hidden("#token-form")
     # Kept for the session: other pages and a reload do not ask again.
+    streams: list[Any] = []
+    page.on("request", lambda r: "/api/events" in r.url and streams.append(r))
     page.goto(base_url + "/tasks/t1")
     page.wait_for_selector('.node[data-task-id="t1"][data-status="QUEUED"]', timeout=10_000)
+    # The event stream carries the token in its header, never in its URL.
+    page.wait_for_function("Dash.streaming()", timeout=10_000)
+    assert streams[-1].headers.get("authorization") == f"Bearer {TOKEN}"
+    assert all(TOKEN not in r.url for r in streams)
     page.reload()
     page.wait_for_selector('#details dd:has-text("simulate")', timeout=10_000)
     assert page.is_hidden("#token-form")

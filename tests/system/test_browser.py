@@ -46,9 +46,14 @@ def test_a_graph_turns_green_and_a_failed_task_is_retried(
         ]
     )
     p = page
+    streams: list[Any] = []
+    p.on("request", lambda r: r.url.endswith("/api/events") and streams.append(r))
     p.goto(f"{server.base_url}/tasks/load")
     node = '[data-task-id="load"]'
     p.wait_for_selector(f'{node}[data-status="QUEUED"]', timeout=10_000)
+    # The page follows the server's event stream (and polls only as a safety net).
+    p.wait_for_function("Dash.streaming()", timeout=10_000)
+    assert streams and streams[0].headers.get("accept") == "text/event-stream"
     p.wait_for_selector(f'{node}[data-status="COMPLETED"]', timeout=30_000)
     extract = p.get_attribute('[data-task-id="extract"]', "data-status")
     assert extract == "COMPLETED"

@@ -205,13 +205,107 @@ var Dash = (function () {
     return "/?batch_id=" + encodeURIComponent(batchId);
   }
 
-  /** Run `tick` now and then every `ms`, never overlapping; skip while the tab is hidden. */
+  // While the server's event stream is open, a page refreshes when a task changes and
+  // polls only as a safety net; without one (every stream slot of the worker taken, an
+  // older server, the network) it polls as before.
+  var SAFETY_POLL_MS = 15000;
+  var CHANGE_REFRESH_MS = 500;
+  var live = { started: false, open: false, listeners: [] };
+
+  /** Call `tick` when a task changes, at most every CHANGE_REFRESH_MS while the tab shows. */
+  function onChanges(tick) {
+    var pending = false;
+    live.listeners.push(function () {
+      if (pending || document.hidden) {
+        return;
+      }
+      pending = true;
+      window.setTimeout(function () {
+        pending = false;
+        Promise.resolve().then(tick).catch(function () {});
+      }, CHANGE_REFRESH_MS);
+    });
+    if (!live.started) {
+      live.started = true;
+      listen(null);
+    }
+  }
+
+  /** Read /api/events with fetch (the token in its header, never in the URL: EventSource
+   *  cannot send one), resuming after the last event seen whenever the stream ends. */
+  function listen(lastId) {
+    var headers = { Accept: "text/event-stream" };
+    var token = storedToken();
+    var again = 1000;
+    if (token) {
+      headers.Authorization = "Bearer " + token;
+    }
+    if (lastId) {
+      headers["Last-Event-ID"] = lastId;
+    }
+    fetch("/api/events", { headers: headers, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok || !response.body) {
+          // 401: soon again, with the token the page asks for; 503 (every slot of the
+          // worker taken) or another refusal: poll meanwhile.
+          again = response.status === 401 ? 2000 : SAFETY_POLL_MS;
+          return null;
+        }
+        live.open = true;
+        var reader = response.body.getReader();
+        var decoder = new TextDecoder();
+        var buffer = "";
+        function read() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) {
+              return null;
+            }
+            buffer += decoder.decode(chunk.value, { stream: true });
+            var blocks = buffer.split("\n\n");
+            buffer = blocks.pop();
+            var changed = false;
+            blocks.forEach(function (block) {
+              block.split("\n").forEach(function (line) {
+                if (line.indexOf("id: ") === 0) {
+                  lastId = line.slice(4);
+                  changed = true;
+                }
+              });
+            });
+            if (changed) {
+              live.listeners.forEach(function (listener) {
+                listener();
+              });
+            }
+            return read();
+          });
+        }
+        return read();
+      })
+      .catch(function () {
+        again = SAFETY_POLL_MS;
+      })
+      .then(function () {
+        live.open = false;
+        window.setTimeout(function () {
+          listen(lastId);
+        }, again);
+      });
+  }
+
+  /** Run `tick` now and then every `ms`, never overlapping; skip while the tab is hidden,
+   *  and while the event stream is open, but for a run every SAFETY_POLL_MS. */
   function poll(tick, ms) {
     var busy = false;
+    var last = 0;
     function run() {
       if (busy || document.hidden) {
         return;
       }
+      if (live.open && Date.now() - last < SAFETY_POLL_MS) {
+        return;
+      }
+      last = Date.now();
       busy = true;
       Promise.resolve()
         .then(tick)
@@ -240,5 +334,9 @@ var Dash = (function () {
     nextCursor: nextCursor,
     time: time,
     poll: poll,
+    onChanges: onChanges,
+    streaming: function () {
+      return live.open;
+    },
   };
 })();

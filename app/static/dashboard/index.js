@@ -1,4 +1,5 @@
-/* The overview: counts by status every 2 s, and the filterable, paginated task table. */
+/* The overview: counts by status as tasks change (every 2 s without the event stream), and
+ * the filterable, paginated task table. */
 "use strict";
 
 (function () {
@@ -146,5 +147,6 @@
   // The server wrote the URL's filters into the form: a link such as /?batch_id=... lists
   // that batch.
   Dash.poll(refreshCounts, 2000);
+  Dash.onChanges(refreshCounts);
   loadPage();
 })();

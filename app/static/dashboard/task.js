@@ -1,5 +1,6 @@
-/* One task: details, attempts, blockers and the actions that would succeed every 2 s, the
- * graph every second. Cancel and Retry show only where the server says they would succeed. */
+/* One task: details, attempts, blockers, the actions that would succeed and the graph, as
+ * tasks change (without the event stream: every 2 s, the graph every second). Cancel and
+ * Retry show only where the server says they would succeed. */
 "use strict";
 
 (function () {
@@ -336,4 +337,7 @@
 
   Dash.poll(refreshTask, 2000);
   Dash.poll(refreshGraph, 1000);
+  Dash.onChanges(function () {
+    return Promise.all([refreshTask(), refreshGraph()]);
+  });
 })();
