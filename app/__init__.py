@@ -152,7 +152,9 @@ def _enable_cors(app: Flask, origins: str) -> None:
         else:
             return response
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Content-Type, Authorization, Last-Event-ID"
+        )
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         return response
 

@@ -10,6 +10,7 @@ from app import parts
 from app.errors import InvalidParameter
 from app.http.inputs import only_parameters
 from app.services.reads import is_identifier
+from app.services.streams import SEND_TIMEOUT_S
 from app.statuses import Status
 from app.storage.eventlog import Filters
 
@@ -30,15 +31,18 @@ def stream_events() -> Response:
         types=_listed("type", request.args.get("type")),
         statuses=_statuses(request.args.get("status")),
     )
-    last = request.headers.get("Last-Event-ID")
-    if last is not None and not _NUMBER.match(last.strip()):
+    last = (request.headers.get("Last-Event-ID") or "").strip() or None  # empty: none
+    if last is not None and not _NUMBER.match(last):
         raise InvalidParameter(
             "Last-Event-ID must be the number of an event (the `id` of one this stream sent).",
             {"Last-Event-ID": "Must be digits."},
         )
     if request.method == "HEAD":  # the headers a stream would have, and no stream
         return Response(mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
-    chunks = parts.streams().start(filters, None if last is None else int(last.strip()))
+    chunks = parts.streams().start(filters, None if last is None else int(last))
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:  # a client that stops reading must not hold the thread for ever
+        sock.settimeout(SEND_TIMEOUT_S)
     response = Response(chunks, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events

@@ -16,12 +16,14 @@ Bounds: at most `capacity` streams per worker (one more: 503 with Retry-After); 
 ends after `max_s` (the client reconnects with `Last-Event-ID` and misses nothing still
 retained); a comment line every `keepalive_s` while nothing happens, so a dead client is
 noticed by a failed write; nothing is buffered for a slow client: the next events are
-read only once the last ones were written out.
+read only once the last ones were written out, and a write that waits SEND_TIMEOUT_S for
+a client that does not read ends the stream.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.errors import TooManyStreams
 from app.events import Change
-from app.storage import database, eventlog
+from app.storage import database, dbfaults, eventlog
 from app.storage.database import EVENTS_CHANNEL
 from app.storage.eventlog import Cursor, Filters
 from app.storage.notify import Listener
@@ -45,6 +47,14 @@ HOLE_RECHECK_S = 0.05
 LISTENING_RECHECK_S = 5.0
 # What a client waits before reconnecting after the stream ends, in milliseconds.
 RETRY_MS = 1000
+# A comment line this often while nothing happens: a client that went away is found by
+# the write failing, and its place given back.
+KEEPALIVE_S = 5.0
+# A write to a client that does not read fails after this long (the HTTP layer's socket
+# would wait for ever), ending the stream and giving its place back.
+SEND_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class Streams:
@@ -56,7 +66,7 @@ class Streams:
         capacity: int,
         recheck_s: float,
         max_s: float,
-        keepalive_s: float = 15.0,
+        keepalive_s: float = KEEPALIVE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -83,6 +93,12 @@ class Streams:
         if self._closed:  # a stopping worker: the client reconnects, to another one
             return iter([f"retry: {RETRY_MS}\n\n"])
         woken = self._take()
+        if woken is None and self.capacity == 0:
+            raise TooManyStreams(
+                "This server serves no event streams (MAX_EVENT_STREAMS is 0, or its "
+                "GUNICORN_THREADS leave none); poll instead.",
+                {"max_event_streams": 0},
+            )
         if woken is None:
             raise TooManyStreams(
                 f"This server already holds {self.capacity} event streams "
@@ -91,15 +107,17 @@ class Streams:
             )
         try:
             with database.read(self.engine) as conn:
-                start = eventlog.latest(conn)
-            if last_event_id is not None:
-                # Past the newest event: numbers this database never gave (another
-                # database's, or everything was pruned), so from the newest.
-                start = min(last_event_id, start) if start else 0
+                if last_event_id is None:
+                    cursor = eventlog.opening(conn)
+                else:
+                    # Past the newest event: numbers this database never gave (another
+                    # database's, or everything was pruned), so from the newest.
+                    newest = eventlog.latest(conn)
+                    cursor = Cursor(min(last_event_id, newest) if newest else 0)
         except BaseException:
             self._give_back(woken)
             raise
-        return self._stream(woken, Cursor(start), filters)
+        return self._stream(woken, cursor, filters)
 
     def _stream(self, woken: threading.Event, cursor: Cursor, filters: Filters) -> Iterator[str]:
         try:
@@ -108,15 +126,22 @@ class Streams:
             quiet_since = self.clock()
             while not self._closed:
                 woken.clear()  # before the read: a change committed after it wakes us
-                with database.read(self.engine) as conn:
-                    rows, held = eventlog.read(conn, cursor, filters, PAGE)
+                try:
+                    with database.read(self.engine) as conn:
+                        rows, held = eventlog.read(conn, cursor, filters, PAGE)
+                except Exception as exc:  # the client reconnects with Last-Event-ID
+                    fault = dbfaults.classify(exc)
+                    if fault is None:
+                        raise
+                    log.warning("event stream ended: %s", fault.problem)
+                    return
                 if rows:
                     yield "".join(_event(row) for row in rows)
                     quiet_since = self.clock()
                 now = self.clock()
                 if now >= end:
                     return
-                if len(rows) == PAGE:
+                if cursor.more:
                     continue
                 if now - quiet_since >= self.keepalive_s:
                     yield ": keepalive\n\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -43,11 +44,40 @@ class Filters:
 @dataclass
 class Cursor:
     """Where a stream stands: the safe point it has read up to, and the hole above it
-    that it waits out on PostgreSQL, with the `xmax` noted when the hole was first seen."""
+    that it waits out on PostgreSQL, with the `xmax` noted when the hole was first seen.
+    `sent` holds numbers above `seq` not to send: those committed before a stream that
+    starts now opened (`opening`)."""
 
     seq: int
     hole: int | None = None
     horizon: int | None = None
+    sent: frozenset[int] = frozenset()
+    # Set by a read that stopped at the end of its walk: more may follow at once.
+    more: bool = False
+
+
+def opening(conn: Connection) -> Cursor:
+    """Return the cursor of a stream that starts now: after every event committed, and
+    before every number an open transaction may still commit.
+
+    On PostgreSQL the newest committed number is not enough: a transaction that took a
+    lower one may still be open, and its events come after the stream opened. So the
+    cursor starts below the lowest hole among the last WALK numbers, the numbers
+    committed above it set aside as already sent.
+    """
+    top = latest(conn)
+    if conn.dialect.name != "postgresql" or top == 0:
+        return Cursor(top)
+    numbers = sorted(
+        int(n)
+        for (n,) in conn.exec_driver_sql(
+            "SELECT seq FROM task_events ORDER BY seq DESC LIMIT %(walk)s", {"walk": WALK}
+        )
+    )
+    for below, above in pairwise(numbers):
+        if above != below + 1:
+            return Cursor(below, sent=frozenset(n for n in numbers if n > below))
+    return Cursor(top)
 
 
 def latest(conn: Connection) -> int:
@@ -62,6 +92,7 @@ def read(
     """Return the events after `cursor` up to its safe point that match `filters` (at
     most `limit`), advancing the cursor past what they cover; and whether a hole holds
     the cursor back (read again soon: a rollback sends no notification)."""
+    cursor.more = False
     safe = _safe_point(conn, cursor)
     if safe <= cursor.seq:
         return [], cursor.hole is not None
@@ -85,7 +116,12 @@ def read(
     )
     rows = [dict(r._mapping) for r in conn.execute(text(sql), params)]
     # A full page may stop short of the safe point: the next read goes on from its end.
-    cursor.seq = rows[-1]["seq"] if len(rows) == limit else safe
+    if len(rows) == limit:
+        safe, cursor.more = rows[-1]["seq"], True
+    cursor.seq = safe
+    if cursor.sent:
+        rows = [row for row in rows if row["seq"] not in cursor.sent]
+        cursor.sent = frozenset(n for n in cursor.sent if n > safe)
     for row in rows:
         if isinstance(row["at"], str):  # SQLite's text, as the row was written
             row["at"] = datetime.fromisoformat(row["at"])
@@ -124,6 +160,8 @@ def _safe_point(conn: Connection, cursor: Cursor) -> int:
             cursor.hole, cursor.horizon = hole, int(xmax)
         return safe
     cursor.hole = cursor.horizon = None
+    # A filter may leave a whole walk without a match: the next read goes on at once.
+    cursor.more = len(numbers) == WALK
     return safe
 
 

@@ -298,3 +298,78 @@ def test_a_large_batch_streams_one_event_per_task_in_submission_order(
     }
     assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
     stream.close()
+
+
+def test_a_worker_with_no_stream_slots_says_so(make_app: AppFactory) -> None:
+    app = make_app(GUNICORN_THREADS="2")  # one waits, one serves: none left to stream
+    refused = app.test_client().get("/api/events")
+    assert refused.status_code == 503
+    assert "serves no event streams" in refused.get_json()["error"]
+
+
+@pytest.mark.postgres
+def test_a_stream_opened_while_a_lower_number_is_open_gets_it_when_it_commits(
+    postgres_url: str,
+) -> None:
+    """Number n is held by an open transaction while n + 1 commits; a stream opens (no
+    Last-Event-ID). n commits after the stream opened: it is sent; n + 1, committed
+    before, is not."""
+    app = build_app(postgres_url, {})
+    engine = parts.store(app).engine
+    insert = text(
+        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
+    )
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": "before"})
+    first, second = engine.connect(), engine.connect()
+    try:
+        first.begin()
+        first.execute(insert, {"id": "held"})
+        with second.begin():
+            second.execute(insert, {"id": "committed"})
+        with engine.connect() as reader:
+            cursor = eventlog.opening(reader)
+        first.commit()
+        deadline = time.monotonic() + DEADLINE_S
+        sent: list[str] = []
+        while not sent and time.monotonic() < deadline:
+            with engine.connect() as reader:
+                rows, _ = eventlog.read(reader, cursor, Filters(), 100)
+            sent += [r["task_id"] for r in rows]
+        assert sent == ["held"]
+    finally:
+        first.close()
+        second.close()
+        teardown([app])
+
+
+@pytest.mark.postgres
+def test_a_filtered_stream_far_behind_reads_on_without_waiting(postgres_url: str) -> None:
+    """Past a whole walk of other tasks' events, the read says more follows at once, so
+    a filtered stream resuming far behind never waits a safety-net interval per walk."""
+    app = build_app(postgres_url, {})
+    engine = parts.store(app).engine
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+                " SELECT now(), 'other' || g, 't', 0, 'QUEUED', 'x'"
+                " FROM generate_series(1, :n) AS g"
+            ),
+            {"n": eventlog.WALK + 10},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+                " VALUES (now(), 'needle', 't', 0, 'QUEUED', 'x')"
+            )
+        )
+    cursor = Cursor(0)
+    with engine.connect() as reader:
+        rows, _ = eventlog.read(reader, cursor, Filters(task_id="needle"), 100)
+    assert rows == [] and cursor.more
+    with engine.connect() as reader:
+        rows, _ = eventlog.read(reader, cursor, Filters(task_id="needle"), 100)
+    assert [r["task_id"] for r in rows] == ["needle"]
+    teardown([app])
