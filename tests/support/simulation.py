@@ -164,6 +164,9 @@ class Simulation:
     """One seeded run."""
 
     def __init__(self, engine: Engine, seed: int, steps: int = 80, nodes: int = 3) -> None:
+        # The events checked so far: each task's last status, and the newest number read.
+        self._last_event: dict[str, str] = {}
+        self._events_read = 0
         self.engine = engine
         self.seed = seed
         self.steps = steps
@@ -1153,13 +1156,19 @@ class Simulation:
     def _check_events(self) -> None:
         """Every committed state change is an event: each task's last event (the stream's
         view of it) names the status it has now, and one exists for every task."""
+        # Read on from the last check: a step's transactions have all ended by now, so no
+        # number below the newest read can still appear.
+        newer = (
+            select(task_events.c.seq, task_events.c.task_id, task_events.c.status)
+            .where(task_events.c.seq > self._events_read)
+            .order_by(task_events.c.seq)
+        )
+        last = self._last_event
         with self.checker_reads() as conn:
             rows = dict(conn.execute(select(tasks.c.id, tasks.c.status)).all())
-            last: dict[str, str] = {}
-            for task_id, status in conn.execute(
-                select(task_events.c.task_id, task_events.c.status).order_by(task_events.c.seq)
-            ):
+            for seq, task_id, status in conn.execute(newer):
                 last[task_id] = status
+                self._events_read = seq
         for task_id, status in rows.items():
             if last.get(task_id) != status:
                 self.fail(f"{task_id} is {status}, its last event says {last.get(task_id)}")
