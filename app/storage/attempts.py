@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
 
-from app.storage.database import driver_execute, storable
-from app.storage.scheduler_sql import bound_time, sqlite_time
+from app.storage.database import driver_execute, sqlite_time, storable
+from app.storage.scheduler_sql import bound_time
 from app.storage.tables import chunks, task_attempts
 
 # What a task's history shows at most: its latest attempts.

@@ -6,7 +6,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -54,6 +54,16 @@ def naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def sqlite_time(moment: datetime) -> str:
+    """Return a time as SQLAlchemy's SQLite DateTime stores it: the year on four digits
+    (strftime's %Y leaves years before 1000 short, which sort after every later year and
+    which Python cannot read back), microseconds always, no offset."""
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} {moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
+    )
 
 
 # libpq waits without limit for a server that never answers (a network path cut, a host
@@ -204,38 +214,39 @@ _COPY_EVENTS = "COPY task_events (task_id, type, attempt, status, reason, at) FR
 
 
 def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
-    """Write the transaction's state changes to `task_events`, and on PostgreSQL tell the
-    listening instances, once it commits, that events were written and which tasks ended.
+    """Write the transaction's state changes (at least one) to `task_events`, and on
+    PostgreSQL tell the listening instances, once it commits, that events were written and
+    which tasks ended.
 
     A pass's few events go in one INSERT; on PostgreSQL the notifications ride on it (a
     data-modifying CTE), so no round trip is added. A large submission's go by COPY, which
     PostgreSQL takes at several times the rate of a many-row INSERT.
     """
     d = conn.dialect.name
-    if d == "postgresql" and len(changes) > COPY_EVENTS_FROM:
-        # The notifications (sent at commit) and the clock the events are stamped with,
-        # in one statement; then the rows.
-        notify, notify_params = _notify_sql(changes)
-        clock = notify.replace("SELECT ", "SELECT timezone('UTC', clock_timestamp()), ", 1)
-        at = conn.exec_driver_sql(clock, notify_params).scalar_one()
-        _copy_events(conn, changes, at)
+    if d == "sqlite":
+        at = sqlite_time(utcnow())
+        for start in range(0, len(changes), EVENT_ROWS):
+            part = changes[start : start + EVENT_ROWS]
+            params = [v for change in part for v in (*_event_row(change), at)]
+            driver_execute(conn, events_insert_sql(d, len(part)), tuple(params))
         return
-    at = (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),) if d == "sqlite" else ()
-    for start in range(0, len(changes), EVENT_ROWS):
-        part = changes[start : start + EVENT_ROWS]
-        params: list[Any] = []
-        for task_id, task_type, attempt, status, why in part:
-            params.extend((task_id, task_type, attempt, status, _reason(why), *at))
-        insert = events_insert_sql(d, len(part))
-        if d == "sqlite" or start + EVENT_ROWS < len(changes):
-            driver_execute(conn, insert, tuple(params))
-            continue
-        notify, notify_params = _notify_sql(changes)
+    notify, notify_params = _notify_sql(changes)
+    if len(changes) <= COPY_EVENTS_FROM:
+        insert = events_insert_sql(d, len(changes))
+        params = [v for change in changes for v in _event_row(change)]
         conn.exec_driver_sql(f"WITH written AS ({insert}) {notify}", (*params, *notify_params))
+        return
+    # The notifications (sent at commit) and the clock the events are stamped with, in
+    # one statement; then the rows.
+    clock = notify.replace("SELECT ", "SELECT timezone('UTC', clock_timestamp()), ", 1)
+    at = conn.exec_driver_sql(clock, notify_params).scalar_one()
+    copy_rows(conn, _COPY_EVENTS, ((*_event_row(change), at) for change in changes))
 
 
-def _reason(why: str) -> str | None:
-    return storable(why[:MAX_EVENT_REASON])
+def _event_row(change: events.Change) -> tuple[Any, ...]:
+    """Return the event's task id, type, attempt, status and reason, as stored."""
+    task_id, task_type, attempt, status, why = change
+    return task_id, task_type, attempt, status, storable(why[:MAX_EVENT_REASON])
 
 
 def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]:
@@ -249,18 +260,22 @@ def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]
     )
 
 
-def _copy_events(conn: Connection, changes: Sequence[events.Change], at: datetime) -> None:
-    """COPY the events, each stamped `at`."""
+def copy_rows(conn: Connection, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Run the PostgreSQL COPY ... FROM STDIN `statement` with `rows`.
+
+    Its errors are raised as SQLAlchemy raises a statement's (a duplicate key as an
+    IntegrityError), and a connection it broke is not given back to the pool.
+    """
     raw = conn.connection.driver_connection
     assert raw is not None
     try:
-        with raw.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-            for task_id, task_type, attempt, status, why in changes:
-                copy.write_row((task_id, task_type, attempt, status, _reason(why), at))
-    except psycopg.Error as exc:  # raised as SQLAlchemy raises a statement's
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
         if raw.closed or raw.broken:
             conn.invalidate(exc)
-        raise DBAPIError.instance(_COPY_EVENTS, None, exc, psycopg.Error) from exc
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 @lru_cache(maxsize=64)

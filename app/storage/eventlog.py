@@ -27,6 +27,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from app.storage.database import sqlite_time
+
 # Numbers read past the safe point at most per read (an index-only walk of the key).
 WALK = 5000
 
@@ -173,7 +175,7 @@ def prune(conn: Connection, before: datetime, most: int) -> int:
         return 0
     stamp: Any = before
     if conn.dialect.name == "sqlite":
-        stamp = before.strftime("%Y-%m-%d %H:%M:%S.%f")
+        stamp = sqlite_time(before)
     sql = "DELETE FROM task_events WHERE seq < :end AND at < :before"
     done = conn.execute(text(sql), {"end": int(first) + most, "before": stamp})
     return int(done.rowcount)

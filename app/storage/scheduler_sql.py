@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from app.storage.database import driver_execute
+from app.storage.database import driver_execute, sqlite_time
 from app.storage.tables import chunks, status_filter
 
 # As the ready and delayed indexes' predicates say it on each backend (models.PG_QUEUED).
@@ -54,16 +54,6 @@ def bound_time(dialect: str, moment: datetime) -> Any:
     """Return `moment` as a statement's parameter: on SQLite the text SQLAlchemy's
     DateTime writes, so that both kinds of writes compare alike."""
     return sqlite_time(moment) if dialect == "sqlite" else moment
-
-
-def sqlite_time(moment: datetime) -> str:
-    """Return a time as SQLAlchemy's SQLite DateTime stores it: the year on four digits
-    (strftime's %Y leaves years before 1000 short, which sort after every later year and
-    which Python cannot read back), microseconds always, no offset."""
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} {moment.hour:02d}:"
-        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
-    )
 
 
 def _stamp(dialect: str) -> str:

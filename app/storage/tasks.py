@@ -8,7 +8,6 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, TypeVar
 
-import psycopg
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -21,10 +20,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from app.storage import database, jsonsets
-from app.storage.scheduler_sql import sqlite_time
+from app.storage.database import sqlite_time
 from app.storage.tables import CHUNK, chunks, deps, still_queued, tasks
 
 # The other edges of a task that gains dependencies (tasks.adopt).
@@ -157,32 +156,15 @@ def _copy_postgresql(
     edges_copy: str = _COPY_EDGES,
 ) -> None:
     """Insert with COPY, PostgreSQL's fastest path: an INSERT per row, even pipelined,
-    ran at a third of its rate. COPY fires the same triggers and checks the same keys.
-
-    Its errors are raised as SQLAlchemy raises a statement's (a duplicate id as an
-    IntegrityError, which `inserting` answers as a replay), and a connection it broke is
-    not given back to the pool.
+    ran at a third of its rate. COPY fires the same triggers and checks the same keys (a
+    duplicate id raises an IntegrityError, which `inserting` answers as a replay).
     """
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    statement = _COPY_TASKS
-    try:
-        with raw.cursor() as cursor:
-            # A COPY is one statement: chunks keep each within a statement_timeout
-            # that a row at a time always met.
-            for part in chunks(task_rows, COPY_CHUNK):
-                with cursor.copy(_COPY_TASKS) as copy:
-                    for values in _tuples(part, _JSON_BIND):
-                        copy.write_row(values)
-            statement = edges_copy
-            for edge_part in chunks(edges, COPY_CHUNK):
-                with cursor.copy(edges_copy) as copy:
-                    for edge in edge_part:
-                        copy.write_row(edge)
-    except psycopg.Error as exc:
-        if raw.closed or raw.broken:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    # A COPY is one statement: chunks keep each within a statement_timeout that a row at
+    # a time always met.
+    for part in chunks(task_rows, COPY_CHUNK):
+        database.copy_rows(conn, _COPY_TASKS, _tuples(part, _JSON_BIND))
+    for edge_part in chunks(edges, COPY_CHUNK):
+        database.copy_rows(conn, edges_copy, edge_part)
 
 
 def row(conn: Connection, task_id: str, *, with_payload: bool) -> Any:
