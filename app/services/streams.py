@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from app.errors import TooManyStreams
 from app.events import Change
+from app.services.listening import LazyListener
 from app.storage import database, dbfaults, eventlog
 from app.storage.database import EVENTS_CHANNEL
 from app.storage.eventlog import Cursor, Filters
-from app.storage.notify import Listener
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 PAGE = 500
 # How soon a stream held back by a hole in the numbers reads again (PostgreSQL).
 HOLE_RECHECK_S = 0.05
-# Between two safety-net reads while notifications reach this process (PostgreSQL).
-LISTENING_RECHECK_S = 5.0
 # What a client waits before reconnecting after the stream ends, in milliseconds.
 RETRY_MS = 1000
 # A comment line this often while nothing happens: a client that went away is found by
@@ -78,7 +76,7 @@ class Streams:
         self._lock = threading.Lock()
         self._open: list[threading.Event] = []
         self._closed = False
-        self._listener: Listener | None = None
+        self._listening = LazyListener(engine, self.notified, EVENTS_CHANNEL)
 
     @property
     def open(self) -> int:
@@ -146,7 +144,7 @@ class Streams:
                 if now - quiet_since >= self.keepalive_s:
                     yield ": keepalive\n\n"
                     quiet_since = now
-                pause = HOLE_RECHECK_S if held else self._recheck()
+                pause = HOLE_RECHECK_S if held else self._listening.recheck_s(self.recheck_s)
                 woken.wait(min(pause, end - now, self.keepalive_s))
         finally:
             self._give_back(woken)
@@ -169,8 +167,7 @@ class Streams:
         """End every stream now (the worker is stopping) and stop listening."""
         self._closed = True
         self.changed(())
-        if self._listener is not None:
-            self._listener.stop()
+        self._listening.stop()
 
     def _take(self) -> threading.Event | None:
         with self._lock:
@@ -178,20 +175,13 @@ class Streams:
                 return None
             woken = threading.Event()
             self._open.append(woken)
-            postgresql = self.engine.dialect.name == "postgresql"
-            if self._listener is None and postgresql:
-                self._listener = Listener(self.engine, self.notified, EVENTS_CHANNEL)
-                self._listener.start()
+            self._listening.want()
             return woken
 
     def _give_back(self, woken: threading.Event) -> None:
         with self._lock:
             if woken in self._open:
                 self._open.remove(woken)
-
-    def _recheck(self) -> float:
-        listening = self._listener is not None and self._listener.listening.is_set()
-        return max(self.recheck_s, LISTENING_RECHECK_S) if listening else self.recheck_s
 
 
 def _event(row: dict[str, Any]) -> str:

@@ -22,18 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from app.errors import TooManyWaiting
 from app.events import Change
+from app.services.listening import LazyListener
 from app.services.reads import check_task_id, get_task
 from app.statuses import TERMINAL
 from app.storage.database import ENDED_CHANNEL
-from app.storage.notify import Listener
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 # The longest wait a request may ask for, in seconds.
 MAX_WAIT_S = 60.0
-# Between two safety-net reads while notifications reach this process (PostgreSQL).
-LISTENING_RECHECK_S = 5.0
 
 
 class Waiters:
@@ -55,7 +53,7 @@ class Waiters:
         self._by_task: dict[str, list[threading.Event]] = {}
         self._waiting = 0
         self._closed = False
-        self._listener: Listener | None = None
+        self._listening = LazyListener(engine, self.notified, ENDED_CHANNEL)
         # Told how many requests wait, at each change (the metrics' gauge).
         self._report = report
 
@@ -86,7 +84,7 @@ class Waiters:
                         "(MAX_WAITING_REQUESTS); try again shortly, or read without wait.",
                         {"max_waiting_requests": self.capacity},
                     )
-                woken.wait(min(left, self._recheck()))
+                woken.wait(min(left, self._listening.recheck_s(self.recheck_s)))
         finally:
             if woken is not None:
                 self._give_back(task_id, woken)
@@ -117,8 +115,7 @@ class Waiters:
         """Answer every waiting request now (the worker is stopping) and stop listening."""
         self._closed = True
         self.notified("")
-        if self._listener is not None:
-            self._listener.stop()
+        self._listening.stop()
 
     def _take(self, task_id: str) -> threading.Event | None:
         """Take one of the worker's waiting places for `task_id`: return its wake-up
@@ -131,10 +128,8 @@ class Waiters:
             self._by_task.setdefault(task_id, []).append(woken)
             if self._report is not None:
                 self._report(self._waiting)
-            postgresql = self.engine.dialect.name == "postgresql"
-            if self._listener is None and postgresql and not self._closed:
-                self._listener = Listener(self.engine, self.notified, ENDED_CHANNEL)
-                self._listener.start()
+            if not self._closed:
+                self._listening.want()
             return woken
 
     def _give_back(self, task_id: str, woken: threading.Event) -> None:
@@ -146,7 +141,3 @@ class Waiters:
             others.remove(woken)
             if not others:
                 del self._by_task[task_id]
-
-    def _recheck(self) -> float:
-        listening = self._listener is not None and self._listener.listening.is_set()
-        return max(self.recheck_s, LISTENING_RECHECK_S) if listening else self.recheck_s

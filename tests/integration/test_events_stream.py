@@ -207,7 +207,7 @@ def test_a_change_another_instance_commits_reaches_the_stream(make_app: AppFacto
     reader = make_app(POLLING_INTERVAL="3600000" if postgresql else "100")
     stream = Stream(reader.test_client())
     if postgresql:
-        listener = parts.streams(reader)._listener
+        listener = parts.streams(reader)._listening.listener
         assert listener is not None and listener.listening.wait(DEADLINE_S)
     submit(writer.test_client(), "elsewhere")
     assert changes(stream.events(1)) == [("elsewhere", "QUEUED")]
