@@ -421,6 +421,28 @@ class BatchSummaryOut(Schema):
     )
 
 
+class BatchViewTaskOut(Schema):
+    """A task as the batch page draws it: a node of the graph."""
+
+    id = fields.String()
+    type = fields.String()
+    status = fields.String()
+    attempts = fields.Integer()
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
+
+
+class BatchViewAttemptOut(Schema):
+    """An attempt that ended, as the batch page's timeline draws it."""
+
+    task_id = fields.String()
+    attempt = fields.Integer()
+    instance = fields.String(allow_none=True)
+    outcome = fields.String()
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
+
+
 class StrictNumber(fields.Float):
     """A finite JSON number: not a boolean, not a string."""
 

@@ -1,9 +1,10 @@
 """The dashboard: HTML pages served by the app, and the JSON reads they need beyond the API.
 
-The pages (the overview, a task, the schedules, the queues, the instances) are plain
-HTML, CSS and JavaScript from `templates/dashboard` and `static/dashboard`; they call the
-JSON API on the same origin, plus `GET /dashboard/counts` (tasks per status),
-`GET /dashboard/graph/<id>` (a task's neighbourhood, both ways) and
+The pages (the overview, a task, a batch, the schedules, the queues, the instances) are
+plain HTML, CSS and JavaScript from `templates/dashboard` and `static/dashboard`; they call
+the JSON API on the same origin, plus `GET /dashboard/counts` (tasks per status),
+`GET /dashboard/graph/<id>` (a task's neighbourhood, both ways),
+`GET /dashboard/batches/<id>` (a batch's whole graph and attempts) and
 `GET /dashboard/actions/<id>` (whether cancel and retry would succeed).
 With API_TOKEN set, those data routes need the token like the API (app/http/auth.py); the
 pages and static files stay open, and the pages ask for the token once and keep it per tab.
@@ -20,7 +21,8 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from app import parts
 from app.errors import NotFound
 from app.http.auth import may_read
-from app.services import actions
+from app.schemas import BatchSummaryOut, BatchViewAttemptOut, BatchViewTaskOut
+from app.services import actions, batches
 from app.services.reads import check_task_id, get_task
 from app.statuses import Status
 from app.storage import database
@@ -35,6 +37,12 @@ bp = Blueprint("dashboard", __name__)
 # How far the graph reaches from the task, each way, and how many tasks it shows at most.
 GRAPH_LEVELS = 2
 MAX_GRAPH_NODES = 200
+# Every status, in their order: the counts and the legend of the pages.
+STATUSES = [s.value for s in Status]
+
+summary_out = BatchSummaryOut()
+view_task_out = BatchViewTaskOut(many=True)
+view_attempt_out = BatchViewAttemptOut(many=True)
 
 
 @bp.get("/")
@@ -43,7 +51,7 @@ def index() -> str:
     status = request.args.get("status", "")
     return render_template(
         "dashboard/index.html",
-        statuses=[s.value for s in Status],
+        statuses=STATUSES,
         wanted_status=status.upper() if status.isascii() else status,
         task_type=request.args.get("type", ""),
         batch_id=request.args.get("batch_id", ""),
@@ -72,14 +80,24 @@ def instances_page() -> str:
 def task_page(task_id: str) -> str | tuple[str, int]:
     """One task: its details, its blockers, its actions and its dependency graph."""
     if not may_read(current_app.config["API_TOKEN"]):
-        return render_template("dashboard/task.html", task_id=task_id, task=None, can=None)
+        return render_template(
+            "dashboard/task.html", task_id=task_id, task=None, can=None, statuses=STATUSES
+        )
     engine = parts.engine()
     try:
         task = get_task(engine, task_id)
         can = actions.choices(engine, task_id)
     except NotFound:
         return render_template("dashboard/missing.html", task_id=task_id), 404
-    return render_template("dashboard/task.html", task_id=task_id, task=task, can=can)
+    return render_template(
+        "dashboard/task.html", task_id=task_id, task=task, can=can, statuses=STATUSES
+    )
+
+
+@bp.get("/batches/<batch_id>")
+def batch_page(batch_id: str) -> str:
+    """A batch: its whole graph by layer, live, with counts, critical path and timeline."""
+    return render_template("dashboard/batch.html", batch_id=batch_id, statuses=STATUSES)
 
 
 @bp.get("/dashboard/counts")
@@ -106,6 +124,19 @@ def graph(task_id: str) -> Response:
     """
     with database.read(parts.engine()) as conn:
         return jsonify(neighbourhood(conn, task_id))
+
+
+@bp.get("/dashboard/batches/<batch_id>")
+def batch_view(batch_id: str) -> Response:
+    """Return what the batch page draws: `batch` (its summary), `tasks` (at most `limit`,
+    in submission order; `truncated` says there are more), `edges` among them as
+    `[dependency, dependent]`, `attempts` that ended (for the timeline) and
+    `events_after`, the event number its stream starts after."""
+    found = batches.view(parts.engine(), batch_id)
+    found["batch"] = summary_out.dump(found["batch"])
+    found["tasks"] = view_task_out.dump(found["tasks"])
+    found["attempts"] = view_attempt_out.dump(found["attempts"])
+    return jsonify(found)
 
 
 def neighbourhood(conn: Connection, task_id: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from app.errors import InvalidParameter, InvalidState, NotFound
 from app.schemas import ID_PATTERN
 from app.services.actions import held_back, requeue
 from app.statuses import RETRYABLE, TERMINAL, Status
-from app.storage import cascade, database
+from app.storage import cascade, database, eventlog
+from app.storage.graph import batch_tasks, edges, ended_attempts
 from app.storage.notify import announce
 from app.storage.propagation import CANCEL, count_down_cut, cut_off, settle
 from app.storage.reads import batch_roots, batch_summary
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.batches")
 
 MAX_BATCH_ID_LENGTH = 64
+# What the batch page draws at most: tasks (in submission order), and attempts that ended
+# on its timeline (the latest).
+MAX_VIEW_TASKS = 2000
+MAX_VIEW_ATTEMPTS = 5000
 _FAILED = {Status.FAILED.value, Status.UPSTREAM_FAILED.value}
 
 
@@ -50,6 +55,32 @@ def summary(engine: Engine, batch_id: str) -> dict[str, Any]:
     check_batch_id(batch_id)
     with database.read(engine) as conn:
         return _summary(conn, batch_id)
+
+
+def view(engine: Engine, batch_id: str) -> dict[str, Any]:
+    """Return what the batch page draws: the summary, the tasks (at most MAX_VIEW_TASKS;
+    `truncated` says there are more), the edges among them, the attempts that ended, and
+    `events_after`: the event the page's stream resumes after to miss no later change.
+
+    The event number is read first: a change committed after it is in what follows or in
+    the stream (or both: applying a task's status again changes nothing).
+    """
+    check_batch_id(batch_id)
+    with database.read(engine) as conn:
+        after = eventlog.opening(conn).seq
+        answer = _summary(conn, batch_id)
+        found = batch_tasks(conn, batch_id, MAX_VIEW_TASKS + 1)
+        shown = found[:MAX_VIEW_TASKS]
+        ids = [task["id"] for task in shown]
+        return {
+            "batch": answer,
+            "tasks": shown,
+            "edges": edges(conn, ids),
+            "attempts": ended_attempts(conn, ids, MAX_VIEW_ATTEMPTS),
+            "truncated": len(found) > MAX_VIEW_TASKS,
+            "limit": MAX_VIEW_TASKS,
+            "events_after": after,
+        }
 
 
 def _summary(conn: Connection, batch_id: str) -> dict[str, Any]:

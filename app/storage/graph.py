@@ -1,5 +1,5 @@
-"""The dashboard's graph: a task's neighbours along dependency edges, both ways, and the
-nodes and edges among the tasks it shows."""
+"""The dashboard's graphs: a task's neighbours along dependency edges, both ways; a
+batch's tasks with their attempts; and the edges among the tasks a graph shows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from app.storage.tables import deps, tasks
+from app.storage.tables import deps, task_attempts, tasks
 
 
 def has_task(conn: Connection, task_id: str) -> bool:
@@ -47,3 +47,43 @@ def edges(conn: Connection, ids: Iterable[str]) -> list[list[str]]:
         .order_by(deps.c.dependency_id, deps.c.task_id)
     )
     return [[row.dependency_id, row.task_id] for row in conn.execute(query)]
+
+
+def batch_tasks(conn: Connection, batch_id: str, limit: int) -> list[dict[str, Any]]:
+    """Return up to `limit` tasks of the batch in submission order (through the batch
+    index): id, type, status, attempts, and the start and finish of the last attempt."""
+    query = (
+        select(
+            tasks.c.id,
+            tasks.c.type,
+            tasks.c.status,
+            tasks.c.attempts,
+            tasks.c.started_at,
+            tasks.c.finished_at,
+        )
+        .where(tasks.c.batch_id == batch_id)
+        .order_by(tasks.c.seq)
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def ended_attempts(conn: Connection, ids: list[str], limit: int) -> list[dict[str, Any]]:
+    """Return the latest `limit` attempts that ended of the tasks `ids`, by their start:
+    task, number, instance, outcome, start and finish."""
+    query = (
+        select(
+            task_attempts.c.task_id,
+            task_attempts.c.attempt,
+            task_attempts.c.instance,
+            task_attempts.c.outcome,
+            task_attempts.c.started_at,
+            task_attempts.c.finished_at,
+        )
+        .where(task_attempts.c.task_id.in_(ids))
+        .order_by(task_attempts.c.finished_at.desc())
+        .limit(limit)
+    )
+    rows = [dict(row._mapping) for row in conn.execute(query)]
+    rows.reverse()
+    return rows

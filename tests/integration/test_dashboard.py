@@ -10,12 +10,15 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
+from app import parts
+from app.handlers import TaskContext
 from app.http.dashboard import MAX_GRAPH_NODES
+from app.services import batches
 from app.statuses import Status
 from app.storage import database
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory
-from tests.support.client import assert_error, submit
+from tests.support.client import assert_error, running_app, submit, wait_terminal
 
 ASSET = re.compile(r'(?:src|href)="(/static/dashboard/[^"]+)"')
 URL = re.compile(r"https?://[^\s\"'<>)]+")
@@ -170,12 +173,13 @@ def test_the_actions_read_of_an_unknown_task_is_a_404(client: FlaskClient) -> No
     assert body["details"] == {"id": "nope"}
 
 
-def test_a_task_page_links_its_batch_to_the_filtered_list(client: FlaskClient) -> None:
+def test_a_task_page_links_its_batch_page_and_the_filtered_list(client: FlaskClient) -> None:
     one = {"id": "in-batch", "type": "simulate", "duration_ms": 1}
     answer = client.post("/api/tasks/batch", json={"tasks": [one]}).get_json()
     elements = Elements(page(client, "/tasks/in-batch"))
     assert elements.shown("task-batch")
-    assert elements.by_id["batch-link"]["href"] == f"/?batch_id={answer['batch_id']}"
+    assert elements.by_id["batch-link"]["href"] == f"/batches/{answer['batch_id']}"
+    assert elements.by_id["batch-list-link"]["href"] == f"/?batch_id={answer['batch_id']}"
     submit(client, "alone")
     alone = page(client, "/tasks/alone")
     assert not Elements(alone).shown("task-batch")
@@ -211,9 +215,9 @@ def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFact
 
 def test_the_static_files_are_served_and_fetch_nothing_remote(client: FlaskClient) -> None:
     submit(client, "x")
-    paths = ["/", "/tasks/x", *(path for path, *_ in SECTIONS)]
+    paths = ["/", "/tasks/x", "/batches/b", *(path for path, *_ in SECTIONS)]
     names = {name for path in paths for name in assets(page(client, path))}
-    assert len(names) == 5 + len(SECTIONS)
+    assert len(names) == 6 + len(SECTIONS)
     for path in names:
         response = client.get(path)
         assert response.status_code == 200, path
@@ -340,3 +344,129 @@ def test_with_a_token_set_a_section_page_is_open_and_its_data_is_not(
     assert client.get(data).status_code == 401
     token = {"Authorization": "Bearer dashboard-test-token-1"}
     assert client.get(data, headers=token).status_code == 200
+
+
+# -- the batch page -----------------------------------------------------------------------
+
+
+def batch_view(client: FlaskClient, batch_id: str) -> dict[str, Any]:
+    response = client.get(f"/dashboard/batches/{batch_id}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def submit_batch(client: FlaskClient, tasks_: list[dict[str, Any]]) -> str:
+    response = client.post("/api/tasks/batch", json={"tasks": tasks_})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    batch_id: str = response.get_json()["batch_id"]
+    return batch_id
+
+
+def test_a_batch_page_uses_only_local_files_and_names_the_batch(client: FlaskClient) -> None:
+    html = page(client, "/batches/b-1")
+    found = assets(html)
+    for name in ("dashboard.css", "common.js", "graph.js", "batch.js"):
+        assert f"/static/dashboard/{name}" in found
+    assert 'data-batch-id="b-1"' in html
+    assert URL.findall(html) == []
+    escaped = page(client, "/batches/%3Cscript%3E")
+    assert "<script>" not in escaped.replace('<script src="', "")
+
+
+def test_the_batch_view_holds_every_task_its_edges_attempts_and_counts(
+    make_app: AppFactory,
+) -> None:
+    client = make_app().test_client()
+    submit(client, "outside")
+    batch_id = submit_batch(
+        client,
+        [
+            {"id": "a", "type": "simulate", "duration_ms": 1},
+            {"id": "b", "type": "simulate", "duration_ms": 1, "dependencies": ["a"]},
+            {"id": "c", "type": "other", "duration_ms": 1, "dependencies": ["a", "outside"]},
+        ],
+    )
+    engine = client.application.extensions["store"].engine
+    set_status(client, "COMPLETED", "a")
+    body = batch_view(client, batch_id)
+    assert [t["id"] for t in body["tasks"]] == ["a", "b", "c"]  # submission order
+    assert body["tasks"][0] == {
+        "id": "a",
+        "type": "simulate",
+        "status": "COMPLETED",
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+    }
+    assert body["tasks"][2]["type"] == "other"
+    assert sorted(map(tuple, body["edges"])) == [("a", "b"), ("a", "c")]  # within the batch
+    assert body["batch"]["batch_id"] == batch_id
+    assert body["batch"]["counts"]["QUEUED"] == 2
+    assert body["batch"]["counts"]["COMPLETED"] == 1
+    assert body["attempts"] == []
+    assert body["truncated"] is False
+    assert body["limit"] == batches.MAX_VIEW_TASKS
+    with database.read(engine) as conn:
+        newest = conn.exec_driver_sql("SELECT max(seq) FROM task_events").scalar()
+    assert body["events_after"] == newest  # a stream resuming after it misses nothing
+
+
+def test_the_batch_view_lists_the_attempts_that_ended(make_app: AppFactory) -> None:
+    calls = {"n": 0}
+
+    def flaky(ctx: TaskContext) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("first time")
+
+    app = running_app(make_app, {"flaky": flaky})
+    client = app.test_client()
+    one = {"id": "x", "type": "flaky", "duration_ms": 1, "max_attempts": 2, "retry_backoff_ms": 1}
+    batch_id = submit_batch(client, [one])
+    assert wait_terminal(client, "x")["x"]["status"] == "COMPLETED"
+    body = batch_view(client, batch_id)
+    assert [(a["task_id"], a["attempt"], a["outcome"]) for a in body["attempts"]] == [
+        ("x", 1, "FAILED"),
+        ("x", 2, "COMPLETED"),
+    ]
+    first, second = body["attempts"]
+    assert first["instance"] == parts.scheduler(app).id
+    assert first["started_at"] <= first["finished_at"] <= second["started_at"]
+    assert body["tasks"][0]["started_at"] == second["started_at"]  # the last attempt's
+
+
+def test_the_batch_view_stops_at_its_limit(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "MAX_VIEW_TASKS", 3)
+    batch_id = submit_batch(
+        client, [{"id": f"t{i}", "type": "simulate", "duration_ms": 1} for i in range(5)]
+    )
+    body = batch_view(client, batch_id)
+    assert [t["id"] for t in body["tasks"]] == ["t0", "t1", "t2"]
+    assert body["truncated"] is True
+    assert body["limit"] == 3
+    assert body["batch"]["total"] == 5  # the counts are of the whole batch
+
+
+def test_the_batch_view_of_an_unknown_or_impossible_batch_is_an_error(
+    client: FlaskClient,
+) -> None:
+    body = assert_error(client.get("/dashboard/batches/nope"), 404, "not_found")
+    assert body["details"] == {"batch_id": "nope"}
+    assert_error(client.get("/dashboard/batches/" + "x" * 65), 400, "invalid_parameter")
+
+
+def test_with_a_token_set_the_batch_page_is_open_and_its_data_is_not(
+    make_app: AppFactory,
+) -> None:
+    client = make_app(API_TOKEN="dashboard-test-token-1").test_client()
+    token = {"Authorization": "Bearer dashboard-test-token-1"}
+    one = {"id": "t", "type": "simulate", "duration_ms": 1}
+    answer = client.post("/api/tasks/batch", json={"tasks": [one]}, headers=token)
+    batch_id = answer.get_json()["batch_id"]
+    html = page(client, f"/batches/{batch_id}")
+    assert Elements(html).by_id["token-form"]["tag"] == "form"
+    assert client.get(f"/dashboard/batches/{batch_id}").status_code == 401
+    assert client.get(f"/dashboard/batches/{batch_id}", headers=token).status_code == 200

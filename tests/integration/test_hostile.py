@@ -618,6 +618,9 @@ ACTIONS = [
     get("batch-id-65-chars", "/api/batches/" + "b" * 65, 400, "invalid_parameter", r"is not a batch id"),
     get("batch-id-with-nul", "/api/batches/b%00", 400, "invalid_parameter", r"is not a batch id"),
     get("batch-unknown-param", "/api/batches/seed-batch?x=1", 400, "invalid_parameter", r"'x'"),
+    get("batch-view-unknown", "/dashboard/batches/ghost", 404, "not_found", r"No batch 'ghost'"),
+    get("batch-view-id-65-chars", "/dashboard/batches/" + "b" * 65, 400, "invalid_parameter", r"is not a batch id"),
+    get("batch-view-id-with-nul", "/dashboard/batches/b%00", 400, "invalid_parameter", r"is not a batch id"),
     post("batch-cancel-unknown", b"", 404, "not_found", r"No batch 'ghost'", path="/api/batches/ghost/cancel"),
     post("batch-retry-unknown", b"", 404, "not_found", r"No batch 'ghost'", path="/api/batches/ghost/retry"),
     post("batch-retry-nothing", b"", 409, "invalid_state", r"has no task to retry", path="/api/batches/seed-batch/retry"),
@@ -661,6 +664,8 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/instances": ("/instances", frozenset({"GET"})),
     "/dashboard/counts": ("/dashboard/counts", frozenset({"GET"})),
     "/dashboard/graph/<task_id>": ("/dashboard/graph/a", frozenset({"GET"})),
+    "/batches/<batch_id>": ("/batches/seed-batch", frozenset({"GET"})),
+    "/dashboard/batches/<batch_id>": ("/dashboard/batches/seed-batch", frozenset({"GET"})),
     "/dashboard/actions/<task_id>": ("/dashboard/actions/a", frozenset({"GET"})),
 }
 

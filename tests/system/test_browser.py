@@ -81,11 +81,14 @@ def test_a_graph_turns_green_and_a_failed_task_is_retried(
     p.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
-    # The batch link lists the batch's three tasks.
-    p.click("#batch-link")
+    # The batch's second link lists its three tasks (the first opens the batch page).
+    p.click("#batch-list-link")
     p.wait_for_url(f"{server.base_url}/?batch_id=*")
     p.wait_for_function("document.querySelectorAll('#task-rows tr').length === 3")
     assert p.input_value("#filter-batch") == p.url.split("batch_id=", 1)[1]
+    assert p.get_attribute("#batch-graph-link", "href") == "/batches/" + p.input_value(
+        "#filter-batch"
+    )
 
     missing = p.goto(f"{server.base_url}/tasks/ghost")
     assert missing is not None and missing.status == 404

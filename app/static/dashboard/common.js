@@ -200,6 +200,11 @@ var Dash = (function () {
     return task.max_attempts ? text + " (up to " + task.max_attempts + " per run)" : text;
   }
 
+  /** The batch page's URL: the batch's whole graph. */
+  function batchPageUrl(batchId) {
+    return "/batches/" + encodeURIComponent(batchId);
+  }
+
   /** The overview's URL listing the tasks of one batch. */
   function batchUrl(batchId) {
     return "/?batch_id=" + encodeURIComponent(batchId);
@@ -210,7 +215,7 @@ var Dash = (function () {
   // older server, the network) it polls as before.
   var SAFETY_POLL_MS = 15000;
   var CHANGE_REFRESH_MS = 500;
-  var live = { started: false, open: false, listeners: [] };
+  var live = { started: false, open: false, listeners: [], streams: 0 };
 
   /** Call `tick` when a task changes, at most every CHANGE_REFRESH_MS while the tab shows. */
   function onChanges(tick) {
@@ -227,31 +232,66 @@ var Dash = (function () {
     });
     if (!live.started) {
       live.started = true;
-      listen(null);
+      stream("", null, function () {
+        live.listeners.forEach(function (listener) {
+          listener();
+        });
+      }, function (open) {
+        live.open = open;
+      });
     }
   }
 
-  /** Read /api/events with fetch (the token in its header, never in the URL: EventSource
-   *  cannot send one), resuming after the last event seen whenever the stream ends. */
-  function listen(lastId) {
+  /** Parse complete server-sent event blocks: [{id, data}], data parsed from JSON. */
+  function parseEvents(blocks) {
+    var found = [];
+    blocks.forEach(function (block) {
+      var event = { id: null, data: null };
+      block.split("\n").forEach(function (line) {
+        if (line.indexOf("id: ") === 0) {
+          event.id = line.slice(4);
+        } else if (line.indexOf("data: ") === 0) {
+          try {
+            event.data = JSON.parse(line.slice(6));
+          } catch (e) {
+            event.data = null;
+          }
+        }
+      });
+      if (event.id !== null) {
+        found.push(event);
+      }
+    });
+    return found;
+  }
+
+  /** Read /api/events?`query` with fetch (the token in its header, never in the URL:
+   *  EventSource cannot send one), after event `lastId` (null: from now), and again after
+   *  the last event seen whenever the stream ends. `onEvents(events)` gets each chunk's
+   *  events ({id, data}) in order; `onOpen(open)` hears when the stream opens and ends. */
+  function stream(query, lastId, onEvents, onOpen) {
     var headers = { Accept: "text/event-stream" };
     var token = storedToken();
     var again = 1000;
+    var opened = false;
     if (token) {
       headers.Authorization = "Bearer " + token;
     }
     if (lastId) {
       headers["Last-Event-ID"] = lastId;
     }
-    fetch("/api/events", { headers: headers, credentials: "same-origin" })
+    var url = "/api/events" + (query ? "?" + query : "");
+    fetch(url, { headers: headers, credentials: "same-origin" })
       .then(function (response) {
         if (!response.ok || !response.body) {
           // 401: soon again, with the token the page asks for; 503 (every slot of the
-          // worker taken) or another refusal: poll meanwhile.
+          // worker taken) or another refusal: the page polls meanwhile.
           again = response.status === 401 ? 2000 : SAFETY_POLL_MS;
           return null;
         }
-        live.open = true;
+        opened = true;
+        live.streams += 1;
+        onOpen(true);
         var reader = response.body.getReader();
         var decoder = new TextDecoder();
         var buffer = "";
@@ -263,19 +303,14 @@ var Dash = (function () {
             buffer += decoder.decode(chunk.value, { stream: true });
             var blocks = buffer.split("\n\n");
             buffer = blocks.pop();
-            var changed = false;
-            blocks.forEach(function (block) {
-              block.split("\n").forEach(function (line) {
-                if (line.indexOf("id: ") === 0) {
-                  lastId = line.slice(4);
-                  changed = true;
-                }
-              });
-            });
-            if (changed) {
-              live.listeners.forEach(function (listener) {
-                listener();
-              });
+            var events = parseEvents(blocks);
+            if (events.length) {
+              lastId = events[events.length - 1].id;
+              try {
+                onEvents(events);
+              } catch (e) {
+                window.console.error(e); // the page's fault: keep the stream
+              }
             }
             return read();
           });
@@ -286,9 +321,12 @@ var Dash = (function () {
         again = SAFETY_POLL_MS;
       })
       .then(function () {
-        live.open = false;
+        if (opened) {
+          live.streams -= 1;
+        }
+        onOpen(false);
         window.setTimeout(function () {
-          listen(lastId);
+          stream(query, lastId, onEvents, onOpen);
         }, again);
       });
   }
@@ -324,6 +362,7 @@ var Dash = (function () {
     show: show,
     taskUrl: taskUrl,
     batchUrl: batchUrl,
+    batchPageUrl: batchPageUrl,
     attempts: attempts,
     ATTEMPTS_NOTE: ATTEMPTS_NOTE,
     apiTaskUrl: apiTaskUrl,
@@ -335,8 +374,9 @@ var Dash = (function () {
     time: time,
     poll: poll,
     onChanges: onChanges,
+    stream: stream,
     streaming: function () {
-      return live.open;
+      return live.streams > 0;
     },
   };
 })();

@@ -27,6 +27,12 @@ var DashGraph = (function () {
     return node;
   }
 
+  /** An edge's path: from the right side of one node to the left side of the next. */
+  function curve(x1, y1, x2, y2) {
+    var mid = (x1 + x2) / 2;
+    return "M" + x1 + " " + y1 + "C" + mid + " " + y1 + " " + mid + " " + y2 + " " + x2 + " " + y2;
+  }
+
   function clip(text) {
     return text.length > MAX_LABEL ? text.slice(0, MAX_LABEL - 1) + "\u2026" : text;
   }
@@ -136,15 +142,9 @@ var DashGraph = (function () {
       if (!from || !to) {
         return;
       }
-      var x1 = from.x + NODE_W;
-      var y1 = from.y + NODE_H / 2;
-      var x2 = to.x;
-      var y2 = to.y + NODE_H / 2;
-      var mid = (x1 + x2) / 2;
       var path = svg("path", {
         class: "edge",
-        d: "M " + x1 + " " + y1 + " C " + mid + " " + y1 + ", " + mid + " " + y2 + ", " +
-          x2 + " " + y2,
+        d: curve(from.x + NODE_W, from.y + NODE_H / 2, to.x, to.y + NODE_H / 2),
         "marker-end": "url(#arrow)",
         "data-from": e[0],
         "data-to": e[1],
@@ -213,5 +213,12 @@ var DashGraph = (function () {
     }
   }
 
-  return { render: render, colours: COLOURS };
+  return {
+    render: render,
+    colours: COLOURS,
+    textColours: TEXT_COLOURS,
+    depths: depths,
+    curve: curve,
+    svg: svg,
+  };
 })();

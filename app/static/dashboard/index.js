@@ -108,10 +108,20 @@
     window.history.replaceState(null, "", search ? "?" + search : window.location.pathname);
   }
 
+  /** Link the batch page while the list is filtered by a batch. */
+  function showBatchLink() {
+    var batchId = batchInput.value.trim();
+    var link = document.getElementById("batch-graph-link");
+    document.getElementById("batch-graph-line").hidden = !batchId;
+    link.textContent = batchId;
+    link.setAttribute("href", batchId ? Dash.batchPageUrl(batchId) : "#");
+  }
+
   function restart() {
     cursors = [null];
     page = 0;
     saveFilters();
+    showBatchLink();
     loadPage();
   }
 

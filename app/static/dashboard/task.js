@@ -23,6 +23,7 @@
   var missing = document.getElementById("task-missing");
   var batchLine = document.getElementById("task-batch");
   var batchLink = document.getElementById("batch-link");
+  var batchListLink = document.getElementById("batch-list-link");
   var graphBox = document.getElementById("graph");
   var graphNote = document.getElementById("graph-note");
   var attemptRows = document.getElementById("attempt-rows");
@@ -100,7 +101,8 @@
     batchLine.hidden = !task.batch_id;
     if (task.batch_id) {
       batchLink.textContent = task.batch_id;
-      batchLink.setAttribute("href", Dash.batchUrl(task.batch_id));
+      batchLink.setAttribute("href", Dash.batchPageUrl(task.batch_id));
+      batchListLink.setAttribute("href", Dash.batchUrl(task.batch_id));
     }
   }
 
