@@ -4,8 +4,9 @@
 Usage: python scripts/screenshots.py [--out DIR] [--chromium PATH]
 Starts gunicorn on a scratch SQLite database, submits a graph in which some tasks have
 finished, some run, one failed and its dependent will never run, and saves `home.png` (the
-counts and the task table), `graph.png` (one task's neighbourhood) and `instances.png` (the
-scheduler instances, busy with the pipeline) under DIR.
+counts and the task table), `graph.png` (one task's neighbourhood), `instances.png` (the
+scheduler instances, busy with the pipeline) and `batch.png` (the pipeline's batch page,
+live) under DIR.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def shoot(base: str, out: Path, chromium: str) -> None:
+def shoot(base: str, out: Path, chromium: str, batch_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -97,6 +98,14 @@ def shoot(base: str, out: Path, chromium: str) -> None:
             page.goto(base + "/instances")
             page.wait_for_selector("#instance-rows tr[data-instance]")
             page.locator("section:has(#instance-rows)").screenshot(path=out / "instances.png")
+            page.set_viewport_size({"width": 1280, "height": 1000})
+            page.goto(f"{base}/batches/{batch_id}")
+            page.wait_for_selector(
+                '#batch-graph [data-task-id="clean-customers"][data-status="RUNNING"]'
+            )
+            page.wait_for_selector("#timeline rect.bar")
+            page.wait_for_function("Dash.streaming()")
+            page.screenshot(path=out / "batch.png", full_page=True)
         finally:
             browser.close()
 
@@ -134,19 +143,19 @@ def main() -> None:
                 {"id": f"nightly-{n:02d}", "type": "simulate", "duration_ms": 5} for n in range(40)
             ]
             call(base, "POST", "/api/tasks/batch", {"tasks": history})
-            call(base, "POST", "/api/tasks/batch", {"tasks": pipeline()})
+            batch_id = call(base, "POST", "/api/tasks/batch", {"tasks": pipeline()})["batch_id"]
             wait(
                 lambda: (
                     call(base, "GET", "/api/tasks/publish-catalog")["status"] == "UPSTREAM_FAILED"
                 ),
                 "the failure to propagate",
             )
-            shoot(base, args.out, args.chromium)
+            shoot(base, args.out, args.chromium, batch_id)
         finally:
             server.terminate()
             server.wait(timeout=60)
             log.close()
-    print(f"saved home.png, graph.png and instances.png under {args.out}")
+    print(f"saved home.png, graph.png, instances.png and batch.png under {args.out}")
 
 
 if __name__ == "__main__":

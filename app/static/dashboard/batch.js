@@ -28,6 +28,8 @@
   var PAD = 12;
   var PER_COLUMN = 40; // a wider layer wraps into more columns
   var BAND_H = 18; // the layer's label under it
+  var MIN_BOX_H = 160;
+  var MAX_BOX_H = 600;
   var MAX_LABEL = 20;
   var BAR_H = 10;
   var LANE_GAP = 3;
@@ -227,6 +229,8 @@
     });
     root.appendChild(scene);
     Dash.clear(graphBox);
+    // As tall as the graph at full size, within bounds: a large one is fitted, then zoomed.
+    graphBox.style.height = Math.min(MAX_BOX_H, Math.max(MIN_BOX_H, plan.height + 8)) + "px";
     graphBox.appendChild(root);
     state.plan = plan;
     state.groups = {};
@@ -252,7 +256,7 @@
       return;
     }
     var box = graphBox.getBoundingClientRect();
-    var k = Math.min(box.width / view.plan.width, box.height / view.plan.height, 1.5);
+    var k = Math.min(box.width / view.plan.width, box.height / view.plan.height, 1);
     camera.k = Math.max(k, 0.02);
     camera.x = (box.width - view.plan.width * camera.k) / 2;
     camera.y = Math.max(0, (box.height - view.plan.height * camera.k) / 2);
@@ -726,7 +730,8 @@
         drawAll();
         if (!streamStarted) {
           streamStarted = true;
-          setLive(false);
+          closedSince = Date.now();
+          liveLine.textContent = "Connecting to the server's event stream\u2026";
           Dash.stream(
             "batch=" + encodeURIComponent(batchId),
             String(result.body.events_after),

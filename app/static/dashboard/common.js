@@ -285,8 +285,17 @@ var Dash = (function () {
       .then(function (response) {
         if (!response.ok || !response.body) {
           // 401: soon again, with the token the page asks for; 503 (every slot of the
-          // worker taken) or another refusal: the page polls meanwhile.
-          again = response.status === 401 ? 2000 : SAFETY_POLL_MS;
+          // worker taken, as when pages opened one after another still hold theirs until
+          // the server notices they went): after its Retry-After; another refusal: later.
+          // The page polls meanwhile.
+          var wait = Number(response.headers.get("Retry-After"));
+          if (response.status === 401) {
+            again = 2000;
+          } else if (response.status === 503 && wait > 0) {
+            again = Math.min(wait * 1000, SAFETY_POLL_MS);
+          } else {
+            again = SAFETY_POLL_MS;
+          }
           return null;
         }
         opened = true;
