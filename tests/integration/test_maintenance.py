@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from flask import Flask
+from sqlalchemy import func, select
 
 from app import parts
 from app.runtime.heartbeat import Contact, Heartbeat
@@ -17,11 +18,20 @@ from app.runtime.metrics import Metrics
 from app.runtime.pruner import Pruner
 from app.runtime.reaper import Reaper
 from app.statuses import Status
+from app.storage import database
 from app.storage.database import utcnow
 from app.storage.store import Outcome, Store
+from app.storage.tables import task_attempts
 from tests.support.apps import AppFactory
 from tests.support.stepping import Clock
 from tests.support.store import add, claim_all, count, register, row, set_fields
+
+
+def attempts_of(store: Store, task_id: str) -> int:
+    """How many history rows the task has."""
+    with database.read(store.engine) as conn:
+        query = select(func.count()).where(task_attempts.c.task_id == task_id)
+        return int(conn.execute(query).scalar_one())
 
 
 @pytest.fixture
@@ -104,9 +114,11 @@ def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store
     )
     (claim,) = claim_all(store)
     assert store.finish(claim, Outcome(Status.COMPLETED))
+    assert attempts_of(store, "done") == 1
     assert Pruner(store, retention_days=0).run_once(utcnow() + timedelta(days=30)) == 0  # off
     pruner = Pruner(store, retention_days=7)
     assert pruner.run_once(utcnow() + timedelta(days=6)) == 0
     assert pruner.run_once(utcnow() + timedelta(days=8)) == 1
     assert count(either_app) == 1  # the unfinished task stays, however old
     assert row(store, "waiting").status == Status.QUEUED
+    assert attempts_of(store, "done") == 0  # its history went with it
