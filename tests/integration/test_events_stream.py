@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import text
 
 from app import parts
@@ -275,6 +276,64 @@ def test_a_number_held_by_an_open_transaction_is_waited_for_then_sent_in_order(
             assert waiting and cursor.hole == gone
             time.sleep(0.01)
         assert [r["task_id"] for r in rows] == ["after"] and not waiting
+    finally:
+        first.close()
+        second.close()
+        teardown([app])
+
+
+def test_a_hole_filled_between_the_readers_statements_is_still_sent(
+    postgres_url: str,
+) -> None:
+    """The reader sees number n missing, its holder commits, and only then does the reader
+    learn that every transaction as old as the hole has ended: it must send n, not step
+    over it. It does because it reads the rows it sends after the snapshot that let it
+    step over the hole: whatever that snapshot saw ended is visible to them."""
+    app = build_app(postgres_url, {})
+    app_engine = parts.store(app).engine
+    insert = text(
+        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
+    )
+    first, second = app_engine.connect(), app_engine.connect()
+    committed: list[bool] = []
+
+    def commit_the_holder(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # Between the reader's statement that found the hole and the one that looks at
+        # the snapshot: the holder commits.
+        if "pg_current_snapshot" in statement and not committed:
+            committed.append(True)
+            first.commit()
+
+    try:
+        first.begin()
+        held = first.execute(insert, {"id": "held"}).scalar_one()
+        with second.begin():
+            second.execute(insert, {"id": "later"})
+        cursor = Cursor(held - 1)
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert rows == [] and waiting and cursor.hole == held
+        # Every transaction as old as the hole must have ended for the reader to step
+        # over it: wait for other sessions of the cluster (parallel tests) to finish.
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            with app_engine.connect() as probe:
+                xmin = probe.exec_driver_sql(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                ).scalar_one()
+                mine = first.exec_driver_sql("SELECT txid_current()").scalar_one()
+            if xmin >= mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        sqlalchemy_event.listen(app_engine, "before_cursor_execute", commit_the_holder)
+        try:
+            with app_engine.connect() as reader:
+                rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        finally:
+            sqlalchemy_event.remove(app_engine, "before_cursor_execute", commit_the_holder)
+        assert committed
+        assert [r["task_id"] for r in rows] == ["held", "later"] and not waiting
     finally:
         first.close()
         second.close()
