@@ -196,6 +196,19 @@ def _transaction(
             raise
 
 
+# The OID of the `tasks` table a session sees: what tells this deployment from others in
+# other schemas of the same database (and test runs beside each other). It keys the
+# advisory locks, and it ends the name of every NOTIFY channel, so that their
+# notifications wake this deployment's listeners only.
+DEPLOYMENT_SQL = "CAST(CAST('tasks' AS regclass) AS oid)"
+
+
+def channel_sql(name: str) -> str:
+    """Return the SQL naming this deployment's channel `name` (a SQL expression giving the
+    base name): the base name, an underscore and the deployment's OID."""
+    return f"({name} || '_' || {DEPLOYMENT_SQL}::text)"
+
+
 # Carries the ids of the tasks a transaction ended, comma-separated (an id holds no
 # comma), in payloads under PostgreSQL's limit of 8,000 bytes: what wakes the requests
 # waiting for those tasks, on every instance (notify.Listener).
@@ -254,7 +267,7 @@ def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]
     ended = [change[0] for change in changes if change[3] in TERMINAL]
     payloads = ["", *ended_payloads(ended)]
     channels = [EVENTS_CHANNEL] + [ENDED_CHANNEL] * (len(payloads) - 1)
-    calls = ", ".join(["pg_notify(%s, %s)"] * len(payloads))
+    calls = ", ".join([f"pg_notify({channel_sql('%s')}, %s)"] * len(payloads))
     return f"SELECT {calls}", tuple(
         v for pair in zip(channels, payloads, strict=True) for v in pair
     )
@@ -396,7 +409,7 @@ def advisory_lock(conn: Connection, name: int, *, wait: bool = True) -> bool:
     """
     signed = name - (1 << 32) if name >= 1 << 31 else name
     function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-    sql = f"SELECT {function}(%(name)s, CAST(CAST('tasks' AS regclass) AS oid)::int)"
+    sql = f"SELECT {function}(%(name)s, {DEPLOYMENT_SQL}::int)"
     held = conn.exec_driver_sql(sql, {"name": signed}).scalar()
     return wait or bool(held)
 

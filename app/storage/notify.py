@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 
 from app import faults
-from app.storage.database import postgresql_connect_args
+from app.storage.database import DEPLOYMENT_SQL, channel_sql, postgresql_connect_args
 
 # Named as before the package layout, so that operators' log filters keep working.
 log = logging.getLogger("app.notify")
@@ -28,13 +28,15 @@ def announce(conn: Connection) -> None:
     """Tell every listening scheduler that work is ready, when this transaction commits."""
     faults.point("notify.announce")
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+        sql = f"SELECT pg_notify({channel_sql(':channel')}, '')"
+        conn.execute(text(sql), {"channel": CHANNEL})
 
 
 class Listener:
-    """A thread holding one PostgreSQL connection that LISTENs on `channel` and calls
-    `on_notify` with each payload, and with "" once (re)connected: what was sent while it
-    was away is lost, so anything may have happened."""
+    """A thread holding one PostgreSQL connection that LISTENs on this deployment's
+    `channel` (database.channel_sql) and calls `on_notify` with each payload, and with ""
+    once (re)connected: what was sent while it was away is lost, so anything may have
+    happened."""
 
     def __init__(
         self, engine: Engine, on_notify: Callable[[str], None], channel: str = CHANNEL
@@ -65,7 +67,9 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, **self._connect_args) as conn:
-                    conn.execute(f"LISTEN {self._channel}")
+                    found = conn.execute(f"SELECT {DEPLOYMENT_SQL}").fetchone()
+                    assert found is not None
+                    conn.execute(f"LISTEN {self._channel}_{int(found[0])}")
                     delay = 0.5
                     # Connected: what was announced while we were away may be waiting.
                     self._on_notify("")

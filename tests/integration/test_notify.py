@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
+from app import parts
 from app.storage import database, scheduler_sql
+from app.storage.database import channel_sql
+from app.storage.notify import CHANNEL, Listener, announce
 from app.storage.tables import instances
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app, postgres_schema, teardown
 from tests.support.client import running_app, submit, wait_status
 from tests.support.handlers import Gate
 from tests.support.store import exited_pid
@@ -91,3 +95,32 @@ def test_work_recovered_from_a_dead_instance_wakes_an_idle_runner(make_app: AppF
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.postgres
+def test_a_deployment_in_another_schema_wakes_none_of_this_ones_listeners() -> None:
+    """Each deployment's channels end with its `tasks` table's OID: a NOTIFY of one schema
+    reaches the listeners of that schema alone."""
+    schema = contextmanager(postgres_schema)
+    with schema() as here_url, schema() as there_url:
+        here, there = build_app(here_url, {}), build_app(there_url, {})
+        heard: list[str] = []
+        listener = Listener(parts.store(here).engine, heard.append)
+        listener.start()
+        try:
+            wait_for(listener.listening.is_set, what="the listener to listen")
+            heard.clear()  # the "" said on connecting
+            with database.write(parts.store(there).engine) as conn:
+                announce(conn)
+            with database.write(parts.store(here).engine) as conn:
+                announce(conn)
+            with database.write(parts.store(here).engine) as conn:
+                marker = f"SELECT pg_notify({channel_sql(':channel')}, 'last')"
+                conn.execute(text(marker), {"channel": CHANNEL})
+            # Notifications of one database come in commit order: once the last arrives,
+            # any from the other schema would have come before it.
+            wait_for(lambda: "last" in heard, what="this deployment's notifications")
+            assert heard == ["", "last"]
+        finally:
+            listener.stop()
+            teardown([here, there])
