@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from app import parts
-from app.errors import NotFound
+from app.errors import InvalidParameter, NotFound
 from app.http.auth import may_read
 from app.schemas import BatchSummaryOut, BatchViewAttemptOut, BatchViewTaskOut
 from app.services import actions, batches
@@ -95,9 +95,22 @@ def task_page(task_id: str) -> str | tuple[str, int]:
 
 
 @bp.get("/batches/<batch_id>")
-def batch_page(batch_id: str) -> str:
-    """A batch: its whole graph by layer, live, with counts, critical path and timeline."""
-    return render_template("dashboard/batch.html", batch_id=batch_id, statuses=STATUSES)
+def batch_page(batch_id: str) -> str | tuple[str, int]:
+    """A batch: its whole graph by layer, live, with counts, critical path and timeline.
+
+    To a request that may read data, an unknown batch is a 404 page; otherwise the page's
+    script asks for the token, then says so itself."""
+    page = render_template("dashboard/batch.html", batch_id=batch_id, statuses=STATUSES)
+    if not may_read(current_app.config["API_TOKEN"]):
+        return page
+    try:
+        batches.summary(parts.engine(), batch_id)
+    except (NotFound, InvalidParameter):
+        missing = render_template(
+            "dashboard/batch.html", batch_id=batch_id, statuses=STATUSES, missing=True
+        )
+        return missing, 404
+    return page
 
 
 @bp.get("/dashboard/counts")

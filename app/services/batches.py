@@ -59,25 +59,29 @@ def summary(engine: Engine, batch_id: str) -> dict[str, Any]:
 
 def view(engine: Engine, batch_id: str) -> dict[str, Any]:
     """Return what the batch page draws: the summary, the tasks (at most MAX_VIEW_TASKS;
-    `truncated` says there are more), the edges among them, the attempts that ended, and
+    `truncated` says there are more), the edges among them, the attempts that ended (the
+    latest MAX_VIEW_ATTEMPTS; `attempts_truncated` says there are more), and
     `events_after`: the event the page's stream resumes after to miss no later change.
 
-    The event number is read first: a change committed after it is in what follows or in
-    the stream (or both: applying a task's status again changes nothing).
+    Everything is read in one snapshot, so the counts agree with the tasks' statuses; a
+    change the snapshot holds may also come again from the stream (applying a task's
+    status again changes nothing).
     """
     check_batch_id(batch_id)
-    with database.read(engine) as conn:
+    with database.snapshot_read(engine) as conn:
         after = eventlog.opening(conn).seq
         answer = _summary(conn, batch_id)
         found = batch_tasks(conn, batch_id, MAX_VIEW_TASKS + 1)
         shown = found[:MAX_VIEW_TASKS]
         ids = [task["id"] for task in shown]
+        ended = ended_attempts(conn, ids, MAX_VIEW_ATTEMPTS + 1)
         return {
             "batch": answer,
             "tasks": shown,
             "edges": edges(conn, ids),
-            "attempts": ended_attempts(conn, ids, MAX_VIEW_ATTEMPTS),
+            "attempts": ended[-MAX_VIEW_ATTEMPTS:],
             "truncated": len(found) > MAX_VIEW_TASKS,
+            "attempts_truncated": len(ended) > MAX_VIEW_ATTEMPTS,
             "limit": MAX_VIEW_TASKS,
             "events_after": after,
         }

@@ -399,6 +399,17 @@ def read(engine: Engine) -> AbstractContextManager[Connection]:
     return _transaction(engine, "DEFERRED")
 
 
+@contextmanager
+def snapshot_read(engine: Engine) -> Iterator[Connection]:
+    """Run one read transaction whose statements all see the same snapshot: on
+    PostgreSQL REPEATABLE READ, read only (never refused for a conflict); SQLite's read
+    transactions always do."""
+    with _transaction(engine, "DEFERRED") as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield conn
+
+
 def advisory_lock(conn: Connection, name: int, *, wait: bool = True) -> bool:
     """Take the PostgreSQL transaction lock `name` (a 32-bit number) for this deployment;
     without `wait`, only if it is free. Tell whether it is held.

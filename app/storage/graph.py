@@ -39,14 +39,22 @@ def nodes(conn: Connection, ids: list[str]) -> list[dict[str, Any]]:
 
 
 def edges(conn: Connection, ids: Iterable[str]) -> list[list[str]]:
-    """Return the `[dependency, dependent]` pairs between tasks of `ids`."""
-    members = list(ids)
+    """Return the `[dependency, dependent]` pairs between tasks of `ids`.
+
+    The edges of the dependents are read by key and those from outside dropped here: a
+    second IN list on the dependency would have SQLite probe every pair of the two.
+    """
+    members = set(ids)
     query = (
         select(deps.c.dependency_id, deps.c.task_id)
-        .where(deps.c.task_id.in_(members), deps.c.dependency_id.in_(members))
+        .where(deps.c.task_id.in_(members))
         .order_by(deps.c.dependency_id, deps.c.task_id)
     )
-    return [[row.dependency_id, row.task_id] for row in conn.execute(query)]
+    return [
+        [row.dependency_id, row.task_id]
+        for row in conn.execute(query)
+        if row.dependency_id in members
+    ]
 
 
 def batch_tasks(conn: Connection, batch_id: str, limit: int) -> list[dict[str, Any]]:
@@ -69,7 +77,7 @@ def batch_tasks(conn: Connection, batch_id: str, limit: int) -> list[dict[str, A
 
 
 def ended_attempts(conn: Connection, ids: list[str], limit: int) -> list[dict[str, Any]]:
-    """Return the latest `limit` attempts that ended of the tasks `ids`, by their start:
+    """Return the latest `limit` attempts that ended of the tasks `ids`, oldest first:
     task, number, instance, outcome, start and finish."""
     query = (
         select(

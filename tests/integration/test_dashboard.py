@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from app import parts
 from app.handlers import TaskContext
@@ -215,7 +215,8 @@ def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFact
 
 def test_the_static_files_are_served_and_fetch_nothing_remote(client: FlaskClient) -> None:
     submit(client, "x")
-    paths = ["/", "/tasks/x", "/batches/b", *(path for path, *_ in SECTIONS)]
+    batch_id = submit_batch(client, [{"id": "y", "type": "simulate", "duration_ms": 1}])
+    paths = ["/", "/tasks/x", f"/batches/{batch_id}", *(path for path, *_ in SECTIONS)]
     names = {name for path in paths for name in assets(page(client, path))}
     assert len(names) == 6 + len(SECTIONS)
     for path in names:
@@ -364,13 +365,20 @@ def submit_batch(client: FlaskClient, tasks_: list[dict[str, Any]]) -> str:
 
 
 def test_a_batch_page_uses_only_local_files_and_names_the_batch(client: FlaskClient) -> None:
-    html = page(client, "/batches/b-1")
+    batch_id = submit_batch(client, [{"id": "y", "type": "simulate", "duration_ms": 1}])
+    html = page(client, f"/batches/{batch_id}")
     found = assets(html)
     for name in ("dashboard.css", "common.js", "graph.js", "batch.js"):
         assert f"/static/dashboard/{name}" in found
-    assert 'data-batch-id="b-1"' in html
+    assert f'data-batch-id="{batch_id}"' in html
+    assert not Elements(html).shown("batch-missing")
     assert URL.findall(html) == []
-    escaped = page(client, "/batches/%3Cscript%3E")
+
+
+def test_an_unknown_batch_is_a_404_page_that_says_so(client: FlaskClient) -> None:
+    elements = Elements(page(client, "/batches/nope", 404))
+    assert elements.shown("batch-missing")
+    escaped = page(client, "/batches/%3Cscript%3E", 404)  # not a batch id at all
     assert "<script>" not in escaped.replace('<script src="', "")
 
 
@@ -410,6 +418,38 @@ def test_the_batch_view_holds_every_task_its_edges_attempts_and_counts(
     with database.read(engine) as conn:
         newest = conn.exec_driver_sql("SELECT max(seq) FROM task_events").scalar()
     assert body["events_after"] == newest  # a stream resuming after it misses nothing
+
+
+def test_the_batch_view_reads_its_counts_and_tasks_in_one_snapshot(
+    make_app: AppFactory,
+) -> None:
+    """A task that changes between the view's statements is counted as it is listed: the
+    page counts nothing twice and nothing it does not colour. (Read at READ COMMITTED,
+    PostgreSQL counted the task QUEUED and listed it COMPLETED.)"""
+    client = make_app().test_client()
+    batch_id = submit_batch(
+        client, [{"id": t, "type": "simulate", "duration_ms": 1} for t in ("a", "b")]
+    )
+    engine = client.application.extensions["store"].engine
+    changed: list[bool] = []
+
+    def change_between(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # Before the statement listing the tasks, after the one counting them.
+        if "ORDER BY tasks.seq" in statement and not changed:
+            changed.append(True)
+            with database.write(engine) as other:
+                other.execute(update(tasks).where(tasks.c.id == "a").values(status="COMPLETED"))
+
+    event.listen(engine, "before_cursor_execute", change_between)
+    try:
+        body = batch_view(client, batch_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", change_between)
+    assert changed
+    listed = {t["id"]: t["status"] for t in body["tasks"]}
+    tally = {status: list(listed.values()).count(status) for status in set(listed.values())}
+    assert {k: v for k, v in body["batch"]["counts"].items() if v} == tally
+    assert listed == {"a": "QUEUED", "b": "QUEUED"}  # as the snapshot held them
 
 
 def test_the_batch_view_lists_the_attempts_that_ended(make_app: AppFactory) -> None:
@@ -468,5 +508,6 @@ def test_with_a_token_set_the_batch_page_is_open_and_its_data_is_not(
     batch_id = answer.get_json()["batch_id"]
     html = page(client, f"/batches/{batch_id}")
     assert Elements(html).by_id["token-form"]["tag"] == "form"
+    assert not Elements(page(client, "/batches/nope")).shown("batch-missing")  # tells nothing
     assert client.get(f"/dashboard/batches/{batch_id}").status_code == 401
     assert client.get(f"/dashboard/batches/{batch_id}", headers=token).status_code == 200

@@ -1,20 +1,46 @@
 """The batch page in headless Chromium against a real server: a whole run's graph, coloured
 live from the event stream (read once, never reloaded nor polled while the stream is open),
-with its counts, critical path and timeline; pan, zoom and a click through to a task."""
+with its counts, critical path and timeline; pan, zoom and a click through to a task.
+
+The server imports this module for its handlers (`register`): `spawn` adds the tasks its
+payload names, in the queue it names, as a handler fanning out does."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from app.handlers import Registry, TaskContext
 from tests.support.servers import Launcher, Server
 from tests.system.test_browser import SCREENSHOTS
 
+HANDLERS = "tests.system.test_batch_browser"
 CHAINS = 100
 DEPTH = 5
-NODES = "#batch-graph g.node"
+NODES = "#batch-graph .node"
+
+
+def spawn(ctx: TaskContext) -> None:
+    """Add the tasks `payload.add` names, each in the queue `payload.queue`."""
+    queue = ctx.payload["queue"]
+    ctx.add_tasks(
+        {
+            "id": task_id,
+            "type": "simulate",
+            "duration_ms": 5,
+            "queue": queue,
+            "dependencies": [ctx.id],
+        }
+        for task_id in ctx.payload["add"]
+    )
+
+
+def register(registry: Registry) -> None:
+    """Register `spawn` in the server that imports this module."""
+    registry.register("spawn", spawn)
 
 
 def chains(queue: str, duration_ms: int = 5) -> list[dict[str, Any]]:
@@ -151,7 +177,11 @@ def test_the_batch_graph_pans_zooms_and_opens_a_task(
     zoomed = transform()
     assert zoomed != fitted
     page.hover("#batch-graph")
-    page.mouse.wheel(0, 400)  # zoom out at the pointer
+    page.mouse.wheel(0, 400)  # the wheel alone scrolls the page
+    assert transform() == zoomed
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, 400)  # with Ctrl it zooms out at the pointer
+    page.keyboard.up("Control")
     assert transform() != zoomed
     box = page.locator("#batch-graph").bounding_box()
     page.mouse.move(box["x"] + 5, box["y"] + 5)
@@ -161,6 +191,8 @@ def test_the_batch_graph_pans_zooms_and_opens_a_task(
     dragged = transform()
     page.click("#zoom-fit")
     assert transform() == fitted != dragged
+    # A node is a link: a middle or Ctrl click opens it in a new tab, Tab reaches it.
+    assert page.get_attribute(f'{NODES}[data-task-id="second"]', "href") == "/tasks/second"
     page.click(f'{NODES}[data-task-id="second"]')
     page.wait_for_url(f"{server.base_url}/tasks/second")
     page.wait_for_selector("#batch-link")
@@ -172,3 +204,67 @@ def test_an_unknown_batch_says_so(page: Any, launcher: Launcher, db: Path) -> No
     page.goto(f"{server.base_url}/batches/no-such-batch")
     page.wait_for_selector("#batch-missing", state="visible")
     assert page.is_hidden("#batch-found")
+
+
+def test_changes_heard_while_the_page_reads_the_batch_again_are_kept(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    """A task added by a handler makes the page read the batch again. Changes the stream
+    brings while that read is under way are newer than its answer: the page applies them
+    to the answer too, or those tasks would keep their older status for good."""
+    server = launcher.gunicorn(db, TASK_HANDLERS=HANDLERS)
+    for queue in ("a", "b", "children", "later"):
+        paused_queue(server, queue)
+    children = [f"child-{n}" for n in range(5)]
+    batch = server.submit_batch(
+        [
+            spawn_task("spawn-a", "a", children, "children"),
+            spawn_task("spawn-b", "b", ["late"], "later"),
+        ]
+    )
+    held: list[Any] = []
+    hold = {"next": False}
+
+    def reads(route: Any) -> None:
+        if hold["next"]:
+            hold["next"] = False
+            held.append((route, route.fetch()))  # the server's answer, now; given later
+        else:
+            route.continue_()
+
+    page.route("**/dashboard/batches/**", reads)
+    page.goto(f"{server.base_url}/batches/{batch['batch_id']}")
+    page.wait_for_function("Dash.streaming()", timeout=10_000)
+    resume(server, "a")  # spawn-a adds the children: the page reads the batch again
+    for child in children:
+        page.wait_for_selector(f'{NODES}[data-task-id="{child}"][data-status="QUEUED"]')
+    hold["next"] = True
+    resume(server, "b")  # spawn-b adds "late": the next read is held with its answer
+    deadline = time.monotonic() + 20
+    while not held:
+        assert time.monotonic() < deadline, "the page never read the batch again"
+        page.wait_for_timeout(20)  # lets Playwright serve the route meanwhile
+    resume(server, "children")  # they run while the read is under way
+    for child in children:
+        page.wait_for_selector(f'{NODES}[data-task-id="{child}"][data-status="COMPLETED"]')
+    route, answer = held[0]
+    route.fulfill(response=answer)  # older than the changes the page has heard
+    page.wait_for_selector(f'{NODES}[data-task-id="late"]')
+    page.wait_for_function(
+        "(ids) => ids.every((id) => document.querySelector("
+        "'#batch-graph .node[data-task-id=\"' + id + '\"]')"
+        ".getAttribute('data-status') === 'COMPLETED')",
+        arg=children,
+        timeout=10_000,
+    )
+    assert page.text_content('[data-count-for="COMPLETED"]') == str(len(children) + 2)
+
+
+def spawn_task(task_id: str, queue: str, add: list[str], into: str) -> dict[str, Any]:
+    """A `spawn` task in `queue` that adds the tasks `add` into the queue `into`."""
+    payload = {"add": add, "queue": into}
+    return {"id": task_id, "type": "spawn", "duration_ms": 1, "queue": queue, "payload": payload}
+
+
+def resume(server: Server, queue: str) -> None:
+    assert requests.post(f"{server.base_url}/api/queues/{queue}/resume", timeout=10).ok

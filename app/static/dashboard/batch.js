@@ -2,7 +2,9 @@
  * critical path by measured durations and a timeline of its attempts. The page reads the
  * batch once, then applies each event the stream sends (filtered to this batch, starting
  * after the event the read included); it reads the batch again only when a task it does
- * not show appears (one a handler added), and polls only while it has no stream. */
+ * not show appears (one a handler added), and polls only while it has no stream. Events
+ * that arrive while a read is under way are applied again to its answer, past the event
+ * number it included, so none is lost to the read. */
 "use strict";
 
 (function () {
@@ -35,6 +37,7 @@
   var LANE_GAP = 3;
   var AXIS_H = 18;
   var POLL_MS = 5000;
+  var FINISHED_POLL_MS = 30000; // a finished batch changes only by a retry
   var RELOAD_MS = 1000;
   var SLOW_DRAW_MS = 500;
   var TERMINAL = { COMPLETED: 1, FAILED: 1, CANCELLED: 1, UPSTREAM_FAILED: 1 };
@@ -46,6 +49,13 @@
   var streaming = false;
   var closedSince = Date.now();
   var countsTimer = null;
+  var countsAgain = false;
+  var loading = false;
+  var loadAgain = false;
+  var during = null; // the events received while a read is under way
+  var skew = Infinity; // how far this browser's clock runs ahead of the server's (ms)
+  var userMoved = false; // the reader panned or zoomed: a resize keeps their view
+  var suppressClick = false;
   var streamStarted = false;
   var reloadTimer = null;
   var drawPending = false;
@@ -72,6 +82,23 @@
 
   function attemptKey(taskId, attempt) {
     return taskId + "\u0000" + attempt;
+  }
+
+  /** What decides the drawing: the tasks and the edges (statuses only repaint). */
+  function shape(order, edges) {
+    return order.join("\n") + "|" + edges.join("|");
+  }
+
+  /** The server's clock now, as this browser best knows it. */
+  function serverNow() {
+    return Date.now() - (isFinite(skew) ? skew : 0);
+  }
+
+  /** Narrow the skew: the server stamped `stamp` (ms) before this browser saw it. */
+  function heard(stamp) {
+    if (stamp !== null && !isNaN(stamp)) {
+      skew = Math.min(skew, Date.now() - stamp);
+    }
   }
 
   /** Turn the server's answer into the page's state. */
@@ -108,7 +135,9 @@
       total: answer.batch.total,
       started: Boolean(answer.batch.first_started_at),
       truncated: answer.truncated,
+      attemptsTruncated: Boolean(answer.attempts_truncated),
       limit: answer.limit,
+      shape: shape(order, answer.edges),
     };
   }
 
@@ -214,8 +243,11 @@
     scene.appendChild(svg("path", { class: "edge critical-edge", d: "" }));
     state.order.forEach(function (id) {
       var at = plan.position[id];
-      var group = svg("g", {
+      // A link: a click opens the task, a middle or Ctrl click opens it in a new tab, and
+      // Tab reaches it.
+      var group = svg("a", {
         class: "node",
+        href: Dash.taskUrl(id),
         transform: "translate(" + at.x + "," + at.y + ")",
         "data-task-id": id,
       });
@@ -234,7 +266,7 @@
     graphBox.appendChild(root);
     state.plan = plan;
     state.groups = {};
-    Array.prototype.forEach.call(scene.querySelectorAll("g.node"), function (group) {
+    Array.prototype.forEach.call(scene.querySelectorAll(".node"), function (group) {
       state.groups[group.getAttribute("data-task-id")] = group;
     });
     fit();
@@ -260,6 +292,7 @@
     camera.k = Math.max(k, 0.02);
     camera.x = (box.width - view.plan.width * camera.k) / 2;
     camera.y = Math.max(0, (box.height - view.plan.height * camera.k) / 2);
+    userMoved = false;
     place();
   }
 
@@ -269,6 +302,7 @@
     camera.x = px - ((px - camera.x) * k) / camera.k;
     camera.y = py - ((py - camera.y) * k) / camera.k;
     camera.k = k;
+    userMoved = true;
     place();
   }
 
@@ -279,7 +313,13 @@
 
   var drag = null;
   graphBox.addEventListener("pointerdown", function (event) {
+    if (event.button !== 0) {
+      return; // a middle or right click is the browser's (a link in a new tab, a menu)
+    }
     drag = { x: event.clientX, y: event.clientY, cx: camera.x, cy: camera.y, moved: false };
+  });
+  graphBox.addEventListener("dragstart", function (event) {
+    event.preventDefault(); // dragging a node pans; it does not carry the link away
   });
   window.addEventListener("pointermove", function (event) {
     if (!drag) {
@@ -289,25 +329,35 @@
     var dy = event.clientY - drag.y;
     if (Math.abs(dx) + Math.abs(dy) > 3) {
       drag.moved = true;
+      userMoved = true;
     }
     camera.x = drag.cx + dx;
     camera.y = drag.cy + dy;
     place();
   });
-  window.addEventListener("pointerup", function (event) {
-    var was = drag;
+  window.addEventListener("pointerup", function () {
+    suppressClick = Boolean(drag && drag.moved);
     drag = null;
-    if (!was || was.moved) {
-      return;
-    }
-    var group = event.target.closest ? event.target.closest("g.node") : null;
-    if (group && graphBox.contains(group)) {
-      window.location.href = Dash.taskUrl(group.getAttribute("data-task-id"));
-    }
   });
+  graphBox.addEventListener(
+    "click",
+    function (event) {
+      if (suppressClick) {
+        event.preventDefault(); // the end of a drag, not a click on the node under it
+        event.stopPropagation();
+      }
+      suppressClick = false;
+    },
+    true
+  );
+  // Ctrl (or Cmd) and the wheel zoom, as a trackpad's pinch does; the wheel alone
+  // scrolls the page past the graph.
   graphBox.addEventListener(
     "wheel",
     function (event) {
+      if (!event.ctrlKey && !event.metaKey) {
+        return;
+      }
       event.preventDefault();
       var box = graphBox.getBoundingClientRect();
       zoom(event.deltaY < 0 ? 1.2 : 1 / 1.2, event.clientX - box.left, event.clientY - box.top);
@@ -325,6 +375,7 @@
     if (moves[event.key]) {
       camera.x += moves[event.key][0];
       camera.y += moves[event.key][1];
+      userMoved = true;
       place();
     } else if (event.key === "+" || event.key === "=") {
       zoom(1.2, centre()[0], centre()[1]);
@@ -359,7 +410,30 @@
     return c.FAILED + c.UPSTREAM_FAILED ? "failed" : "cancelled";
   }
 
+  /** A batch the page holds whole is counted from its tasks (the counts agree with the
+   *  colours); a larger one's counts come from the server (countsSoon). */
+  function tally(state) {
+    if (state.truncated) {
+      return;
+    }
+    var counts = {};
+    Object.keys(state.counts).forEach(function (status) {
+      counts[status] = 0;
+    });
+    state.order.forEach(function (id) {
+      var status = state.tasks[id].status;
+      counts[status] = (counts[status] || 0) + 1;
+    });
+    state.counts = counts;
+    state.total = state.order.length;
+  }
+
+  function finished(state) {
+    return state.counts.QUEUED + state.counts.RUNNING === 0;
+  }
+
   function drawCounts(state) {
+    tally(state);
     Object.keys(state.counts).forEach(function (status) {
       var cell = document.querySelector('[data-count-for="' + status + '"]');
       if (cell) {
@@ -492,7 +566,7 @@
   }
 
   function drawTimeline(state, now) {
-    timelineDrawn = now;
+    timelineDrawn = Date.now();
     var list = bars(state, now).sort(function (a, b) {
       return a.start - b.start || a.end - b.end;
     });
@@ -501,7 +575,12 @@
       Dash.show(timelineNote, "No attempt has started yet.");
       return;
     }
-    Dash.show(timelineNote, "");
+    Dash.show(
+      timelineNote,
+      state.attemptsTruncated
+        ? "The batch has more attempts than the page read: the earliest are left out."
+        : ""
+    );
     var lanes = []; // the end of each row's last bar
     list.forEach(function (bar) {
       var lane = 0;
@@ -571,10 +650,10 @@
     if (!view) {
       return;
     }
-    var now = Date.now();
+    var now = serverNow();
     drawCounts(view);
-    if (now - timelineDrawn < SLOW_DRAW_MS) {
-      redrawLater(SLOW_DRAW_MS - (now - timelineDrawn));
+    if (Date.now() - timelineDrawn < SLOW_DRAW_MS) {
+      redrawLater(SLOW_DRAW_MS - (Date.now() - timelineDrawn));
       return;
     }
     drawCritical(view, now);
@@ -600,18 +679,16 @@
   /** Apply one change the stream sent: the task's status, its attempt, the counts. */
   function apply(change) {
     var task = view.tasks[change.task_id];
+    var at = millis(change.at);
+    heard(at);
+    if (view.truncated) {
+      countsSoon(); // the counts of a batch larger than the graph come from the server
+    }
     if (!task) {
-      if (view.truncated) {
-        countsSoon(); // a task the graph leaves out: the counts come from the server
-      } else {
+      if (!view.truncated) {
         reloadSoon(); // a task added by a handler of the batch: draw the graph again
       }
       return;
-    }
-    var at = millis(change.at);
-    if (task.status !== change.status) {
-      view.counts[task.status] -= 1;
-      view.counts[change.status] = (view.counts[change.status] || 0) + 1;
     }
     task.status = change.status;
     task.attempts = Math.max(task.attempts, change.attempt);
@@ -645,6 +722,9 @@
   }
 
   function onEvents(events) {
+    if (during !== null) {
+      Array.prototype.push.apply(during, events);
+    }
     if (!view) {
       return;
     }
@@ -657,31 +737,49 @@
   }
 
   function setLive(open) {
+    if (streaming && !open) {
+      closedSince = Date.now();
+    }
     streaming = open;
-    closedSince = Date.now();
     liveLine.textContent = open
       ? "Live: every change is applied as the server's event stream sends it."
       : "The event stream is not open: the page reads the batch every " +
         POLL_MS / 1000 +
-        " s until it is.";
+        " s (every " +
+        FINISHED_POLL_MS / 1000 +
+        " s once it has finished) until it is.";
   }
 
-  /** Read the batch's counts again (a batch larger than the graph: some of its changes
-   *  are to tasks the page does not hold). */
+  /** Read the batch's counts again, soon (a batch larger than the graph: its changes
+   *  include tasks the page does not hold). One read at a time; changes heard during it
+   *  bring another after it, so the last read follows the last change. */
   function countsSoon() {
     if (countsTimer !== null) {
+      countsAgain = true;
       return;
     }
+    countsAgain = false;
     countsTimer = window.setTimeout(function () {
-      Dash.fetchJson("/api/batches/" + encodeURIComponent(batchId)).then(function (result) {
-        countsTimer = null;
-        if (result.ok && result.body && view) {
-          view.counts = result.body.counts;
-          view.total = result.body.total;
-          view.started = view.started || Boolean(result.body.first_started_at);
-          redrawSoon();
-        }
-      });
+      Dash.fetchJson("/api/batches/" + encodeURIComponent(batchId))
+        .then(function (result) {
+          if (result.ok && result.body && view) {
+            view.counts = result.body.counts;
+            view.total = result.body.total;
+            view.started = view.started || Boolean(result.body.first_started_at);
+            redrawSoon();
+          } else {
+            countsAgain = true;
+          }
+        })
+        .catch(function () {
+          countsAgain = true; // the network: try again
+        })
+        .then(function () {
+          countsTimer = null;
+          if (countsAgain) {
+            countsSoon();
+          }
+        });
     }, RELOAD_MS);
   }
 
@@ -694,9 +792,59 @@
     }
   }
 
+  /** Draw the server's answer: the graph again if its tasks or edges changed, otherwise
+   *  only the statuses; then the events heard during the read, past what it included. */
+  function present(answer, replay) {
+    var before = view;
+    view = adopt(answer);
+    Dash.show(
+      graphNote,
+      view.truncated
+        ? "The batch has " +
+            view.total +
+            " tasks: the graph shows the first " +
+            view.limit +
+            " submitted."
+        : ""
+    );
+    if (before && before.shape === view.shape) {
+      view.plan = before.plan;
+      view.groups = before.groups;
+      view.order.forEach(function (id) {
+        if (view.groups[id].getAttribute("data-status") !== view.tasks[id].status) {
+          paint(view.groups[id], view.tasks[id].status);
+        }
+      });
+    } else {
+      var camera0 = before && userMoved ? { x: camera.x, y: camera.y, k: camera.k } : null;
+      drawGraph(view);
+      if (camera0) {
+        camera = camera0; // a redraw keeps where the reader was looking
+        userMoved = true;
+        place();
+      }
+    }
+    replay.forEach(function (event) {
+      if (event.data && Number(event.id) > answer.events_after) {
+        apply(event.data);
+      }
+    });
+    redrawSoon();
+  }
+
+  /** Read the whole batch (one read at a time; one asked for meanwhile follows it). */
   function load() {
-    return Dash.fetchJson("/dashboard/batches/" + encodeURIComponent(batchId)).then(
-      function (result) {
+    if (loading) {
+      loadAgain = true;
+      return Promise.resolve();
+    }
+    loading = true;
+    loadAgain = false;
+    during = [];
+    return Dash.fetchJson("/dashboard/batches/" + encodeURIComponent(batchId))
+      .then(function (result) {
+        var replay = during;
+        during = null;
         if (result.status === 404) {
           found.hidden = true;
           missing.hidden = false;
@@ -704,30 +852,14 @@
           return;
         }
         if (!result.ok || !result.body) {
-          Dash.show(errorLine, Dash.errorText(result));
+          Dash.show(errorLine, Dash.errorText(result) + " The page tries again shortly.");
           return;
         }
+        heard(Date.parse(result.response.headers.get("Date") || ""));
         Dash.show(errorLine, "");
         missing.hidden = true;
         found.hidden = false;
-        var camera0 = view && view.plan ? { x: camera.x, y: camera.y, k: camera.k } : null;
-        view = adopt(result.body);
-        Dash.show(
-          graphNote,
-          view.truncated
-            ? "The batch has " +
-                view.total +
-                " tasks: the graph shows the first " +
-                view.limit +
-                " submitted."
-            : ""
-        );
-        drawGraph(view);
-        if (camera0) {
-          camera = camera0; // a redraw keeps where the reader was looking
-          place();
-        }
-        drawAll();
+        present(result.body, replay);
         if (!streamStarted) {
           streamStarted = true;
           closedSince = Date.now();
@@ -739,8 +871,17 @@
             setLive
           );
         }
-      }
-    );
+      })
+      .catch(function () {
+        during = null;
+        Dash.show(errorLine, "The server could not be reached. The page tries again shortly.");
+      })
+      .then(function () {
+        loading = false;
+        if (loadAgain) {
+          load();
+        }
+      });
   }
 
   // Running bars grow while the tab shows: the timeline and the critical path are drawn
@@ -750,14 +891,23 @@
       redrawSoon();
     }
   }, 1000);
-  // Without a stream (for POLL_MS, not between two of them), read the batch every POLL_MS.
+  // Without a stream (for POLL_MS, not between two of them), or before a first read that
+  // failed, read the batch every POLL_MS; every FINISHED_POLL_MS once it has finished.
+  var lastPoll = Date.now();
   window.setInterval(function () {
-    if (streamStarted && !streaming && !document.hidden && Date.now() - closedSince >= POLL_MS) {
+    if (streaming || document.hidden || Date.now() - closedSince < POLL_MS) {
+      return;
+    }
+    var every = view && finished(view) ? FINISHED_POLL_MS : POLL_MS;
+    if (Date.now() - lastPoll >= every - 100) {
+      lastPoll = Date.now();
       load();
     }
   }, POLL_MS);
   window.addEventListener("resize", function () {
-    fit();
+    if (!userMoved) {
+      fit();
+    }
     redrawSoon();
   });
   load();
