@@ -10,12 +10,12 @@ On PostgreSQL a transaction holding number 7 may still be open while number 8 is
 committed: a reader that sent 8 and moved on would never send 7. So a reader only moves
 up to its *safe point*: the highest number below which nothing is missing. A missing
 number is waited out: it is either still in an open transaction (then it appears), or
-its transaction rolled back (then it never will). The reader tells them apart by the
-database's snapshot: it notes the next transaction id to be assigned (`xmax`) when it
-first sees the hole, and once every transaction older than that has ended (the
-snapshot's `xmin` passed it) the hole is permanent and skipped. A transaction writes its
-events last, after the task rows it changed, so it holds its transaction id before it
-takes its numbers: the note always covers it.
+its transaction rolled back (then it never will). The reader tells them apart by
+transaction ids: when it first sees the hole it takes an id of its own, above every id
+given before, and once every transaction older than that has ended (a snapshot's `xmin`
+reached it) the hole is permanent and skipped. A transaction writes its events last,
+after the task rows it changed, so it holds its transaction id before it takes its
+numbers: the reader's id is above it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class Filters:
 @dataclass
 class Cursor:
     """Where a stream stands: the safe point it has read up to, and the hole above it
-    that it waits out on PostgreSQL, with the `xmax` noted when the hole was first seen.
+    that it waits out on PostgreSQL, with the transaction id taken when the hole was first
+    seen (`_next_transaction`).
     `sent` holds numbers above `seq` not to send: those committed before a stream that
     starts now opened (`opening`)."""
 
@@ -149,10 +150,9 @@ def _safe_point(conn: Connection, cursor: Cursor) -> int:
     if not numbers:
         cursor.hole = cursor.horizon = None
         return cursor.seq
-    xmin, xmax = conn.exec_driver_sql(
-        "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint"
-        " FROM pg_current_snapshot() AS s"
-    ).one()
+    xmin = conn.exec_driver_sql(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+    ).scalar_one()
     safe = cursor.seq
     for number in numbers:
         if number == safe + 1:
@@ -164,12 +164,25 @@ def _safe_point(conn: Connection, cursor: Cursor) -> int:
             cursor.hole = cursor.horizon = None
             continue
         if cursor.hole != hole:
-            cursor.hole, cursor.horizon = hole, int(xmax)
+            cursor.hole, cursor.horizon = hole, _next_transaction(conn)
         return safe
     cursor.hole = cursor.horizon = None
     # A filter may leave a whole walk without a match: the next read goes on at once.
     cursor.more = len(numbers) == WALK
     return safe
+
+
+def _next_transaction(conn: Connection) -> int:
+    """Return an id above every transaction id given so far: this read's own, taken now.
+
+    Not the snapshot's xmax: that is one past the newest transaction that *ended*, and a
+    running transaction given a later id is above it, though it may hold the hole; once
+    it is the oldest still running, the snapshot's xmin equals that xmax while it runs.
+    Taking an id costs this read a commit record (not flushed: it wrote nothing), and
+    only when a new hole is seen.
+    """
+    found = conn.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
+    return int(found)
 
 
 def prune(conn: Connection, before: datetime, most: int) -> int:

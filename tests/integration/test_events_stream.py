@@ -282,6 +282,44 @@ def test_a_number_held_by_an_open_transaction_is_waited_for_then_sent_in_order(
         teardown([app])
 
 
+def test_a_hole_held_by_a_transaction_newer_than_every_ended_one_is_waited_for(
+    postgres_url: str,
+) -> None:
+    """A snapshot's xmax is one past the newest transaction that *ended*, not the next to
+    begin: a running transaction whose id is above every ended one's is not below it. When
+    such a transaction holds the hole, a rule "step over once xmin reaches the xmax noted"
+    steps over while it still runs (its id is then both), and its event is never sent."""
+    app = build_app(postgres_url, {})
+    app_engine = parts.store(app).engine
+    insert = text(
+        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
+    )
+    xid = text("SELECT pg_current_xact_id()::text::bigint")
+    later_one, holder = app_engine.connect(), app_engine.connect()
+    try:
+        later_one.begin()
+        holder.begin()
+        later_one.execute(xid)  # the older id: it ends first
+        holder.execute(xid)  # the newer id: above every ended one's once the other ends
+        held = holder.execute(insert, {"id": "held"}).scalar_one()
+        later_one.execute(insert, {"id": "later"})
+        later_one.commit()
+        cursor = Cursor(held - 1)
+        for _ in range(3):  # the hole is noted, then read again while its holder runs
+            with app_engine.connect() as reader:
+                rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+            assert rows == [] and waiting and cursor.seq == held - 1
+        holder.commit()
+        with app_engine.connect() as reader:
+            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        assert [r["task_id"] for r in rows] == ["held", "later"] and not waiting
+    finally:
+        later_one.close()
+        holder.close()
+        teardown([app])
+
+
 def test_a_hole_filled_between_the_readers_statements_is_still_sent(
     postgres_url: str,
 ) -> None:
