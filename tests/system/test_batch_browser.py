@@ -191,6 +191,15 @@ def test_the_batch_graph_pans_zooms_and_opens_a_task(
     dragged = transform()
     page.click("#zoom-fit")
     assert transform() == fitted != dragged
+    # A drag that starts on a node pans, released even outside the graph, and the next
+    # click on a node still opens it.
+    first = page.locator(f'{NODES}[data-task-id="first"]').bounding_box()
+    page.mouse.move(first["x"] + 10, first["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(first["x"] + 10, 5, steps=5)  # up over the page's header
+    page.mouse.up()
+    assert page.url.endswith(f"/batches/{batch['batch_id']}")
+    page.click("#zoom-fit")
     # A node is a link: a middle or Ctrl click opens it in a new tab, Tab reaches it.
     assert page.get_attribute(f'{NODES}[data-task-id="second"]', "href") == "/tasks/second"
     page.click(f'{NODES}[data-task-id="second"]')
@@ -268,3 +277,46 @@ def spawn_task(task_id: str, queue: str, add: list[str], into: str) -> dict[str,
 
 def resume(server: Server, queue: str) -> None:
     assert requests.post(f"{server.base_url}/api/queues/{queue}/resume", timeout=10).ok
+
+
+def test_a_read_that_failed_while_the_stream_is_open_is_tried_again(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    """The page reads the batch again when a handler adds tasks; if those reads fail until
+    the run has ended, no later event would make it read again: it must retry by itself,
+    or it shows the batch without the added tasks for good."""
+    server = launcher.gunicorn(db, TASK_HANDLERS=HANDLERS)
+    for queue in ("a", "children"):
+        paused_queue(server, queue)
+    children = [f"child-{n}" for n in range(3)]
+    batch = server.submit_batch([spawn_task("spawn-a", "a", children, "children")])
+    failing = {"on": False}
+    refused: list[float] = []
+
+    def reads(route: Any) -> None:
+        if failing["on"]:
+            refused.append(time.monotonic())
+            route.fulfill(status=503, json={"error": "Busy.", "code": "database_busy"})
+        else:
+            route.continue_()
+
+    page.route("**/dashboard/batches/**", reads)
+    page.goto(f"{server.base_url}/batches/{batch['batch_id']}")
+    page.wait_for_function("Dash.streaming()", timeout=10_000)
+    failing["on"] = True
+    resume(server, "a")
+    resume(server, "children")
+    for child in children:
+        server.wait_status(child, "COMPLETED")
+    ended = time.monotonic()
+    # Until a read made after every event reached the page has failed too.
+    deadline = ended + 20
+    while not (refused and refused[-1] > ended + 1.5):
+        assert time.monotonic() < deadline, "the page stopped reading the batch"
+        page.wait_for_timeout(50)
+    failing["on"] = False
+    for child in children:
+        page.wait_for_selector(
+            f'{NODES}[data-task-id="{child}"][data-status="COMPLETED"]', timeout=15_000
+        )
+    page.wait_for_selector("#batch-error", state="hidden")

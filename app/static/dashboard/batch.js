@@ -31,6 +31,7 @@
   var PER_COLUMN = 40; // a wider layer wraps into more columns
   var BAND_H = 18; // the layer's label under it
   var MIN_BOX_H = 160;
+  var MAX_TAB_NODES = 100; // more, and Tab skips the nodes (the list has every task)
   var MAX_BOX_H = 600;
   var MAX_LABEL = 20;
   var BAR_H = 10;
@@ -39,6 +40,7 @@
   var POLL_MS = 5000;
   var FINISHED_POLL_MS = 30000; // a finished batch changes only by a retry
   var RELOAD_MS = 1000;
+  var RETRY_MS = 3000; // after a read that failed
   var SLOW_DRAW_MS = 500;
   var TERMINAL = { COMPLETED: 1, FAILED: 1, CANCELLED: 1, UPSTREAM_FAILED: 1 };
   var OUTCOME_COLOURS = { QUEUED: "#fb8c00" }; // an attempt that ended back in the queue
@@ -56,6 +58,8 @@
   var skew = Infinity; // how far this browser's clock runs ahead of the server's (ms)
   var userMoved = false; // the reader panned or zoomed: a resize keeps their view
   var suppressClick = false;
+  var gone = false; // the server says no such batch
+  var countsFailures = 0;
   var streamStarted = false;
   var reloadTimer = null;
   var drawPending = false;
@@ -251,6 +255,9 @@
         transform: "translate(" + at.x + "," + at.y + ")",
         "data-task-id": id,
       });
+      if (state.order.length > MAX_TAB_NODES) {
+        group.setAttribute("tabindex", "-1"); // Tab would cross every node to go past
+      }
       group.appendChild(svg("title"));
       group.appendChild(svg("rect", { width: NODE_W, height: NODE_H, rx: 4, ry: 4 }));
       var label = svg("text", { x: 6, y: 17 });
@@ -313,6 +320,7 @@
 
   var drag = null;
   graphBox.addEventListener("pointerdown", function (event) {
+    suppressClick = false;
     if (event.button !== 0) {
       return; // a middle or right click is the browser's (a link in a new tab, a menu)
     }
@@ -338,6 +346,10 @@
   window.addEventListener("pointerup", function () {
     suppressClick = Boolean(drag && drag.moved);
     drag = null;
+    // The click that ends a drag comes at once, if at all (not when released elsewhere).
+    window.setTimeout(function () {
+      suppressClick = false;
+    }, 0);
   });
   graphBox.addEventListener(
     "click",
@@ -395,6 +407,24 @@
     zoom(1 / 1.25, centre()[0], centre()[1]);
   });
   document.getElementById("zoom-fit").addEventListener("click", fit);
+  // A node reached with Tab is brought into view.
+  graphBox.addEventListener("focusin", function (event) {
+    var group = event.target.closest ? event.target.closest(".node") : null;
+    if (!group || !view || !view.plan) {
+      return;
+    }
+    var at = view.plan.position[group.getAttribute("data-task-id")];
+    var box = graphBox.getBoundingClientRect();
+    var x = camera.x + at.x * camera.k;
+    var y = camera.y + at.y * camera.k;
+    if (x < 0 || y < 0 || x + NODE_W * camera.k > box.width || y + NODE_H * camera.k > box.height) {
+      camera.k = Math.max(camera.k, 0.6);
+      camera.x = box.width / 2 - (at.x + NODE_W / 2) * camera.k;
+      camera.y = box.height / 2 - (at.y + NODE_H / 2) * camera.k;
+      userMoved = true;
+      place();
+    }
+  });
 
   // -- counts, state, critical path -----------------------------------------------------
 
@@ -759,36 +789,47 @@
       return;
     }
     countsAgain = false;
-    countsTimer = window.setTimeout(function () {
-      Dash.fetchJson("/api/batches/" + encodeURIComponent(batchId))
-        .then(function (result) {
-          if (result.ok && result.body && view) {
-            view.counts = result.body.counts;
-            view.total = result.body.total;
-            view.started = view.started || Boolean(result.body.first_started_at);
-            redrawSoon();
-          } else {
-            countsAgain = true;
-          }
-        })
-        .catch(function () {
-          countsAgain = true; // the network: try again
-        })
-        .then(function () {
-          countsTimer = null;
-          if (countsAgain) {
-            countsSoon();
-          }
-        });
-    }, RELOAD_MS);
+    countsTimer = window.setTimeout(
+      function () {
+        Dash.fetchJson("/api/batches/" + encodeURIComponent(batchId))
+          .then(function (result) {
+            if (result.ok && result.body && view) {
+              countsFailures = 0;
+              Dash.show(errorLine, "");
+              view.counts = result.body.counts;
+              view.total = result.body.total;
+              view.started = view.started || Boolean(result.body.first_started_at);
+              redrawSoon();
+            } else {
+              countsFailed(Dash.errorText(result));
+            }
+          })
+          .catch(function () {
+            countsFailed("The server could not be reached.");
+          })
+          .then(function () {
+            countsTimer = null;
+            if (countsAgain) {
+              countsSoon();
+            }
+          });
+      },
+      Math.min(RELOAD_MS * Math.pow(2, countsFailures), 15000)
+    );
   }
 
-  function reloadSoon() {
+  function countsFailed(why) {
+    countsFailures += 1;
+    countsAgain = true;
+    Dash.show(errorLine, why + " The counts shown may be behind; the page tries again.");
+  }
+
+  function reloadSoon(ms) {
     if (reloadTimer === null) {
       reloadTimer = window.setTimeout(function () {
         reloadTimer = null;
         load();
-      }, RELOAD_MS);
+      }, ms || RELOAD_MS);
     }
   }
 
@@ -846,6 +887,7 @@
         var replay = during;
         during = null;
         if (result.status === 404) {
+          gone = true; // batch ids are never given again: nothing to wait for
           found.hidden = true;
           missing.hidden = false;
           Dash.show(errorLine, "");
@@ -853,6 +895,7 @@
         }
         if (!result.ok || !result.body) {
           Dash.show(errorLine, Dash.errorText(result) + " The page tries again shortly.");
+          reloadSoon(RETRY_MS); // the stream may be open: nothing else would read again
           return;
         }
         heard(Date.parse(result.response.headers.get("Date") || ""));
@@ -875,6 +918,7 @@
       .catch(function () {
         during = null;
         Dash.show(errorLine, "The server could not be reached. The page tries again shortly.");
+        reloadSoon(RETRY_MS);
       })
       .then(function () {
         loading = false;
@@ -895,7 +939,7 @@
   // failed, read the batch every POLL_MS; every FINISHED_POLL_MS once it has finished.
   var lastPoll = Date.now();
   window.setInterval(function () {
-    if (streaming || document.hidden || Date.now() - closedSince < POLL_MS) {
+    if (gone || streaming || document.hidden || Date.now() - closedSince < POLL_MS) {
       return;
     }
     var every = view && finished(view) ? FINISHED_POLL_MS : POLL_MS;
