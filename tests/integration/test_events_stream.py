@@ -352,16 +352,17 @@ def test_a_hole_filled_between_the_readers_statements_is_still_sent(
         with app_engine.connect() as reader:
             rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
         assert rows == [] and waiting and cursor.hole == held
-        # Every transaction as old as the hole must have ended for the reader to step
-        # over it: wait for other sessions of the cluster (parallel tests) to finish.
+        # Every transaction older than the reader's note must have ended for it to step
+        # over the hole: wait until the holder is the only one left (other sessions of
+        # the cluster, parallel tests', may be running).
+        assert cursor.horizon is not None
+        holder = first.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
+        running = text("SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x")
         deadline = time.monotonic() + DEADLINE_S
         while True:
             with app_engine.connect() as probe:
-                xmin = probe.exec_driver_sql(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-                ).scalar_one()
-                mine = first.exec_driver_sql("SELECT txid_current()").scalar_one()
-            if xmin >= mine or time.monotonic() > deadline:
+                older = {x for (x,) in probe.execute(running) if x < cursor.horizon}
+            if older <= {holder} or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
         sqlalchemy_event.listen(app_engine, "before_cursor_execute", commit_the_holder)
