@@ -185,7 +185,13 @@ def _describe(exc: Exception) -> str:
     return f"The handler raised {type(exc).__name__}: {exc}"
 
 
+# A handler that returned nothing, the usual case: one outcome shared by every attempt.
+_RETURNED_NOTHING = Outcome(Status.COMPLETED)
+
+
 def _checked_result(result: object) -> Outcome:
+    if result is None:
+        return _RETURNED_NOTHING
     try:
         # No NaN or Infinity: PostgreSQL refuses them as JSON, and a client cannot read them.
         size = len(json.dumps(result, allow_nan=False).encode())

@@ -370,11 +370,23 @@ class Scheduler:
 
     def _dispatch(self, claims: list[Claim]) -> None:
         assert self._executor is not None
-        for claim in claims:
-            running = Running(claim, started=self.clock())
-            with self._lock:
-                self._attempts[claim.key] = running
-            self._executor.start(_Job(self, running))
+        if not claims:
+            return
+        now = self.clock()
+        started = [Running(claim, started=now) for claim in claims]
+        # Each attempt is known before its thread starts (one lock for the pass's claims).
+        with self._lock:
+            for running in started:
+                self._attempts[running.key] = running
+        for k, running in enumerate(started):
+            try:
+                self._executor.start(_Job(self, running))
+            except BaseException:
+                with self._lock:  # those after it were never handed to a thread
+                    for unstarted in started[k + 1 :]:
+                        del self._attempts[unstarted.key]
+                    self._lock.notify_all()
+                raise
 
     def _begin(self, running: Running) -> None:
         """Called on the attempt's own thread as it starts: its timeout runs from now."""
@@ -399,7 +411,11 @@ class Scheduler:
                     error="The handler's thread ended without a result.",
                     error_code="handler_error",
                 )
-            self._forget_done()
+            # Only this attempt changed: it leaves if it was settled already (every other
+            # change of an attempt forgets what it freed under the same lock).
+            if running.settled and self._attempts.get(running.key) is running:
+                del self._attempts[running.key]
+                self._lock.notify_all()
         self._wakeup.set()
 
     def _discard(self, running: Running) -> None:

@@ -69,12 +69,11 @@ def record(conn: Connection, ended: Sequence[Ended], now: datetime) -> None:
     finished = (sqlite_time(now),) if d == "sqlite" else ()
     for part in chunks(ended, _ROWS):
         params: list[Any] = []
-        for row in part:
-            row = row._replace(error=storable(row.error), traceback=storable(row.traceback))
-            if isinstance(row.started_at, datetime):
-                row = row._replace(started_at=bound_time(d, row.started_at))
-            params.extend(row)
-            params.extend(finished)
+        for task_id, attempt, instance, host, started, outcome, error, code, trace in part:
+            if isinstance(started, datetime):
+                started = bound_time(d, started)
+            params += (task_id, attempt, instance, host, started, outcome)
+            params += (storable(error), code, storable(trace), *finished)
         driver_execute(conn, insert_sql(d, len(part)), tuple(params))
 
 

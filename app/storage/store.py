@@ -188,12 +188,22 @@ class Store(Membership):
             queue_rows.spend(conn, plan, [r.queue for r in rows], now)
         if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
+        payload_of = scheduler_sql.payload_of
         claims = [
-            _as_claim(
-                r,
+            Claim(
+                r.id,
+                r.type,
+                r.duration_ms,
+                payload_of(r.payload),
+                r.attempts,
                 worker,
-                payload=scheduler_sql.payload_of(r.payload),
-                waited_s=max(0.0, r.waited or 0.0),
+                r.failures,
+                r.max_attempts,
+                r.retry_backoff_ms,
+                r.timeout_ms,
+                max(0.0, r.waited or 0.0),
+                r.queue,
+                r.started_at,
             )
             for r in rows
         ]
@@ -258,7 +268,8 @@ class Store(Membership):
         """Record each outcome that its row still fences, and its attempt in the history
         (run on `host`, else on the host of the instance that claimed it); settle what
         ended, together."""
-        plain = [c for c, o in finished if _is_plain_success(o)]
+        is_plain = [_is_plain_success(o) for _, o in finished]
+        plain = [c for (c, _), p in zip(finished, is_plain, strict=True) if p]
         applied_plain = self._complete_plain(conn, plain, now) if plain else {}
         # On PostgreSQL the completions' statement wrote their history rows.
         plain_recorded = conn.dialect.name in scheduler_sql.RECORDS_COMPLETIONS
@@ -267,12 +278,14 @@ class Store(Membership):
         requeued: list[str] = []
         changes: list[Change] = []
         history: list[Ended] = []
-        for claim, outcome in finished:
+        for (claim, outcome), simple in zip(finished, is_plain, strict=True):
             started = claim.started_at
-            if _is_plain_success(outcome):
-                ok = claim.key in applied_plain
-                written: tuple[Status, str | None] | None = (Status.COMPLETED, None) if ok else None
-                started = applied_plain.get(claim.key, started)
+            if simple:
+                key = claim.key
+                ok = key in applied_plain
+                written: tuple[Status, str | None] | None = _COMPLETED if ok else None
+                if ok:
+                    started = applied_plain[key]
             elif outcome.children:
                 outcome, written = self._complete_with_children(conn, claim, outcome, now)
             else:
@@ -281,12 +294,12 @@ class Store(Membership):
             if written is None:
                 continue
             status, error = written
-            why = _why(status, outcome, error)
+            why = _RETURNED if status is Status.COMPLETED else _why(status, outcome, error)
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
-            if not (plain_recorded and _is_plain_success(outcome)):
+            if not (plain_recorded and simple):
                 where = host or self.hosts.get(claim.worker)
                 history.append(_ended(claim, outcome, status, why, where, started))
-            if status.terminal:
+            if status in _TERMINAL:
                 ended[claim.id] = status
             elif status is Status.QUEUED:
                 requeued.append(claim.id)
@@ -541,10 +554,15 @@ def _ended(
     )
 
 
+_COMPLETED: tuple[Status, str | None] = (Status.COMPLETED, None)
+_TERMINAL = frozenset(s for s in Status if s.terminal)
+_RETURNED = "the handler returned"
+
+
 def _why(status: Status, outcome: Outcome, error: str | None) -> str:
     """The reason a state-change log line gives for an outcome."""
     if status is Status.COMPLETED:
-        return "the handler returned"
+        return _RETURNED
     if status is Status.CANCELLED and outcome.status is not Status.CANCELLED:
         return f"{error} (cancelled); the attempt ended: {outcome.error}"
     code = f" ({outcome.error_code})" if outcome.error_code else ""
