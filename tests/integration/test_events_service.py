@@ -13,6 +13,7 @@ from flask import Flask
 from app import events
 from tests.support.apps import AppFactory
 from tests.support.client import running_app, submit, wait_terminal
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("task_events_on")
 
@@ -45,7 +46,15 @@ def test_every_state_change_of_a_run_is_one_line(make_app: AppFactory) -> None:
     submit(client, "bad", payload={"fail": True}, max_attempts=2, retry_backoff_ms=1)
     submit(client, "after-bad", "bad")
     wait_terminal(client, "b", "after-bad")
-    lines = _lines(app, out)
+
+    def logged() -> list[dict[str, Any]] | None:
+        # A change is queued for its line just after its commit, which the client may see
+        # first: read until the last changes of the run are there.
+        found = _lines(app, out)
+        ends = {(x["task_id"], x["status"]) for x in found}
+        return found if {("b", "COMPLETED"), ("after-bad", "UPSTREAM_FAILED")} <= ends else None
+
+    lines = wait_for(logged, what="the run's last lines")
     runs = _by_task(lines)
     assert runs["a"] == [("QUEUED", 0), ("RUNNING", 1), ("COMPLETED", 1)]
     assert runs["b"] == [("QUEUED", 0), ("RUNNING", 1), ("COMPLETED", 1)]

@@ -100,7 +100,8 @@ def test_counters_move_when_tasks_run(make_app: AppFactory) -> None:
     client = app.test_client()
     submit(client, "held", type="gated")
     wait_status(client, "held", "RUNNING")
-    assert value(scrape(client), "taskscheduler_running_tasks") == 1
+    # The gauge follows the attempt's start on its thread, just after the claim commits.
+    wait_for(lambda: value(scrape(client), "taskscheduler_running_tasks") == 1, what="1 running")
     gate.release.set()
     submit(client, "ok")
     submit(client, "bad", payload={"fail": True})
@@ -108,7 +109,14 @@ def test_counters_move_when_tasks_run(make_app: AppFactory) -> None:
     for task_id in ("held", "ok", "bad", "flaky"):
         wait_status(client, task_id, "COMPLETED", "FAILED")
 
-    after = scrape(client)
+    def settled() -> Samples | None:
+        # The counters move as each outcome is settled, just after its commit.
+        samples = scrape(client)
+        ran = value(samples, "taskscheduler_task_run_seconds_count")
+        idle = value(samples, "taskscheduler_running_tasks") == 0
+        return samples if idle and ran == 5 else None
+
+    after = wait_for(settled, what="every outcome counted")
     assert by_status(after) == counted_in_database(app)
     assert value(after, "taskscheduler_running_tasks") == 0
     assert value(after, "taskscheduler_tasks_completed_total", type="gated") == 1
