@@ -306,6 +306,7 @@ def test_a_read_that_failed_while_the_stream_is_open_is_tried_again(
     failing["on"] = True
     resume(server, "a")
     resume(server, "children")
+    server.wait_status("spawn-a", "COMPLETED")  # its children exist from then on
     for child in children:
         server.wait_status(child, "COMPLETED")
     ended = time.monotonic()
