@@ -370,23 +370,11 @@ class Scheduler:
 
     def _dispatch(self, claims: list[Claim]) -> None:
         assert self._executor is not None
-        if not claims:
-            return
-        now = self.clock()
-        started = [Running(claim, started=now) for claim in claims]
-        # Each attempt is known before its thread starts (one lock for the pass's claims).
-        with self._lock:
-            for running in started:
-                self._attempts[running.key] = running
-        for k, running in enumerate(started):
-            try:
-                self._executor.start(_Job(self, running))
-            except BaseException:
-                with self._lock:  # those after it were never handed to a thread
-                    for unstarted in started[k + 1 :]:
-                        del self._attempts[unstarted.key]
-                    self._lock.notify_all()
-                raise
+        for claim in claims:
+            running = Running(claim, started=self.clock())
+            with self._lock:
+                self._attempts[claim.key] = running
+            self._executor.start(_Job(self, running))
 
     def _begin(self, running: Running) -> None:
         """Called on the attempt's own thread as it starts: its timeout runs from now."""

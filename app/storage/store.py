@@ -188,22 +188,12 @@ class Store(Membership):
             queue_rows.spend(conn, plan, [r.queue for r in rows], now)
         if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
-        payload_of = scheduler_sql.payload_of
         claims = [
-            Claim(
-                r.id,
-                r.type,
-                r.duration_ms,
-                payload_of(r.payload),
-                r.attempts,
+            _as_claim(
+                r,
                 worker,
-                r.failures,
-                r.max_attempts,
-                r.retry_backoff_ms,
-                r.timeout_ms,
-                max(0.0, r.waited or 0.0),
-                r.queue,
-                r.started_at,
+                payload=scheduler_sql.payload_of(r.payload),
+                waited_s=max(0.0, r.waited or 0.0),
             )
             for r in rows
         ]
@@ -281,11 +271,9 @@ class Store(Membership):
         for (claim, outcome), simple in zip(finished, is_plain, strict=True):
             started = claim.started_at
             if simple:
-                key = claim.key
-                ok = key in applied_plain
+                ok = claim.key in applied_plain
                 written: tuple[Status, str | None] | None = _COMPLETED if ok else None
-                if ok:
-                    started = applied_plain[key]
+                started = applied_plain.get(claim.key, started)
             elif outcome.children:
                 outcome, written = self._complete_with_children(conn, claim, outcome, now)
             else:
@@ -294,12 +282,12 @@ class Store(Membership):
             if written is None:
                 continue
             status, error = written
-            why = _RETURNED if status is Status.COMPLETED else _why(status, outcome, error)
+            why = _why(status, outcome, error)
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
             if not (plain_recorded and simple):
                 where = host or self.hosts.get(claim.worker)
                 history.append(_ended(claim, outcome, status, why, where, started))
-            if status in _TERMINAL:
+            if status.terminal:
                 ended[claim.id] = status
             elif status is Status.QUEUED:
                 requeued.append(claim.id)
@@ -555,14 +543,12 @@ def _ended(
 
 
 _COMPLETED: tuple[Status, str | None] = (Status.COMPLETED, None)
-_TERMINAL = frozenset(s for s in Status if s.terminal)
-_RETURNED = "the handler returned"
 
 
 def _why(status: Status, outcome: Outcome, error: str | None) -> str:
     """The reason a state-change log line gives for an outcome."""
     if status is Status.COMPLETED:
-        return _RETURNED
+        return "the handler returned"
     if status is Status.CANCELLED and outcome.status is not Status.CANCELLED:
         return f"{error} (cancelled); the attempt ended: {outcome.error}"
     code = f" ({outcome.error_code})" if outcome.error_code else ""

@@ -24,6 +24,11 @@ from tests.support.apps import AppFactory, build_app, teardown
 from tests.support.client import running_app
 
 DEADLINE_S = 30.0
+# An event written by hand, in a session of the test's own: it takes the next number.
+INSERT_EVENT = text(
+    "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
+    " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
+)
 
 
 class Stream:
@@ -237,10 +242,7 @@ def test_a_number_held_by_an_open_transaction_is_waited_for_then_sent_in_order(
     in order; had it sent n + 1, a client resuming after it would never get n."""
     app = build_app(postgres_url, {})
     app_engine = parts.store(app).engine
-    insert = text(
-        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
-        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
-    )
+    insert = INSERT_EVENT
     first, second = app_engine.connect(), app_engine.connect()
     try:
         first.begin()
@@ -291,10 +293,7 @@ def test_a_hole_held_by_a_transaction_newer_than_every_ended_one_is_waited_for(
     steps over while it still runs (its id is then both), and its event is never sent."""
     app = build_app(postgres_url, {})
     app_engine = parts.store(app).engine
-    insert = text(
-        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
-        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
-    )
+    insert = INSERT_EVENT
     xid = text("SELECT pg_current_xact_id()::text::bigint")
     later_one, holder = app_engine.connect(), app_engine.connect()
     try:
@@ -329,10 +328,7 @@ def test_a_hole_filled_between_the_readers_statements_is_still_sent(
     step over the hole: whatever that snapshot saw ended is visible to them."""
     app = build_app(postgres_url, {})
     app_engine = parts.store(app).engine
-    insert = text(
-        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
-        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
-    )
+    insert = INSERT_EVENT
     first, second = app_engine.connect(), app_engine.connect()
     committed: list[bool] = []
 
@@ -414,10 +410,7 @@ def test_a_stream_opened_while_a_lower_number_is_open_gets_it_when_it_commits(
     before, is not."""
     app = build_app(postgres_url, {})
     engine = parts.store(app).engine
-    insert = text(
-        "INSERT INTO task_events (at, task_id, type, attempt, status, reason)"
-        " VALUES (now(), :id, 't', 0, 'QUEUED', 'x') RETURNING seq"
-    )
+    insert = INSERT_EVENT
     with engine.begin() as conn:
         conn.execute(insert, {"id": "before"})
     first, second = engine.connect(), engine.connect()
