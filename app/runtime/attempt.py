@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import traceback
@@ -93,18 +94,51 @@ class Executor(Protocol):
 
 
 class ThreadExecutor:
-    """A pool of `workers` threads."""
+    """A pool of `workers` threads, each running one attempt after another.
+
+    Each of the `ThreadPoolExecutor`'s threads runs a loop that takes the attempts handed
+    to it from one queue: starting an attempt is one put, with no `Future`, work item or
+    thread accounting of the pool's per attempt (a scheduler pass starts up to one per
+    slot, on the loop every slot waits for).
+    """
 
     def __init__(self, workers: int) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="task")
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._workers = workers
+        for _ in range(workers):
+            self._pool.submit(_slot, self._jobs)
+        _running_pools.add(self)
 
     def start(self, job: Job) -> None:
         """Start `job` on one of the pool's threads."""
-        self._pool.submit(_work, job)
+        self._jobs.put(job)
 
     def shutdown(self) -> None:
-        """Stop the pool without waiting for its threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop the jobs not started yet and stop the pool without waiting for its threads:
+        each ends as its current job returns."""
+        _running_pools.discard(self)
+        self._release()
+        self._pool.shutdown(wait=False)
+
+    def _release(self) -> None:
+        try:
+            while True:
+                self._jobs.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in range(self._workers):
+            self._jobs.put(None)
+
+
+def _slot(jobs: queue.SimpleQueue[Job | None]) -> None:
+    """Run the jobs of one slot until told to stop (None)."""
+    while (job := jobs.get()) is not None:
+        try:
+            _work(job)
+        except Exception:  # the slot's thread must outlive a failing job
+            log.exception("an attempt's thread failed outside its handler")
+        del job
 
 
 def _work(job: Job) -> None:
@@ -114,6 +148,20 @@ def _work(job: Job) -> None:
         outcome = job.run()
     finally:
         job.end(outcome)
+
+
+# The pools not shut down, whose threads wait for jobs (held even when nothing else holds
+# the pool: its threads live on). At the interpreter's exit their threads are told to stop
+# before the `ThreadPoolExecutor`'s exit joins them; one waiting for a job would never end.
+_running_pools: set[ThreadExecutor] = set()
+
+
+def _stop_every_pool() -> None:
+    for pool in list(_running_pools):
+        pool._release()
+
+
+threading._register_atexit(_stop_every_pool)  # type: ignore[attr-defined]
 
 
 def call_handler(
