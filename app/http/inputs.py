@@ -19,6 +19,9 @@ from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
 def only_parameters(*allowed: str) -> None:
+    """Refuse a query parameter the route does not take, and one given more than once
+    (read, only its first value would count: `?status=QUEUED&status=RUNNING` would list
+    the queued tasks alone)."""
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         raise InvalidParameter(
@@ -26,6 +29,13 @@ def only_parameters(*allowed: str) -> None:
             + (", ".join(allowed) if allowed else "none")
             + ".",
             {name: "Unknown parameter." for name in unknown},
+        )
+    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if repeated:
+        raise InvalidParameter(
+            f"The query parameter {repeated[0]!r} is given more than once; give it once"
+            " (a route that takes several values takes them comma-separated).",
+            {name: "Given more than once." for name in repeated},
         )
 
 

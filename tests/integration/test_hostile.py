@@ -397,7 +397,12 @@ QUERY = [
     get("limit-negative", "/api/tasks?limit=-5", 400, "invalid_parameter", r"limit must be"),
     get("limit-float", "/api/tasks?limit=2.5", 400, "invalid_parameter", r"limit must be"),
     get("limit-5000-digits", "/api/tasks?limit=" + "9" * 5000, 400, "invalid_parameter", r"limit must be"),
-    get("limit-twice", "/api/tasks?limit=abc&limit=2", 400, "invalid_parameter", r"limit must be"),
+    # a parameter given twice: read, only its first value would count
+    get("limit-twice", "/api/tasks?limit=abc&limit=2", 400, "invalid_parameter", r"'limit' is given more than once"),
+    get("list-status-twice", "/api/tasks?status=QUEUED&status=RUNNING", 400, "invalid_parameter", r'"status": "Given more than once."'),
+    get("wait-twice", "/api/tasks/a?wait=1&wait=2", 400, "invalid_parameter", r"'wait' is given more than once"),
+    get("events-status-twice", "/api/events?status=QUEUED&status=RUNNING", 400, "invalid_parameter", r"comma-separated"),
+    get("events-batch-twice", "/api/events?batch=b1&batch=b2", 400, "invalid_parameter", r"'batch' is given more than once"),
     get("list-status-folds-only-ascii", "/api/tasks?status=queu%C3%A9d", 400, "invalid_parameter", r"Unknown status 'queuéd'; use one of QUEUED, RUNNING"),
     get("list-status-with-nul", "/api/tasks?status=QUEUED%00", 400, "invalid_parameter", r"Unknown status"),
     get("list-type-with-nul", "/api/tasks?type=simulate%00", 400, "invalid_parameter", r"type must be 1 to 64 characters"),
