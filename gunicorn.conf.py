@@ -33,6 +33,7 @@ from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
+from app.serverlogs import TimedOutClients  # noqa: E402
 from app.startup import checked_settings  # noqa: E402
 
 # A worker exiting with this status makes the gunicorn master stop ("Worker failed to boot").
@@ -108,13 +109,16 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Start the metrics afresh, and make the first SIGINT a graceful stop, like SIGTERM.
+    """Start the metrics afresh, log a timed-out connection as one line, and make the
+    first SIGINT a graceful stop, like SIGTERM.
 
     A process group is signalled as a whole, so the same stop may bring a second SIGINT at
     once; while draining, gunicorn reads its queue directly and would take that copy for a
     quick shutdown. A SIGINT within REPEAT_WINDOW_S of the first stop signal is dropped.
     """
     clear_metrics(metrics_dir)
+    # The workers, forked from here, share the error log and its filter.
+    server.log.error_log.addFilter(TimedOutClients(timeout))
     quick = server.handle_int
     queue = server.signal
     first: list[float] = []

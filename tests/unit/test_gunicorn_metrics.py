@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import runpy
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,8 +26,9 @@ def load_config(monkeypatch: pytest.MonkeyPatch, directory: Path | None) -> dict
 
 
 def fake_server() -> SimpleNamespace:
-    """Return the attributes of gunicorn's Arbiter that on_starting wraps."""
-    return SimpleNamespace(handle_int=lambda: None, handle_term=lambda: None, signal=None)
+    """Return the attributes of gunicorn's Arbiter that on_starting uses."""
+    log = SimpleNamespace(error_log=logging.getLogger("tests.gunicorn.error"))
+    return SimpleNamespace(log=log, handle_int=lambda: None, handle_term=lambda: None, signal=None)
 
 
 def test_the_master_start_deletes_the_value_files_of_a_previous_run(
