@@ -106,9 +106,14 @@ class ThreadExecutor:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="task")
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._workers = workers
-        for _ in range(workers):
-            self._pool.submit(_slot, self._jobs)
+        # Known before its threads start: stopped at exit even if they do not all start.
         _running_pools.add(self)
+        try:
+            for _ in range(workers):
+                self._pool.submit(_slot, self._jobs)
+        except BaseException:  # a thread that could not start: those that did must stop
+            self.shutdown()
+            raise
 
     def start(self, job: Job) -> None:
         """Start `job` on one of the pool's threads."""
@@ -136,8 +141,8 @@ def _slot(jobs: queue.SimpleQueue[Job | None]) -> None:
     while (job := jobs.get()) is not None:
         try:
             _work(job)
-        except Exception:  # the slot's thread must outlive a failing job
-            log.exception("an attempt's thread failed outside its handler")
+        except BaseException:  # the slot must outlive its job, a handler's sys.exit() too
+            log.exception("an attempt's thread ended its job with an exception")
         del job
 
 

@@ -27,6 +27,25 @@ def test_a_handler_module_runs_its_types_and_refuses_others(make_app: AppFactory
     assert wait_status(client, "s", "COMPLETED")["result"] is None
 
 
+def test_a_handler_calling_sys_exit_fails_its_task_and_its_slot_runs_on(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        SCHEDULER_ENABLED="true",
+        MAX_CONCURRENT_TASKS="1",
+        TASK_HANDLERS="tests.support.exiting_handlers",
+    )
+    start_scheduler(app)
+    client = app.test_client()
+    submit(client, "quits", type="quits")
+    failed = wait_status(client, "quits", "FAILED")
+    assert failed["error"] == "The handler's thread ended without a result."
+    # The instance's one slot runs the next tasks: the exit did not end its thread.
+    for task_id in ("after-1", "after-2"):
+        submit(client, task_id, type="simulate")
+        assert wait_status(client, task_id, "COMPLETED")["attempts"] == 1
+
+
 def test_without_handlers_every_type_simulates(make_app: AppFactory) -> None:
     client = make_app().test_client()
     assert client.post("/api/tasks", json={"type": "anything", "duration_ms": 1}).status_code == 201

@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from app.runtime.attempt import ThreadExecutor
 from app.statuses import Status
 from app.storage.store import Outcome
@@ -19,9 +21,15 @@ DEADLINE_S = 10.0
 class Recorded:
     """A job that notes its begin, its end and its thread, and can be held in its run."""
 
-    def __init__(self, hold: threading.Event | None = None, fail_begin: bool = False) -> None:
+    def __init__(
+        self,
+        hold: threading.Event | None = None,
+        fail_begin: bool = False,
+        raises: BaseException | None = None,
+    ) -> None:
         self.hold = hold
         self.fail_begin = fail_begin
+        self.raises = raises
         self.began = threading.Event()
         self.ended = threading.Event()
         self.thread: str | None = None
@@ -36,6 +44,8 @@ class Recorded:
     def run(self) -> Outcome:
         if self.hold is not None:
             assert self.hold.wait(DEADLINE_S)
+        if self.raises is not None:
+            raise self.raises
         return Outcome(Status.COMPLETED)
 
     def end(self, outcome: Outcome | None) -> None:
@@ -80,6 +90,49 @@ def test_a_job_failing_outside_its_handler_does_not_cost_its_thread() -> None:
         assert not failing.ended.is_set()
     finally:
         executor.shutdown()
+
+
+def test_a_handler_calling_sys_exit_does_not_cost_its_thread() -> None:
+    # SystemExit is not an Exception: a loop catching only those would end, and the
+    # attempts the scheduler gave to the slot it believes free would never start.
+    executor = ThreadExecutor(1)
+    try:
+        leaving = Recorded(raises=SystemExit(1))
+        executor.start(leaving)
+        assert leaving.ended.wait(DEADLINE_S)
+        assert leaving.outcome is None  # the handler never returned
+        after = Recorded()
+        executor.start(after)
+        assert after.ended.wait(DEADLINE_S)
+        assert after.outcome == Outcome(Status.COMPLETED)
+    finally:
+        executor.shutdown()
+
+
+def test_threads_started_before_one_failed_to_start_are_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A limit on threads (a container's) may let only some of the pool's threads start:
+    # the construction fails, and those that started must not wait for jobs for ever.
+    before = set(threading.enumerate())
+    real_start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start(thread: threading.Thread) -> None:
+        if len(started) == 2:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        ThreadExecutor(4)
+    monkeypatch.undo()
+    assert len(started) == 2
+    for thread in started:
+        thread.join(DEADLINE_S)
+        assert not thread.is_alive()
+    assert set(threading.enumerate()) <= before
 
 
 def test_a_shutdown_drops_the_jobs_not_started_and_lets_the_running_one_return() -> None:
