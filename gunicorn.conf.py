@@ -34,6 +34,7 @@ from prometheus_client import multiprocess  # noqa: E402
 
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
 from app.serverlogs import TimedOutClients  # noqa: E402
+from app.services.streams import SEND_TIMEOUT_S  # noqa: E402
 from app.startup import checked_settings  # noqa: E402
 
 # A worker exiting with this status makes the gunicorn master stop ("Worker failed to boot").
@@ -118,7 +119,7 @@ def on_starting(server: Any) -> None:
     """
     clear_metrics(metrics_dir)
     # The workers, forked from here, share the error log and its filter.
-    server.log.error_log.addFilter(TimedOutClients(timeout))
+    server.log.error_log.addFilter(TimedOutClients(SEND_TIMEOUT_S))
     quick = server.handle_int
     queue = server.signal
     first: list[float] = []

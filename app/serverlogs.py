@@ -63,27 +63,27 @@ SOCKET_ERROR = "Socket error processing request."
 
 
 class TimedOutClients(logging.Filter):
-    """Turn gunicorn's error and traceback for a connection that timed out into one line.
+    """Turn gunicorn's error and traceback for a write that timed out into one line.
 
-    A socket operation outlasting gunicorn's `timeout` means the client stopped reading
-    the answer (an event stream's reader that hangs) or sending its request: the worker
-    closes the connection, as it should, and nothing is wrong with the server. gunicorn
-    logs it as an error with a traceback all the same; it becomes one warning line.
+    The event stream's socket has a send timeout (`SEND_TIMEOUT_S`): when its client stops
+    reading, the write times out and the worker closes the connection, as it should, and
+    nothing is wrong with the server. gunicorn logs it as an error with a traceback all the
+    same; it becomes one warning line.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, send_timeout_s: float) -> None:
         super().__init__()
-        self.timeout_s = timeout_s
+        self.send_timeout_s = send_timeout_s
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite a timed-out connection's record; let every other record through."""
         failure = record.exc_info[1] if record.exc_info else None
         if record.msg == SOCKET_ERROR and isinstance(failure, TimeoutError):
             record.msg = (
-                "a client neither read nor sent anything on its connection for %g s "
-                "(a stalled event stream, or a request left unfinished); it was closed"
+                "a client stopped reading its response (an event stream) and a write to it "
+                "waited %g s; its connection was closed"
             )
-            record.args = (self.timeout_s,)
+            record.args = (self.send_timeout_s,)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
