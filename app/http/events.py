@@ -31,7 +31,8 @@ def stream_events() -> Response:
         types=_listed("type", request.args.get("type")),
         statuses=_statuses(request.args.get("status")),
     )
-    last = (request.headers.get("Last-Event-ID") or "").strip() or None  # empty: none
+    # Empty, or blanks alone: as if absent. Only HTTP's blanks are trimmed, as documented.
+    last = (request.headers.get("Last-Event-ID") or "").strip(" \t") or None
     if last is not None and not _NUMBER.match(last):
         raise InvalidParameter(
             "Last-Event-ID must be the number of an event (the `id` of one this stream sent).",

@@ -33,8 +33,7 @@ def only_parameters(*allowed: str) -> None:
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:
         raise InvalidParameter(
-            f"The query parameter {repeated[0]!r} is given more than once; give it once"
-            " (a route that takes several values takes them comma-separated).",
+            f"The query parameter {repeated[0]!r} is given more than once; give it once.",
             {name: "Given more than once." for name in repeated},
         )
 

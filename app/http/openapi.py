@@ -52,7 +52,8 @@ JSON = "application/json"
 DESCRIPTION = (
     "A persistent DAG task scheduler. Every response is JSON; timestamps are ISO 8601 UTC "
     "with milliseconds and `Z`. Every error has the shape of the `Error` schema. Every `/api` "
-    "route rejects unknown query parameters with `400 invalid_parameter`; a method a route "
+    "route rejects unknown query parameters, and any given more than once, with "
+    "`400 invalid_parameter`; a method a route "
     "does not serve gets `405 method_not_allowed` with an `Allow` header, and an unknown route "
     "`404 not_found`.\n\n"
     "Authentication is optional: when the server's `API_TOKEN` setting is set, every `/api` "
@@ -166,8 +167,9 @@ EVENT_FILTERS = [
         "name": "Last-Event-ID",
         "in": "header",
         "description": "Resume after this event (the `id` of the last one received): every "
-        "later event still retained is sent, in order. Without it the stream starts now.",
-        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "later event still retained is sent, in order. Without it, or empty, the stream "
+        "starts now.",
+        "schema": {"type": "string", "pattern": "^[ \t]*([0-9]{1,18})?[ \t]*$"},
     },
 ]
 EVENT_STREAM = (

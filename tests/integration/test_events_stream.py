@@ -177,6 +177,15 @@ def test_a_client_reconnecting_with_last_event_id_misses_nothing(make_app: AppFa
     beyond = Stream(client, last="999999")
     submit(client, "r3")
     assert changes(beyond.events(1)) == [("r3", "QUEUED")]
+    beyond.close()
+    # An empty header, or blanks alone, is as if absent: from now; blanks around a number
+    # are HTTP's and go.
+    for empty in ("", " \t"):
+        now = Stream(client, last=empty)
+        submit(client, f"r4{len(empty)}")
+        assert changes(now.events(1)) == [(f"r4{len(empty)}", "QUEUED")]
+        now.close()
+    assert changes(Stream(client, last=" 0 ").rest())[:1] == [("r1", "QUEUED")]
 
 
 def test_streams_past_the_cap_are_refused_with_retry_after_until_one_closes(
