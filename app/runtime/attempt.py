@@ -141,7 +141,7 @@ def _slot(jobs: queue.SimpleQueue[Job | None]) -> None:
     while (job := jobs.get()) is not None:
         try:
             _work(job)
-        except BaseException:  # the slot must outlive its job, a handler's sys.exit() too
+        except BaseException:  # the slot must outlive whatever its job raises
             log.exception("an attempt's thread ended its job with an exception")
         del job
 
@@ -194,7 +194,8 @@ def call_handler(
         ctx.read_dependency_results = read_dependency_results
     try:
         result = registry.resolve(claim.type)(ctx)
-    except Exception as exc:  # a handler's bug must fail its task, not the scheduler
+    # A handler's bug must fail its task, not the scheduler; so must its sys.exit().
+    except (Exception, SystemExit) as exc:
         if running.stop_reason == "cancel":
             return Outcome(
                 Status.CANCELLED, error="Cancelled by a user while running.", error_code="cancelled"
@@ -214,7 +215,7 @@ def call_handler(
     return outcome
 
 
-def _traceback(exc: Exception) -> str:
+def _traceback(exc: BaseException) -> str:
     """Return the traceback of what a handler raised, cut to MAX_TRACEBACK_CHARS: each
     part (a frame, an exception's message) to MAX_ERROR_CHARS, so that a long message
     leaves room for the frames, then the first line and the innermost parts."""
@@ -234,7 +235,7 @@ def _shortened(part: str) -> str:
     return f"{part[:MAX_ERROR_CHARS]}... ({len(part) - MAX_ERROR_CHARS:,} characters left out)\n"
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     return f"The handler raised {type(exc).__name__}: {exc}"
 
 

@@ -39,7 +39,9 @@ def test_a_handler_calling_sys_exit_fails_its_task_and_its_slot_runs_on(
     client = app.test_client()
     submit(client, "quits", type="quits")
     failed = wait_status(client, "quits", "FAILED")
-    assert failed["error"] == "The handler's thread ended without a result."
+    assert failed["error"] == "The handler raised SystemExit: 1"
+    (attempt,) = client.get("/api/tasks/quits/attempts").get_json()["attempts"]
+    assert "sys.exit(1)" in attempt["traceback"]
     # The instance's one slot runs the next tasks: the exit did not end its thread.
     for task_id in ("after-1", "after-2"):
         submit(client, task_id, type="simulate")
