@@ -24,7 +24,7 @@ _STATUSES = {s.value for s in Status}
 @bp.get("/events")
 def stream_events() -> Response:
     """Stream task state changes as they commit, from now or after `Last-Event-ID`."""
-    only_parameters("task", "batch", "type", "status")
+    only_parameters("task", "batch", "type", "status", listed=("type", "status"))
     filters = Filters(
         task_id=_identifier("task", request.args.get("task")),
         batch_id=_identifier("batch", request.args.get("batch")),

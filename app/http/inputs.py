@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from flask import request
@@ -18,10 +19,10 @@ from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
-def only_parameters(*allowed: str) -> None:
+def only_parameters(*allowed: str, listed: Collection[str] = ()) -> None:
     """Refuse a query parameter the route does not take, and one given more than once
     (read, only its first value would count: `?status=QUEUED&status=RUNNING` would list
-    the queued tasks alone)."""
+    the queued tasks alone). Those `listed` take several values, comma-separated."""
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         raise InvalidParameter(
@@ -32,8 +33,9 @@ def only_parameters(*allowed: str) -> None:
         )
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:
+        hint = " with its values comma-separated" if repeated[0] in listed else ""
         raise InvalidParameter(
-            f"The query parameter {repeated[0]!r} is given more than once; give it once.",
+            f"The query parameter {repeated[0]!r} is given more than once; give it once{hint}.",
             {name: "Given more than once." for name in repeated},
         )
 

@@ -402,7 +402,7 @@ QUERY = [
     get("limit-twice", "/api/tasks?limit=abc&limit=2", 400, "invalid_parameter", r"'limit' is given more than once"),
     get("list-status-twice", "/api/tasks?status=QUEUED&status=RUNNING", 400, "invalid_parameter", r'"status": "Given more than once."'),
     get("wait-twice", "/api/tasks/a?wait=1&wait=2", 400, "invalid_parameter", r"'wait' is given more than once"),
-    get("events-status-twice", "/api/events?status=QUEUED&status=RUNNING", 400, "invalid_parameter", r"'status' is given more than once; give it once\."),
+    get("events-status-twice", "/api/events?status=QUEUED&status=RUNNING", 400, "invalid_parameter", r"'status' is given more than once; give it once with its values comma-separated\."),
     get("events-batch-twice", "/api/events?batch=b1&batch=b2", 400, "invalid_parameter", r"'batch' is given more than once"),
     get("list-status-folds-only-ascii", "/api/tasks?status=queu%C3%A9d", 400, "invalid_parameter", r"Unknown status 'queuéd'; use one of QUEUED, RUNNING"),
     get("list-status-with-nul", "/api/tasks?status=QUEUED%00", 400, "invalid_parameter", r"Unknown status"),
