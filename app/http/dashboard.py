@@ -100,17 +100,16 @@ def batch_page(batch_id: str) -> str | tuple[str, int]:
 
     To a request that may read data, an unknown batch is a 404 page; otherwise the page's
     script asks for the token, then says so itself."""
-    page = render_template("dashboard/batch.html", batch_id=batch_id, statuses=STATUSES)
-    if not may_read(current_app.config["API_TOKEN"]):
-        return page
-    try:
-        batches.summary(parts.engine(), batch_id)
-    except (NotFound, InvalidParameter):
-        missing = render_template(
-            "dashboard/batch.html", batch_id=batch_id, statuses=STATUSES, missing=True
-        )
-        return missing, 404
-    return page
+    missing = False
+    if may_read(current_app.config["API_TOKEN"]):
+        try:
+            batches.summary(parts.engine(), batch_id)
+        except (NotFound, InvalidParameter):
+            missing = True
+    page = render_template(
+        "dashboard/batch.html", batch_id=batch_id, statuses=STATUSES, missing=missing
+    )
+    return (page, 404) if missing else page
 
 
 @bp.get("/dashboard/counts")

@@ -240,9 +240,7 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
         at = sqlite_time(utcnow())
         for start in range(0, len(changes), EVENT_ROWS):
             part = changes[start : start + EVENT_ROWS]
-            params: list[Any] = []
-            for task_id, task_type, attempt, status, why in part:
-                params += (task_id, task_type, attempt, status, _reason(why), at)
+            params = [v for change in part for v in (*_event_row(change), at)]
             driver_execute(conn, events_insert_sql(d, len(part)), tuple(params))
         return
     notify, notify_params = _notify_sql(changes)
@@ -261,12 +259,7 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
 def _event_row(change: events.Change) -> tuple[Any, ...]:
     """Return the event's task id, type, attempt, status and reason, as stored."""
     task_id, task_type, attempt, status, why = change
-    return task_id, task_type, attempt, status, _reason(why)
-
-
-def _reason(why: str) -> str | None:
-    """Return an event's reason as stored: at most MAX_EVENT_REASON characters."""
-    return storable(why[:MAX_EVENT_REASON])
+    return task_id, task_type, attempt, status, storable(why[:MAX_EVENT_REASON])
 
 
 def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import text
 
 from app import parts
 from app.handlers import HandlerFailed, TaskContext
@@ -57,6 +57,12 @@ class Stream:
 
     def close(self) -> None:
         self.response.close()
+
+
+def read_events(engine: Engine, cursor: Cursor) -> tuple[list[dict[str, Any]], bool]:
+    """Read once from `cursor` on a connection of its own, as a stream's read does."""
+    with engine.connect() as reader:
+        return eventlog.read(reader, cursor, Filters(), 100)
 
 
 def parse(chunk: str) -> list[dict[str, Any]]:
@@ -260,28 +266,24 @@ def test_a_number_held_by_an_open_transaction_is_waited_for_then_sent_in_order(
             later = second.execute(insert, {"id": "later"}).scalar_one()
         assert later == held + 1
         cursor = Cursor(held - 1)
-        with app_engine.connect() as reader:
-            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        rows, waiting = read_events(app_engine, cursor)
         assert rows == [] and waiting and cursor.seq == held - 1
         first.commit()
-        with app_engine.connect() as reader:
-            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        rows, waiting = read_events(app_engine, cursor)
         assert [r["task_id"] for r in rows] == ["held", "later"] and not waiting
         # A number whose transaction rolled back is skipped once that transaction ended.
         first.begin()
         gone = first.execute(insert, {"id": "gone"}).scalar_one()
         with second.begin():
             second.execute(insert, {"id": "after"})
-        with app_engine.connect() as reader:
-            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        rows, waiting = read_events(app_engine, cursor)
         assert rows == [] and waiting and cursor.hole == gone
         first.rollback()
         # Once every transaction as old as the hole has ended (others of the cluster,
         # such as parallel tests', may still run for a moment).
         deadline = time.monotonic() + DEADLINE_S
         while True:
-            with app_engine.connect() as reader:
-                rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+            rows, waiting = read_events(app_engine, cursor)
             if rows or time.monotonic() > deadline:
                 break
             assert waiting and cursor.hole == gone
@@ -315,12 +317,10 @@ def test_a_hole_held_by_a_transaction_newer_than_every_ended_one_is_waited_for(
         later_one.commit()
         cursor = Cursor(held - 1)
         for _ in range(3):  # the hole is noted, then read again while its holder runs
-            with app_engine.connect() as reader:
-                rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+            rows, waiting = read_events(app_engine, cursor)
             assert rows == [] and waiting and cursor.seq == held - 1
         holder.commit()
-        with app_engine.connect() as reader:
-            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        rows, waiting = read_events(app_engine, cursor)
         assert [r["task_id"] for r in rows] == ["held", "later"] and not waiting
     finally:
         later_one.close()
@@ -354,8 +354,7 @@ def test_a_hole_filled_between_the_readers_statements_is_still_sent(
         with second.begin():
             second.execute(insert, {"id": "later"})
         cursor = Cursor(held - 1)
-        with app_engine.connect() as reader:
-            rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+        rows, waiting = read_events(app_engine, cursor)
         assert rows == [] and waiting and cursor.hole == held
         # Every transaction older than the reader's note must have ended for it to step
         # over the hole: wait until the holder is the only one left (other sessions of
@@ -372,8 +371,7 @@ def test_a_hole_filled_between_the_readers_statements_is_still_sent(
             time.sleep(0.01)
         sqlalchemy_event.listen(app_engine, "before_cursor_execute", commit_the_holder)
         try:
-            with app_engine.connect() as reader:
-                rows, waiting = eventlog.read(reader, cursor, Filters(), 100)
+            rows, waiting = read_events(app_engine, cursor)
         finally:
             sqlalchemy_event.remove(app_engine, "before_cursor_execute", commit_the_holder)
         assert committed
