@@ -45,8 +45,9 @@ PG_READY = READY.replace("status = 'QUEUED'", PG_QUEUED)
 PG_DELAYED = DELAYED.replace("status = 'QUEUED'", PG_QUEUED)
 # The queue of a task that names none; its row always exists (migration 0009).
 DEFAULT_QUEUE = "default"
-# Tasks submitted one by one have no batch: they cost the status+batch index nothing.
+# Tasks submitted one by one have no batch: they cost the batch+status index nothing.
 IN_A_BATCH = "batch_id IS NOT NULL"
+FINISHED = "finished_at IS NOT NULL"
 
 
 class Task(db.Model):  # type: ignore[name-defined]
@@ -134,16 +135,26 @@ class Task(db.Model):  # type: ignore[name-defined]
         Index("ix_tasks_batch_seq", batch_id, seq),
         # The two pairs the dashboard asks for; without them a page of a rare pair walks
         # every task of the common half (all COMPLETED tasks, to find 100 of one type).
-        Index("ix_tasks_status_type_seq", status, type, seq),
+        # Led by the type or batch, not the status: a task's entry then moves, at each
+        # change of its status, next to where it was, so a pass writes a page or two of
+        # each rather than one per status it moved a task from or to.
+        Index("ix_tasks_type_status_seq", type, status, seq),
         Index(
-            "ix_tasks_status_batch_seq",
-            status,
+            "ix_tasks_batch_status_seq",
             batch_id,
+            status,
             seq,
             sqlite_where=text(IN_A_BATCH),
             postgresql_where=text(IN_A_BATCH),
         ),
-        Index("ix_tasks_finished_at", finished_at),
+        # What pruning walks. Finished tasks only: unfinished ones, under NULL, would be
+        # rewritten by every claim and finish for no reader.
+        Index(
+            "ix_tasks_finished_at",
+            finished_at,
+            sqlite_where=text(FINISHED),
+            postgresql_where=text(FINISHED),
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from app.runtime.reaper import Reaper
 from app.services import actions, blockers, reads, schedules, submissions
 from app.services import queues as queue_services
 from app.statuses import Status
-from app.storage import counts, database
+from app.storage import counts, database, retention
 from app.storage.database import utcnow
 from app.storage.health import SCHEMA_REVISION, schema_problem
 from app.storage.store import Outcome
@@ -256,7 +256,8 @@ def test_upgrade_to_0006_promotes_what_is_due_and_keeps_the_delayed_out_of_the_r
             for name in ("ix_tasks_ready", "ix_tasks_ready_type"):
                 assert "not_before IS NULL" in _index_definition(conn, name)
             indexes = {i["name"] for i in inspect(conn).get_indexes("tasks")}
-        assert {"ix_tasks_status_type_seq", "ix_tasks_status_batch_seq"} <= indexes
+        # The pairs 0006 added, led by type and batch since 0013.
+        assert {"ix_tasks_type_status_seq", "ix_tasks_batch_status_seq"} <= indexes
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect() as conn:
                 options = conn.exec_driver_sql(
@@ -662,5 +663,60 @@ def test_upgrade_to_0012_adds_the_event_log_that_each_change_then_writes(
         downgrade(revision="0011")
         with db.engine.connect() as conn:
             assert "task_events" not in inspect(conn).get_table_names()
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def test_upgrade_to_0013_leads_the_pairs_by_batch_and_type_and_indexes_finished_tasks_only(
+    database_url: str,
+) -> None:
+    """A 0012 database with tasks of two batches and two types, some finished: after the
+    upgrade the lists by batch and status and by type and status, and pruning, find what
+    they found before, through the new indexes; a downgrade builds the old ones again."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    old = now - timedelta(days=2)
+    rows = [
+        _old_task(f"{batch}-{k}", old + timedelta(seconds=k), batch_id=batch, type=kind, **done)
+        for batch in ("b1", "b2")
+        for k, (kind, done) in enumerate(
+            [
+                ("a", {"status": "COMPLETED", "finished_at": old + timedelta(minutes=1)}),
+                ("b", {"status": "FAILED", "finished_at": old + timedelta(minutes=2)}),
+                ("a", {"status": "RUNNING", "worker": "w", "attempts": 1}),
+                ("b", {}),
+                ("a", {"status": "COMPLETED", "finished_at": now}),
+            ]
+        )
+    ]
+    with app.app_context():
+        _stored_at("0012", rows)
+        upgrade()
+        engine = app.extensions["store"].engine
+        with db.engine.connect() as conn:
+            indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("tasks")}
+            finished = _index_definition(conn, "ix_tasks_finished_at")
+        assert indexes["ix_tasks_batch_status_seq"] == ["batch_id", "status", "seq"]
+        assert indexes["ix_tasks_type_status_seq"] == ["type", "status", "seq"]
+        assert not {"ix_tasks_status_batch_seq", "ix_tasks_status_type_seq"} & set(indexes)
+        assert "finished_at IS NOT NULL" in finished
+
+        def listed(**filters: str) -> list[str]:
+            return [t["id"] for t in reads.list_tasks(engine, **filters).tasks]
+
+        assert listed(batch_id="b1", status="COMPLETED") == ["b1-4", "b1-0"]
+        assert listed(batch_id="b2", status="QUEUED") == ["b2-3"]
+        assert listed(task_type="a", status="RUNNING") == ["b2-2", "b1-2"]
+        assert listed(task_type="b", status="FAILED") == ["b2-1", "b1-1"]
+        assert retention.prune(engine, timedelta(days=1), now=now) == 4
+        assert sorted(listed()) == ["b1-2", "b1-3", "b1-4", "b2-2", "b2-3", "b2-4"]
+
+        downgrade(revision="0012")
+        with db.engine.connect() as conn:
+            names = {i["name"] for i in inspect(conn).get_indexes("tasks")}
+            finished = _index_definition(conn, "ix_tasks_finished_at")
+        assert {"ix_tasks_status_batch_seq", "ix_tasks_status_type_seq"} <= names
+        assert not {"ix_tasks_batch_status_seq", "ix_tasks_type_status_seq"} & names
+        assert "WHERE" not in finished
         downgrade(revision="base")
         db.engine.dispose()

@@ -328,15 +328,15 @@ def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str)
         ({"batch_id": "b"}, "ix_tasks_batch_seq (batch_id=?)"),
         (
             {"status": "COMPLETED", "task_type": "t"},
-            "ix_tasks_status_type_seq (status=? AND type=?)",
+            "ix_tasks_type_status_seq (type=? AND status=?)",
         ),
         (
             {"status": "FAILED", "batch_id": "b"},
-            "ix_tasks_status_batch_seq (status=? AND batch_id=?)",
+            "ix_tasks_batch_status_seq (batch_id=? AND status=?)",
         ),
         (
             {"status": "FAILED", "batch_id": "b", "before": 9},
-            "ix_tasks_status_batch_seq (status=? AND batch_id=? AND seq<?)",
+            "ix_tasks_batch_status_seq (batch_id=? AND status=? AND seq<?)",
         ),
     ],
 )
