@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -77,10 +77,14 @@ def submit_batch(
         # The whole batch fits under the queue limit, or none of it is stored.
         admission.make_room(conn, rows)
         insert_tasks(conn, rows)
-        answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in rows]
-        return BatchSubmitted(batch_id, answer, created=True)
+        return BatchSubmitted(batch_id, rows, created=True)
 
-    return tasks.inserting(engine, work)
+    stored = tasks.inserting(engine, work)
+    if not stored.created:
+        return stored
+    # Shaped once the write lock is free: the scheduler's passes wait for it.
+    answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in stored.tasks]
+    return replace(stored, tasks=answer)
 
 
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
