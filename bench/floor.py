@@ -41,6 +41,7 @@ from bench.server import BASE_SETTINGS, migrate
 
 SLOTS = int(BASE_SETTINGS["MAX_CONCURRENT_TASKS"])
 PASSES = 400
+PAGED_PASSES = 41
 WORKER = "floor"
 HANDLER_S = 0.001  # the tasks of the `work` figure
 BARE_TASKS = 8_000  # tasks of each bare-design run
@@ -52,7 +53,7 @@ def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
     Every other pass leaves out the task events the service writes with each state change
     (`task_events`): the difference of the medians is what writing them costs a pass.
     """
-    conn = _connect(workdir, "floor", SLOTS * (passes + 1))
+    conn = _connect(workdir, "floor", SLOTS * (passes + PAGED_PASSES + 1))
     try:
         times: dict[bool, list[float]] = {True: [], False: []}
         previous: list[tuple[str, int]] = []
@@ -60,6 +61,7 @@ def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
             began = time.perf_counter()
             previous = _one_pass(conn, previous, events=k % 2 == 0)
             times[k % 2 == 0].append(time.perf_counter() - began)
+        pages = _wal_pages(conn, previous)
     finally:
         conn.close()
     pass_s = statistics.median(times[True])
@@ -67,10 +69,32 @@ def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
         "slots": SLOTS,
         "passes": passes,
         "pass_ms": pass_s * 1e3,
+        "wal_pages": pages,
         "events_ms": (pass_s - statistics.median(times[False])) * 1e3,
         "noop_ceiling_tasks_per_s": SLOTS / pass_s,
         "work_ceiling_tasks_per_s": SLOTS / (HANDLER_S + pass_s),
     }
+
+
+def _wal_pages(conn: sqlite3.Connection, previous: list[tuple[str, int]]) -> float:
+    """Run PAGED_PASSES more passes from an empty WAL, none checkpointed; return the median
+    of the pages each one's commit wrote (its WAL frames), what its fsync waits for."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    for _ in range(PAGED_PASSES):
+        previous = _one_pass(conn, previous)
+    path = conn.execute("PRAGMA database_list").fetchone()[2] + "-wal"
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    wal = Path(path).read_bytes()
+    frames, per_commit = 0, []
+    # After the 32-byte header, each frame is a 24-byte header (page number, then the
+    # database size for a transaction's last frame, else 0) and the page.
+    for offset in range(32, len(wal) - page_size - 23, page_size + 24):
+        frames += 1
+        if int.from_bytes(wal[offset + 4 : offset + 8], "big"):
+            per_commit.append(frames)
+            frames = 0
+    return statistics.median(per_commit)
 
 
 def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:

@@ -71,6 +71,12 @@ def _floor_rows(results: dict[str, Any]) -> list[Row]:
         ),
         _row(
             results,
+            "  ... pages of WAL its commit writes (the rows and index pages it changes)",
+            "floor:wal_pages",
+            higher=False,
+        ),
+        _row(
+            results,
             "  ... of which writing its task events (ms; the events stream's cost)",
             "floor:events_ms",
             higher=False,
