@@ -102,6 +102,11 @@ def run_migrations_online():
             )
         )
 
+    # On SQLite the upgrade holds the write lock from its first statement, waiting for it
+    # as long as any writer does: begun deferred, it read the schema's revision, and a
+    # write committed by a running instance meanwhile made its first change fail at once
+    # ("database is locked").
+    connection = connection.execution_options(sqlite_begin="IMMEDIATE")
     with connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 

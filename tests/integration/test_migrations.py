@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import Connection, Engine, MetaData, Table, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, MetaData, Table, event, insert, inspect, select, text
 
 from app import create_app
 from app.extensions import db
@@ -22,6 +23,7 @@ from app.statuses import Status
 from app.storage import counts, database, retention
 from app.storage.database import utcnow
 from app.storage.health import SCHEMA_REVISION, schema_problem
+from app.storage.reads import newest_first
 from app.storage.store import Outcome
 from app.storage.tables import deps, tasks
 from tests.support.store import register
@@ -718,5 +720,87 @@ def test_upgrade_to_0013_leads_the_pairs_by_batch_and_type_and_indexes_finished_
         assert {"ix_tasks_status_batch_seq", "ix_tasks_status_type_seq"} <= names
         assert not {"ix_tasks_batch_status_seq", "ix_tasks_type_status_seq"} & names
         assert "WHERE" not in finished
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def test_upgrade_on_sqlite_takes_the_write_lock_first_so_a_commit_meanwhile_cannot_fail_it(
+    sqlite_url: str,
+) -> None:
+    """A running instance commits a write while the upgrade is under way: the upgrade,
+    holding the write lock from its first statement, keeps it (the instance's write waits
+    instead, here refused at once), rather than failing with "database is locked"."""
+    app = create_app({"DATABASE_URL": sqlite_url, "SCHEDULER_ENABLED": "false"})
+    path = sqlite_url.removeprefix("sqlite:///")
+    refused: list[str] = []
+
+    def instance_writes(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.startswith("CREATE INDEX") or refused:
+            return
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("UPDATE tasks SET priority = priority + 1")
+            other.commit()
+            refused.append("no")
+        except sqlite3.OperationalError as exc:
+            refused.append(str(exc))
+        finally:
+            other.close()
+
+    with app.app_context():
+        _stored_at("0012", [_old_task("old", utcnow())])
+        event.listen(db.engine, "before_cursor_execute", instance_writes)
+        try:
+            upgrade()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", instance_writes)
+        with db.engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert (revision, refused) == (SCHEMA_REVISION, ["database is locked"])
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def test_upgrade_to_0013_measures_the_new_indexes_where_sqlite_keeps_statistics(
+    sqlite_url: str,
+) -> None:
+    """Statistics taken at 0012 knew the old indexes only; without the new ones' a page of
+    one type was read through the new type+status index and sorted whole."""
+    app = create_app({"DATABASE_URL": sqlite_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow()
+    rows = [
+        _old_task(
+            f"t{k}",
+            now,
+            type="a" if k % 10 else "b",
+            batch_id=f"b{k % 3}",
+            status="COMPLETED",
+            finished_at=now,
+        )
+        for k in range(300)
+    ]
+    with app.app_context():
+        _stored_at("0012", rows)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+        upgrade()
+        engine = app.extensions["store"].engine
+        with database.read(engine) as conn:
+            measured = {
+                r[0]
+                for r in conn.exec_driver_sql("SELECT idx FROM sqlite_stat1 WHERE tbl = 'tasks'")
+            }
+            sent: list[tuple[str, Any]] = []
+
+            def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+                sent.append((sql, params))
+
+            event.listen(conn, "before_cursor_execute", record)
+            newest_first(conn, status=None, task_type="a", batch_id=None, before=None, limit=101)
+            event.remove(conn, "before_cursor_execute", record)
+            ((sql, params),) = sent
+            plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+        assert {"ix_tasks_type_status_seq", "ix_tasks_batch_status_seq"} <= measured
         downgrade(revision="base")
         db.engine.dispose()
