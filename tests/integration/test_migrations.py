@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -804,3 +805,20 @@ def test_upgrade_to_0013_measures_the_new_indexes_where_sqlite_keeps_statistics(
         assert {"ix_tasks_type_status_seq", "ix_tasks_batch_status_seq"} <= measured
         downgrade(revision="base")
         db.engine.dispose()
+
+
+def test_0013_writes_its_statements_as_a_script_offline(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`flask db upgrade 0012:0013 --sql` prints the revision instead of failing on the
+    question it cannot ask offline (whether SQLite keeps statistics)."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    with app.app_context():
+        capsys.readouterr()
+        upgrade(revision="0012:0013", sql=True)
+        script = capsys.readouterr().out
+        downgrade(revision="0013:0012", sql=True)
+        back = capsys.readouterr().out
+    assert "CREATE INDEX ix_tasks_batch_status_seq" in script
+    assert "DROP INDEX ix_tasks_status_type_seq" in script
+    assert "CREATE INDEX ix_tasks_status_batch_seq" in back
