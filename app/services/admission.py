@@ -7,9 +7,9 @@ The API and `flask tasks submit` both reach the database through `services.submi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.errors import QueueFull
 from app.handlers import Registry
@@ -40,12 +40,13 @@ class Admission:
         if self.registry is not None:
             self.registry.check(list(task_types))
 
-    def make_room(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Raise `queue_full` unless `rows` fit under the limit; call inside the insert's
-        write transaction, so the count cannot change before the rows are committed."""
+    def make_room(self, conn: Connection, born: Iterable[str]) -> None:
+        """Raise `queue_full` unless new tasks born with the statuses `born` fit under the
+        limit; call inside the insert's write transaction, so the count cannot change
+        before the rows are committed."""
         if self.max_queued is None:
             return
-        asked = sum(1 for row in rows if row["status"] == Status.QUEUED.value)
+        asked = sum(1 for status in born if status == Status.QUEUED.value)
         if not asked:
             return
         counts.hold_queue(conn)

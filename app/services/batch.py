@@ -10,16 +10,24 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError, fields, validate
 
 from app.dag import find_cycle, topological_order
-from app.errors import BodyTooLarge, DependencyCycle, DuplicateId, ValidationFailed
+from app.errors import (
+    BodyTooLarge,
+    DependencyCycle,
+    DuplicateId,
+    QueueFull,
+    UnknownDependency,
+    ValidationFailed,
+)
 from app.schemas import (
     ID_PATTERN,
     MAX_PAYLOAD_BYTES,
@@ -34,6 +42,7 @@ from app.services.reads import shape
 from app.services.submissions import (
     OPEN,
     OUTPUT_DEFAULTS,
+    born_status,
     check_replay,
     insert_tasks,
     new_row,
@@ -60,6 +69,10 @@ class BatchSubmitted:
     created: bool
 
 
+# The rows of a batch stored on SQLite, for its answer to be shaped after the commit.
+Unshaped = list[dict[str, Any]] | None
+
+
 def submit_batch(
     engine: Engine, body: dict[str, Any], admission: Admission = OPEN
 ) -> BatchSubmitted:
@@ -68,23 +81,50 @@ def submit_batch(
     admission.check_types(task["type"] for task in wanted)
     order = creation_order(wanted)
 
-    def work(conn: Connection) -> BatchSubmitted:
-        replayed = _replay(conn, wanted)
+    def work(conn: Connection, looked: bool = True) -> tuple[BatchSubmitted, Unshaped]:
+        # `looked`: whether to look for the stored batch first; when not, it is looked
+        # for only before refusing, so that a replay answers as one whatever else changed.
+        replayed = _replay(conn, wanted) if looked else None
         if replayed is not None:
-            return replayed
+            return replayed, None
         batch_id = uuid.uuid4().hex
-        rows = new_rows(conn, wanted, order, batch_id)
-        # The whole batch fits under the queue limit, or none of it is stored.
-        admission.make_room(conn, rows)
-        insert_tasks(conn, rows)
-        return BatchSubmitted(batch_id, rows, created=True)
+        try:
+            rows = planned_rows(conn, wanted, order, batch_id)
+            # The whole batch fits under the queue limit, or none of it is stored.
+            admission.make_room(conn, rows.born())
+        except (UnknownDependency, QueueFull):
+            replayed = None if looked else _replay(conn, wanted)
+            if replayed is None:
+                raise
+            return replayed, None
+        if conn.dialect.name == "sqlite":
+            # Shaped once the write lock is free: the scheduler's passes wait for it.
+            return BatchSubmitted(batch_id, [], created=True), insert_tasks(conn, rows)
+        # No lock waits on PostgreSQL's insert: each row is shaped as the COPY sends the next.
+        answer: list[dict[str, Any]] = []
+        insert_tasks(conn, _shaping(rows, answer))
+        return BatchSubmitted(batch_id, answer, created=True), None
 
-    stored = tasks.inserting(engine, work)
-    if not stored.created:
+    # A new batch is the usual case: its ids are not looked up first. A stored id fails
+    # the insert on the unique key, and `work` answers.
+    stored, unshaped = tasks.inserting(engine, work, first=partial(work, looked=False))
+    if unshaped is None:
         return stored
-    # Shaped once the write lock is free: the scheduler's passes wait for it.
-    answer = [shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"]) for row in stored.tasks]
-    return replace(stored, tasks=answer)
+    return replace(stored, tasks=[_answer(row) for row in unshaped])
+
+
+def _answer(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a new task's row as the API shows it."""
+    return shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"])
+
+
+def _shaping(
+    rows: Iterable[dict[str, Any]], answer: list[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """Yield `rows`, adding each to `answer` shaped, while the insert takes the next."""
+    for row in rows:
+        yield row
+        answer.append(_answer(row))
 
 
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -164,6 +204,37 @@ def new_rows(
     conn: Connection, wanted: Sequence[dict[str, Any]], order: list[str], batch_id: str | None
 ) -> list[dict[str, Any]]:
     """Return the batch's rows in submission order, each state computed after its deps."""
+    return list(planned_rows(conn, wanted, order, batch_id))
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """A submission's new rows, each made as it is iterated, in submission order.
+
+    Every status is known up front (the statuses of the tasks depended on and the one each
+    new task is born with), so that a row can be made as the insert takes it.
+    """
+
+    wanted: Sequence[dict[str, Any]]
+    statuses: dict[str, str]
+    now: datetime
+    batch_id: str | None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for task in self.wanted:
+            row = new_row(task, self.statuses, self.now)
+            row["batch_id"] = self.batch_id
+            yield row
+
+    def born(self) -> list[str]:
+        """Return the statuses the new tasks are born with."""
+        return [self.statuses[task["id"]] for task in self.wanted]
+
+
+def planned_rows(
+    conn: Connection, wanted: Sequence[dict[str, Any]], order: list[str], batch_id: str | None
+) -> NewRows:
+    """Return the batch's rows to make, or raise `unknown_dependency`."""
     members = {task["id"] for task in wanted}
     outside = list(
         dict.fromkeys(d for task in wanted for d in task["dependencies"] if d not in members)
@@ -172,16 +243,11 @@ def new_rows(
     missing = [d for d in outside if d not in statuses]
     if missing:
         raise unknown_dependencies(missing)
-    now = database.now(conn)
     by_id = {task["id"]: task for task in wanted}
-    rows: dict[str, dict[str, Any]] = {}
     for task_id in order:
-        row = new_row(by_id[task_id], statuses, now)
-        row["batch_id"] = batch_id
         # Later members see this one as it is born: QUEUED, or already terminal.
-        statuses[task_id] = row["status"]
-        rows[task_id] = row
-    return [rows[task["id"]] for task in wanted]
+        statuses[task_id] = born_status(by_id[task_id], statuses)
+    return NewRows(wanted, statuses, database.now(conn), batch_id)
 
 
 def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitted | None:

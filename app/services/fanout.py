@@ -52,7 +52,7 @@ def spawn(
     # SHARE until it commits, so the dependents read next are every one there is.
     batch_id = tasks.lock_for_adding(conn, parent.id)
     rows = new_rows(conn, wanted, creation_order(wanted), batch_id)
-    admission.make_room(conn, rows)
+    admission.make_room(conn, (row["status"] for row in rows))
     dependents = tasks.dependents_of(conn, parent.id)  # before the added tasks join them
     # The dependents wait for the added tasks that no other added task depends on: the
     # graph's last tasks, which wait for the rest (a map's join, or each of its leaves).

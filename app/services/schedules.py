@@ -766,7 +766,7 @@ def _create(
             {"ids": sorted(taken)},
         )
     new = batch.new_rows(conn, items, order, batch_id)
-    admission.make_room(conn, new)
+    admission.make_room(conn, (row["status"] for row in new))
     insert_tasks(conn, new)
     return len(new)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -86,7 +86,7 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
             if missing:
                 raise unknown_dependencies(missing)
             row = new_row(wanted, statuses, database.now(conn))
-            admission.make_room(conn, [row])
+            admission.make_room(conn, [row["status"]])
         except (UnknownDependency, QueueFull):
             found = None if looked else replayed(conn)
             if found is None:
@@ -118,10 +118,12 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         "type": data["type"],
         "duration_ms": data["duration_ms"],
         "dependencies": dependencies,
+        **DEFAULTS,
     }
-    for name, default in DEFAULTS.items():
-        value = data.get(name)
-        wanted[name] = default if value is None else value
+    for name in DEFAULTS.keys() & data.keys():  # usually none: a batch's plain tasks
+        value = data[name]
+        if value is not None:
+            wanted[name] = value
     if isinstance(wanted["run_at"], datetime):
         wanted["run_at"] = database.naive_utc(wanted["run_at"])
     return wanted
@@ -178,40 +180,51 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
         error_code=None,
         finished_at=None,
     )
-    if wanted["trigger_rule"] == "all_success":
-        row.update(born_terminal(dependencies, statuses, now))
+    blocked = _blocked(wanted, statuses)
+    if blocked is not None:
+        status, code, culprit, verb = blocked
+        row.update(
+            status=status.value,
+            error=f"Dependency {culprit} {verb}, so this task will not run.",
+            error_code=code,
+            finished_at=now,
+        )
     return row
 
 
-def born_terminal(
-    dependencies: Sequence[str], statuses: dict[str, str], now: datetime
-) -> dict[str, Any]:
-    """Return the fields of a task whose dependency already failed or was cancelled."""
+def born_status(wanted: dict[str, Any], statuses: dict[str, str]) -> str:
+    """Return the status a new task is born with, given the statuses of its dependencies."""
+    blocked = _blocked(wanted, statuses)
+    return Status.QUEUED.value if blocked is None else blocked[0].value
+
+
+def _blocked(
+    wanted: dict[str, Any], statuses: dict[str, str]
+) -> tuple[Status, str, str, str] | None:
+    """Return why a new task is born terminal (its status, error code, the dependency and
+    what it did), or None: an all_success task whose dependency failed or was cancelled."""
+    if wanted["trigger_rule"] != "all_success":
+        return None
+    dependencies = wanted["dependencies"]
     failed = [d for d in dependencies if statuses[d] in FAILED_LIKE]
-    cancelled = [d for d in dependencies if statuses[d] == Status.CANCELLED.value]
     if failed:
-        status, code, culprit, verb = Status.UPSTREAM_FAILED, "upstream_failed", failed[0], "failed"
-    elif cancelled:
-        status, code, culprit, verb = (
-            Status.CANCELLED,
-            "upstream_cancelled",
-            cancelled[0],
-            "was cancelled",
-        )
-    else:
-        return {}
-    return {
-        "status": status.value,
-        "error": f"Dependency {culprit} {verb}, so this task will not run.",
-        "error_code": code,
-        "finished_at": now,
-    }
+        return Status.UPSTREAM_FAILED, "upstream_failed", failed[0], "failed"
+    cancelled = [d for d in dependencies if statuses[d] == Status.CANCELLED.value]
+    if cancelled:
+        return Status.CANCELLED, "upstream_cancelled", cancelled[0], "was cancelled"
+    return None
 
 
-def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert task rows (each with its `dependencies` list) and their edges; announce them."""
-    if rows:
-        queues.admit(conn, {r["queue"] for r in rows}, rows[0]["created_at"])
-    tasks.insert_rows(conn, rows)
-    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in rows)
+def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert task rows (each with its `dependencies` list) and their edges, admit their
+    queues, and announce them; return the rows inserted.
+
+    `rows` may be made as they are taken (a batch's are): on PostgreSQL the COPY takes
+    each as it is made, so that making the next overlaps the server storing the last.
+    """
+    inserted = tasks.insert_rows(conn, rows)
+    if inserted:
+        queues.admit(conn, {r["queue"] for r in inserted}, inserted[0]["created_at"])
+    events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in inserted)
     announce(conn)
+    return inserted

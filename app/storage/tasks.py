@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from itertools import chain, islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -55,19 +56,26 @@ def inserting(
         return database.transaction(engine, work)
 
 
-def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert task rows (each with its `dependencies` list) and their edges."""
-    task_rows: list[dict[str, Any]] = []
+def insert_rows(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert task rows (each with its `dependencies` list) and their edges; return the
+    rows. On PostgreSQL each row is taken from `rows` as the COPY sends it."""
+    inserted: list[dict[str, Any]] = []
     edges: list[tuple[str, str, int]] = []
-    for row in rows:
-        fields = dict(row)
-        for position, dependency in enumerate(fields.pop("dependencies")):
-            edges.append((row["id"], dependency, position))
-        task_rows.append(fields)
+
+    def task_rows() -> Iterator[dict[str, Any]]:
+        for row in rows:
+            inserted.append(row)
+            fields = dict(row)
+            for position, dependency in enumerate(fields.pop("dependencies")):
+                edges.append((row["id"], dependency, position))
+            yield fields
+
     if conn.dialect.name == "sqlite":
-        _insert_sqlite(conn, task_rows, edges)
+        _insert_sqlite(conn, list(task_rows()), edges)
     else:
-        _copy_postgresql(conn, task_rows, edges)
+        # `edges` fills as the rows are sent, before the COPY of the edges reads it.
+        _copy_postgresql(conn, task_rows(), edges)
+    return inserted
 
 
 # The rows go to the driver as tuples of every column but seq, bound as SQLAlchemy's own
@@ -109,7 +117,7 @@ _SQLITE_BIND: dict[str, Callable[[Any], Any]] = {
 
 
 def _tuples(
-    task_rows: Sequence[dict[str, Any]], binds: dict[str, Callable[[Any], Any]]
+    task_rows: Iterable[dict[str, Any]], binds: dict[str, Callable[[Any], Any]]
 ) -> Iterator[tuple[Any, ...]]:
     """Yield each row's values in `_COLUMNS` order, those it sets converted by `binds`."""
     keys: Any = None
@@ -151,7 +159,7 @@ _COPY_ADOPTED = "COPY task_dependencies (task_id, dependency_id, position, adopt
 
 def _copy_postgresql(
     conn: Connection,
-    task_rows: list[dict[str, Any]],
+    task_rows: Iterable[dict[str, Any]],
     edges: Sequence[tuple[str, str, int] | tuple[str, str, int, bool]],
     edges_copy: str = _COPY_EDGES,
 ) -> None:
@@ -161,7 +169,9 @@ def _copy_postgresql(
     """
     # A COPY is one statement: chunks keep each within a statement_timeout that a row at
     # a time always met.
-    for part in chunks(task_rows, COPY_CHUNK):
+    rows = iter(task_rows)
+    for first in rows:  # each COPY takes its rows one by one, as they are made
+        part = chain([first], islice(rows, COPY_CHUNK - 1))
         database.copy_rows(conn, _COPY_TASKS, _tuples(part, _JSON_BIND))
     for edge_part in chunks(edges, COPY_CHUNK):
         database.copy_rows(conn, edges_copy, edge_part)

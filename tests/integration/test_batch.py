@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 
 from app import start_scheduler
 from app.handlers import TaskContext
-from app.storage.tables import deps, tasks
+from app.storage.tables import deps, task_events, tasks
 from tests.support.apps import AppFactory
 from tests.support.bodies import INVALID_FIELDS
 from tests.support.client import HOUR_MS, assert_error, wait_terminal
@@ -206,6 +206,26 @@ def test_identical_replay_returns_the_stored_batch(make_app: AppFactory) -> None
     assert again.status_code == 200
     assert again.get_json() == first
     assert count(app) == 4
+
+
+def test_a_replay_stores_nothing_and_records_no_event(make_app: AppFactory) -> None:
+    """A new batch is inserted without looking for its ids first: a replay's insert fails
+    on the first stored id, and that attempt leaves no row, edge or event behind."""
+    app = make_app()
+    client = app.test_client()
+    submit(client, "x")
+    first = created(client, [t("a"), t("b", "a", "x"), t("c", "b")])
+    stored = (count(app), count(app, deps), count(app, task_events))
+
+    again = post_batch(client, [t("a"), t("b", "a", "x"), t("c", "b")])
+    # Stored ids after a new one: that one's row is written before the insert fails.
+    longer = post_batch(client, [t("new"), t("a"), t("b", "a", "x"), t("c", "b")])
+
+    assert again.status_code == 200
+    assert again.get_json() == first
+    assert assert_error(longer, 409, "duplicate_id")["details"]["ids"] == ["a", "b", "c"]
+    assert (count(app), count(app, deps), count(app, task_events)) == stored
+    assert client.get("/api/tasks/new").status_code == 404
 
 
 def test_replay_with_a_changed_task_is_a_duplicate_id(make_app: AppFactory) -> None:

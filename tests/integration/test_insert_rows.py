@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -144,6 +145,44 @@ def test_batches_larger_than_a_copy_are_stored_whole(
     with database.write(engine) as conn:
         insert_rows(conn, rows("f") + rows("g"))
     assert len(stored(app, "f")) == len(stored(app, "g")) == 4 + 3
+
+
+def test_rows_made_as_they_are_taken_are_stored_in_order_and_returned(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's rows are made one at a time as the insert takes them; on PostgreSQL each
+    is made while a COPY is open, after the rows before it were sent, so that making them
+    overlaps the server storing the rest."""
+    monkeypatch.setattr(tasks_module, "COPY_CHUNK", 3)  # 8 rows: COPYs of 3, 3 and 2
+    app = make_app()
+    engine = app.extensions["store"].engine
+    copying = []
+    copy_rows = database.copy_rows
+
+    def watched(conn: Any, statement: str, values: Any) -> None:
+        copying.append(statement)
+        copy_rows(conn, statement, values)
+        copying.pop()
+
+    monkeypatch.setattr(database, "copy_rows", watched)
+    made: list[tuple[str, bool]] = []
+
+    def lazily() -> Iterator[dict[str, Any]]:
+        for row in rows("f") + rows("g"):
+            made.append((row["id"], bool(copying)))
+            yield row
+
+    with database.write(engine) as conn:
+        inserted = insert_rows(conn, lazily())
+    assert [r["id"] for r in inserted] == [r["id"] for r in rows("f") + rows("g")]
+    assert stored(app, "f") == stored(app, "g")
+    assert len(stored(app, "g")) == 4 + 3
+    with database.read(engine) as conn:
+        ids = conn.execute(select(tasks.c.id).order_by(tasks.c.seq)).scalars().all()
+    assert ids == [r["id"] for r in inserted]
+    if engine.dialect.name == "postgresql":
+        # The first row of each COPY opens it; every other is made inside one.
+        assert [within for _, within in made] == [False, True, True] * 2 + [False, True]
 
 
 def test_a_submission_that_loses_the_race_for_its_id_answers_as_a_replay(
