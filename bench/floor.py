@@ -19,6 +19,13 @@ run no-op tasks, or sleep 1 ms, with nothing of the service around them.
 What the better of them reaches is what this machine gives the design with no service
 code at all: the service's figures are to be read against it, not against the ceilings
 computed from one pass.
+
+The e2e figures also count the submission: from the first batch sent to the last task
+finished, the batches are stored while the first tasks run. `bare_e2e` adds that to the
+loop design: a second thread on its own connection inserts the tasks in batches of 1,000
+(the rows and the `submitted` events the service writes, with the statements it uses,
+the parameters made before the clock starts), each batch one durable commit that wakes
+the loop, while the loop runs them.
 """
 
 from __future__ import annotations
@@ -98,7 +105,8 @@ def _wal_pages(conn: sqlite3.Connection, previous: list[tuple[str, int]]) -> flo
 
 
 def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
-    """Run `tasks` no-op tasks and `tasks` of 1 ms through each bare design; tasks/s."""
+    """Run `tasks` no-op tasks and `tasks` of 1 ms through each bare design, and the
+    loop design's e2e with its submission; tasks/s."""
     results: dict[str, Any] = {"tasks": tasks}
     for design, run in (("loop", _loop_design), ("group", _group_design)):
         for kind, handler_s in (("noop", 0.0), ("work", HANDLER_S)):
@@ -111,15 +119,86 @@ def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
                 conn.close()
             results[f"{design}_{kind}_tasks_per_s"] = tasks / took
             results[f"{design}_{kind}_tasks_per_commit"] = tasks / commits
+    submitted = bare_e2e(workdir)
+    results["e2e_tasks_per_s"] = submitted["tasks_per_s"]
+    results["e2e_submit_s"] = submitted["submit_s"]
     return results
+
+
+E2E_TASKS = 20_000  # as the e2e figure
+E2E_BATCH = 1_000
+
+
+def bare_e2e(workdir: Path, tasks: int = E2E_TASKS, batch: int = E2E_BATCH) -> dict[str, Any]:
+    """Submit `tasks` no-op tasks in batches on one bare connection while the bare loop
+    design runs them on another; from the first insert to the last finish, tasks/s."""
+    batches = _bare_batches(tasks, batch)
+    conn = _connect(workdir, "bare-e2e", 0)
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    submitted: list[float] = []
+
+    def submit(wake: threading.Event) -> None:
+        writer = _bare_connection(path)
+        try:
+            for statements in batches:
+                writer.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    writer.execute(sql, params)
+                writer.execute("COMMIT")
+                wake.set()
+        finally:
+            writer.close()
+            submitted.append(time.perf_counter())
+
+    try:
+        began = time.perf_counter()
+        passes = _loop_design(conn, tasks, 0.0, submit)
+        took = time.perf_counter() - began
+    finally:
+        conn.close()
+    return {
+        "tasks": tasks,
+        "batch": batch,
+        "tasks_per_s": tasks / took,
+        "submit_s": submitted[0] - began,
+        "tasks_per_commit": tasks / passes,
+    }
+
+
+def _bare_batches(tasks: int, batch: int) -> list[list[tuple[str, Any]]]:
+    """Each batch's statements, with their parameters: its tasks' inserts, then its
+    events', made as the service makes them."""
+    from app.services.submissions import new_row, normalise
+    from app.storage import database
+    from app.storage import tasks as task_rows
+
+    now = datetime.now()
+    at = database.sqlite_time(now)
+    made = []
+    for start in range(0, tasks, batch):
+        ids = [f"bare-{i}" for i in range(start, min(start + batch, tasks))]
+        rows = [new_row(normalise({"id": i, "type": NOOP, "duration_ms": 1}), {}, now) for i in ids]
+        statements: list[tuple[str, Any]] = list(task_rows.sqlite_inserts(rows))
+        for part in range(0, len(ids), database.EVENT_ROWS):
+            events = ids[part : part + database.EVENT_ROWS]
+            params = [v for i in events for v in (i, NOOP, 0, "QUEUED", "submitted", at)]
+            statements.append((database.events_insert_sql("sqlite", len(events)), params))
+        made.append(statements)
+    return made
 
 
 def _handler(handler_s: float) -> Callable[[], None]:
     return (lambda: time.sleep(handler_s)) if handler_s else (lambda: None)
 
 
-def _loop_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int:
-    """One loop makes every pass; SLOTS threads run the claims it hands them."""
+def _loop_design(
+    conn: sqlite3.Connection,
+    tasks: int,
+    handler_s: float,
+    submit: Callable[[threading.Event], None] | None = None,
+) -> int:
+    """One loop makes every pass; SLOTS threads run the claims it hands them. With
+    `submit`, a thread runs it meanwhile, given the event that wakes the loop."""
     handle = _handler(handler_s)
     todo: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
     ended: list[tuple[str, int]] = []
@@ -134,6 +213,8 @@ def _loop_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int:
             wake.set()
 
     threads = [threading.Thread(target=thread, daemon=True) for _ in range(SLOTS)]
+    if submit is not None:
+        threads.append(threading.Thread(target=submit, args=(wake,), daemon=True))
     for t in threads:
         t.start()
     finished = running = passes = 0
@@ -151,7 +232,7 @@ def _loop_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int:
             todo.put(claim)
         if finished < tasks:
             wake.wait(1.0)  # for a thread to return
-    for _ in threads:
+    for _ in range(SLOTS):
         todo.put(None)
     return passes
 
@@ -213,14 +294,20 @@ def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
     migrate(db)
     _fill(db, tasks)
     assert db.path is not None
-    conn = sqlite3.connect(db.path, isolation_level=None, check_same_thread=False)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "temp_store=MEMORY"):
-        conn.execute(f"PRAGMA {pragma}")
+    conn = _bare_connection(db.path)
     conn.execute(
         "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
         " heartbeat_monotonic, state) VALUES (?, 'floor', ?, ?, ?, 0, 'running')",
         (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(datetime.now())] * 2),
     )
+    return conn
+
+
+def _bare_connection(path: str) -> sqlite3.Connection:
+    """A driver connection with the service's settings (one more writer waits its turn)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "temp_store=MEMORY"):
+        conn.execute(f"PRAGMA {pragma}")
     return conn
 
 

@@ -98,6 +98,11 @@ def _floor_rows(results: dict[str, Any]) -> list[Row]:
         ),
         _row(
             results,
+            "  ... bare design with its submission, 20,000 no-op tasks as e2e (tasks/s)",
+            "bare:e2e_tasks_per_s",
+        ),
+        _row(
+            results,
             "  ... bare design, tasks of 1 ms (tasks/s)",
             "bare:loop_work_tasks_per_s",
         ),
