@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -41,11 +41,11 @@ from app.services.admission import Admission
 from app.services.reads import shape
 from app.services.submissions import (
     OPEN,
-    OUTPUT_DEFAULTS,
+    NewRows,
+    answer,
     born_status,
     check_replay,
     insert_tasks,
-    new_row,
     normalise,
     unknown_dependencies,
 )
@@ -101,30 +101,21 @@ def submit_batch(
             # Shaped once the write lock is free: the scheduler's passes wait for it.
             return BatchSubmitted(batch_id, [], created=True), insert_tasks(conn, rows)
         # No lock waits on PostgreSQL's insert: each row is shaped as the COPY sends the next.
-        answer: list[dict[str, Any]] = []
-        insert_tasks(conn, _shaping(rows, answer))
-        return BatchSubmitted(batch_id, answer, created=True), None
+        rows = replace(rows, answers=[])
+        insert_tasks(conn, rows)
+        return BatchSubmitted(batch_id, rows.answers or [], created=True), None
 
-    # A new batch is the usual case: its ids are not looked up first. A stored id fails
-    # the insert on the unique key, and `work` answers.
-    stored, unshaped = tasks.inserting(engine, work, first=partial(work, looked=False))
+    # Looked for before the write transaction, where nothing waits on it. When none of
+    # the ids is stored (the usual case), the insert does not look again: the unique id
+    # refuses one stored since, and `work` answers. When one is, the batch is a replay or
+    # refused, and `work` finds out before writing anything.
+    with database.read(engine) as conn:
+        stored_before = tasks.existing(conn, [task["id"] for task in wanted])
+    first = None if stored_before else partial(work, looked=False)
+    stored, unshaped = tasks.inserting(engine, work, first=first)
     if unshaped is None:
         return stored
-    return replace(stored, tasks=[_answer(row) for row in unshaped])
-
-
-def _answer(row: dict[str, Any]) -> dict[str, Any]:
-    """Return a new task's row as the API shows it."""
-    return shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"])
-
-
-def _shaping(
-    rows: Iterable[dict[str, Any]], answer: list[dict[str, Any]]
-) -> Iterator[dict[str, Any]]:
-    """Yield `rows`, adding each to `answer` shaped, while the insert takes the next."""
-    for row in rows:
-        yield row
-        answer.append(_answer(row))
+    return replace(stored, tasks=[answer(row) for row in unshaped])
 
 
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -205,30 +196,6 @@ def new_rows(
 ) -> list[dict[str, Any]]:
     """Return the batch's rows in submission order, each state computed after its deps."""
     return list(planned_rows(conn, wanted, order, batch_id))
-
-
-@dataclass(frozen=True)
-class NewRows:
-    """A submission's new rows, each made as it is iterated, in submission order.
-
-    Every status is known up front (the statuses of the tasks depended on and the one each
-    new task is born with), so that a row can be made as the insert takes it.
-    """
-
-    wanted: Sequence[dict[str, Any]]
-    statuses: dict[str, str]
-    now: datetime
-    batch_id: str | None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for task in self.wanted:
-            row = new_row(task, self.statuses, self.now)
-            row["batch_id"] = self.batch_id
-            yield row
-
-    def born(self) -> list[str]:
-        """Return the statuses the new tasks are born with."""
-        return [self.statuses[task["id"]] for task in self.wanted]
 
 
 def planned_rows(

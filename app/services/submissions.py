@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -93,7 +93,7 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
                 raise
             return found
         insert_tasks(conn, [row])
-        return Submitted(shape({**OUTPUT_DEFAULTS, **row}, wanted["dependencies"]), True)
+        return Submitted(answer(row), True)
 
     # A new id is the usual case: the write lock is not held for a read that finds
     # nothing. A stored id fails the insert on the unique key, and `work` answers.
@@ -215,16 +215,53 @@ def _blocked(
     return None
 
 
-def insert_tasks(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert task rows (each with its `dependencies` list) and their edges, admit their
-    queues, and announce them; return the rows inserted.
+@dataclass
+class NewRows:
+    """A submission's new rows, each made as it is iterated, in submission order.
 
-    `rows` may be made as they are taken (a batch's are): on PostgreSQL the COPY takes
-    each as it is made, so that making the next overlaps the server storing the last.
+    Every status is known up front (the statuses of the tasks depended on and the one each
+    new task is born with), so that a row can be made as the insert takes it. With
+    `answers`, each row is also shaped as the API shows it, once the insert has it.
     """
+
+    wanted: Sequence[dict[str, Any]]
+    statuses: dict[str, str]
+    now: datetime
+    batch_id: str | None
+    answers: list[dict[str, Any]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for task in self.wanted:
+            row = new_row(task, self.statuses, self.now)
+            row["batch_id"] = self.batch_id
+            yield row
+            if self.answers is not None:
+                self.answers.append(answer(row))
+
+    def born(self) -> list[str]:
+        """Return the statuses the new tasks are born with."""
+        return [self.statuses[task["id"]] for task in self.wanted]
+
+
+def answer(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a new task's row as the API shows it."""
+    return shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"])
+
+
+def insert_tasks(
+    conn: Connection, rows: Sequence[dict[str, Any]] | NewRows
+) -> list[dict[str, Any]]:
+    """Admit the rows' queues, insert the rows (each with its `dependencies` list) and
+    their edges, and announce them; return the rows inserted.
+
+    `NewRows` are made as they are taken: on PostgreSQL the COPY takes each as it is made,
+    so that making the next overlaps the server storing the last.
+    """
+    if isinstance(rows, NewRows):
+        queues.admit(conn, {task["queue"] for task in rows.wanted}, rows.now)
+    elif rows:
+        queues.admit(conn, {r["queue"] for r in rows}, rows[0]["created_at"])
     inserted = tasks.insert_rows(conn, rows)
-    if inserted:
-        queues.admit(conn, {r["queue"] for r in inserted}, inserted[0]["created_at"])
     events.stage((r["id"], r["type"], 0, r["status"], r["error"] or "submitted") for r in inserted)
     announce(conn)
     return inserted

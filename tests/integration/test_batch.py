@@ -16,6 +16,7 @@ from werkzeug.test import TestResponse
 
 from app import start_scheduler
 from app.handlers import TaskContext
+from app.storage import tasks as tasks_module
 from app.storage.tables import deps, task_events, tasks
 from tests.support.apps import AppFactory
 from tests.support.bodies import INVALID_FIELDS
@@ -226,6 +227,42 @@ def test_a_replay_stores_nothing_and_records_no_event(make_app: AppFactory) -> N
     assert assert_error(longer, 409, "duplicate_id")["details"]["ids"] == ["a", "b", "c"]
     assert (count(app), count(app, deps), count(app, task_events)) == stored
     assert client.get("/api/tasks/new").status_code == 404
+
+
+@pytest.fixture
+def inserts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One entry for each insert of task rows begun, whether or not it succeeded."""
+    begun: list[str] = []
+    insert_rows = tasks_module.insert_rows
+
+    def counted(conn: Any, rows: Any) -> list[dict[str, Any]]:
+        begun.append("insert")
+        return insert_rows(conn, rows)
+
+    monkeypatch.setattr(tasks_module, "insert_rows", counted)
+    return begun
+
+
+def test_a_batch_with_a_stored_id_is_answered_without_writing_its_rows(
+    make_app: AppFactory, inserts: list[str]
+) -> None:
+    """A stored id, even one after many new ones, is found before the batch's rows are
+    written: they would be written and rolled back, in the write lock every pass waits
+    for."""
+    app = make_app()
+    client = app.test_client()
+    first = created(client, [t("a"), t("b", "a")])
+    submit(client, "old")
+    inserts.clear()
+
+    again = post_batch(client, [t("a"), t("b", "a")])
+    late = post_batch(client, [*(t(f"n{k}") for k in range(50)), t("old")])
+
+    assert again.status_code == 200
+    assert again.get_json() == first
+    assert assert_error(late, 409, "duplicate_id")["details"]["ids"] == ["old"]
+    assert inserts == []
+    assert count(app) == 3
 
 
 def test_replay_with_a_changed_task_is_a_duplicate_id(make_app: AppFactory) -> None:

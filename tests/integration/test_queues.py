@@ -16,7 +16,7 @@ from app import parts
 from app.limits import MAX_QUEUES
 from app.services import queues, submissions
 from app.statuses import Status
-from app.storage import counts, database, scheduler_sql
+from app.storage import counts, database, scheduler_sql, tasks
 from app.storage.database import utcnow
 from app.storage.store import Outcome, Store
 from tests.support.apps import AppFactory, build_app
@@ -138,6 +138,29 @@ def test_pause_and_resume_answer_the_queue_and_count_changes(app: Flask) -> None
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'taskscheduler_queue_changes_total{change="paused"} 1.0' in metrics
     assert 'taskscheduler_queue_changes_total{change="resumed"} 1.0' in metrics
+
+
+def test_a_batch_past_the_most_queues_is_refused_before_its_rows_are_written(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = app.extensions["store"]
+    with database.write(store.engine) as conn:
+        queues.admit(conn, [f"q{k}" for k in range(MAX_QUEUES)], utcnow())
+    written: list[Any] = []
+    insert_rows = tasks.insert_rows
+
+    def recorded(conn: Any, rows: Any) -> list[dict[str, Any]]:
+        written.append(rows)
+        return insert_rows(conn, rows)
+
+    monkeypatch.setattr(tasks, "insert_rows", recorded)
+    batch = [{"id": f"x{k}", "type": "t", "duration_ms": 1, "queue": "new"} for k in range(50)]
+
+    over = app.test_client().post("/api/tasks/batch", json={"tasks": batch})
+
+    assert over.status_code == 409, over.get_json()
+    assert over.get_json()["code"] == "too_many_queues"
+    assert written == []
 
 
 def test_a_submission_past_the_most_queues_is_refused_and_stores_nothing(app: Flask) -> None:
