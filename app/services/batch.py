@@ -25,6 +25,7 @@ from app.errors import (
     DependencyCycle,
     DuplicateId,
     QueueFull,
+    TooManyQueues,
     UnknownDependency,
     ValidationFailed,
 )
@@ -112,7 +113,14 @@ def submit_batch(
     with database.read(engine) as conn:
         stored_before = tasks.existing(conn, [task["id"] for task in wanted])
     first = None if stored_before else partial(work, looked=False)
-    stored, unshaped = tasks.inserting(engine, work, first=first)
+    try:
+        stored, unshaped = tasks.inserting(engine, work, first=first)
+    except TooManyQueues:
+        if first is None:
+            raise
+        # Refused as a new queue was admitted, before looking again for stored ids (the
+        # refusal rolled the queue back): one stored since makes it a replay or refused.
+        stored, unshaped = tasks.inserting(engine, work)
     if unshaped is None:
         return stored
     return replace(stored, tasks=[answer(row) for row in unshaped])

@@ -11,7 +11,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from app import events
-from app.errors import ApiError, DuplicateId, QueueFull, UnknownDependency, ValidationFailed
+from app.errors import (
+    ApiError,
+    DuplicateId,
+    QueueFull,
+    TooManyQueues,
+    UnknownDependency,
+    ValidationFailed,
+)
 from app.services import queues
 from app.services.admission import Admission
 from app.services.reads import load_task, shape
@@ -98,10 +105,15 @@ def submit(engine: Engine, data: dict[str, Any], admission: Admission = OPEN) ->
     # A new id is the usual case: the write lock is not held for a read that finds
     # nothing. A stored id fails the insert on the unique key, and `work` answers.
     first = partial(work, looked=False)
-    if engine.dialect.name == "sqlite":
-        # Concurrent submissions share the write lock's turn and one commit.
-        return groups.of(engine, (ApiError,)).run(work, first)
-    return tasks.inserting(engine, work, first=first)
+    try:
+        if engine.dialect.name == "sqlite":
+            # Concurrent submissions share the write lock's turn and one commit.
+            return groups.of(engine, (ApiError,)).run(work, first)
+        return tasks.inserting(engine, work, first=first)
+    except TooManyQueues:
+        # Refused as its new queue was admitted, maybe before the stored task was looked
+        # for (the refusal rolled the queue back): a replay answers as one.
+        return tasks.inserting(engine, work)
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def sqlite_inserts(rows: Iterable[dict[str, Any]]) -> list[tuple[str, tuple[Any,
 
 # Rows per INSERT on SQLite. A statement run once per row (executemany) paid, with the
 # count trigger on tasks, for a statement journal per row: a 1,000-task batch spent 16-19
-# ms in the write lock, against 9.6-11 ms as two statements of 500 rows (11,000
+# ms in the write lock, against 9.6-11 ms as two statements of 500 rows (13,500
 # parameters, under SQLite's 32,766).
 SQLITE_ROWS = 500
 
@@ -183,7 +183,8 @@ def _insert_sqlite(
     _insert_many(conn, _INSERT_EDGES, edges)
 
 
-# Rows per COPY statement: about a quarter of a second of PostgreSQL's work each.
+# Rows per COPY statement: about 70 ms each on an idle two-core machine, the making of
+# its rows included (several hundred with other threads busy).
 COPY_CHUNK = 5000
 _COPY_TASKS = f"COPY tasks ({', '.join(_COLUMNS)}) FROM STDIN"
 _COPY_EDGES = "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
@@ -200,8 +201,7 @@ def _copy_postgresql(
     ran at a third of its rate. COPY fires the same triggers and checks the same keys (a
     duplicate id raises an IntegrityError, which `inserting` answers as a replay).
     """
-    # A COPY is one statement: chunks keep each within a statement_timeout that a row at
-    # a time always met.
+    # A COPY is one statement: chunks bound how long each runs, for a statement_timeout.
     rows = iter(task_rows)
     for first in rows:  # each COPY takes its rows one by one, as they are made
         part = chain([first], islice(rows, COPY_CHUNK - 1))

@@ -163,6 +163,42 @@ def test_a_batch_past_the_most_queues_is_refused_before_its_rows_are_written(
     assert written == []
 
 
+def test_a_stored_id_is_named_before_a_new_queue_past_the_most_is_refused(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission refused for its new queue first looks for its stored task, as it does
+    before refusing a full queue: a stored id is the answer, a replay or duplicate_id,
+    also when it was stored after a batch's ids were looked up."""
+    store = app.extensions["store"]
+    with database.write(store.engine) as conn:
+        queues.admit(conn, [f"q{k}" for k in range(MAX_QUEUES)], utcnow())
+    client = app.test_client()
+    stored = {"id": "x", "type": "t", "duration_ms": 1}
+    assert client.post("/api/tasks", json=stored).status_code == 201
+    other = {**stored, "duration_ms": 2, "queue": "new"}
+
+    single = client.post("/api/tasks", json=other)
+
+    inserting = tasks.inserting
+
+    def stored_meanwhile(engine: Any, *args: Any, **kwargs: Any) -> Any:
+        # Between the batch's lookup of its ids and its write: the id of `late` is stored.
+        monkeypatch.setattr(tasks, "inserting", inserting)
+        submissions.submit(engine, {"id": "late", "type": "t", "duration_ms": 1})
+        return inserting(engine, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "inserting", stored_meanwhile)
+    late = {"id": "late", "type": "t", "duration_ms": 2, "queue": "new"}
+    batch = client.post("/api/tasks/batch", json={"tasks": [late]})
+
+    assert single.status_code == 409, single.get_json()
+    assert single.get_json()["code"] == "duplicate_id"
+    assert batch.status_code == 409, batch.get_json()
+    assert batch.get_json()["code"] == "duplicate_id"
+    assert batch.get_json()["details"]["fields"] == {"late": ["duration_ms", "queue"]}
+    assert client.get("/api/queues/new").status_code == 404
+
+
 def test_a_submission_past_the_most_queues_is_refused_and_stores_nothing(app: Flask) -> None:
     store = app.extensions["store"]
     with database.write(store.engine) as conn:
