@@ -25,10 +25,12 @@ def sqlite_database(workdir: Path, name: str) -> Database:
 
 
 def postgres_database(admin_url: str, name: str) -> Database:
-    """Create (or re-create) database `name` on the server of `admin_url`."""
+    """Create (or re-create) database `name` on the server of `admin_url`, after a
+    checkpoint: the server's flushing of what an earlier figure wrote is not this one's."""
     with _pg_admin(admin_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute("CHECKPOINT")
     parts = urlsplit(_plain(admin_url))
     return Database("postgresql", urlunsplit(parts._replace(path="/" + name)))
 
