@@ -52,6 +52,7 @@ PAGED_PASSES = 41
 WORKER = "floor"
 HANDLER_S = 0.001  # the tasks of the `work` figure
 BARE_TASKS = 8_000  # tasks of each bare-design run
+RUN_TIMEOUT_S = 120.0  # the longest a bare-design run may take
 
 
 def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
@@ -218,7 +219,10 @@ def _loop_design(
     for t in threads:
         t.start()
     finished = running = passes = 0
+    deadline = time.monotonic() + RUN_TIMEOUT_S
     while finished < tasks:
+        if time.monotonic() > deadline:  # a submission that failed leaves tasks unstored
+            raise RuntimeError(f"the bare loop finished {finished} of {tasks} tasks in time")
         wake.clear()
         with lock:
             previous = ended[:]
