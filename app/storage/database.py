@@ -267,24 +267,20 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
     # one statement; then the rows.
     clock = notify.replace("SELECT ", "SELECT timezone('UTC', clock_timestamp()), ", 1)
     at = conn.exec_driver_sql(clock, notify_params).scalar_one()
-    copy_rows(conn, _COPY_EVENTS, _copied_events(changes, at))
-
-
-def _copied_events(changes: Sequence[events.Change], at: datetime) -> Iterator[tuple[Any, ...]]:
-    """Yield the events' rows for COPY: as `_event_row` makes them, each reason made
-    storable once (a submission's share one)."""
-    reasons: dict[str, str | None] = {}
-    for task_id, task_type, attempt, status, why in changes:
-        reason = reasons.get(why)
-        if reason is None:
-            reason = reasons[why] = storable(why[:MAX_EVENT_REASON])
-        yield task_id, task_type, attempt, status, reason, at
+    copy_rows(conn, _COPY_EVENTS, ((*_event_row(change), at) for change in changes))
 
 
 def _event_row(change: events.Change) -> tuple[Any, ...]:
     """Return the event's task id, type, attempt, status and reason, as stored."""
     task_id, task_type, attempt, status, why = change
-    return task_id, task_type, attempt, status, storable(why[:MAX_EVENT_REASON])
+    return task_id, task_type, attempt, status, _stored_reason(why)
+
+
+# Most reasons repeat (a submission's tasks share one, a pass's claims another): each is
+# made storable once.
+@lru_cache(maxsize=1024)
+def _stored_reason(why: str) -> str | None:
+    return storable(why[:MAX_EVENT_REASON])
 
 
 def _notify_sql(changes: Sequence[events.Change]) -> tuple[str, tuple[str, ...]]:
