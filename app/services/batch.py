@@ -365,6 +365,8 @@ def dump_tasks(
     keys = [field.data_key or name for name, field in items]
     values_of = itemgetter(*(name for name, _ in items))
     converted = [(n, f.data_key or n, f) for n, f in items if not _passes_through(f)]
+    # A batch's tasks share their creation time: each distinct time is written once.
+    written: dict[datetime, str] = {}
     dumped: list[dict[str, Any]] = []
     for task in tasks:
         try:
@@ -377,7 +379,10 @@ def dump_tasks(
             if value is None and field.allow_none:
                 out[key] = None
             elif type(field) is Timestamp and type(value) is datetime and value.tzinfo is None:
-                out[key] = value.isoformat(timespec="milliseconds") + "Z"  # as Timestamp writes
+                text = written.get(value)
+                if text is None:
+                    text = written[value] = value.isoformat(timespec="milliseconds") + "Z"
+                out[key] = text  # as Timestamp writes
             else:
                 out[key] = field.serialize(name, task)
         dumped.append(out)

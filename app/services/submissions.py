@@ -181,9 +181,10 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
     """Return the row of a new task, given the statuses of its dependencies."""
     dependencies = wanted["dependencies"]
     row = {name: value for name, value in wanted.items() if name != "dependencies"}
+    pending = readiness.pending((d, statuses[d]) for d in dependencies) if dependencies else 0
     row.update(
         status=Status.QUEUED.value,
-        pending_deps=readiness.pending((d, statuses[d]) for d in dependencies),
+        pending_deps=pending,
         not_before=wanted["run_at"],
         created_at=now,
         updated_at=now,
@@ -192,7 +193,7 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
         error_code=None,
         finished_at=None,
     )
-    blocked = _blocked(wanted, statuses)
+    blocked = _blocked(wanted, statuses) if dependencies else None
     if blocked is not None:
         status, code, culprit, verb = blocked
         row.update(
@@ -206,6 +207,8 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
 
 def born_status(wanted: dict[str, Any], statuses: dict[str, str]) -> str:
     """Return the status a new task is born with, given the statuses of its dependencies."""
+    if not wanted["dependencies"]:
+        return Status.QUEUED.value
     blocked = _blocked(wanted, statuses)
     return Status.QUEUED.value if blocked is None else blocked[0].value
 
