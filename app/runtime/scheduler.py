@@ -37,7 +37,7 @@ from app.runtime.periodic import Periodic
 from app.runtime.pruner import EventPruner, Pruner
 from app.runtime.reaper import Reaper
 from app.statuses import Status
-from app.storage import dbfaults
+from app.storage import dbfaults, wakeups
 from app.storage.notify import Listener
 from app.storage.store import Claim, NotRegistered, Outcome, PassResult, Store
 
@@ -127,7 +127,7 @@ class Scheduler:
         self._next_due: float | None = None
         self._thread: threading.Thread | None = None
         self._jobs: list[Periodic] = []
-        self._listener: Listener | None = None
+        self._listener: Listener | wakeups.Doorbell | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -194,6 +194,9 @@ class Scheduler:
         self.unregistered_because = None
         if self.store.shared_clock:
             self._listener = Listener(self.store.engine, lambda _payload: self.wake())
+            self._listener.start()
+        elif (bell := wakeups.bell(self.store.engine)) is not None:
+            self._listener = bell.listen(self.wake)  # other processes' submissions
             self._listener.start()
         self._jobs = [
             # After a failure, beat again within a second: back in touch at once.

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app import events, faults
 from app.statuses import TERMINAL
-from app.storage import dbfaults
+from app.storage import dbfaults, wakeups
 
 # How long a SQLite writer waits for the lock before giving up: long enough that a
 # large batch never turns into "database is locked" for the requests queued behind it.
@@ -378,6 +378,7 @@ def write(engine: Engine) -> Iterator[Connection]:
     try:
         # State changes the transaction stages are logged once it committed.
         with (
+            wakeups.after_commit(engine),  # once the write lock is free
             serialised,
             events.staging(engine) as staged,
             _transaction(engine, "IMMEDIATE", True, staged) as conn,

@@ -1,9 +1,10 @@
 """Wake-ups across instances on PostgreSQL: NOTIFY when work becomes ready or tasks end,
 LISTEN for it.
 
-On SQLite every scheduler that shares a database file falls back to its polling interval
-for work submitted by another process; within one process submissions wake it directly.
-The same holds for requests waiting for a task to end.
+On SQLite the schedulers of other processes sharing the database file are woken through
+their sockets (`wakeups`); within one process submissions wake the scheduler directly.
+Requests waiting for a task to end in another process than the scheduler's still read it
+again at their recheck interval.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 
 from app import faults
+from app.storage import wakeups
 from app.storage.database import DEPLOYMENT_SQL, channel_sql, postgresql_connect_args
 
 # Named as before the package layout, so that operators' log filters keep working.
@@ -30,6 +32,8 @@ def announce(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         sql = f"SELECT pg_notify({channel_sql(':channel')}, '')"
         conn.execute(text(sql), {"channel": CHANNEL})
+    else:
+        wakeups.ask()
 
 
 class Listener:

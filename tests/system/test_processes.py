@@ -195,6 +195,20 @@ def test_flask_scheduler_run_executes_and_stops_on_signals(launcher: Launcher, d
     assert instances(db) == 0
 
 
+def test_a_submission_to_an_api_process_wakes_the_scheduler_process_at_once(
+    launcher: Launcher, db: Path
+) -> None:
+    api = launcher.gunicorn(db, ready="disabled", SCHEDULER_ENABLED="false")
+    # Its polling tick is ten minutes away: only a wake-up gets these tasks run in time.
+    launcher.scheduler(db, POLLING_INTERVAL="600000")
+    api.submit("first", 1)
+    api.wait_status("first", "COMPLETED", timeout=60)
+    # The scheduler is asleep now, having recorded the first; the second wakes it again.
+    api.submit("second", 1)
+    api.submit("third", 1, "second")
+    assert api.wait_status("third", "COMPLETED", timeout=60)["attempts"] == 1
+
+
 @pytest.mark.parametrize("runner", ["gunicorn", "flask scheduler run"])
 def test_a_handler_that_ignores_the_stop_does_not_keep_the_process(
     launcher: Launcher, db: Path, runner: str

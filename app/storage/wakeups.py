@@ -1,0 +1,234 @@
+"""Wake-ups across processes on SQLite: what NOTIFY does on PostgreSQL.
+
+A scheduler that serves a database file binds a Unix datagram socket in a directory of
+its own user's, named after the file (under the system's temporary directory). A write
+transaction that made work ready (`notify.announce`) sends, once it has committed, one
+byte to every socket bound there by another process: the schedulers of an API process's
+submissions, and those of the other gunicorn workers, start a pass now instead of at
+their next polling tick. Within one process the scheduler is woken directly.
+
+A wake-up is a hint: one lost (a full socket queue, a directory that cannot be made)
+costs the wait for the next polling tick, never a task. A socket file left by a process
+that died is removed by the first sender that finds nobody reading it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import socket
+import stat
+import tempfile
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+log = logging.getLogger("app.notify")
+
+SUFFIX = ".sock"
+# Whether the write transaction this thread is in asked to wake the other processes.
+_asked: ContextVar[list[bool] | None] = ContextVar("wake_others", default=None)
+# The names of the sockets this process bound: it wakes its own schedulers directly.
+_own: set[str] = set()
+_bells: weakref.WeakKeyDictionary[Engine, Bell | None] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+_sending: tuple[int, socket.socket] | None = None
+
+
+def ask() -> None:
+    """Inside a write transaction: wake the other processes' schedulers once it commits."""
+    asked = _asked.get()
+    if asked is not None and not asked:
+        asked.append(True)
+
+
+@contextmanager
+def after_commit(engine: Engine) -> Iterator[None]:
+    """Around a write transaction: ring `engine`'s bell if it asked and committed."""
+    asked: list[bool] = []
+    token = _asked.set(asked)
+    try:
+        yield
+    finally:
+        _asked.reset(token)
+    if asked:
+        found = bell(engine)
+        if found is not None:
+            found.ring()
+
+
+def bell(engine: Engine) -> Bell | None:
+    """Return the bell of `engine`'s database file; None if it has none (PostgreSQL, a
+    database in memory)."""
+    with _guard:
+        if engine not in _bells:
+            path = engine.url.database if engine.dialect.name == "sqlite" else None
+            in_memory = path in (None, "", ":memory:") or "mode=memory" in str(engine.url)
+            _bells[engine] = None if in_memory or path is None else Bell(path)
+        return _bells[engine]
+
+
+def directory_of(database: str) -> Path:
+    """Return where the schedulers of the database file `database` bind their sockets."""
+    key = hashlib.sha256(os.path.realpath(database).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"task-scheduler-{os.getuid()}-{key}"
+
+
+class Bell:
+    """The sockets of one database file's schedulers: ring them, or listen to them."""
+
+    def __init__(self, database: str) -> None:
+        self.directory = directory_of(database)
+
+    def ring(self) -> None:
+        """Send one byte to every scheduler socket another process bound."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return  # no scheduler has bound one yet
+        sender = _sender()
+        for name in names:
+            if not name.endswith(SUFFIX) or name in _own:
+                continue
+            path = str(self.directory / name)
+            try:
+                sender.sendto(b"!", path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                with suppress(OSError):
+                    os.unlink(path)  # nobody reads it: its process is gone
+            except OSError:
+                pass  # its queue is full: a wake-up is waiting there already
+
+    def listen(self, on_ring: Callable[[], None]) -> Doorbell:
+        """Return a doorbell calling `on_ring` whenever another process rings."""
+        return Doorbell(self.directory, on_ring)
+
+
+class Doorbell:
+    """A thread reading one scheduler's socket, calling `on_ring` as wake-ups arrive.
+
+    It has the interface of notify.Listener: `start`, `stop`, and `listening`, set while
+    the socket is bound.
+    """
+
+    def __init__(self, directory: Path, on_ring: Callable[[], None]) -> None:
+        self.directory = directory
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        self._on_ring = on_ring
+        self._socket: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.name
+
+    def start(self) -> None:
+        """Bind the socket and read it in the background; without one, log why."""
+        try:
+            self._socket = self._bind()
+        except OSError as exc:
+            log.warning(
+                "cannot listen for other processes' wake-ups in %s (%s); work they submit "
+                "waits for the polling interval",
+                self.directory,
+                exc.strerror or exc,
+            )
+            return
+        self.listening.set()
+        self._thread = threading.Thread(target=self._run, name="doorbell", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading, and remove the socket."""
+        self._stop.set()
+        if self._socket is not None:
+            with suppress(OSError):  # wake the reader now
+                _sender().sendto(b"", str(self.path))
+        if self._thread is not None:
+            self._thread.join(5)
+        self.listening.clear()
+        _own.discard(self.name)
+        with suppress(OSError):
+            os.unlink(self.path)
+        with suppress(OSError):
+            os.rmdir(self.directory)  # only once the last socket is gone
+
+    def _bind(self) -> socket.socket:
+        for tries_left in (1, 0):
+            _make_private(self.directory)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.bind(str(self.path))
+            except FileNotFoundError:  # the last one out removed the directory meanwhile
+                sock.close()
+                if tries_left:
+                    continue
+                raise
+            except OSError:
+                sock.close()
+                raise
+            _own.add(self.name)
+            return sock
+        raise AssertionError("unreachable")
+
+    def _run(self) -> None:
+        assert self._socket is not None
+        sock = self._socket
+        try:
+            while not self._stop.is_set():
+                sock.settimeout(1.0)  # to see a stop whose wake-up was lost
+                try:
+                    sock.recv(16)
+                except TimeoutError:
+                    continue
+                # Several rings while a pass ran are one wake-up.
+                sock.setblocking(False)
+                with suppress(BlockingIOError):
+                    while True:
+                        sock.recv(16)
+                if not self._stop.is_set():
+                    self._on_ring()
+        except OSError as exc:
+            log.warning("stopped listening for other processes' wake-ups: %s", exc)
+        finally:
+            sock.close()
+
+
+def _sender() -> socket.socket:
+    """Return this process's unbound socket for sending (a forked worker makes its own)."""
+    global _sending
+    with _guard:
+        if _sending is None or _sending[0] != os.getpid():
+            if _sending is not None:
+                _sending[1].close()  # the parent's, inherited
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sender.setblocking(False)
+            _sending = (os.getpid(), sender)
+        return _sending[1]
+
+
+@atexit.register
+def _close_sender() -> None:
+    if _sending is not None:
+        _sending[1].close()
+
+
+def _make_private(directory: Path) -> None:
+    """Make `directory` if needed; refuse one that is not this user's alone."""
+    with suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    found = directory.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        raise PermissionError(f"{directory} is not a directory of this user's")
+    if found.st_mode & 0o077:
+        raise PermissionError(f"{directory} is open to other users")

@@ -1,0 +1,132 @@
+"""Wake-ups across processes on SQLite: a committed announce rings the other processes'
+scheduler sockets, and only then."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from app.storage import database, wakeups
+from app.storage.notify import announce
+
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = create_engine(f"sqlite:///{tmp_path / 'tasks.db'}")
+    with made.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def other_process(engine: Engine) -> Iterator[socket.socket]:
+    """A socket bound where another process's scheduler would bind its own."""
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    wakeups._make_private(bell.directory)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = bell.directory / f"1-other{wakeups.SUFFIX}"
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    yield sock
+    sock.close()
+    path.unlink(missing_ok=True)
+    bell.directory.rmdir()
+
+
+def rings(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            sock.recv(16)
+        except TimeoutError:
+            return count
+        count += 1
+
+
+def test_a_committed_announce_rings_the_other_processes_once(
+    engine: Engine, other_process: socket.socket
+) -> None:
+    with database.write(engine) as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        announce(conn)
+        announce(conn)
+        assert rings(other_process) == 0  # not before the commit
+    assert rings(other_process) == 1
+
+
+def test_a_rolled_back_or_silent_write_rings_nobody(
+    engine: Engine, other_process: socket.socket
+) -> None:
+    with pytest.raises(RuntimeError), database.write(engine) as conn:
+        announce(conn)
+        raise RuntimeError("the body failed")
+    with database.write(engine) as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    assert rings(other_process) == 0
+
+
+def test_a_socket_nobody_reads_is_removed(engine: Engine, other_process: socket.socket) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale = bell.directory / f"2-dead{wakeups.SUFFIX}"
+    gone.bind(str(stale))
+    gone.close()  # its process died: the file stays
+    bell.ring()
+    assert not stale.exists()
+    assert rings(other_process) == 1
+
+
+def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    rung = threading.Event()
+    doorbell = bell.listen(rung.set)
+    doorbell.start()
+    try:
+        assert doorbell.listening.is_set()
+        assert doorbell.path.exists()
+        bell.ring()  # from this process: its own scheduler is woken directly instead
+        assert not rung.wait(0.2)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"!", str(doorbell.path))  # as another process rings
+        assert rung.wait(DEADLINE_S)
+    finally:
+        doorbell.stop()
+    assert not doorbell.path.exists()
+    assert not bell.directory.exists()
+
+
+def test_a_directory_open_to_others_is_not_used(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    bell.directory.mkdir()
+    os.chmod(bell.directory, 0o777)
+    try:
+        doorbell = bell.listen(lambda: None)
+        with caplog.at_level(logging.WARNING, "app.notify"):
+            doorbell.start()
+        assert not doorbell.listening.is_set()
+        assert "open to other users" in caplog.text
+        assert not doorbell.path.exists()
+    finally:
+        bell.directory.rmdir()
+
+
+def test_a_database_in_memory_or_on_postgresql_has_no_bell() -> None:
+    assert wakeups.bell(create_engine("sqlite://")) is None
+    assert wakeups.bell(create_engine("sqlite:///:memory:")) is None
+    assert wakeups.bell(create_engine("postgresql+psycopg://x@127.0.0.1/none")) is None
