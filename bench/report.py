@@ -135,6 +135,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         _row(
             results, f"E2E throughput, {n:,} no-op tasks (tasks/s)", "e2e:tasks_per_s", ">= 10,000"
         ),
+        *_apart_rows(results.get("apart") or {}),
         _work_row(results, n),
         *_floor_rows(results),
         _row(results, f"Chain of {hops:,}, per hop (ms)", "chain:per_hop_ms", "<= 1", False),
@@ -181,6 +182,14 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 # Issue 16: at 64 connections, at least this share of the rate at 8.
 MANY_CONNS_SHARE = 0.9
+
+
+def _apart_rows(apart: dict[str, Any]) -> list[Row]:
+    """The e2e figure with the API in gunicorn and the scheduler in `flask scheduler run`."""
+    value = _pick(apart, "e2e.median.tasks_per_s")
+    if value is None:
+        return []
+    return [_measured("  ... API and scheduler in two processes (tasks/s)", value, "", True)]
 
 
 def _submit_rows(submit: dict[str, Any]) -> list[Row]:

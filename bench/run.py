@@ -26,6 +26,7 @@ from bench.progress import BUDGET, log
 from bench.server import ROOT
 from bench.suite import (
     Options,
+    apart,
     batch_inserts,
     ours,
     peer_figures,
@@ -38,6 +39,7 @@ DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 SECTIONS = (
     "e2e",
+    "apart",
     "work",
     "chain",
     "fanin",
@@ -189,6 +191,9 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
                 results["ours"]["postgresql"] = ours(pg, opts, workdir)
             finally:
                 store.drop_postgres(opts.pg_url, name)
+    if opts.wants("apart"):
+        log("apart: e2e with the API and `flask scheduler run` in two processes")
+        results["apart"] = apart(opts, workdir)
     if opts.wants("submit"):
         log("submit: single POSTs, ours and the baseline app, taking turns")
         results["submit"] = single_submissions(opts, workdir)

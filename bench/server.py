@@ -158,6 +158,39 @@ class MinimalServer(Server):
         return self._launch([*command, "bench.minimal_app:app"], env, timeout_s)
 
 
+@dataclass
+class SchedulerProcess:
+    """`flask scheduler run` on its own, beside a server that only serves the API."""
+
+    db: Database
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start it and wait until its scheduler runs (its log says so)."""
+        env = service_env(self.db, {})
+        deadline = time.monotonic() + timeout_s
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "flask"), "scheduler", "run"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        while " running " not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"flask scheduler run did not start; see {self.log_path}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop it: SIGTERM, then SIGKILL if it lingers."""
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
 def stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """Signal a process started in its own session, and make sure it is gone."""
     if process.poll() is None:
@@ -182,6 +215,20 @@ def serving(
         server.start()
         yield server
     finally:
+        server.stop()
+
+
+@contextmanager
+def serving_apart(db: Database, workdir: Path) -> Iterator[Server]:
+    """Run the API without a scheduler and `flask scheduler run` beside it, on `db`."""
+    server = Server(db, workdir / "server-apart.log", {"SCHEDULER_ENABLED": "false"})
+    scheduler = SchedulerProcess(db, workdir / "scheduler-apart.log")
+    try:
+        server.start()
+        scheduler.start()
+        yield server
+    finally:
+        scheduler.stop()
         server.stop()
 
 

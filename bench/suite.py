@@ -16,7 +16,7 @@ from bench import e2e, floor, growth, insert, load, machine, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
-from bench.server import Database, MinimalServer, Server, migrate, serving
+from bench.server import Database, MinimalServer, Server, migrate, serving, serving_apart
 
 
 @dataclass
@@ -141,6 +141,20 @@ def _load(base: str, db: Database, opts: Options) -> dict[str, Any]:
 # Connections of the single-submission figures: as `load` (2 processes x 4 threads), and
 # eight times as many on the same two load processes.
 FEW, MANY = (2, 4), (2, 32)
+
+
+def apart(opts: Options, workdir: Path) -> dict[str, Any]:
+    """Run the e2e figure with the API and the scheduler in two processes (SQLite)."""
+    db = store.sqlite_database(workdir, "apart")
+    migrate(db)
+    collect = Collector()
+    with serving_apart(db, workdir) as server:
+        client = Client(server.base)
+        n, batch, t = opts.tasks, opts.batch, opts.timeout_s
+        plan = [("e2e", lambda r: e2e.throughput(client, db, f"a{r}", n, batch, t))]
+        _repeat(collect, "ours/apart", plan, opts.repeat)
+        client.close()
+    return collect.summary()
 
 
 def single_submissions(opts: Options, workdir: Path) -> dict[str, Any]:
