@@ -7,9 +7,12 @@ byte to every socket bound there by another process: the schedulers of an API pr
 submissions, and those of the other gunicorn workers, start a pass now instead of at
 their next polling tick. Within one process the scheduler is woken directly.
 
-A wake-up is a hint: one lost (a full socket queue, a directory that cannot be made)
-costs the wait for the next polling tick, never a task. A socket file left by a process
-that died is removed by the first sender that finds nobody reading it.
+A wake-up is a hint: one lost (a full socket queue, a directory that cannot be made or
+is not this user's alone, a platform without Unix sockets) costs the wait for the next
+polling tick, never a task, and never fails the transaction that rang. A socket left by a
+process that died is removed by the first sender that finds nobody reading it. The API
+and the scheduler processes must share the user and the temporary directory (not two
+containers, or two systemd units with PrivateTmp) for the wake-ups to reach.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from sqlalchemy import Engine
 log = logging.getLogger("app.notify")
 
 SUFFIX = ".sock"
+# Unix datagram sockets and user ids: not on Windows, where every scheduler polls.
+SUPPORTED = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 # Whether the write transaction this thread is in asked to wake the other processes.
 _asked: ContextVar[list[bool] | None] = ContextVar("wake_others", default=None)
 # The names of the sockets this process bound: it wakes its own schedulers directly.
@@ -60,25 +65,37 @@ def after_commit(engine: Engine) -> Iterator[None]:
     finally:
         _asked.reset(token)
     if asked:
-        found = bell(engine)
-        if found is not None:
-            found.ring()
+        try:
+            found = bell(engine)
+            if found is not None:
+                found.ring()
+        except Exception:  # committed all the same: the others poll
+            log.warning("could not wake the other processes' schedulers", exc_info=True)
 
 
 def bell(engine: Engine) -> Bell | None:
     """Return the bell of `engine`'s database file; None if it has none (PostgreSQL, a
-    database in memory)."""
+    database in memory, no usable temporary directory)."""
     with _guard:
         if engine not in _bells:
-            path = engine.url.database if engine.dialect.name == "sqlite" else None
-            in_memory = path in (None, "", ":memory:") or "mode=memory" in str(engine.url)
-            _bells[engine] = None if in_memory or path is None else Bell(path)
+            _bells[engine] = _new_bell(engine)
         return _bells[engine]
+
+
+def _new_bell(engine: Engine) -> Bell | None:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not SUPPORTED or path in (None, "", ":memory:") or "mode=memory" in str(engine.url):
+        return None
+    try:
+        return Bell(str(path))
+    except OSError as exc:  # no temporary directory at all (a read-only container)
+        log.warning("other processes' schedulers are not woken (%s); they poll", exc)
+        return None
 
 
 def directory_of(database: str) -> Path:
     """Return where the schedulers of the database file `database` bind their sockets."""
-    key = hashlib.sha256(os.path.realpath(database).encode()).hexdigest()[:16]
+    key = hashlib.sha256(os.path.realpath(database).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"task-scheduler-{os.getuid()}-{key}"
 
 
@@ -91,9 +108,10 @@ class Bell:
     def ring(self) -> None:
         """Send one byte to every scheduler socket another process bound."""
         try:
+            _check_private(self.directory)
             names = os.listdir(self.directory)
         except OSError:
-            return  # no scheduler has bound one yet
+            return  # no scheduler has bound one yet, or the directory is not ours alone
         sender = _sender()
         for name in names:
             if not name.endswith(SUFFIX) or name in _own:
@@ -102,8 +120,7 @@ class Bell:
             try:
                 sender.sendto(b"!", path)
             except (ConnectionRefusedError, FileNotFoundError):
-                with suppress(OSError):
-                    os.unlink(path)  # nobody reads it: its process is gone
+                _remove_socket(path)  # nobody reads it: its process is gone
             except OSError:
                 pass  # its queue is full: a wake-up is waiting there already
 
@@ -121,7 +138,7 @@ class Doorbell:
 
     def __init__(self, directory: Path, on_ring: Callable[[], None]) -> None:
         self.directory = directory
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}{SUFFIX}"
         self._on_ring = on_ring
         self._socket: socket.socket | None = None
         self._stop = threading.Event()
@@ -165,9 +182,9 @@ class Doorbell:
 
     def _bind(self) -> socket.socket:
         for tries_left in (1, 0):
-            _make_private(self.directory)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
+                _make_private(self.directory)
                 sock.bind(str(self.path))
             except FileNotFoundError:  # the last one out removed the directory meanwhile
                 sock.close()
@@ -201,6 +218,7 @@ class Doorbell:
         except OSError as exc:
             log.warning("stopped listening for other processes' wake-ups: %s", exc)
         finally:
+            self.listening.clear()
             sock.close()
 
 
@@ -227,8 +245,20 @@ def _make_private(directory: Path) -> None:
     """Make `directory` if needed; refuse one that is not this user's alone."""
     with suppress(FileExistsError):
         directory.mkdir(mode=0o700)
+    _check_private(directory)
+
+
+def _check_private(directory: Path) -> None:
+    """Raise unless `directory` is a directory (not a link to one) of this user's alone."""
     found = directory.lstat()
     if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
         raise PermissionError(f"{directory} is not a directory of this user's")
     if found.st_mode & 0o077:
         raise PermissionError(f"{directory} is open to other users")
+
+
+def _remove_socket(path: str) -> None:
+    """Remove the socket file at `path`; never anything else found there."""
+    with suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -17,6 +18,7 @@ from typing import Any
 import requests
 
 from app.statuses import TERMINAL
+from app.storage import wakeups
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +185,8 @@ class Server:
         self.proc = proc
         self.log_path = log
         self.base_url = f"http://127.0.0.1:{port}" if port else ""
+        # The SQLite file it serves, if any.
+        self.database: str | None = None
 
     @property
     def pgid(self) -> int:
@@ -320,6 +324,9 @@ class Launcher:
                 start_new_session=True,
             )
         server = Server(name, proc, log, port)
+        url = env.get("DATABASE_URL", "")
+        if url.startswith("sqlite:///"):
+            server.database = url.removeprefix("sqlite:///")
         self.servers.append(server)
         return server
 
@@ -366,6 +373,9 @@ class Launcher:
             for server in self.servers:
                 server.kill()
         finally:
+            for path in {s.database for s in self.servers if s.database is not None}:
+                # What a killed scheduler leaves of its wake-up socket (app/storage/wakeups).
+                shutil.rmtree(wakeups.directory_of(path), ignore_errors=True)
             for server in self.servers:
                 print(f"----- {server.log_path.name} (exit {server.proc.returncode}) -----")
                 print(server.log()[-20_000:])

@@ -130,3 +130,82 @@ def test_a_database_in_memory_or_on_postgresql_has_no_bell() -> None:
     assert wakeups.bell(create_engine("sqlite://")) is None
     assert wakeups.bell(create_engine("sqlite:///:memory:")) is None
     assert wakeups.bell(create_engine("postgresql+psycopg://x@127.0.0.1/none")) is None
+
+
+def test_a_failure_to_ring_does_not_fail_the_committed_write(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: wakeups.Bell) -> None:
+        raise RuntimeError("no socket today")
+
+    monkeypatch.setattr(wakeups.Bell, "ring", broken)
+    with caplog.at_level(logging.WARNING, "app.notify"), database.write(engine) as conn:
+        conn.execute(text("INSERT INTO t VALUES (7)"))
+        announce(conn)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT x FROM t")).scalar_one() == 7
+    assert "could not wake the other processes' schedulers" in caplog.text
+
+
+def test_without_a_temporary_directory_there_is_no_bell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def none_usable() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(wakeups.tempfile, "gettempdir", none_usable)
+    made = create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    with caplog.at_level(logging.WARNING, "app.notify"):
+        assert wakeups.bell(made) is None
+    assert "No usable temporary directory" in caplog.text
+    made.dispose()
+
+
+def bound(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    return sock
+
+
+def test_a_directory_that_is_not_this_users_alone_is_neither_rung_nor_emptied(
+    engine: Engine, tmp_path: Path
+) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    kept = elsewhere / f"important{wakeups.SUFFIX}"
+    kept.write_text("not a socket")
+    listener = bound(elsewhere / f"3-listener{wakeups.SUFFIX}")
+    try:
+        bell.directory.symlink_to(elsewhere)  # planted where the bell looks
+        bell.ring()
+        bell.directory.unlink()
+        bell.directory.mkdir()
+        os.chmod(bell.directory, 0o777)  # open to other users
+        (bell.directory / f"4-open{wakeups.SUFFIX}").symlink_to(listener.getsockname())
+        bell.ring()
+        assert rings(listener) == 0
+        assert kept.read_text() == "not a socket"
+    finally:
+        listener.close()
+        if bell.directory.is_symlink():
+            bell.directory.unlink()
+        elif bell.directory.exists():
+            for entry in bell.directory.iterdir():
+                entry.unlink()
+            bell.directory.rmdir()
+
+
+def test_only_sockets_are_removed_as_stale(engine: Engine, other_process: socket.socket) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    kept = bell.directory / f"notes{wakeups.SUFFIX}"
+    kept.write_text("a file, not a socket")
+    try:
+        bell.ring()
+        assert kept.exists()
+        assert rings(other_process) == 1
+    finally:
+        kept.unlink()
