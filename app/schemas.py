@@ -679,7 +679,10 @@ class SchedulerHealth(Schema):
         metadata={"description": "What keeps it from its job, when something does."}
     )
     listening = fields.Boolean(
-        metadata={"description": "On PostgreSQL: whether notifications reach it."}
+        metadata={
+            "description": "Whether other instances' wake-ups reach it: notifications on "
+            "PostgreSQL, other processes' on a SQLite file."
+        }
     )
 
 

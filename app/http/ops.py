@@ -34,9 +34,10 @@ def health() -> tuple[Response, int]:
         }
         if problem is not None:
             state["problem"] = problem
-        if engine.dialect.name == "postgresql":
-            # Informational: without LISTEN, work from elsewhere waits for the next poll.
-            state["listening"] = scheduler.listening()
+        listening = scheduler.listening()
+        if listening is not None:
+            # Informational: without it, work from elsewhere waits for the next poll.
+            state["listening"] = listening
     ok = healthy and storage["status"] == "ok"
     body = {"status": "ok" if ok else "unavailable", "database": storage, "scheduler": state}
     return jsonify(body), 200 if ok else 503

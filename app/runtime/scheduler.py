@@ -588,8 +588,12 @@ class Scheduler:
             moments.append(self._next_due)
         return max(0.0, min(moments) - now)
 
-    def listening(self) -> bool:
-        """Tell whether other instances' notifications reach this one (PostgreSQL)."""
+    def listening(self) -> bool | None:
+        """Tell whether other instances' wake-ups reach this one: PostgreSQL's
+        notifications, or on SQLite other processes' (None for a database in memory,
+        which no other process shares)."""
+        if not self.store.shared_clock and wakeups.bell(self.store.engine) is None:
+            return None
         return self._listener is not None and self._listener.listening.is_set()
 
     def wait_for_handlers(self, timeout_s: float) -> int:

@@ -240,6 +240,8 @@ def test_health_reports_the_running_scheduler(app: Flask, client: FlaskClient) -
     body = client.get("/health").get_json()
     assert body["scheduler"]["state"] == "running"
     assert body["scheduler"]["max_concurrent"] == 3
+    # Its socket for other processes' wake-ups is bound (app/storage/wakeups).
+    assert body["scheduler"]["listening"] is True
 
 
 def test_a_scheduler_started_while_the_database_is_unavailable_starts_once_it_is_back(
