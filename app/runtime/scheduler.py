@@ -196,7 +196,8 @@ class Scheduler:
             self._listener = Listener(self.store.engine, lambda _payload: self.wake())
             self._listener.start()
         elif (bell := wakeups.bell(self.store.engine)) is not None:
-            self._listener = bell.listen(self.wake)  # other processes' submissions
+            # Work other processes made ready: their submissions, their completions.
+            self._listener = bell.listen(wakeups.READY, lambda _payload: self.wake())
             self._listener.start()
         self._jobs = [
             # After a failure, beat again within a second: back in touch at once.

@@ -8,9 +8,10 @@ process and instance that shares the database.
 
 What wakes a stream: a transaction of this process that committed changes
 (events.watchers), and on PostgreSQL another instance's (NOTIFY on
-database.EVENTS_CHANNEL, heard by one LISTEN connection per process); as a safety net a
-read every `recheck_s` (on SQLite, a scheduler in another process cannot notify). A
-stream holds a thread of its worker but a database connection only while it reads.
+database.EVENTS_CHANNEL, heard by one LISTEN connection per process), on a SQLite file
+another process's (a datagram to this process's socket: storage/wakeups); as a safety net
+a read every `recheck_s`. A stream holds a thread of its worker but a database connection
+only while it reads.
 
 Bounds: at most `capacity` streams per worker (one more: 503 with Retry-After); each
 ends after `max_s` (the client reconnects with `Last-Event-ID` and misses nothing still

@@ -5,9 +5,10 @@ task, sleeps on an event of its own, and reads it again when woken. What wakes i
 - a transaction of this process that changed the task (events.watchers), at once;
 - on PostgreSQL, another instance's transaction that ended it (NOTIFY on
   database.ENDED_CHANNEL, heard by one LISTEN connection per process, opened on the
-  first wait);
+  first wait); on a SQLite file, another process's (its ids sent to this process's
+  socket, bound on the first wait: storage/wakeups);
 - as a safety net, a read every `recheck_s` (a notification lost while the listener
-  reconnected; on SQLite, a scheduler in another process, which cannot notify).
+  reconnected, or a process whose wake-ups cannot reach this one).
 
 A worker holds at most `capacity` waiting requests; one more is answered 503 with
 Retry-After at once.

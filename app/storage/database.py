@@ -256,6 +256,11 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
             part = changes[start : start + EVENT_ROWS]
             params = [v for change in part for v in (*_event_row(change), at)]
             driver_execute(conn, events_insert_sql(d, len(part)), tuple(params))
+        # Other processes' waiting requests and event streams, once it commits.
+        ended = [change[0] for change in changes if change[3] in TERMINAL]
+        if ended:
+            wakeups.ask(wakeups.ENDED, ended_payloads(ended))
+        wakeups.ask(wakeups.EVENTS)
         return
     notify, notify_params = _notify_sql(changes)
     if len(changes) <= COPY_EVENTS_FROM:

@@ -1,10 +1,9 @@
 """Wake-ups across instances on PostgreSQL: NOTIFY when work becomes ready or tasks end,
 LISTEN for it.
 
-On SQLite the schedulers of other processes sharing the database file are woken through
-their sockets (`wakeups`); within one process submissions wake the scheduler directly.
-Requests waiting for a task to end in another process than the scheduler's still read it
-again at their recheck interval.
+On SQLite the other processes sharing the database file are woken through their sockets
+(`wakeups`): their schedulers, their requests waiting for tasks to end, their event
+streams. Within one process all of them are woken directly.
 """
 
 from __future__ import annotations

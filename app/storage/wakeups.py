@@ -1,11 +1,15 @@
 """Wake-ups across processes on SQLite: what NOTIFY does on PostgreSQL.
 
-A scheduler that serves a database file binds a Unix datagram socket in a directory of
-its own user's, named after the file (under the system's temporary directory). A write
-transaction that made work ready (`notify.announce`) sends, once it has committed, one
-byte to every socket bound there by another process: the schedulers of an API process's
-submissions, and those of the other gunicorn workers, start a pass now instead of at
-their next polling tick. Within one process the scheduler is woken directly.
+A process that listens on a database file binds a Unix datagram socket for one channel in
+a directory of its own user's, named after the file (under the system's temporary
+directory). Once a write transaction has committed, what it asked for goes to every
+socket of that channel bound by another process:
+- READY, when it made work ready (`notify.announce`): a scheduler starts a pass now
+  instead of at its next polling tick;
+- ENDED, with the ids of the tasks it ended, and EVENTS, when it wrote task events: the
+  requests waiting for those tasks, and the event streams, of an API process whose
+  scheduler runs elsewhere read again now.
+Within one process they are woken directly.
 
 A wake-up is a hint: one lost (a full socket queue, a directory that cannot be made or
 is not this user's alone, a platform without Unix sockets) costs the wait for the next
@@ -27,7 +31,7 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
@@ -37,10 +41,13 @@ from sqlalchemy import Engine
 log = logging.getLogger("app.notify")
 
 SUFFIX = ".sock"
+READY, ENDED, EVENTS = "ready", "ended", "events"
+# The largest datagram a listener reads: a payload of ids is cut well below it.
+MAX_DATAGRAM = 65_536
 # Unix datagram sockets and user ids: not on Windows, where every scheduler polls.
 SUPPORTED = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
-# Whether the write transaction this thread is in asked to wake the other processes.
-_asked: ContextVar[list[bool] | None] = ContextVar("wake_others", default=None)
+# What the write transaction this thread is in asked to send: payloads by channel.
+_asked: ContextVar[dict[str, list[str]] | None] = ContextVar("wake_others", default=None)
 # The names of the sockets this process bound: it wakes its own schedulers directly.
 _own: set[str] = set()
 _bells: weakref.WeakKeyDictionary[Engine, Bell | None] = weakref.WeakKeyDictionary()
@@ -48,17 +55,20 @@ _guard = threading.Lock()
 _sending: tuple[int, socket.socket] | None = None
 
 
-def ask() -> None:
-    """Inside a write transaction: wake the other processes' schedulers once it commits."""
+def ask(channel: str = READY, payloads: Iterable[str] = ("",)) -> None:
+    """Inside a write transaction: send `payloads` on `channel` to the other processes
+    once it commits (each payload once)."""
     asked = _asked.get()
-    if asked is not None and not asked:
-        asked.append(True)
+    if asked is not None:
+        sent = asked.setdefault(channel, [])
+        sent.extend(p for p in payloads if p not in sent)
 
 
 @contextmanager
 def after_commit(engine: Engine) -> Iterator[None]:
-    """Around a write transaction: ring `engine`'s bell if it asked and committed."""
-    asked: list[bool] = []
+    """Around a write transaction: ring `engine`'s bell with what it asked, if it
+    committed."""
+    asked: dict[str, list[str]] = {}
     token = _asked.set(asked)
     try:
         yield
@@ -68,9 +78,10 @@ def after_commit(engine: Engine) -> Iterator[None]:
         try:
             found = bell(engine)
             if found is not None:
-                found.ring()
+                for channel, payloads in asked.items():
+                    found.ring(channel, payloads)
         except Exception:  # committed all the same: the others poll
-            log.warning("could not wake the other processes' schedulers", exc_info=True)
+            log.warning("could not wake the other processes' listeners", exc_info=True)
 
 
 def bell(engine: Engine) -> Bell | None:
@@ -105,40 +116,43 @@ class Bell:
     def __init__(self, database: str) -> None:
         self.directory = directory_of(database)
 
-    def ring(self) -> None:
-        """Send one byte to every scheduler socket another process bound."""
+    def ring(self, channel: str = READY, payloads: Sequence[str] = ("",)) -> None:
+        """Send each of `payloads` to every socket of `channel` another process bound."""
         try:
             _check_private(self.directory)
             names = os.listdir(self.directory)
         except OSError:
-            return  # no scheduler has bound one yet, or the directory is not ours alone
+            return  # nobody has bound one yet, or the directory is not ours alone
         sender = _sender()
+        datagrams = [p.encode() for p in payloads]
         for name in names:
-            if not name.endswith(SUFFIX) or name in _own:
+            if not (name.startswith(f"{channel}.") and name.endswith(SUFFIX)) or name in _own:
                 continue
             path = str(self.directory / name)
             try:
-                sender.sendto(b"!", path)
+                for datagram in datagrams:
+                    sender.sendto(datagram, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 _remove_socket(path)  # nobody reads it: its process is gone
             except OSError:
-                pass  # its queue is full: a wake-up is waiting there already
+                pass  # its queue is full: it has a wake-up waiting already
 
-    def listen(self, on_ring: Callable[[], None]) -> Doorbell:
-        """Return a doorbell calling `on_ring` whenever another process rings."""
-        return Doorbell(self.directory, on_ring)
+    def listen(self, channel: str, on_ring: Callable[[str], None]) -> Doorbell:
+        """Return a doorbell calling `on_ring` with each payload another process sends
+        on `channel`."""
+        return Doorbell(self.directory, channel, on_ring)
 
 
 class Doorbell:
-    """A thread reading one scheduler's socket, calling `on_ring` as wake-ups arrive.
+    """A thread reading one socket, calling `on_ring` with each payload that arrives.
 
     It has the interface of notify.Listener: `start`, `stop`, and `listening`, set while
     the socket is bound.
     """
 
-    def __init__(self, directory: Path, on_ring: Callable[[], None]) -> None:
+    def __init__(self, directory: Path, channel: str, on_ring: Callable[[str], None]) -> None:
         self.directory = directory
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}{SUFFIX}"
+        self.name = f"{channel}.{os.getpid()}-{uuid.uuid4().hex[:6]}{SUFFIX}"
         self._on_ring = on_ring
         self._socket: socket.socket | None = None
         self._stop = threading.Event()
@@ -205,16 +219,18 @@ class Doorbell:
             while not self._stop.is_set():
                 sock.settimeout(1.0)  # to see a stop whose wake-up was lost
                 try:
-                    sock.recv(16)
+                    received = [sock.recv(MAX_DATAGRAM)]
                 except TimeoutError:
                     continue
-                # Several rings while a pass ran are one wake-up.
+                # What arrived meanwhile is handled together (a pass may run once for all).
                 sock.setblocking(False)
                 with suppress(BlockingIOError):
                     while True:
-                        sock.recv(16)
-                if not self._stop.is_set():
-                    self._on_ring()
+                        received.append(sock.recv(MAX_DATAGRAM))
+                for payload in dict.fromkeys(received):
+                    if self._stop.is_set():
+                        break
+                    self._on_ring(payload.decode(errors="replace"))
         except OSError as exc:
             log.warning("stopped listening for other processes' wake-ups: %s", exc)
         finally:

@@ -209,6 +209,21 @@ def test_a_submission_to_an_api_process_wakes_the_scheduler_process_at_once(
     assert api.wait_status("third", "COMPLETED", timeout=60)["attempts"] == 1
 
 
+def test_a_request_waiting_in_the_api_process_hears_the_scheduler_process_end_its_task(
+    launcher: Launcher, db: Path
+) -> None:
+    # Every polling tick, and so the waiting request's safety-net read, is ten minutes
+    # away: only the scheduler process's word gets an answer before the request's end.
+    api = launcher.gunicorn(
+        db, ready="disabled", SCHEDULER_ENABLED="false", POLLING_INTERVAL="600000"
+    )
+    launcher.scheduler(db, POLLING_INTERVAL="600000")
+    api.submit("slow", 500)
+    answer = requests.get(f"{api.base_url}/api/tasks/slow?wait=60", timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "COMPLETED"
+
+
 @pytest.mark.parametrize("runner", ["gunicorn", "flask scheduler run"])
 def test_a_handler_that_ignores_the_stop_does_not_keep_the_process(
     launcher: Launcher, db: Path, runner: str

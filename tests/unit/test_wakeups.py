@@ -1,5 +1,6 @@
 """Wake-ups across processes on SQLite: a committed announce rings the other processes'
-scheduler sockets, and only then."""
+scheduler sockets, a committed end of tasks their waiting requests' sockets, and only
+then."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from app import events
+from app.services.listening import LazyListener
 from app.storage import database, wakeups
+from app.storage.database import ENDED_CHANNEL, EVENTS_CHANNEL
 from app.storage.notify import announce
+from tests.support.waiting import wait_for
 
 DEADLINE_S = 10.0
 
@@ -24,6 +29,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     made = create_engine(f"sqlite:///{tmp_path / 'tasks.db'}")
     with made.begin() as conn:
         conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("CREATE TABLE task_events (task_id, type, attempt, status, reason, at)"))
     yield made
     made.dispose()
 
@@ -35,7 +41,7 @@ def other_process(engine: Engine) -> Iterator[socket.socket]:
     assert bell is not None
     wakeups._make_private(bell.directory)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = bell.directory / f"1-other{wakeups.SUFFIX}"
+    path = bell.directory / f"ready.1-other{wakeups.SUFFIX}"
     sock.bind(str(path))
     sock.settimeout(0.05)
     yield sock
@@ -44,14 +50,17 @@ def other_process(engine: Engine) -> Iterator[socket.socket]:
     bell.directory.rmdir()
 
 
-def rings(sock: socket.socket) -> int:
-    count = 0
+def received(sock: socket.socket) -> list[bytes]:
+    found = []
     while True:
         try:
-            sock.recv(16)
+            found.append(sock.recv(wakeups.MAX_DATAGRAM))
         except TimeoutError:
-            return count
-        count += 1
+            return found
+
+
+def rings(sock: socket.socket) -> int:
+    return len(received(sock))
 
 
 def test_a_committed_announce_rings_the_other_processes_once(
@@ -80,7 +89,7 @@ def test_a_socket_nobody_reads_is_removed(engine: Engine, other_process: socket.
     bell = wakeups.bell(engine)
     assert bell is not None
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    stale = bell.directory / f"2-dead{wakeups.SUFFIX}"
+    stale = bell.directory / f"ready.2-dead{wakeups.SUFFIX}"
     gone.bind(str(stale))
     gone.close()  # its process died: the file stays
     bell.ring()
@@ -92,7 +101,7 @@ def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) ->
     bell = wakeups.bell(engine)
     assert bell is not None
     rung = threading.Event()
-    doorbell = bell.listen(rung.set)
+    doorbell = bell.listen(wakeups.READY, lambda _payload: rung.set())
     doorbell.start()
     try:
         assert doorbell.listening.is_set()
@@ -116,7 +125,7 @@ def test_a_directory_open_to_others_is_not_used(
     bell.directory.mkdir()
     os.chmod(bell.directory, 0o777)
     try:
-        doorbell = bell.listen(lambda: None)
+        doorbell = bell.listen(wakeups.READY, lambda _payload: None)
         with caplog.at_level(logging.WARNING, "app.notify"):
             doorbell.start()
         assert not doorbell.listening.is_set()
@@ -135,7 +144,7 @@ def test_a_database_in_memory_or_on_postgresql_has_no_bell() -> None:
 def test_a_failure_to_ring_does_not_fail_the_committed_write(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: wakeups.Bell) -> None:
+    def broken(self: wakeups.Bell, channel: str, payloads: list[str]) -> None:
         raise RuntimeError("no socket today")
 
     monkeypatch.setattr(wakeups.Bell, "ring", broken)
@@ -144,7 +153,7 @@ def test_a_failure_to_ring_does_not_fail_the_committed_write(
         announce(conn)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT x FROM t")).scalar_one() == 7
-    assert "could not wake the other processes' schedulers" in caplog.text
+    assert "could not wake the other processes' listeners" in caplog.text
 
 
 def test_without_a_temporary_directory_there_is_no_bell(
@@ -177,14 +186,14 @@ def test_a_directory_that_is_not_this_users_alone_is_neither_rung_nor_emptied(
     elsewhere.mkdir(mode=0o700)
     kept = elsewhere / f"important{wakeups.SUFFIX}"
     kept.write_text("not a socket")
-    listener = bound(elsewhere / f"3-listener{wakeups.SUFFIX}")
+    listener = bound(elsewhere / f"ready.3-listener{wakeups.SUFFIX}")
     try:
         bell.directory.symlink_to(elsewhere)  # planted where the bell looks
         bell.ring()
         bell.directory.unlink()
         bell.directory.mkdir()
         os.chmod(bell.directory, 0o777)  # open to other users
-        (bell.directory / f"4-open{wakeups.SUFFIX}").symlink_to(listener.getsockname())
+        (bell.directory / f"ready.4-open{wakeups.SUFFIX}").symlink_to(listener.getsockname())
         bell.ring()
         assert rings(listener) == 0
         assert kept.read_text() == "not a socket"
@@ -209,3 +218,56 @@ def test_only_sockets_are_removed_as_stale(engine: Engine, other_process: socket
         assert rings(other_process) == 1
     finally:
         kept.unlink()
+
+
+def test_ending_tasks_sends_their_ids_to_the_waiting_side_and_events_to_the_streams(
+    engine: Engine, other_process: socket.socket
+) -> None:
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    heard: dict[str, list[str]] = {wakeups.ENDED: [], wakeups.EVENTS: []}
+    doorbells = [
+        bell.listen(channel, lambda payload, channel=channel: heard[channel].append(payload))
+        for channel in heard
+    ]
+    for doorbell in doorbells:
+        doorbell.start()
+        wakeups._own.discard(doorbell.name)  # as if another process had bound it
+    try:
+        with database.write(engine):
+            events.stage(
+                [
+                    ("a", "noop", 1, "COMPLETED", "the handler returned"),
+                    ("b", "noop", 1, "FAILED", "boom"),
+                    ("c", "noop", 1, "RUNNING", "claimed"),
+                ]
+            )
+        wait_for(lambda: heard[wakeups.ENDED] and heard[wakeups.EVENTS], what="the rings")
+        assert heard[wakeups.ENDED] == ["a,b"]
+        assert heard[wakeups.EVENTS] == [""]
+        assert rings(other_process) == 0  # nothing was made ready
+    finally:
+        for doorbell in doorbells:
+            doorbell.stop()
+
+
+@pytest.mark.parametrize("channel", [ENDED_CHANNEL, EVENTS_CHANNEL])
+def test_waiting_requests_and_streams_listen_on_a_sqlite_file_from_their_first_use(
+    engine: Engine, channel: str
+) -> None:
+    heard: list[str] = []
+    lazy = LazyListener(engine, heard.append, channel)
+    assert lazy.listener is None  # nothing bound before anyone waits
+    lazy.want()
+    listener = lazy.listener
+    assert isinstance(listener, wakeups.Doorbell)
+    try:
+        assert listener.listening.is_set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"t1,t2", str(listener.path))  # as another process's commit does
+        wait_for(lambda: heard, what="the payload")
+        assert heard == ["t1,t2"]
+        assert lazy.recheck_s(1.0) == 1.0  # the safety net keeps its pace on SQLite
+    finally:
+        lazy.stop()
+    assert not listener.path.exists()
