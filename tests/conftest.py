@@ -6,6 +6,9 @@ live in tests/support, and no conftest defines anything but fixtures and hooks.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
         (name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
         for name, text in report.sections
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_temporary_directory() -> Iterator[None]:
+    """Give the run a temporary directory of its own, removed at its end: what apps a
+    test never stopped leave there (their wake-up sockets, app/storage/wakeups) goes with
+    it. Short, so that a socket's path stays under AF_UNIX's limit; the servers the
+    system tests start inherit it."""
+    made = tempfile.mkdtemp(prefix="ts-")
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = made
+    yield
+    if before[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
+    shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
