@@ -193,7 +193,7 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
         error_code=None,
         finished_at=None,
     )
-    blocked = _blocked(wanted, statuses) if dependencies else None
+    blocked = _blocked(wanted, statuses)
     if blocked is not None:
         status, code, culprit, verb = blocked
         row.update(
@@ -207,8 +207,6 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
 
 def born_status(wanted: dict[str, Any], statuses: dict[str, str]) -> str:
     """Return the status a new task is born with, given the statuses of its dependencies."""
-    if not wanted["dependencies"]:
-        return Status.QUEUED.value
     blocked = _blocked(wanted, statuses)
     return Status.QUEUED.value if blocked is None else blocked[0].value
 
@@ -218,9 +216,9 @@ def _blocked(
 ) -> tuple[Status, str, str, str] | None:
     """Return why a new task is born terminal (its status, error code, the dependency and
     what it did), or None: an all_success task whose dependency failed or was cancelled."""
-    if wanted["trigger_rule"] != "all_success":
-        return None
     dependencies = wanted["dependencies"]
+    if not dependencies or wanted["trigger_rule"] != "all_success":
+        return None
     failed = [d for d in dependencies if statuses[d] in FAILED_LIKE]
     if failed:
         return Status.UPSTREAM_FAILED, "upstream_failed", failed[0], "failed"

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
@@ -78,8 +78,7 @@ def after_commit(engine: Engine) -> Iterator[None]:
         try:
             found = bell(engine)
             if found is not None:
-                for channel, payloads in asked.items():
-                    found.ring(channel, payloads)
+                found.ring(asked)
         except Exception:  # committed all the same: the others poll
             log.warning("could not wake the other processes' listeners", exc_info=True)
 
@@ -116,21 +115,23 @@ class Bell:
     def __init__(self, database: str) -> None:
         self.directory = directory_of(database)
 
-    def ring(self, channel: str = READY, payloads: Sequence[str] = ("",)) -> None:
-        """Send each of `payloads` to every socket of `channel` another process bound."""
+    def ring(self, asked: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Send the payloads `asked` gives each channel (READY's alone when None) to every
+        socket of that channel another process bound; the directory is read once."""
         try:
             _check_private(self.directory)
             names = os.listdir(self.directory)
         except OSError:
             return  # nobody has bound one yet, or the directory is not ours alone
         sender = _sender()
-        datagrams = [p.encode() for p in payloads]
+        datagrams = {c: [p.encode() for p in ps] for c, ps in (asked or {READY: ("",)}).items()}
         for name in names:
-            if not (name.startswith(f"{channel}.") and name.endswith(SUFFIX)) or name in _own:
+            channel = name.split(".", 1)[0]
+            if channel not in datagrams or not name.endswith(SUFFIX) or name in _own:
                 continue
             path = str(self.directory / name)
             try:
-                for datagram in datagrams:
+                for datagram in datagrams[channel]:
                     sender.sendto(datagram, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 _remove_socket(path)  # nobody reads it: its process is gone

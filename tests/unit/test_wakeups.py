@@ -144,7 +144,7 @@ def test_a_database_in_memory_or_on_postgresql_has_no_bell() -> None:
 def test_a_failure_to_ring_does_not_fail_the_committed_write(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: wakeups.Bell, channel: str, payloads: list[str]) -> None:
+    def broken(self: wakeups.Bell, asked: dict[str, list[str]]) -> None:
         raise RuntimeError("no socket today")
 
     monkeypatch.setattr(wakeups.Bell, "ring", broken)
