@@ -136,7 +136,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
             results, f"E2E throughput, {n:,} no-op tasks (tasks/s)", "e2e:tasks_per_s", ">= 10,000"
         ),
         *_apart_rows(results.get("apart") or {}),
+        *_minimal_rows(results.get("minimal") or {}, "e2e", "no-op"),
         _work_row(results, n),
+        *_minimal_rows(results.get("minimal") or {}, "work", "of 1 ms"),
         *_floor_rows(results),
         _row(results, f"Chain of {hops:,}, per hop (ms)", "chain:per_hop_ms", "<= 1", False),
         _row(
@@ -190,6 +192,15 @@ def _apart_rows(apart: dict[str, Any]) -> list[Row]:
     if value is None:
         return []
     return [_measured("  ... API and scheduler in two processes (tasks/s)", value, "", True)]
+
+
+def _minimal_rows(minimal: dict[str, Any], name: str, tasks: str) -> list[Row]:
+    """The same e2e figure on the least service of the design (bench/minimal_service.py)."""
+    value = _pick(minimal, f"{name}.median.tasks_per_s")
+    if value is None:
+        return []
+    figure = f"  ... the least service of the design over HTTP, tasks {tasks} (tasks/s)"
+    return [_measured(figure, value, "", True)]
 
 
 def _submit_rows(submit: dict[str, Any]) -> list[Row]:

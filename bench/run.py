@@ -28,6 +28,7 @@ from bench.suite import (
     Options,
     apart,
     batch_inserts,
+    minimal_service,
     ours,
     peer_figures,
     pg_instances,
@@ -40,6 +41,7 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 SECTIONS = (
     "e2e",
     "apart",
+    "minimal",
     "work",
     "chain",
     "fanin",
@@ -189,6 +191,9 @@ def _run_all(opts: Options, workdir: Path, results: dict[str, Any], out_dir: Pat
         # Beside the one-process figures, before PostgreSQL's runs leave it busy.
         log("apart: e2e with the API and `flask scheduler run` in two processes")
         results["apart"] = apart(opts, workdir)
+    if opts.wants("minimal"):
+        log("minimal: e2e on the least service of the design (bench/minimal_service.py)")
+        results["minimal"] = minimal_service(opts, workdir)
     if runs_ours and opts.pg_url:
         name = f"taskbench_{os.getpid()}"
         try:

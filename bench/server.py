@@ -142,10 +142,17 @@ class Server:
         self.process = None
 
 
+# The e2e baseline's app, for MinimalServer.
+MINIMAL_SERVICE = "bench.minimal_service:app"
+
+
 @dataclass
 class MinimalServer(Server):
     """The single-submission baseline (bench/minimal_app.py), served by gunicorn with the
-    same worker class, one worker and the same threads as ours."""
+    same worker class, one worker and the same threads as ours; with `app`, the e2e
+    baseline (bench/minimal_service.py) instead, on a database `flask db upgrade` made."""
+
+    app: str = "bench.minimal_app:app"
 
     def start(self, timeout_s: float = 120.0) -> float:
         """Start gunicorn on the baseline app; return the seconds it took to answer."""
@@ -155,7 +162,7 @@ class MinimalServer(Server):
         # Not our gunicorn.conf.py, which gunicorn would read from the working folder.
         command = [str(BIN / "gunicorn"), "-c", os.devnull, "-k", "gthread", "-w", "1"]
         command += ["--threads", str(GUNICORN_THREADS), "-b", f"127.0.0.1:{self.port}"]
-        return self._launch([*command, "bench.minimal_app:app"], env, timeout_s)
+        return self._launch([*command, self.app], env, timeout_s)
 
 
 @dataclass

@@ -16,7 +16,15 @@ from bench import e2e, floor, growth, insert, load, machine, peers, storage
 from bench.client import Client
 from bench.progress import log, over_budget
 from bench.report import medians
-from bench.server import Database, MinimalServer, Server, migrate, serving, serving_apart
+from bench.server import (
+    MINIMAL_SERVICE,
+    Database,
+    MinimalServer,
+    Server,
+    migrate,
+    serving,
+    serving_apart,
+)
 
 
 @dataclass
@@ -154,6 +162,28 @@ def apart(opts: Options, workdir: Path) -> dict[str, Any]:
         plan = [("e2e", lambda r: e2e.throughput(client, db, f"a{r}", n, batch, t))]
         _repeat(collect, "ours/apart", plan, opts.repeat)
         client.close()
+    return collect.summary()
+
+
+def minimal_service(opts: Options, workdir: Path) -> dict[str, Any]:
+    """Run the e2e figures, no-op tasks and tasks of 1 ms, on the least service of the
+    design (bench/minimal_service.py): what one process gives it on this machine."""
+    db = store.sqlite_database(workdir, "minimal-service")
+    migrate(db)
+    collect = Collector()
+    server = MinimalServer(db, workdir / "server-minimal-service.log", app=MINIMAL_SERVICE)
+    try:
+        server.start()
+        client = Client(server.base)
+        n, batch, t = opts.tasks, opts.batch, opts.timeout_s
+        plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
+            ("e2e", lambda r: e2e.throughput(client, db, f"m{r}", n, batch, t)),
+            ("work", lambda r: e2e.throughput(client, db, f"n{r}", n, batch, t, SIMULATE)),
+        ]
+        _repeat(collect, "minimal service", plan, opts.repeat)
+        client.close()
+    finally:
+        server.stop()
     return collect.summary()
 
 
