@@ -136,9 +136,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
             results, f"E2E throughput, {n:,} no-op tasks (tasks/s)", "e2e:tasks_per_s", ">= 10,000"
         ),
         *_apart_rows(results.get("apart") or {}),
-        *_minimal_rows(results.get("minimal") or {}, "e2e", "no-op"),
+        *_minimal_rows(results, "e2e", "no-op"),
         _work_row(results, n),
-        *_minimal_rows(results.get("minimal") or {}, "work", "of 1 ms"),
+        *_minimal_rows(results, "work", "of 1 ms"),
         *_floor_rows(results),
         _row(results, f"Chain of {hops:,}, per hop (ms)", "chain:per_hop_ms", "<= 1", False),
         _row(
@@ -194,13 +194,22 @@ def _apart_rows(apart: dict[str, Any]) -> list[Row]:
     return [_measured("  ... API and scheduler in two processes (tasks/s)", value, "", True)]
 
 
-def _minimal_rows(minimal: dict[str, Any], name: str, tasks: str) -> list[Row]:
-    """The same e2e figure on the least service of the design (bench/minimal_service.py)."""
+def _minimal_rows(results: dict[str, Any], name: str, tasks: str) -> list[Row]:
+    """The same e2e figure on the least service of the design (bench/minimal_service.py),
+    and the CPU time the server process spent a task, ours and the least service's."""
+    table = []
+    minimal = results.get("minimal") or {}
     value = _pick(minimal, f"{name}.median.tasks_per_s")
-    if value is None:
-        return []
-    figure = f"  ... the least service of the design over HTTP, tasks {tasks} (tasks/s)"
-    return [_measured(figure, value, "", True)]
+    if value is not None:
+        figure = f"  ... the least service of the design over HTTP, tasks {tasks} (tasks/s)"
+        table.append(_measured(figure, value, "", True))
+    cpu = f"{name}:server_cpu_us_per_task"
+    table.append(_row(results, "  ... CPU of the server process a task, ours (us)", cpu, "", False))
+    value = _pick(minimal, f"{name}.median.server_cpu_us_per_task")
+    if value is not None:
+        figure = "  ... CPU of the server process a task, the least service (us)"
+        table.append(_measured(figure, value, "", False))
+    return table
 
 
 def _submit_rows(submit: dict[str, Any]) -> list[Row]:

@@ -104,10 +104,11 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
         plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = []
         t = opts.timeout_s
         if opts.wants("e2e"):
-            plan.append(("e2e", lambda r: e2e.throughput(client, db, f"e{r}", n, opts.batch, t)))
+            noop = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
+            plan.append(("e2e", lambda r: _with_cpu(server, noop, prefix=f"e{r}")))
         if opts.wants("work") and not is_pg:
             work = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
-            plan.append(("work", lambda r: work(prefix=f"w{r}", kind=SIMULATE)))
+            plan.append(("work", lambda r: _with_cpu(server, work, prefix=f"w{r}", kind=SIMULATE)))
             plan.append(("floor", lambda r: floor.pass_floor(workdir)))
             plan.append(("bare", lambda r: floor.bare_designs(workdir)))
         if opts.wants("chain"):
@@ -124,6 +125,16 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
         result = collect.summary()
         result["settings"] = {"tasks": n, "repeat": repeat, **server.settings_used()}
     return result
+
+
+def _with_cpu(server: Server, run: Callable[..., dict[str, Any]], **how: Any) -> dict[str, Any]:
+    """Run an e2e figure and add the CPU time (user and system) the server's worker
+    process spent on it, per task: the one interpreter every part of it shares."""
+    pid = server.worker_pid()
+    before = machine.cpu_seconds([pid])
+    found = run(**how)
+    used = machine.cpu_seconds([pid]) - before
+    return {**found, "server_cpu_us_per_task": used / found["tasks"] * 1e6}
 
 
 def _repeat(
@@ -176,9 +187,10 @@ def minimal_service(opts: Options, workdir: Path) -> dict[str, Any]:
         server.start()
         client = Client(server.base)
         n, batch, t = opts.tasks, opts.batch, opts.timeout_s
+        run = partial(e2e.throughput, client, db, n=n, batch=batch, timeout_s=t)
         plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
-            ("e2e", lambda r: e2e.throughput(client, db, f"m{r}", n, batch, t)),
-            ("work", lambda r: e2e.throughput(client, db, f"n{r}", n, batch, t, SIMULATE)),
+            ("e2e", lambda r: _with_cpu(server, run, prefix=f"m{r}")),
+            ("work", lambda r: _with_cpu(server, run, prefix=f"n{r}", kind=SIMULATE)),
         ]
         _repeat(collect, "minimal service", plan, opts.repeat)
         client.close()
