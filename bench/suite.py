@@ -103,12 +103,11 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
         client = Client(server.base)
         plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = []
         t = opts.timeout_s
+        many = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
         if opts.wants("e2e"):
-            noop = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
-            plan.append(("e2e", lambda r: _with_cpu(server, noop, prefix=f"e{r}")))
+            plan.append(("e2e", lambda r: _with_cpu(server, many, prefix=f"e{r}")))
         if opts.wants("work") and not is_pg:
-            work = partial(e2e.throughput, client, db, n=n, batch=opts.batch, timeout_s=t)
-            plan.append(("work", lambda r: _with_cpu(server, work, prefix=f"w{r}", kind=SIMULATE)))
+            plan.append(("work", lambda r: _with_cpu(server, many, prefix=f"w{r}", kind=SIMULATE)))
             plan.append(("floor", lambda r: floor.pass_floor(workdir)))
             plan.append(("bare", lambda r: floor.bare_designs(workdir)))
         if opts.wants("chain"):
