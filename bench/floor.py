@@ -37,10 +37,10 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from app.storage.database import utcnow
 from bench import db as store
 from bench.growth import open_app
 from bench.noop_handlers import NOOP
@@ -173,7 +173,7 @@ def _bare_batches(tasks: int, batch: int) -> list[list[tuple[str, Any]]]:
     from app.storage import database
     from app.storage import tasks as task_rows
 
-    now = datetime.now()
+    now = database.utcnow()
     at = database.sqlite_time(now)
     made = []
     for start in range(0, tasks, batch):
@@ -302,7 +302,7 @@ def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
     conn.execute(
         "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
         " heartbeat_monotonic, state) VALUES (?, 'floor', ?, ?, ?, 0, 'running')",
-        (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(datetime.now())] * 2),
+        (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(utcnow())] * 2),
     )
     return conn
 
@@ -320,13 +320,17 @@ def _one_pass(
     previous: list[tuple[str, int]],
     limit: int = SLOTS,
     events: bool = True,
+    sleeps: dict[str, float] | None = None,
 ) -> list[tuple[str, int]]:
+    """Complete `previous`, claim up to `limit`, in one commit; return the claims. With
+    `sleeps`, note in it the seconds (`duration_ms`) of each claimed task of another type
+    than no-op, as its claim's row gives them."""
     from app.storage import attempts, database
     from app.storage import queues as queue_rows
     from app.storage import scheduler_sql as sql
     from app.storage.queues import DEFAULT_QUEUE
 
-    now = sql.sqlite_time(datetime.now())
+    now = sql.sqlite_time(utcnow())
     conn.execute("BEGIN IMMEDIATE")
     if previous:
         params: dict[str, Any] = {"w": WORKER, "now": now}
@@ -354,6 +358,8 @@ def _one_pass(
         if logged:
             conn.execute(database.events_insert_sql("sqlite", len(logged) // 6), logged)
     conn.execute("COMMIT")
+    if sleeps is not None:
+        sleeps.update((row[1], row[3] / 1000) for row in rows if row[2] != NOOP)
     return [(row[1], row[5]) for row in rows]  # id, attempts
 
 

@@ -15,23 +15,26 @@ created by `flask db upgrade`, as the service's is; the tasks' `started_at` and
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, request
 
-from app.storage.database import sqlite_time
+from app.storage.database import sqlite_time, utcnow
 from bench.floor import SLOTS, WORKER, _bare_connection, _one_pass
-from bench.noop_handlers import NOOP
+
+log = logging.getLogger("bench.minimal_service")
 
 # A pass at least this often, as the service's polling safety net.
 POLL_S = 1.0
+# The wait before a pass that failed is made again.
+FAILED_PASS_S = 0.05
 # Rows per INSERT, as the service writes a batch (SQLite binds at most 32,766 values).
 ROWS = 500
 _COLUMNS = (
@@ -52,8 +55,10 @@ class Loop:
         self._todo: queue.SimpleQueue[tuple[str, int, float]] = queue.SimpleQueue()
         self._ended: list[tuple[str, int]] = []
         self._lock = threading.Lock()
-        # The seconds each task of another type than no-op sleeps, noted as it is stored.
-        self.durations: dict[str, float] = {}
+        # The seconds each claimed task of another type than no-op sleeps, from its claim.
+        self._sleeps: dict[str, float] = {}
+        # Why the last pass failed, if it did: /health reports it.
+        self.problem: str | None = None
         now = _now()
         self.conn.execute("DELETE FROM scheduler_instances WHERE id = ?", (WORKER,))
         self.conn.execute(
@@ -80,16 +85,28 @@ class Loop:
             self.wake.clear()
             with self._lock:
                 ended, self._ended = self._ended, []
-            running -= len(ended)
-            claims = _one_pass(self.conn, ended, SLOTS - running)
-            running += len(claims)
+            try:
+                claims = _one_pass(
+                    self.conn, ended, SLOTS - running + len(ended), True, self._sleeps
+                )
+            except sqlite3.Error as exc:  # the pass did nothing: try again with the same
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self.problem = f"a pass failed: {exc}"
+                log.warning("%s; trying again", self.problem)
+                with self._lock:
+                    self._ended[:0] = ended
+                time.sleep(FAILED_PASS_S)
+                continue
+            self.problem = None
+            running += len(claims) - len(ended)
             for task_id, attempt in claims:
-                self._todo.put((task_id, attempt, self.durations.pop(task_id, 0.0)))
+                self._todo.put((task_id, attempt, self._sleeps.pop(task_id, 0.0)))
             self.wake.wait(POLL_S)
 
 
 def _now() -> str:
-    return sqlite_time(datetime.now(UTC).replace(tzinfo=None))
+    return sqlite_time(utcnow())
 
 
 def create_app() -> Flask:
@@ -109,10 +126,6 @@ def create_app() -> Flask:
         tasks = request.get_json()["tasks"]
         now = _now()
         batch_id = uuid.uuid4().hex
-        # Known before the loop can claim them.
-        loop.durations.update(
-            (t["id"], t["duration_ms"] / 1000) for t in tasks if t["type"] != NOOP
-        )
         conn = connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -138,7 +151,10 @@ def create_app() -> Flask:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"scheduler": {"state": "running"}}  # what the bench's start-up waits for
+        # What the bench's start-up waits for.
+        if loop.problem is not None:
+            return {"scheduler": {"state": "failing", "problem": loop.problem}}
+        return {"scheduler": {"state": "running"}}
 
     return app
 

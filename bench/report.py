@@ -204,7 +204,9 @@ def _minimal_rows(results: dict[str, Any], name: str, tasks: str) -> list[Row]:
         figure = f"  ... the least service of the design over HTTP, tasks {tasks} (tasks/s)"
         table.append(_measured(figure, value, "", True))
     cpu = f"{name}:server_cpu_us_per_task"
-    table.append(_row(results, "  ... CPU of the server process a task, ours (us)", cpu, "", False))
+    ours = _row(results, "  ... CPU of the server process a task, ours (us)", cpu, "", False)
+    # On PostgreSQL the database's work is in its own processes: not comparable.
+    table.append({**ours, "postgresql": None})
     value = _pick(minimal, f"{name}.median.server_cpu_us_per_task")
     if value is not None:
         figure = "  ... CPU of the server process a task, the least service (us)"

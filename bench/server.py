@@ -161,6 +161,7 @@ class MinimalServer(Server):
         env = {**os.environ, "BENCH_MINIMAL_DB": str(self.db.path), "PYTHONPATH": str(ROOT)}
         # Not our gunicorn.conf.py, which gunicorn would read from the working folder.
         command = [str(BIN / "gunicorn"), "-c", os.devnull, "-k", "gthread", "-w", "1"]
+        command.append("--no-control-socket")  # as ours: the default path is the host's
         command += ["--threads", str(GUNICORN_THREADS), "-b", f"127.0.0.1:{self.port}"]
         return self._launch([*command, self.app], env, timeout_s)
 
