@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.storage.database import utcnow
+from app.storage.database import sqlite_time, utcnow
 from bench import db as store
 from bench.growth import open_app
 from bench.noop_handlers import NOOP
@@ -67,7 +67,7 @@ def pass_floor(workdir: Path, passes: int = PASSES) -> dict[str, Any]:
         previous: list[tuple[str, int]] = []
         for k in range(passes):
             began = time.perf_counter()
-            previous = _one_pass(conn, previous, events=k % 2 == 0)
+            previous = one_pass(conn, previous, events=k % 2 == 0)
             times[k % 2 == 0].append(time.perf_counter() - began)
         pages = _wal_pages(conn, previous)
     finally:
@@ -90,7 +90,7 @@ def _wal_pages(conn: sqlite3.Connection, previous: list[tuple[str, int]]) -> flo
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     for _ in range(PAGED_PASSES):
-        previous = _one_pass(conn, previous)
+        previous = one_pass(conn, previous)
     path = conn.execute("PRAGMA database_list").fetchone()[2] + "-wal"
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     wal = Path(path).read_bytes()
@@ -139,7 +139,7 @@ def bare_e2e(workdir: Path, tasks: int = E2E_TASKS, batch: int = E2E_BATCH) -> d
     submitted: list[float] = []
 
     def submit(wake: threading.Event) -> None:
-        writer = _bare_connection(path)
+        writer = bare_connection(path)
         try:
             for statements in batches:
                 writer.execute("BEGIN IMMEDIATE")
@@ -229,7 +229,7 @@ def _loop_design(
             ended.clear()
         finished += len(previous)
         running -= len(previous)
-        claims = _one_pass(conn, previous, SLOTS - running)
+        claims = one_pass(conn, previous, SLOTS - running)
         passes += 1
         running += len(claims)
         for claim in claims:
@@ -258,7 +258,7 @@ def _group_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int
             if not group:
                 return  # an earlier leader took this thread's entry
             previous = [ended for ended, _ in group if ended is not None]
-            claims = _one_pass(conn, previous, len(group))
+            claims = one_pass(conn, previous, len(group))
             commits[0] += 1
             with lock:
                 finished[0] += len(previous)
@@ -292,22 +292,27 @@ def _group_design(conn: sqlite3.Connection, tasks: int, handler_s: float) -> int
 
 def _connect(workdir: Path, name: str, tasks: int) -> sqlite3.Connection:
     """A database holding `tasks` no-op tasks, and a bare connection registered to claim."""
-    from app.storage import scheduler_sql
-
     db = store.sqlite_database(workdir, name)
     migrate(db)
     _fill(db, tasks)
     assert db.path is not None
-    conn = _bare_connection(db.path)
-    conn.execute(
-        "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
-        " heartbeat_monotonic, state) VALUES (?, 'floor', ?, ?, ?, 0, 'running')",
-        (WORKER, os.getpid(), *[scheduler_sql.sqlite_time(utcnow())] * 2),
-    )
+    conn = bare_connection(db.path)
+    register(conn, "floor")
     return conn
 
 
-def _bare_connection(path: str) -> sqlite3.Connection:
+def register(conn: sqlite3.Connection, host: str) -> None:
+    """Register WORKER, as a claim requires, under this process (again, if it was)."""
+    now = sqlite_time(utcnow())
+    conn.execute("DELETE FROM scheduler_instances WHERE id = ?", (WORKER,))
+    conn.execute(
+        "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
+        " heartbeat_monotonic, state) VALUES (?, ?, ?, ?, ?, 0, 'running')",
+        (WORKER, host, os.getpid(), now, now),
+    )
+
+
+def bare_connection(path: str) -> sqlite3.Connection:
     """A driver connection with the service's settings (one more writer waits its turn)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "temp_store=MEMORY"):
@@ -315,7 +320,7 @@ def _bare_connection(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _one_pass(
+def one_pass(
     conn: sqlite3.Connection,
     previous: list[tuple[str, int]],
     limit: int = SLOTS,

@@ -27,7 +27,7 @@ from typing import Any
 from flask import Flask, request
 
 from app.storage.database import sqlite_time, utcnow
-from bench.floor import SLOTS, WORKER, _bare_connection, _one_pass
+from bench.floor import SLOTS, bare_connection, one_pass, register
 
 log = logging.getLogger("bench.minimal_service")
 
@@ -50,7 +50,7 @@ class Loop:
     """The bare loop design, running for as long as the process does."""
 
     def __init__(self, path: str) -> None:
-        self.conn = _bare_connection(path)
+        self.conn = bare_connection(path)
         self.wake = threading.Event()
         self._todo: queue.SimpleQueue[tuple[str, int, float]] = queue.SimpleQueue()
         self._ended: list[tuple[str, int]] = []
@@ -59,13 +59,7 @@ class Loop:
         self._sleeps: dict[str, float] = {}
         # Why the last pass failed, if it did: /health reports it.
         self.problem: str | None = None
-        now = _now()
-        self.conn.execute("DELETE FROM scheduler_instances WHERE id = ?", (WORKER,))
-        self.conn.execute(
-            "INSERT INTO scheduler_instances (id, hostname, pid, started_at, heartbeat_at,"
-            " heartbeat_monotonic, state) VALUES (?, 'minimal', ?, ?, ?, 0, 'running')",
-            (WORKER, os.getpid(), now, now),
-        )
+        register(self.conn, "minimal")
         for _ in range(SLOTS):
             threading.Thread(target=self._slot, daemon=True).start()
         threading.Thread(target=self._run, name="loop", daemon=True).start()
@@ -86,7 +80,7 @@ class Loop:
             with self._lock:
                 ended, self._ended = self._ended, []
             try:
-                claims = _one_pass(
+                claims = one_pass(
                     self.conn, ended, SLOTS - running + len(ended), True, self._sleeps
                 )
             except sqlite3.Error as exc:  # the pass did nothing: try again with the same
@@ -118,7 +112,7 @@ def create_app() -> Flask:
 
     def connection() -> sqlite3.Connection:
         if not hasattr(local, "conn"):
-            local.conn = _bare_connection(path)
+            local.conn = bare_connection(path)
         return local.conn
 
     @app.post("/api/tasks/batch")
