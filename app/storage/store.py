@@ -39,9 +39,12 @@ class NotRegistered(Exception):
     """Raised when an instance that was declared dead tries to claim."""
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One attempt a scheduler instance holds: the fence every later write carries."""
+class Claim(NamedTuple):
+    """One attempt a scheduler instance holds: the fence every later write carries.
+
+    A tuple rather than a frozen dataclass: a pass makes one for each task it claims, and
+    a tuple is made in a third of the time.
+    """
 
     id: str
     type: str
@@ -492,19 +495,19 @@ _CLAIM_COLUMNS = (
 def _as_claim(row: Any, worker: str, payload: Any = None, waited_s: float = 0.0) -> Claim:
     """Return the claim a task row shows: its running attempt, held by `worker`."""
     return Claim(
-        id=row.id,
-        type=row.type,
-        duration_ms=row.duration_ms,
-        payload=payload,
-        attempt=row.attempts,
-        worker=worker,
-        failures=row.failures,
-        max_attempts=row.max_attempts,
-        retry_backoff_ms=row.retry_backoff_ms,
-        timeout_ms=row.timeout_ms,
-        waited_s=waited_s,
-        queue=getattr(row, "queue", DEFAULT_QUEUE),
-        started_at=getattr(row, "started_at", None),
+        row.id,
+        row.type,
+        row.duration_ms,
+        payload,
+        row.attempts,
+        worker,
+        row.failures,
+        row.max_attempts,
+        row.retry_backoff_ms,
+        row.timeout_ms,
+        waited_s,
+        getattr(row, "queue", DEFAULT_QUEUE),
+        getattr(row, "started_at", None),
     )
 
 

@@ -90,8 +90,8 @@ def test_finish_applies_only_while_the_row_holds_the_attempt(store: Store) -> No
     add(store, "a")
     (claim,) = claim_all(store)
     done = Outcome(Status.COMPLETED, result={"n": 1})
-    stale_attempt = Claim(**{**claim.__dict__, "attempt": claim.attempt + 1})
-    other_worker = Claim(**{**claim.__dict__, "worker": "intruder"})
+    stale_attempt = claim._replace(attempt=claim.attempt + 1)
+    other_worker = claim._replace(worker="intruder")
     assert not store.finish(stale_attempt, done, utcnow())
     assert not store.finish(other_worker, done, utcnow())
     assert row(store, "a").status == "RUNNING"
@@ -116,7 +116,7 @@ def test_a_plain_completion_is_fenced_by_both_worker_and_attempt(store: Store) -
     # attempt number presented by another instance.
     add(store, "a")
     stale, current = claimed_twice(store, "a")
-    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    foreign = current._replace(worker="intruder")
     for refused in (stale, foreign):
         assert not store.finish(refused, Outcome(Status.COMPLETED), utcnow())
         unchanged = row(store, "a")
@@ -132,7 +132,7 @@ def test_a_failure_is_fenced_by_both_worker_and_attempt(store: Store) -> None:
     add(store, "a")
     set_fields(store, "a", max_attempts=3, retry_backoff_ms=60_000)
     stale, current = claimed_twice(store, "a")
-    foreign = Claim(**{**current.__dict__, "worker": "intruder"})
+    foreign = current._replace(worker="intruder")
     failed = Outcome(Status.FAILED, error="late", error_code="handler_error")
     for refused in (stale, foreign):
         assert not store.finish(refused, failed, utcnow())
@@ -237,7 +237,7 @@ def test_propagation_reaches_a_fan_out_wider_than_one_statement(store: Store) ->
 def test_requeue_is_fenced_and_keeps_the_budget(store: Store) -> None:
     add(store, "a")
     (claim,) = claim_all(store)
-    assert not store.requeue(Claim(**{**claim.__dict__, "worker": "other"}))
+    assert not store.requeue(claim._replace(worker="other"))
     assert store.requeue(claim)
     requeued = row(store, "a")
     assert (requeued.status, requeued.attempts, requeued.failures) == ("QUEUED", 1, 0)
