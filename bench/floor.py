@@ -330,7 +330,7 @@ def one_pass(
     """Complete `previous`, claim up to `limit`, in one commit; return the claims. With
     `sleeps`, note in it the seconds (`duration_ms`) of each claimed task of another type
     than no-op, as its claim's row gives them."""
-    from app.storage import attempts, database
+    from app.storage import database
     from app.storage import queues as queue_rows
     from app.storage import scheduler_sql as sql
     from app.storage.queues import DEFAULT_QUEUE
@@ -343,12 +343,10 @@ def one_pass(
             params[f"i{k}"], params[f"a{k}"] = task_id, attempt
         done = conn.execute(sql.complete_sql("sqlite", len(previous)), params).fetchall()
         ended = {f"e{k}": task_id for k, (task_id, _, _) in enumerate(done)}
-        history: list[Any] = []
-        for task_id, attempt, started in done:
-            history += [task_id, attempt, WORKER, "bench", started, "COMPLETED", None, None, None]
-            history.append(now)  # finished_at
-        if done:
-            conn.execute(attempts.insert_sql("sqlite", len(done)), history)
+        if done:  # their history rows, read from the rows just completed
+            history = {f"i{k}": task_id for k, (task_id, _, _) in enumerate(done)}
+            history.update(w=WORKER, host="bench")
+            conn.execute(sql.completed_history_sql(len(done)), history)
         conn.execute(sql.count_down_sql("sqlite", len(ended)), ended).fetchall()
     conn.execute(sql.promote_sql("sqlite"), {"now": now, "limit": 1000})
     conn.execute(queue_rows.ALL_ROWS_SQL).fetchall()  # what each queue may start

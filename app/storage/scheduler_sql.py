@@ -310,8 +310,15 @@ def complete_sql(d: str, n: int) -> str:
     )
 
 
-# Dialects whose completion statement also writes the history rows.
-RECORDS_COMPLETIONS = frozenset({"postgresql"})
+@lru_cache(maxsize=512)
+def completed_history_sql(n: int) -> str:
+    """Return SQLite's statement adding the history rows of `n` attempts its completion
+    statement just completed, read from their rows (`:w`, `:host`, ids `:i0`...)."""
+    return (
+        "INSERT INTO task_attempts (task_id, attempt, instance, host, started_at,"
+        " finished_at, outcome) SELECT id, attempts, :w, :host, started_at, finished_at,"
+        f" 'COMPLETED' FROM tasks WHERE tasks.id IN ({_list('sqlite', 'i', n)})"
+    )
 
 
 def complete(
@@ -321,16 +328,25 @@ def complete(
     now: datetime,
     host: str | None = None,
 ) -> dict[tuple[str, int], Any]:
-    """Complete the given (id, attempt) pairs of `worker` that still hold; return those,
-    each with its start. On PostgreSQL their history rows (run on `host`) are added too
-    (`RECORDS_COMPLETIONS`)."""
+    """Complete the given (id, attempt) pairs of `worker` that still hold, and add their
+    history rows (run on `host`); return those completed, each with its start.
+
+    The history rows are read from the completed rows by the database: on PostgreSQL in
+    the completion's own statement, on SQLite in one right after it, inside the same
+    transaction (the write lock keeps the rows as the completion left them).
+    """
     d = conn.dialect.name
     sql = complete_sql(d, len(attempts))
     params: dict[str, Any] = {"w": worker, "now": bound_time(d, now), "host": host}
     for k, (task_id, attempt) in enumerate(attempts):
         params[f"i{k}"] = task_id
         params[f"a{k}"] = attempt
-    return {(i, a): started for i, a, started in driver_execute(conn, sql, params)[0]}
+    rows = driver_execute(conn, sql, params)[0]
+    if rows and d == "sqlite":
+        done: dict[str, Any] = {"w": worker, "host": host}
+        done.update((f"i{k}", task_id) for k, (task_id, _, _) in enumerate(rows))
+        driver_execute(conn, completed_history_sql(len(rows)), done)
+    return {(i, a): started for i, a, started in rows}
 
 
 @lru_cache(maxsize=512)

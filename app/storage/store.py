@@ -263,20 +263,17 @@ class Store(Membership):
         ended, together."""
         is_plain = [_is_plain_success(o) for _, o in finished]
         plain = [c for (c, _), p in zip(finished, is_plain, strict=True) if p]
-        applied_plain = self._complete_plain(conn, plain, now) if plain else {}
-        # On PostgreSQL the completions' statement wrote their history rows.
-        plain_recorded = conn.dialect.name in scheduler_sql.RECORDS_COMPLETIONS
+        # Their history rows are written with them (scheduler_sql.complete).
+        applied_plain = self._complete_plain(conn, plain, now, host) if plain else {}
         applied: list[bool] = []
         ended: dict[str, Status] = {}
         requeued: list[str] = []
         changes: list[Change] = []
         history: list[Ended] = []
         for (claim, outcome), simple in zip(finished, is_plain, strict=True):
-            started = claim.started_at
             if simple:
                 ok = claim.key in applied_plain
                 written: tuple[Status, str | None] | None = _COMPLETED if ok else None
-                started = applied_plain.get(claim.key, started)
             elif outcome.children:
                 outcome, written = self._complete_with_children(conn, claim, outcome, now)
             else:
@@ -287,9 +284,9 @@ class Store(Membership):
             status, error = written
             why = _why(status, outcome, error)
             changes.append((claim.id, claim.type, claim.attempt, status.value, why))
-            if not (plain_recorded and simple):
+            if not simple:
                 where = host or self.hosts.get(claim.worker)
-                history.append(_ended(claim, outcome, status, why, where, started))
+                history.append(_ended(claim, outcome, status, why, where, claim.started_at))
             if status.terminal:
                 ended[claim.id] = status
             elif status is Status.QUEUED:
@@ -338,10 +335,11 @@ class Store(Membership):
         return outcome, written
 
     def _complete_plain(
-        self, conn: Connection, claims: list[Claim], now: datetime
+        self, conn: Connection, claims: list[Claim], now: datetime, host: str | None = None
     ) -> dict[tuple[str, int], Any]:
-        """Complete attempts that returned nothing, in one fenced statement per chunk;
-        return those completed, each with its start."""
+        """Complete attempts that returned nothing, in one fenced statement per chunk,
+        with their history rows (run on `host`, else on their instance's host); return
+        those completed, each with its start."""
         done: dict[tuple[str, int], Any] = {}
         by_worker: dict[str, list[Claim]] = {}
         for claim in claims:
@@ -349,8 +347,8 @@ class Store(Membership):
         for worker, mine in by_worker.items():
             for start in range(0, len(mine), CHUNK // 2):
                 pairs = [c.key for c in mine[start : start + CHUNK // 2]]
-                host = self.hosts.get(worker)
-                done.update(scheduler_sql.complete(conn, worker, pairs, now, host))
+                where = host or self.hosts.get(worker)
+                done.update(scheduler_sql.complete(conn, worker, pairs, now, where))
         return done
 
     def requeue(self, claim: Claim, reason: str | None = None) -> Status | None:

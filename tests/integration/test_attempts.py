@@ -67,6 +67,34 @@ def test_a_task_failing_twice_then_succeeding_shows_three_attempts(
     assert first["finished_at"] <= second["started_at"]
 
 
+def test_attempts_that_return_nothing_are_recorded_as_their_rows_show_them(
+    make_app: AppFactory,
+) -> None:
+    """A pass completes the attempts that returned nothing in one statement, and the
+    database writes their history rows from the rows it completed."""
+    app = running_app(make_app, {"quiet": lambda ctx: None})
+    client = app.test_client()
+    ids = [f"q{i}" for i in range(5)]
+    for task_id in ids:
+        submit(client, task_id, type="quiet")
+    finished = wait_terminal(client, *ids)
+    instance = parts.scheduler(app).id
+    for task_id in ids:
+        task = finished[task_id]
+        assert task["status"] == "COMPLETED", task
+        body = _attempts(app, task_id)
+        assert body["total"] == 1, body
+        (attempt,) = body["attempts"]
+        assert attempt["attempt"] == 1 and attempt["outcome"] == "COMPLETED"
+        assert attempt["instance"] == instance
+        assert attempt["host"] and ":" not in attempt["host"]
+        assert (attempt["started_at"], attempt["finished_at"]) == (
+            task["started_at"],
+            task["finished_at"],
+        )
+        assert attempt["error"] is None and attempt["traceback"] is None
+
+
 def test_a_deliberate_failure_and_a_timeout_are_recorded_with_their_codes(
     make_app: AppFactory,
 ) -> None:
