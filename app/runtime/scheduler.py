@@ -374,10 +374,13 @@ class Scheduler:
 
     def _dispatch(self, claims: list[Claim]) -> None:
         assert self._executor is not None
-        for claim in claims:
-            running = Running(claim, started=self.clock())
-            with self._lock:
-                self._attempts[claim.key] = running
+        if not claims:
+            return
+        dispatched = self.clock()
+        runnings = [Running(claim, started=dispatched) for claim in claims]
+        with self._lock:  # every attempt is known before its thread can end it
+            self._attempts.update((running.key, running) for running in runnings)
+        for running in runnings:
             self._executor.start(_Job(self, running))
 
     def _begin(self, running: Running) -> None:
