@@ -21,7 +21,7 @@ from app.errors import (
 )
 from app.services import queues
 from app.services.admission import Admission
-from app.services.reads import load_task, shape
+from app.services.reads import load_task
 from app.statuses import FAILED_LIKE, Status
 from app.storage import database, groups, readiness, tasks
 from app.storage.notify import announce
@@ -180,7 +180,7 @@ def unknown_dependencies(missing: Sequence[str]) -> UnknownDependency:
 def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> dict[str, Any]:
     """Return the row of a new task, given the statuses of its dependencies."""
     dependencies = wanted["dependencies"]
-    row = {name: value for name, value in wanted.items() if name != "dependencies"}
+    row = dict(wanted)  # its dependencies too, as the insert and the answer take them
     pending = readiness.pending((d, statuses[d]) for d in dependencies) if dependencies else 0
     row.update(
         status=Status.QUEUED.value,
@@ -188,7 +188,6 @@ def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> 
         not_before=wanted["run_at"],
         created_at=now,
         updated_at=now,
-        dependencies=dependencies,
         error=None,
         error_code=None,
         finished_at=None,
@@ -257,8 +256,9 @@ class NewRows:
 
 
 def answer(row: dict[str, Any]) -> dict[str, Any]:
-    """Return a new task's row as the API shows it."""
-    return shape({**OUTPUT_DEFAULTS, **row}, row["dependencies"])
+    """Return a new task's row as the API shows it (`reads.shape`'s form: the row with
+    its dependencies)."""
+    return {**OUTPUT_DEFAULTS, **row}
 
 
 def insert_tasks(

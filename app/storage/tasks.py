@@ -64,12 +64,13 @@ def insert_rows(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[s
     edges: list[tuple[str, str, int]] = []
 
     def task_rows() -> Iterator[dict[str, Any]]:
+        # Each row as it is, its `dependencies` with it: the rows' values are read by
+        # column name (`_tuples`), so a key that names no column is passed over.
         for row in rows:
             inserted.append(row)
-            fields = dict(row)
-            for position, dependency in enumerate(fields.pop("dependencies")):
-                edges.append((row["id"], dependency, position))
-            yield fields
+            task_id = row["id"]
+            edges.extend((task_id, d, k) for k, d in enumerate(row["dependencies"]))
+            yield row
 
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn, list(task_rows()), edges)
