@@ -15,6 +15,7 @@ from app.handlers import Registry, load_modules
 from app.http.auth import require_token
 from app.http.errors import register_error_handlers
 from app.http.inputs import no_encoded_slash
+from app.http.jsonout import FastJSON
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import Scheduler
 from app.services import fanout, schedules
@@ -46,7 +47,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
         SQLALCHEMY_ENGINE_OPTIONS=database.engine_options(url, settings.max_concurrent_tasks),
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = FastJSON(app)
+    app.json.sort_keys = False
     # An id with an encoded slash must not be redirected to another task's URL.
     app.url_map.merge_slashes = False
     logs.configure(settings.log_format)
