@@ -26,17 +26,24 @@ loop design: a second thread on its own connection inserts the tasks in batches 
 (the rows and the `submitted` events the service writes, with the statements it uses,
 the parameters made before the clock starts), each batch one durable commit that wakes
 the loop, while the loop runs them.
+
+`scheduler_alone` runs the bare loop design's figure with the service's own scheduler in
+its place (in this process, no HTTP, the tasks stored first), and reads the CPU time a
+task of the process and of its loop thread beside the bare design's: what the service's
+code adds to the same statements, apart from the requests.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +120,121 @@ def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
         for kind, handler_s in (("noop", 0.0), ("work", HANDLER_S)):
             conn = _connect(workdir, f"bare-{design}-{kind}", tasks)
             try:
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), _cpu_s()
                 commits = run(conn, tasks, handler_s)
-                took = time.perf_counter() - began
+                took, cpu = time.perf_counter() - began, _cpu_s() - cpu
             finally:
                 conn.close()
             results[f"{design}_{kind}_tasks_per_s"] = tasks / took
             results[f"{design}_{kind}_tasks_per_commit"] = tasks / commits
+            results[f"{design}_{kind}_cpu_us_per_task"] = cpu / tasks * 1e6
     submitted = bare_e2e(workdir)
     results["e2e_tasks_per_s"] = submitted["tasks_per_s"]
     results["e2e_submit_s"] = submitted["submit_s"]
     return results
+
+
+def scheduler_alone(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
+    """Run `tasks` no-op tasks, stored first through the batch API, with the service's own
+    scheduler in this process (16 slots, no HTTP): the bare loop design's run, with ours.
+
+    Besides the rate, the CPU time a task of the process (user and system apart) and of
+    the scheduler's loop thread alone; and the CPU time of one pass with nothing to do,
+    ours against the floor's (`one_pass`), which is what a pass costs before any task."""
+    from app import parts
+
+    db = store.sqlite_database(workdir, "alone")
+    migrate(db)
+    _fill(db, tasks)
+    app = open_app(db)
+    scheduler = parts.scheduler(app)
+    with _quiet_scheduler():
+        ran = _run_alone(scheduler, db, tasks)
+        return {"tasks": tasks, **ran, **_empty_passes(workdir)}
+
+
+@contextmanager
+def _quiet_scheduler() -> Iterator[None]:
+    """Keep the scheduler's start and stop lines out of the benchmark's output."""
+    logger = logging.getLogger("app.scheduler")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _run_alone(scheduler: Any, db: Any, tasks: int) -> dict[str, float]:
+    """Start `scheduler` on `db`'s `tasks` stored tasks; time it until they completed."""
+    assert db.path is not None
+    watch = sqlite3.connect(db.path)
+    try:
+        before = set(threading.enumerate())
+        began, times = time.perf_counter(), os.times()
+        scheduler.start()
+        loop = next(t for t in set(threading.enumerate()) - before if t.name == "scheduler")
+        clock = time.pthread_getcpuclockid(loop.ident)  # type: ignore[arg-type]
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        done = "SELECT count(*) FROM tasks WHERE status = 'COMPLETED'"
+        while watch.execute(done).fetchone()[0] < tasks:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the scheduler alone did not finish {tasks} tasks in time")
+            time.sleep(0.005)
+        took, ended = time.perf_counter() - began, os.times()
+        loop_cpu = time.clock_gettime(clock)
+    finally:
+        scheduler.stop(5)
+        watch.close()
+    user, system = ended.user - times.user, ended.system - times.system
+    return {
+        "tasks_per_s": tasks / took,
+        "cpu_us_per_task": (user + system) / tasks * 1e6,
+        "user_us_per_task": user / tasks * 1e6,
+        "system_us_per_task": system / tasks * 1e6,
+        "loop_cpu_us_per_task": loop_cpu / tasks * 1e6,
+    }
+
+
+EMPTY_PASSES = 500
+
+
+def _empty_passes(workdir: Path) -> dict[str, float]:
+    """CPU time of a pass with nothing to claim or finish: ours (`run_once`), the floor's."""
+    from app import parts
+
+    db = store.sqlite_database(workdir, "empty")
+    migrate(db)
+    scheduler = parts.scheduler(open_app(db))
+    scheduler.open()
+    assert db.path is not None
+    conn = bare_connection(db.path)
+    register(conn, "floor")
+    try:
+        ours = _thread_cpu(scheduler.run_once, EMPTY_PASSES)
+        floor = _thread_cpu(lambda: one_pass(conn, []), EMPTY_PASSES)
+    finally:
+        conn.close()
+        scheduler.finish_drain()
+    return {"empty_pass_us": ours * 1e6, "floor_empty_pass_us": floor * 1e6}
+
+
+def _thread_cpu(action: Callable[[], Any], runs: int) -> float:
+    """Return the median CPU seconds of this thread for one call of `action`, over five
+    rounds of `runs` calls."""
+    rounds = []
+    for _ in range(5):
+        began = time.thread_time()
+        for _ in range(runs):
+            action()
+        rounds.append((time.thread_time() - began) / runs)
+    return statistics.median(rounds)
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user and system) of this process so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 E2E_TASKS = 20_000  # as the e2e figure

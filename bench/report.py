@@ -98,6 +98,41 @@ def _floor_rows(results: dict[str, Any]) -> list[Row]:
         ),
         _row(
             results,
+            "  ... CPU of its process a task, user and system (us)",
+            "bare:loop_noop_cpu_us_per_task",
+            higher=False,
+        ),
+        _row(
+            results,
+            "  ... ours the same way: the scheduler alone in process, no HTTP (tasks/s)",
+            "alone:tasks_per_s",
+        ),
+        _row(
+            results,
+            "  ... CPU of its process a task, user and system (us)",
+            "alone:cpu_us_per_task",
+            higher=False,
+        ),
+        _row(
+            results,
+            "  ... of which its loop thread (us)",
+            "alone:loop_cpu_us_per_task",
+            higher=False,
+        ),
+        _row(
+            results,
+            "  ... CPU of a pass with nothing to do, ours (us)",
+            "alone:empty_pass_us",
+            higher=False,
+        ),
+        _row(
+            results,
+            "  ... the same, the floor's statements alone (us)",
+            "alone:floor_empty_pass_us",
+            higher=False,
+        ),
+        _row(
+            results,
             "  ... bare design with its submission, 20,000 no-op tasks as e2e (tasks/s)",
             "bare:e2e_tasks_per_s",
         ),

@@ -110,6 +110,7 @@ def ours(db: Database, opts: Options, workdir: Path) -> dict[str, Any]:
             plan.append(("work", lambda r: _with_cpu(server, many, prefix=f"w{r}", kind=SIMULATE)))
             plan.append(("floor", lambda r: floor.pass_floor(workdir)))
             plan.append(("bare", lambda r: floor.bare_designs(workdir)))
+            plan.append(("alone", lambda r: floor.scheduler_alone(workdir)))
         if opts.wants("chain"):
             plan.append(("chain", lambda r: e2e.chain(client, db, f"c{r}", opts.chain, t)))
         if opts.wants("fanin"):
