@@ -35,8 +35,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
+from sqlalchemy.util import asbool
 
 log = logging.getLogger("app.notify")
 
@@ -93,14 +95,25 @@ def bell(engine: Engine) -> Bell | None:
 
 
 def _new_bell(engine: Engine) -> Bell | None:
-    path = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not SUPPORTED or path in (None, "", ":memory:") or "mode=memory" in str(engine.url):
+    path = database_file(engine.url) if engine.dialect.name == "sqlite" else None
+    if not SUPPORTED or path is None:
         return None
     try:
-        return Bell(str(path))
+        return Bell(path)
     except OSError as exc:  # no temporary directory at all (a read-only container)
         log.warning("other processes' schedulers are not woken (%s); they poll", exc)
         return None
+
+
+def database_file(url: URL) -> str | None:
+    """Return the file a SQLite URL opens, as the driver reads it, or None for a
+    database in memory. With `uri=true` the name is a `file:` URI: its path, unquoted."""
+    name = url.database or ""
+    if asbool(url.query.get("uri", False)) and name.startswith("file:"):
+        name = unquote(urlsplit(name).path)
+    if name in ("", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    return name
 
 
 def directory_of(database: str) -> Path:

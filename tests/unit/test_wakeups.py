@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
 from app import events
 from app.services.listening import LazyListener
@@ -139,6 +139,28 @@ def test_a_database_in_memory_or_on_postgresql_has_no_bell() -> None:
     assert wakeups.bell(create_engine("sqlite://")) is None
     assert wakeups.bell(create_engine("sqlite:///:memory:")) is None
     assert wakeups.bell(create_engine("postgresql+psycopg://x@127.0.0.1/none")) is None
+
+
+def test_a_database_named_by_a_uri_shares_the_bell_of_its_file(tmp_path: Path) -> None:
+    """`sqlite:///file:...?uri=true` opens the same file as its plain path: the processes
+    on it must ring each other whichever form each was given."""
+    path = tmp_path / "tasks.db"
+    plain = wakeups.bell(create_engine(f"sqlite:///{path}"))
+    assert plain is not None
+    for url in (
+        f"sqlite:///file:{path}?uri=true",
+        f"sqlite:///file://{path}?mode=rwc&uri=true",
+        f"sqlite:///file:{str(path).replace('tasks', 't%61sks')}?uri=true",
+    ):
+        found = wakeups.bell(create_engine(url))
+        assert found is not None and found.directory == plain.directory, url
+    relative = wakeups.bell(create_engine("sqlite:///file:tasks.db?uri=true"))
+    assert relative is not None
+    assert relative.directory == wakeups.directory_of(os.path.realpath("tasks.db"))
+    memory = "sqlite:///file::memory:?cache=shared&uri=true"
+    assert wakeups.bell(create_engine(memory)) is None
+    shared_memory = make_url("sqlite:///file:shared?mode=memory&cache=shared&uri=true")
+    assert wakeups.database_file(shared_memory) is None
 
 
 def test_a_failure_to_ring_does_not_fail_the_committed_write(
