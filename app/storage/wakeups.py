@@ -265,6 +265,19 @@ def _sender() -> socket.socket:
         return _sending[1]
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (a handler's own worker, say) has bound no socket: what it commits
+    must ring its parent's sockets as another process's commit does. Its lock is new too,
+    in case another thread of the parent held it at the fork."""
+    global _guard
+    _guard = threading.Lock()
+    _own.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _close_sender() -> None:
     if _sending is not None:

@@ -117,6 +117,32 @@ def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) ->
     assert not bell.directory.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_forked_by_a_handler_rings_its_parents_sockets(engine: Engine) -> None:
+    """A child forked while the parent listens inherits the parent's record of the sockets
+    it bound; the child's commits must still wake the parent, as another process's do."""
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    rung = threading.Event()
+    doorbell = bell.listen(wakeups.READY, lambda _payload: rung.set())
+    doorbell.start()
+    try:
+        assert doorbell.listening.is_set()
+        pid = os.fork()
+        if pid == 0:  # the child: ring as a commit of its own would, then leave at once
+            code = 1
+            try:
+                bell.ring()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert rung.wait(DEADLINE_S)
+    finally:
+        doorbell.stop()
+
+
 def test_a_directory_open_to_others_is_not_used(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
