@@ -22,6 +22,7 @@ from app.storage.store import Claim, NotRegistered, Outcome, Store
 from app.storage.tables import tasks
 from tests.support.apps import AppFactory, build_app
 from tests.support.store import add, claim_all, postgres_plans, register, row, set_fields
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -304,6 +305,89 @@ def test_a_sqlite_write_holds_the_write_lock_before_its_first_statement(sqlite_u
         other.execute("ROLLBACK")
     finally:
         other.close()
+        store.engine.dispose()
+
+
+def _begins(engine: Any) -> tuple[list[str], Any]:
+    """Record the BEGIN statements `engine`'s connections send."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, sql: str, params: Any, *_: Any) -> tuple[str, Any]:
+        if sql.startswith("BEGIN"):
+            sent.append(sql)
+        return sql, params
+
+    event.listen(engine, "before_cursor_execute", record, retval=True)
+    return sent, record
+
+
+def test_a_sqlite_write_waits_for_another_processs_lock_then_runs(sqlite_url: str) -> None:
+    """Another process's write lock: the write tries again until it is free (polling it,
+    not in SQLite's busy handler), then commits, its connection's busy timeout restored."""
+    store = build_app(sqlite_url, {}).extensions["store"]
+    other = sqlite3.connect(store.engine.url.database, timeout=0, isolation_level=None)
+    sent, record = _begins(store.engine)
+    done = threading.Event()
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as another process's writer would
+        writer = threading.Thread(target=lambda: (add(store, "w"), done.set()), daemon=True)
+        writer.start()
+        wait_for(lambda: sent.count("BEGIN IMMEDIATE") >= 3, timeout=10, what="retries")
+        assert not done.is_set()  # still waiting, nothing written
+        other.execute("ROLLBACK")
+        writer.join(10)
+        assert done.is_set()
+        assert row(store, "w").status == "QUEUED"
+        with store.engine.connect() as conn:
+            timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert timeout == database.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+        other.close()
+        store.engine.dispose()
+
+
+def test_a_sqlite_write_still_gives_up_at_the_busy_timeout(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = build_app(sqlite_url, {}).extensions["store"]
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    other = sqlite3.connect(store.engine.url.database, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"):
+            add(store, "late")
+        other.execute("ROLLBACK")
+        add(store, "after")  # the connection left with its busy handler off was dropped
+        with store.engine.connect() as conn:
+            timeouts = {conn.exec_driver_sql("PRAGMA busy_timeout").scalar()}
+        assert timeouts == {database.SQLITE_BUSY_TIMEOUT_MS}
+        assert row(store, "after").status == "QUEUED"
+    finally:
+        other.close()
+        store.engine.dispose()
+
+
+def test_a_stale_snapshot_is_not_tried_again(sqlite_url: str) -> None:
+    """SQLITE_BUSY_SNAPSHOT fails every try: it must fail at once, as it did before."""
+    store = build_app(sqlite_url, {}).extensions["store"]
+    sent, record = _begins(store.engine)
+
+    def stale(conn: Any, cursor: Any, sql: str, params: Any, *_: Any) -> tuple[str, Any]:
+        if sql == "BEGIN IMMEDIATE":
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = sqlite3.SQLITE_BUSY | (2 << 8)  # type: ignore[attr-defined]
+            raise error
+        return sql, params
+
+    event.listen(store.engine, "before_cursor_execute", stale, retval=True)
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            add(store, "s")
+        assert sent.count("BEGIN IMMEDIATE") == 1
+    finally:
+        event.remove(store.engine, "before_cursor_execute", stale)
+        event.remove(store.engine, "before_cursor_execute", record)
         store.engine.dispose()
 
 
