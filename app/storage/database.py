@@ -122,10 +122,11 @@ def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:
 
 
 def _sqlite_file(url: str) -> bool:
-    """Tell whether a SQLite URL names a file: a database in memory is served by a pool
-    of another kind, which takes no lending order."""
-    database = make_url(url).database or ""
-    return database not in ("", ":memory:") and "mode=memory" not in url
+    """Tell whether SQLAlchemy serves a SQLite URL as a file, with a QueuePool: a database
+    in memory gets a pool of another kind, which takes no lending order. The same test as
+    SQLAlchemy's, on the decoded query."""
+    parsed = make_url(url)
+    return parsed.database not in (None, "", ":memory:") and parsed.query.get("mode") != "memory"
 
 
 def configure_postgresql(engine: Engine, lease_s: int) -> None:

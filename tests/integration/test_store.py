@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import warnings
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy import event, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.statuses import Status
@@ -306,6 +307,28 @@ def test_a_sqlite_write_holds_the_write_lock_before_its_first_statement(sqlite_u
     finally:
         other.close()
         store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "lifo"),
+    [
+        ("sqlite:////tmp/tasks.db", True),
+        ("sqlite:///relative.db", True),
+        ("sqlite:///file:/tmp/tasks.db?uri=true", True),
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+        ("sqlite:///file:jobs?mode=memory&cache=shared&uri=true", False),
+        ("sqlite:///file:jobs?mode=%6Demory&cache=shared&uri=true", False),
+    ],
+)
+def test_only_a_sqlite_file_gets_its_pool_in_lending_order(url: str, lifo: bool) -> None:
+    """The pool of a database in memory takes no lending order: given one, the engine
+    cannot be made. Which pool a URL gets is SQLAlchemy's call, on the decoded query."""
+    options = database.engine_options(url, 3)
+    assert options.get("pool_use_lifo", False) is lifo
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLAlchemy's notice on mode=memory's pool
+        create_engine(url, **options).dispose()
 
 
 def _begins(engine: Any) -> tuple[list[str], Any]:
