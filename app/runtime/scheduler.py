@@ -380,8 +380,24 @@ class Scheduler:
         runnings = [Running(claim, started=dispatched) for claim in claims]
         with self._lock:  # every attempt is known before its thread can end it
             self._attempts.update((running.key, running) for running in runnings)
-        for running in runnings:
-            self._executor.start(_Job(self, running))
+        for k, running in enumerate(runnings):
+            try:
+                self._executor.start(_Job(self, running))
+            except BaseException:
+                self._unstarted(runnings[k:])
+                raise
+
+    def _unstarted(self, runnings: list[Running]) -> None:
+        """Forget attempts whose thread could not start: they run nowhere and hold no
+        slot. Their rows, RUNNING for this instance, go back to the queue unspent when the
+        next pass compares them with what runs here."""
+        with self._lock:
+            for running in runnings:
+                running.settled = running.returned = True
+                if self._attempts.get(running.key) is running:
+                    del self._attempts[running.key]
+            self._lock.notify_all()
+        self._uncertain = True
 
     def _begin(self, running: Running) -> None:
         """Called on the attempt's own thread as it starts: its timeout runs from now."""

@@ -123,6 +123,39 @@ def test_a_claim_whose_answer_was_lost_goes_back_to_the_queue_unspent(
     assert row(store, "a").status == "COMPLETED"
 
 
+def test_attempts_whose_thread_could_not_start_go_back_to_the_queue(
+    app: Flask, store: Store
+) -> None:
+    """An executor that fails to start the second attempt of a pass: that attempt and
+    those after it run nowhere, so they must not hold slots or stay RUNNING; the next
+    pass puts them back in the queue and runs them."""
+    for task_id in ("a", "b", "c", "d"):
+        add(store, task_id)
+    one = Instance(app, cap=4, name="one")
+    starts = {"n": 0}
+    start = one.threads.start
+
+    def failing_once(job: Any) -> None:
+        starts["n"] += 1
+        if starts["n"] == 2:
+            raise RuntimeError("can't start new thread")
+        start(job)
+
+    one.threads.start = failing_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        one.step()
+    assert one.threads.running() == [("a", 1)]
+    assert one.scheduler.running_count() == 1  # only the attempt that runs holds a slot
+    assert one.step() == 3  # the others, requeued unspent and claimed again
+    assert sorted(one.threads.running()) == [("a", 1), ("b", 2), ("c", 2), ("d", 2)]
+    for task_id in ("a", "b", "c", "d"):
+        one.threads.finish(task_id)
+    one.step()
+    assert {row(store, t).status for t in "abcd"} == {"COMPLETED"}
+    assert {row(store, t).failures for t in "abcd"} == {0}
+    assert one.scheduler.running_count() == 0
+
+
 def test_an_attempt_ended_elsewhere_is_stopped_and_its_outcome_discarded(
     app: Flask, store: Store
 ) -> None:
