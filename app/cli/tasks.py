@@ -161,11 +161,23 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     """Submit a task, or a graph as {"tasks": [...]}, from a JSON FILE (- for stdin)."""
     body, size = read_body(file)
     shown, ids, created = submit_graph(body) if "tasks" in body else submit_one(body, size)
-    echo_json(shown)
     if not created:
         click.echo("note: an identical submission already existed; nothing new stored", err=True)
-    if wait and not wait_and_report(parts.engine(), ids, timeout.total_seconds()):
+    if not wait:
+        echo_json(shown)
+        return
+    completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
+    echo_json(as_now(shown, ids))  # what the wait ended on, not what was submitted
+    if not completed:
         raise click.exceptions.Exit(1)
+
+
+def as_now(shown: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """Return what `submit` printed, its tasks as they are now."""
+    now = task_out.dump(reads.get_tasks(parts.engine(), ids), many=True)
+    if "tasks" in shown:
+        return {"batch_id": shown["batch_id"], "tasks": now}
+    return now[0] if now else shown
 
 
 def submit_graph(body: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:

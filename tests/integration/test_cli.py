@@ -194,10 +194,31 @@ def test_wait_exits_0_once_every_task_completed(app: Flask) -> None:
 
     result = succeed(app, "submit", "--wait", "--timeout", "60", "-", stdin=body)
 
-    assert json.loads(result.stdout)["id"] == "a"
+    printed = json.loads(result.stdout)  # the task as the wait ended on it
+    assert (printed["id"], printed["status"], printed["attempts"]) == ("a", "COMPLETED", 1)
+    assert printed == app.test_client().get("/api/tasks/a").get_json()
     assert "1 task finished" in result.stderr and "1 COMPLETED" in result.stderr
-    status = app.test_client().get("/api/tasks/a/status").get_json()["status"]
-    assert status == "COMPLETED"
+
+
+def test_wait_prints_a_graph_as_it_ended(app: Flask) -> None:
+    app.extensions["scheduler"].start()
+    body = json.dumps(
+        {
+            "tasks": [
+                {"id": "g1", "type": "t", "duration_ms": 1},
+                {"id": "g2", "type": "t", "duration_ms": 1, "dependencies": ["g1"]},
+            ]
+        }
+    )
+
+    result = succeed(app, "submit", "--wait", "--timeout", "60", "-", stdin=body)
+
+    printed = json.loads(result.stdout)
+    assert [t["id"] for t in printed["tasks"]] == ["g1", "g2"]
+    assert {t["status"] for t in printed["tasks"]} == {"COMPLETED"}
+    assert printed["tasks"][1]["dependencies"] == ["g1"]
+    batch = app.test_client().get("/api/tasks/g1").get_json()["batch_id"]
+    assert printed["batch_id"] == batch
 
 
 def test_wait_exits_1_when_a_task_did_not_complete(app: Flask) -> None:
