@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, NotFound
 
 from app.errors import ApiError, error_body
 from app.storage import dbfaults
@@ -72,6 +72,9 @@ def register_error_handlers(app: Flask) -> None:
 
 def _http_message(status: int, exc: HTTPException) -> str:
     if status == 404:
+        bare = request.path.rstrip("/")
+        if bare != request.path and bare and _is_route(bare):
+            return f"No such route: the routes end without a slash; use {bare[:200]}."
         return "No such route; the API lives under /api/tasks."
     if status == 405:
         allowed = sorted(m for m in getattr(exc, "valid_methods", None) or () if m != "OPTIONS")
@@ -81,3 +84,14 @@ def _http_message(status: int, exc: HTTPException) -> str:
     if status == 413:
         return "The request body is too large."
     return exc.description or exc.name
+
+
+def _is_route(path: str) -> bool:
+    """Tell whether `path` is a route of the app, for any method."""
+    try:
+        current_app.url_map.bind("localhost").match(path, method=request.method)
+    except NotFound:
+        return False
+    except HTTPException:  # another method's route, or a redirect to one
+        return True
+    return True

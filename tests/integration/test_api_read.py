@@ -340,6 +340,26 @@ def test_unknown_route_is_json_not_found(client: FlaskClient, path: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "bare"),
+    [
+        ("GET", "/api/tasks/", "/api/tasks"),
+        ("POST", "/api/tasks/", "/api/tasks"),
+        ("POST", "/api/tasks/batch/", "/api/tasks/batch"),
+        ("GET", "/api/tasks/x/status//", "/api/tasks/x/status"),
+    ],
+)
+def test_a_trailing_slash_is_named_as_the_mistake(
+    client: FlaskClient, method: str, path: str, bare: str
+) -> None:
+    response = client.open(path, method=method, json={})
+    assert_error(response, 404, "not_found")
+    assert response.get_json()["error"] == (
+        f"No such route: the routes end without a slash; use {bare}."
+    )
+    assert client.get("/api/nope/").get_json()["error"].endswith("lives under /api/tasks.")
+
+
+@pytest.mark.parametrize(
     ("method", "path", "status"),
     [
         ("GET", "/api/tasks", 200),
