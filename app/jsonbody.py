@@ -59,8 +59,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
-    """Return the JSON object in `raw` or raise the error the client should see."""
+def parse_json_object(raw: bytes, max_bytes: int, shape: str = "") -> dict[str, Any]:
+    """Return the JSON object in `raw` or raise the error the client should see; `shape`
+    shows the object expected, to one who sent something else."""
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
     if not raw.strip():
@@ -86,7 +87,7 @@ def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     except ValueError as exc:
         raise InvalidJson(f"The body is not valid JSON: {exc}.") from None
     if not isinstance(value, dict):
-        raise InvalidJson("The body must be a JSON object.")
+        raise InvalidJson(f"The body must be a JSON object{f': {shape}' if shape else ''}.")
     if _depth_exceeds(value, MAX_DEPTH):
         raise InvalidJson(f"The JSON nests deeper than {MAX_DEPTH} levels.")
     return value

@@ -110,8 +110,13 @@ class TaskIn(Schema):
         validate=validate.Length(
             max=MAX_DEPENDENCIES, error=f"At most {MAX_DEPENDENCIES} dependencies."
         ),
+        error_messages={"invalid": "Must be a JSON array of task ids."},
     )
-    payload = fields.Dict(keys=fields.String(), allow_none=True)
+    payload = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        error_messages={"invalid": "Must be a JSON object."},
+    )
     priority = StrictInteger(
         allow_none=True,
         validate=validate.Range(min=-1000, max=1000, error="Must be between -1000 and 1000."),

@@ -50,8 +50,9 @@ def no_body() -> None:
         )
 
 
-def json_body(max_bytes: int) -> dict[str, Any]:
-    """Return the request's JSON object or raise the error the client should see."""
+def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
+    """Return the request's JSON object or raise the error the client should see (showing
+    `shape`, the object expected, to a client that sent another kind of value)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
     if request.content_length is not None and request.content_length > max_bytes:
@@ -65,17 +66,18 @@ def json_body(max_bytes: int) -> dict[str, Any]:
         raise InvalidJson(
             "The request body ended before the length its Content-Length header announced."
         ) from None
-    return parse_json_object(raw, max_bytes)
+    return parse_json_object(raw, max_bytes, shape)
 
 
 def page_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
     # str.isdigit alone accepts "²", which int() refuses; the length spares int() huge input.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise InvalidParameter(
-            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}.", {"limit": "Out of range."}
-        )
+    whole = raw.isascii() and raw.isdigit()
+    if not whole or len(raw) > 4 or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        why = "Out of range." if whole else "Not a whole number."
+        message = f"limit must be an integer from 1 to {MAX_PAGE_SIZE}."
+        raise InvalidParameter(message, {"limit": why})
     return int(raw)
 
 

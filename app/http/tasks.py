@@ -48,7 +48,7 @@ def submit_task() -> tuple[Response, int]:
 def submit_batch() -> tuple[Response, int]:
     """Accept a whole graph in one transaction; 201 once committed, 200 for a replay."""
     only_parameters()
-    body = json_body(MAX_BATCH_BYTES)
+    body = json_body(MAX_BATCH_BYTES, shape='{"tasks": [...]}')
     submitted = batch.submit_batch(parts.engine(), body, parts.admission())
     response = jsonify({"batch_id": submitted.batch_id, "tasks": batch.dump_tasks(submitted.tasks)})
     if not submitted.created:

@@ -158,6 +158,21 @@ def test_list_limit_in_range_is_honoured(client: FlaskClient, limit: str) -> Non
 
 
 @pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("limit=abc", "Not a whole number."),
+        ("limit=1.5", "Not a whole number."),
+        ("limit=0", "Out of range."),
+        ("limit=1001", "Out of range."),
+    ],
+)
+def test_a_bad_limit_says_what_is_wrong_with_it(client: FlaskClient, query: str, why: str) -> None:
+    response = client.get(f"/api/tasks?{query}")
+    assert_error(response, 400, "invalid_parameter")
+    assert response.get_json()["details"] == {"limit": why}
+
+
+@pytest.mark.parametrize(
     "query",
     [
         "limit=0",
