@@ -72,8 +72,10 @@ def _listed(name: str, raw: str | None) -> tuple[str, ...]:
 
 
 def _statuses(raw: str | None) -> tuple[str, ...]:
-    values = _listed("status", raw)
-    unknown = [v for v in values if v not in _STATUSES]
+    given = _listed("status", raw)
+    # In any case, as GET /api/tasks takes them; only ASCII folds (`ß` never becomes `SS`).
+    values = tuple(v.upper() if v.isascii() else v for v in given)
+    unknown = [v for v, folded in zip(given, values, strict=True) if folded not in _STATUSES]
     if unknown:
         raise InvalidParameter(
             f"Unknown status {unknown[0]!r}; one of {', '.join(sorted(_STATUSES))}.",
