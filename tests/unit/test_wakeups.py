@@ -97,12 +97,18 @@ def test_a_socket_nobody_reads_is_removed(engine: Engine, other_process: socket.
     assert rings(other_process) == 1
 
 
-def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) -> None:
+def _listening(engine: Engine) -> tuple[wakeups.Bell, wakeups.Doorbell, threading.Event]:
+    """Return `engine`'s bell and a started READY doorbell setting the event it returns."""
     bell = wakeups.bell(engine)
     assert bell is not None
     rung = threading.Event()
     doorbell = bell.listen(wakeups.READY, lambda _payload: rung.set())
     doorbell.start()
+    return bell, doorbell, rung
+
+
+def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) -> None:
+    bell, doorbell, rung = _listening(engine)
     try:
         assert doorbell.listening.is_set()
         assert doorbell.path.exists()
@@ -121,11 +127,7 @@ def test_a_doorbell_wakes_on_a_ring_and_cleans_up_as_it_stops(engine: Engine) ->
 def test_a_process_forked_by_a_handler_rings_its_parents_sockets(engine: Engine) -> None:
     """A child forked while the parent listens inherits the parent's record of the sockets
     it bound; the child's commits must still wake the parent, as another process's do."""
-    bell = wakeups.bell(engine)
-    assert bell is not None
-    rung = threading.Event()
-    doorbell = bell.listen(wakeups.READY, lambda _payload: rung.set())
-    doorbell.start()
+    bell, doorbell, rung = _listening(engine)
     try:
         assert doorbell.listening.is_set()
         pid = os.fork()
