@@ -49,6 +49,7 @@ from typing import Any
 
 from app.storage.database import sqlite_time, utcnow
 from bench import db as store
+from bench import machine
 from bench.growth import open_app
 from bench.noop_handlers import NOOP
 from bench.server import BASE_SETTINGS, migrate
@@ -120,9 +121,9 @@ def bare_designs(workdir: Path, tasks: int = BARE_TASKS) -> dict[str, Any]:
         for kind, handler_s in (("noop", 0.0), ("work", HANDLER_S)):
             conn = _connect(workdir, f"bare-{design}-{kind}", tasks)
             try:
-                began, cpu = time.perf_counter(), _cpu_s()
+                began, cpu = time.perf_counter(), _own_cpu_s()
                 commits = run(conn, tasks, handler_s)
-                took, cpu = time.perf_counter() - began, _cpu_s() - cpu
+                took, cpu = time.perf_counter() - began, _own_cpu_s() - cpu
             finally:
                 conn.close()
             results[f"{design}_{kind}_tasks_per_s"] = tasks / took
@@ -231,10 +232,9 @@ def _thread_cpu(action: Callable[[], Any], runs: int) -> float:
     return statistics.median(rounds)
 
 
-def _cpu_s() -> float:
+def _own_cpu_s() -> float:
     """CPU seconds (user and system) of this process so far."""
-    times = os.times()
-    return times.user + times.system
+    return machine.cpu_seconds([os.getpid()])
 
 
 E2E_TASKS = 20_000  # as the e2e figure
@@ -453,9 +453,9 @@ def one_pass(
         for k, (task_id, attempt) in enumerate(previous):
             params[f"i{k}"], params[f"a{k}"] = task_id, attempt
         done = conn.execute(sql.complete_sql("sqlite", len(previous)), params).fetchall()
-        ended = {f"e{k}": task_id for k, (task_id, _, _) in enumerate(done)}
+        ended = {f"e{k}": task_id for k, (task_id, _) in enumerate(done)}
         if done:  # their history rows, read from the rows just completed
-            history = {f"i{k}": task_id for k, (task_id, _, _) in enumerate(done)}
+            history = {f"i{k}": task_id for k, (task_id, _) in enumerate(done)}
             history.update(w=WORKER, host="bench")
             conn.execute(sql.completed_history_sql(len(done)), history)
         conn.execute(sql.count_down_sql("sqlite", len(ended)), ended).fetchall()

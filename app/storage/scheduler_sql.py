@@ -300,13 +300,13 @@ def complete_sql(d: str, n: int) -> str:
         f" AND tasks.attempts = CASE tasks.id {fence} END"
     )
     if d == "sqlite":
-        return update + " RETURNING tasks.id, tasks.attempts, tasks.started_at"
+        return update + " RETURNING tasks.id, tasks.attempts"
     return (
         f"WITH done AS ({update} RETURNING tasks.id, tasks.attempts, tasks.started_at,"
         " tasks.finished_at), kept AS (INSERT INTO task_attempts (task_id, attempt,"
         " instance, host, started_at, finished_at, outcome) SELECT id, attempts,"
         f" {_p(d, 'w')}, {_p(d, 'host')}, started_at, finished_at, 'COMPLETED' FROM done)"
-        " SELECT id, attempts, started_at FROM done"
+        " SELECT id, attempts FROM done"
     )
 
 
@@ -327,9 +327,9 @@ def complete(
     attempts: Sequence[tuple[str, int]],
     now: datetime,
     host: str | None = None,
-) -> dict[tuple[str, int], Any]:
+) -> set[tuple[str, int]]:
     """Complete the given (id, attempt) pairs of `worker` that still hold, and add their
-    history rows (run on `host`); return those completed, each with its start.
+    history rows (run on `host`); return those completed.
 
     The history rows are read from the completed rows by the database: on PostgreSQL in
     the completion's own statement, on SQLite in one right after it, inside the same
@@ -344,9 +344,9 @@ def complete(
     rows = driver_execute(conn, sql, params)[0]
     if rows and d == "sqlite":
         done: dict[str, Any] = {"w": worker, "host": host}
-        done.update((f"i{k}", task_id) for k, (task_id, _, _) in enumerate(rows))
+        done.update((f"i{k}", task_id) for k, (task_id, _) in enumerate(rows))
         driver_execute(conn, completed_history_sql(len(rows)), done)
-    return {(i, a): started for i, a, started in rows}
+    return {(task_id, attempt) for task_id, attempt in rows}
 
 
 @lru_cache(maxsize=512)

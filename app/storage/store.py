@@ -264,7 +264,7 @@ class Store(Membership):
         is_plain = [_is_plain_success(o) for _, o in finished]
         plain = [c for (c, _), p in zip(finished, is_plain, strict=True) if p]
         # Their history rows are written with them (scheduler_sql.complete).
-        applied_plain = self._complete_plain(conn, plain, now, host) if plain else {}
+        applied_plain = self._complete_plain(conn, plain, now, host) if plain else set()
         applied: list[bool] = []
         ended: dict[str, Status] = {}
         requeued: list[str] = []
@@ -336,11 +336,11 @@ class Store(Membership):
 
     def _complete_plain(
         self, conn: Connection, claims: list[Claim], now: datetime, host: str | None = None
-    ) -> dict[tuple[str, int], Any]:
+    ) -> set[tuple[str, int]]:
         """Complete attempts that returned nothing, in one fenced statement per chunk,
         with their history rows (run on `host`, else on their instance's host); return
-        those completed, each with its start."""
-        done: dict[tuple[str, int], Any] = {}
+        those completed."""
+        done: set[tuple[str, int]] = set()
         by_worker: dict[str, list[Claim]] = {}
         for claim in claims:
             by_worker.setdefault(claim.worker, []).append(claim)
