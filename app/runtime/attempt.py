@@ -29,22 +29,29 @@ MAX_TRACEBACK_CHARS = 8000
 PROGRESS_EVERY_S = 0.2
 
 
-@dataclass(eq=False)
+# Makes each attempt's cancel event once, whichever thread asks for it first.
+_cancel_guard = threading.Lock()
+
+
+@dataclass(eq=False, slots=True)
 class Running:
     """An attempt this process holds a thread for, from its claim until it is settled.
 
     It occupies one of the instance's slots until both its thread has returned and its
     outcome is settled (written, refused by the fence, or known to be someone else's):
     only then can the slot's thread start another attempt at once.
+
+    The scheduler's loop makes one for every task it starts, so it is kept cheap: slots,
+    and the cancel event made when first asked for (on the attempt's own thread, as its
+    handler's context is made), not by the loop.
     """
 
     claim: Claim
-    cancel: threading.Event = field(default_factory=threading.Event)
+    # Clock time at which the attempt was dispatched, then at which its thread started.
+    started: float = field(default_factory=time.monotonic)
     # Clock time at which the attempt times out, or None; set when its thread starts.
     deadline: float | None = None
     stop_reason: str | None = None
-    # Clock time at which the attempt was dispatched, then at which its thread started.
-    started: float = field(default_factory=time.monotonic)
     # The outcome waiting to be written by the next pass.
     outcome: Outcome | None = None
     # Decided before the thread returned (its timeout struck, or its row was lost):
@@ -52,6 +59,18 @@ class Running:
     cut_off: bool = False
     returned: bool = False
     settled: bool = False
+    _cancel: threading.Event | None = field(default=None, repr=False)
+
+    @property
+    def cancel(self) -> threading.Event:
+        """The event the handler watches: set when the attempt is asked to stop."""
+        event = self._cancel
+        if event is None:
+            with _cancel_guard:
+                if self._cancel is None:
+                    self._cancel = threading.Event()
+                event = self._cancel
+        return event
 
     @property
     def key(self) -> tuple[str, int]:

@@ -1,0 +1,71 @@
+"""An attempt as the scheduler holds it: its cancel event, made when first asked for."""
+
+from __future__ import annotations
+
+import threading
+
+from app.handlers import Registry, TaskContext
+from app.runtime.attempt import Running, call_handler
+from app.statuses import Status
+from app.storage.store import Claim
+
+CLAIM = Claim("t-1", "watch", 1, {}, 1, "w", 0, 1, 1000)
+
+
+def test_a_stop_asked_before_the_handler_starts_is_seen_by_it() -> None:
+    running = Running(CLAIM)
+    running.stop("cancel")
+    seen: list[bool] = []
+
+    def watch(ctx: TaskContext) -> None:
+        seen.append(ctx.cancel.is_set())
+
+    registry = Registry()
+    registry.register("watch", watch)
+    outcome = call_handler(registry, running, lambda _percent: None)
+    assert seen == [True]
+    assert outcome.status is Status.COMPLETED
+
+
+def test_a_stop_asked_while_the_handler_runs_wakes_its_wait() -> None:
+    running = Running(CLAIM)
+    waiting = threading.Event()
+    woke: list[bool] = []
+
+    def watch(ctx: TaskContext) -> None:
+        waiting.set()
+        woke.append(ctx.cancel.wait(10))
+
+    registry = Registry()
+    registry.register("watch", watch)
+    thread = threading.Thread(target=call_handler, args=(registry, running, lambda _p: None))
+    thread.start()
+    assert waiting.wait(10)
+    running.stop("timeout")
+    thread.join(10)
+    assert woke == [True]
+    assert running.stop_reason == "timeout"
+
+
+def test_threads_asking_at_once_share_one_event() -> None:
+    for _ in range(200):
+        running = Running(CLAIM)
+        start = threading.Barrier(4)
+        events: list[threading.Event] = []
+
+        def ask(
+            running: Running = running,
+            start: threading.Barrier = start,
+            events: list[threading.Event] = events,
+        ) -> None:
+            start.wait()
+            events.append(running.cancel)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(event) for event in events}) == 1
+        running.stop("cancel")
+        assert all(event.is_set() for event in events)
