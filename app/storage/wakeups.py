@@ -29,6 +29,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,6 +48,9 @@ READY, ENDED, EVENTS = "ready", "ended", "events"
 # The largest datagram a listener reads: a payload of ids is cut well below it.
 MAX_DATAGRAM = 65_536
 # Unix datagram sockets and user ids: not on Windows, where every scheduler polls.
+# A listing of the sockets' directory is reused while its modification time, at least
+# this old when read, stays the same (file systems stamp it with a coarse clock).
+LISTING_SETTLED_NS = 50_000_000
 SUPPORTED = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 # What the write transaction this thread is in asked to send: payloads by channel.
 _asked: ContextVar[dict[str, list[str]] | None] = ContextVar("wake_others", default=None)
@@ -127,13 +131,14 @@ class Bell:
 
     def __init__(self, database: str) -> None:
         self.directory = directory_of(database)
+        # The directory's listing, with the identity and modification time it had.
+        self._listing: tuple[tuple[int, int], list[str]] | None = None
 
     def ring(self, asked: Mapping[str, Sequence[str]] | None = None) -> None:
         """Send the payloads `asked` gives each channel (READY's alone when None) to every
         socket of that channel another process bound; the directory is read once."""
         try:
-            _check_private(self.directory)
-            names = os.listdir(self.directory)
+            names = self._names()
         except OSError:
             return  # nobody has bound one yet, or the directory is not ours alone
         sender = _sender()
@@ -150,6 +155,24 @@ class Bell:
                 _remove_socket(path)  # nobody reads it: its process is gone
             except OSError:
                 pass  # its queue is full: it has a wake-up waiting already
+
+    def _names(self) -> list[str]:
+        """Return the names in the directory, read again only when it changed.
+
+        Every write transaction rings, so the listing is kept while the directory's
+        modification time stays the same; but only once that time is LISTING_SETTLED_NS
+        old, since a socket bound within the same tick of the file system's clock would
+        leave it unchanged.
+        """
+        found = _check_private(self.directory)
+        key = (found.st_ino, found.st_mtime_ns)
+        kept = self._listing
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        names = os.listdir(self.directory)
+        settled = time.time_ns() - found.st_mtime_ns > LISTING_SETTLED_NS
+        self._listing = (key, names) if settled else None
+        return names
 
     def listen(self, channel: str, on_ring: Callable[[str], None]) -> Doorbell:
         """Return a doorbell calling `on_ring` with each payload another process sends
@@ -291,13 +314,15 @@ def _make_private(directory: Path) -> None:
     _check_private(directory)
 
 
-def _check_private(directory: Path) -> None:
-    """Raise unless `directory` is a directory (not a link to one) of this user's alone."""
+def _check_private(directory: Path) -> os.stat_result:
+    """Raise unless `directory` is a directory (not a link to one) of this user's alone;
+    return what `lstat` found."""
     found = directory.lstat()
     if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
         raise PermissionError(f"{directory} is not a directory of this user's")
     if found.st_mode & 0o077:
         raise PermissionError(f"{directory} is open to other users")
+    return found
 
 
 def _remove_socket(path: str) -> None:

@@ -321,3 +321,54 @@ def test_waiting_requests_and_streams_listen_on_a_sqlite_file_from_their_first_u
     finally:
         lazy.stop()
     assert not listener.path.exists()
+
+
+def _counting_listdir(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    listed: list[str] = []
+    listdir = os.listdir
+
+    def counted(path: str | Path) -> list[str]:
+        listed.append(str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(wakeups.os, "listdir", counted)
+    return listed
+
+
+def test_the_directory_is_listed_again_only_when_it_changed(
+    engine: Engine, other_process: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wakeups, "LISTING_SETTLED_NS", 0)
+    listed = _counting_listdir(monkeypatch)
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    for _ in range(3):
+        bell.ring()
+    assert len(listed) == 1
+    assert rings(other_process) == 3
+    # A process starting now binds its socket: the directory changed, it is rung too.
+    newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = bell.directory / f"ready.3-new{wakeups.SUFFIX}"
+    newcomer.bind(str(path))
+    newcomer.settimeout(0.05)
+    try:
+        bell.ring()
+        assert len(listed) == 2
+        assert rings(newcomer) == 1
+    finally:
+        newcomer.close()
+        path.unlink()
+
+
+def test_a_listing_read_within_the_clocks_tick_of_a_change_is_not_kept(
+    engine: Engine, other_process: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A socket bound within the same tick as the listing would not change the time.
+    monkeypatch.setattr(wakeups, "LISTING_SETTLED_NS", 10**18)
+    listed = _counting_listdir(monkeypatch)
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    bell.ring()
+    bell.ring()
+    assert len(listed) == 2
+    assert rings(other_process) == 2
