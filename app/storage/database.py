@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -145,6 +146,10 @@ def configure_postgresql(engine: Engine, lease_s: int) -> None:
 
 
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE")}
+# How a transaction `_transaction` begins on SQLite, set around its BEGIN only (any other
+# begins DEFERRED). Not an execution option: a connection given options is a copy whose
+# events are joined anew at each use, which cost every statement of a pass a microsecond.
+_begin_mode: ContextVar[str] = ContextVar("sqlite_begin", default="DEFERRED")
 
 
 def configure_sqlite(engine: Engine, synchronous: str) -> None:
@@ -152,13 +157,14 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
     take the lock up front."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         # Let SQLAlchemy issue BEGIN itself instead of pysqlite's implicit one.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        record.info[_BUSY_TIMEOUT] = SQLITE_BUSY_TIMEOUT_MS
         cursor.execute("PRAGMA foreign_keys=ON")
         # A statement whose rows fire the count triggers needs a statement journal per
         # row; in a temporary file, that is file system calls per task written.
@@ -171,11 +177,31 @@ def configure_sqlite(engine: Engine, synchronous: str) -> None:
         # without waiting; a writer must hold the lock from its first statement.
         # Sent to the driver directly: as a statement of SQLAlchemy's, with its result set
         # up and its events run, it cost a scheduler pass as much as its claim.
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        # The migrations ask by an execution option; `_transaction` by `_begin_mode`.
+        mode = connection.get_execution_options().get("sqlite_begin") or _begin_mode.get()
         if mode == "IMMEDIATE":
             _begin_immediate(connection)
         else:
+            _busy_timeout(connection, SQLITE_BUSY_TIMEOUT_MS)
             driver_execute(connection, _BEGIN[mode])
+
+
+# The busy timeout a pooled SQLite connection has now, in its pool record's `info`. A
+# write (`_begin_immediate`) runs with SQLite's busy handler off: it polls for the write
+# lock itself, and once it holds it no statement of its transaction waits for another
+# connection. Every other transaction runs with SQLITE_BUSY_TIMEOUT_MS. A connection is
+# set as its next transaction needs, not back after each: the scheduler's connection,
+# which writes pass after pass, sends no PRAGMA at all.
+_BUSY_TIMEOUT = "busy_timeout_ms"
+
+
+def _busy_timeout(connection: Connection, ms: int) -> None:
+    """Give `connection` SQLite's busy timeout `ms`, unless it has it already."""
+    info = connection.connection.info
+    if info.get(_BUSY_TIMEOUT) != ms:
+        info.pop(_BUSY_TIMEOUT, None)  # unknown until the PRAGMA has run
+        driver_execute(connection, f"PRAGMA busy_timeout={ms}")
+        info[_BUSY_TIMEOUT] = ms
 
 
 # The sleeps between a writer's tries for the write lock another process holds: short at
@@ -190,12 +216,12 @@ def _begin_immediate(connection: Connection) -> None:
     """BEGIN IMMEDIATE, trying again every BUSY_WAITS_S while another process holds the
     write lock (threads of this process queue on `_writer_lock` before they get here).
 
-    SQLite's busy handler is off for these tries and on again for the transaction. A
-    failure leaves it off, but the transaction's connection is then discarded (see
-    `_transaction`). Only a plain SQLITE_BUSY is tried again: a stale snapshot
-    (SQLITE_BUSY_SNAPSHOT) would fail every time, and fails at once, as it did before.
+    SQLite's busy handler is off for these tries and stays off for the transaction, which
+    holds the lock (see `_BUSY_TIMEOUT`). Only a plain SQLITE_BUSY is tried again: a stale
+    snapshot (SQLITE_BUSY_SNAPSHOT) would fail every time, and fails at once, as it did
+    before.
     """
-    driver_execute(connection, "PRAGMA busy_timeout=0")
+    _busy_timeout(connection, 0)
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     tries = 0
     while True:
@@ -208,7 +234,6 @@ def _begin_immediate(connection: Connection) -> None:
                 raise
         time.sleep(BUSY_WAITS_S[min(tries, len(BUSY_WAITS_S) - 1)])
         tries += 1
-    driver_execute(connection, f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def driver_execute(conn: Connection, sql: str, params: Any = ()) -> tuple[Sequence[Any], int]:
@@ -244,9 +269,13 @@ def _transaction(
     engine: Engine, begin: str, writes: bool = False, staged: Sequence[events.Change] = ()
 ) -> Iterator[Connection]:
     with engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin=begin)
         try:
-            with conn.begin() as transaction:
+            token = _begin_mode.set(begin)
+            try:
+                transaction = conn.begin()
+            finally:
+                _begin_mode.reset(token)
+            with transaction:
                 yield conn
                 if writes:
                     if staged:
@@ -305,8 +334,10 @@ def record_changes(conn: Connection, changes: Sequence[events.Change]) -> None:
         at = sqlite_time(utcnow())
         for start in range(0, len(changes), EVENT_ROWS):
             part = changes[start : start + EVENT_ROWS]
-            params = [v for change in part for v in (*_event_row(change), at)]
-            driver_execute(conn, events_insert_sql(d, len(part)), tuple(params))
+            params: list[Any] = []
+            for task_id, task_type, attempt, status, why in part:
+                params += (task_id, task_type, attempt, status, _stored_reason(why), at)
+            driver_execute(conn, events_insert_sql(d, len(part)), params)
         # Other processes' waiting requests and event streams, once it commits.
         ended = [change[0] for change in changes if change[3] in TERMINAL]
         if ended:

@@ -391,6 +391,45 @@ def test_a_sqlite_write_still_gives_up_at_the_busy_timeout(
         store.engine.dispose()
 
 
+def test_writes_after_writes_send_no_busy_timeout_and_reads_wait_as_before(
+    sqlite_url: str,
+) -> None:
+    """A write runs with SQLite's busy handler off (it polls for the lock itself, then
+    holds it); a connection is set only when its next transaction needs otherwise: a
+    writer writing again (the scheduler, pass after pass) sends no PRAGMA, and a read
+    still waits up to SQLITE_BUSY_TIMEOUT_MS for a lock."""
+    store = build_app(sqlite_url, {}).extensions["store"]
+    pragmas: list[str] = []
+
+    def record(conn: Any, cursor: Any, sql: str, params: Any, *_: Any) -> tuple[str, Any]:
+        if sql.startswith("PRAGMA busy_timeout="):  # a setting, not a reading
+            pragmas.append(sql)
+        return sql, params
+
+    event.listen(store.engine, "before_cursor_execute", record, retval=True)
+    try:
+        store.engine.dispose()  # one connection for all that follows
+        add(store, "first")
+        assert pragmas == ["PRAGMA busy_timeout=0"]
+        for k in range(3):
+            add(store, f"again-{k}")
+        assert pragmas == ["PRAGMA busy_timeout=0"]
+        with database.write(store.engine) as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 0
+        with database.read(store.engine) as conn:
+            waits = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert waits == database.SQLITE_BUSY_TIMEOUT_MS
+        with database.read(store.engine) as conn:
+            conn.exec_driver_sql("SELECT 1")
+        assert pragmas == [
+            "PRAGMA busy_timeout=0",
+            f"PRAGMA busy_timeout={database.SQLITE_BUSY_TIMEOUT_MS}",
+        ]
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+        store.engine.dispose()
+
+
 def test_a_stale_snapshot_is_not_tried_again(sqlite_url: str) -> None:
     """SQLITE_BUSY_SNAPSHOT fails every try: it must fail at once, as it did before."""
     store = build_app(sqlite_url, {}).extensions["store"]
