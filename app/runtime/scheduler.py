@@ -360,9 +360,13 @@ class Scheduler:
                 log.info("late outcome of task %s attempt %d refused by its row", *running.key)
         self.metrics.finished([(r, r.outcome) for r in ending], applied, self.clock())
         with self._lock:
+            # Only these changed: those whose thread returned already leave.
+            attempts = self._attempts
             for running in ending:
                 running.settled = True
-            self._forget_done()
+                if running.returned and attempts.get(running.key) is running:
+                    del attempts[running.key]
+            self._lock.notify_all()
 
     def _plan(self, result: PassResult, began: float) -> None:
         # While every slot is taken, a finishing task wakes the loop; otherwise sleep no

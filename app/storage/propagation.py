@@ -43,7 +43,7 @@ def settle(conn: Connection, ended: dict[str, Status], now: datetime) -> int:
     a cancel CANCELLED (a failure anywhere above it wins), and the cascade goes on from
     it. Returns how many dependents were left waiting for nothing (ready, unless cut off).
     """
-    seeds = {i: _kind(s) for i, s in ended.items() if _kind(s)}
+    seeds = {i: kind for i, s in ended.items() if (kind := _kind(s))}
     stopped = cut_off(conn, seeds, now) if seeds else []
     return count_down_all(conn, list(ended)) + count_down_cut(conn, stopped)
 
@@ -108,10 +108,15 @@ def _queued(d: str, table: str) -> str:
     return weak(f"{table}.status = 'QUEUED'", d)
 
 
+# What each status that cuts off its dependents reaches them as (by far most are none).
+_KINDS = {
+    **{status: FAILURE for status in Status if status.value in FAILED_LIKE},
+    Status.CANCELLED: CANCEL,
+}
+
+
 def _kind(status: Status) -> str:
-    if status.value in FAILED_LIKE:
-        return FAILURE
-    return CANCEL if status is Status.CANCELLED else ""
+    return _KINDS.get(status, "")
 
 
 def _waiting(d: str) -> str:

@@ -191,12 +191,22 @@ class Store(Membership):
             queue_rows.spend(conn, plan, [r.queue for r in rows], now)
         if not shared and len(rows) < limit and not scheduler_sql.is_member(conn, worker):
             raise NotRegistered(worker)
+        payload_of = scheduler_sql.payload_of
         claims = [
-            _as_claim(
-                r,
+            Claim(
+                r.id,
+                r.type,
+                r.duration_ms,
+                payload_of(r.payload),
+                r.attempts,
                 worker,
-                payload=scheduler_sql.payload_of(r.payload),
-                waited_s=max(0.0, r.waited or 0.0),
+                r.failures,
+                r.max_attempts,
+                r.retry_backoff_ms,
+                r.timeout_ms,
+                max(0.0, r.waited or 0.0),
+                r.queue,
+                r.started_at,
             )
             for r in rows
         ]
@@ -265,6 +275,8 @@ class Store(Membership):
         plain = [c for (c, _), p in zip(finished, is_plain, strict=True) if p]
         # Their history rows are written with them (scheduler_sql.complete).
         applied_plain = self._complete_plain(conn, plain, now, host) if plain else set()
+        if len(plain) == len(finished):  # the usual pass: handlers that returned nothing
+            return self._completed_plainly(conn, plain, applied_plain, now)
         applied: list[bool] = []
         ended: dict[str, Status] = {}
         requeued: list[str] = []
@@ -301,6 +313,24 @@ class Store(Membership):
             # Dependents made ready, or attempts back in the queue (at once, or after a
             # backoff whose end the others must plan for): another instance may run them.
             announce(conn)
+        return applied
+
+    def _completed_plainly(
+        self,
+        conn: Connection,
+        plain: list[Claim],
+        done: set[tuple[str, int]],
+        now: datetime,
+    ) -> list[bool]:
+        """`finish_all`'s bookkeeping when every outcome was a plain completion: stage
+        the completions written, settle their dependents; say which were written."""
+        applied = [(c.id, c.attempt) in done for c in plain]
+        written = [c for c, ok in zip(plain, applied, strict=True) if ok]
+        completed, why = Status.COMPLETED.value, _why(Status.COMPLETED, _PLAIN, None)
+        events.stage([(c.id, c.type, c.attempt, completed, why) for c in written])
+        ended = dict.fromkeys([c.id for c in written], Status.COMPLETED)
+        if ended and settle(conn, ended, now):
+            announce(conn)  # dependents made ready: another instance may run them
         return applied
 
     def _complete_with_children(
@@ -544,6 +574,7 @@ def _ended(
 
 
 _COMPLETED: tuple[Status, str | None] = (Status.COMPLETED, None)
+_PLAIN = Outcome(Status.COMPLETED)
 
 
 def _why(status: Status, outcome: Outcome, error: str | None) -> str:
