@@ -169,7 +169,7 @@ def _statements(
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Yield the INSERTs of `rows`, SQLITE_ROWS at a time, with their parameters."""
     for part in chunks(rows, SQLITE_ROWS):
-        yield _values_sql(insert, len(part)), tuple(value for row in part for value in row)
+        yield _values_sql(insert, len(part)), tuple(chain.from_iterable(part))
 
 
 def _insert_many(conn: Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
