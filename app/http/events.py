@@ -24,10 +24,12 @@ _STATUSES = {s.value for s in Status}
 @bp.get("/events")
 def stream_events() -> Response:
     """Stream task state changes as they commit, from now or after `Last-Event-ID`."""
-    only_parameters("task", "batch", "type", "status", listed=("type", "status"))
+    only_parameters(
+        "task", "task_id", "batch", "batch_id", "type", "status", listed=("type", "status")
+    )
     filters = Filters(
-        task_id=_identifier("task", request.args.get("task")),
-        batch_id=_identifier("batch", request.args.get("batch")),
+        task_id=_identifier(*_either("task")),
+        batch_id=_identifier(*_either("batch")),
         types=_listed("type", request.args.get("type")),
         statuses=_statuses(request.args.get("status")),
     )
@@ -48,6 +50,19 @@ def stream_events() -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold events
     return response
+
+
+def _either(name: str) -> tuple[str, str | None]:
+    """Return the parameter given as `<name>_id` (the events' field, and GET /api/tasks's
+    `batch_id`) or as `<name>`, and its value; refuse both given."""
+    given = [n for n in (f"{name}_id", name) if n in request.args]
+    if len(given) > 1:
+        raise InvalidParameter(
+            f"{name}_id and {name} are the same filter; give one of them.",
+            {n: "Given twice under two names." for n in given},
+        )
+    found = given[0] if given else name
+    return found, request.args.get(found)
 
 
 def _identifier(name: str, raw: str | None) -> str | None:

@@ -140,15 +140,28 @@ WAIT = {
 }
 EVENT_FILTERS = [
     {
+        "name": "task_id",
+        "in": "query",
+        "description": "Only this task's events (also taken as `task`; not both).",
+        "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
+    },
+    {
         "name": "task",
         "in": "query",
-        "description": "Only this task's events.",
+        "description": "The same filter as `task_id`.",
+        "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
+    },
+    {
+        "name": "batch_id",
+        "in": "query",
+        "description": "Only the events of this batch's tasks (also taken as `batch`; not "
+        "both), as `GET /api/tasks?batch_id=` lists them.",
         "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
     },
     {
         "name": "batch",
         "in": "query",
-        "description": "Only the events of this batch's tasks.",
+        "description": "The same filter as `batch_id`.",
         "schema": {"type": "string", "maxLength": 128, "pattern": ID_PATTERN},
     },
     {

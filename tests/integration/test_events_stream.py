@@ -134,14 +134,16 @@ def test_a_run_streams_claim_failure_retry_and_completion_with_their_attempts(
 
 
 def test_filters_send_only_the_matching_changes(make_app: AppFactory) -> None:
-    app = make_app(MAX_EVENT_STREAMS="4", MAX_WAITING_REQUESTS="1")
+    app = make_app(MAX_EVENT_STREAMS="5", MAX_WAITING_REQUESTS="1")
     client = app.test_client()
-    by_task = Stream(client, "?task=b")
+    by_task = Stream(client, "?task_id=b")
     by_status = Stream(client, "?status=cancelled,Failed")  # in any case, as /api/tasks
     by_type = Stream(client, "?type=simulate,other")
     batch = {"tasks": [{"id": "b1", "type": "simulate", "duration_ms": 1}]}
     answer = client.post("/api/tasks/batch", json=batch).get_json()
     by_batch = Stream(client, f"?batch={answer['batch_id']}")
+    # As the events and GET /api/tasks name them.
+    by_batch_id = Stream(client, f"?batch_id={answer['batch_id']}")
     submit(client, "b")
     assert client.post("/api/tasks/b/cancel").status_code == 200
     assert client.post("/api/tasks/b1/cancel").status_code == 200
@@ -153,13 +155,14 @@ def test_filters_send_only_the_matching_changes(make_app: AppFactory) -> None:
         ("b", "CANCELLED"),
         ("b1", "CANCELLED"),
     ]
-    (only,) = by_batch.events(1)  # b1's submission came before this stream
-    assert (only["task_id"], only["status"], only["batch_id"]) == (
-        "b1",
-        "CANCELLED",
-        answer["batch_id"],
-    )
-    for stream in (by_task, by_status, by_type, by_batch):
+    for stream in (by_batch, by_batch_id):
+        (only,) = stream.events(1)  # b1's submission came before this stream
+        assert (only["task_id"], only["status"], only["batch_id"]) == (
+            "b1",
+            "CANCELLED",
+            answer["batch_id"],
+        )
+    for stream in (by_task, by_status, by_type, by_batch, by_batch_id):
         stream.close()
 
 

@@ -126,7 +126,7 @@ def test_a_500_task_batch_turns_green_from_the_stream_without_reloading_or_polli
     assert page.evaluate("window.sawRunning") > 0  # it went through RUNNING, live
     assert len(reads) == 1, reads  # read once: every change came from the stream
     assert len(streams) == 1, streams  # one stream, filtered to the batch, never reopened
-    assert f"batch={batch['batch_id']}" in streams[0]
+    assert f"batch_id={batch['batch_id']}" in streams[0]
     assert elsewhere == []  # offline: nothing from another origin
     assert page.text_content('[data-count-for="COMPLETED"]') == str(CHAINS * DEPTH)
     assert page.text_content('[data-count-for="QUEUED"]') == "0"

@@ -908,7 +908,7 @@
           closedSince = Date.now();
           liveLine.textContent = "Connecting to the server's event stream\u2026";
           Dash.stream(
-            "batch=" + encodeURIComponent(batchId),
+            "batch_id=" + encodeURIComponent(batchId),
             String(result.body.events_after),
             onEvents,
             setLive
