@@ -20,7 +20,7 @@ from marshmallow import ValidationError
 from app.config import ConfigError
 from app.dag import topological_order
 from app.errors import UnknownTaskType
-from app.schemas import TaskIn, validation_details
+from app.schemas import TaskIn, task_details
 
 SIMULATE = "simulate"
 # Tasks one attempt may add to the graph (they are created with its completion).
@@ -109,7 +109,7 @@ class TaskContext:
         try:
             loaded: dict[str, Any] = _task_in.load(task)
         except ValidationError as exc:
-            shown = json.dumps(validation_details(exc))[:500]
+            shown = json.dumps(task_details(exc))[:500]
             raise HandlerFailed(f"add_tasks: task {index} is invalid: {shown}") from None
         try:  # as the API reads JSON: no NaN or Infinity, which no database stores
             json.dumps(loaded.get("payload"), allow_nan=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -205,12 +207,31 @@ class TaskStatusOut(Schema):
     status = fields.String(metadata={ENUM: "Status"})
 
 
-def validation_details(error: ValidationError) -> dict[str, Any]:
-    """Flatten marshmallow's messages into one sentence per field."""
+# marshmallow's message for a field the schema does not have.
+UNKNOWN_FIELD = "Unknown field."
+
+
+def unknown_field(name: str, known: Collection[str], server_set: Collection[str] = ()) -> str:
+    """Say what is wrong with a field a body gave that is not one of `known`: one the
+    server sets, or (when a known one is spelt closely) which was meant."""
+    if name in server_set:
+        return "Set by the server; a submission cannot give it."
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"Unknown field; did you mean {close[0]!r}?" if close else UNKNOWN_FIELD
+
+
+def validation_details(
+    error: ValidationError, known: Collection[str] = (), server_set: Collection[str] = ()
+) -> dict[str, Any]:
+    """Flatten marshmallow's messages into one sentence per field; with the fields the
+    schema has (`known`) and those the server sets, an unknown one says more."""
     messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
     details: dict[str, Any] = {}
     for name, value in messages.items():
-        details[str(name)] = _first_message(value)
+        message = _first_message(value)
+        if message == UNKNOWN_FIELD and known:
+            message = unknown_field(str(name), known, server_set)
+        details[str(name)] = message
     return details
 
 
@@ -702,6 +723,15 @@ class HealthOut(Schema):
 _task_in = TaskIn()
 _queue_limits_in = QueueLimitsIn()
 _task_edit = TaskEdit()
+# The fields a submitted task may give, and those of a task that only the server sets.
+TASK_FIELDS = frozenset(f.data_key or n for n, f in _task_in.load_fields.items())
+SERVER_SET = frozenset(f.data_key or n for n, f in TaskOut().fields.items()) - TASK_FIELDS
+
+
+def task_details(error: ValidationError) -> dict[str, Any]:
+    """`validation_details` of a task body: an unknown field says whether the server sets
+    it, or which field was meant."""
+    return validation_details(error, TASK_FIELDS, SERVER_SET)
 
 
 def load_task(body: dict[str, Any]) -> dict[str, Any]:
@@ -709,5 +739,5 @@ def load_task(body: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = _task_in.load(body)
     except ValidationError as exc:
-        raise ValidationFailed("The task is invalid.", validation_details(exc)) from None
+        raise ValidationFailed("The task is invalid.", task_details(exc)) from None
     return loaded

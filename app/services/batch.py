@@ -36,7 +36,7 @@ from app.schemas import (
     TaskIn,
     TaskOut,
     Timestamp,
-    validation_details,
+    task_details,
 )
 from app.services.admission import Admission
 from app.services.reads import shape
@@ -151,7 +151,7 @@ def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
             wanted.append(normalise(load_task(item)))
         except ValidationError as exc:
             invalid += 1
-            details.update(_keyed(index, validation_details(exc)))
+            details.update(_keyed(index, task_details(exc)))
         except ValidationFailed as exc:
             invalid += 1
             details.update(_keyed(index, exc.details or {}))

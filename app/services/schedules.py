@@ -42,6 +42,7 @@ from app.schemas import (
     ID_PATTERN,
     MAX_ID_LENGTH,
     MAX_SCHEDULE_ID_LENGTH,
+    unknown_field,
 )
 from app.services import batch
 from app.services.admission import Admission
@@ -174,11 +175,9 @@ def parse_new(body: dict[str, Any], admission: Admission = OPEN) -> dict[str, An
 
     What it creates must be a valid submission of types that handlers run."""
     unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        raise ValidationFailed(
-            f"Unknown field {unknown[0]!r}.", {name: "Unknown field." for name in unknown}
-        )
-    details: dict[str, str] = {}
+    # Said with whatever else is wrong: `every` alone would not say that cron or
+    # interval_s is missing.
+    details: dict[str, str] = {name: unknown_field(name, FIELDS) for name in unknown}
     schedule_id = body.get("id")
     if not _valid_id(schedule_id):
         details["id"] = ID_MESSAGE.format(max=MAX_SCHEDULE_ID_LENGTH) + (
@@ -186,6 +185,8 @@ def parse_new(body: dict[str, Any], admission: Admission = OPEN) -> dict[str, An
             " and its instant, must fit a batch id's 64."
         )
     spec = _parse_fields(body, details, require_pairs=True)
+    if unknown:
+        raise ValidationFailed(f"Unknown field {unknown[0]!r}.", details)
     if details:
         raise ValidationFailed("The schedule is invalid.", details)
     spec["id"] = schedule_id
@@ -410,7 +411,10 @@ def parse_edit(body: dict[str, Any]) -> dict[str, Any]:
             f"Field {unknown[0]!r} cannot be changed."
             if unknown[0] == "id"
             else f"Unknown field {unknown[0]!r}.",
-            {name: "Unknown field." if name != "id" else "Cannot change." for name in unknown},
+            {
+                name: unknown_field(name, EDITABLE) if name != "id" else "Cannot change."
+                for name in unknown
+            },
         )
     if not body:
         raise ValidationFailed("Nothing to change.", {"_": "Give at least one field."})
