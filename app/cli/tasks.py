@@ -27,9 +27,9 @@ from app.errors import ApiError, BodyTooLarge
 from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_BATCH_BYTES, MAX_BODY_BYTES, MAX_PAGE_SIZE
 from app.schemas import BatchSummaryOut, TaskOut, load_task, load_task_edit
-from app.services import actions, batch, batches, reads, submissions
+from app.services import actions, batch, batches, instances, reads, submissions
 from app.startup import UNMIGRATED
-from app.statuses import Status
+from app.statuses import TERMINAL, Status
 from app.storage import retention
 from app.storage.dbfaults import database_error
 from app.storage.health import schema_problem
@@ -166,10 +166,26 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     if not wait:
         echo_json(shown)
         return
+    _note_if_no_scheduler()
     completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
-    echo_json(as_now(shown, ids))  # what the wait ended on, not what was submitted
+    now = as_now(shown, ids)
+    echo_json(now)  # what the wait ended on, not what was submitted
     if not completed:
+        if any(t["status"] not in TERMINAL for t in now.get("tasks", [now])):
+            _note_if_no_scheduler()  # timed out: why, if that is why
         raise click.exceptions.Exit(1)
+
+
+def _note_if_no_scheduler() -> None:
+    """Say so on stderr when no scheduler is running on this database (none registered,
+    or only stale or draining ones): what is waited for will not start before one does."""
+    listed = instances.listing(parts.engine(), current_app.config["LEASE_S"])
+    if not any(instance["state"] == "running" for instance in listed):
+        click.echo(
+            "note: no scheduler is running on this database; the tasks wait until one "
+            "starts (the service with its scheduler, or `flask scheduler run`)",
+            err=True,
+        )
 
 
 def as_now(shown: dict[str, Any], ids: list[str]) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def test_a_validation_error_names_each_bad_field(app: Flask) -> None:
     stderr = assert_cli_error(invoke(app, "submit", "-", stdin=body), "validation_error")
 
     assert "  duration_ms: Must be a JSON integer" in stderr
-    assert "  status: Unknown field." in stderr
+    assert "  status: Set by the server; a submission cannot give it." in stderr
 
 
 def test_an_unknown_dependency_is_refused(app: Flask) -> None:
@@ -232,6 +232,8 @@ def test_wait_exits_1_when_a_task_did_not_complete(app: Flask) -> None:
     assert json.loads(result.stdout)["status"] == "CANCELLED"
     assert "1 CANCELLED" in result.stderr
     assert "CANCELLED child: Dependency root was cancelled" in result.stderr
+    # Said before the wait; not again, since the wait did not end for want of a scheduler.
+    assert result.stderr.count("no scheduler is running") == 1
 
 
 def test_wait_gives_up_at_the_timeout(app: Flask) -> None:
@@ -241,8 +243,28 @@ def test_wait_gives_up_at_the_timeout(app: Flask) -> None:
 
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["status"] == "QUEUED"
-    assert result.stderr.startswith("error: timeout: 1 of 1 tasks had not finished")
-    assert "unfinished a" in result.stderr
+    lines = result.stderr.splitlines()
+    # No scheduler runs on this database: said before the wait and again at its end.
+    assert lines[0] == NO_SCHEDULER
+    assert lines[1].startswith("error: timeout: 1 of 1 tasks had not finished")
+    assert "  unfinished a" in lines
+    assert lines[-1] == NO_SCHEDULER
+
+
+NO_SCHEDULER = (
+    "note: no scheduler is running on this database; the tasks wait until one starts "
+    "(the service with its scheduler, or `flask scheduler run`)"
+)
+
+
+def test_wait_says_nothing_of_schedulers_when_one_runs(app: Flask) -> None:
+    app.extensions["scheduler"].start()
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 1})
+
+    result = succeed(app, "submit", "--wait", "--timeout", "60", "-", stdin=body)
+
+    assert "no scheduler" not in result.stderr
+    assert json.loads(result.stdout)["status"] == "COMPLETED"
 
 
 # -- show, list -------------------------------------------------------------------------
