@@ -199,18 +199,7 @@ def call_handler(
     A completed outcome carries the tasks the handler added, to be created with it.
     """
     claim = running.claim
-    payload = claim.payload if isinstance(claim.payload, dict) else {}
-    ctx = TaskContext(
-        claim.id,
-        claim.type,
-        claim.duration_ms,
-        payload,
-        claim.attempt,
-        running.cancel,
-        progress=_throttled(report),
-    )
-    if read_dependency_results is not None:
-        ctx.read_dependency_results = read_dependency_results
+    ctx = _AttemptContext(running, report, read_dependency_results)
     try:
         result = registry.resolve(claim.type)(ctx)
     # A handler's bug must fail its task, not the scheduler; so must its sys.exit().
@@ -232,6 +221,49 @@ def call_handler(
     if ctx.added and outcome.status is Status.COMPLETED:
         return replace(outcome, children=tuple(ctx.added))
     return outcome
+
+
+class _AttemptContext(TaskContext):
+    """A handler's context as the scheduler makes it for an attempt: its cancel event is
+    the attempt's, and its progress hook is made, like that event, only when the handler
+    first asks for it (most never do, and a pass starts one attempt per free slot)."""
+
+    def __init__(
+        self,
+        running: Running,
+        report: Callable[[int], None],
+        read_dependency_results: Callable[[], dict[str, Any]] | None,
+    ) -> None:
+        claim = running.claim
+        self.id = claim.id
+        self.type = claim.type
+        self.duration_ms = claim.duration_ms
+        self.payload = claim.payload if isinstance(claim.payload, dict) else {}
+        self.attempt = claim.attempt
+        if read_dependency_results is not None:
+            self.read_dependency_results = read_dependency_results
+        self.added = []
+        self._running = running
+        self._report = report
+        self._progress: Callable[[int], None] | None = None
+
+    @property
+    def cancel(self) -> threading.Event:
+        return self._running.cancel
+
+    @cancel.setter
+    def cancel(self, event: threading.Event) -> None:
+        raise AttributeError("an attempt's cancel event is its scheduler's: set, not replaced")
+
+    @property
+    def progress(self) -> Callable[[int], None]:
+        if self._progress is None:
+            self._progress = _throttled(self._report)
+        return self._progress
+
+    @progress.setter
+    def progress(self, hook: Callable[[int], None]) -> None:
+        self._progress = hook
 
 
 def _traceback(exc: BaseException) -> str:

@@ -69,3 +69,17 @@ def test_threads_asking_at_once_share_one_event() -> None:
         assert len({id(event) for event in events}) == 1
         running.stop("cancel")
         assert all(event.is_set() for event in events)
+
+
+def test_a_handler_that_asks_for_neither_gets_no_event_and_its_progress_is_reported() -> None:
+    registry = Registry()
+    registry.register("quiet", lambda ctx: {"id": ctx.id, "attempt": ctx.attempt})
+    registry.register("reports", lambda ctx: [ctx.progress(p) for p in (30, 100)] and None)
+    quiet = Running(CLAIM._replace(type="quiet"))
+    outcome = call_handler(registry, quiet, lambda _percent: None)
+    assert outcome.result == {"id": "t-1", "attempt": 1}
+    assert quiet._cancel is None  # nothing asked for it: none was made
+    reported: list[int] = []
+    reports = Running(CLAIM._replace(type="reports"))
+    assert call_handler(registry, reports, reported.append).status is Status.COMPLETED
+    assert reported == [30, 100]
