@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Collection
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
@@ -211,13 +212,26 @@ class TaskStatusOut(Schema):
 UNKNOWN_FIELD = "Unknown field."
 
 
+# A body with more unknown fields than this is not misspelt: no field meant is looked for.
+MAX_GUESSED_FIELDS = 3
+
+
 def unknown_field(name: str, known: Collection[str], server_set: Collection[str] = ()) -> str:
     """Say what is wrong with a field a body gave that is not one of `known`: one the
     server sets, or (when a known one is spelt closely) which was meant."""
     if name in server_set:
         return "Set by the server; a submission cannot give it."
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-    return f"Unknown field; did you mean {close[0]!r}?" if close else UNKNOWN_FIELD
+    meant = _meant(name, tuple(sorted(known)))
+    return f"Unknown field; did you mean {meant!r}?" if meant else UNKNOWN_FIELD
+
+
+@lru_cache(maxsize=1024)
+def _meant(name: str, known: tuple[str, ...]) -> str | None:
+    """Return the field of `known` that `name` spells closely, if one does. Only names of
+    about the same length are compared, so that a long name costs nothing."""
+    alike = [k for k in known if abs(len(k) - len(name)) <= 3]
+    close = difflib.get_close_matches(name, alike, n=1, cutoff=0.75) if alike else []
+    return close[0] if close else None
 
 
 def validation_details(
@@ -226,12 +240,14 @@ def validation_details(
     """Flatten marshmallow's messages into one sentence per field; with the fields the
     schema has (`known`) and those the server sets, an unknown one says more."""
     messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
-    details: dict[str, Any] = {}
-    for name, value in messages.items():
-        message = _first_message(value)
-        if message == UNKNOWN_FIELD and known:
-            message = unknown_field(str(name), known, server_set)
-        details[str(name)] = message
+    details: dict[str, Any] = {str(name): _first_message(value) for name, value in messages.items()}
+    if not (known or server_set):
+        return details
+    unknown = [name for name, message in details.items() if message == UNKNOWN_FIELD]
+    guess = bool(known) and len(unknown) <= MAX_GUESSED_FIELDS
+    for name in unknown:
+        if guess or name in server_set:
+            details[name] = unknown_field(name, known if guess else (), server_set)
     return details
 
 

@@ -32,11 +32,13 @@ from app.errors import (
 from app.schemas import (
     ID_PATTERN,
     MAX_PAYLOAD_BYTES,
+    SERVER_SET,
     TRIGGER_RULES,
     TaskIn,
     TaskOut,
     Timestamp,
     task_details,
+    validation_details,
 )
 from app.services.admission import Admission
 from app.services.reads import shape
@@ -126,6 +128,10 @@ def submit_batch(
     return replace(stored, tasks=[answer(row) for row in unshaped])
 
 
+# The invalid tasks of a batch whose unknown fields are compared with the known ones.
+GUESSED_TASKS = 20
+
+
 def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the batch's tasks validated and normalised, or raise what is wrong."""
     unknown = sorted(set(body) - {"tasks"})
@@ -150,8 +156,12 @@ def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             wanted.append(normalise(load_task(item)))
         except ValidationError as exc:
+            # The first few invalid tasks say which field a misspelt one meant: enough to
+            # show the mistake, and a cost that a batch of any size cannot multiply.
+            guess = invalid < GUESSED_TASKS
             invalid += 1
-            details.update(_keyed(index, task_details(exc)))
+            found = task_details(exc) if guess else validation_details(exc, (), SERVER_SET)
+            details.update(_keyed(index, found))
         except ValidationFailed as exc:
             invalid += 1
             details.update(_keyed(index, exc.details or {}))

@@ -444,3 +444,39 @@ def test_error_body_never_echoes_large_input(
     assert len(response.get_data()) < MAX_ERROR_BYTES
     assert LONG[:300] not in response.get_data(as_text=True)
     assert count(app) == 0
+
+
+def test_a_misspelt_field_is_named_but_many_unknown_fields_are_not_guessed_at(
+    client: FlaskClient,
+) -> None:
+    misspelt = {"id": "m", "type": "t", "duration_ms": 1, "priorty": 1}
+    answer = assert_error(post(client, misspelt), 400, "validation_error")
+    assert answer["details"] == {"priorty": "Unknown field; did you mean 'priority'?"}
+    # Past MAX_GUESSED_FIELDS unknown fields a body is not misspelt: none is guessed at,
+    # and an output field is still said to be the server's.
+    many = {**misspelt, "tipe": "t", "payloda": {}, "queu": "q", "status": "QUEUED"}
+    details = assert_error(post(client, many), 400, "validation_error")["details"]
+    assert details == {
+        "priorty": "Unknown field.",
+        "tipe": "Unknown field.",
+        "payloda": "Unknown field.",
+        "queu": "Unknown field.",
+        "status": "Set by the server; a submission cannot give it.",
+    }
+
+
+def test_a_batch_guesses_at_the_misspelt_fields_of_its_first_invalid_tasks_only() -> None:
+    # An answer shows the first details only; guessing past them would cost a large
+    # batch's request time for nothing anybody sees.
+    from app.errors import ValidationFailed
+    from app.services.batch import GUESSED_TASKS, parse_batch
+
+    tasks = [{"id": f"b{k}", "type": "t", "duration_ms": 1, "priorty": 1} for k in range(30)]
+    with pytest.raises(ValidationFailed) as refused:
+        parse_batch({"tasks": tasks})
+    details = refused.value.details or {}
+    guessed = "Unknown field; did you mean 'priority'?"
+    assert [details[f"tasks.{k}.priorty"] == guessed for k in range(30)] == [
+        k < GUESSED_TASKS for k in range(30)
+    ]
+    assert details[f"tasks.{GUESSED_TASKS}.priorty"] == "Unknown field."
