@@ -49,8 +49,11 @@ READY, ENDED, EVENTS = "ready", "ended", "events"
 MAX_DATAGRAM = 65_536
 # Unix datagram sockets and user ids: not on Windows, where every scheduler polls.
 # A listing of the sockets' directory is reused while its modification time, at least
-# this old when read, stays the same (file systems stamp it with a coarse clock).
-LISTING_SETTLED_NS = 50_000_000
+# this old when read, stays the same: file systems stamp it with a coarse clock (a
+# jiffy on ext4 and tmpfs, a whole second on some, two on FAT), and a socket bound in
+# the same tick would leave it unchanged. The directory changes when a process starts
+# or stops: past that, every ring reuses the listing.
+LISTING_SETTLED_NS = 5_000_000_000
 SUPPORTED = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 # What the write transaction this thread is in asked to send: payloads by channel.
 _asked: ContextVar[dict[str, list[str]] | None] = ContextVar("wake_others", default=None)

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -372,3 +373,28 @@ def test_a_listing_read_within_the_clocks_tick_of_a_change_is_not_kept(
     bell.ring()
     assert len(listed) == 2
     assert rings(other_process) == 2
+
+
+def test_a_socket_bound_within_a_coarse_clocks_tick_of_the_listing_is_still_rung(
+    engine: Engine, other_process: socket.socket
+) -> None:
+    """A file system stamping whole seconds leaves the directory's time unchanged when a
+    socket is bound in the same second as the last change: a listing read then must not
+    be kept."""
+    bell = wakeups.bell(engine)
+    assert bell is not None
+    second = (time.time_ns() // 10**9 - 1) * 10**9  # the last change, a second ago
+    os.utime(bell.directory, ns=(second, second))
+    bell.ring()
+    assert rings(other_process) == 1
+    newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = bell.directory / f"ready.4-same-second{wakeups.SUFFIX}"
+    newcomer.bind(str(path))
+    newcomer.settimeout(0.05)
+    os.utime(bell.directory, ns=(second, second))  # as the coarse clock would leave it
+    try:
+        bell.ring()
+        assert rings(newcomer) == 1
+    finally:
+        newcomer.close()
+        path.unlink()
