@@ -35,11 +35,13 @@ class HandlerFailed(Exception):
     """Raised by a handler to fail its attempt with a message for the task's `error`."""
 
 
-def _ignore_progress(percent: int) -> None:
+def ignore_progress(percent: int) -> None:
+    """A context's progress hook when nothing records progress."""
     return None
 
 
-def _no_results() -> dict[str, Any]:
+def no_dependency_results() -> dict[str, Any]:
+    """A context's read of its dependencies' results when nothing reads them."""
     return {}
 
 
@@ -55,9 +57,9 @@ class TaskContext:
     attempt: int
     cancel: threading.Event = field(default_factory=threading.Event)
     # Report 0..100; the scheduler records it as the task's `progress`.
-    progress: Callable[[int], None] = _ignore_progress
+    progress: Callable[[int], None] = ignore_progress
     # Reads `{dependency id: result}` from the database (the scheduler gives it).
-    read_dependency_results: Callable[[], dict[str, Any]] = _no_results
+    read_dependency_results: Callable[[], dict[str, Any]] = no_dependency_results
     # The tasks this attempt adds, loaded and checked; created with its completion.
     added: list[dict[str, Any]] = field(default_factory=list)
 

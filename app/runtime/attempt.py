@@ -13,7 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from app.handlers import HandlerFailed, Registry, TaskContext
+from app.handlers import (
+    HandlerFailed,
+    Registry,
+    TaskContext,
+    ignore_progress,
+    no_dependency_results,
+)
 from app.statuses import Status
 from app.storage.store import Claim, Outcome
 
@@ -199,7 +205,7 @@ def call_handler(
     A completed outcome carries the tasks the handler added, to be created with it.
     """
     claim = running.claim
-    ctx = _AttemptContext(running, report, read_dependency_results)
+    ctx = _AttemptContext.of(running, report, read_dependency_results)
     try:
         result = registry.resolve(claim.type)(ctx)
     # A handler's bug must fail its task, not the scheduler; so must its sys.exit().
@@ -224,41 +230,60 @@ def call_handler(
 
 
 class _AttemptContext(TaskContext):
-    """A handler's context as the scheduler makes it for an attempt: its cancel event is
-    the attempt's, and its progress hook is made, like that event, only when the handler
-    first asks for it (most never do, and a pass starts one attempt per free slot)."""
+    """A handler's context as the scheduler makes it for an attempt (`of`): its cancel
+    event is the attempt's, and its progress hook is made, like that event, only when the
+    handler first asks for it (most never do, and a pass starts one attempt per free
+    slot). Otherwise a TaskContext: made from its fields (`dataclasses.replace`), or
+    given another event or hook, it keeps those."""
 
-    def __init__(
-        self,
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._running: Running | None = None
+        self._cancel: threading.Event | None = None
+        self._report: Callable[[int], None] | None = None
+        self._progress: Callable[[int], None] | None = None
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def of(
+        cls,
         running: Running,
         report: Callable[[int], None],
         read_dependency_results: Callable[[], dict[str, Any]] | None,
-    ) -> None:
+    ) -> _AttemptContext:
+        """Return the context of `running`'s attempt, its fields set directly."""
+        ctx = cls.__new__(cls)
         claim = running.claim
-        self.id = claim.id
-        self.type = claim.type
-        self.duration_ms = claim.duration_ms
-        self.payload = claim.payload if isinstance(claim.payload, dict) else {}
-        self.attempt = claim.attempt
-        if read_dependency_results is not None:
-            self.read_dependency_results = read_dependency_results
-        self.added = []
-        self._running = running
-        self._report = report
-        self._progress: Callable[[int], None] | None = None
+        ctx.id = claim.id
+        ctx.type = claim.type
+        ctx.duration_ms = claim.duration_ms
+        ctx.payload = claim.payload if isinstance(claim.payload, dict) else {}
+        ctx.attempt = claim.attempt
+        ctx.read_dependency_results = read_dependency_results or no_dependency_results
+        ctx.added = []
+        ctx._running = running
+        ctx._cancel = None
+        ctx._report = report
+        ctx._progress = None
+        return ctx
 
     @property
     def cancel(self) -> threading.Event:
-        return self._running.cancel
+        if self._running is not None:
+            return self._running.cancel
+        if self._cancel is None:
+            self._cancel = threading.Event()
+        return self._cancel
 
     @cancel.setter
     def cancel(self, event: threading.Event) -> None:
-        raise AttributeError("an attempt's cancel event is its scheduler's: set, not replaced")
+        # As on a TaskContext: the attempt's stop no longer reaches the handler's event.
+        self._running, self._cancel = None, event
 
     @property
     def progress(self) -> Callable[[int], None]:
         if self._progress is None:
-            self._progress = _throttled(self._report)
+            report = self._report
+            self._progress = ignore_progress if report is None else _throttled(report)
         return self._progress
 
     @progress.setter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from app.handlers import Registry, TaskContext
@@ -83,3 +84,23 @@ def test_a_handler_that_asks_for_neither_gets_no_event_and_its_progress_is_repor
     reports = Running(CLAIM._replace(type="reports"))
     assert call_handler(registry, reports, reported.append).status is Status.COMPLETED
     assert reported == [30, 100]
+
+
+def test_a_context_called_without_a_reader_reads_no_results_and_can_be_replaced() -> None:
+    """As a TaskContext: without the scheduler's reader its dependencies have no results,
+    `dataclasses.replace` makes another, and an event it is given is its own."""
+    seen: list[TaskContext] = []
+    registry = Registry()
+    registry.register("watch", lambda ctx: seen.append(ctx))
+    running = Running(CLAIM)
+    call_handler(registry, running, lambda _percent: None)
+    (ctx,) = seen
+    assert ctx.dependency_results == {}
+    copy = dataclasses.replace(ctx, payload={"k": 1})
+    assert (copy.id, copy.payload, copy.attempt) == ("t-1", {"k": 1}, 1)
+    assert copy.cancel is ctx.cancel  # the attempt's, carried over as a field
+    mine = threading.Event()
+    ctx.cancel = mine  # as on a TaskContext: the handler's own event from now on
+    running.stop("cancel")
+    assert ctx.cancel is mine and not mine.is_set()
+    assert copy.cancel.is_set()
