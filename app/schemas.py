@@ -222,7 +222,16 @@ def unknown_field(name: str, known: Collection[str], server_set: Collection[str]
     if name in server_set:
         return "Set by the server; a submission cannot give it."
     meant = _meant(name, tuple(sorted(known)))
-    return f"Unknown field; did you mean {meant!r}?" if meant else UNKNOWN_FIELD
+    if meant is None:
+        return UNKNOWN_FIELD
+    # `timeout` is not simply renamed `timeout_ms`: its value may be in other units.
+    unit = next((u for suffix, u in _UNITS.items() if meant.endswith(suffix)), None)
+    said = f" (in {unit})" if unit and not name.endswith(meant[meant.rindex("_") :]) else ""
+    return f"Unknown field; did you mean {meant!r}{said}?"
+
+
+# The units fields are given in, by the suffix of their names.
+_UNITS = {"_ms": "milliseconds", "_s": "seconds"}
 
 
 @lru_cache(maxsize=1024)
