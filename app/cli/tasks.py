@@ -166,26 +166,42 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     if not wait:
         echo_json(shown)
         return
-    _note_if_no_scheduler()
+    if _unfinished(shown):
+        _note_if_no_scheduler()
     completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
     now = as_now(shown, ids)
     echo_json(now)  # what the wait ended on, not what was submitted
     if not completed:
-        if any(t["status"] not in TERMINAL for t in now.get("tasks", [now])):
+        if _unfinished(now):
             _note_if_no_scheduler()  # timed out: why, if that is why
         raise click.exceptions.Exit(1)
 
 
+def _unfinished(shown: dict[str, Any]) -> bool:
+    return any(t["status"] not in TERMINAL for t in shown.get("tasks", [shown]))
+
+
 def _note_if_no_scheduler() -> None:
-    """Say so on stderr when no scheduler is running on this database (none registered,
-    or only stale or draining ones): what is waited for will not start before one does."""
-    listed = instances.listing(parts.engine(), current_app.config["LEASE_S"])
-    if not any(instance["state"] == "running" for instance in listed):
+    """Say so on stderr when no scheduler is running on this database: what is waited for
+    will not start before one does. Registered ones silent for longer than this process's
+    LEASE_S are said to be silent, not gone: they may run with a longer one."""
+    lease_s = current_app.config["LEASE_S"]
+    states = {instance["state"] for instance in instances.listing(parts.engine(), lease_s)}
+    if "running" in states:
+        return
+    wait = (
+        "the tasks wait until one starts (the service with its scheduler, or `flask scheduler run`)"
+    )
+    if not states:
+        click.echo(f"note: no scheduler is registered on this database; {wait}", err=True)
+    elif "stale" in states:
         click.echo(
-            "note: no scheduler is running on this database; the tasks wait until one "
-            "starts (the service with its scheduler, or `flask scheduler run`)",
+            f"note: no scheduler of this database has sent a heartbeat in the last {lease_s} s"
+            f" (LEASE_S) but to say it is stopping; if none is running, {wait}",
             err=True,
         )
+    else:
+        click.echo(f"note: the schedulers of this database are stopping; {wait}", err=True)
 
 
 def as_now(shown: dict[str, Any], ids: list[str]) -> dict[str, Any]:
