@@ -22,7 +22,7 @@ from app.errors import (
 from app.services import queues
 from app.services.admission import Admission
 from app.services.reads import load_task
-from app.statuses import FAILED_LIKE, Status
+from app.statuses import FAILED_LIKE, UNFINISHED, Status
 from app.storage import database, groups, readiness, tasks
 from app.storage.notify import announce
 from app.storage.queues import DEFAULT_QUEUE
@@ -177,21 +177,34 @@ def unknown_dependencies(missing: Sequence[str]) -> UnknownDependency:
     return UnknownDependency(f"{len(missing)} {noun} not exist.", {"missing": list(missing)})
 
 
-def new_row(wanted: dict[str, Any], statuses: dict[str, str], now: datetime) -> dict[str, Any]:
-    """Return the row of a new task, given the statuses of its dependencies."""
+# What a new row holds besides the task's own fields and times, until its dependencies
+# say otherwise.
+_BORN: dict[str, Any] = {
+    "status": Status.QUEUED.value,
+    "pending_deps": 0,
+    "error": None,
+    "error_code": None,
+    "finished_at": None,
+}
+_UNFINISHED = frozenset(UNFINISHED)
+_FAILED_LIKE = frozenset(FAILED_LIKE)
+_CANCELLED = Status.CANCELLED.value
+
+
+def new_row(
+    wanted: dict[str, Any], statuses: dict[str, str], now: datetime, **extra: Any
+) -> dict[str, Any]:
+    """Return the row of a new task (with `extra` columns), given the statuses of its
+    dependencies."""
+    # Its dependencies too, as the insert and the answer take them. Made in one step: a
+    # batch makes a row per task, in the write transaction on PostgreSQL.
+    row = {**wanted, **_BORN, "not_before": wanted["run_at"], "created_at": now, "updated_at": now}
+    if extra:
+        row.update(extra)
     dependencies = wanted["dependencies"]
-    row = dict(wanted)  # its dependencies too, as the insert and the answer take them
-    pending = readiness.pending((d, statuses[d]) for d in dependencies) if dependencies else 0
-    row.update(
-        status=Status.QUEUED.value,
-        pending_deps=pending,
-        not_before=wanted["run_at"],
-        created_at=now,
-        updated_at=now,
-        error=None,
-        error_code=None,
-        finished_at=None,
-    )
+    if not dependencies:
+        return row
+    row["pending_deps"] = sum(statuses[d] in _UNFINISHED for d in dependencies)
     blocked = _blocked(wanted, statuses)
     if blocked is not None:
         status, code, culprit, verb = blocked
@@ -218,12 +231,15 @@ def _blocked(
     dependencies = wanted["dependencies"]
     if not dependencies or wanted["trigger_rule"] != "all_success":
         return None
-    failed = [d for d in dependencies if statuses[d] in FAILED_LIKE]
-    if failed:
-        return Status.UPSTREAM_FAILED, "upstream_failed", failed[0], "failed"
-    cancelled = [d for d in dependencies if statuses[d] == Status.CANCELLED.value]
-    if cancelled:
-        return Status.CANCELLED, "upstream_cancelled", cancelled[0], "was cancelled"
+    cancelled = None  # the first one cancelled: a failed one, even after it, is named
+    for dependency in dependencies:
+        status = statuses[dependency]
+        if status in _FAILED_LIKE:
+            return Status.UPSTREAM_FAILED, "upstream_failed", dependency, "failed"
+        if status == _CANCELLED and cancelled is None:
+            cancelled = dependency
+    if cancelled is not None:
+        return Status.CANCELLED, "upstream_cancelled", cancelled, "was cancelled"
     return None
 
 
@@ -243,12 +259,12 @@ class NewRows:
     answers: list[dict[str, Any]] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        statuses, now, batch_id, answers = self.statuses, self.now, self.batch_id, self.answers
         for task in self.wanted:
-            row = new_row(task, self.statuses, self.now)
-            row["batch_id"] = self.batch_id
+            row = new_row(task, statuses, now, batch_id=batch_id)
             yield row
-            if self.answers is not None:
-                self.answers.append(answer(row))
+            if answers is not None:
+                answers.append(answer(row))
 
     def born(self) -> list[str]:
         """Return the statuses the new tasks are born with."""
