@@ -8,8 +8,10 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from app.errors import ApiError, error_body
+from app import parts
+from app.errors import ApiError, DatabaseUnavailable, error_body
 from app.storage import dbfaults
+from app.storage.health import schema_failure
 
 # Named as before the package layout, so that operators' log filters keep working.
 log = logging.getLogger("app.errors")
@@ -66,8 +68,25 @@ def register_error_handlers(app: Flask) -> None:
                 dbfaults.describe(exc),
             )
             return handle_api_error(known)
+        unusable = _schema_problem(exc)
+        if unusable is not None:
+            log.warning(
+                "%s %s answered 503 database_unavailable: %s",
+                request.method,
+                request.path[:100],
+                unusable,
+            )
+            message = f"The database is unusable: {unusable}. Nothing was changed."
+            return handle_api_error(DatabaseUnavailable(message, {"reason": "schema"}))
         log.exception("unhandled error")
         return error_response(500, "internal_error", "The server failed to handle the request.")
+
+
+def _schema_problem(exc: Exception) -> str | None:
+    try:
+        return schema_failure(exc, parts.engine())
+    except Exception:  # the look itself failed: the error stays what it was
+        return None
 
 
 def _http_message(status: int, exc: HTTPException) -> str:

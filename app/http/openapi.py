@@ -87,9 +87,10 @@ ENUMS: dict[str, tuple[str, list[str]]] = {
     ),
     "HealthStatus": ("ok: the database and the scheduler can do their job.", ["ok", "unavailable"]),
     "DatabaseStatus": (
-        "unreachable: a read fails; refusing_writes: reads work, but the last write was "
-        "refused and none has committed since.",
-        ["ok", "unreachable", "refusing_writes"],
+        "unreachable: a read fails; unusable: the schema was never migrated, or by an "
+        "older version (run flask db upgrade); refusing_writes: reads work, but the last "
+        "write was refused and none has committed since.",
+        ["ok", "unreachable", "unusable", "refusing_writes"],
     ),
     "SchedulerState": (
         "stopped: this process runs no scheduler loop; disabled: SCHEDULER_ENABLED is false.",

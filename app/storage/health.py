@@ -4,6 +4,7 @@ schema is the one this version needs."""
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakSet
 
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,9 +20,11 @@ SCHEMA_REVISION = "0013"
 def database_health(engine: Engine) -> dict[str, Any]:
     """Say whether the database serves reads and writes, and if not, what is wrong.
 
-    `status` is `ok`, `unreachable` (a read fails) or `refusing_writes` (reads work, but
-    this process's last write was refused, as by a full disk, and none has committed
-    since); `reason` is a stable code and `error` a sentence an operator can act on.
+    `status` is `ok`, `unreachable` (a read fails), `unusable` (this version cannot run on
+    its schema: never migrated, or migrated by an older version) or `refusing_writes`
+    (reads work, but this process's last write was refused, as by a full disk, and none
+    has committed since); `reason` is a stable code and `error` a sentence an operator can
+    act on.
     """
     storage: dict[str, Any] = {"dialect": engine.dialect.name}
     try:
@@ -33,12 +36,40 @@ def database_health(engine: Engine) -> dict[str, Any]:
             problem = f"the database failed a trivial query ({type(exc).__name__})"
             return {**storage, "status": "unreachable", "reason": "error", "error": problem}
         return {**storage, "status": "unreachable", "reason": fault.reason, "error": fault.problem}
+    schema = checked_schema(engine)
+    if schema is not None:
+        return {**storage, "status": "unusable", "reason": "schema", "error": schema}
     refused = dbfaults.refusing_writes(engine)
     if refused is None:
         return {**storage, "status": "ok"}
     fault, age_s = refused
     problem = f"writes are refused: {fault.problem} (last refused {age_s:.0f} s ago)"
     return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
+
+
+# The engines whose schema this process found usable: it is looked at again only while
+# it is not (until `flask db upgrade` runs), not at every /health.
+_usable: WeakSet[Engine] = WeakSet()
+
+
+def checked_schema(engine: Engine) -> str | None:
+    """Return `schema_problem`, looking at a schema found usable once no more."""
+    if engine in _usable:
+        return None
+    problem = schema_problem(engine)
+    if problem is None:
+        _usable.add(engine)
+    return problem
+
+
+def schema_failure(exc: BaseException, engine: Engine) -> str | None:
+    """Say why a statement failed with `exc` when the cause is the schema: its tables
+    missing (never migrated) or older than this version. None for any other error.
+
+    `flask run`, gunicorn and the commands refuse to start on such a database; an app
+    served another way meets it at its first request.
+    """
+    return checked_schema(engine) if isinstance(exc, SQLAlchemyError) else None
 
 
 def schema_problem(engine: Engine) -> str | None:

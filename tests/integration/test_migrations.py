@@ -471,6 +471,40 @@ def test_the_code_needs_the_newest_revision_and_refuses_an_older_schema(
         db.engine.dispose()
 
 
+def test_an_app_served_on_a_schema_it_cannot_use_answers_503_saying_how_to_upgrade(
+    database_url: str,
+) -> None:
+    """gunicorn, `flask run` and the commands refuse such a database at start; an app served
+    by another WSGI server meets it at its first request, which must say the fix, and
+    /health must not call it healthy."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    client = app.test_client()
+
+    def refused(answer: Any, said: str) -> None:
+        assert answer.status_code == 503
+        body = answer.get_json()
+        assert (body["code"], body["details"]) == ("database_unavailable", {"reason": "schema"})
+        assert said in body["error"] and "flask db upgrade" in body["error"]
+
+    never = "without the service's tables"
+    refused(client.get("/api/tasks"), never)
+    refused(client.post("/api/tasks", json={"type": "noop", "duration_ms": 1}), never)
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["database"]["status"] == "unusable"
+    assert never in health.get_json()["database"]["error"]
+    with app.app_context():
+        upgrade(revision="0007")
+        refused(client.get("/api/tasks"), "at revision 0007")
+        assert client.get("/health").get_json()["database"]["reason"] == "schema"
+        upgrade()
+    assert client.get("/health").status_code == 200
+    assert client.get("/api/tasks").status_code == 200
+    created = client.post("/api/tasks", json={"id": "t", "type": "noop", "duration_ms": 1})
+    assert created.status_code == 201
+    app.extensions["store"].engine.dispose()
+
+
 def test_upgrade_to_0009_puts_stored_tasks_in_the_default_queue_and_counts_them(
     database_url: str,
 ) -> None:
