@@ -266,6 +266,11 @@ class _AttemptContext(TaskContext):
         ctx._progress = None
         return ctx
 
+    def __repr__(self) -> str:
+        # Shown as what handlers are told they get (a handler may print or log it).
+        shown = TaskContext.__repr__(self)
+        return "TaskContext" + shown[shown.index("(") :]
+
     @property
     def cancel(self) -> threading.Event:
         if self._running is not None:

@@ -104,3 +104,13 @@ def test_a_context_called_without_a_reader_reads_no_results_and_can_be_replaced(
     running.stop("cancel")
     assert ctx.cancel is mine and not mine.is_set()
     assert copy.cancel.is_set()
+
+
+def test_a_handler_printing_its_context_sees_a_task_context() -> None:
+    seen: list[str] = []
+    registry = Registry()
+    registry.register("show", lambda ctx: seen.append(repr(ctx)))
+    call_handler(registry, Running(CLAIM._replace(type="show")), lambda _percent: None)
+    (shown,) = seen
+    assert shown.startswith("TaskContext(id='t-1', type='show', duration_ms=")
+    assert "attempt=1" in shown
