@@ -648,7 +648,16 @@ def load_task_edit(body: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = _task_edit.load(body)
     except ValidationError as exc:
-        raise ValidationFailed("The change is invalid.", validation_details(exc)) from None
+        details = validation_details(exc, EDIT_FIELDS)
+        for name, message in details.items():
+            if message == UNKNOWN_FIELD and name in SERVER_SET:
+                details[name] = (
+                    f"Set by the server: {_EDITS} (cancel or retry a task with POST "
+                    "/api/tasks/<id>/cancel or /retry)."
+                )
+            elif message == UNKNOWN_FIELD and name in TASK_FIELDS:
+                details[name] = f"Fixed once submitted: {_EDITS}."
+        raise ValidationFailed("The change is invalid.", details) from None
     if not loaded:
         raise ValidationFailed(
             "Nothing to change: send priority, run_at or queue.", {"_schema": "Empty."}
@@ -665,7 +674,10 @@ def load_queue_limits(body: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = _queue_limits_in.load(body)
     except ValidationError as exc:
-        raise ValidationFailed("The queue's limits are invalid.", validation_details(exc)) from None
+        details = validation_details(exc, QUEUE_LIMIT_FIELDS)
+        if details.get("paused") == UNKNOWN_FIELD:
+            details["paused"] = "Not a limit: POST /api/queues/<name>/pause (or /resume)."
+        raise ValidationFailed("The queue's limits are invalid.", details) from None
     return {name: loaded.get(name) for name in QueueLimitsIn._declared_fields}
 
 
@@ -751,6 +763,11 @@ _task_edit = TaskEdit()
 # The fields a submitted task may give, and those of a task that only the server sets.
 TASK_FIELDS = frozenset(f.data_key or n for n, f in _task_in.load_fields.items())
 SERVER_SET = frozenset(f.data_key or n for n, f in TaskOut().fields.items()) - TASK_FIELDS
+# The fields of a change to a task, and of a queue's limits.
+EDIT_FIELDS = frozenset(_task_edit.load_fields)
+QUEUE_LIMIT_FIELDS = frozenset(_queue_limits_in.load_fields)
+*_FIRST_EDITS, _LAST_EDIT = sorted(EDIT_FIELDS)
+_EDITS = f"a PATCH changes only {', '.join(_FIRST_EDITS)} and {_LAST_EDIT}"
 
 
 def task_details(error: ValidationError) -> dict[str, Any]:

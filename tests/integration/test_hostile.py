@@ -603,7 +603,8 @@ QUEUES = [
     put("queue-rate-zero", "/api/queues/mail", json.dumps({"rate_limit_per_s": 0}).encode(), 400, INVALID, r'"rate_limit_per_s": "Must be null or from 0.001'),
     put("queue-rate-string", "/api/queues/mail", json.dumps({"rate_limit_per_s": "fast"}).encode(), 400, INVALID, r'"rate_limit_per_s": "Must be a JSON number'),
     put("queue-rate-overflow", "/api/queues/mail", b'{"rate_limit_per_s": 1e999}', 400, BAD_JSON, r"1e999 does not fit in a double"),
-    put("queue-unknown-field", "/api/queues/mail", json.dumps({"paused": True}).encode(), 400, INVALID, r'"paused": "Unknown field'),
+    put("queue-misspelt-limit", "/api/queues/mail", json.dumps({"concurency_limit": 3}).encode(), 400, INVALID, r'"concurency_limit": "Unknown field; did you mean \'concurrency_limit\'\?"'),
+    put("queue-unknown-field", "/api/queues/mail", json.dumps({"paused": True}).encode(), 400, INVALID, r'"paused": "Not a limit: POST /api/queues/<name>/pause'),
     put("queue-body-a-list", "/api/queues/mail", b"[2]", 400, BAD_JSON, NOT_OBJECT),
     put("queue-body-text", "/api/queues/mail", b"2", 415, "unsupported_media_type", r"application/json", headers={"Content-Type": "text/plain"}),
     put("queue-bad-name", "/api/queues/ma%20il", json.dumps({}).encode(), 400, "invalid_parameter", r"is not a queue name"),
@@ -615,7 +616,9 @@ QUEUES = [
 ]
 ACTIONS = [
     patch("task-patch-empty", "/api/tasks/b", b"{}", 400, INVALID, r"Nothing to change"),
-    patch("task-patch-status", "/api/tasks/b", json.dumps({"status": "COMPLETED"}).encode(), 400, INVALID, r'"status": "Unknown field'),
+    patch("task-patch-misspelt", "/api/tasks/b", json.dumps({"prioirty": 1}).encode(), 400, INVALID, r'"prioirty": "Unknown field; did you mean \'priority\'\?"'),
+    patch("task-patch-fixed-field", "/api/tasks/b", json.dumps({"payload": {}}).encode(), 400, INVALID, r'"payload": "Fixed once submitted: a PATCH changes only priority, queue and run_at\."'),
+    patch("task-patch-status", "/api/tasks/b", json.dumps({"status": "COMPLETED"}).encode(), 400, INVALID, r'"status": "Set by the server: a PATCH changes only priority, queue and run_at'),
     patch("task-patch-priority-high", "/api/tasks/b", json.dumps({"priority": 1001}).encode(), 400, INVALID, r'"priority": "Must be between -1000 and 1000'),
     patch("task-patch-priority-bool", "/api/tasks/b", json.dumps({"priority": True}).encode(), 400, INVALID, r'"priority": "Must be a JSON integer'),
     patch("task-patch-queue-bad", "/api/tasks/b", json.dumps({"queue": "a b"}).encode(), 400, INVALID, r'"queue": "Use ' + QUEUE_RULE),
