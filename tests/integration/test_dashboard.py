@@ -194,6 +194,16 @@ def test_the_overview_starts_with_the_filters_of_its_url(client: FlaskClient) ->
     assert '<option value="FAILED" selected>' in html
     assert html.count(" selected>") == 1
     assert Elements(page(client, "/")).by_id["filter-batch"]["value"] == ""
+    assert not Elements(html).shown("status-note")
+
+
+def test_the_overview_says_when_its_url_names_no_status(client: FlaskClient) -> None:
+    html = page(client, "/?status=finished")
+    assert " selected>" not in html  # the list shows every status, as "any" says
+    assert Elements(html).shown("status-note")
+    assert "No status is called &ldquo;FINISHED&rdquo;: the list" in " ".join(html.split())
+    long = page(client, "/?status=" + "x" * 500)
+    assert "x" * 33 not in long  # what is shown back stays short
 
 
 def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFactory) -> None:

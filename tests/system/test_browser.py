@@ -225,3 +225,17 @@ def test_the_instances_page_lists_the_running_instance(
     p.wait_for_selector(f'{row} [data-field="load"]:text-is("1 / 3")', timeout=10_000)
     age = p.text_content(f"{row} [data-age]")
     assert age is not None and age.endswith(" ago)"), age
+
+
+def test_the_overview_notes_a_status_its_url_names_wrongly_until_the_filter_changes(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    server = launcher.gunicorn(db)
+    server.submit("shown", 1)
+    p = page
+    p.goto(f"{server.base_url}/?status=finished")
+    p.wait_for_selector('#task-rows a:text-is("shown")', timeout=10_000)  # every status
+    assert p.is_visible("#status-note")
+    p.select_option("#filter-status", "COMPLETED")
+    p.wait_for_url(f"{server.base_url}/?status=COMPLETED")
+    assert not p.is_visible("#status-note")

@@ -118,6 +118,10 @@
   }
 
   function restart() {
+    var note = document.getElementById("status-note");
+    if (note) {
+      note.hidden = true; // the filters now say what the list shows
+    }
     cursors = [null];
     page = 0;
     saveFilters();
