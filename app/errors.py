@@ -126,6 +126,15 @@ class DatabaseUnavailable(TryAgainLater):
     code = "database_unavailable"
 
 
+class DatabaseUnusable(ApiError):
+    """This version cannot run on the database's schema (never migrated, or migrated by an
+    older version): nothing changes that until an operator runs `flask db upgrade`, so no
+    Retry-After is given."""
+
+    status = 503
+    code = "database_unusable"
+
+
 class OutcomeUnknown(TryAgainLater):
     code = "outcome_unknown"
 

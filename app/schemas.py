@@ -226,20 +226,47 @@ def unknown_field(name: str, known: Collection[str], server_set: Collection[str]
         return UNKNOWN_FIELD
     # `timeout` is not simply renamed `timeout_ms`: its value may be in other units.
     unit = next((u for suffix, u in _UNITS.items() if meant.endswith(suffix)), None)
-    said = f" (in {unit})" if unit and not name.endswith(meant[meant.rindex("_") :]) else ""
+    said = ""
+    if unit is not None and not name.lower().endswith(meant[meant.rindex("_") :]):
+        said = f" ({unit})"
     return f"Unknown field; did you mean {meant!r}{said}?"
 
 
-# The units fields are given in, by the suffix of their names.
-_UNITS = {"_ms": "milliseconds", "_s": "seconds"}
+# The units fields are given in, by the suffix of their names (the first that fits).
+_UNITS = {"_per_s": "per second", "_ms": "in milliseconds", "_s": "in seconds"}
+# Names given for a field that spell it too differently for a guess.
+_ALIASES = {
+    "concurrency": "concurrency_limit",
+    "max_concurrency": "concurrency_limit",
+    "rate": "rate_limit_per_s",
+    "rate_limit": "rate_limit_per_s",
+    "rate_per_s": "rate_limit_per_s",
+    "rate_limit_per_second": "rate_limit_per_s",
+    "timeout": "timeout_ms",
+    "duration": "duration_ms",
+    "retry_backoff": "retry_backoff_ms",
+    "backoff_ms": "retry_backoff_ms",
+    "max_retries": "max_attempts",
+    "deps": "dependencies",
+    "depends_on": "dependencies",
+}
+
+
+def _meant(name: str, known: tuple[str, ...]) -> str | None:
+    """Return the field of `known` that `name` spells closely, if one does."""
+    alias = _ALIASES.get(name.lower())
+    if alias in known:
+        return alias
+    if not any(abs(len(k) - len(name)) <= 3 for k in known):
+        return None  # no name of about its length: nothing to compare, nothing kept
+    return _close(name.lower(), known)
 
 
 @lru_cache(maxsize=1024)
-def _meant(name: str, known: tuple[str, ...]) -> str | None:
-    """Return the field of `known` that `name` spells closely, if one does. Only names of
-    about the same length are compared, so that a long name costs nothing."""
+def _close(name: str, known: tuple[str, ...]) -> str | None:
+    # Only names of about the same length are compared, and kept: a long one costs nothing.
     alike = [k for k in known if abs(len(k) - len(name)) <= 3]
-    close = difflib.get_close_matches(name, alike, n=1, cutoff=0.75) if alike else []
+    close = difflib.get_close_matches(name, alike, n=1, cutoff=0.75)
     return close[0] if close else None
 
 
@@ -675,8 +702,9 @@ def load_queue_limits(body: dict[str, Any]) -> dict[str, Any]:
         loaded: dict[str, Any] = _queue_limits_in.load(body)
     except ValidationError as exc:
         details = validation_details(exc, QUEUE_LIMIT_FIELDS)
-        if details.get("paused") == UNKNOWN_FIELD:
-            details["paused"] = "Not a limit: POST /api/queues/<name>/pause (or /resume)."
+        for name, message in details.items():
+            if message == UNKNOWN_FIELD and name.lower() in ("paused", "pause"):
+                details[name] = "Not a limit: POST /api/queues/<name>/pause (or /resume)."
         raise ValidationFailed("The queue's limits are invalid.", details) from None
     return {name: loaded.get(name) for name in QueueLimitsIn._declared_fields}
 

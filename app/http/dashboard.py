@@ -48,14 +48,24 @@ view_attempt_out = BatchViewAttemptOut(many=True)
 @bp.get("/")
 def index() -> str:
     """The overview: counts by status and the task table, filtered as the URL says."""
-    status = request.args.get("status", "")
+    status = request.args.get("status", "").strip()
+    wanted = status.upper() if status.isascii() else status
     return render_template(
         "dashboard/index.html",
         statuses=STATUSES,
-        wanted_status=status.upper() if status.isascii() else status,
+        wanted_status=wanted,
+        # An unknown status is said back only as plain printable text, and short.
+        shown_status=_shown(wanted) if wanted and wanted not in STATUSES else None,
         task_type=request.args.get("type", ""),
         batch_id=request.args.get("batch_id", ""),
     )
+
+
+def _shown(value: str, most: int = 32) -> str:
+    """Return `value` to show in a page: printable ASCII only, cut to `most` characters."""
+    if not (value.isascii() and value.isprintable()):
+        return ""
+    return value if len(value) <= most else value[: most - 1] + "\u2026"
 
 
 @bp.get("/schedules")

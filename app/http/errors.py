@@ -9,7 +9,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from app import parts
-from app.errors import ApiError, DatabaseUnavailable, error_body
+from app.errors import ApiError, DatabaseUnusable, error_body
 from app.storage import dbfaults
 from app.storage.health import schema_failure
 
@@ -71,13 +71,13 @@ def register_error_handlers(app: Flask) -> None:
         unusable = _schema_problem(exc)
         if unusable is not None:
             log.warning(
-                "%s %s answered 503 database_unavailable: %s",
+                "%s %s answered 503 database_unusable: %s",
                 request.method,
                 request.path[:100],
                 unusable,
             )
-            message = f"The database is unusable: {unusable}. Nothing was changed."
-            return handle_api_error(DatabaseUnavailable(message, {"reason": "schema"}))
+            message = f"Nothing was changed: {unusable}."
+            return handle_api_error(DatabaseUnusable(message, {"reason": "schema"}))
         log.exception("unhandled error")
         return error_response(500, "internal_error", "The server failed to handle the request.")
 

@@ -310,7 +310,9 @@ SHARED_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
         "repeat the request after `Retry-After`. `outcome_unknown`: the connection failed "
         "while the commit was in flight, so the change may or may not be stored; repeat "
         "the same request (a submission with the same id and body is answered as a replay "
-        "if it was stored). `details.reason` names the cause.",
+        "if it was stored). `database_unusable` (no `Retry-After`): the database was never "
+        "migrated, or by an older version; an operator must run `flask db upgrade`. "
+        "`details.reason` names the cause.",
         RETRY_AFTER_DATABASE,
     ),
     "StorageFull": (

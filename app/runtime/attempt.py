@@ -268,8 +268,9 @@ class _AttemptContext(TaskContext):
 
     def __repr__(self) -> str:
         # Shown as what handlers are told they get (a handler may print or log it).
-        shown = TaskContext.__repr__(self)
-        return "TaskContext" + shown[shown.index("(") :]
+        shown = TaskContext.__repr__(self)  # "..." when the context holds itself
+        mine = type(self).__qualname__
+        return "TaskContext" + shown[len(mine) :] if shown.startswith(mine) else shown
 
     @property
     def cancel(self) -> threading.Event:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.statuses import Status
 from app.storage import counts, database, dbfaults
+from app.storage.health import schema_failure
 
 if TYPE_CHECKING:
     from app.runtime.attempt import Running
@@ -58,10 +59,12 @@ class TaskCounts:
                 found = counts.by_queue(conn)
         except SQLAlchemyError as exc:
             fault = dbfaults.classify(exc)
-            if fault is None:
+            # An outage or a schema to upgrade, not a bug: one line per scrape.
+            problem = fault.problem if fault is not None else schema_failure(exc, self.engine)
+            if problem is None:
                 log.warning("could not count tasks by status for /metrics", exc_info=True)
-            else:  # an outage, not a bug: one line per scrape
-                log.warning("could not count tasks by status for /metrics: %s", fault.problem)
+            else:
+                log.warning("could not count tasks by status for /metrics: %s", problem)
             return
         family = self._family()
         per_queue = self._queue_family()

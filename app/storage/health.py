@@ -47,29 +47,43 @@ def database_health(engine: Engine) -> dict[str, Any]:
     return {**storage, "status": "refusing_writes", "reason": fault.reason, "error": problem}
 
 
-# The engines whose schema this process found usable: it is looked at again only while
-# it is not (until `flask db upgrade` runs), not at every /health.
+# The engines whose schema this process found usable: /health looks again only while it
+# is not (until `flask db upgrade` runs). A request that fails on the schema looks anew.
 _usable: WeakSet[Engine] = WeakSet()
 
 
 def checked_schema(engine: Engine) -> str | None:
-    """Return `schema_problem`, looking at a schema found usable once no more."""
+    """Say in a short sentence why this version cannot run on the database's schema, or
+    None: when it can (remembered), or when the look itself failed (not remembered)."""
     if engine in _usable:
         return None
-    problem = schema_problem(engine)
-    if problem is None:
+    try:
+        found = _revision(engine)
+    except SQLAlchemyError:
+        return None
+    if found is not None and found >= SCHEMA_REVISION:
         _usable.add(engine)
-    return problem
+        return None
+    if found is None:
+        return "the database has none of the service's tables: run `flask db upgrade`"
+    return (
+        f"the database's schema is at revision {found}, older than this version's "
+        f"{SCHEMA_REVISION}: run `flask db upgrade` (docs/deployment.md, Upgrading)"
+    )
 
 
 def schema_failure(exc: BaseException, engine: Engine) -> str | None:
     """Say why a statement failed with `exc` when the cause is the schema: its tables
-    missing (never migrated) or older than this version. None for any other error.
+    missing (never migrated, or dropped since) or older than this version. None for any
+    other error.
 
     `flask run`, gunicorn and the commands refuse to start on such a database; an app
     served another way meets it at its first request.
     """
-    return checked_schema(engine) if isinstance(exc, SQLAlchemyError) else None
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    _usable.discard(engine)  # what was usable may not be any more: look again
+    return checked_schema(engine)
 
 
 def schema_problem(engine: Engine) -> str | None:
@@ -77,19 +91,29 @@ def schema_problem(engine: Engine) -> str | None:
     migrated by an older version. None when it can, or when the database cannot be
     reached (the service waits for it, as at any time)."""
     try:
-        with engine.connect() as conn:
-            tables = inspect(conn)
-            if not tables.has_table("tasks"):
-                return UNMIGRATED
-            if not tables.has_table("alembic_version"):
-                return None  # made from the models directly (tests), never by revisions
-            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        found = _revision(engine)
     except SQLAlchemyError:
         return None
-    if revision is None or str(revision) >= SCHEMA_REVISION:
+    if found is not None and found >= SCHEMA_REVISION:
         return None
+    if found is None:
+        return UNMIGRATED
     return (
-        f"the database's schema is at revision {revision}, and this version needs "
+        f"the database's schema is at revision {found}, and this version needs "
         f"{SCHEMA_REVISION}: stop every instance, run `flask db upgrade`, then start them "
         "again (docs/deployment.md, Upgrading)"
     )
+
+
+def _revision(engine: Engine) -> str | None:
+    """Return the revision the database's schema is at (SCHEMA_REVISION for one made from
+    the models directly, as the tests make theirs), or None when it has none of the
+    service's tables; raise SQLAlchemyError when it cannot look."""
+    with engine.connect() as conn:
+        tables = inspect(conn)
+        if not tables.has_table("tasks"):
+            return None
+        if not tables.has_table("alembic_version"):
+            return SCHEMA_REVISION
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return SCHEMA_REVISION if revision is None else str(revision)

@@ -465,6 +465,24 @@ def test_a_misspelt_field_is_named_but_many_unknown_fields_are_not_guessed_at(
     }
 
 
+def test_a_field_named_another_common_way_is_named_and_long_names_are_not_kept(
+    client: FlaskClient,
+) -> None:
+    from app import schemas
+
+    body = {"id": "n", "type": "t", "duration_ms": 1, "max_retries": 2, "depends_on": []}
+    details = assert_error(post(client, body), 400, "validation_error")["details"]
+    assert details == {
+        "max_retries": "Unknown field; did you mean 'max_attempts'?",
+        "depends_on": "Unknown field; did you mean 'dependencies'?",
+    }
+    kept = schemas._close.cache_info().currsize
+    for k in range(20):  # names no field is near in length: compared with nothing, not kept
+        long = {"id": "n", "type": "t", "duration_ms": 1, f"{k}" + "x" * 100_000: 1}
+        assert_error(post(client, long), 400, "validation_error")
+    assert schemas._close.cache_info().currsize == kept
+
+
 def test_a_batch_guesses_at_the_misspelt_fields_of_its_first_invalid_tasks_only() -> None:
     # An answer shows the first details only; guessing past them would cost a large
     # batch's request time for nothing anybody sees.

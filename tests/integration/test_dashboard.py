@@ -203,7 +203,12 @@ def test_the_overview_says_when_its_url_names_no_status(client: FlaskClient) -> 
     assert Elements(html).shown("status-note")
     assert "No status is called &ldquo;FINISHED&rdquo;: the list" in " ".join(html.split())
     long = page(client, "/?status=" + "x" * 500)
-    assert "x" * 33 not in long  # what is shown back stays short
+    assert "X" * 31 + "\u2026&rdquo;" in long and "X" * 32 not in long  # said back short
+    for odd in ("%E2%80%AEdeliaf", "fail%00ed", "%C3%9F"):  # bidi override, NUL, non-ASCII
+        html = page(client, "/?status=" + odd)
+        assert Elements(html).shown("status-note")
+        assert "The address names no status: the list" in " ".join(html.split())
+    assert not Elements(page(client, "/?status=%20failed%20")).shown("status-note")
 
 
 def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFactory) -> None:

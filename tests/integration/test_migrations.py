@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import Connection, Engine, MetaData, Table, event, insert, inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.extensions import db
@@ -21,7 +22,7 @@ from app.runtime.reaper import Reaper
 from app.services import actions, blockers, reads, schedules, submissions
 from app.services import queues as queue_services
 from app.statuses import Status
-from app.storage import counts, database, retention
+from app.storage import counts, database, health, retention
 from app.storage.database import utcnow
 from app.storage.health import SCHEMA_REVISION, schema_problem
 from app.storage.reads import newest_first
@@ -475,18 +476,20 @@ def test_an_app_served_on_a_schema_it_cannot_use_answers_503_saying_how_to_upgra
     database_url: str,
 ) -> None:
     """gunicorn, `flask run` and the commands refuse such a database at start; an app served
-    by another WSGI server meets it at its first request, which must say the fix, and
-    /health must not call it healthy."""
+    by another WSGI server meets it at its first request, which must say the fix (whole, and
+    with no Retry-After: waiting does not mend it), and /health must not call it healthy."""
     app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
     client = app.test_client()
 
     def refused(answer: Any, said: str) -> None:
         assert answer.status_code == 503
+        assert "Retry-After" not in answer.headers
         body = answer.get_json()
-        assert (body["code"], body["details"]) == ("database_unavailable", {"reason": "schema"})
-        assert said in body["error"] and "flask db upgrade" in body["error"]
+        assert (body["code"], body["details"]) == ("database_unusable", {"reason": "schema"})
+        assert said in body["error"] and "run `flask db upgrade`" in body["error"]
+        assert not body["error"].endswith("...")  # not cut at the length errors are kept to
 
-    never = "without the service's tables"
+    never = "none of the service's tables"
     refused(client.get("/api/tasks"), never)
     refused(client.post("/api/tasks", json={"type": "noop", "duration_ms": 1}), never)
     health = client.get("/health")
@@ -495,13 +498,34 @@ def test_an_app_served_on_a_schema_it_cannot_use_answers_503_saying_how_to_upgra
     assert never in health.get_json()["database"]["error"]
     with app.app_context():
         upgrade(revision="0007")
-        refused(client.get("/api/tasks"), "at revision 0007")
+        refused(client.get("/api/tasks"), "at revision 0007, older than this version's")
         assert client.get("/health").get_json()["database"]["reason"] == "schema"
         upgrade()
     assert client.get("/health").status_code == 200
     assert client.get("/api/tasks").status_code == 200
     created = client.post("/api/tasks", json={"id": "t", "type": "noop", "duration_ms": 1})
     assert created.status_code == 201
+    with app.app_context():
+        downgrade(revision="base")  # gone from under a running app: found at the next request
+    refused(client.get("/api/tasks"), never)
+    assert client.get("/health").status_code == 503
+    app.extensions["store"].engine.dispose()
+
+
+def test_a_schema_look_that_failed_is_not_taken_for_a_usable_schema(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app({"DATABASE_URL": sqlite_url, "SCHEDULER_ENABLED": "false"})
+    client = app.test_client()
+
+    def fails(_conn: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("the connection broke"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(health, "inspect", fails)
+        assert client.get("/health").get_json()["database"]["status"] != "unusable"
+    assert client.get("/health").get_json()["database"]["status"] == "unusable"
+    assert client.get("/api/tasks").get_json()["code"] == "database_unusable"
     app.extensions["store"].engine.dispose()
 
 

@@ -114,3 +114,18 @@ def test_a_handler_printing_its_context_sees_a_task_context() -> None:
     (shown,) = seen
     assert shown.startswith("TaskContext(id='t-1', type='show', duration_ms=")
     assert "attempt=1" in shown
+
+
+def test_a_context_that_holds_itself_prints_as_a_task_context_does() -> None:
+    seen: list[str] = []
+    registry = Registry()
+
+    def show(ctx: TaskContext) -> None:
+        ctx.payload["me"] = ctx
+        seen.append(repr(ctx))
+
+    registry.register("show", show)
+    outcome = call_handler(registry, Running(CLAIM._replace(type="show")), lambda _p: None)
+    assert outcome.status is Status.COMPLETED
+    (shown,) = seen
+    assert shown.startswith("TaskContext(id='t-1'") and "payload={'me': ...}" in shown
