@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from types import FrameType
 
 from app import events
@@ -28,9 +29,13 @@ class GracefulStop:
 
     The rules are in docs/semantics.md#stop-signals.
 
-    The drain runs in its own thread as soon as a stop is requested, so the scheduler stops
-    claiming at once, whatever the main thread is busy with (gunicorn's loop notices a
-    signal only within a second). The handlers only set flags: they never block.
+    A handler runs in the main thread between two of its bytecodes, wherever it is: even
+    inside `Event.set()` holding the event's lock, or inside another handler, as when a
+    second SIGINT and the SIGQUIT gunicorn's master sends for it arrive together. So a
+    handler only notes the signal in plain attributes and writes a byte to a pipe, which
+    takes no lock and never blocks; a watcher thread, woken by the byte, logs the signal
+    and acts on it. The drain runs in a thread of its own as soon as a stop is requested,
+    so the scheduler stops claiming at once, whatever the main thread is busy with.
     """
 
     def __init__(
@@ -44,8 +49,16 @@ class GracefulStop:
         self.requested = threading.Event()
         self.drained = threading.Event()
         self._on_stop_requested = on_stop
-        self._first_at = 0.0
         self._finishing = False
+        # Written by the handlers only: the first stop signal and when it came, and the
+        # signal that asked to hurry.
+        self._stop_signal: int | None = None
+        self._first_at = 0.0
+        self._hurry_signal: int | None = None
+        # What wakes the watcher. Both ends stay open for the life of the process: a
+        # handler may still write after the drain, and a closed number could be reused.
+        self._bell_read, self._bell = os.pipe()
+        os.set_blocking(self._bell, False)
 
     def install(self) -> None:
         """Handle SIGTERM, SIGINT and SIGQUIT in this (the main) thread."""
@@ -55,6 +68,7 @@ class GracefulStop:
 
     def start(self) -> None:
         """Drain as soon as a stop is requested; call once the scheduler has started."""
+        threading.Thread(target=self._watch, name="stop-signals", daemon=True).start()
         threading.Thread(target=self._drain, name="graceful-stop", daemon=True).start()
 
     def _drain(self) -> None:
@@ -64,28 +78,50 @@ class GracefulStop:
             self.scheduler.stop(self.grace_s)
         finally:
             self.drained.set()
+            self._ring()  # the watcher's turn to end
+
+    def _watch(self) -> None:
+        """Log and act on the signals the handlers noted, until the drain is over."""
+        stopping = hurrying = False
+        while not self.drained.is_set():
+            os.read(self._bell_read, 64)
+            if not stopping and self._stop_signal is not None:
+                stopping = True
+                log.info("%s: draining", signal.Signals(self._stop_signal).name)
+                self._request()
+            if not hurrying and self._hurry_signal is not None:
+                hurrying = True
+                name = signal.Signals(self._hurry_signal).name
+                log.info("%s: stopping without waiting for running tasks", name)
+                self.scheduler.hurry()
+                self._request()
+
+    def _ring(self) -> None:
+        with suppress(OSError):  # the pipe is full: the watcher has a ring to read already
+            os.write(self._bell, b"\0")
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        if not self.requested.is_set():
-            log.info("%s: draining", signal.Signals(signum).name)
+        if self._stop_signal is None:
             self._first_at = time.monotonic()
-            self._request()
+            self._stop_signal = signum
+        self._ring()
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested.is_set() and time.monotonic() - self._first_at >= REPEAT_WINDOW_S:
+        stopping = self._stop_signal is not None
+        if stopping and time.monotonic() - self._first_at >= REPEAT_WINDOW_S:
             self._on_quit(signum, frame)
         else:
             self._on_stop(signum, frame)
 
     def _on_quit(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: stopping without waiting for running tasks", signal.Signals(signum).name)
-        self.scheduler.hurry()
-        self._request()
+        if self._hurry_signal is None:
+            self._hurry_signal = signum
+        self._ring()
 
     def _request(self) -> None:
-        self.requested.set()
         if self._on_stop_requested is not None:
             self._on_stop_requested()
+        self.requested.set()
 
     def wait(self) -> None:
         """Block until a stop was requested and the drain is over (signals still run)."""
@@ -94,8 +130,6 @@ class GracefulStop:
 
     def finish(self) -> None:
         """Request a stop if no signal did, and block until the drain is over."""
-        # A plain flag: a handler interrupting `requested.set()` here, in the main thread,
-        # would wait forever for the lock this thread holds.
         self._finishing = True
         self.wait()
 
