@@ -17,7 +17,7 @@ from werkzeug.serving import is_running_from_reloader
 from app import parts
 from app.config import ConfigError
 from app.runtime.scheduler import Scheduler
-from app.runtime.shutdown import leave_lingering_handlers
+from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 from app.startup import fail
 from app.storage.health import schema_problem
 
@@ -63,7 +63,8 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     """Start the app's scheduler and drain it when SIGINT or SIGTERM stops the server.
 
     The first signal drains (running tasks get `grace_s`, then go back to the queue) and
-    stops the server as Ctrl-C always did; a second one hurries the drain. Under the
+    stops the server as Ctrl-C always did; a second SIGINT a second or more later hurries
+    the drain (docs/semantics.md#stop-signals). Under the
     reloader, a code change ends this process from its main thread; the same drain runs
     then, before Python waits for the pool's threads (which would let a running task go on
     for as long as it likes, and exit before its outcome was written).
@@ -75,18 +76,24 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
         return None
     scheduler = parts.scheduler(app)
     scheduler.start()
+    # The handlers only note a signal (GracefulStop's rules); its threads drain and hurry.
+    graceful = GracefulStop(scheduler, grace_s)
+    graceful.start()
     draining = False
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
+    def note(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            graceful._on_interrupt(signum, frame)
+        else:
+            graceful._on_stop(signum, frame)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal draining
-        name = signal.Signals(signum).name
-        if draining:
-            log.info("%s: stopping without waiting for running tasks", name)
-            scheduler.hurry()
+        note(signum, frame)
+        if draining:  # the first one's handler waits below: this one runs inside it
             return
         draining = True
-        log.info("%s: draining", name)
-        scheduler.stop(grace_s)
+        graceful.wait()
         leave_lingering_handlers(scheduler)
         raise KeyboardInterrupt
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.runtime.shutdown import REPEAT_WINDOW_S
 from tests.support.servers import ROOT, Launcher, read_db, run_flask
 
 SIGKILL, SIGTERM, SIGINT, SIGQUIT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT
@@ -277,6 +278,22 @@ def test_flask_run_serves_and_runs_tasks_with_one_scheduler(launcher: Launcher, 
     server.signal(SIGINT)  # Ctrl-C: the running task finishes, then the server stops
     assert server.wait_exit(20) == 0
     assert rows(db)["c"]["status"] == "COMPLETED"
+    assert instances(db) == 0
+
+
+def test_flask_run_hurried_by_a_second_ctrl_c_puts_the_running_task_back(
+    launcher: Launcher, db: Path
+) -> None:
+    server = launcher.flask_run(db, SHUTDOWN_GRACE_S="60")
+    server.submit("long", 60_000)
+    server.wait_status("long", "RUNNING")
+    server.signal(SIGINT)
+    server.wait_log("SIGINT: draining")
+    time.sleep(REPEAT_WINDOW_S + 0.2)  # a copy of the first within the window would not hurry
+    server.signal(SIGINT)
+    assert server.wait_exit(20) == 0  # not after the 60 s grace period
+    assert "SIGINT: stopping without waiting for running tasks" in server.log()
+    assert rows(db)["long"]["status"] == "QUEUED"
     assert instances(db) == 0
 
 
