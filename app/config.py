@@ -56,6 +56,13 @@ def _database_url(name: str, raw: str) -> str:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith(("sqlite://", "postgresql+psycopg://")):
         raise ConfigError(f"{name} must be a sqlite:// or postgresql:// URL, got {raw!r}")
+    host = url.removeprefix("sqlite://").split("/", 1)[0].split("?", 1)[0]
+    if url.startswith("sqlite://") and host:
+        raise ConfigError(
+            f"{name} gives a SQLite URL a host ({host[:40]!r}), which it cannot have: name "
+            "a file as sqlite:///relative/path.db (three slashes) or "
+            "sqlite:////absolute/path.db (four)"
+        )
     path = url.removeprefix("sqlite:///").split("?", 1)[0] if url.startswith("sqlite:///") else ""
     folder = os.path.dirname(path)
     if path and path != ":memory:" and folder and not os.path.isdir(folder):

@@ -41,6 +41,8 @@ def test_defaults_match_the_spec() -> None:
         ("SCHEDULER_ENABLED", "maybe", "SCHEDULER_ENABLED must be true or false"),
         ("SQLITE_SYNCHRONOUS", "OFF", "SQLITE_SYNCHRONOUS must be one of"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must be a sqlite:// or postgresql://"),
+        ("DATABASE_URL", "sqlite://instance/x.db", r"host \('instance'\), which it cannot have"),
+        ("DATABASE_URL", "sqlite://tasks.db", r"sqlite:///relative/path.db \(three slashes\)"),
         ("METRICS_PORT", "0", "METRICS_PORT must be between 1 and 65535"),
         ("HOST", "localhost:3000/", "HOST must be an address or host name"),
         ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be between"),
