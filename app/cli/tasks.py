@@ -168,7 +168,16 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
         return
     if _unfinished(shown):
         _note_if_no_scheduler()
-    completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
+    try:
+        completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
+    except KeyboardInterrupt:
+        # Only the wait stops: what was submitted is stored and runs on.
+        what = "task is stored and goes" if len(ids) == 1 else f"{len(ids)} tasks are stored and go"
+        click.echo(
+            f"\nstopped waiting; the {what} on without it (`flask tasks show {ids[0]}`)",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from None
     now = as_now(shown, ids)
     echo_json(now)  # what the wait ended on, not what was submitted
     if not completed:
@@ -294,11 +303,11 @@ def cancel(task_id: str) -> None:
     echo_json(task_out.dump(actions.cancel(parts.engine(), task_id)))
 
 
-@tasks_cli.command("retry", short_help="Requeue a FAILED or CANCELLED task.")
+@tasks_cli.command("retry", short_help="Requeue a FAILED, UPSTREAM_FAILED or CANCELLED task.")
 @click.argument("task_id", metavar="ID")
 @clean_errors
 def retry(task_id: str) -> None:
-    """Put a FAILED or CANCELLED task back in the queue; print the task."""
+    """Put a FAILED, UPSTREAM_FAILED or CANCELLED task back in the queue; print the task."""
     echo_json(task_out.dump(actions.retry(parts.engine(), task_id)))
 
 

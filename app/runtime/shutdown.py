@@ -87,7 +87,7 @@ class GracefulStop:
             os.read(self._bell_read, 64)
             if not stopping and self._stop_signal is not None:
                 stopping = True
-                log.info("%s: draining", signal.Signals(self._stop_signal).name)
+                self._log_drain(signal.Signals(self._stop_signal).name)
                 self._request()
             if not hurrying and self._hurry_signal is not None:
                 hurrying = True
@@ -95,6 +95,19 @@ class GracefulStop:
                 log.info("%s: stopping without waiting for running tasks", name)
                 self.scheduler.hurry()
                 self._request()
+
+    def _log_drain(self, name: str) -> None:
+        running = self.scheduler.running_count()
+        if not running or self._hurry_signal is not None:
+            log.info("%s: draining", name)
+            return
+        log.info(
+            "%s: draining: %d running task(s) get up to %g s (SHUTDOWN_GRACE_S) to finish; "
+            "a second Ctrl-C a second later, or SIGQUIT, puts them back in the queue now",
+            name,
+            running,
+            self.grace_s,
+        )
 
     def _ring(self) -> None:
         with suppress(OSError):  # the pipe is full: the watcher has a ring to read already

@@ -251,6 +251,25 @@ def test_wait_gives_up_at_the_timeout(app: Flask) -> None:
     assert lines[-1] == NO_SCHEDULER
 
 
+def test_ctrl_c_during_a_wait_says_the_tasks_still_run(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.cli.tasks as cli_tasks
+
+    def interrupted(*_args: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_tasks, "wait_and_report", interrupted)
+    body = json.dumps({"id": "a", "type": "t", "duration_ms": 1})
+
+    result = invoke(app, "submit", "--wait", "-", stdin=body)
+
+    assert result.exit_code == 130, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "stopped waiting; the task is stored and goes on without it (`flask tasks show a`)"
+    )
+
+
 NO_SCHEDULER = (
     "note: no scheduler is registered on this database; the tasks wait until one starts "
     "(the service with its scheduler, or `flask scheduler run`)"

@@ -21,6 +21,10 @@ class _Scheduler:
         self._hurry = threading.Event()
         self._wakeup = threading.Event()
         self.stopped = threading.Event()
+        self.running = 0
+
+    def running_count(self) -> int:
+        return self.running
 
     def hurry(self) -> None:
         self._hurry.set()
@@ -78,3 +82,18 @@ def test_repeated_copies_of_one_stop_are_one_drain_and_no_hurry() -> None:
     assert stop.drained.wait(DEADLINE_S)
     assert not scheduler._hurry.is_set()  # drained after its grace period, not hurried
     assert stops == ["stop"]
+
+
+def test_a_drain_with_tasks_running_says_how_long_it_waits_and_how_to_hurry(
+    caplog: Any,
+) -> None:
+    scheduler = _Scheduler()
+    scheduler.running = 2
+    stop = GracefulStop(scheduler, grace_s=0.05)  # type: ignore[arg-type]
+    stop.start()
+    with caplog.at_level("INFO", logger="app.shutdown"):
+        stop._on_interrupt(signal.SIGINT, None)
+        assert stop.drained.wait(DEADLINE_S)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.shutdown"]
+    assert line.startswith("SIGINT: draining: 2 running task(s) get up to 0.05 s")
+    assert "a second Ctrl-C a second later, or SIGQUIT, puts them back" in line
