@@ -167,7 +167,9 @@ def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
             details.update(_keyed(index, exc.details or {}))
     if invalid:
         raise ValidationFailed(
-            f"{invalid} of {len(items)} tasks are invalid; nothing was stored.", details
+            f"{invalid} of {len(items)} tasks {'is' if invalid == 1 else 'are'} invalid; "
+            "nothing was stored.",
+            details,
         )
     _check_unique(wanted)
     return wanted

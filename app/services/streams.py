@@ -100,8 +100,9 @@ class Streams:
             )
         if woken is None:
             raise TooManyStreams(
-                f"This server already holds {self.capacity} event streams "
-                "(MAX_EVENT_STREAMS); try again shortly.",
+                f"This server already holds {self.capacity} event streams, its "
+                "MAX_EVENT_STREAMS (each holds a thread; a stream whose client went away "
+                f"frees its place within {KEEPALIVE_S:g} s); try again shortly.",
                 {"max_event_streams": self.capacity},
             )
         try:
