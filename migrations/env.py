@@ -107,11 +107,30 @@ def run_migrations_online():
     # write committed by a running instance meanwhile made its first change fail at once
     # ("database is locked").
     connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+    if connection.dialect.name == "postgresql":
+        _require_a_schema(connection)
     with connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():
             context.run_migrations()
+
+
+def _require_a_schema(connection):
+    """Stop in one line when the session's search_path names no schema that exists: the
+    tables would have nowhere to go, and PostgreSQL would say so in a traceback."""
+    path = connection.exec_driver_sql("SHOW search_path").scalar()
+    schema = connection.exec_driver_sql("SELECT current_schema()").scalar()
+    connection.rollback()
+    if schema is None:
+        connection.close()
+        fail(
+            ConfigError(
+                f"DATABASE_URL: its search_path ({path}) names no schema that exists in the "
+                "database; create it first (CREATE SCHEMA name), or name one that exists "
+                "(docs/deployment.md, PostgreSQL schemas)"
+            )
+        )
 
 
 if context.is_offline_mode():

@@ -512,6 +512,26 @@ def test_an_app_served_on_a_schema_it_cannot_use_answers_503_saying_how_to_upgra
     app.extensions["store"].engine.dispose()
 
 
+def test_upgrade_into_a_postgresql_schema_that_does_not_exist_stops_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from urllib.parse import quote
+
+    from tests.support.apps import require_postgres
+
+    base = require_postgres()
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options={quote('-csearch_path=no_schema_of_that_name')}"
+    app = create_app({"DATABASE_URL": url, "SCHEDULER_ENABLED": "false"})
+    with app.app_context(), pytest.raises(SystemExit) as stopped:
+        upgrade()
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: DATABASE_URL: its search_path (no_schema_of_that_name)")
+    assert "CREATE SCHEMA" in line and "\n" not in line
+    app.extensions["store"].engine.dispose()
+
+
 def test_a_schema_look_that_failed_is_not_taken_for_a_usable_schema(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
