@@ -809,5 +809,13 @@ def load_task(body: dict[str, Any]) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = _task_in.load(body)
     except ValidationError as exc:
-        raise ValidationFailed("The task is invalid.", task_details(exc)) from None
+        details = task_details(exc)
+        if details.get("tasks") == UNKNOWN_FIELD:  # a batch, sent to the one task's route
+            details["tasks"] = 'A batch\'s field: send {"tasks": [...]} to /api/tasks/batch.'
+            raise ValidationFailed(
+                "The task is invalid: this route takes one task; a batch goes to "
+                "POST /api/tasks/batch.",
+                details,
+            ) from None
+        raise ValidationFailed("The task is invalid.", details) from None
     return loaded

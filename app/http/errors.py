@@ -89,12 +89,33 @@ def _schema_problem(exc: Exception) -> str | None:
         return None
 
 
+# Routes a newcomer guesses, and the route meant.
+_NEAR_MISSES = {
+    "/api": "/api/tasks",
+    "/api/task": "/api/tasks",
+    "/tasks": "/api/tasks",
+    "/api/health": "/health",
+    "/healthz": "/health",
+    "/api/metrics": "/metrics",
+    "/dashboard": "/ (the dashboard)",
+    "/docs": "/api/docs",
+    "/openapi.json": "/api/openapi.json",
+    "/api/batch": "/api/tasks/batch",
+    "/api/events/stream": "/api/events",
+}
+
+
 def _http_message(status: int, exc: HTTPException) -> str:
     if status == 404:
         bare = request.path.rstrip("/")
         if bare != request.path and bare and _is_route(bare):
             return f"No such route: the routes end without a slash; use {bare[:200]}."
-        return "No such route; the API lives under /api/tasks."
+        meant = _NEAR_MISSES.get(bare.lower())
+        if meant is None and bare.lower().startswith("/api/task/"):
+            meant = "/api/tasks/" + bare[len("/api/task/") :][:200]
+        if meant is not None:
+            return f"No such route; did you mean {meant}?"
+        return "No such route; the API lives under /api/tasks, the dashboard at /."
     if status == 405:
         allowed = sorted(m for m in getattr(exc, "valid_methods", None) or () if m != "OPTIONS")
         return f"This route does not accept {request.method[:16]}; it accepts " + (

@@ -371,7 +371,26 @@ def test_a_trailing_slash_is_named_as_the_mistake(
     assert response.get_json()["error"] == (
         f"No such route: the routes end without a slash; use {bare}."
     )
-    assert client.get("/api/nope/").get_json()["error"].endswith("lives under /api/tasks.")
+    assert client.get("/api/nope/").get_json()["error"] == (
+        "No such route; the API lives under /api/tasks, the dashboard at /."
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [
+        ("/api/health", "/health"),
+        ("/dashboard/", "/ (the dashboard)"),
+        ("/api/task/abc/status", "/api/tasks/abc/status"),
+        ("/openapi.json", "/api/openapi.json"),
+    ],
+)
+def test_a_route_a_newcomer_guesses_names_the_route_meant(
+    client: FlaskClient, path: str, meant: str
+) -> None:
+    response = client.get(path)
+    assert_error(response, 404, "not_found")
+    assert response.get_json()["error"] == f"No such route; did you mean {meant}?"
 
 
 @pytest.mark.parametrize(

@@ -264,6 +264,7 @@ SUBMIT_FIELDS = [
     post("deps-unknown", task(dependencies=["a", "ghost"]), 400, "unknown_dependency", r'1 dependency does not exist.*"missing": \["ghost"\]'),
     post("deps-unknown-duplicated", task(dependencies=["ghost", "ghost", "nope"]), 400, "unknown_dependency", r'2 dependencies do not exist.*"missing": \["ghost", "nope"\]'),
     # the other fields
+    post("a-batch-sent-as-one-task", json.dumps({"tasks": [{"type": "t", "duration_ms": 1}]}).encode(), 400, INVALID, r'this route takes one task; a batch goes to POST /api/tasks/batch.*"tasks": "A batch\'s field'),
     post("unknown-field-status", task(status="COMPLETED"), 400, INVALID, r'"status": "Set by the server; a submission cannot give it\."'),
     post("unknown-field-attempts", task(attempts=0), 400, INVALID, r'"attempts": "Set by the server'),
     post("unknown-field-misspelt", task(dependencis=[]), 400, INVALID, r'"dependencis": "Unknown field; did you mean \'dependencies\'\?"'),
