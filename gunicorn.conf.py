@@ -11,10 +11,12 @@ serves it, and a worker that gunicorn replaces takes nothing away from them.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -32,10 +34,11 @@ metrics_dir = Path(os.environ[METRICS_DIR_VARIABLE])
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
+from app.config import ConfigError  # noqa: E402
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
 from app.serverlogs import TimedOutClients  # noqa: E402
 from app.services.streams import SEND_TIMEOUT_S  # noqa: E402
-from app.startup import checked_settings  # noqa: E402
+from app.startup import checked_settings, fail  # noqa: E402
 
 # A worker exiting with this status makes the gunicorn master stop ("Worker failed to boot").
 WORKER_BOOT_ERROR = 3
@@ -117,6 +120,7 @@ def on_starting(server: Any) -> None:
     once; while draining, gunicorn reads its queue directly and would take that copy for a
     quick shutdown. A SIGINT within REPEAT_WINDOW_S of the first stop signal is dropped.
     """
+    refuse_taken_addresses(server)
     clear_metrics(metrics_dir)
     # The workers, forked from here, share the error log and its filter.
     server.log.error_log.addFilter(TimedOutClients(SEND_TIMEOUT_S))
@@ -141,6 +145,34 @@ def on_starting(server: Any) -> None:
 
     server.handle_int = handle_int
     server.signal = on_signal
+
+
+def refuse_taken_addresses(server: Any) -> None:
+    """Stop in one line, exit 2, when an address to listen on is taken by another server.
+
+    gunicorn would try five times a second apart, logging each, then exit 1. Left to it
+    when it inherits its sockets (a USR2 upgrade, systemd): they are taken by design.
+    """
+    if "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ:
+        return
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):  # a unix socket path
+            continue
+        host, port = address[0], address[1]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue  # gunicorn says what else is wrong with it
+                fail(
+                    ConfigError(
+                        f"PORT {port} on {host} is taken by another server: stop it, or set "
+                        "PORT (or HOST) to a free one"
+                    )
+                )
 
 
 def clear_metrics(directory: Path) -> None:

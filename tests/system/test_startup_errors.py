@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ ENTRY_POINTS = {
 
 def _run(argv: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     # A free port: should the setting pass unnoticed, gunicorn starts instead of failing to bind.
-    env = service_env(tmp_path / "tasks.db", PORT=str(free_port()), **settings)
+    env = service_env(tmp_path / "tasks.db", **{"PORT": str(free_port()), **settings})
     return run_to_exit(argv, env)
 
 
@@ -109,6 +110,22 @@ def test_a_database_never_migrated_stops_every_serving_command_with_the_fix(
     served = _run(ENTRY_POINTS["gunicorn"], tmp_path)
     assert served.returncode == 3, served.stderr  # gunicorn's own status: a worker could not boot
     assert fix in served.stderr and "Traceback" not in served.stderr, served.stderr
+
+
+def test_gunicorn_on_a_taken_port_stops_at_once_saying_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(ENTRY_POINTS["gunicorn"], tmp_path, PORT=str(port))
+    shown = f"exit {done.returncode}\nstderr:\n{done.stderr}"
+    assert done.returncode == 2, shown
+    # gunicorn's own "Starting gunicorn" line comes first; no retries, no traceback.
+    assert done.stderr.splitlines()[-1] == (
+        f"error: PORT {port} on 127.0.0.1 is taken by another server: stop it, or set PORT "
+        "(or HOST) to a free one"
+    ), shown
+    assert "Retrying" not in done.stderr and "Traceback" not in done.stderr, shown
 
 
 def test_a_database_that_cannot_be_reached_stops_the_migration_with_one_line(
