@@ -65,7 +65,7 @@ class ApiError(ClientError):
         details: dict[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(f"{status} {code}: {message}{_shown_details(details)}")
         self.status = status
         self.code = code
         self.message = message
@@ -74,6 +74,20 @@ class ApiError(ClientError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles (to another process) whole
         return type(self), (self.status, self.code, self.message, self.details, self.retry_after)
+
+
+# The details an error's text shows at most; all of them stay in `details`.
+SHOWN_DETAILS = 5
+
+
+def _shown_details(details: Mapping[str, Any] | None) -> str:
+    """Return the first details as ` (field: message; ...)`, for the error's text."""
+    if not details:
+        return ""
+    items = list(details.items())
+    shown = "; ".join(f"{name}: {value}" for name, value in items[:SHOWN_DETAILS])
+    more = f"; {len(items) - SHOWN_DETAILS} more" if len(items) > SHOWN_DETAILS else ""
+    return f" ({shown[:1000]}{more})"
 
 
 class BadRequest(ApiError):
@@ -315,13 +329,19 @@ class Client:
         answer = self._call("POST", "/api/tasks", body, repeat=_resubmittable([body]))
         return Task.from_json(answer.body)
 
-    def submit_batch(self, tasks: Iterable[Mapping[str, Any]]) -> Batch:
+    def submit_batch(self, tasks: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> Batch:
         """Submit a whole graph in one transaction: all of it is stored, or nothing.
 
+        `tasks` is the list of task bodies (or the API's body, `{"tasks": [...]}`).
         Dependencies may name tasks of the batch, in any order. The server picks the
         `batch_id`; an identical batch again answers the same batch (`created` False).
         """
-        items = [dict(task) for task in tasks]
+        given: Any = tasks
+        if isinstance(given, Mapping):  # the API's body, given whole
+            given = given.get("tasks")
+            if not isinstance(given, list):
+                raise TypeError('submit_batch takes the tasks, or a body {"tasks": [...]}')
+        items = [dict(task) for task in given]
         answer = self._call(
             "POST", "/api/tasks/batch", {"tasks": items}, repeat=_resubmittable(items)
         )

@@ -189,8 +189,10 @@ def test_submit_batch_answers_the_batch_and_a_replay_the_same_one(serve: Serve) 
     assert [t.id for t in batch.tasks] == ["report", "clean", "extract"]
     assert {t.batch_id for t in batch.tasks} == {batch.batch_id}
     assert batch.tasks[0].dependencies == ("clean",)
-    replay = client.submit_batch(tasks)
+    replay = client.submit_batch({"tasks": tasks})  # the API's body, given whole
     assert (replay.created, replay.batch_id) == (False, batch.batch_id)
+    with pytest.raises(TypeError, match=r"the tasks, or a body \{"):
+        client.submit_batch({"task": tasks})
     assert client.wait("report", PATIENCE_S).status == "COMPLETED"
 
 
@@ -263,6 +265,9 @@ def test_each_error_answer_raises_its_class(serve: Serve) -> None:
         client.submit(simulated("x", duration_ms="5"))
     assert (invalid.value.status, invalid.value.code) == (400, "validation_error")
     assert "duration_ms" in invalid.value.details
+    # What a traceback shows names the field, not only "The task is invalid."
+    shown = str(invalid.value)
+    assert shown.startswith("400 validation_error: The task is invalid. (duration_ms: ")
 
     with pytest.raises(BadRequest) as unknown:
         client.submit(simulated("x", dependencies=["ghost"]))

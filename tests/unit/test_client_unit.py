@@ -210,7 +210,7 @@ def test_each_status_raises_its_class(status: int, kind: type[ApiError]) -> None
     assert type(raised) is kind and isinstance(raised, ClientError)
     assert (raised.status, raised.code, raised.message) == (status, "some_code", "It went wrong.")
     assert (raised.details, raised.retry_after) == ({"field": "why"}, 7.0)
-    assert str(raised) == f"{status} some_code: It went wrong."
+    assert str(raised) == f"{status} some_code: It went wrong. (field: why)"
 
 
 def test_an_error_page_that_is_not_the_apis_keeps_its_text() -> None:
