@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -163,11 +163,11 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     shown, ids, created = submit_graph(body) if "tasks" in body else submit_one(body, size)
     if not created:
         click.echo("note: an identical submission already existed; nothing new stored", err=True)
+    if _unfinished(shown):
+        _note_if_no_scheduler((t["type"] for t in shown.get("tasks", [shown])), wait)
     if not wait:
         echo_json(shown)
         return
-    if _unfinished(shown):
-        _note_if_no_scheduler()
     try:
         completed = wait_and_report(parts.engine(), ids, timeout.total_seconds())
     except KeyboardInterrupt:
@@ -190,13 +190,27 @@ def _unfinished(shown: dict[str, Any]) -> bool:
     return any(t["status"] not in TERMINAL for t in shown.get("tasks", [shown]))
 
 
-def _note_if_no_scheduler() -> None:
-    """Say so on stderr when no scheduler is running on this database: what is waited for
-    will not start before one does. Registered ones silent for longer than this process's
-    LEASE_S are said to be silent, not gone: they may run with a longer one."""
+def _note_if_no_scheduler(types: Iterable[str] = (), waiting: bool = True) -> None:
+    """Say so on stderr when the schedulers running on this database claim none of these
+    task `types`, and (when `waiting`) when none is running: what is waited for will not
+    start before one does. Registered ones silent for longer than this process's LEASE_S
+    are said to be silent, not gone: they may run with a longer one."""
     lease_s = current_app.config["LEASE_S"]
-    states = {instance["state"] for instance in instances.listing(parts.engine(), lease_s)}
+    listed = instances.listing(parts.engine(), lease_s)
+    states = {instance["state"] for instance in listed}
     if "running" in states:
+        claimed = [i["types"] for i in listed if i["state"] == "running"]
+        if all(found is not None for found in claimed):  # None: a scheduler claims every type
+            unclaimed = sorted(set(types) - {t for found in claimed for t in found})
+            if unclaimed:
+                named = ", ".join(repr(t) for t in unclaimed[:5])
+                click.echo(
+                    f"note: no running scheduler has a handler for {named}: those tasks wait "
+                    "until one does (TASK_HANDLERS of the service or `flask scheduler run`)",
+                    err=True,
+                )
+        return
+    if not waiting:
         return
     wait = (
         "the tasks wait until one starts (the service with its scheduler, or `flask scheduler run`)"

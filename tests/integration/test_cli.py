@@ -276,6 +276,32 @@ NO_SCHEDULER = (
 )
 
 
+def test_submit_says_when_no_running_scheduler_has_a_handler_for_its_type(app: Flask) -> None:
+    from app.storage.database import utcnow
+
+    now = utcnow()
+    app.extensions["store"].register(
+        {
+            "id": "etl-only",
+            "hostname": "test",
+            "pid": 0,
+            "started_at": now,
+            "heartbeat_at": now,
+            "task_types": json.dumps(["etl"]),
+        }
+    )
+    etl = json.dumps({"id": "a", "type": "etl", "duration_ms": 1})
+    handled = succeed(app, "submit", "-", stdin=etl)
+    assert handled.stderr == ""
+    body = json.dumps({"tasks": [{"id": "b", "type": "report", "duration_ms": 1}]})
+    unhandled = succeed(app, "submit", "-", stdin=body)
+    assert unhandled.stderr.splitlines() == [
+        "note: no running scheduler has a handler for 'report': those tasks wait until one "
+        "does (TASK_HANDLERS of the service or `flask scheduler run`)"
+    ]
+    assert json.loads(unhandled.stdout)["tasks"][0]["status"] == "QUEUED"
+
+
 def test_wait_says_nothing_of_schedulers_when_one_runs(app: Flask) -> None:
     app.extensions["scheduler"].start()
     body = json.dumps({"id": "a", "type": "t", "duration_ms": 1})
