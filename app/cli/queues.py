@@ -15,6 +15,7 @@ from app import parts
 from app.cli.tasks import clean_errors, echo_json, quiet_logs, table
 from app.schemas import QueueOut, load_queue_limits
 from app.services import queues
+from app.statuses import Status
 
 queues_cli = AppGroup(
     "queues",
@@ -22,7 +23,9 @@ queues_cli = AppGroup(
     callback=quiet_logs,
 )
 queue_out = QueueOut()
-LIST_COLUMNS = ("NAME", "STATE", "LIMIT", "RATE/S", "QUEUED", "RUNNING", "COMPLETED", "FAILED")
+# The tasks of each status, in the statuses' order; UPSTREAM_FAILED is shortened.
+STATUS_COLUMNS = {s.value: "UPSTREAM" if s is Status.UPSTREAM_FAILED else s.value for s in Status}
+LIST_COLUMNS = ("NAME", "STATE", "LIMIT", "RATE/S", *STATUS_COLUMNS.values())
 
 
 @queues_cli.command("list")
@@ -40,7 +43,7 @@ def _row(queue: dict[str, Any]) -> list[str]:
         queue["state"],
         "-" if limit is None else str(limit),
         "-" if rate is None else f"{rate:g}",
-        *(str(counts[status]) for status in ("QUEUED", "RUNNING", "COMPLETED", "FAILED")),
+        *(str(counts.get(status, 0)) for status in STATUS_COLUMNS),
     ]
 
 

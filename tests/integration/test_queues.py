@@ -69,6 +69,27 @@ def test_a_task_names_its_queue_and_the_list_counts_each_queue(app: Flask) -> No
     assert missing.status_code == 404 and missing.get_json()["code"] == "not_found"
 
 
+def test_the_queues_command_lists_the_tasks_of_every_status(app: Flask) -> None:
+    client = app.test_client()
+    batch = {
+        "tasks": [
+            {"id": "a", "type": "t", "duration_ms": 1, "queue": "emails"},
+            {"id": "b", "type": "t", "duration_ms": 1, "queue": "emails", "dependencies": ["a"]},
+        ]
+    }
+    assert client.post("/api/tasks/batch", json=batch).status_code == 201
+    assert client.post("/api/tasks/a/cancel").status_code == 200  # and b with it
+    listed = app.test_cli_runner().invoke(args=["queues", "list"])
+    assert listed.exit_code == 0, listed.output
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == [
+        *("NAME", "STATE", "LIMIT", "RATE/S", "QUEUED", "RUNNING", "COMPLETED", "FAILED"),
+        *("UPSTREAM", "CANCELLED"),
+    ]
+    (emails,) = [r.split() for r in rows if r.startswith("emails")]
+    assert emails == ["emails", "active", "-", "-", "0", "0", "0", "0", "0", "2"]
+
+
 def test_limits_are_set_replaced_and_cleared(app: Flask) -> None:
     client = app.test_client()
     put = client.put("/api/queues/reports", json={"concurrency_limit": 2, "rate_limit_per_s": 5})
