@@ -28,7 +28,10 @@ def load_config(monkeypatch: pytest.MonkeyPatch, directory: Path | None) -> dict
 def fake_server() -> SimpleNamespace:
     """Return the attributes of gunicorn's Arbiter that on_starting uses."""
     log = SimpleNamespace(error_log=logging.getLogger("tests.gunicorn.error"))
-    return SimpleNamespace(log=log, handle_int=lambda: None, handle_term=lambda: None, signal=None)
+    cfg = SimpleNamespace(address=[])  # it listens nowhere: no address to find taken
+    return SimpleNamespace(
+        log=log, cfg=cfg, handle_int=lambda: None, handle_term=lambda: None, signal=None
+    )
 
 
 def test_the_master_start_deletes_the_value_files_of_a_previous_run(

@@ -87,7 +87,9 @@ def test_the_server_settings_filter_the_error_log(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     with gunicorn_log(Logger, tmp_path / "error.log", filtered=False) as log:
-        server = SimpleNamespace(log=log, handle_int=None, handle_term=None, signal=None)
+        server = SimpleNamespace(
+            log=log, cfg=SimpleNamespace(address=[]), handle_int=None, handle_term=None, signal=None
+        )
         settings["on_starting"](server)  # the master, before it forks its workers
         try:
             write_to_a_stalled_reader()
