@@ -25,7 +25,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from app import faults
+from app import events, faults
 from app.handlers import SIMULATE, Registry
 from app.runtime import identity
 from app.runtime.attempt import Executor, Running, ThreadExecutor, call_handler
@@ -242,6 +242,8 @@ class Scheduler:
         self.finish_drain()
         for job in self._jobs:
             job.halt()
+        # The state changes of the drain are logged before the line that ends it.
+        events.of(self.store.engine).flush()
         log.info("scheduler %s stopped", self.id)
 
     def begin_drain(self) -> None:

@@ -221,6 +221,31 @@ def test_stop_requeues_what_outlives_the_grace(app: Flask, client: FlaskClient) 
     assert row(store_of(app), "slow").failures == 0
 
 
+@pytest.mark.usefixtures("task_events_on")
+def test_the_drains_state_changes_are_logged_before_the_line_that_ends_it(
+    app: Flask, client: FlaskClient
+) -> None:
+    import io
+    import logging
+
+    from app import events
+
+    out = io.StringIO()
+    events.of(store_of(app).engine).stream = out  # the state changes, and the log, in one
+    handler = logging.StreamHandler(out)
+    logging.getLogger("app.scheduler").addHandler(handler)
+    try:
+        start_scheduler(app)
+        submit(client, "slow", duration_ms=60_000)
+        wait_for(lambda: task(client, "slow")["status"] == "RUNNING", what="the task to start")
+        scheduler_of(app).stop(0.1)
+        written = out.getvalue()
+    finally:
+        logging.getLogger("app.scheduler").removeHandler(handler)
+    assert " stopped" in written
+    assert "task slow QUEUED" in written.split(" stopped")[0], written
+
+
 def test_hurry_skips_the_rest_of_the_grace(app: Flask, client: FlaskClient) -> None:
     start_scheduler(app)
     submit(client, "slow", duration_ms=60_000)

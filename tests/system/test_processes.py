@@ -292,8 +292,11 @@ def test_flask_run_hurried_by_a_second_ctrl_c_puts_the_running_task_back(
     time.sleep(REPEAT_WINDOW_S + 0.2)  # a copy of the first within the window would not hurry
     server.signal(SIGINT)
     assert server.wait_exit(20) == 0  # not after the 60 s grace period
-    assert "SIGINT: stopping without waiting for running tasks" in server.log()
+    log = server.log()
+    assert "SIGINT: stopping without waiting for running tasks" in log
     assert rows(db)["long"]["status"] == "QUEUED"
+    # The drain's state changes are logged before the line that ends it.
+    assert log.index("task long QUEUED") < log.index(" stopped\n"), log[-1500:]
     assert instances(db) == 0
 
 
