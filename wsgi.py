@@ -30,3 +30,5 @@ if devserver.running() and app.config["LOG_FORMAT"] == "json":
     devserver.log_banner()
 if devserver.serving():
     devserver.start(app, app.config["SHUTDOWN_GRACE_S"])
+elif devserver.running():  # the reloader's watching parent
+    devserver.forward_interrupts()

@@ -313,6 +313,22 @@ def test_flask_run_with_the_reloader_runs_a_scheduler_only_in_the_serving_child(
     assert instances(db) == 0
 
 
+def test_flask_run_with_the_reloader_drains_on_ctrl_c_and_sigquit_hurries(
+    launcher: Launcher, db: Path
+) -> None:
+    server = launcher.flask_run(db, "--reload", SHUTDOWN_GRACE_S="60")
+    server.submit("long", 60_000)
+    server.submit("after", 1, "long")
+    server.wait_status("long", "RUNNING")
+    server.signal_group(SIGINT)  # Ctrl-C: the watching parent must not kill the draining child
+    server.wait_log("SIGINT: draining: 1 running task(s) get up to 60 s")
+    server.signal_group(signal.SIGQUIT)
+    assert server.wait_exit(20) == 0
+    assert rows(db)["long"]["status"] == "QUEUED"  # put back, not left RUNNING
+    assert rows(db)["after"]["status"] == "QUEUED"
+    assert instances(db) == 0
+
+
 def test_a_reload_drains_the_running_task_before_the_new_child_starts(
     launcher: Launcher, db: Path, tmp_path: Path
 ) -> None:
