@@ -85,7 +85,7 @@ def _shown_details(details: Mapping[str, Any] | None) -> str:
     if not details:
         return ""
     items = list(details.items())
-    shown = "; ".join(f"{name}: {value}" for name, value in items[:SHOWN_DETAILS])
+    shown = "; ".join(f"{name}: {str(value).rstrip('.')}" for name, value in items[:SHOWN_DETAILS])
     more = f"; {len(items) - SHOWN_DETAILS} more" if len(items) > SHOWN_DETAILS else ""
     return f" ({shown[:1000]}{more})"
 
@@ -339,7 +339,7 @@ class Client:
         given: Any = tasks
         if isinstance(given, Mapping):  # the API's body, given whole
             given = given.get("tasks")
-            if not isinstance(given, list):
+            if not isinstance(given, list | tuple):
                 raise TypeError('submit_batch takes the tasks, or a body {"tasks": [...]}')
         items = [dict(task) for task in given]
         answer = self._call(

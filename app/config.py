@@ -64,6 +64,7 @@ def _database_url(name: str, raw: str) -> str:
             "sqlite:////absolute/path.db (four)"
         )
     path = url.removeprefix("sqlite:///").split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    path = path.removeprefix("file:")  # a URI filename (?uri=true): the path after it
     folder = os.path.dirname(path)
     if path and path != ":memory:" and folder and not os.path.isdir(folder):
         raise ConfigError(

@@ -164,7 +164,7 @@ def submit(file: str, wait: bool, timeout: timedelta) -> None:
     if not created:
         click.echo("note: an identical submission already existed; nothing new stored", err=True)
     if _unfinished(shown):
-        _note_if_no_scheduler((t["type"] for t in shown.get("tasks", [shown])), wait)
+        _note_if_no_scheduler(_waiting(shown), wait)
     if not wait:
         echo_json(shown)
         return
@@ -190,25 +190,29 @@ def _unfinished(shown: dict[str, Any]) -> bool:
     return any(t["status"] not in TERMINAL for t in shown.get("tasks", [shown]))
 
 
-def _note_if_no_scheduler(types: Iterable[str] = (), waiting: bool = True) -> None:
-    """Say so on stderr when the schedulers running on this database claim none of these
-    task `types`, and (when `waiting`) when none is running: what is waited for will not
-    start before one does. Registered ones silent for longer than this process's LEASE_S
-    are said to be silent, not gone: they may run with a longer one."""
+def _note_if_no_scheduler(
+    waiting_tasks: Iterable[tuple[str, str]] = (), waiting: bool = True
+) -> None:
+    """Say so on stderr when no scheduler running on this database claims some of the
+    (type, queue) of the tasks waiting, and (when `waiting`) when none is running at all:
+    those will not start before one does. Registered ones silent for longer than this
+    process's LEASE_S are said to be silent, not gone: they may run with a longer one."""
     lease_s = current_app.config["LEASE_S"]
     listed = instances.listing(parts.engine(), lease_s)
     states = {instance["state"] for instance in listed}
     if "running" in states:
-        claimed = [i["types"] for i in listed if i["state"] == "running"]
-        if all(found is not None for found in claimed):  # None: a scheduler claims every type
-            unclaimed = sorted(set(types) - {t for found in claimed for t in found})
-            if unclaimed:
-                named = ", ".join(repr(t) for t in unclaimed[:5])
-                click.echo(
-                    f"note: no running scheduler has a handler for {named}: those tasks wait "
-                    "until one does (TASK_HANDLERS of the service or `flask scheduler run`)",
-                    err=True,
-                )
+        running = [i for i in listed if i["state"] == "running"]
+        unclaimed = sorted(
+            {t for t, q in waiting_tasks if not any(_claims(i, t, q) for i in running)}
+        )
+        if unclaimed:
+            named = ", ".join(repr(t) for t in unclaimed[:5])
+            click.echo(
+                f"note: no running scheduler claims {named} in its queue: those tasks wait "
+                "until one does (TASK_HANDLERS, SCHEDULER_QUEUES of the service or of "
+                "`flask scheduler run`)",
+                err=True,
+            )
         return
     if not waiting:
         return
@@ -225,6 +229,18 @@ def _note_if_no_scheduler(types: Iterable[str] = (), waiting: bool = True) -> No
         )
     else:
         click.echo(f"note: the schedulers of this database are stopping; {wait}", err=True)
+
+
+def _claims(instance: dict[str, Any], task_type: str, queue: str) -> bool:
+    """Tell whether `instance` claims tasks of this type in this queue (None: every one)."""
+    types, queues = instance["types"], instance["queues"]
+    return (types is None or task_type in types) and (queues is None or queue in queues)
+
+
+def _waiting(shown: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return the (type, queue) of the tasks shown that have not ended."""
+    listed = shown.get("tasks", [shown])
+    return [(t["type"], t["queue"]) for t in listed if t["status"] not in TERMINAL]
 
 
 def as_now(shown: dict[str, Any], ids: list[str]) -> dict[str, Any]:

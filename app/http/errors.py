@@ -112,7 +112,8 @@ def _http_message(status: int, exc: HTTPException) -> str:
             return f"No such route: the routes end without a slash; use {bare[:200]}."
         meant = _NEAR_MISSES.get(bare.lower())
         if meant is None and bare.lower().startswith("/api/task/"):
-            meant = "/api/tasks/" + bare[len("/api/task/") :][:200]
+            plural = "/api/tasks/" + bare[len("/api/task/") :]
+            meant = plural[:200] if _is_route(plural) else None
         if meant is not None:
             return f"No such route; did you mean {meant}?"
         return "No such route; the API lives under /api/tasks, the dashboard at /."

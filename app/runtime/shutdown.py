@@ -98,15 +98,17 @@ class GracefulStop:
 
     def _log_drain(self, name: str) -> None:
         running = self.scheduler.running_count()
-        if not running or self._hurry_signal is not None:
+        if not running or self.grace_s <= 0 or self._hurry_signal is not None:
             log.info("%s: draining", name)
             return
+        hurry = "a second Ctrl-C a second later, or SIGQUIT," if name == "SIGINT" else "SIGQUIT"
         log.info(
             "%s: draining: %d running task(s) get up to %g s (SHUTDOWN_GRACE_S) to finish; "
-            "a second Ctrl-C a second later, or SIGQUIT, puts them back in the queue now",
+            "%s puts them back in the queue now",
             name,
             running,
             self.grace_s,
+            hurry,
         )
 
     def _ring(self) -> None:

@@ -288,6 +288,7 @@ def test_submit_says_when_no_running_scheduler_has_a_handler_for_its_type(app: F
             "started_at": now,
             "heartbeat_at": now,
             "task_types": json.dumps(["etl"]),
+            "queues": json.dumps(["default"]),
         }
     )
     etl = json.dumps({"id": "a", "type": "etl", "duration_ms": 1})
@@ -296,9 +297,12 @@ def test_submit_says_when_no_running_scheduler_has_a_handler_for_its_type(app: F
     body = json.dumps({"tasks": [{"id": "b", "type": "report", "duration_ms": 1}]})
     unhandled = succeed(app, "submit", "-", stdin=body)
     assert unhandled.stderr.splitlines() == [
-        "note: no running scheduler has a handler for 'report': those tasks wait until one "
-        "does (TASK_HANDLERS of the service or `flask scheduler run`)"
+        "note: no running scheduler claims 'report' in its queue: those tasks wait until one "
+        "does (TASK_HANDLERS, SCHEDULER_QUEUES of the service or of `flask scheduler run`)"
     ]
+    other_queue = {"id": "c", "type": "etl", "duration_ms": 1, "queue": "other"}
+    elsewhere = succeed(app, "submit", "-", stdin=json.dumps(other_queue))
+    assert "claims 'etl' in its queue" in elsewhere.stderr  # etl, but in no queue it serves
     assert json.loads(unhandled.stdout)["tasks"][0]["status"] == "QUEUED"
 
 
