@@ -119,6 +119,10 @@ def test_a_sqlite_file_must_be_in_a_folder_that_exists(tmp_path: Path) -> None:
     present = f"sqlite:///{tmp_path / 'tasks.db'}"
     assert Settings.from_env({"DATABASE_URL": present}).database_url == present
     assert Settings.from_env({"DATABASE_URL": "sqlite://"}).database_url == "sqlite://"
+    uri = f"sqlite:///file:{tmp_path / 'tasks.db'}?uri=true"  # a URI filename, as documented
+    assert Settings.from_env({"DATABASE_URL": uri}).database_url == uri
+    with pytest.raises(ConfigError, match="folder that does not exist"):
+        Settings.from_env({"DATABASE_URL": f"sqlite:///file:{missing}?uri=true"})
 
 
 def test_the_access_log_is_stdout_or_a_file_in_a_folder_that_exists(tmp_path: Path) -> None:
