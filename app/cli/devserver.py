@@ -107,17 +107,9 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     graceful.start()
     draining = False
 
-    def note(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT:
-            graceful._on_interrupt(signum, frame)
-        elif signum == signal.SIGQUIT:
-            graceful._on_quit(signum, frame)
-        else:
-            graceful._on_stop(signum, frame)
-
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal draining
-        note(signum, frame)
+        graceful.note(signum, frame)
         if draining:  # the first one's handler waits below: this one runs inside it
             return
         draining = True

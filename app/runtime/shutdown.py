@@ -115,6 +115,15 @@ class GracefulStop:
         with suppress(OSError):  # the pipe is full: the watcher has a ring to read already
             os.write(self._bell, b"\0")
 
+    def note(self, signum: int, frame: FrameType | None) -> None:
+        """Note a stop signal, as the handlers `install` sets do (for a caller's own)."""
+        if signum == signal.SIGINT:
+            self._on_interrupt(signum, frame)
+        elif signum == signal.SIGQUIT:
+            self._on_quit(signum, frame)
+        else:
+            self._on_stop(signum, frame)
+
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         if self._stop_signal is None:
             self._first_at = time.monotonic()
