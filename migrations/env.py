@@ -1,4 +1,5 @@
 import logging
+from contextlib import contextmanager
 
 from alembic import context
 from flask import current_app
@@ -109,11 +110,31 @@ def run_migrations_online():
     connection = connection.execution_options(sqlite_begin="IMMEDIATE")
     if connection.dialect.name == "postgresql":
         _require_a_schema(connection)
-    with connection:
+    with connection, _foreign_keys_unenforced(connection):
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():
             context.run_migrations()
+
+
+@contextmanager
+def _foreign_keys_unenforced(connection):
+    """On SQLite, leave foreign keys unenforced while the revisions run.
+
+    A revision that builds a table again drops the old one; enforced, SQLite would delete
+    the rows that refer to it (ON DELETE CASCADE). Such a revision checks the keys itself
+    before it commits. SQLite ignores the setting inside a transaction: it is set on the
+    driver's connection before the revisions' transaction begins, and set back after.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    driver = connection.connection.driver_connection
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")
 
 
 def _require_a_schema(connection):

@@ -23,6 +23,7 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -31,6 +32,21 @@ from app.storage import count_triggers
 
 # SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets a bigint.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ResultJSON(JSON):
+    """JSON kept as it was written: on SQLite declared TEXT (migration 0014).
+
+    SQLite gives a column declared `JSON` numeric affinity, which stored a bare number's
+    text as a number: `2**63` came back as a float, `3.0` as `3`.
+    """
+
+    cache_ok = True
+
+
+@compiles(ResultJSON, "sqlite")
+def _declared_text(_type: ResultJSON, _compiler: Any, **_kw: Any) -> str:
+    return "TEXT"
 
 
 # Claimable now: a delayed task joins these once promoted (its not_before cleared when due).
@@ -81,7 +97,7 @@ class Task(db.Model):  # type: ignore[name-defined]
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    result: Mapped[Any] = mapped_column(ResultJSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     progress: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)

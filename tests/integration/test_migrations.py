@@ -900,3 +900,138 @@ def test_0013_writes_its_statements_as_a_script_offline(
     assert "CREATE INDEX ix_tasks_batch_status_seq" in script
     assert "DROP INDEX ix_tasks_status_type_seq" in script
     assert "CREATE INDEX ix_tasks_status_batch_seq" in back
+
+
+# What each result is on reading, after it was stored by a 0013 database, then upgraded:
+# on SQLite the numbers it changed stay changed (their old values are gone), and a float
+# it kept is rewritten with every digit; PostgreSQL changed nothing.
+_RESULTS_AT_0013 = {
+    "big": (2**63, float(2**63)),
+    "whole": (3.0, 3),
+    "fraction": (0.1, 0.1),
+    "close": (1 / 3, 1 / 3),
+    "int": (12, 12),
+    "text": ("12", "12"),
+    "nested": ({"n": 2**63, "f": 3.0}, {"n": 2**63, "f": 3.0}),
+    "none": (None, None),
+}
+
+
+def test_upgrade_to_0014_builds_the_tasks_table_again_keeping_everything_it_refers_to(
+    database_url: str,
+) -> None:
+    """A 0013 database with results of every kind, edges, ended attempts and counts: the
+    upgrade keeps every row, index, trigger and count, reads each result as before (a
+    float with all its digits), and from then on keeps a bare number as written; a
+    downgrade builds the table as it was."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    sqlite = database_url.startswith("sqlite")
+    now = utcnow().replace(microsecond=0)
+    done = {"status": "COMPLETED", "finished_at": now}
+    rows = [
+        _old_task(name, now, result=stored, **done)
+        for name, (stored, _) in _RESULTS_AT_0013.items()
+    ]
+    rows.append(_old_task("later", now, status="QUEUED", result=None, finished_at=None))
+    with app.app_context():
+        _stored_at("0013", rows)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO task_dependencies (task_id, dependency_id, position, adopted)"
+                " VALUES ('later', 'big', 0, false), ('later', 'none', 1, false)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO task_attempts (task_id, attempt, outcome)"
+                " VALUES ('big', 1, 'COMPLETED')"
+            )
+        before = _tasks_schema(db.engine)
+        stored = _counts(db.engine)
+        upgrade()
+        engine = app.extensions["store"].engine
+        shown = {name: reads.get_task(engine, name)["result"] for name in _RESULTS_AT_0013}
+        expected = {n: read if sqlite else kept for n, (kept, read) in _RESULTS_AT_0013.items()}
+        assert shown == expected
+        assert {n: type(v) for n, v in shown.items()} == {n: type(v) for n, v in expected.items()}
+        assert reads.get_task(engine, "later")["dependencies"] == ["big", "none"]
+        assert [a["attempt"] for a in reads.get_attempts(engine, "big")["attempts"]] == [1]
+        assert _counts(db.engine) == stored
+        after = _tasks_schema(db.engine)
+        assert {k: v for k, v in after.items() if k != "tasks"} == {
+            k: v for k, v in before.items() if k != "tasks"
+        }
+        if sqlite:
+            assert "result TEXT" in after["tasks"]
+            # Renamed into place, as SQLite's documentation builds a table again.
+            assert after["tasks"].replace("result TEXT", "result JSON") == before["tasks"].replace(
+                "CREATE TABLE tasks", 'CREATE TABLE "tasks"'
+            )
+            with db.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                kinds = conn.exec_driver_sql(
+                    "SELECT DISTINCT typeof(result) FROM tasks WHERE result IS NOT NULL"
+                ).scalars()
+                assert set(kinds) == {"text"}
+
+        # From now on a bare number is kept as written, and dependents still count down.
+        store = app.extensions["store"]
+        register(store, "w1")
+        (claim,) = store.claim("w1", 1)
+        assert claim.id == "later"
+        assert store.finish(claim, Outcome(Status.COMPLETED, result=3.0))
+        kept = reads.get_task(engine, "later")["result"]
+        assert (kept, type(kept)) == (3.0, float)
+        finished = _counts(db.engine)
+
+        downgrade(revision="0013")
+        back = _tasks_schema(db.engine)
+        assert {k: v for k, v in back.items() if k != "tasks"} == {
+            k: v for k, v in before.items() if k != "tasks"
+        }
+        assert back["tasks"] == after["tasks"].replace("result TEXT", "result JSON")
+        assert reads.get_task(engine, "later")["dependencies"] == ["big", "none"]
+        assert _counts(db.engine) == finished
+        downgrade(revision="base")
+        db.engine.dispose()
+
+
+def _tasks_schema(engine: Engine) -> dict[str, str]:
+    """The stored definitions of `tasks`, its indexes and triggers (on PostgreSQL, of its
+    indexes, triggers and the type of `result`)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            made = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'tasks' AND sql IS NOT NULL"
+            )
+            return {name: sql for name, sql in made}
+        found = {i["name"]: str(i) for i in inspect(conn).get_indexes("tasks")}
+        triggers = conn.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal"
+        ).scalars()
+        found.update((name, "trigger") for name in triggers)
+        (result,) = [c for c in inspect(conn).get_columns("tasks") if c["name"] == "result"]
+        found["tasks"] = str(result["type"])
+        return found
+
+
+def _counts(engine: Engine) -> dict[str, dict[str, int]]:
+    with database.read(engine) as conn:
+        return counts.by_queue(conn)
+
+
+def test_0014_as_a_script_is_refused_in_one_line_on_sqlite_and_empty_on_postgresql(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    with app.app_context():
+        capsys.readouterr()
+        if database_url.startswith("sqlite"):
+            with pytest.raises(SystemExit) as stopped:
+                upgrade(revision="0013:0014", sql=True)
+            assert stopped.value.code == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert "revision 0014 builds the tasks table again" in line
+        else:
+            upgrade(revision="0013:0014", sql=True)
+            script = capsys.readouterr().out
+            assert "UPDATE alembic_version SET version_num='0014'" in script
+            assert "tasks" not in script.replace("UPDATE alembic_version", "")

@@ -239,6 +239,34 @@ def test_on_postgresql_run_at_holds_a_task_back_on_the_database_clock(
     assert done["started_at"] >= submitted["run_at"]
 
 
+# Bare numbers JSON keeps exactly and a float column would not: beyond 64 bits, a float
+# with no fraction, the smallest 64-bit integer less one.
+BARE_RESULTS = {"big": 2**63, "huge": 10**30, "whole": 3.0, "low": -(2**63) - 1, "text": "12"}
+
+
+def test_a_result_comes_back_as_the_handler_returned_it(make_app: AppFactory) -> None:
+    """A bare number is kept as returned, to the API and to a dependent (SQLite stored
+    `2**63` as a float, and `3.0` as `3`, before migration 0014)."""
+    seen: dict[str, Any] = {}
+
+    def collect(ctx: TaskContext) -> None:
+        seen.update(ctx.dependency_results)
+
+    handlers = {"echo": lambda ctx: BARE_RESULTS[ctx.payload["k"]], "collect": collect}
+    client = running_app(make_app, handlers).test_client()
+    for name in BARE_RESULTS:
+        submit(client, name, type="echo", payload={"k": name})
+    submit(client, "collect", *BARE_RESULTS, type="collect")
+    done = wait_terminal(client, *BARE_RESULTS, "collect")
+    shown = {name: done[name]["result"] for name in BARE_RESULTS}
+    assert done["collect"]["status"] == "COMPLETED"
+    for got in (shown, seen):
+        assert got == BARE_RESULTS
+        assert {name: type(value) for name, value in got.items()} == {
+            name: type(value) for name, value in BARE_RESULTS.items()
+        }
+
+
 def test_all_done_cleanup_runs_after_a_failure(make_app: AppFactory) -> None:
     client = running_app(make_app).test_client()
     submit(client, "work", payload={"fail": True})
