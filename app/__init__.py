@@ -9,7 +9,7 @@ from functools import partial
 from flask import Flask, Response, request
 
 from app import events, logs, parts
-from app.config import Settings
+from app.config import INSTANCE_FOLDER, Settings
 from app.extensions import db, migrate
 from app.handlers import Registry, load_modules
 from app.http.auth import require_token
@@ -33,7 +33,7 @@ EXPOSED_HEADERS = "Location, Link, Retry-After, WWW-Authenticate"
 
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """Build the app; `environ` overrides the process environment (tests use it)."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_relative_config=True, instance_path=INSTANCE_FOLDER)
     merged = None if environ is None else {**os.environ, **environ}
     settings = Settings.from_env(merged)
     app.config.update(settings.to_flask())

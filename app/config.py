@@ -6,9 +6,17 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from dotenv import find_dotenv, load_dotenv
+
+# The project's folder (the one holding app/ and wsgi.py): a relative SQLite path in
+# DATABASE_URL names a file from there, whatever folder a process starts in.
+PROJECT_FOLDER = str(Path(__file__).resolve().parent.parent)
+# The app's instance folder (where Flask puts a package's: beside it), which holds the
+# default SQLite file.
+INSTANCE_FOLDER = os.path.join(PROJECT_FOLDER, "instance")
 
 
 class ConfigError(ValueError):
@@ -60,18 +68,46 @@ def _database_url(name: str, raw: str) -> str:
     if url.startswith("sqlite://") and host:
         raise ConfigError(
             f"{name} gives a SQLite URL a host ({host[:40]!r}), which it cannot have: name "
-            "a file as sqlite:///relative/path.db (three slashes) or "
+            "a file as sqlite:///relative/path.db (three slashes: from the project's folder) or "
             "sqlite:////absolute/path.db (four)"
         )
-    path = url.removeprefix("sqlite:///").split("?", 1)[0] if url.startswith("sqlite:///") else ""
-    path = path.removeprefix("file:")  # a URI filename (?uri=true): the path after it
+    if not url.startswith("sqlite:///"):
+        return url
+    named, query = url.removeprefix("sqlite:///"), ""
+    if "?" in named:
+        named, query = named.split("?", 1)
+        query = "?" + query
+    uri = named.startswith("file:")  # a URI filename (?uri=true): the path after it
+    path = named.removeprefix("file:")
+    if not path or path == ":memory:":
+        return url
+    if not os.path.isabs(path):
+        # Flask-SQLAlchemy would open it under the instance folder, so the documented
+        # default (instance/tasks.db) named instance/instance/tasks.db.
+        path = _from_the_project(name, path)
     folder = os.path.dirname(path)
-    if path and path != ":memory:" and folder and not os.path.isdir(folder):
+    if not os.path.isdir(folder):
         raise ConfigError(
             f"{name} names a SQLite file in a folder that does not exist ({folder}): "
             "create the folder, or name a file in one that exists"
         )
-    return url
+    return "sqlite:///" + ("file:" if uri else "") + path + query
+
+
+def _from_the_project(name: str, path: str) -> str:
+    """Return relative `path` from the project's folder, refusing one whose file is only
+    where earlier versions opened it (under the instance folder): an empty file opened
+    in its place would hide the tasks."""
+    meant = os.path.normpath(os.path.join(PROJECT_FOLDER, path))
+    earlier = os.path.normpath(os.path.join(INSTANCE_FOLDER, path))
+    if not os.path.exists(meant) and os.path.isfile(earlier):
+        raise ConfigError(
+            f"{name} names {path}, a path from the project's folder ({meant}, no such "
+            f"file); earlier versions opened it under the instance folder, as {earlier}, "
+            f"which exists: name that file (sqlite:///{earlier}), or move it with its "
+            "-wal and -shm files"
+        )
+    return meant
 
 
 def _text(name: str, raw: str) -> str:

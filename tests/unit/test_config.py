@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from app import config, create_app
 from app.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_defaults_match_the_spec() -> None:
         ("SQLITE_SYNCHRONOUS", "OFF", "SQLITE_SYNCHRONOUS must be one of"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must be a sqlite:// or postgresql://"),
         ("DATABASE_URL", "sqlite://instance/x.db", r"host \('instance'\), which it cannot have"),
-        ("DATABASE_URL", "sqlite://tasks.db", r"sqlite:///relative/path.db \(three slashes\)"),
+        ("DATABASE_URL", "sqlite://tasks.db", r"sqlite:///relative/path.db \(three slashes"),
         ("METRICS_PORT", "0", "METRICS_PORT must be between 1 and 65535"),
         ("HOST", "localhost:3000/", "HOST must be an address or host name"),
         ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be between"),
@@ -123,6 +123,49 @@ def test_a_sqlite_file_must_be_in_a_folder_that_exists(tmp_path: Path) -> None:
     assert Settings.from_env({"DATABASE_URL": uri}).database_url == uri
     with pytest.raises(ConfigError, match="folder that does not exist"):
         Settings.from_env({"DATABASE_URL": f"sqlite:///file:{missing}?uri=true"})
+
+
+@pytest.fixture
+def project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A project folder of the test's own, with its instance folder; run from elsewhere."""
+    folder = tmp_path / "project"
+    (folder / "instance").mkdir(parents=True)
+    monkeypatch.setattr(config, "PROJECT_FOLDER", str(folder))
+    monkeypatch.setattr(config, "INSTANCE_FOLDER", str(folder / "instance"))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "instance").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    return folder
+
+
+def test_a_relative_sqlite_path_is_from_the_project_folder_wherever_a_process_starts(
+    project: Path,
+) -> None:
+    """The documented default, written out, names the default file (Flask-SQLAlchemy
+    alone opened relative paths under instance/: instance/instance/tasks.db)."""
+    default = Settings.from_env({"DATABASE_URL": "sqlite:///instance/tasks.db"}).database_url
+    assert default == f"sqlite:///{project / 'instance' / 'tasks.db'}"
+    uri = Settings.from_env({"DATABASE_URL": "sqlite:///file:x.db?uri=true&mode=rwc"})
+    assert uri.database_url == f"sqlite:///file:{project / 'x.db'}?uri=true&mode=rwc"
+    with pytest.raises(ConfigError, match=f"folder that does not exist \\({project}/data\\)"):
+        Settings.from_env({"DATABASE_URL": "sqlite:///data/tasks.db"})
+    app = create_app({"DATABASE_URL": "sqlite:///instance/tasks.db", "SCHEDULER_ENABLED": "0"})
+    with app.app_context():
+        assert app.extensions["store"].engine.url.database == str(project / "instance/tasks.db")
+
+
+def test_a_relative_sqlite_path_whose_file_only_earlier_versions_opened_is_refused(
+    project: Path,
+) -> None:
+    """Earlier versions opened sqlite:///tasks.db as instance/tasks.db: an empty file
+    opened in the project folder instead would hide every stored task."""
+    (project / "instance" / "tasks.db").write_bytes(b"")
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"})
+    assert f"as {project / 'instance' / 'tasks.db'}, which exists" in str(refused.value)
+    (project / "tasks.db").write_bytes(b"")  # moved (or a file of its own): opened
+    shown = Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"}).database_url
+    assert shown == f"sqlite:///{project / 'tasks.db'}"
 
 
 def test_the_access_log_is_stdout_or_a_file_in_a_folder_that_exists(tmp_path: Path) -> None:
