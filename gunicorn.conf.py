@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -156,7 +157,8 @@ def refuse_taken_addresses(server: Any) -> None:
     if "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ:
         return
     for address in server.cfg.address:
-        if not isinstance(address, tuple):  # a unix socket path
+        if not isinstance(address, tuple):
+            _refuse_a_served_socket(str(address))
             continue
         host, port = address[0], address[1]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -175,6 +177,27 @@ def refuse_taken_addresses(server: Any) -> None:
                         "PORT (or HOST) to a free one"
                     )
                 )
+
+
+def _refuse_a_served_socket(path: str) -> None:
+    """Stop in one line, exit 2, when a server answers on the unix socket `path`.
+
+    gunicorn unlinks the path and binds it anew: the server there would go on running,
+    unreachable, with the tasks it holds. A socket no one answers on is a stale one,
+    left to gunicorn to replace.
+    """
+    if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # stale (refused), or something else gunicorn reports itself
+    fail(
+        ConfigError(
+            f"the unix socket {path} is served by another server: stop it, or bind another path"
+        )
+    )
 
 
 def clear_metrics(directory: Path) -> None:

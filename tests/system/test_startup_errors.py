@@ -128,6 +128,27 @@ def test_gunicorn_on_a_taken_port_stops_at_once_saying_so(tmp_path: Path) -> Non
     assert "Retrying" not in done.stderr and "Traceback" not in done.stderr, shown
 
 
+def test_gunicorn_on_a_unix_socket_another_server_answers_on_stops_saying_so(
+    tmp_path: Path,
+) -> None:
+    """gunicorn would unlink the path and bind it: the other server ran on, unreachable.
+    A stale socket (no one answering) is replaced as before."""
+    path = tmp_path / "api.sock"
+    with socket.socket(socket.AF_UNIX) as taken:
+        taken.bind(str(path))
+        taken.listen()
+        done = _run(ENTRY_POINTS["gunicorn"], tmp_path, GUNICORN_CMD_ARGS=f"--bind unix:{path}")
+    shown = f"exit {done.returncode}\nstderr:\n{done.stderr}"
+    assert done.returncode == 2, shown
+    assert done.stderr.splitlines()[-1] == (
+        f"error: the unix socket {path} is served by another server: stop it, or bind another path"
+    ), shown
+    assert "Traceback" not in done.stderr, shown
+    assert path.exists()  # closed, its file left: stale
+    stale = _run(ENTRY_POINTS["gunicorn"], tmp_path, GUNICORN_CMD_ARGS=f"--bind unix:{path}")
+    assert f"Listening at: unix:{path}" in stale.stderr, stale.stderr
+
+
 def test_a_database_that_cannot_be_reached_stops_the_migration_with_one_line(
     tmp_path: Path,
 ) -> None:
