@@ -11,6 +11,7 @@ serves it, and a worker that gunicorn replaces takes nothing away from them.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import select
@@ -31,6 +32,18 @@ owned_metrics_dir = not os.environ.get(METRICS_DIR_VARIABLE)
 if owned_metrics_dir:
     os.environ[METRICS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="taskscheduler-metrics-")
 metrics_dir = Path(os.environ[METRICS_DIR_VARIABLE])
+
+
+def _remove_metrics_dir(master: int) -> None:
+    """Remove the metrics directory this file created, when the master exits: stopped,
+    or refused at start (a taken address, a bad setting), which on_exit does not see.
+    Forked workers inherit the call, and leave it alone."""
+    if os.getpid() == master:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if owned_metrics_dir:
+    atexit.register(_remove_metrics_dir, os.getpid())
 
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
@@ -210,12 +223,6 @@ def clear_metrics(directory: Path) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges (running tasks); its counters still count."""
     multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
-
-
-def on_exit(server: Any) -> None:
-    """Remove the metrics directory gunicorn.conf.py created."""
-    if owned_metrics_dir:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker: Any) -> None:

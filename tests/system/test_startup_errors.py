@@ -128,6 +128,22 @@ def test_gunicorn_on_a_taken_port_stops_at_once_saying_so(tmp_path: Path) -> Non
     assert "Retrying" not in done.stderr and "Traceback" not in done.stderr, shown
 
 
+def test_a_refused_gunicorn_start_leaves_no_metrics_directory(tmp_path: Path) -> None:
+    """The master makes one in TMPDIR as it reads gunicorn.conf.py; a start refused then
+    (a taken address, a bad setting) removed it only when it had started."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused = _run(ENTRY_POINTS["gunicorn"], tmp_path, PORT=port, TMPDIR=str(temporary))
+    assert refused.returncode == 2, refused.stderr
+    bad = _run(ENTRY_POINTS["gunicorn"], tmp_path, TMPDIR=str(temporary), LEASE_S="x")
+    assert bad.returncode == 2, bad.stderr
+    assert list(temporary.iterdir()) == []
+
+
 def test_gunicorn_on_a_unix_socket_another_server_answers_on_stops_saying_so(
     tmp_path: Path,
 ) -> None:

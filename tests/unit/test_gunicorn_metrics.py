@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import runpy
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,12 +63,14 @@ def test_without_a_directory_a_fresh_one_is_made_and_removed_at_exit(
     config = load_config(monkeypatch, None)
     made = Path(config["metrics_dir"])
     assert made.is_dir() and not any(made.iterdir())
-    config["on_exit"](fake_server())
+    config["_remove_metrics_dir"](os.getpid() + 1)  # a forked worker exiting
+    assert made.is_dir()
+    config["_remove_metrics_dir"](os.getpid())  # the master exiting
     assert not made.exists()
 
 
 def test_a_directory_given_is_kept_at_exit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = load_config(monkeypatch, tmp_path / "metrics")
     config["on_starting"](fake_server())
-    config["on_exit"](fake_server())
+    assert "_remove_metrics_dir" in config and not config["owned_metrics_dir"]
     assert (tmp_path / "metrics").is_dir()
