@@ -91,6 +91,24 @@ class AnyCase(click.Choice):
         return super().convert(value.upper() if isinstance(value, str) else value, param, ctx)
 
 
+class AnyCaseList(AnyCase):
+    """Several of the choices, comma-separated, in any case; each once, in their order."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """Check each name as the choice would."""
+        if not isinstance(value, str):
+            return value
+        names = [name for name in value.split(",") if name.strip()]
+        if not names:
+            self.fail("give at least one name", param, ctx)
+        one = super().convert
+        return tuple(dict.fromkeys(one(name.strip(), param, ctx) for name in names))
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        """Name the choices, and that several may be given."""
+        return "[" + "|".join(self.choices) + "][,...]"
+
+
 def fail(code: str, message: str, details: dict[str, Any] | None = None) -> NoReturn:
     """Print `error: <code>: <message>` (and any details) to stderr and exit 1."""
     click.echo(f"error: {code}: {message}", err=True)
@@ -276,7 +294,13 @@ def show(task_id: str) -> None:
 
 
 @tasks_cli.command("list")
-@click.option("--status", type=AnyCase([s.value for s in Status]))
+@click.option(
+    "--status",
+    "statuses",
+    type=AnyCaseList([s.value for s in Status]),
+    default=(),
+    help="Only tasks in these statuses (comma-separated, any case).",
+)
 @click.option("--type", "task_type", help="Only tasks of this type.")
 @click.option("--batch-id", help="Only tasks of this batch.")
 @click.option(
@@ -288,7 +312,7 @@ def show(task_id: str) -> None:
 @click.option("--cursor", help="Continue where the previous page ended.")
 @clean_errors
 def list_tasks(
-    status: str | None,
+    statuses: tuple[str, ...],
     task_type: str | None,
     batch_id: str | None,
     limit: int,
@@ -297,7 +321,7 @@ def list_tasks(
     """Print a table of tasks, newest first."""
     page = reads.list_tasks(
         parts.engine(),
-        status=status.upper() if status else None,
+        statuses=statuses,
         task_type=task_type,
         batch_id=batch_id,
         limit=limit,

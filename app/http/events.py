@@ -8,17 +8,15 @@ from flask import Blueprint, Response, request
 
 from app import parts
 from app.errors import InvalidParameter
-from app.http.inputs import only_parameters
+from app.http.inputs import listed, only_parameters, statuses
 from app.services.reads import is_identifier
 from app.services.streams import SEND_TIMEOUT_S
-from app.statuses import Status
 from app.storage.eventlog import Filters
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 
 # An event number: digits only, below 2**63.
 _NUMBER = re.compile(r"[0-9]{1,18}\Z")
-_STATUSES = {s.value for s in Status}
 
 
 @bp.get("/events")
@@ -30,8 +28,8 @@ def stream_events() -> Response:
     filters = Filters(
         task_id=_identifier(*_either("task")),
         batch_id=_identifier(*_either("batch")),
-        types=_listed("type", request.args.get("type")),
-        statuses=_statuses(request.args.get("status")),
+        types=listed("type", request.args.get("type")),
+        statuses=statuses(request.args.get("status")),
     )
     # Empty, or blanks alone: as if absent. Only HTTP's blanks are trimmed, as documented.
     last = (request.headers.get("Last-Event-ID") or "").strip(" \t") or None
@@ -72,28 +70,3 @@ def _identifier(name: str, raw: str | None) -> str | None:
             {name: "Not an id."},
         )
     return raw
-
-
-def _listed(name: str, raw: str | None) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    values = tuple(v for v in raw.split(",") if v)
-    if not values or len(values) > 20 or not all(is_identifier(v, 64) for v in values):
-        raise InvalidParameter(
-            f"{name} takes 1 to 20 comma-separated names of at most 64 characters.",
-            {name: "Bad list."},
-        )
-    return values
-
-
-def _statuses(raw: str | None) -> tuple[str, ...]:
-    given = _listed("status", raw)
-    # In any case, as GET /api/tasks takes them; only ASCII folds (`ß` never becomes `SS`).
-    values = tuple(v.upper() if v.isascii() else v for v in given)
-    unknown = [v for v, folded in zip(given, values, strict=True) if folded not in _STATUSES]
-    if unknown:
-        raise InvalidParameter(
-            f"Unknown status {unknown[0]!r}; one of {', '.join(sorted(_STATUSES))}.",
-            {"status": "Unknown status."},
-        )
-    return values

@@ -17,6 +17,8 @@ from app.errors import (
 )
 from app.jsonbody import parse_json_object
 from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from app.services.reads import is_identifier
+from app.statuses import Status
 
 
 def only_parameters(*allowed: str, listed: Collection[str] = ()) -> None:
@@ -91,3 +93,33 @@ def no_encoded_slash() -> None:
             "No route or task has this path: it holds an encoded slash (%2F), which no id "
             "or name may hold."
         )
+
+
+def listed(name: str, raw: str | None) -> tuple[str, ...]:
+    """Read a parameter that takes several names, comma-separated (none: empty)."""
+    if raw is None:
+        return ()
+    values = tuple(v for v in raw.split(",") if v)
+    if not values or len(values) > 20 or not all(is_identifier(v, 64) for v in values):
+        raise InvalidParameter(
+            f"{name} takes 1 to 20 comma-separated names of at most 64 characters.",
+            {name: "Bad list."},
+        )
+    return values
+
+
+def statuses(raw: str | None) -> tuple[str, ...]:
+    """Read `status`: one or more statuses, comma-separated, in any case (only ASCII
+    folds, so `ß` never becomes `SS`), each once, in the order given."""
+    if raw is None:
+        return ()
+    given = [v for v in raw.split(",") if v]
+    folded = [v.upper() if v.isascii() else v for v in given]
+    unknown = [v for v, f in zip(given, folded, strict=True) if f not in Status.__members__]
+    if unknown or not given:
+        named = f"Unknown status {unknown[0][:32]!r}" if unknown else "No status given"
+        raise InvalidParameter(
+            f"{named}; use one of {', '.join(Status)} (several comma-separated).",
+            {"status": "Unknown status."},
+        )
+    return tuple(dict.fromkeys(folded))

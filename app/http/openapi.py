@@ -236,8 +236,11 @@ LIST_PARAMETERS = [
     {
         "name": "status",
         "in": "query",
-        "description": "Only tasks in this status, in any case (`failed` is `FAILED`).",
-        "schema": {"$ref": "#/components/schemas/Status"},
+        "description": (
+            "Only tasks in this status, or in any of several, comma-separated "
+            "(`FAILED,UPSTREAM_FAILED`); in any case (`failed` is `FAILED`)."
+        ),
+        "schema": {"type": "string", "example": "FAILED,UPSTREAM_FAILED"},
     },
     {
         "name": "type",

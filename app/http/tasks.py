@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from app import parts
 from app.errors import InvalidParameter
-from app.http.inputs import json_body, only_parameters, page_limit
+from app.http.inputs import json_body, only_parameters, page_limit, statuses
 from app.http.openapi import spec_for
 from app.limits import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.schemas import AttemptsOut, TaskOut, TaskStatusOut, load_task, load_task_edit
@@ -61,20 +61,10 @@ def submit_batch() -> tuple[Response, int]:
 @bp.get("/tasks")
 def list_tasks() -> Response:
     """List tasks newest first, a page at a time, with a Link to the next page."""
-    only_parameters("status", "type", "batch_id", "limit", "cursor")
-    status = request.args.get("status")
-    if status is not None:
-        # Any case is accepted, as users type it; only ASCII folds, so `ß` never becomes `SS`.
-        wanted = status.upper() if status.isascii() else status
-        if wanted not in Status.__members__:
-            raise InvalidParameter(
-                f"Unknown status {status[:32]!r}; use one of " + ", ".join(Status) + ".",
-                {"status": "Unknown status."},
-            )
-        status = wanted
+    only_parameters("status", "type", "batch_id", "limit", "cursor", listed=("status",))
     page = reads.list_tasks(
         parts.engine(),
-        status=status,
+        statuses=statuses(request.args.get("status")),
         task_type=request.args.get("type"),
         batch_id=request.args.get("batch_id"),
         limit=page_limit(request.args.get("limit")),

@@ -124,13 +124,14 @@ class Page:
 def list_tasks(
     engine: Engine,
     *,
-    status: str | None = None,
+    statuses: Sequence[str] = (),
     task_type: str | None = None,
     batch_id: str | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
 ) -> Page:
-    """Return tasks newest first, filtered, one page at a time."""
+    """Return tasks newest first, filtered (in any of `statuses`, if given), one page at
+    a time."""
     _check_filter("type", task_type, MAX_TYPE_LENGTH)
     _check_filter("batch_id", batch_id, MAX_BATCH_ID_LENGTH)
     before = None if cursor is None else decode_cursor(cursor)
@@ -138,7 +139,7 @@ def list_tasks(
         # One row more than the page tells whether there is a next one.
         rows = newest_first(
             conn,
-            status=status,
+            statuses=statuses,
             task_type=task_type,
             batch_id=batch_id,
             before=before,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, Select, and_, func, or_, select, union_all
 
 from app.storage.tables import RUNNING, chunks, instances, tasks
 from app.storage.tasks import LIST_COLUMNS
@@ -18,13 +18,30 @@ from app.storage.tasks import LIST_COLUMNS
 def newest_first(
     conn: Connection,
     *,
-    status: str | None,
+    statuses: Sequence[str],
     task_type: str | None,
     batch_id: str | None,
     before: int | None,
     limit: int,
 ) -> list[Any]:
-    """Return up to `limit` task rows newest first, filtered, from before seq `before`."""
+    """Return up to `limit` task rows newest first, filtered, from before seq `before`.
+
+    Of several statuses, each one's newest `limit` are read by its own walk of a status
+    index, and the page is the newest `limit` of those: never a scan of the other
+    statuses' tasks, which `status IN (...)` ordered by seq would walk through.
+    """
+    each: list[str | None] = [*statuses] or [None]
+    walks = [_newest(s, task_type, batch_id, before, limit) for s in each]
+    if len(walks) == 1:
+        return list(conn.execute(walks[0]).all())
+    merged = union_all(*(select(*walk.subquery().c) for walk in walks)).subquery()
+    query = select(*merged.c).order_by(merged.c.seq.desc()).limit(limit)
+    return list(conn.execute(query).all())
+
+
+def _newest(
+    status: str | None, task_type: str | None, batch_id: str | None, before: int | None, limit: int
+) -> Select[Any]:
     query = select(*LIST_COLUMNS).order_by(tasks.c.seq.desc()).limit(limit)
     if status is not None:
         query = query.where(tasks.c.status == status)
@@ -34,7 +51,7 @@ def newest_first(
         query = query.where(tasks.c.batch_id == batch_id)
     if before is not None:
         query = query.where(tasks.c.seq < before)
-    return list(conn.execute(query).all())
+    return query
 
 
 def status_of(conn: Connection, task_id: str) -> str | None:

@@ -116,6 +116,9 @@ def test_list_of_nothing_is_an_empty_array(client: FlaskClient) -> None:
         ("type=gamma", []),
         ("status=failed", ["b1"]),
         ("status=Queued&type=beta", ["b2"]),
+        ("status=failed,QUEUED", ["c2", "b2", "b1", "a1"]),
+        ("status=FAILED,COMPLETED", ["b1"]),
+        ("status=queued,failed,queued,&type=beta", ["b2", "b1"]),
     ],
     ids=[
         "queued",
@@ -126,6 +129,9 @@ def test_list_of_nothing_is_an_empty_array(client: FlaskClient) -> None:
         "unknown-type",
         "status-lowercase",
         "status-mixed-case",
+        "statuses",
+        "statuses-one-empty",
+        "statuses-repeated-and-type",
     ],
 )
 def test_list_filters(app: Flask, client: FlaskClient, query: str, expected: list[str]) -> None:
@@ -187,6 +193,10 @@ def test_a_bad_limit_says_what_is_wrong_with_it(client: FlaskClient, query: str,
         "status=qu%C3%A9ued",
         "status=DONE",
         "status=",
+        "status=,",
+        "status=FAILED,DONE",
+        "status=FAILED,queu%C3%A9d",
+        "status=QUEUED&status=RUNNING",
         "priority=1",
         "page=2",
     ],
@@ -203,6 +213,10 @@ def test_a_bad_limit_says_what_is_wrong_with_it(client: FlaskClient, query: str,
         "status-non-ascii",
         "status-unknown",
         "status-empty",
+        "statuses-empty",
+        "statuses-one-unknown",
+        "statuses-one-non-ascii",
+        "status-repeated",
         "unknown-priority",
         "unknown-page",
     ],
@@ -490,3 +504,23 @@ def test_health_is_unavailable_once_the_scheduler_loop_stops_ticking(make_app: A
     body = response.get_json()
     assert (body["status"], body["scheduler"]["state"]) == ("unavailable", "running")
     assert body["database"]["status"] == "ok"
+
+
+def test_a_walk_of_several_statuses_merges_them_newest_first_page_by_page(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Each page is the newest of the statuses' own newest: no task twice, none left
+    out, across pages whose statuses come in runs and alternate."""
+    for n in range(23):
+        submit(client, f"t{n:02d}")
+    statuses = {n: ("FAILED", "QUEUED", "CANCELLED")[(n // 3 + n) % 3] for n in range(23)}
+    for n, status in statuses.items():
+        if status != "QUEUED":
+            set_columns(app, f"t{n:02d}", status=status)
+    wanted = [f"t{n:02d}" for n in range(22, -1, -1) if statuses[n] != "QUEUED"]
+
+    seen, links = walk(client, "/api/tasks?status=cancelled,FAILED&limit=4")
+
+    assert seen == wanted
+    assert len(links) == (len(wanted) - 1) // 4
+    assert all("status=cancelled,FAILED&" in link for link in links), links

@@ -211,6 +211,15 @@ def test_the_overview_says_when_its_url_names_no_status(client: FlaskClient) -> 
     assert not Elements(page(client, "/?status=%20failed%20")).shown("status-note")
 
 
+def test_the_overview_filters_by_several_statuses_as_the_api_does(client: FlaskClient) -> None:
+    html = page(client, "/?status=failed,%20cancelled,failed")
+    assert '<option value="FAILED,CANCELLED" selected>FAILED, CANCELLED</option>' in html
+    assert html.count(" selected>") == 1 and not Elements(html).shown("status-note")
+    odd = page(client, "/?status=failed,done")  # one unknown: said, and every status shown
+    assert " selected>" not in odd
+    assert "No status is called &ldquo;FAILED,DONE&rdquo;" in " ".join(odd.split())
+
+
 def test_with_a_token_set_a_task_page_tells_nothing_without_it(make_app: AppFactory) -> None:
     client = make_app(API_TOKEN="dashboard-test-token-1").test_client()
     token = {"Authorization": "Bearer dashboard-test-token-1"}

@@ -782,13 +782,13 @@ def test_upgrade_to_0013_leads_the_pairs_by_batch_and_type_and_indexes_finished_
         assert not {"ix_tasks_status_batch_seq", "ix_tasks_status_type_seq"} & set(indexes)
         assert "finished_at IS NOT NULL" in finished
 
-        def listed(**filters: str) -> list[str]:
+        def listed(**filters: Any) -> list[str]:
             return [t["id"] for t in reads.list_tasks(engine, **filters).tasks]
 
-        assert listed(batch_id="b1", status="COMPLETED") == ["b1-4", "b1-0"]
-        assert listed(batch_id="b2", status="QUEUED") == ["b2-3"]
-        assert listed(task_type="a", status="RUNNING") == ["b2-2", "b1-2"]
-        assert listed(task_type="b", status="FAILED") == ["b2-1", "b1-1"]
+        assert listed(batch_id="b1", statuses=("COMPLETED",)) == ["b1-4", "b1-0"]
+        assert listed(batch_id="b2", statuses=("QUEUED",)) == ["b2-3"]
+        assert listed(task_type="a", statuses=("RUNNING",)) == ["b2-2", "b1-2"]
+        assert listed(task_type="b", statuses=("FAILED",)) == ["b2-1", "b1-1"]
         assert retention.prune(engine, timedelta(days=1), now=now) == 4
         assert sorted(listed()) == ["b1-2", "b1-3", "b1-4", "b2-2", "b2-3", "b2-4"]
 
@@ -875,7 +875,7 @@ def test_upgrade_to_0013_measures_the_new_indexes_where_sqlite_keeps_statistics(
                 sent.append((sql, params))
 
             event.listen(conn, "before_cursor_execute", record)
-            newest_first(conn, status=None, task_type="a", batch_id=None, before=None, limit=101)
+            newest_first(conn, statuses=(), task_type="a", batch_id=None, before=None, limit=101)
             event.remove(conn, "before_cursor_execute", record)
             ((sql, params),) = sent
             plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]

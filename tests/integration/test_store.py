@@ -469,19 +469,19 @@ def test_the_sqlite_claim_walks_the_ready_index_without_sorting(sqlite_url: str)
 @pytest.mark.parametrize(
     ("filters", "index"),
     [
-        ({"status": "FAILED"}, "ix_tasks_status_seq (status=?)"),
+        ({"statuses": ("FAILED",)}, "ix_tasks_status_seq (status=?)"),
         ({"task_type": "t"}, "ix_tasks_type_seq (type=?)"),
         ({"batch_id": "b"}, "ix_tasks_batch_seq (batch_id=?)"),
         (
-            {"status": "COMPLETED", "task_type": "t"},
+            {"statuses": ("COMPLETED",), "task_type": "t"},
             "ix_tasks_type_status_seq (type=? AND status=?)",
         ),
         (
-            {"status": "FAILED", "batch_id": "b"},
+            {"statuses": ("FAILED",), "batch_id": "b"},
             "ix_tasks_batch_status_seq (batch_id=? AND status=?)",
         ),
         (
-            {"status": "FAILED", "batch_id": "b", "before": 9},
+            {"statuses": ("FAILED",), "batch_id": "b", "before": 9},
             "ix_tasks_batch_status_seq (batch_id=? AND status=? AND seq<?)",
         ),
     ],
@@ -497,7 +497,7 @@ def test_a_sqlite_page_walks_one_index_in_its_order(
     def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
         sent.append((sql, params))
 
-    query = {"status": None, "task_type": None, "batch_id": None, "before": None, **filters}
+    query = {"statuses": (), "task_type": None, "batch_id": None, "before": None, **filters}
     with database.read(store.engine) as conn:
         event.listen(conn, "before_cursor_execute", record)
         newest_first(conn, **query, limit=101)
@@ -506,6 +506,42 @@ def test_a_sqlite_page_walks_one_index_in_its_order(
     with database.read(store.engine) as conn:
         plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
     assert plan == [f"SEARCH tasks USING INDEX {index}"], plan
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "ix_tasks_status_seq (status=?)"),
+        (
+            {"task_type": "t", "before": 9},
+            "ix_tasks_type_status_seq (type=? AND status=? AND seq<?)",
+        ),
+        ({"batch_id": "b"}, "ix_tasks_batch_status_seq (batch_id=? AND status=?)"),
+    ],
+)
+def test_a_sqlite_page_of_several_statuses_walks_each_status_in_its_index(
+    sqlite_url: str, filters: dict[str, Any], index: str
+) -> None:
+    """Each status's newest tasks straight from its index, merged: `status IN (...)`
+    ordered by seq would walk the seq order through every other status's tasks."""
+    store = build_app(sqlite_url, {}).extensions["store"]
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        sent.append((sql, params))
+
+    query = {"task_type": None, "batch_id": None, "before": None, **filters}
+    with database.read(store.engine) as conn:
+        event.listen(conn, "before_cursor_execute", record)
+        newest_first(conn, statuses=("FAILED", "QUEUED", "CANCELLED"), **query, limit=101)
+        event.remove(conn, "before_cursor_execute", record)
+    ((sql, params),) = sent
+    with database.read(store.engine) as conn:
+        plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+    walks = [step for step in plan if step.startswith("SEARCH tasks")]
+    assert walks == [f"SEARCH tasks USING INDEX {index}"] * 3, plan
+    assert not any(step.startswith("SCAN tasks") for step in plan), plan
     store.engine.dispose()
 
 
