@@ -1,4 +1,4 @@
-"""`flask queues ...`: list queues, set their limits, pause and resume them.
+"""`flask queues ...`: list queues, set their limits, pause, resume and delete them.
 
 Like `flask tasks`, these commands talk to the database directly; every running
 instance honours a change at its next claim.
@@ -19,7 +19,7 @@ from app.statuses import Status
 
 queues_cli = AppGroup(
     "queues",
-    help="List queues, set their concurrency and rate limits, pause and resume them.",
+    help="List queues, set their concurrency and rate limits, pause, resume and delete them.",
     callback=quiet_logs,
 )
 queue_out = QueueOut()
@@ -84,3 +84,12 @@ def pause(name: str) -> None:
 def resume(name: str) -> None:
     """Let the queue NAME start tasks again; print the queue."""
     echo_json(queue_out.dump(queues.resume(parts.engine(), name).queue))
+
+
+@queues_cli.command("delete", short_help="Delete an empty queue.")
+@click.argument("name")
+@clean_errors
+def delete(name: str) -> None:
+    """Delete the queue NAME, which must hold no task and be named by no schedule."""
+    queues.delete(parts.engine(), name)
+    click.echo(f"deleted queue {name}", err=True)

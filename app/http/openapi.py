@@ -801,6 +801,21 @@ def _queue_paths() -> dict[str, dict[str, Any]]:
                 },
                 requestBody=_body("QueueLimitsIn", "The limits; a limit left out is none."),
             ),
+            "delete": _operation(
+                "delete_queue",
+                "Delete a queue that holds no task and that no schedule names",
+                {
+                    "204": {"description": "Deleted: its row and settings are gone."},
+                    **_errors(
+                        "writes",
+                        e400=bad_name,
+                        e404="`not_found`: no task or setting names this queue.",
+                        e409="`invalid_state`: the default queue, a queue holding tasks "
+                        "(`details.tasks` counts them by status), or one a schedule names "
+                        "(`details.schedules`).",
+                    ),
+                },
+            ),
         },
         "/api/queues/{queue_name}/pause": {
             **one,

@@ -1,4 +1,4 @@
-"""HTTP routes of queues: list, show, set limits, pause and resume."""
+"""HTTP routes of queues: list, show, set limits, pause, resume and delete."""
 
 from __future__ import annotations
 
@@ -52,6 +52,15 @@ def resume_queue(queue_name: str) -> Response:
     only_parameters()
     no_body()
     return _answer(queues.resume(parts.engine(), queue_name))
+
+
+@bp.delete("/queues/<queue_name>")
+def delete_queue(queue_name: str) -> tuple[str, int]:
+    """Delete a queue that holds no task and that no schedule names."""
+    only_parameters()
+    queues.delete(parts.engine(), queue_name)
+    parts.metrics().queue_changed("deleted")
+    return "", 204
 
 
 def _answer(changed: queues.Changed) -> Response:

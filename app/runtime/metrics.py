@@ -235,8 +235,8 @@ class Metrics:
         )
         self.queue_changes_total = Counter(
             f"{PREFIX}_queue_changes",
-            "Changes of queues' settings made through this process, by kind: paused, "
-            "resumed, limits.",
+            "Changes of queues made through this process, by kind: paused, resumed, "
+            "limits, deleted.",
             ["change"],
             registry=reg,
         )
@@ -320,7 +320,7 @@ class Metrics:
         self.task_actions_total.labels(action).inc(count)
 
     def queue_changed(self, change: str) -> None:
-        """Count a change of a queue's pause or limits."""
+        """Count a change of a queue: its pause or limits, or its deletion."""
         self.queue_changes_total.labels(change).inc()
 
     def heartbeat(self) -> None:

@@ -19,12 +19,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from app.config import QUEUE_NAME
-from app.errors import InvalidParameter, NotFound, TooManyQueues
+from app.errors import InvalidParameter, InvalidState, NotFound, TooManyQueues
 from app.limits import MAX_QUEUES
 from app.schemas import ID_MESSAGE, MAX_QUEUE_NAME_LENGTH
 from app.statuses import Status
 from app.storage import counts, database
 from app.storage import queues as rows
+from app.storage import schedules as schedule_rows
 from app.storage.notify import announce
 from app.storage.queues import DEFAULT_QUEUE
 
@@ -50,6 +51,7 @@ def admit(conn: Connection, names: Iterable[str], now: datetime) -> None:
     """Add a row for each new queue among `names`, within MAX_QUEUES, or raise."""
     wanted = sorted(set(names) - {DEFAULT_QUEUE})
     if wanted:
+        rows.share(conn)  # first: a deletion under way commits before the rows are looked for
         _within_limit(conn, rows.register(conn, wanted, now))
 
 
@@ -140,6 +142,52 @@ def _change(engine: Engine, name: str, change: str, values: dict[str, Any]) -> C
     with database.read(engine) as conn:
         tasks = counts.by_queue(conn).get(name)
     return Changed(_shape(name, after, tasks), change if changed else None)
+
+
+def delete(engine: Engine, name: str) -> None:
+    """Delete a queue that holds no task (of any status) and that no schedule names:
+    its row and settings go. A task naming it later adds it again, open and unlimited."""
+    check_name(name)
+    if name == DEFAULT_QUEUE:
+        raise InvalidState(
+            "The default queue cannot be deleted: it holds every task that names no queue.",
+            {"name": name},
+        )
+
+    def work(conn: Connection) -> None:
+        # Alone: the submissions naming queues, and the claims, under way commit first (so
+        # their tasks are counted); those after wait for this one.
+        rows.hold(conn)
+        found = rows.rows(conn, [name])
+        held = {s: n for s, n in counts.by_queue(conn).get(name, {}).items() if n}
+        if not found and not held:
+            raise NotFound(f"No queue named {name!r}.", {"name": name})
+        if held:
+            total = sum(held.values())
+            raise InvalidState(
+                f"Queue {name!r} holds {total:,} task{'s' if total != 1 else ''}: only an "
+                "empty queue can be deleted. Cancel or wait for its unfinished tasks, then "
+                "delete or prune the finished ones (flask tasks prune).",
+                {"tasks": held},
+            )
+        naming = [i for i, kind, body in schedule_rows.bodies(conn) if name in _queues(kind, body)]
+        if naming:
+            raise InvalidState(
+                f"Queue {name!r} is named by {len(naming)} schedule"
+                f"{'s' if len(naming) != 1 else ''}, whose next firing would add it again: "
+                "change or delete them first.",
+                {"schedules": naming[:20]},
+            )
+        rows.remove(conn, name)
+
+    database.transaction(engine, work)
+    log.info("queue %s deleted", name)
+
+
+def _queues(kind: str, body: Any) -> set[str]:
+    """The queues a schedule's tasks name (its body: one task, or a batch)."""
+    items = [body] if kind == "task" else (body.get("tasks") or [])
+    return {t.get("queue") or DEFAULT_QUEUE for t in items if isinstance(t, dict)}
 
 
 def _unstored(name: str) -> rows.QueueRow:

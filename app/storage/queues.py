@@ -141,6 +141,24 @@ def hold(conn: Connection) -> None:
         )
 
 
+def share(conn: Connection) -> None:
+    """Take the queues' lock shared, on PostgreSQL, until the transaction ends: what a
+    transaction storing tasks in named queues holds, so that no queue it names is deleted
+    before it commits (a deletion holds the lock alone, `hold`)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock_shared(%(key)s,"
+            " CAST(CAST('tasks' AS regclass) AS oid)::int)",
+            {"key": QUEUES_LOCK_KEY},
+        )
+
+
+def remove(conn: Connection, name: str) -> None:
+    """Delete the row of the queue `name`."""
+    sql = f"DELETE FROM queues WHERE name = {param(conn.dialect.name, 'n')}"
+    driver_execute(conn, sql, {"n": name})
+
+
 def update(conn: Connection, name: str, now: datetime, **values: Any) -> None:
     """Set columns of the queue `name`, whose row exists."""
     d = conn.dialect.name

@@ -55,6 +55,12 @@ def change(conn: Connection, schedule_id: str, version: int, values: dict[str, A
     return result.rowcount == 1
 
 
+def bodies(conn: Connection) -> list[tuple[str, str, Any]]:
+    """Return every schedule's id, kind and body, by id."""
+    query = select(schedules.c.id, schedules.c.kind, schedules.c.body).order_by(schedules.c.id)
+    return [(row.id, row.kind, row.body) for row in conn.execute(query)]
+
+
 def remove(conn: Connection, schedule_id: str) -> bool:
     """Delete a schedule; tell whether there was one."""
     return conn.execute(delete(schedules).where(schedules.c.id == schedule_id)).rowcount == 1

@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import event, text
 
-from app import parts
+from app import faults, parts
+from app.errors import InvalidState
 from app.limits import MAX_QUEUES
 from app.services import queues, submissions
 from app.statuses import Status
@@ -159,6 +160,55 @@ def test_pause_and_resume_answer_the_queue_and_count_changes(app: Flask) -> None
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'taskscheduler_queue_changes_total{change="paused"} 1.0' in metrics
     assert 'taskscheduler_queue_changes_total{change="resumed"} 1.0' in metrics
+
+
+def test_an_empty_queue_is_deleted_and_one_holding_tasks_or_named_by_a_schedule_is_not(
+    app: Flask,
+) -> None:
+    client = app.test_client()
+    assert client.post("/api/queues/typo/pause").status_code == 200
+    deleted = client.delete("/api/queues/typo")
+    assert (deleted.status_code, deleted.get_data()) == (204, b"")
+    assert "typo" not in {q["name"] for q in client.get("/api/queues").get_json()}
+    assert client.get("/api/queues/typo").status_code == 404
+    assert client.delete("/api/queues/typo").status_code == 404
+    refused = client.delete("/api/queues/default")
+    assert refused.status_code == 409 and refused.get_json()["code"] == "invalid_state"
+
+    task = {"id": "m", "type": "t", "duration_ms": 1, "queue": "mail"}
+    made = client.post("/api/tasks", json=task)
+    assert made.status_code == 201
+    held = client.delete("/api/queues/mail")
+    assert held.status_code == 409, held.get_json()
+    assert held.get_json()["details"] == {"tasks": {"QUEUED": 1}}
+    assert "holds 1 task:" in held.get_json()["error"]
+    assert client.post("/api/tasks/m/cancel").status_code == 200
+    assert client.delete("/api/tasks/m").status_code == 204
+    task.pop("id")
+    schedule = {"id": "nightly", "interval_s": 3600, "task": task}
+    assert client.post("/api/schedules", json=schedule).status_code == 201
+    named = client.delete("/api/queues/mail")
+    assert named.status_code == 409 and named.get_json()["details"] == {"schedules": ["nightly"]}
+    assert client.delete("/api/schedules/nightly").status_code == 204
+    assert client.delete("/api/queues/mail").status_code == 204
+
+    # A task naming it later adds it again, open and unlimited.
+    again = client.post("/api/tasks", json={"type": "t", "duration_ms": 1, "queue": "mail"})
+    assert again.status_code == 201
+    shown = client.get("/api/queues/mail").get_json()
+    assert (shown["state"], shown["counts"]["QUEUED"]) == ("active", 1)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'taskscheduler_queue_changes_total{change="deleted"} 2.0' in metrics
+
+
+def test_the_queues_command_deletes_an_empty_queue(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["queues", "pause", "typo"]).exit_code == 0
+    done = runner.invoke(args=["queues", "delete", "typo"])
+    assert done.exit_code == 0, done.output
+    assert "deleted queue typo" in done.output
+    refused = runner.invoke(args=["queues", "delete", "default"])
+    assert refused.exit_code == 1 and "error: invalid_state:" in refused.output
 
 
 def test_a_batch_past_the_most_queues_is_refused_before_its_rows_are_written(
@@ -470,6 +520,61 @@ def test_a_pause_waits_for_the_claims_under_way_and_none_after_it_starts_a_task(
     assert claimed == ["first"] and paused.is_set()
     assert _claim(store, "w1") == []  # paused from now on
     assert row(store, "second").status == "QUEUED"
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_deletion_waits_for_a_submission_naming_the_queue_and_then_refuses(
+    postgres_url: str,
+) -> None:
+    """Two sessions interleaved: a submission naming `mail` is stopped after its insert,
+    before its commit; the deletion runs meanwhile. Without the queues' lock shared by the
+    submission, the deletion counted no task, deleted the row, and the task committed into
+    a queue without a row, which no claim ever walks."""
+    app = build_app(postgres_url, {})
+    engine = app.extensions["store"].engine
+    queues.pause(engine, "mail")  # the row exists before either starts
+    inserted = threading.Event()
+    release = threading.Event()
+
+    def hold(**_context: Any) -> None:
+        if not inserted.is_set():
+            inserted.set()
+            assert release.wait(timeout=30)
+
+    body = {"id": "m", "type": "t", "duration_ms": 1, "queue": "mail"}
+    submitter = threading.Thread(target=lambda: submissions.submit(engine, body))
+    outcome: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            queues.delete(engine, "mail")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    deleter = threading.Thread(target=delete)
+    monitor = Monitor(engine)
+    with faults.injected("notify.announce", hold):
+        submitter.start()
+        try:
+            assert inserted.wait(timeout=30)
+            deleter.start()
+            deadline = time.monotonic() + 30
+            while not monitor.any_waiting_for_lock(exclude=0):
+                assert time.monotonic() < deadline, "the deletion did not wait for the submission"
+                assert not outcome, f"the deletion ended during the submission: {outcome}"
+                time.sleep(0.01)
+        finally:
+            release.set()
+            submitter.join(timeout=30)
+            if deleter.is_alive() or outcome:
+                deleter.join(timeout=30)
+            monitor.close()
+    ((refused,),) = [outcome]
+    assert isinstance(refused, InvalidState) and "holds 1 task" in refused.message, refused
+    shown = queues.get(engine, "mail")
+    assert (shown["counts"]["QUEUED"], shown["state"]) == (1, "paused")  # row and settings
     engine.dispose()
 
 

@@ -42,6 +42,7 @@ from app.runtime.scheduler import LOST, Scheduler
 from app.services import actions, batch, batches, fanout, queues, schedules, submissions
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
+from app.storage.queues import DEFAULT_QUEUE
 from app.storage.store import Store
 from app.storage.tables import deps, instances, task_attempts, task_events, tasks
 from app.storage.tables import queues as queue_rows
@@ -555,9 +556,17 @@ class Simulation:
         """Pause or resume a queue, or set its limits, as a user would, at any moment."""
         rng = self.rng
         name = rng.choice(["default", "q1", "q2"])
-        kind = rng.choice(["pause", "resume", "resume", "limits"])
+        kind = rng.choice(["pause", "resume", "resume", "limits", "delete"])
         try:
-            if kind == "limits":
+            if kind == "delete":
+                try:
+                    queues.delete(self.engine, name)
+                except ApiError as exc:  # default, holding tasks, or gone already
+                    self.note(f"queue {name}: not deleted ({exc.code})")
+                    return
+                self.queue_starts.pop(name, None)
+                self.note(f"queue {name}: deleted")
+            elif kind == "limits":
                 limits = {
                     "concurrency_limit": rng.choice([None, 1, 2, 3]),
                     "rate_limit_per_s": rng.choice([None, None, 0.5, 2.0]),
@@ -1211,6 +1220,13 @@ class Simulation:
         kept = {(q, st): n for q, by in per_queue.items() for st, n in by.items() if n}
         if kept != real_per_queue:
             self.fail(f"the counts by queue are {kept}, the tasks {real_per_queue}")
+        # A task in a queue without a row would never be claimed: a deletion must leave
+        # none behind.
+        with self.checker_reads() as conn:
+            named = {name for (name,) in conn.execute(select(queue_rows.c.name))}
+        homeless = {q for q, _ in real_per_queue if q not in named and q != DEFAULT_QUEUE}
+        if homeless:
+            self.fail(f"tasks of the queues {sorted(homeless)}, which have no row")
 
     def _check_task(
         self,
