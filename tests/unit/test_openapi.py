@@ -278,6 +278,7 @@ def test_database_faults_are_documented_where_they_can_happen(document: dict[str
         ("/api/batches/{batch_id}/retry", "post"),
         ("/api/queues/{queue_name}/pause", "post"),
         ("/api/queues/{queue_name}/resume", "post"),
+        ("/api/queues/{queue_name}", "delete"),
     }
     every = operations(document)
     full = {key for key, op in every.items() if "507" in op["responses"]}
