@@ -110,7 +110,7 @@ def run_migrations_online():
     connection = connection.execution_options(sqlite_begin="IMMEDIATE")
     if connection.dialect.name == "postgresql":
         _require_a_schema(connection)
-    with connection, _foreign_keys_unenforced(connection):
+    with connection, _sqlite_settings_for_revisions(connection):
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():
@@ -118,22 +118,27 @@ def run_migrations_online():
 
 
 @contextmanager
-def _foreign_keys_unenforced(connection):
-    """On SQLite, leave foreign keys unenforced while the revisions run.
+def _sqlite_settings_for_revisions(connection):
+    """On SQLite, leave foreign keys unenforced and temporary data on disk while the
+    revisions run.
 
-    A revision that builds a table again drops the old one; enforced, SQLite would delete
-    the rows that refer to it (ON DELETE CASCADE). Such a revision checks the keys itself
-    before it commits. SQLite ignores the setting inside a transaction: it is set on the
-    driver's connection before the revisions' transaction begins, and set back after.
+    A revision that builds a table again drops the old one: enforced, SQLite would delete
+    the rows that refer to it (ON DELETE CASCADE), and the drop's statement journal, kept
+    in memory as the service keeps it (temp_store=MEMORY), is as large as the table. Such
+    a revision checks the keys itself before it commits. SQLite ignores the foreign keys
+    setting inside a transaction: both are set on the driver's connection before the
+    revisions' transaction begins, and set back after.
     """
     if connection.dialect.name != "sqlite":
         yield
         return
     driver = connection.connection.driver_connection
     driver.execute("PRAGMA foreign_keys=OFF")
+    driver.execute("PRAGMA temp_store=FILE")
     try:
         yield
     finally:
+        driver.execute("PRAGMA temp_store=MEMORY")
         driver.execute("PRAGMA foreign_keys=ON")
 
 

@@ -80,11 +80,11 @@ def _rebuild(old, new):
         "SELECT sql FROM sqlite_master WHERE tbl_name = 'tasks'"
         " AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
     ).all()
-    numbers = run(
-        "SELECT seq, result FROM tasks WHERE typeof(result) IN ('integer', 'real')"
-    ).all()
+    broken = _broken_keys(run)  # already, by hand: not this revision's to mend
     run(made)
     run("INSERT INTO tasks_rebuilt SELECT * FROM tasks")
+    if new == "TEXT":
+        _write_floats_exactly(bind.connection.driver_connection)
     run("DROP TABLE tasks")  # its indexes and triggers go with it
     run("PRAGMA legacy_alter_table = ON")  # rename this table only, nothing else's text
     try:
@@ -93,13 +93,26 @@ def _rebuild(old, new):
         run("PRAGMA legacy_alter_table = OFF")
     for (sql,) in kept:
         run(sql)
-    if new == "TEXT":
-        # Copied into TEXT, a float is written with 15 digits: write what Python reads.
-        for seq, value in numbers:
-            run("UPDATE tasks SET result = ? WHERE seq = ?", (json.dumps(value), seq))
-    broken = run("PRAGMA foreign_key_check").first()
-    if broken is not None:
-        raise RuntimeError(f"revision 0014 would break a foreign key: {tuple(broken)}")
+    added = _broken_keys(run) - broken
+    if added:
+        raise RuntimeError(f"revision 0014 would break a foreign key: {sorted(added)[0]}")
     stats = run("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'")
     if stats.first() is not None:
         run("ANALYZE tasks")  # the dropped table's statistics went with it
+
+
+def _write_floats_exactly(driver):
+    """Write each float stored in `tasks` into the copy as Python reads it: SQLite
+    copies a float into TEXT with 15 digits. Read a thousand at a time, so that memory
+    stays flat whatever the number of them."""
+    floats = driver.execute("SELECT seq, result FROM tasks WHERE typeof(result) = 'real'")
+    while chunk := floats.fetchmany(1000):
+        driver.executemany(
+            "UPDATE tasks_rebuilt SET result = ? WHERE seq = ?",
+            [(json.dumps(value), seq) for seq, value in chunk],
+        )
+
+
+def _broken_keys(run):
+    """The rows whose foreign key names a row that does not exist (table, rowid, parent)."""
+    return {tuple(row[:3]) for row in run("PRAGMA foreign_key_check")}

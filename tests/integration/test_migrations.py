@@ -944,9 +944,16 @@ def test_upgrade_to_0014_builds_the_tasks_table_again_keeping_everything_it_refe
                 "INSERT INTO task_attempts (task_id, attempt, outcome)"
                 " VALUES ('big', 1, 'COMPLETED')"
             )
+        if sqlite:  # a row left behind by hand (the sqlite3 shell enforces no keys)
+            by_hand = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+            by_hand.execute(
+                "INSERT INTO task_attempts (task_id, attempt, outcome) VALUES ('gone', 1, 'FAILED')"
+            )
+            by_hand.commit()
+            by_hand.close()
         before = _tasks_schema(db.engine)
         stored = _counts(db.engine)
-        upgrade()
+        upgrade()  # not refused for the row it did not leave
         engine = app.extensions["store"].engine
         shown = {name: reads.get_task(engine, name)["result"] for name in _RESULTS_AT_0013}
         expected = {n: read if sqlite else kept for n, (kept, read) in _RESULTS_AT_0013.items()}
@@ -967,6 +974,7 @@ def test_upgrade_to_0014_builds_the_tasks_table_again_keeping_everything_it_refe
             )
             with db.engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
                 kinds = conn.exec_driver_sql(
                     "SELECT DISTINCT typeof(result) FROM tasks WHERE result IS NOT NULL"
                 ).scalars()
