@@ -6,17 +6,28 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, unquote
 
 from dotenv import find_dotenv, load_dotenv
+from flask.sansio.scaffold import find_package
 
-# The project's folder (the one holding app/ and wsgi.py): a relative SQLite path in
-# DATABASE_URL names a file from there, whatever folder a process starts in.
-PROJECT_FOLDER = str(Path(__file__).resolve().parent.parent)
-# The app's instance folder (where Flask puts a package's: beside it), which holds the
-# default SQLite file.
-INSTANCE_FOLDER = os.path.join(PROJECT_FOLDER, "instance")
+
+def _folders() -> tuple[str | None, str]:
+    """Return the project's folder (None for an installed `app` package) and the app's
+    instance folder, found as Flask finds it: beside the package in a checkout, under the
+    environment's `var/` once installed."""
+    prefix, package_path = find_package("app")
+    if prefix is None:
+        return package_path, os.path.join(package_path, "instance")
+    return None, os.path.join(prefix, "var", "app-instance")
+
+
+# A relative SQLite path in DATABASE_URL names a file from the project's folder (the
+# checkout holding app/ and wsgi.py), whatever folder a process starts in; for the
+# installed package, from the working directory. The instance folder holds the default
+# SQLite file.
+PROJECT_FOLDER, INSTANCE_FOLDER = _folders()
 
 
 class ConfigError(ValueError):
@@ -73,12 +84,10 @@ def _database_url(name: str, raw: str) -> str:
         )
     if not url.startswith("sqlite:///"):
         return url
-    named, query = url.removeprefix("sqlite:///"), ""
-    if "?" in named:
-        named, query = named.split("?", 1)
-        query = "?" + query
-    uri = named.startswith("file:")  # a URI filename (?uri=true): the path after it
-    path = named.removeprefix("file:")
+    named, _, query = url.removeprefix("sqlite:///").partition("?")
+    # A URI filename (`file:` with ?uri=true) is percent-encoded; any other is a path.
+    uri = named.startswith("file:") and "true" in parse_qs(query).get("uri", [])
+    path = unquote(named.removeprefix("file:")) if uri else named
     if not path or path == ":memory:":
         return url
     if not os.path.isabs(path):
@@ -91,23 +100,34 @@ def _database_url(name: str, raw: str) -> str:
             f"{name} names a SQLite file in a folder that does not exist ({folder}): "
             "create the folder, or name a file in one that exists"
         )
-    return "sqlite:///" + ("file:" if uri else "") + path + query
+    named = "file:" + quote(path, safe="/") if uri else path
+    return f"sqlite:///{named}" + (f"?{query}" if query else "")
 
 
 def _from_the_project(name: str, path: str) -> str:
-    """Return relative `path` from the project's folder, refusing one whose file is only
-    where earlier versions opened it (under the instance folder): an empty file opened
-    in its place would hide the tasks."""
-    meant = os.path.normpath(os.path.join(PROJECT_FOLDER, path))
-    earlier = os.path.normpath(os.path.join(INSTANCE_FOLDER, path))
-    if not os.path.exists(meant) and os.path.isfile(earlier):
-        raise ConfigError(
-            f"{name} names {path}, a path from the project's folder ({meant}, no such "
-            f"file); earlier versions opened it under the instance folder, as {earlier}, "
-            f"which exists: name that file (sqlite:///{earlier}), or move it with its "
-            "-wal and -shm files"
-        )
-    return meant
+    """Return relative `path` from the project's folder, refusing it while a database
+    is only where earlier versions opened it (under the instance folder): opening
+    another file in its place would hide the tasks."""
+    meant = os.path.abspath(os.path.join(PROJECT_FOLDER or os.getcwd(), path))
+    earlier = os.path.abspath(os.path.join(INSTANCE_FOLDER, path))
+    if meant == earlier or not _holds_data(earlier):
+        return meant
+    where = "the project's folder" if PROJECT_FOLDER else "the working directory"
+    if _holds_data(meant):
+        found = f"a database is there, and another at {earlier}, where earlier versions "
+        fix = "name the one to use by its absolute path"
+    else:
+        found = f"no database is there, but one is at {earlier}, where earlier versions "
+        fix = f"name that file (sqlite:///{earlier}), or move it with its -wal and -shm files"
+    raise ConfigError(
+        f"{name} names {path}, a path from {where} ({meant}): {found}opened relative paths: {fix}"
+    )
+
+
+def _holds_data(path: str) -> bool:
+    """Whether `path` is a file with anything in it (an empty one is what opening a
+    missing SQLite file leaves, or `touch`)."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
 def _text(name: str, raw: str) -> str:

@@ -154,18 +154,50 @@ def test_a_relative_sqlite_path_is_from_the_project_folder_wherever_a_process_st
         assert app.extensions["store"].engine.url.database == str(project / "instance/tasks.db")
 
 
-def test_a_relative_sqlite_path_whose_file_only_earlier_versions_opened_is_refused(
+def test_a_relative_sqlite_path_is_refused_while_a_database_is_where_earlier_versions_were(
     project: Path,
 ) -> None:
-    """Earlier versions opened sqlite:///tasks.db as instance/tasks.db: an empty file
-    opened in the project folder instead would hide every stored task."""
-    (project / "instance" / "tasks.db").write_bytes(b"")
-    with pytest.raises(ConfigError) as refused:
+    """Earlier versions opened sqlite:///tasks.db as instance/tasks.db: another file
+    opened in the project's folder instead would hide every stored task. An empty file
+    there (what `sqlite3 tasks.db` or `touch` leaves) is no database."""
+    earlier = project / "instance" / "tasks.db"
+    earlier.write_bytes(b"")  # empty: no database, so nothing to hide
+    assert Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"}).database_url
+    earlier.write_bytes(b"SQLite format 3\0")
+    for there in (None, b""):
+        if there is not None:
+            (project / "tasks.db").write_bytes(there)
+        with pytest.raises(ConfigError) as refused:
+            Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"})
+        assert f"no database is there, but one is at {earlier}" in str(refused.value)
+        assert f"name that file (sqlite:///{earlier})" in str(refused.value)
+    (project / "tasks.db").write_bytes(b"SQLite format 3\0")  # both: which one is meant?
+    with pytest.raises(ConfigError, match="name the one to use by its absolute path"):
         Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"})
-    assert f"as {project / 'instance' / 'tasks.db'}, which exists" in str(refused.value)
-    (project / "tasks.db").write_bytes(b"")  # moved (or a file of its own): opened
+    for chosen in (project / "tasks.db", earlier):
+        url = f"sqlite:///{chosen}"
+        assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+def test_uri_filenames_are_decoded_and_file_colon_alone_is_a_path(project: Path) -> None:
+    (project / "my db").mkdir()
+    spaced = Settings.from_env({"DATABASE_URL": "sqlite:///file:my%20db/x.db?uri=true"})
+    assert spaced.database_url == f"sqlite:///file:{project}/my%20db/x.db?uri=true"
+    with pytest.raises(ConfigError, match="folder that does not exist"):
+        Settings.from_env({"DATABASE_URL": "sqlite:///file:no%20such/x.db?uri=true"})
+    plain = Settings.from_env({"DATABASE_URL": "sqlite:///file:x.db"})  # no ?uri=true
+    assert plain.database_url == f"sqlite:///{project}/file:x.db"
+
+
+def test_an_installed_package_takes_relative_paths_from_the_working_directory(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "PROJECT_FOLDER", None)
     shown = Settings.from_env({"DATABASE_URL": "sqlite:///tasks.db"}).database_url
-    assert shown == f"sqlite:///{project / 'tasks.db'}"
+    assert shown == f"sqlite:///{Path.cwd() / 'tasks.db'}"
+    # Installed, the instance folder is where Flask puts an installed package's.
+    monkeypatch.setattr(config, "find_package", lambda _name: ("/env", "/env/lib/site"))
+    assert config._folders() == (None, "/env/var/app-instance")
 
 
 def test_the_access_log_is_stdout_or_a_file_in_a_folder_that_exists(tmp_path: Path) -> None:
