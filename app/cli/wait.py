@@ -39,9 +39,15 @@ def wait_and_report(engine: Engine, ids: Sequence[str], timeout_s: float) -> boo
     counts = Counter(status for status, _ in progress.finished.values())
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     if progress.pending:
+        unfinished = (
+            "the task had not finished"
+            if len(ids) == 1
+            else f"{len(progress.pending)} of {len(ids)} tasks had not finished"
+        )
         click.echo(
-            f"error: timeout: {len(progress.pending)} of {len(ids)} tasks had not finished "
-            f"after {elapsed:.1f} s" + (f" ({summary} so far)" if summary else "") + ".",
+            f"error: timeout: {unfinished} after {elapsed:.1f} s"
+            + (f" ({summary} so far)" if summary else "")
+            + ".",
             err=True,
         )
         for task_id in progress.pending[:MAX_LISTED]:
