@@ -240,7 +240,7 @@ LIST_PARAMETERS = [
             "Only tasks in this status, or in any of several, comma-separated "
             "(`FAILED,UPSTREAM_FAILED`); in any case (`failed` is `FAILED`)."
         ),
-        "schema": {"type": "string", "example": "FAILED,UPSTREAM_FAILED"},
+        "schema": {"type": "string"},
     },
     {
         "name": "type",

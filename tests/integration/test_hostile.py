@@ -672,7 +672,7 @@ ROUTES: dict[str, tuple[str, frozenset[str]]] = {
     "/api/batches/<batch_id>": ("/api/batches/seed-batch", frozenset({"GET"})),
     "/api/batches/<batch_id>/cancel": ("/api/batches/seed-batch/cancel", frozenset({"POST"})),
     "/api/batches/<batch_id>/retry": ("/api/batches/seed-batch/retry", frozenset({"POST"})),
-    "/api/queues/<queue_name>": ("/api/queues/mail", frozenset({"GET", "PUT"})),
+    "/api/queues/<queue_name>": ("/api/queues/mail", frozenset({"GET", "PUT", "DELETE"})),
     "/api/queues/<queue_name>/pause": ("/api/queues/held/pause", frozenset({"POST"})),
     "/api/queues/<queue_name>/resume": ("/api/queues/mail/resume", frozenset({"POST"})),
     "/api/openapi.json": ("/api/openapi.json", frozenset({"GET"})),

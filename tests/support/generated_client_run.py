@@ -21,6 +21,7 @@ from task_scheduler_client.api.default import (
     cancel_batch,
     cancel_task,
     create_schedule,
+    delete_queue,
     delete_schedule,
     delete_task,
     edit_schedule,
@@ -203,7 +204,7 @@ def schedules(client: AuthenticatedClient) -> None:
 
 
 def queues(client: AuthenticatedClient) -> None:
-    """Limit, pause, show, resume and list a queue through the typed client."""
+    """Limit, pause, show, resume, list and delete a queue through the typed client."""
     limits = QueueLimitsIn(concurrency_limit=2, rate_limit_per_s=None)
     limited = answer(set_queue_limits, client, "reports", body=limits).parsed
     assert isinstance(limited, QueueOut) and limited.concurrency_limit == 2
@@ -216,6 +217,9 @@ def queues(client: AuthenticatedClient) -> None:
     assert isinstance(resumed, QueueOut) and resumed.paused is False
     listed = answer(list_queues, client).parsed
     assert {"default", "reports"} <= {q.name for q in listed}, listed
+    answer(delete_queue, client, "reports", expect=204)  # empty: its settings go
+    kept = answer(delete_queue, client, "default", expect=409).parsed
+    assert isinstance(kept, Error) and kept.code == "invalid_state"
     gone = answer(get_queue, client, "ghost", expect=404).parsed
     assert isinstance(gone, Error) and gone.code == "not_found"
 
