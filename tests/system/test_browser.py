@@ -163,6 +163,17 @@ def test_the_queues_page_pauses_a_queue_and_sets_its_limit(
     poll(drained, 30, "the queue to drain")
     assert most <= 1
     p.wait_for_selector(f'{row} [data-count="COMPLETED"]:text-is("6")', timeout=10_000)
+    assert not p.query_selector(f"{row} button.delete")  # it holds tasks
+    # An empty queue is deleted in two clicks: the first only asks.
+    assert requests.post(f"{server.base_url}/api/queues/typo/pause", timeout=10).ok
+    typo = '#queue-rows tr[data-queue="typo"]'
+    p.click(f'{typo} button:text-is("Delete")', timeout=10_000)
+    p.wait_for_selector(f'{typo} button:text-is("Delete?")', timeout=10_000)
+    assert server.get("/api/queues/typo").status_code == 200
+    p.click(f'{typo} button:text-is("Delete?")')
+    p.wait_for_selector(typo, state="detached", timeout=10_000)
+    assert server.get("/api/queues/typo").status_code == 404
+    assert not p.query_selector('#queue-rows tr[data-queue="default"] button.delete')
 
 
 def test_a_task_page_lists_its_attempts_with_their_tracebacks(

@@ -1,4 +1,4 @@
-/* The queues: their tasks by status, their limits (editable), pause and resume. */
+/* The queues: their tasks by status, their limits (editable), pause, resume, delete. */
 "use strict";
 
 (function () {
@@ -7,6 +7,8 @@
   var error = document.getElementById("queues-error");
   // While a limit is being typed, refreshes leave the rows alone.
   var editing = false;
+  // The queue whose Delete button was clicked once, asking for a second click.
+  var asking = null;
 
   function send(url, method, body) {
     var options = { method: method, headers: { "Content-Type": "application/json" } };
@@ -27,6 +29,36 @@
       send(Dash.apiQueueUrl(queue.name) + (queue.paused ? "/resume" : "/pause"), "POST");
     });
     return button;
+  }
+
+  // An empty queue other than default can be deleted: a first click asks (and the
+  // refreshes keep asking), a second sends.
+  function remove(queue) {
+    var button = el("button", { type: "button", class: "delete" }, "Delete");
+    function ask() {
+      button.textContent = "Delete?";
+      button.setAttribute("aria-label", "Click again to delete the queue " + queue.name);
+    }
+    if (asking === queue.name) {
+      ask();
+    }
+    button.addEventListener("click", function () {
+      if (asking !== queue.name) {
+        asking = queue.name;
+        ask();
+        return;
+      }
+      asking = null;
+      button.disabled = true;
+      send(Dash.apiQueueUrl(queue.name), "DELETE");
+    });
+    return button;
+  }
+
+  function empty(queue) {
+    return Object.keys(queue.counts).every(function (status) {
+      return queue.counts[status] === 0;
+    });
   }
 
   function number(value) {
@@ -80,6 +112,10 @@
     state.appendChild(el("span", { class: "badge" }, queue.state));
     state.appendChild(document.createTextNode(" "));
     state.appendChild(toggle(queue));
+    if (queue.name !== "default" && empty(queue)) {
+      state.appendChild(document.createTextNode(" "));
+      state.appendChild(remove(queue));
+    }
     tr.appendChild(state);
     return tr;
   }
