@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -20,9 +21,11 @@ from marshmallow import ValidationError
 from app.config import ConfigError
 from app.dag import topological_order
 from app.errors import UnknownTaskType
-from app.schemas import TaskIn, task_details
+from app.schemas import ID_MESSAGE, ID_PATTERN, MAX_TYPE_LENGTH, TaskIn, task_details
 
 SIMULATE = "simulate"
+# What a task type may be: what the API accepts in `type`.
+_TYPE = re.compile(ID_PATTERN)
 # Tasks one attempt may add to the graph (they are created with its completion).
 MAX_ADDED_TASKS = 10_000
 # The results of a task's dependencies, as JSON, that `dependency_results` loads at most.
@@ -162,13 +165,37 @@ class Registry:
         self._strict = strict
 
     def register(self, task_type: str, handler: Handler) -> None:
-        """Make `handler` run every task of `task_type`."""
+        """Make `handler` run every task of `task_type`; raise ValueError for a type that
+        no task can name (or `simulate`, built in), TypeError for a handler that cannot
+        be called."""
+        if task_type == SIMULATE:
+            raise ValueError(
+                f"the type {SIMULATE!r} is built in (it sleeps duration_ms): name the "
+                "handler's type otherwise"
+            )
+        if not (
+            isinstance(task_type, str)
+            and len(task_type) <= MAX_TYPE_LENGTH
+            and _TYPE.match(task_type)
+        ):
+            raise ValueError(
+                f"{task_type!r} cannot name a task type: " + ID_MESSAGE.format(max=MAX_TYPE_LENGTH)
+            )
+        if not callable(handler):
+            raise TypeError(
+                f"the handler of {task_type!r} is {type(handler).__name__!r}, not a function "
+                "taking the task's context"
+            )
         self._handlers[task_type] = handler
 
     @property
     def strict(self) -> bool:
         """Tell whether unknown types are refused."""
         return self._strict or bool(self._handlers)
+
+    def registered(self) -> list[str]:
+        """Return the types a handler was registered for, by name."""
+        return sorted(self._handlers)
 
     def types(self) -> list[str]:
         """Return the accepted types, or an empty list when every type is accepted."""
@@ -200,6 +227,7 @@ def load_modules(registry: Registry, modules: str) -> None:
     names = [m.strip() for m in modules.split(",") if m.strip()]
     if names:
         _search_working_directory()
+    owners: dict[str, str] = {}  # each type, and the module that registered it
     for name in names:
         try:
             module = importlib.import_module(name)
@@ -210,13 +238,55 @@ def load_modules(registry: Registry, modules: str) -> None:
                 "installed package, and list module paths comma-separated"
             )
             raise ConfigError(message) from None
+        except Exception as exc:  # a SyntaxError, or whatever its top level raised
+            raise ConfigError(
+                f"TASK_HANDLERS module {name!r} failed to import: {_said(exc)}"
+            ) from None
         register = getattr(module, "register", None)
         if not callable(register):
             raise ConfigError(
                 f"TASK_HANDLERS module {name!r} has no register(registry) function: "
                 "add one, or leave the module out of TASK_HANDLERS"
             )
-        register(registry)
+        before = set(registry.registered())
+        try:
+            register(_Once(registry, owners, name))
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"TASK_HANDLERS module {name!r}: register(registry) raised {_said(exc)}"
+            ) from None
+        owners.update((t, name) for t in set(registry.registered()) - before)
+
+
+def _said(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return type(exc).__name__ + (f": {text[0][:300]}" if text else "")
+
+
+class _Once:
+    """The registry as a handler module sees it: a type another module registered
+    already is refused, naming both modules (the later one would replace it unseen)."""
+
+    def __init__(self, registry: Registry, owners: dict[str, str], module: str) -> None:
+        self._registry = registry
+        self._owners = owners
+        self._module = module
+
+    def register(self, task_type: str, handler: Handler) -> None:
+        """Register `handler`, unless another module has the type."""
+        owner = self._owners.get(task_type)
+        if owner is not None and owner != self._module:
+            raise ConfigError(
+                f"TASK_HANDLERS modules {owner!r} and {self._module!r} both register the "
+                f"task type {task_type!r}: one handler runs a type; keep one of them"
+            )
+        self._registry.register(task_type, handler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
 
 
 def _search_working_directory() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from app import create_app, start_scheduler
@@ -79,3 +82,60 @@ def test_strict_types_without_handlers_accepts_only_simulate(make_app: AppFactor
 def test_a_bad_handler_module_stops_start_up(sqlite_url: str, modules: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create_app({"DATABASE_URL": sqlite_url, "TASK_HANDLERS": modules})
+
+
+HANDLER_MODULES = {
+    "broken_syntax": "def register(registry)\n    pass\n",
+    "raises_at_import": "raise RuntimeError('no config file')\n",
+    "raises_in_register": "def register(registry):\n    raise KeyError('API_KEY')\n",
+    "first_sum": "def register(registry):\n    registry.register('sum', lambda ctx: 1)\n",
+    "second_sum": "def register(registry):\n    registry.register('sum', lambda ctx: 2)\n",
+    "own_simulate": "def register(registry):\n    registry.register('simulate', lambda ctx: 1)\n",
+    "bad_type": "def register(registry):\n    registry.register('bad type!', lambda ctx: 1)\n",
+    "not_callable": "def register(registry):\n    registry.register('x1', 42)\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("modules", "message"),
+    [
+        ("broken_syntax", "'broken_syntax' failed to import: SyntaxError: "),
+        ("raises_at_import", "failed to import: RuntimeError: no config file"),
+        ("raises_in_register", "register\\(registry\\) raised KeyError: 'API_KEY'"),
+        ("first_sum,second_sum", "'first_sum' and 'second_sum' both register the task type 'sum'"),
+        ("own_simulate", "the type 'simulate' is built in"),
+        ("bad_type", "'bad type!' cannot name a task type"),
+        ("not_callable", "the handler of 'x1' is 'int', not a function"),
+    ],
+)
+def test_a_handler_module_that_cannot_serve_stops_start_up_saying_why(
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    modules: str,
+    message: str,
+) -> None:
+    """Before, the first three stopped with a traceback, and the rest started: the second
+    `sum` silently replaced the first, `simulate` replaced the built-in sleep, the bad
+    type could never be submitted and the number failed every task of its type."""
+    for name, source in HANDLER_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=message):
+        create_app({"DATABASE_URL": sqlite_url, "TASK_HANDLERS": modules})
+    for name in HANDLER_MODULES:
+        sys.modules.pop(name, None)
+
+
+def test_one_module_may_register_a_type_again(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "twice.py").write_text(
+        "def register(registry):\n"
+        "    registry.register('sum', lambda ctx: 1)\n"
+        "    registry.register('sum', lambda ctx: 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = create_app({"DATABASE_URL": sqlite_url, "TASK_HANDLERS": "twice"})
+    assert app.extensions["registry"].registered() == ["sum"]
+    sys.modules.pop("twice", None)

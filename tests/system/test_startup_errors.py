@@ -112,6 +112,16 @@ def test_a_database_never_migrated_stops_every_serving_command_with_the_fix(
     assert fix in served.stderr and "Traceback" not in served.stderr, served.stderr
 
 
+@pytest.mark.parametrize("entry", ["gunicorn", "flask tasks list"])
+def test_a_handler_module_with_a_syntax_error_is_one_line(entry: str, tmp_path: Path) -> None:
+    (tmp_path / "broken_handlers.py").write_text("def register(registry)\n    pass\n")
+    done = _run(
+        ENTRY_POINTS[entry], tmp_path, TASK_HANDLERS="broken_handlers", PYTHONPATH=str(tmp_path)
+    )
+    line = _assert_one_line(done, "TASK_HANDLERS")
+    assert "'broken_handlers' failed to import: SyntaxError" in line
+
+
 def test_gunicorn_on_a_taken_port_stops_at_once_saying_so(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
