@@ -58,8 +58,26 @@ from app.startup import checked_settings, fail  # noqa: E402
 WORKER_BOOT_ERROR = 3
 
 
+class _ClientSocket(socket.socket):
+    """A client's connection whose blocking reads and writes give up after
+    CLIENT_TIMEOUT_S seconds of silence.
+
+    gthread makes a connection blocking, with no timeout, for each request it serves: a
+    client that sent its headers and then part of a body (or stopped reading an answer)
+    held a request thread for good, and a few such clients held them all.
+    """
+
+    def setblocking(self, flag: bool) -> None:
+        """Blocking, with the timeout; or not blocking, for gthread's poller."""
+        if flag:
+            self.settimeout(settings.client_timeout_s)
+        else:
+            super().setblocking(False)
+
+
 class DrainingThreadWorker(ThreadWorker):
-    """gthread, except that connections already queued when the worker stops are served.
+    """gthread, except that connections already queued when the worker stops are served,
+    and that a client silent for CLIENT_TIMEOUT_S in the middle of a request is let go.
 
     Stopping, gthread stops accepting at once but closes its listening sockets only after
     the requests in progress are done; the kernel keeps queueing connections meanwhile, and
@@ -69,6 +87,14 @@ class DrainingThreadWorker(ThreadWorker):
     """
 
     _closed_listeners = False
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand a connection to a request thread, as a _ClientSocket from its first."""
+        if not isinstance(conn.sock, _ClientSocket):
+            raw = conn.sock
+            conn.sock = _ClientSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            conn.sock.setblocking(False)  # as gthread left it, for its poller
+        super().enqueue_req(conn)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """Stop accepting; once the worker is stopping, serve the queue and close."""
@@ -137,7 +163,7 @@ def on_starting(server: Any) -> None:
     refuse_taken_addresses(server)
     clear_metrics(metrics_dir)
     # The workers, forked from here, share the error log and its filter.
-    server.log.error_log.addFilter(TimedOutClients(SEND_TIMEOUT_S))
+    server.log.error_log.addFilter(TimedOutClients(settings.client_timeout_s, SEND_TIMEOUT_S))
     quick = server.handle_int
     queue = server.signal
     first: list[float] = []

@@ -63,27 +63,30 @@ SOCKET_ERROR = "Socket error processing request."
 
 
 class TimedOutClients(logging.Filter):
-    """Turn gunicorn's error and traceback for a write that timed out into one line.
+    """Turn gunicorn's error and traceback for a connection that timed out into one line.
 
-    The event stream's socket has a send timeout (`SEND_TIMEOUT_S`): when its client stops
-    reading, the write times out and the worker closes the connection, as it should, and
-    nothing is wrong with the server. gunicorn logs it as an error with a traceback all the
-    same; it becomes one warning line.
+    A client's connection times out after `timeout_s` of silence in the middle of a
+    request (CLIENT_TIMEOUT_S, gunicorn.conf.py), and an event stream's after
+    `stream_timeout_s` of a write waiting: when a client stops sending its request or
+    reading its answer, the worker closes the connection, as it should, and nothing is
+    wrong with the server. gunicorn logs it as an error with a traceback all the same; it
+    becomes one warning line.
     """
 
-    def __init__(self, send_timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, stream_timeout_s: float) -> None:
         super().__init__()
-        self.send_timeout_s = send_timeout_s
+        self.timeout_s = timeout_s
+        self.stream_timeout_s = stream_timeout_s
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite a timed-out connection's record; let every other record through."""
         failure = record.exc_info[1] if record.exc_info else None
         if record.msg == SOCKET_ERROR and isinstance(failure, TimeoutError):
             record.msg = (
-                "a client stopped reading its response (an event stream) and a write to it "
-                "waited %g s; its connection was closed"
+                "a client sent or read nothing for %g s in the middle of a request (or "
+                "%g s, of an event stream); its connection was closed"
             )
-            record.args = (self.send_timeout_s,)
+            record.args = (self.timeout_s, self.stream_timeout_s)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True

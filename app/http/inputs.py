@@ -64,9 +64,10 @@ def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
     request.max_content_length = max_bytes + 1
     try:
         raw = request.get_data(cache=True)
-    except ClientDisconnected:
+    except ClientDisconnected:  # closed, or silent for CLIENT_TIMEOUT_S
         raise InvalidJson(
-            "The request body ended before the length its Content-Length header announced."
+            "The request body ended (or stopped arriving) before the length its "
+            "Content-Length header announced."
         ) from None
     return parse_json_object(raw, max_bytes, shape)
 

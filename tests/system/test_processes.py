@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -347,3 +348,41 @@ def test_a_reload_drains_the_running_task_before_the_new_child_starts(
     server.wait_ready()  # the new child serves, with its own scheduler
     server.signal_group(SIGINT)
     server.wait_exit(20)
+
+
+def test_clients_stalled_mid_request_hold_no_thread_past_the_client_timeout(
+    launcher: Launcher, db: Path
+) -> None:
+    """Three clients send a POST's headers and a byte of its body, then nothing, to a
+    worker of two request threads: both held them for good (gthread reads with no
+    timeout), and /health went unanswered while they stayed connected."""
+    server = launcher.gunicorn(db, GUNICORN_THREADS="2", CLIENT_TIMEOUT_S="1")
+    head = (
+        b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    port = int(server.base_url.rsplit(":", 1)[1])
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+    try:
+        for conn in stalled:
+            conn.sendall(head)
+        health = requests.get(f"{server.base_url}/health", timeout=20)
+        assert health.status_code == 200
+        answers = [_until_closed(conn) for conn in stalled[:2]]
+    finally:
+        for conn in stalled:
+            conn.close()
+    for answer in answers:
+        # Let go with an answer, or closed at once: never held.
+        assert answer == "" or answer.startswith("HTTP/1.1 400"), answer
+        assert "stopped arriving" in answer or answer == "", answer  # invalid_json
+    assert server.proc.poll() is None  # the server lives on
+    assert "sent or read nothing for 1 s" not in server.log()  # answered, not a socket error
+
+
+def _until_closed(conn: socket.socket) -> str:
+    """Read what the server sends until it closes the connection."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received.decode(errors="replace")
