@@ -94,6 +94,11 @@ def _database_url(name: str, raw: str) -> str:
         # Flask-SQLAlchemy would open it under the instance folder, so the documented
         # default (instance/tasks.db) named instance/instance/tasks.db.
         path = _from_the_project(name, path)
+    if os.path.isdir(path):
+        raise ConfigError(
+            f"{name} names a folder ({path}), not a SQLite file: name a file in it, "
+            f"e.g. sqlite:///{os.path.join(path, 'tasks.db')}"
+        )
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise ConfigError(

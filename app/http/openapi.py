@@ -314,7 +314,8 @@ SHARED_RESPONSES: dict[str, tuple[str, dict[str, Any]]] = {
         "while the commit was in flight, so the change may or may not be stored; repeat "
         "the same request (a submission with the same id and body is answered as a replay "
         "if it was stored). `database_unusable` (no `Retry-After`): the database was never "
-        "migrated, or by an older version; an operator must run `flask db upgrade`. "
+        "migrated, or by an older version (an operator must run `flask db upgrade`), or the "
+        "server refuses the login DATABASE_URL gives. "
         "`details.reason` names the cause.",
         RETRY_AFTER_DATABASE,
     ),

@@ -10,6 +10,9 @@ A client can act on three outcomes of an infrastructure fault, and on nothing fi
 - OUTCOME_UNKNOWN: the connection failed while the COMMIT was in flight, so the change may
   or may not be stored. Only a request that is safe to repeat settles it: a submission
   with its id is answered as a replay when it was stored.
+- REFUSED: the server answers but refuses this deployment's login (no such database or
+  role, a wrong password, no pg_hba.conf entry). Nothing changed, and nothing will until
+  an operator fixes DATABASE_URL or the server: no "try again shortly".
 
 Anything else is a bug and stays one: `classify` returns None. `app.errors` turns these
 into HTTP answers, `/health` into a sentence. `record` and `refusing_writes` remember a
@@ -31,7 +34,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.errors import ApiError, DatabaseUnavailable, OutcomeUnknown, StorageFull
+from app.errors import (
+    ApiError,
+    DatabaseUnavailable,
+    DatabaseUnusable,
+    OutcomeUnknown,
+    StorageFull,
+)
 
 
 class Kind(enum.Enum):
@@ -40,6 +49,7 @@ class Kind(enum.Enum):
     UNAVAILABLE = "unavailable"
     STORAGE_FULL = "storage_full"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,17 @@ REASONS: dict[str, Reason] = {
     "commit_interrupted": Reason(
         Kind.OUTCOME_UNKNOWN, "the connection failed while a commit was in flight"
     ),
+    "no_such_database": Reason(
+        Kind.REFUSED, "the database server has no database of the name DATABASE_URL gives"
+    ),
+    "no_such_role": Reason(
+        Kind.REFUSED, "the database server has no role (user) of the name DATABASE_URL gives"
+    ),
+    "login_refused": Reason(
+        Kind.REFUSED,
+        "the database server refused the login (the password, or no pg_hba.conf entry for "
+        "this user, database and host)",
+    ),
 }
 
 # PostgreSQL SQLSTATEs of a session the server ended or never began; class 08 is the
@@ -140,6 +161,12 @@ SQLITE_CODES = {
 }
 # libpq reports a refused connection in words only: no SQLSTATE reaches the client.
 CONNECT_MESSAGES = (
+    # A refused login first: its message names the user and the database too.
+    ("password authentication failed", "login_refused"),
+    ("no pg_hba.conf entry", "login_refused"),
+    ("authentication failed", "login_refused"),
+    ('role "', "no_such_role"),  # before the database: both say "does not exist"
+    ('database "', "no_such_database"),
     ("starting up", "starting_up"),
     ("not yet accepting connections", "starting_up"),
     ("in recovery mode", "crash_recovery"),
@@ -286,6 +313,12 @@ def database_error(exc: BaseException) -> ApiError | None:
         return StorageFull(
             f"The write was refused: {fault.problem}. Nothing was stored; repeating it "
             "fails until space is freed.",
+            details,
+        )
+    if fault.kind is Kind.REFUSED:
+        return DatabaseUnusable(
+            f"The database cannot be used: {fault.problem}. Nothing was changed, and "
+            "nothing will be until DATABASE_URL or the database server is fixed.",
             details,
         )
     if fault.kind is Kind.OUTCOME_UNKNOWN:

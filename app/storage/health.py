@@ -21,7 +21,8 @@ def database_health(engine: Engine) -> dict[str, Any]:
     """Say whether the database serves reads and writes, and if not, what is wrong.
 
     `status` is `ok`, `unreachable` (a read fails), `unusable` (this version cannot run on
-    its schema: never migrated, or migrated by an older version) or `refusing_writes`
+    its schema: never migrated, or migrated by an older version; or the server refuses
+    this deployment's login: no such database or role, a wrong password) or `refusing_writes`
     (reads work, but this process's last write was refused, as by a full disk, and none
     has committed since); `reason` is a stable code and `error` a sentence an operator can
     act on.
@@ -35,7 +36,8 @@ def database_health(engine: Engine) -> dict[str, Any]:
         if fault is None:
             problem = f"the database failed a trivial query ({type(exc).__name__})"
             return {**storage, "status": "unreachable", "reason": "error", "error": problem}
-        return {**storage, "status": "unreachable", "reason": fault.reason, "error": fault.problem}
+        status = "unusable" if fault.kind is dbfaults.Kind.REFUSED else "unreachable"
+        return {**storage, "status": status, "reason": fault.reason, "error": fault.problem}
     schema = checked_schema(engine)
     if schema is not None:
         return {**storage, "status": "unusable", "reason": "schema", "error": schema}

@@ -198,6 +198,42 @@ CONSTRUCTED: dict[str, tuple[Callable[[], BaseException], Kind, str]] = {
         Kind.UNAVAILABLE,
         "starting_up",
     ),
+    "refused: no such database": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                'FATAL:  database "nosuchdb" does not exist'
+            )
+        ),
+        Kind.REFUSED,
+        "no_such_database",
+    ),
+    "refused: no such role": (
+        lambda: wrapped(
+            psycopg.OperationalError('connection failed: FATAL:  role "nobody" does not exist')
+        ),
+        Kind.REFUSED,
+        "no_such_role",
+    ),
+    "refused: wrong password": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: FATAL:  password authentication failed for user "app"'
+            )
+        ),
+        Kind.REFUSED,
+        "login_refused",
+    ),
+    "refused: no pg_hba.conf entry": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.5", user '
+                '"app", database "tasks", no encryption'
+            )
+        ),
+        Kind.REFUSED,
+        "login_refused",
+    ),
     "refused while shutting down": (
         lambda: wrapped(
             psycopg.OperationalError(
@@ -505,6 +541,30 @@ def test_an_unreachable_server_answers_503_with_retry_after_and_health_says_why(
         "reason": "unreachable",
         "error": "the database server cannot be reached",
     }
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist_is_unusable_not_unreachable(postgres_url: str) -> None:
+    """The server answers and refuses the login: a setting to fix, not a moment to wait
+    for. Before, the API and /health said the server could not be reached, and to try
+    again shortly."""
+    missing = postgres_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    app = create_app({"DATABASE_URL": missing.split("?")[0], "SCHEDULER_ENABLED": "false"})
+    app.config["TESTING"] = True
+    client = app.test_client()
+    try:
+        answer = client.post("/api/tasks", json=body("a"))
+        assert answer.status_code == 503 and "Retry-After" not in answer.headers
+        error = answer.get_json()
+        assert error["code"] == "database_unusable"
+        assert error["details"] == {"reason": "no_such_database"}
+        assert "until DATABASE_URL or the database server is fixed" in error["error"]
+        storage = client.get("/health").get_json()["database"]
+        assert (storage["status"], storage["reason"]) == ("unusable", "no_such_database")
+        listed = app.test_cli_runner().invoke(args=["tasks", "list"])
+        assert listed.exit_code == 1 and "error: database_unusable:" in listed.output
+    finally:
+        engine_of(app).dispose()
 
 
 def test_the_cli_names_the_fault_as_the_api_does(unreachable: Flask) -> None:

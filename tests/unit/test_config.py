@@ -179,6 +179,13 @@ def test_a_relative_sqlite_path_is_refused_while_a_database_is_where_earlier_ver
         assert Settings.from_env({"DATABASE_URL": url}).database_url == url
 
 
+def test_a_sqlite_url_naming_a_folder_is_refused(project: Path) -> None:
+    """It failed at each use as a database that "cannot be opened ... try again shortly"."""
+    for url in ("sqlite:///instance/", f"sqlite:///{project / 'instance'}"):
+        with pytest.raises(ConfigError, match=r"names a folder .*, not a SQLite file"):
+            Settings.from_env({"DATABASE_URL": url})
+
+
 def test_uri_filenames_are_decoded_and_file_colon_alone_is_a_path(project: Path) -> None:
     (project / "my db").mkdir()
     spaced = Settings.from_env({"DATABASE_URL": "sqlite:///file:my%20db/x.db?uri=true"})
