@@ -42,7 +42,7 @@ format: install
 	$(BIN)/ruff format .
 
 integration: install
-	$(BIN)/python scripts/integration_test.py --base-url http://127.0.0.1:$(or $(PORT),3000)
+	$(BIN)/python scripts/integration_test.py $(if $(PORT),--base-url http://127.0.0.1:$(PORT),--from-settings)
 
 # The benchmark suite (bench/run.py): prints the table, writes bench/results/latest.json.
 # BENCH_ARGS=--quick for a one-minute smoke run; `.venv/bin/python -m bench --help` for sizes.

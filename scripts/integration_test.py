@@ -2,9 +2,11 @@
 """End-to-end check of a running task scheduler over HTTP; the successor of `test-api.js`.
 
 Usage: python scripts/integration_test.py [--base-url URL] [--timeout S] [--max-concurrent N]
-                                         [--token TOKEN]
+                                         [--token TOKEN] [--from-settings]
 Standard library only: its HTTP calls go through app/client.py, loaded by its path (see
-load_client). Exit 0 when every check passed, 1 when any failed, 2 when unreachable.
+load_client); --from-settings (what `make integration` passes) also reads the service's
+settings, with the project's packages. Exit 0 when every check passed, 1 when any failed,
+2 when unreachable.
 """
 
 from __future__ import annotations
@@ -314,16 +316,36 @@ def check_timing(checks: Checks, prefix: str, tasks: dict[str, Task], cap: int) 
     checks.check("independent tasks kept starting after F failed", bool(later), "none did")
 
 
+def _from_settings(args: argparse.Namespace, given: list[str]) -> None:
+    """Fill what the command line left out from the service's own settings (this needs
+    the project's packages: run from the checkout, with its virtual environment)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from app.config import Settings
+
+    settings = Settings.from_env()
+    if not any(a.startswith("--base-url") for a in given):
+        args.base_url = f"http://127.0.0.1:{settings.port}"
+    if not any(a.startswith("--token") for a in given) and args.token is None:
+        args.token = settings.api_token or None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description="Check a running task scheduler end to end.")
     parser.add_argument("--base-url", default="http://127.0.0.1:3000", help="server root URL")
+    help_settings = (
+        "take the port and the token from the service's settings (the environment, then "
+        ".env), as `make run` serves, unless --base-url or --token is given"
+    )
+    parser.add_argument("--from-settings", action="store_true", help=help_settings)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for tasks")
     help_cap = "the concurrency cap (default: scheduler.max_concurrent from GET /health)"
     parser.add_argument("--max-concurrent", type=int, help=help_cap)
     help_token = "the server's API_TOKEN, sent as a bearer token (default: $API_TOKEN)"
     parser.add_argument("--token", default=os.environ.get("API_TOKEN") or None, help=help_token)
     args = parser.parse_args(argv)
+    if args.from_settings:
+        _from_settings(args, argv or sys.argv[1:])
     if args.timeout <= 0 or (args.max_concurrent is not None and args.max_concurrent < 1):
         parser.error("--timeout and --max-concurrent must be positive")
     return args
