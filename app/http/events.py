@@ -15,8 +15,10 @@ from app.storage.eventlog import Filters
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 
-# An event number: digits only, below 2**63.
-_NUMBER = re.compile(r"[0-9]{1,18}\Z")
+# An event number: digits only (one past any event number, 2**63 - 1 at most, counts as
+# that: a stream from the newest event).
+_NUMBER = re.compile(r"[0-9]{1,100}\Z")
+_NEWEST = 2**63 - 1
 
 
 @bp.get("/events")
@@ -40,7 +42,7 @@ def stream_events() -> Response:
         )
     if request.method == "HEAD":  # the headers a stream would have, and no stream
         return Response(mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
-    chunks = parts.streams().start(filters, None if last is None else int(last))
+    chunks = parts.streams().start(filters, None if last is None else min(int(last), _NEWEST))
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:  # a client that stops reading must not hold the thread for ever
         sock.settimeout(SEND_TIMEOUT_S)

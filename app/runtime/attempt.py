@@ -348,7 +348,10 @@ def _throttled(report: Callable[[int], None]) -> Callable[[int], None]:
     last: list[float] = [-1.0, 0.0]  # value, time
 
     def progress(percent: int) -> None:
-        value = max(0, min(100, int(percent)))
+        try:
+            value = max(0, min(100, int(percent)))
+        except (TypeError, ValueError, OverflowError):
+            return  # not a number (None, NaN): a report, never worth failing the work for
         now = time.monotonic()
         if value == last[0] or (value < 100 and now - last[1] < PROGRESS_EVERY_S):
             return

@@ -254,7 +254,12 @@ def _replay(conn: Connection, wanted: Sequence[dict[str, Any]]) -> BatchSubmitte
                 differ[task["id"]] = (exc.details or {})["fields"]
     if differ:
         raise DuplicateId(
-            f"{len(differ)} tasks of the batch already exist with a different body.",
+            (
+                f"{len(differ)} tasks of the batch already exist with a different body."
+                if len(differ) > 1
+                else f"A task of the batch, {next(iter(differ))!r}, already exists with a "
+                "different body."
+            ),
             {"ids": list(differ), "fields": differ},
         )
     # A batch's tasks are stored in one transaction, stamped with one creation time. The

@@ -282,6 +282,20 @@ def test_all_done_cleanup_runs_after_a_failure(make_app: AppFactory) -> None:
     assert done["cleanup"]["started_at"] >= done["work"]["finished_at"]
 
 
+def test_a_progress_that_is_no_number_is_ignored_not_fatal(make_app: AppFactory) -> None:
+    """Before, progress(None) or progress(nan) raised inside the handler and failed it."""
+
+    def odd(ctx: TaskContext) -> str:
+        for value in (None, float("nan"), float("inf"), "x", 40):
+            ctx.progress(value)  # type: ignore[arg-type]
+        return "done"
+
+    client = running_app(make_app, {"odd": odd}).test_client()
+    submit(client, "o", type="odd")
+    done = wait_status(client, "o", "COMPLETED", "FAILED")
+    assert (done["status"], done["result"], done["progress"]) == ("COMPLETED", "done", 40)
+
+
 def test_progress_is_reported_while_running(make_app: AppFactory) -> None:
     gate = Gate()
     client = running_app(make_app, {"gate": gate}).test_client()
