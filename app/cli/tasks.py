@@ -378,6 +378,8 @@ def edit(task_id: str, priority: int | None, run_at: str | None, queue: str | No
     body = {name: value for name, value in wanted.items() if value is not None}
     if run_at is not None:
         body["run_at"] = None if run_at.lower() == "none" else run_at
+    if not body:
+        raise click.UsageError("give what to change: --priority, --run-at or --queue")
     echo_json(task_out.dump(actions.edit(parts.engine(), task_id, load_task_edit(body))))
 
 
