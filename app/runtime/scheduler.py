@@ -532,13 +532,15 @@ class Scheduler:
         self.wake()
 
     def _join(self, now: datetime | None = None) -> None:
-        """Register under a new identity: at start, or after being declared dead."""
-        self.id = self._name()
+        """Register under a new identity: at start, or after being declared dead. The
+        identity is this instance's once the database holds it, not before: one that
+        failed to register is nobody's, to show, write back or deregister."""
+        joining = self._name()
         self.types = self.registry.types()
         at = now or self.store.database_now()
         self.store.register(
             {
-                "id": self.id,
+                "id": joining,
                 "hostname": self.host,
                 "pid": os.getpid(),
                 "process_start": identity.start_time(os.getpid()),
@@ -551,6 +553,7 @@ class Scheduler:
                 "slots": self.max_concurrent,
             }
         )
+        self.id = joining
         self._warn_of_sleepers()
 
     def _warn_of_sleepers(self) -> None:

@@ -4,6 +4,7 @@ recovery and shutdown. The polling interval is an hour, so only events move task
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -295,6 +296,31 @@ def test_a_scheduler_started_while_the_database_is_unavailable_starts_once_it_is
     finally:
         scheduler.stop(0)
         store_of(app).engine.dispose()
+
+
+def test_a_scheduler_that_never_registered_stops_without_an_identity_or_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, each failed attempt to register named a new identity: /health showed one,
+    the stop logged another as "stopped", then failed to write back the drain and the
+    deregistration of an instance the database never had (two ERROR lines)."""
+    folder = tmp_path / "never"
+    folder.mkdir()
+    app = build_app_lazily(f"sqlite:///{folder / 'tasks.db'}")
+    folder.rmdir()
+    scheduler = scheduler_of(app)
+    start_scheduler(app)
+    try:
+        shown = app.test_client().get("/health").get_json()["scheduler"]
+        assert shown["instance"] is None and scheduler.id is None
+    finally:
+        with caplog.at_level(logging.INFO):
+            scheduler.stop(0)
+        store_of(app).engine.dispose()
+    assert scheduler.id is None and scheduler.state == "stopped"
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("app.")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said
+    assert not any(" stopped" in line and "scheduler vm" in line for line in said), said
 
 
 def build_app_lazily(url: str) -> Flask:
