@@ -298,8 +298,8 @@ def show(task_id: str) -> None:
     "--status",
     "statuses",
     type=AnyCaseList([s.value for s in Status]),
-    default=(),
-    help="Only tasks in these statuses (comma-separated, any case).",
+    multiple=True,
+    help="Only tasks in these statuses (comma-separated, or the option again; any case).",
 )
 @click.option("--type", "task_type", help="Only tasks of this type.")
 @click.option("--batch-id", help="Only tasks of this batch.")
@@ -312,7 +312,7 @@ def show(task_id: str) -> None:
 @click.option("--cursor", help="Continue where the previous page ended.")
 @clean_errors
 def list_tasks(
-    statuses: tuple[str, ...],
+    statuses: tuple[tuple[str, ...], ...],
     task_type: str | None,
     batch_id: str | None,
     limit: int,
@@ -321,7 +321,7 @@ def list_tasks(
     """Print a table of tasks, newest first."""
     page = reads.list_tasks(
         parts.engine(),
-        statuses=statuses,
+        statuses=tuple(dict.fromkeys(s for given in statuses for s in given)),
         task_type=task_type,
         batch_id=batch_id,
         limit=limit,

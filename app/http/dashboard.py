@@ -50,18 +50,19 @@ def index() -> str:
     """The overview: counts by status and the task table, filtered as the URL says."""
     status = request.args.get("status", "").strip()
     wanted = status.upper() if status.isascii() else status
-    # Several, comma-separated, as the API takes them: one more choice of the filter.
-    named = list(dict.fromkeys(s.strip() for s in wanted.split(",") if s.strip()))
-    several = len(named) > 1 and all(s in STATUSES for s in named)
-    if several:
+    # One or several, comma-separated, as the API reads them (blanks and empty names
+    # aside, each once): several are one more choice of the filter.
+    named = list(dict.fromkeys(s.strip(" \t") for s in wanted.split(",") if s.strip(" \t")))
+    known = bool(named) and all(s in STATUSES for s in named)
+    if known:
         wanted = ",".join(named)
     return render_template(
         "dashboard/index.html",
         statuses=STATUSES,
         wanted_status=wanted,
-        several_statuses=wanted if several else None,
+        several_statuses=wanted if known and len(named) > 1 else None,
         # An unknown status is said back only as plain printable text, and short.
-        shown_status=_shown(wanted) if wanted and wanted not in STATUSES and not several else None,
+        shown_status=_shown(wanted) if wanted and not known else None,
         task_type=request.args.get("type", ""),
         batch_id=request.args.get("batch_id", ""),
     )

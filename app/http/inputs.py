@@ -110,11 +110,12 @@ def listed(name: str, raw: str | None) -> tuple[str, ...]:
 
 
 def statuses(raw: str | None) -> tuple[str, ...]:
-    """Read `status`: one or more statuses, comma-separated, in any case (only ASCII
-    folds, so `ß` never becomes `SS`), each once, in the order given."""
+    """Read `status`: one or more statuses, comma-separated (blanks around each, and
+    empty ones, aside), in any case (only ASCII folds, so `ß` never becomes `SS`), each
+    once, in the order given."""
     if raw is None:
         return ()
-    given = [v for v in raw.split(",") if v]
+    given = [v.strip(" \t") for v in raw.split(",") if v.strip(" \t")]
     folded = [v.upper() if v.isascii() else v for v in given]
     unknown = [v for v, f in zip(given, folded, strict=True) if f not in Status.__members__]
     if unknown or not given:

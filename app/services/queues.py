@@ -51,7 +51,7 @@ def admit(conn: Connection, names: Iterable[str], now: datetime) -> None:
     """Add a row for each new queue among `names`, within MAX_QUEUES, or raise."""
     wanted = sorted(set(names) - {DEFAULT_QUEUE})
     if wanted:
-        rows.share(conn)  # first: a deletion under way commits before the rows are looked for
+        rows.share_names(conn)  # first: a deletion under way commits before rows are looked for
         _within_limit(conn, rows.register(conn, wanted, now))
 
 
@@ -155,13 +155,11 @@ def delete(engine: Engine, name: str) -> None:
         )
 
     def work(conn: Connection) -> None:
-        # Alone: the submissions naming queues, and the claims, under way commit first (so
-        # their tasks are counted); those after wait for this one.
-        rows.hold(conn)
+        # Alone: the submissions naming queues under way commit first (so their tasks are
+        # counted); those after wait for this one. Pauses, limits and claims do not wait.
+        rows.hold_names(conn)
         found = rows.rows(conn, [name])
         held = {s: n for s, n in counts.by_queue(conn).get(name, {}).items() if n}
-        if not found and not held:
-            raise NotFound(f"No queue named {name!r}.", {"name": name})
         if held:
             total = sum(held.values())
             raise InvalidState(
@@ -178,7 +176,10 @@ def delete(engine: Engine, name: str) -> None:
                 "change or delete them first.",
                 {"schedules": naming[:20]},
             )
+        if not found:
+            raise NotFound(f"No queue named {name!r}.", {"name": name})
         rows.remove(conn, name)
+        counts.forget_queue(conn, name)
 
     database.transaction(engine, work)
     log.info("queue %s deleted", name)

@@ -62,11 +62,18 @@ def by_status(conn: Connection) -> dict[str, int]:
 
 
 def by_queue(conn: Connection) -> dict[str, dict[str, int]]:
-    """Return `{queue: {status: count}}` for every queue that has tasks, zeros included."""
+    """Return `{queue: {status: count}}` for every queue that has tasks, zeros included
+    (a queue whose rows all count 0 has none: it is left out)."""
     found: dict[str, dict[str, int]] = {}
     for queue, status, count in conn.execute(_BY_QUEUE):
         found.setdefault(queue, {s.value: 0 for s in Status})[status] = int(count)
-    return found
+    return {queue: by for queue, by in found.items() if any(by.values())}
+
+
+def forget_queue(conn: Connection, queue: str) -> None:
+    """Delete the counts rows (and deltas) of a queue that holds no task: all zeros."""
+    for table in (task_counts, count_deltas):
+        conn.execute(table.delete().where(table.c.queue == queue))
 
 
 def hold_queue(conn: Connection) -> None:

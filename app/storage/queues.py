@@ -12,6 +12,7 @@ lock), so that two instances never both count the same free slot or token.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,10 @@ from app.storage.database import driver_execute
 from app.storage.jsonsets import param
 from app.storage.models import DEFAULT_QUEUE
 from app.storage.scheduler_sql import QUEUES_LOCK_KEY, bound_time
+
+# Held shared by the transactions storing tasks in queues other than default, alone by a
+# queue's deletion (a 32-bit number, keyed with the tasks table as the others are).
+NAMES_IN_USE_KEY = zlib.crc32(b"task-scheduler:queue-names-in-use") - (1 << 31)
 
 
 class QueueRow(NamedTuple):
@@ -141,15 +146,26 @@ def hold(conn: Connection) -> None:
         )
 
 
-def share(conn: Connection) -> None:
-    """Take the queues' lock shared, on PostgreSQL, until the transaction ends: what a
-    transaction storing tasks in named queues holds, so that no queue it names is deleted
-    before it commits (a deletion holds the lock alone, `hold`)."""
+def share_names(conn: Connection) -> None:
+    """Take the queue names' lock shared, on PostgreSQL, until the transaction ends: what
+    a transaction storing tasks in named queues holds, so that no queue it names is
+    deleted before it commits. Only a deletion takes it alone (`hold_names`): pauses,
+    limits and claims never wait for it."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(
             "SELECT pg_advisory_xact_lock_shared(%(key)s,"
             " CAST(CAST('tasks' AS regclass) AS oid)::int)",
-            {"key": QUEUES_LOCK_KEY},
+            {"key": NAMES_IN_USE_KEY},
+        )
+
+
+def hold_names(conn: Connection) -> None:
+    """Take the queue names' lock alone, on PostgreSQL: wait for the submissions naming
+    queues under way to commit, and hold back those after until this transaction ends."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(%(key)s, CAST(CAST('tasks' AS regclass) AS oid)::int)",
+            {"key": NAMES_IN_USE_KEY},
         )
 
 

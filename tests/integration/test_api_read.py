@@ -119,6 +119,7 @@ def test_list_of_nothing_is_an_empty_array(client: FlaskClient) -> None:
         ("status=failed,QUEUED", ["c2", "b2", "b1", "a1"]),
         ("status=FAILED,COMPLETED", ["b1"]),
         ("status=queued,failed,queued,&type=beta", ["b2", "b1"]),
+        ("status=failed,%20QUEUED%09", ["c2", "b2", "b1", "a1"]),
     ],
     ids=[
         "queued",
@@ -132,6 +133,7 @@ def test_list_of_nothing_is_an_empty_array(client: FlaskClient) -> None:
         "statuses",
         "statuses-one-empty",
         "statuses-repeated-and-type",
+        "statuses-with-blanks",
     ],
 )
 def test_list_filters(app: Flask, client: FlaskClient, query: str, expected: list[str]) -> None:

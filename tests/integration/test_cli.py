@@ -383,6 +383,11 @@ def test_list_filters_and_pages(app: Flask) -> None:
 
     cancelled = succeed(app, "list", "--status", "cancelled").stdout.splitlines()
     assert [line.split()[0] for line in cancelled[1:]] == ["b"]
+    # Several: comma-separated, or the option again (it kept only the last one before).
+    again = ["--status", "queued", "--status", "cancelled"]
+    for several in (["--status", "cancelled, queued"], again):
+        listed = succeed(app, "list", *several).stdout.splitlines()
+        assert [line.split()[0] for line in listed[1:]] == ["c", "b", "a"], several
     assert succeed(app, "list", "--type", "other").stderr == "no tasks found\n"
 
     page = succeed(app, "list", "--limit", "2")

@@ -215,6 +215,10 @@ def test_the_overview_filters_by_several_statuses_as_the_api_does(client: FlaskC
     html = page(client, "/?status=failed,%20cancelled,failed")
     assert '<option value="FAILED,CANCELLED" selected>FAILED, CANCELLED</option>' in html
     assert html.count(" selected>") == 1 and not Elements(html).shown("status-note")
+    for same in ("/?status=FAILED,failed", "/?status=failed,", "/?status=,%20failed"):
+        once = page(client, same)  # as the API reads it: FAILED alone
+        assert '<option value="FAILED" selected>' in once, same
+        assert not Elements(once).shown("status-note"), same
     odd = page(client, "/?status=failed,done")  # one unknown: said, and every status shown
     assert " selected>" not in odd
     assert "No status is called &ldquo;FAILED,DONE&rdquo;" in " ".join(odd.split())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,20 @@ def _running(store: Store, queue: str) -> int:
     with database.read(store.engine) as conn:
         sql = text("SELECT count(*) FROM tasks WHERE status = 'RUNNING' AND queue = :q")
         return int(conn.execute(sql, {"q": queue}).scalar_one())
+
+
+def _held_before_commit() -> tuple[threading.Event, threading.Event, Callable[..., None]]:
+    """A hook for `notify.announce` that holds the first transaction to reach it (after
+    its insert, before its commit) until released: (reached, release, hook)."""
+    reached = threading.Event()
+    release = threading.Event()
+
+    def hold(**_context: Any) -> None:
+        if not reached.is_set():
+            reached.set()
+            assert release.wait(timeout=30)
+
+    return reached, release, hold
 
 
 # -- the API --------------------------------------------------------------------------
@@ -191,6 +206,16 @@ def test_an_empty_queue_is_deleted_and_one_holding_tasks_or_named_by_a_schedule_
     assert named.status_code == 409 and named.get_json()["details"] == {"schedules": ["nightly"]}
     assert client.delete("/api/schedules/nightly").status_code == 204
     assert client.delete("/api/queues/mail").status_code == 204
+
+    # A queue that held tasks leaves the list with its row: its counts went with it.
+    assert "mail" not in {q["name"] for q in client.get("/api/queues").get_json()}
+    assert client.get("/api/queues/mail").status_code == 404
+    # A name only a schedule uses is refused for that schedule, not unknown.
+    unused = {"id": "later", "interval_s": 3600, "task": {**task, "queue": "later-q"}}
+    assert client.post("/api/schedules", json=unused).status_code == 201
+    scheduled = client.delete("/api/queues/later-q")
+    assert scheduled.status_code == 409
+    assert scheduled.get_json()["details"] == {"schedules": ["later"]}
 
     # A task naming it later adds it again, open and unlimited.
     again = client.post("/api/tasks", json={"type": "t", "duration_ms": 1, "queue": "mail"})
@@ -534,14 +559,7 @@ def test_a_deletion_waits_for_a_submission_naming_the_queue_and_then_refuses(
     app = build_app(postgres_url, {})
     engine = app.extensions["store"].engine
     queues.pause(engine, "mail")  # the row exists before either starts
-    inserted = threading.Event()
-    release = threading.Event()
-
-    def hold(**_context: Any) -> None:
-        if not inserted.is_set():
-            inserted.set()
-            assert release.wait(timeout=30)
-
+    inserted, release, hold = _held_before_commit()
     body = {"id": "m", "type": "t", "duration_ms": 1, "queue": "mail"}
     submitter = threading.Thread(target=lambda: submissions.submit(engine, body))
     outcome: list[BaseException | None] = []
@@ -575,6 +593,35 @@ def test_a_deletion_waits_for_a_submission_naming_the_queue_and_then_refuses(
     assert isinstance(refused, InvalidState) and "holds 1 task" in refused.message, refused
     shown = queues.get(engine, "mail")
     assert (shown["counts"]["QUEUED"], shown["state"]) == (1, "paused")  # row and settings
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pause_waits_for_no_submission_naming_a_queue(postgres_url: str) -> None:
+    """A submission naming a queue holds the queue names' lock (shared) to its commit, as
+    long as a 100,000-task batch's COPY: a pause, which takes the queues' lock alone,
+    must not wait for it (nor then hold back every claim behind it)."""
+    app = build_app(postgres_url, {})
+    engine = app.extensions["store"].engine
+    for name in ("mail", "other"):  # known: adding a queue is one at a time, on its own
+        queues.resume(engine, name)
+    inserted, release, hold = _held_before_commit()
+    body = {"id": "m", "type": "t", "duration_ms": 1, "queue": "mail"}
+    submitter = threading.Thread(target=lambda: submissions.submit(engine, body))
+    paused = threading.Event()
+    pauser = threading.Thread(target=lambda: (queues.pause(engine, "other"), paused.set()))
+    with faults.injected("notify.announce", hold):
+        submitter.start()
+        try:
+            assert inserted.wait(timeout=30)
+            pauser.start()
+            pauser.join(timeout=10)
+            assert paused.is_set(), "the pause waited for the submission in flight"
+        finally:
+            release.set()
+            submitter.join(timeout=30)
+            pauser.join(timeout=30)
+    assert queues.get(engine, "mail")["counts"]["QUEUED"] == 1
     engine.dispose()
 
 

@@ -174,6 +174,16 @@ def test_the_queues_page_pauses_a_queue_and_sets_its_limit(
     p.wait_for_selector(typo, state="detached", timeout=10_000)
     assert server.get("/api/queues/typo").status_code == 404
     assert not p.query_selector('#queue-rows tr[data-queue="default"] button.delete')
+    # A refusal stays shown through the refreshes (each cleared it at once before).
+    p.fill(f'{row} input[name="concurrency_limit"]', "0")
+    p.click(f'{row} button:text-is("Set")')
+    p.wait_for_selector("#queues-error:not([hidden])", timeout=10_000)
+    with p.expect_response(lambda r: r.url.endswith("/api/queues"), timeout=10_000):
+        pass  # the next refresh
+    with p.expect_response(lambda r: r.url.endswith("/api/queues"), timeout=10_000):
+        pass  # and the one after, drawn by now
+    shown = p.text_content("#queues-error") or ""
+    assert "limits are invalid" in shown and p.is_visible("#queues-error"), shown
 
 
 def test_a_task_page_lists_its_attempts_with_their_tracebacks(

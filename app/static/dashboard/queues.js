@@ -10,13 +10,18 @@
   // The queue whose Delete button was clicked once, asking for a second click.
   var asking = null;
 
+  // What the last action was refused for: shown until the next action, through the
+  // refreshes (which would otherwise clear it at once).
+  var refused = "";
+
   function send(url, method, body) {
     var options = { method: method, headers: { "Content-Type": "application/json" } };
     if (body !== undefined) {
       options.body = JSON.stringify(body);
     }
+    refused = "";
     return Dash.fetchJson(url, options).then(function (result) {
-      Dash.show(error, result.ok ? "" : Dash.errorText(result));
+      refused = result.ok ? "" : Dash.errorText(result);
       editing = false;
       return refresh();
     });
@@ -129,7 +134,7 @@
         Dash.show(error, Dash.errorText(result));
         return;
       }
-      Dash.show(error, "");
+      Dash.show(error, refused);
       Dash.clear(rows);
       result.body.forEach(function (queue) {
         rows.appendChild(row(queue));
