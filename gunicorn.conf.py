@@ -59,20 +59,24 @@ WORKER_BOOT_ERROR = 3
 
 
 class _ClientSocket(socket.socket):
-    """A client's connection whose blocking reads and writes give up after
-    CLIENT_TIMEOUT_S seconds of silence.
+    """A client's connection whose blocking reads give up after CLIENT_TIMEOUT_S seconds
+    in which the client sent nothing.
 
     gthread makes a connection blocking, with no timeout, for each request it serves: a
-    client that sent its headers and then part of a body (or stopped reading an answer)
-    held a request thread for good, and a few such clients held them all.
+    client that sent its headers and then part of a body held a request thread for good,
+    and a few such clients held them all. Writes are left alone: a socket timeout would
+    bound a whole answer's `sendall`, cutting off a client that reads a large answer
+    slowly but steadily (the event stream sets its own).
     """
 
-    def setblocking(self, flag: bool) -> None:
-        """Blocking, with the timeout; or not blocking, for gthread's poller."""
-        if flag:
-            self.settimeout(settings.client_timeout_s)
-        else:
-            super().setblocking(False)
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        """Read, once the client has sent something within CLIENT_TIMEOUT_S."""
+        if self.gettimeout() is None:  # blocking, with no timeout of gunicorn's own
+            waiting = select.poll()
+            waiting.register(self.fileno(), select.POLLIN | select.POLLPRI)
+            if not waiting.poll(settings.client_timeout_s * 1000):
+                raise TimeoutError(f"the client sent nothing for {settings.client_timeout_s} s")
+        return super().recv(size, flags)
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -89,8 +93,9 @@ class DrainingThreadWorker(ThreadWorker):
     _closed_listeners = False
 
     def enqueue_req(self, conn: Any) -> None:
-        """Hand a connection to a request thread, as a _ClientSocket from its first."""
-        if not isinstance(conn.sock, _ClientSocket):
+        """Hand a connection to a request thread, as a _ClientSocket from its first (TLS
+        connections aside: gunicorn wraps their socket itself)."""
+        if not conn.initialized and not self.cfg.is_ssl and type(conn.sock) is socket.socket:
             raw = conn.sock
             conn.sock = _ClientSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
             conn.sock.setblocking(False)  # as gthread left it, for its poller

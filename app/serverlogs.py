@@ -65,10 +65,10 @@ SOCKET_ERROR = "Socket error processing request."
 class TimedOutClients(logging.Filter):
     """Turn gunicorn's error and traceback for a connection that timed out into one line.
 
-    A client's connection times out after `timeout_s` of silence in the middle of a
-    request (CLIENT_TIMEOUT_S, gunicorn.conf.py), and an event stream's after
+    A client's connection times out after `timeout_s` in which it sent nothing in the
+    middle of a request (CLIENT_TIMEOUT_S, gunicorn.conf.py), and an event stream's after
     `stream_timeout_s` of a write waiting: when a client stops sending its request or
-    reading its answer, the worker closes the connection, as it should, and nothing is
+    reading its stream, the worker closes the connection, as it should, and nothing is
     wrong with the server. gunicorn logs it as an error with a traceback all the same; it
     becomes one warning line.
     """
@@ -83,8 +83,8 @@ class TimedOutClients(logging.Filter):
         failure = record.exc_info[1] if record.exc_info else None
         if record.msg == SOCKET_ERROR and isinstance(failure, TimeoutError):
             record.msg = (
-                "a client sent or read nothing for %g s in the middle of a request (or "
-                "%g s, of an event stream); its connection was closed"
+                "a client sent nothing for %g s in the middle of a request, or read "
+                "nothing for %g s of an event stream; its connection was closed"
             )
             record.args = (self.timeout_s, self.stream_timeout_s)
             record.levelno, record.levelname = logging.WARNING, "WARNING"

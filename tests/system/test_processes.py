@@ -6,7 +6,9 @@ file, and kills the whole process group at teardown; the logs are printed on fai
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -378,6 +380,42 @@ def test_clients_stalled_mid_request_hold_no_thread_past_the_client_timeout(
         assert "stopped arriving" in answer or answer == "", answer  # invalid_json
     assert server.proc.poll() is None  # the server lives on
     assert "sent or read nothing for 1 s" not in server.log()  # answered, not a socket error
+
+
+def test_a_client_reading_a_large_answer_slowly_but_steadily_gets_all_of_it(
+    launcher: Launcher, db: Path
+) -> None:
+    """The client timeout bounds silence in a request, not the time an answer takes to
+    be read: a timeout on the socket cut a slow reader's 14 MB answer partway."""
+    server = launcher.gunicorn(db, CLIENT_TIMEOUT_S="1")
+    tasks = [{"id": f"big-{k}", "type": "simulate", "duration_ms": 1} for k in range(20_000)]
+    body = json.dumps({"tasks": tasks}).encode()
+    json_type = {"Content-Type": "application/json"}
+    first = requests.post(
+        f"{server.base_url}/api/tasks/batch", data=body, timeout=120, headers=json_type
+    )
+    assert first.status_code == 201
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn.settimeout(30)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(
+            b"POST /api/tasks/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        began = time.monotonic()
+        while chunk := conn.recv(65536):
+            received += chunk
+            time.sleep(0.01)  # a slow reader: about 6 MB/s at most
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]  # a replay
+    assert time.monotonic() - began > 1  # longer than the client timeout
+    length = re.search(rb"Content-Length: (\d+)", head)
+    assert length is not None and len(answer) == int(length.group(1)) > 8_000_000
+    assert json.loads(answer)["tasks"][-1]["id"] == "big-19999"
 
 
 def _until_closed(conn: socket.socket) -> str:
