@@ -22,6 +22,7 @@ write refused while reads still work (a full disk), which a `SELECT 1` cannot se
 from __future__ import annotations
 
 import enum
+import re
 import sqlite3
 import threading
 import time
@@ -161,18 +162,27 @@ SQLITE_CODES = {
 }
 # libpq reports a refused connection in words only: no SQLSTATE reaches the client.
 CONNECT_MESSAGES = (
-    # A refused login first: its message names the user and the database too.
-    ("password authentication failed", "login_refused"),
-    ("no pg_hba.conf entry", "login_refused"),
-    ("authentication failed", "login_refused"),
-    ('role "', "no_such_role"),  # before the database: both say "does not exist"
-    ('database "', "no_such_database"),
+    # Transient first: these name a role or a database too.
+    ("too many connections for", "too_many_connections"),
     ("starting up", "starting_up"),
     ("not yet accepting connections", "starting_up"),
     ("in recovery mode", "crash_recovery"),
     ("shutting down", "shutting_down"),
     ("too many clients", "too_many_connections"),
     ("remaining connection slots", "too_many_connections"),
+    # Refused, until DATABASE_URL or the server changes.
+    ("password authentication failed", "login_refused"),
+    ("no pg_hba.conf entry", "login_refused"),
+    ("authentication failed", "login_refused"),
+    ("no password supplied", "login_refused"),
+    ("is not permitted to log in", "login_refused"),
+    ("permission denied for database", "login_refused"),
+    ("is not currently accepting connections", "login_refused"),
+)
+# Names that do not exist: `role "x" does not exist`, `database "x" does not exist`.
+MISSING = (
+    (re.compile(r'role "[^"]*" does not exist'), "no_such_role"),
+    (re.compile(r'database "[^"]*" does not exist'), "no_such_database"),
 )
 
 
@@ -242,6 +252,9 @@ def _postgresql_reason(error: psycopg.Error) -> str | None:
     if text.startswith("connection failed") or "connection refused" in text:
         for words, reason in CONNECT_MESSAGES:
             if words in text:
+                return reason
+        for pattern, reason in MISSING:
+            if pattern.search(text):
                 return reason
         return "unreachable"
     return "connection_lost"

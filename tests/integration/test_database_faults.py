@@ -234,6 +234,44 @@ CONSTRUCTED: dict[str, tuple[Callable[[], BaseException], Kind, str]] = {
         Kind.REFUSED,
         "login_refused",
     ),
+    "too many connections for a role, transient": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: FATAL:  too many connections for role "limited"'
+            )
+        ),
+        Kind.UNAVAILABLE,
+        "too_many_connections",
+    ),
+    "a role that may not log in": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: FATAL:  role "nologin" is not permitted to log in'
+            )
+        ),
+        Kind.REFUSED,
+        "login_refused",
+    ),
+    "a database that takes no connections": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: FATAL:  database "closed" is not currently accepting '
+                "connections"
+            )
+        ),
+        Kind.REFUSED,
+        "login_refused",
+    ),
+    "no password given": (
+        lambda: wrapped(
+            psycopg.OperationalError(
+                'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                "fe_sendauth: no password supplied"
+            )
+        ),
+        Kind.REFUSED,
+        "login_refused",
+    ),
     "refused while shutting down": (
         lambda: wrapped(
             psycopg.OperationalError(
