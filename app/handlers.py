@@ -232,13 +232,18 @@ def load_modules(registry: Registry, modules: str) -> None:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
+            if exc.name and exc.name != name and not name.startswith(exc.name + "."):
+                # Found, but something it imports is not: not a matter of where it is.
+                raise ConfigError(
+                    f"TASK_HANDLERS module {name!r} failed to import: {_said(exc)}"
+                ) from None
             message = (
                 f"TASK_HANDLERS names {name!r}, which cannot be imported ({exc}): put the "
                 "module in the directory the service starts from, on PYTHONPATH, or in an "
                 "installed package, and list module paths comma-separated"
             )
             raise ConfigError(message) from None
-        except Exception as exc:  # a SyntaxError, or whatever its top level raised
+        except (Exception, SystemExit) as exc:  # a SyntaxError, whatever its top level raised
             raise ConfigError(
                 f"TASK_HANDLERS module {name!r} failed to import: {_said(exc)}"
             ) from None
@@ -253,7 +258,7 @@ def load_modules(registry: Registry, modules: str) -> None:
             register(_Once(registry, owners, name))
         except ConfigError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(
                 f"TASK_HANDLERS module {name!r}: register(registry) raised {_said(exc)}"
             ) from None

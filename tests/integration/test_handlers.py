@@ -87,6 +87,8 @@ def test_a_bad_handler_module_stops_start_up(sqlite_url: str, modules: str, mess
 HANDLER_MODULES = {
     "broken_syntax": "def register(registry)\n    pass\n",
     "raises_at_import": "raise RuntimeError('no config file')\n",
+    "imports_a_missing_one": "import no_such_dependency_here\n",
+    "exits_at_import": "import sys\nsys.exit(3)\n",
     "raises_in_register": "def register(registry):\n    raise KeyError('API_KEY')\n",
     "first_sum": "def register(registry):\n    registry.register('sum', lambda ctx: 1)\n",
     "second_sum": "def register(registry):\n    registry.register('sum', lambda ctx: 2)\n",
@@ -101,6 +103,12 @@ HANDLER_MODULES = {
     [
         ("broken_syntax", "'broken_syntax' failed to import: SyntaxError: "),
         ("raises_at_import", "failed to import: RuntimeError: no config file"),
+        (
+            "imports_a_missing_one",
+            "'imports_a_missing_one' failed to import: ModuleNotFoundError: No module named "
+            "'no_such_dependency_here'",
+        ),
+        ("exits_at_import", "'exits_at_import' failed to import: SystemExit: 3"),
         ("raises_in_register", "register\\(registry\\) raised KeyError: 'API_KEY'"),
         ("first_sum,second_sum", "'first_sum' and 'second_sum' both register the task type 'sum'"),
         ("own_simulate", "the type 'simulate' is built in"),
