@@ -221,7 +221,7 @@ class Settings:
     gunicorn_threads: int = _setting(8, _integer(1, 1024), "GUNICORN_THREADS")
     # Empty: no access log; `-`: standard output; otherwise a file.
     gunicorn_access_log: str = _setting("", _log_file, "GUNICORN_ACCESS_LOG")
-    # Seconds a client may send or read nothing in the middle of a request.
+    # Seconds a client may send nothing in the middle of a request (its headers or body).
     client_timeout_s: int = _setting(30, _integer(1, 3600), "CLIENT_TIMEOUT_S")
     database_url: str = _setting("", _database_url, "DATABASE_URL")
     max_concurrent_tasks: int = _setting(3, _integer(1, 1024), "MAX_CONCURRENT_TASKS")
