@@ -55,7 +55,10 @@ def test_make_integration_calls_the_port_make_run_serves(
     (tmp_path / ".env").write_text("PORT=3134\nAPI_TOKEN=from-the-env-file-0123456789\n")
     monkeypatch.chdir(tmp_path)
     for name in ("PORT", "API_TOKEN"):
-        monkeypatch.delenv(name, raising=False)  # and restored after load_dotenv sets it
+        # Set first, so that teardown restores what was there: load_dotenv sets them in
+        # this process's environment, where every later test would find them.
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     script = runpy.run_path(str(ROOT / "scripts" / "integration_test.py"))
     args = script["parse_args"](["--from-settings"])
     assert (args.base_url, args.token) == ("http://127.0.0.1:3134", "from-the-env-file-0123456789")
