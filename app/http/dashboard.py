@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from app import parts
 from app.errors import InvalidParameter, NotFound
 from app.http.auth import may_read
+from app.http.inputs import named_statuses
 from app.schemas import BatchSummaryOut, BatchViewAttemptOut, BatchViewTaskOut
 from app.services import actions, batches
 from app.services.reads import check_task_id, get_task
@@ -50,10 +51,9 @@ def index() -> str:
     """The overview: counts by status and the task table, filtered as the URL says."""
     status = request.args.get("status", "").strip()
     wanted = status.upper() if status.isascii() else status
-    # One or several, comma-separated, as the API reads them (blanks and empty names
-    # aside, each once): several are one more choice of the filter.
-    named = list(dict.fromkeys(s.strip(" \t") for s in wanted.split(",") if s.strip(" \t")))
-    known = bool(named) and all(s in STATUSES for s in named)
+    # One or several, as the API reads them: several are one more choice of the filter.
+    named, unknown = named_statuses(status)
+    known = bool(named) and not unknown
     if known:
         wanted = ",".join(named)
     return render_template(

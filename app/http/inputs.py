@@ -110,18 +110,25 @@ def listed(name: str, raw: str | None) -> tuple[str, ...]:
 
 
 def statuses(raw: str | None) -> tuple[str, ...]:
-    """Read `status`: one or more statuses, comma-separated (blanks around each, and
-    empty ones, aside), in any case (only ASCII folds, so `ß` never becomes `SS`), each
-    once, in the order given."""
+    """Read `status`: one or more statuses, comma-separated, as `named_statuses` reads
+    them; refuse a list naming no status, or an unknown one."""
     if raw is None:
         return ()
+    named, unknown = named_statuses(raw)
+    if unknown or not named:
+        said = f"Unknown status {unknown[0][:32]!r}" if unknown else "No status given"
+        raise InvalidParameter(
+            f"{said}; use one of {', '.join(Status)} (several comma-separated).",
+            {"status": "Unknown status."},
+        )
+    return named
+
+
+def named_statuses(raw: str) -> tuple[tuple[str, ...], list[str]]:
+    """Return the statuses `raw` names, comma-separated (blanks around each, and empty
+    ones, aside), in any case (only ASCII folds, so `ß` never becomes `SS`), each once in
+    the order given; and the names given that are no status."""
     given = [v.strip(" \t") for v in raw.split(",") if v.strip(" \t")]
     folded = [v.upper() if v.isascii() else v for v in given]
     unknown = [v for v, f in zip(given, folded, strict=True) if f not in Status.__members__]
-    if unknown or not given:
-        named = f"Unknown status {unknown[0][:32]!r}" if unknown else "No status given"
-        raise InvalidParameter(
-            f"{named}; use one of {', '.join(Status)} (several comma-separated).",
-            {"status": "Unknown status."},
-        )
-    return tuple(dict.fromkeys(folded))
+    return tuple(dict.fromkeys(f for f in folded if f in Status.__members__)), unknown

@@ -520,16 +520,18 @@ def snapshot_read(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def advisory_lock(conn: Connection, name: int, *, wait: bool = True) -> bool:
-    """Take the PostgreSQL transaction lock `name` (a 32-bit number) for this deployment;
-    without `wait`, only if it is free. Tell whether it is held.
+def advisory_lock(conn: Connection, name: int, *, wait: bool = True, shared: bool = False) -> bool:
+    """Take the PostgreSQL transaction lock `name` (a 32-bit number) for this deployment,
+    alone or `shared`; without `wait`, only if it is free. Tell whether it is held.
 
     The lock is keyed by the name and the OID of the `tasks` table the session sees, so
     deployments in other schemas of the same database (and test runs beside each other)
     never wait for each other's locks.
     """
     signed = name - (1 << 32) if name >= 1 << 31 else name
-    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    function = ("pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock") + (
+        "_shared" if shared else ""
+    )
     sql = f"SELECT {function}(%(name)s, {DEPLOYMENT_SQL}::int)"
     held = conn.exec_driver_sql(sql, {"name": signed}).scalar()
     return wait or bool(held)

@@ -1,6 +1,6 @@
 """What a failed database call means for the request it interrupted, decided in one place.
 
-A client can act on three outcomes of an infrastructure fault, and on nothing finer:
+A client can act on four outcomes of an infrastructure fault, and on nothing finer:
 
 - UNAVAILABLE: the database could not be reached, or gave up on the work before it
   committed (a restart, a shutdown, no free connection, SQLite locked past its busy

@@ -20,14 +20,14 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from app.storage.database import driver_execute
+from app.storage.database import advisory_lock, driver_execute
 from app.storage.jsonsets import param
 from app.storage.models import DEFAULT_QUEUE
 from app.storage.scheduler_sql import QUEUES_LOCK_KEY, bound_time
 
 # Held shared by the transactions storing tasks in queues other than default, alone by a
-# queue's deletion (a 32-bit number, keyed with the tasks table as the others are).
-NAMES_IN_USE_KEY = zlib.crc32(b"task-scheduler:queue-names-in-use") - (1 << 31)
+# queue's deletion.
+NAMES_IN_USE_KEY = zlib.crc32(b"task-scheduler:queue-names-in-use")
 
 
 class QueueRow(NamedTuple):
@@ -152,21 +152,14 @@ def share_names(conn: Connection) -> None:
     deleted before it commits. Only a deletion takes it alone (`hold_names`): pauses,
     limits and claims never wait for it."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
-            "SELECT pg_advisory_xact_lock_shared(%(key)s,"
-            " CAST(CAST('tasks' AS regclass) AS oid)::int)",
-            {"key": NAMES_IN_USE_KEY},
-        )
+        advisory_lock(conn, NAMES_IN_USE_KEY, shared=True)
 
 
 def hold_names(conn: Connection) -> None:
     """Take the queue names' lock alone, on PostgreSQL: wait for the submissions naming
     queues under way to commit, and hold back those after until this transaction ends."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
-            "SELECT pg_advisory_xact_lock(%(key)s, CAST(CAST('tasks' AS regclass) AS oid)::int)",
-            {"key": NAMES_IN_USE_KEY},
-        )
+        advisory_lock(conn, NAMES_IN_USE_KEY)
 
 
 def remove(conn: Connection, name: str) -> None:
