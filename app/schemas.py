@@ -738,6 +738,13 @@ class BlockersOut(Schema):
     status = fields.String(required=True, metadata={ENUM: "Status"})
     blockers = fields.List(fields.Nested(BlockerOut), required=True)
     root_causes = fields.List(fields.String(), required=True)
+    root_causes_truncated = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "The walk to the root causes stopped after 100,000 tasks: "
+            "more root causes may lie below those listed."
+        },
+    )
 
 
 class DatabaseHealth(Schema):

@@ -297,11 +297,15 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
 
     app = open_app(cancel_db)
     client = app.test_client()
+    last = f"/api/tasks/c-{length - 1:06d}"
+    waiting_s = _walk_s(client, last + "/blockers", 200)
     began = time.perf_counter()
     response = client.post("/api/tasks/c-000000/cancel")
     cancel_s = time.perf_counter() - began
     if response.status_code != 200:
         raise RuntimeError(f"cancel: {response.status_code} {response.get_data()[:200]!r}")
+    stopped_s = _walk_s(client, last + "/blockers", 200)
+    refused_s = _walk_s(client, last + "/retry", 409, post=True)
     app.extensions["store"].engine.dispose()
     _check_settled(cancel_db, "c-", length)
     return {
@@ -310,7 +314,20 @@ def cascade(fail_db: Database, cancel_db: Database, length: int) -> dict[str, An
         "retry_cascade_s": retry_s,
         "cancel_cascade_s": cancel_s,
         "bare_write_s": floor_s,
+        "blockers_waiting_s": waiting_s,
+        "blockers_stopped_s": stopped_s,
+        "retry_refused_s": refused_s,
     }
+
+
+def _walk_s(client: Any, path: str, expected: int, post: bool = False) -> float:
+    """Time one request that walks the whole chain down to its root, in seconds."""
+    began = time.perf_counter()
+    response = client.post(path) if post else client.get(path)
+    took = time.perf_counter() - began
+    if response.status_code != expected or b"c-000000" not in response.get_data():
+        raise RuntimeError(f"{path}: {response.status_code} {response.get_data()[:200]!r}")
+    return took
 
 
 BARE_WRITE = (

@@ -394,6 +394,13 @@ def _growth_rows(growth: dict[str, Any]) -> list[Row]:
         if "bare_write_s" in c:  # the floor: the same rows written by one bare UPDATE
             label = "  ... one bare UPDATE of those rows (s)"
             table.append(_measured(label, c["bare_write_s"], ""))
+        if "blockers_waiting_s" in c:  # the walks down to the chain's root
+            label = "Blockers of that chain's last task, waiting (s)"
+            table.append(_measured(label, c["blockers_waiting_s"], limit))
+            label = "Blockers of that chain's last task, cut off (s)"
+            table.append(_measured(label, c["blockers_stopped_s"], limit))
+            label = "Retry of that chain's last task, refused with its root (s)"
+            table.append(_measured(label, c["retry_refused_s"], limit))
         label = f"Failure cascade, fan-out of {c['fan_out']:,} (rows/s)"
         table.append(_measured(label, c["fan_out_rows_per_s"], ""))
     if "claim" in growth:

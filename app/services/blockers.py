@@ -11,7 +11,7 @@ from app.statuses import TERMINAL, Status
 from app.storage import database, membership
 from app.storage import queues as queue_rows
 from app.storage.reads import why_not_running
-from app.storage.roots import dependencies_where, failed_roots, unfinished_roots
+from app.storage.roots import Causes, dependencies_where, failed_roots, unfinished_roots
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -34,13 +34,15 @@ def _explain(conn: Connection, task_id: str) -> dict[str, Any]:
     if row.status == Status.QUEUED.value:
         answer["blockers"] = _queued_blockers(conn, row)
         waiting = [b["task_id"] for b in answer["blockers"] if b["kind"] == "dependency"]
-        answer["root_causes"] = unfinished_roots(conn, waiting)
+        causes = unfinished_roots(conn, waiting)
     elif row.error_code in STOPPED_BY_UPSTREAM:
         stopped = dependencies_where(conn, [task_id], lambda status: status != Status.COMPLETED)
         answer["blockers"] = [_dependency(d, s) for d, s in stopped.get(task_id, [])]
-        answer["root_causes"] = failed_roots(conn, [d for d, _ in stopped.get(task_id, [])])
+        causes = failed_roots(conn, [d for d, _ in stopped.get(task_id, [])])
     else:
-        answer["root_causes"] = []
+        causes = Causes([], False)
+    answer["root_causes"] = causes.roots
+    answer["root_causes_truncated"] = causes.truncated
     return answer
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from app.statuses import Status
 from app.storage import database, jsonsets
 from app.storage.scheduler_sql import bound_time
-from app.storage.tables import deps, tasks, weak
+from app.storage.tables import deps, status_filter, tasks
 
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
 
@@ -117,7 +117,6 @@ def _caught_sql(d: str) -> str:
     )
 
 
-_QUEUED = "tasks.status = 'QUEUED'"
 # Tasks that did not run because of another task, and come back when it is retried.
 _CAUGHT_SQL = (
     "(t.status = 'UPSTREAM_FAILED'"
@@ -170,7 +169,7 @@ def count_up(conn: Connection, requeued: set[str]) -> None:
     sql = (
         f"UPDATE tasks SET pending_deps = tasks.pending_deps + {jsonsets.integer(d, 'j.value')}"
         f" FROM {jsonsets.pairs(d, 'counts')} WHERE tasks.id = j.key"
-        f" AND {weak(_QUEUED, d)}"
+        f" AND {status_filter('tasks', 'QUEUED', d)}"
     )
     conn.exec_driver_sql(sql, {"counts": jsonsets.of_pairs(waiting)})
 
@@ -198,7 +197,8 @@ def cancel_queued_many(conn: Connection, ids: Sequence[str], now: datetime) -> l
         "UPDATE tasks SET status = 'CANCELLED', error = 'Cancelled by a user before it started.',"
         f" error_code = 'cancelled', finished_at = {jsonsets.param(d, 'now')},"
         f" updated_at = {jsonsets.param(d, 'now')}"
-        f" WHERE id IN ({jsonsets.ids(d, 'ids')}) AND {weak(_QUEUED, d)} RETURNING id"
+        f" WHERE id IN ({jsonsets.ids(d, 'ids')})"
+        f" AND {status_filter('tasks', 'QUEUED', d)} RETURNING id"
     )
     params = {"ids": jsonsets.of_ids(ids), "now": bound_time(d, now)}
     return [i for (i,) in conn.exec_driver_sql(sql, params).all()]

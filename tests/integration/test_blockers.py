@@ -40,6 +40,7 @@ def test_a_queued_task_names_what_it_waits_for_down_to_the_root(make_app: AppFac
         "status": "QUEUED",
         "blockers": [{"kind": "dependency", "task_id": "a", "status": "QUEUED"}],
         "root_causes": ["running"],
+        "root_causes_truncated": False,
     }
     gate.release.set()
     wait_terminal(client, "b")

@@ -260,3 +260,25 @@ def test_the_overview_notes_a_status_its_url_names_wrongly_until_the_filter_chan
     p.select_option("#filter-status", "COMPLETED")
     p.wait_for_url(f"{server.base_url}/?status=COMPLETED")
     assert not p.is_visible("#status-note")
+
+
+def test_a_task_page_says_when_the_walk_to_its_root_causes_was_cut_short(
+    page: Any, launcher: Launcher, db: Path
+) -> None:
+    """A chain deeper than the walk's 100,000 tasks is too slow to build here; the
+    page's rendering of such an answer is what is checked."""
+    server = launcher.gunicorn(db)
+    server.submit("deep", 10, run_at="2099-01-01T00:00:00Z")
+    cut = {
+        "id": "deep",
+        "status": "QUEUED",
+        "blockers": [{"kind": "dependency", "task_id": "above", "status": "QUEUED"}],
+        "root_causes": ["found"],
+        "root_causes_truncated": True,
+    }
+    p = page
+    p.route("**/api/tasks/deep/blockers", lambda route: route.fulfill(json=cut))
+    p.goto(f"{server.base_url}/tasks/deep")
+    p.wait_for_selector('#root-causes a:text-is("found")', timeout=10_000)
+    note = p.locator("#root-causes li.muted")
+    assert note.text_content() == "the walk stopped after 100,000 tasks: more may lie below"

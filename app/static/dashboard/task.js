@@ -240,7 +240,11 @@
       li.appendChild(taskLink(id));
       rootsList.appendChild(li);
     });
-    if (!rootsList.firstChild) {
+    if (answer.root_causes_truncated) {
+      rootsList.appendChild(
+        el("li", { class: "muted" }, "the walk stopped after 100,000 tasks: more may lie below")
+      );
+    } else if (!rootsList.firstChild) {
       rootsList.appendChild(el("li", { class: "muted" }, "none"));
     }
   }
