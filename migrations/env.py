@@ -7,6 +7,14 @@ from sqlalchemy.exc import OperationalError
 
 from app.config import ConfigError
 from app.startup import fail
+from app.storage import dbfaults
+
+# What to do when the server refuses the login, by reason.
+REFUSED_HINTS = {
+    "no_such_database": "create {database} (`createdb {database}`) and run this again",
+    "no_such_role": "create the role {user}, or name an existing one in DATABASE_URL",
+    "login_refused": "check the password in DATABASE_URL and the server's pg_hba.conf",
+}
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -94,7 +102,13 @@ def run_migrations_online():
     try:
         connection = connectable.connect()
     except OperationalError as exc:
-        # One line, as for a bad setting: the address is wrong or the database is down.
+        # One line, as for a bad setting: the server refuses this login (no such database
+        # or role, the password), or the address is wrong or the database is down.
+        fault = dbfaults.classify(exc)
+        if fault is not None and fault.kind is dbfaults.Kind.REFUSED:
+            url = connectable.url
+            hint = REFUSED_HINTS[fault.reason].format(database=url.database, user=url.username)
+            fail(ConfigError(f"DATABASE_URL: {fault.problem}; {hint}"))
         cause = str(exc.orig or exc).strip().splitlines()
         fail(
             ConfigError(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.apps import require_postgres
 from tests.support.servers import GUNICORN, free_port, run_to_exit, service_env
 
 BAD_SETTINGS = {
@@ -173,6 +174,25 @@ def test_gunicorn_on_a_unix_socket_another_server_answers_on_stops_saying_so(
     assert path.exists()  # closed, its file left: stale
     stale = _run(ENTRY_POINTS["gunicorn"], tmp_path, GUNICORN_CMD_ARGS=f"--bind unix:{path}")
     assert f"Listening at: unix:{path}" in stale.stderr, stale.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("user", "database", "said"),
+    [
+        ("postgres", "no_such_db_here", "create no_such_db_here (`createdb no_such_db_here`)"),
+        ("no_such_role_here", "test", "create the role no_such_role_here"),
+    ],
+)
+def test_a_migration_the_server_refuses_says_what_to_create(
+    tmp_path: Path, user: str, database: str, said: str
+) -> None:
+    """It said "check the address, or start the database" of a server that answered."""
+    server = require_postgres().rsplit("@", 1)[1].split("/", 1)[0]
+    url = f"postgresql://{user}@{server}/{database}"
+    done = _run(ENTRY_POINTS["flask db upgrade"], tmp_path, DATABASE_URL=url)
+    line = _assert_one_line(done, "DATABASE_URL")
+    assert said in line and "check the address" not in line, line
 
 
 def test_a_database_that_cannot_be_reached_stops_the_migration_with_one_line(
