@@ -22,7 +22,7 @@ db-upgrade: install
 	@$(BIN)/flask db upgrade
 
 run: db-upgrade
-	@$(if $(PORT),PORT=$(PORT) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@$(if $(PORT),PORT=$(PORT) )$(if $(HOST),HOST=$(HOST) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Test processes (pytest-xdist): the suite waits on servers, browsers and fsyncs as much as
 # it computes, so two share two cores well. TEST_WORKERS=0 runs it in one process.
@@ -42,7 +42,7 @@ format: install
 	$(BIN)/ruff format .
 
 integration: install
-	$(BIN)/python scripts/integration_test.py $(if $(PORT),--base-url http://127.0.0.1:$(PORT),--from-settings)
+	$(if $(PORT),PORT=$(PORT) )$(if $(HOST),HOST=$(HOST) )$(BIN)/python scripts/integration_test.py --from-settings
 
 # The benchmark suite (bench/run.py): prints the table, writes bench/results/latest.json.
 # BENCH_ARGS=--quick for a one-minute smoke run; `.venv/bin/python -m bench --help` for sizes.

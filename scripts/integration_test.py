@@ -324,9 +324,20 @@ def _from_settings(args: argparse.Namespace, given: list[str]) -> None:
 
     settings = Settings.from_env()
     if not any(a.startswith("--base-url") for a in given):
-        args.base_url = f"http://127.0.0.1:{settings.port}"
+        args.base_url = f"http://{_reachable(settings.host)}:{settings.port}"
     if not any(a.startswith("--token") for a in given) and args.token is None:
         args.token = settings.api_token or None
+
+
+def _reachable(host: str) -> str:
+    """Return the address to call a server bound to `host` at, as a URL writes it: the
+    loopback of its family for a wildcard, an IPv6 address in brackets."""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
