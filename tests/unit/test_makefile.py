@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _make_line(target: str, marker: str, *assignments: str) -> str:
     """Return the line holding `marker` that `make <target>` would execute (`make -n`
     runs nothing)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "PORT", "HOST"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "PORT", "HOST"))
+    }
     done = subprocess.run(
         ["make", "-n", target, *assignments],
         cwd=ROOT,
