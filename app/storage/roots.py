@@ -129,7 +129,7 @@ def failed_walk(d: str) -> tuple[str, str | None]:
     """The failed walk: down to dependencies `b` that ended without completing, from the
     tasks `t` that did not run because of a dependency."""
     stopped = f"({_status(d, 't')} = '{Status.UPSTREAM_FAILED.value}'"
-    stopped += " OR t.error_code = 'upstream_cancelled')"
+    stopped += " OR COALESCE(t.error_code, '') = 'upstream_cancelled')"  # never NULL
     return _among(d, "b", BLOCKING), stopped
 
 

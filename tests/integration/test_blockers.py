@@ -81,3 +81,21 @@ def test_root_causes_stop_at_a_task_that_failed_on_its_own(make_app: AppFactory)
     assert answer["root_causes"] == ["cleanup"]
     refused = client.post("/api/tasks/report/retry").get_json()
     assert refused["details"]["root"] == "cleanup"
+
+
+def test_a_waiting_dependency_of_a_cut_off_task_is_a_root_cause(make_app: AppFactory) -> None:
+    """`wait` (all_done) still waits, though one of its dependencies failed: it is a root
+    cause of `last`, which a cancel cut off. A first version of the one-statement walk
+    read its missing error code as unknown and left it out."""
+    client = running_app(make_app).test_client()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    submit(client, "failed", payload={"fail": True})
+    submit(client, "held", run_at=later)
+    submit(client, "wait", "failed", "held", trigger_rule="all_done")
+    submit(client, "cancelled", run_at=later)
+    submit(client, "last", "cancelled", "wait")
+    wait_terminal(client, "failed")
+    assert client.post("/api/tasks/cancelled/cancel").status_code == 200
+    answer = client.get("/api/tasks/last/blockers").get_json()
+    assert answer["status"] == "CANCELLED"
+    assert answer["root_causes"] == ["cancelled", "wait"]

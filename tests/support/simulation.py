@@ -39,7 +39,16 @@ from app.handlers import HandlerFailed, Registry, TaskContext
 from app.runtime.attempt import Job
 from app.runtime.metrics import Metrics
 from app.runtime.scheduler import LOST, Scheduler
-from app.services import actions, batch, batches, fanout, queues, schedules, submissions
+from app.services import (
+    actions,
+    batch,
+    batches,
+    blockers,
+    fanout,
+    queues,
+    schedules,
+    submissions,
+)
 from app.statuses import BLOCKING, TERMINAL, UNFINISHED, Status
 from app.storage import counts, database, retention
 from app.storage.queues import DEFAULT_QUEUE
@@ -296,6 +305,7 @@ class Simulation:
             (2, self.edit_task),
             (1, self.delete_task),
             (1, self.batch_action),
+            (1, self.ask_blockers),
         ]
         weights = [w for w, _ in actions_]
         (action,) = self.rng.choices([a for _, a in actions_], weights)
@@ -746,7 +756,10 @@ class Simulation:
         try:
             actions.retry(self.engine, task_id)
         except ApiError as error:
-            self.note(f"retry {task_id}: {error.code} {(error.details or {}).get('root')}")
+            root = (error.details or {}).get("root")
+            self.note(f"retry {task_id}: {error.code} {root}")
+            if root is not None:
+                self._check_retry_root(task_id, root)
             return
         except OperationalError:
             self.note(f"retry {task_id}: the database is unavailable")
@@ -754,6 +767,30 @@ class Simulation:
         back = before & self.statuses_now({"QUEUED"})
         self.cancelled -= back
         self.note(f"retry {task_id}: requeued {sorted(back)}")
+
+    def _check_retry_root(self, task_id: str, root: str) -> None:
+        """A refused retry names the task whose retry works, as the model finds it."""
+        rows, edges = self.snapshot()
+        expected = model_retry_root(task_id, rows, edges)
+        if root != expected or rows[root].status not in BLOCKING:
+            self.fail(f"retry {task_id} named {root} ({rows[root].status}); model: {expected}")
+
+    def ask_blockers(self) -> None:
+        """Ask why a task is not running; its root causes must be the model's."""
+        target = self.target({"QUEUED", Status.UPSTREAM_FAILED.value, "CANCELLED"})
+        if target is None:
+            return
+        task_id, _ = target
+        try:
+            answer = blockers.blockers(self.engine, task_id)
+        except OperationalError:
+            self.note(f"blockers {task_id}: the database is unavailable")
+            return
+        rows, edges = self.snapshot()
+        expected = model_root_causes(task_id, rows, edges)
+        if (answer["root_causes"], answer["root_causes_truncated"]) != (expected, False):
+            self.fail(f"blockers {task_id}: {answer}; model's root causes: {expected}")
+        self.note(f"blockers {task_id}: {answer['root_causes']}")
 
     def edit_task(self) -> None:
         """Change a QUEUED task's priority, run_at or queue, as a user would."""
@@ -1370,3 +1407,50 @@ class Simulation:
 def seeds(first: int, count: int) -> Iterator[int]:
     """The seeds of one run: `count` of them from `first`."""
     return iter(range(first, first + count))
+
+
+def model_retry_root(task_id: str, rows: dict[str, Any], edges: dict[str, list[str]]) -> str:
+    """The task a retry of `task_id` names, from the rows alone: down the lowest
+    dependency that did not complete, through all_success tasks that have one."""
+
+    def stopped(i: str) -> list[str]:
+        return sorted(d for d in edges.get(i, []) if rows[d].status in BLOCKING)
+
+    if rows[task_id].trigger_rule != "all_success" or not stopped(task_id):
+        return task_id
+    current = stopped(task_id)[0]
+    while rows[current].trigger_rule == "all_success" and stopped(current):
+        current = stopped(current)[0]
+    return current
+
+
+def model_root_causes(task_id: str, rows: dict[str, Any], edges: dict[str, list[str]]) -> list[str]:
+    """A task's root causes from the rows alone: for a QUEUED task, the tasks its
+    unfinished dependencies wait for that wait for none; for one a dependency stopped,
+    the tasks that failed or were cancelled on their own below it."""
+    row = rows[task_id]
+    dependencies = edges.get(task_id, [])
+    if row.status == "QUEUED":
+        start = [d for d in dependencies if rows[d].status in UNFINISHED]
+        follow, only_stopped = set(UNFINISHED), False
+    elif row.error_code in ("upstream_failed", "upstream_cancelled"):
+        start = [d for d in dependencies if rows[d].status != "COMPLETED"]
+        follow, only_stopped = set(BLOCKING), True
+    else:
+        return []
+    seen, frontier, roots = set(start), list(dict.fromkeys(start)), set()
+    while frontier:
+        onward: list[str] = []
+        for i in frontier:
+            r = rows[i]
+            stopped = (
+                r.status == Status.UPSTREAM_FAILED.value or r.error_code == "upstream_cancelled"
+            )
+            goes_on = stopped or not only_stopped
+            below = [d for d in edges.get(i, []) if rows[d].status in follow] if goes_on else []
+            if not below:
+                roots.add(i)
+            onward.extend(d for d in below if d not in seen)
+            seen.update(below)
+        frontier = list(dict.fromkeys(onward))
+    return sorted(roots)
