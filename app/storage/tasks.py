@@ -187,16 +187,16 @@ def _insert_sqlite(
 # Rows per COPY statement: about 70 ms each on an idle two-core machine, the making of
 # its rows included (several hundred with other threads busy).
 COPY_CHUNK = 5000
-_COPY_TASKS = f"COPY tasks ({', '.join(_COLUMNS)}) FROM STDIN"
-_COPY_EDGES = "COPY task_dependencies (task_id, dependency_id, position) FROM STDIN"
-_COPY_ADOPTED = "COPY task_dependencies (task_id, dependency_id, position, adopted) FROM STDIN"
+_COPY_TASKS = database.copy_statement(tasks, _COLUMNS)
+_COPY_EDGES = database.copy_statement(deps, ["task_id", "dependency_id", "position"])
+_COPY_ADOPTED = database.copy_statement(deps, ["task_id", "dependency_id", "position", "adopted"])
 
 
 def _copy_postgresql(
     conn: Connection,
     task_rows: Iterable[dict[str, Any]],
     edges: Sequence[tuple[str, str, int] | tuple[str, str, int, bool]],
-    edges_copy: str = _COPY_EDGES,
+    edges_copy: tuple[str, list[str]] = _COPY_EDGES,
 ) -> None:
     """Insert with COPY, PostgreSQL's fastest path: an INSERT per row, even pipelined,
     ran at a third of its rate. COPY fires the same triggers and checks the same keys (a
@@ -206,9 +206,9 @@ def _copy_postgresql(
     rows = iter(task_rows)
     for first in rows:  # each COPY takes its rows one by one, as they are made
         part = chain([first], islice(rows, COPY_CHUNK - 1))
-        database.copy_rows(conn, _COPY_TASKS, _tuples(part, _JSON_BIND))
+        database.copy_rows(conn, _COPY_TASKS[0], _tuples(part, _JSON_BIND), _COPY_TASKS[1])
     for edge_part in chunks(edges, COPY_CHUNK):
-        database.copy_rows(conn, edges_copy, edge_part)
+        database.copy_rows(conn, edges_copy[0], edge_part, edges_copy[1])
 
 
 def row(conn: Connection, task_id: str, *, with_payload: bool) -> Any:

@@ -161,9 +161,9 @@ def test_rows_made_as_they_are_taken_are_stored_in_order_and_returned(
     copying = []
     copy_rows = database.copy_rows
 
-    def watched(conn: Any, statement: str, values: Any) -> None:
+    def watched(conn: Any, statement: str, values: Any, types: Any = None) -> None:
         copying.append(statement)
-        copy_rows(conn, statement, values)
+        copy_rows(conn, statement, values, types)
         copying.pop()
 
     monkeypatch.setattr(database, "copy_rows", watched)
