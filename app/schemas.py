@@ -647,7 +647,7 @@ class InstanceOut(Schema):
         metadata={
             ENUM: "InstanceState",
             "description": "running; draining while it stops; stale when its last heartbeat "
-            "is older than LEASE_S.",
+            "is older than its lease.",
         },
     )
     running = fields.Integer(required=True, metadata={"description": "Attempts it holds now."})
@@ -655,6 +655,14 @@ class InstanceOut(Schema):
         required=True,
         allow_none=True,
         metadata={"description": "Its MAX_CONCURRENT_TASKS (null: an older version's)."},
+    )
+    lease_s = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Its LEASE_S: it heartbeats every third of it, and is declared "
+            "dead once silent that long (null: an older version's, judged by the judge's)."
+        },
     )
     types = fields.List(
         fields.String(),

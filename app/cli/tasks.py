@@ -213,8 +213,8 @@ def _note_if_no_scheduler(
 ) -> None:
     """Say so on stderr when no scheduler running on this database claims some of the
     (type, queue) of the tasks waiting, and (when `waiting`) when none is running at all:
-    those will not start before one does. Registered ones silent for longer than this
-    process's LEASE_S are said to be silent, not gone: they may run with a longer one."""
+    those will not start before one does. Registered ones silent for longer than their
+    lease are said to be silent, not gone (the next scheduler to look removes them)."""
     lease_s = current_app.config["LEASE_S"]
     listed = instances.listing(parts.engine(), lease_s)
     states = {instance["state"] for instance in listed}
@@ -240,8 +240,9 @@ def _note_if_no_scheduler(
     if not states:
         click.echo(f"note: no scheduler is registered on this database; {wait}", err=True)
     elif "stale" in states:
+        silent = max(i["lease_s"] or lease_s for i in listed if i["state"] == "stale")
         click.echo(
-            f"note: no scheduler of this database has sent a heartbeat in the last {lease_s} s"
+            f"note: no scheduler of this database has sent a heartbeat in the last {silent} s"
             f" (LEASE_S) but to say it is stopping; if none is running, {wait}",
             err=True,
         )

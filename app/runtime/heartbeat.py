@@ -16,9 +16,10 @@ class Contact:
     database is down (restarting, unreachable, out of connections) every heartbeat fails,
     the live ones included: the silence is everyone's. So an instance takes another's
     silence for a death only once its own heartbeats have gone through, without a failure
-    and without a gap (this process paused), for a whole lease, counted from its start:
-    a process started as the database came back has seen no one's heartbeats yet. (An
-    instance of this host whose process has exited needs no such wait.)
+    and without a gap (this process paused), for a whole lease, its own and the silent
+    one's, counted from its start: a process started as the database came back has seen
+    no one's heartbeats yet. (An instance of this host whose process has exited needs no
+    such wait.)
     """
 
     def __init__(self, clock: Callable[[], float], lease_s: float) -> None:
@@ -41,12 +42,14 @@ class Contact:
         """Note a heartbeat (or registration) the database did not take."""
         self._since = None
 
-    def trusted(self) -> bool:
-        """Tell whether this instance may take another's silence for a death."""
+    def in_touch_s(self) -> float:
+        """Return how long this instance has been in touch without a failure or a gap (0
+        when it is not): it may take the silence of an instance whose lease is at most
+        that long for a death."""
         now = self.clock()
         if self._since is None or now - self._last_ok > self.gap_s:
-            return False
-        return now - self._since >= self.lease_s
+            return 0.0
+        return now - self._since
 
 
 class Heartbeat:

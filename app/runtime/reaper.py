@@ -26,7 +26,7 @@ class Reaper:
         me: Callable[[], str | None],
         metrics: Metrics,
         wake: Callable[[], None] | None = None,
-        trusted: Callable[[], bool] = lambda: True,
+        in_touch: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self.store = store
         self.lease_s = lease_s
@@ -36,17 +36,18 @@ class Reaper:
         # Wakes this instance's loop: what it recovered may be ready now. (Other
         # instances hear of it through the recovery's NOTIFY, on PostgreSQL.)
         self.wake = wake
-        # Whether silence may be judged now (see Contact); an exited process always may.
-        self.trusted = trusted
+        # How long this instance has been in touch with the database (see Contact): the
+        # silence of an instance may be judged once that is a lease, its own and the
+        # other's. An exited process always may.
+        self.in_touch = in_touch
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
         at = now or self.store.database_now()
-        stale = at - timedelta(seconds=self.lease_s)
-        judge_silence = self.trusted()
+        in_touch = self.in_touch()
         recovered = 0
         for other in self.store.instances():
-            death = self._death(other, stale, judge_silence)
+            death = self._death(other, at, in_touch)
             if death is not None:
                 reason, fence = death
                 reaped = self.store.reap(other.id, reason, now=now, **fence)
@@ -67,12 +68,18 @@ class Reaper:
         return len(reaped)
 
     def _death(
-        self, other: Any, stale: datetime, judge_silence: bool
+        self, other: Any, at: datetime, in_touch: float
     ) -> tuple[str, dict[str, Any]] | None:
-        """Say why `other` is dead, and the heartbeat it must still be behind, if it is."""
+        """Say why `other` is dead, and the heartbeat it must still be behind, if it is.
+
+        Silence is judged by `other`'s own lease: it heartbeats every third of it (an
+        instance registered before its lease was stored, by this one's).
+        """
         if other.id == self.me():
             return None
-        silent = f"scheduler {other.id} stopped heartbeating for over {self.lease_s:g} s"
+        lease_s = other.lease_s or self.lease_s
+        judge_silence = in_touch >= max(lease_s, self.lease_s)
+        silent = f"scheduler {other.id} stopped heartbeating for over {lease_s:g} s"
         if other.hostname == self.host:
             if not identity.is_alive(other.pid, other.process_start):
                 return f"scheduler {other.id} (pid {other.pid}) exited while running it", {}
@@ -81,10 +88,11 @@ class Reaper:
             if other.heartbeat_monotonic is not None:
                 # A live process of this host (this boot): judged on the monotonic clock
                 # both share, which no step of the wall clock (NTP, a VM resumed) moves.
-                limit = self.store.monotonic() - self.lease_s
+                limit = self.store.monotonic() - lease_s
                 if other.heartbeat_monotonic < limit:
                     return silent, {"stale_monotonic_before": limit}
                 return None
+        stale = at - timedelta(seconds=lease_s)
         if judge_silence and other.heartbeat_at < stale:
             return silent, {"stale_before": stale}
         return None

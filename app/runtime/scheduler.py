@@ -104,7 +104,7 @@ class Scheduler:
             lambda: self.id,
             self.metrics,
             wake=self.wake,
-            trusted=self.contact.trusted,
+            in_touch=self.contact.in_touch_s,
         )
         self.pruner = Pruner(store, retention_days)
         self.event_pruner = EventPruner(store, event_retention_s)
@@ -551,6 +551,7 @@ class Scheduler:
                 "task_types": json.dumps(self.types) if self.types else None,
                 "queues": json.dumps(self.queues) if self.queues else None,
                 "slots": self.max_concurrent,
+                "lease_s": self.lease_s,
             }
         )
         self.id = joining

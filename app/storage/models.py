@@ -270,6 +270,9 @@ class SchedulerInstance(db.Model):  # type: ignore[name-defined]
     queues: Mapped[str | None] = mapped_column(Text, nullable=True)
     # How many attempts it runs at once at most (MAX_CONCURRENT_TASKS).
     slots: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Its LEASE_S: it heartbeats every third of it, and is judged dead by it. NULL for
+    # an instance registered before revision 0015 (judged by the judge's own).
+    lease_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Queue(db.Model):  # type: ignore[name-defined]

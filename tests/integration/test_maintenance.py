@@ -98,9 +98,44 @@ def test_the_reaper_judges_no_silence_while_it_cannot_trust_its_own_contact(
 ) -> None:
     add(store, "a")
     claim_all(store, "silent")
-    reaper = Reaper(store, 30, "another-host", lambda: "me", Metrics(), trusted=lambda: False)
+    reaper = Reaper(store, 30, "another-host", lambda: "me", Metrics(), in_touch=lambda: 0.0)
     assert reaper.run_once(utcnow() + timedelta(hours=1)) == 0
     assert row(store, "a").status == Status.RUNNING
+
+
+def test_the_reaper_judges_each_instance_by_its_own_lease(store: Store) -> None:
+    """An instance run with LEASE_S=30 heartbeats every 10 s: one with LEASE_S=6 took
+    its silence of 7 s for a death, and its attempts ran a second time elsewhere."""
+    add(store, "a")
+    add(store, "b")
+    now = utcnow()
+    for worker, lease in (("patient", 30), ("older", None)):
+        row_ = {"id": worker, "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+        store.register({**row_, "lease_s": lease})
+    claims = {worker: store.claim(worker, 1)[0] for worker in ("patient", "older")}
+    quick = Reaper(store, 6, "another-host", lambda: "me", Metrics(), in_touch=lambda: 60.0)
+    # The older version's instance, whose lease is unknown: judged by the judge's, 6 s.
+    assert quick.run_once(now + timedelta(seconds=7)) == 1
+    assert row(store, claims["older"].id).status == Status.FAILED
+    assert quick.run_once(now + timedelta(seconds=29)) == 0  # within its 30 s
+    assert row(store, claims["patient"].id).status == Status.RUNNING
+    assert quick.run_once(now + timedelta(seconds=31)) == 1
+    assert row(store, claims["patient"].id).error_code == "interrupted"
+
+
+def test_the_reaper_judges_a_longer_lease_only_once_in_touch_that_long(store: Store) -> None:
+    """After an outage an instance heartbeats within a third of its own lease: a judge
+    with a shorter lease waits the longer one in touch before it takes silence for death."""
+    add(store, "a")
+    now = utcnow()
+    row_ = {"id": "patient", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+    store.register({**row_, "lease_s": 30})
+    store.claim("patient", 1)
+    in_touch = [20.0]
+    quick = Reaper(store, 6, "h2", lambda: "me", Metrics(), in_touch=lambda: in_touch[0])
+    assert quick.run_once(now + timedelta(hours=1)) == 0
+    in_touch[0] = 30.0
+    assert quick.run_once(now + timedelta(hours=1)) == 1
 
 
 def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store: Store) -> None:

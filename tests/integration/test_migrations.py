@@ -1043,3 +1043,41 @@ def test_0014_as_a_script_is_refused_in_one_line_on_sqlite_and_empty_on_postgres
             script = capsys.readouterr().out
             assert "UPDATE alembic_version SET version_num='0014'" in script
             assert "tasks" not in script.replace("UPDATE alembic_version", "")
+
+
+def test_upgrade_to_0015_stores_each_instances_lease_and_judges_the_older_by_the_judges(
+    database_url: str,
+) -> None:
+    """A 0014 database with two instances registered by the previous version, one with
+    a task running: the upgrade keeps them with no lease, each is judged by the judge's
+    own (as before), and an instance registered after the upgrade stores its own."""
+    app = create_app({"DATABASE_URL": database_url, "SCHEDULER_ENABLED": "false"})
+    now = utcnow().replace(microsecond=0)
+    with app.app_context():
+        _stored_at("0014", [_old_task("held", now, status="RUNNING", attempts=1, worker="old1")])
+        with db.engine.begin() as conn:
+            old = Table("scheduler_instances", MetaData(), autoload_with=conn)
+            assert "lease_s" not in old.c
+            row = {"hostname": "elsewhere", "pid": 1, "state": "running", "started_at": now}
+            conn.execute(
+                insert(old),
+                [
+                    {**row, "id": "old1", "heartbeat_at": now - timedelta(seconds=20)},
+                    {**row, "id": "old2", "heartbeat_at": now},
+                ],
+            )
+        upgrade()
+        store = app.extensions["store"]
+        assert {r.id: r.lease_s for r in store.instances()} == {"old1": None, "old2": None}
+        row = {"hostname": "h", "pid": 2, "started_at": now, "heartbeat_at": now}
+        store.register({**row, "id": "new", "lease_s": 45})
+        assert {r.id: r.lease_s for r in store.instances()}["new"] == 45
+        reaper = Reaper(store, 15, "this-host", lambda: None, Metrics())
+        assert reaper.run_once(now + timedelta(seconds=1)) == 1  # old1: 21 s against 15
+        assert {r.id for r in store.instances()} == {"old2", "new"}
+        downgrade(revision="0014")
+        with db.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("scheduler_instances")}
+        assert "lease_s" not in columns
+        downgrade(revision="base")
+        db.engine.dispose()

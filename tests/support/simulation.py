@@ -58,8 +58,11 @@ from app.storage.tables import queues as queue_rows
 from app.storage.tables import schedules as schedule_rows
 
 LEASE_S = 30.0
+# The leases instances run with: each is judged by its own (an instance of the longer
+# one heartbeats every 33 s, which one of the shorter must not take for a death).
+LEASES = (LEASE_S, 100.0)
 POLL_S = 1.0
-HEARTBEAT_S = LEASE_S / 3
+HEARTBEAT_S = LEASE_S / 3  # the shortest period
 REAP_S = 3.0
 FOLD_S = 5.0
 FIRE_S = 1.0
@@ -70,7 +73,7 @@ QUEUES = [None, None, "q1", "q2"]
 SERVED = [(), (), ("q1",), ("default", "q2")]
 # A RUNNING row that no live attempt holds is recovered by others within this long of its
 # owner's last heartbeat; its owner, if it lives, recovers it at a pass within a lease/3.
-RECOVERY_BOUND_S = LEASE_S + 2 * REAP_S + 2 * POLL_S
+RECOVERY_BOUND_S = max(LEASES) + 2 * REAP_S + 2 * POLL_S
 SETTLE_ROUNDS = 400
 
 
@@ -152,6 +155,11 @@ class Node:
     next_fire: float = 0.0
     last_good_pass: float = -1.0  # serving time of the last pass that did not fail
     paused_since_beat: bool = False  # frozen at some point since its last heartbeat
+    lease_s: float = LEASE_S
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 3
 
     @property
     def name(self) -> str:
@@ -326,12 +334,13 @@ class Simulation:
             monotonic=self.clock.monotonic,
         )
         store.spawn = fanout.spawn
+        lease_s = self.rng.choice(LEASES)
         scheduler = Scheduler(
             store,
             registry,
             max_concurrent=self.rng.randint(1, 3),
             poll_interval_s=POLL_S,
-            lease_s=LEASE_S,
+            lease_s=lease_s,
             metrics=Metrics(),
             clock=self.clock.monotonic,
             name=lambda: next(names),
@@ -340,10 +349,10 @@ class Simulation:
             # The first node serves every queue, so that every task can finish.
             queues=self.rng.choice(SERVED) if index else (),
         )
-        node = Node(index, generation, scheduler)
+        node = Node(index, generation, scheduler, lease_s=lease_s)
         self.nodes[index] = node
         now = self.clock.elapsed
-        node.next_heartbeat, node.next_reap, node.next_pass = now + HEARTBEAT_S, now, now
+        node.next_heartbeat, node.next_reap, node.next_pass = now + node.heartbeat_s, now, now
         try:
             scheduler.open(self.clock.now())
         except OperationalError:
@@ -354,7 +363,10 @@ class Simulation:
         self.beat_avail[scheduler.id or ""] = self.available
         self.disturbed = self.serving
         serves = ",".join(scheduler.queues) or "every queue"
-        self.note(f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent} for {serves}")
+        self.note(
+            f"boot {node.name} as {scheduler.id} cap {scheduler.max_concurrent} for {serves},"
+            f" lease {lease_s:g} s"
+        )
 
     def _executor(self, index: int, workers: int) -> SimExecutor:
         node = self.nodes[index]
@@ -392,14 +404,14 @@ class Simulation:
     def declared_dead(self, node: Node, identity: str | None) -> None:
         """An instance found itself declared dead: it must have been silent a whole lease."""
         silent = self.clock.elapsed - self.beat_mono.get(identity or "", self.clock.elapsed)
-        if silent <= LEASE_S:
+        if silent <= node.lease_s:
             self.fail(f"{identity} declared dead {silent:.2f} s after its last heartbeat")
         if node.paused_since_beat:
             return  # really silent: frozen, whatever the database did meanwhile
         # Its judge waits a lease in touch with the database after an outage; the live
         # instance beats again within a heartbeat period of the outage's end.
         heard = self.available - self.beat_avail.get(identity or "", self.available)
-        if heard < LEASE_S - HEARTBEAT_S:
+        if heard < node.lease_s - node.heartbeat_s:
             self.fail(f"{identity} declared dead, silent only {heard:.2f} s outside outages")
 
     def down(self, node: Node, why: str) -> None:
@@ -673,7 +685,7 @@ class Simulation:
                 self.disturbed = self.serving
                 self.note(f"{node.name} resumes")
             if now >= node.next_heartbeat:
-                node.next_heartbeat = now + HEARTBEAT_S
+                node.next_heartbeat = now + node.heartbeat_s
                 self.heartbeat(node)
             if now >= node.next_reap:
                 node.next_reap = now + REAP_S
@@ -935,7 +947,7 @@ class Simulation:
     def pause(self) -> None:
         node = self.pick(self.active())
         if node is not None:
-            node.paused_until = self.clock.elapsed + LEASE_S + self.rng.uniform(1, 10)
+            node.paused_until = self.clock.elapsed + node.lease_s + self.rng.uniform(1, 10)
             node.paused_since_beat = True
             self.note(f"{node.name} paused")
 
@@ -1302,7 +1314,7 @@ class Simulation:
         owner = next(
             (n for n in self.nodes if n is not None and n.scheduler.id == row.worker), None
         )
-        if owner is not None and owner.last_good_pass >= since + HEARTBEAT_S + POLL_S:
+        if owner is not None and owner.last_good_pass >= since + owner.heartbeat_s + POLL_S:
             self.fail(f"{task_id} RUNNING under {row.worker}, which passes without running it")
         last_beat = max(since, self.beat_at.get(row.worker, since))
         # After a boot, an outage or a pause the others first spend a lease in touch.
