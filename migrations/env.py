@@ -11,7 +11,7 @@ from app.storage import dbfaults
 
 # What to do when the server refuses the login, by reason.
 REFUSED_HINTS = {
-    "no_such_database": "create {database} (`createdb {database}`) and run this again",
+    "no_such_database": "create {database} (`createdb {where}{database}`) and run this again",
     "no_such_role": "create the role {user}, or name an existing one in DATABASE_URL",
     "login_refused": "check the password in DATABASE_URL and the server's pg_hba.conf",
 }
@@ -107,7 +107,14 @@ def run_migrations_online():
         fault = dbfaults.classify(exc)
         if fault is not None and fault.kind is dbfaults.Kind.REFUSED:
             url = connectable.url
-            hint = REFUSED_HINTS[fault.reason].format(database=url.database, user=url.username)
+            where = "".join(
+                f"{flag} {value} "
+                for flag, value in (("-h", url.host), ("-p", url.port), ("-U", url.username))
+                if value
+            )
+            hint = REFUSED_HINTS[fault.reason].format(
+                database=url.database, user=url.username, where=where
+            )
             fail(ConfigError(f"DATABASE_URL: {fault.problem}; {hint}"))
         cause = str(exc.orig or exc).strip().splitlines()
         fail(

@@ -94,6 +94,8 @@ POSTGRESQL_CONNECT = {
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+    # How the server's views (pg_stat_activity) and logs name our sessions.
+    "application_name": "task-scheduler",
 }
 # How long a request waits for a pooled connection before it is answered 503.
 POOL_TIMEOUT_S = 10

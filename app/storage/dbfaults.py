@@ -71,7 +71,10 @@ REASONS: dict[str, Reason] = {
         Kind.UNAVAILABLE, "the connection to the database server was lost", True
     ),
     "shutting_down": Reason(
-        Kind.UNAVAILABLE, "the database server is shutting down or restarting", True
+        Kind.UNAVAILABLE,
+        "the database server ended the session (shutting down, restarting, or ended by an "
+        "administrator)",
+        True,
     ),
     "crash_recovery": Reason(
         Kind.UNAVAILABLE, "the database server is recovering from a crash", True

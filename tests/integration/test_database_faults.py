@@ -36,7 +36,7 @@ from app.extensions import db
 from app.storage import database
 from app.storage.dbfaults import CommitUnknown, Kind, classify, lost_in_commit
 from app.storage.tables import deps, tasks
-from tests.support.apps import AppFactory
+from tests.support.apps import AppFactory, build_app
 from tests.support.client import assert_error
 from tests.support.servers import free_port
 from tests.support.store import count
@@ -694,3 +694,20 @@ def test_a_read_only_database_answers_503_not_500(postgres_url: str) -> None:
         )
     finally:
         engine_of(app).dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_sessions_name_the_application(postgres_url: str) -> None:
+    """An operator finds them in pg_stat_activity (to end one instance's, say) by name."""
+    app = build_app(postgres_url, {})
+    engine = app.extensions["store"].engine
+    with engine.connect() as conn:
+        name = conn.exec_driver_sql("SELECT current_setting('application_name')").scalar()
+    engine.dispose()
+    assert name == "task-scheduler"
+    assert (
+        database.engine_options(postgres_url + "&application_name=mine", 1)["connect_args"].get(
+            "application_name"
+        )
+        is None
+    )  # one the URL names is kept

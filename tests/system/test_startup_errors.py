@@ -180,7 +180,7 @@ def test_gunicorn_on_a_unix_socket_another_server_answers_on_stops_saying_so(
 @pytest.mark.parametrize(
     ("user", "database", "said"),
     [
-        ("postgres", "no_such_db_here", "create no_such_db_here (`createdb no_such_db_here`)"),
+        ("postgres", "no_such_db_here", "-U postgres no_such_db_here`)"),
         ("no_such_role_here", "test", "create the role no_such_role_here"),
     ],
 )
