@@ -781,6 +781,11 @@ class SchedulerHealth(Schema):
         allow_none=True,
         metadata={"description": "The task types it claims; null: every type."},
     )
+    queues = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "The queues it serves (SCHEDULER_QUEUES); null: every queue."},
+    )
     problem = fields.String(
         metadata={"description": "What keeps it from its job, when something does."}
     )

@@ -31,6 +31,7 @@ def health() -> tuple[Response, int]:
             "max_concurrent": scheduler.max_concurrent,
             "running": scheduler.running_count(),
             "types": scheduler.types or None,  # None: every type
+            "queues": list(scheduler.queues) or None,  # None: every queue
         }
         if problem is not None:
             state["problem"] = problem

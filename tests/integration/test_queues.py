@@ -22,6 +22,7 @@ from app.storage import counts, database, scheduler_sql, tasks
 from app.storage.database import utcnow
 from app.storage.store import Outcome, Store
 from tests.support.apps import AppFactory, build_app
+from tests.support.client import running_app
 from tests.support.interleave import Monitor
 from tests.support.store import register, row
 
@@ -685,3 +686,11 @@ def test_an_empty_list_of_queues_to_serve_is_refused() -> None:
     with pytest.raises(ConfigError, match="names no queue"):
         Settings.from_env({"SCHEDULER_QUEUES": " , "})
     assert Settings.from_env({"SCHEDULER_QUEUES": "a, b,a"}).scheduler_queues == ("a", "b")
+
+
+def test_health_says_which_queues_the_scheduler_serves(make_app: AppFactory) -> None:
+    """An operator looking at one instance saw its types, not its SCHEDULER_QUEUES."""
+    every = running_app(make_app).test_client().get("/health").get_json()
+    assert every["scheduler"]["queues"] is None
+    some = running_app(make_app, SCHEDULER_QUEUES="b,a").test_client().get("/health").get_json()
+    assert some["scheduler"]["queues"] == ["b", "a"]
