@@ -58,12 +58,13 @@ def cut_off(conn: Connection, seeds: dict[str, str], now: datetime) -> list[str]
 def _cut_off(conn: Connection, seeds: dict[str, str], now: datetime) -> list[str]:
     stopped: list[str] = []
     reached = dict(seeds)
+    origins = {seed: seed for seed in seeds}
     while seeds:
         ends = _ends(_reach(conn, seeds))
+        _trace(ends, origins)
         for kind in (FAILURE, CANCEL):
-            stopped.extend(
-                _write(conn, kind, {i: c for i, (k, c) in ends.items() if k == kind}, now)
-            )
+            culprits = {i: c for i, (k, c) in ends.items() if k == kind}
+            stopped.extend(_write(conn, kind, culprits, origins, now))
         reached.update((i, kind) for i, (kind, _) in ends.items())
         seeds = _escaped(conn, reached) if conn.dialect.name == "postgresql" else {}
     return stopped
@@ -180,7 +181,26 @@ def _ends(edges: Sequence[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime) -> list[str]:
+def _trace(ends: dict[str, tuple[str, str]], origins: dict[str, str]) -> None:
+    """Add to `origins` the seed each reached task's culprits lead back to: the task that
+    failed or was cancelled itself."""
+    for task_id in ends:
+        path = []
+        current = task_id
+        while current not in origins:
+            path.append(current)
+            current = ends[current][1]
+        for on_the_way in path:
+            origins[on_the_way] = origins[current]
+
+
+def _write(
+    conn: Connection,
+    kind: str,
+    culprits: dict[str, str],
+    origins: dict[str, str],
+    now: datetime,
+) -> list[str]:
     """End the tasks of one kind that are still QUEUED; return them."""
     if not culprits:
         return []
@@ -188,7 +208,7 @@ def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime)
     p = partial(jsonsets.param, d)
     status, code, verb = _ENDS[kind]
     errors = {
-        task_id: f"Dependency {culprit} {verb}, so this task will not run."
+        task_id: _error(culprit, origins[culprit], verb)
         for task_id, culprit in sorted(culprits.items())
     }
     params = {
@@ -206,6 +226,14 @@ def _write(conn: Connection, kind: str, culprits: dict[str, str], now: datetime)
     found = conn.exec_driver_sql(sql, params).all()
     events.stage([(i, t, a, status.value, e) for i, t, a, e in found])
     return [i for i, _, _, _ in found]
+
+
+def _error(culprit: str, origin: str, verb: str) -> str:
+    """The error of a task cut off by `culprit`, which `origin` cut off in turn (or which
+    is `origin`, the task that failed or was cancelled itself)."""
+    if culprit == origin:
+        return f"Dependency {culprit} {verb}, so this task will not run."
+    return f"Dependency {culprit} will not run because {origin} {verb}, so this task will not run."
 
 
 def _escaped(conn: Connection, reached: dict[str, str]) -> dict[str, str]:

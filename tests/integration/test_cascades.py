@@ -84,7 +84,11 @@ def test_a_failure_cascades_down_a_deep_chain_in_a_few_statements(store: Store) 
     assert len(sent) <= MOST, len(sent)
     assert statuses(store) == {"FAILED": 1, "UPSTREAM_FAILED": DEPTH - 1}
     last = row(store, f"c{DEPTH - 1}")
-    assert last.error == f"Dependency c{DEPTH - 2} failed, so this task will not run."
+    # It names the task that failed itself, not only its dependency (which never ran).
+    assert last.error == (
+        f"Dependency c{DEPTH - 2} will not run because c0 failed, so this task will not run."
+    )
+    assert row(store, "c1").error == "Dependency c0 failed, so this task will not run."
 
 
 def test_a_cancel_and_a_retry_of_a_deep_chains_root_take_a_few_statements(
@@ -170,7 +174,7 @@ def test_a_failure_anywhere_above_wins_over_a_cancel_nearer(store: Store) -> Non
     both = row(store, "both")
     assert (both.status, both.error) == (
         "UPSTREAM_FAILED",
-        "Dependency mid failed, so this task will not run.",
+        "Dependency mid will not run because f failed, so this task will not run.",
     )
 
 

@@ -186,11 +186,16 @@ def test_failure_propagates_transitively_and_spares_other_branches(store: Store)
     failed = Outcome(Status.FAILED, error="boom", error_code="handler_error")
     assert store.finish(claims["root"], failed, utcnow())
     assert row(store, "root").status == "FAILED"
-    for task_id, culprit in (("mid", "root"), ("leaf", "mid"), ("joined", "mid")):
+    said = {
+        "mid": "Dependency root failed",
+        "leaf": "Dependency mid will not run because root failed",
+        "joined": "Dependency mid will not run because root failed",
+    }
+    for task_id, culprit in said.items():
         dependent = row(store, task_id)
         assert dependent.status == "UPSTREAM_FAILED"
         assert dependent.error_code == "upstream_failed"
-        assert f"Dependency {culprit} failed" in dependent.error
+        assert dependent.error.startswith(culprit)
         assert dependent.finished_at is not None
     assert row(store, "other").status == "RUNNING"
 
