@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import click
 from flask import Flask, current_app
@@ -15,6 +16,7 @@ from app.cli.queues import queues_cli
 from app.cli.schedules import schedules_cli
 from app.cli.tasks import tasks_cli
 from app.config import ConfigError, queue_names
+from app.services.health import report
 from app.startup import fail
 from app.storage.health import schema_problem
 
@@ -79,7 +81,9 @@ def _metrics_endpoint() -> MetricsEndpoint | None:
     host = config["METRICS_HOST"]
     token = config["API_TOKEN"] if config["AUTH_OPS_ROUTES"] else ""
     try:
-        return MetricsEndpoint(parts.metrics(), host, port, token)
+        engine, scheduler = parts.engine(), parts.scheduler()
+        health = partial(report, engine, scheduler)
+        return MetricsEndpoint(parts.metrics(), host, port, token, health)
     except OSError as exc:
         problem = exc.strerror or exc
         fail(

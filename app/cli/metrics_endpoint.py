@@ -1,9 +1,11 @@
-"""The metrics endpoint of `flask scheduler run`: GET /metrics on METRICS_HOST:METRICS_PORT.
+"""The endpoint of `flask scheduler run`: GET /metrics and /health on
+METRICS_HOST:METRICS_PORT.
 
 The scheduler process serves no API, so without this its execution metrics would be
-visible nowhere. A small threaded WSGI server answers `/metrics` like the API's route (the
-same text, the same token when AUTH_OPS_ROUTES is set) and every other request with the
-API's JSON error shape.
+visible nowhere, and an orchestrator could not ask whether it does its job. A small
+threaded WSGI server answers `/metrics` and `/health` like the API's routes (the same
+bodies and statuses, the same token when AUTH_OPS_ROUTES is set) and every other request
+with the API's JSON error shape.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -24,7 +26,11 @@ from app.tokens import MESSAGE, carries, digest
 log = logging.getLogger("app.metrics")
 
 PATH = "/metrics"
+HEALTH = "/health"
+JSON = "application/json"
 METHODS = ("GET", "HEAD")
+# The health report and whether it is healthy (services.health.report, bound).
+Health = Callable[[], tuple[dict[str, Any], bool]]
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -36,35 +42,45 @@ class _QuietHandler(WSGIRequestHandler):
         """Log nothing: a line per scrape would drown the task log."""
 
 
-def metrics_app(metrics: Metrics, token: str = "") -> WSGIApplication:
-    """Return a WSGI app serving `metrics` at /metrics; with `token`, behind it."""
+def metrics_app(metrics: Metrics, token: str = "", health: Health | None = None) -> WSGIApplication:
+    """Return a WSGI app serving `metrics` at /metrics and `health` at /health; with
+    `token`, behind it."""
     expected = digest(token.encode())
 
     def error(
         start: StartResponse, status: str, code: str, message: str, *headers: tuple[str, str]
     ) -> list[bytes]:
-        body = json.dumps(error_body(code, message, None)).encode()
-        start(status, [("Content-Type", "application/json"), *headers])
+        body = json.dumps(error_body(code, message, None), separators=(",", ":")).encode()
+        start(status, [("Content-Type", JSON), *headers])
         return [body]
 
+    routes = (PATH, HEALTH) if health is not None else (PATH,)
+
     def app(environ: WSGIEnvironment, start: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH:
-            return error(start, "404 Not Found", "not_found", f"The only route here is {PATH}.")
+        path = environ.get("PATH_INFO")
+        if path not in routes:
+            message = f"The only route{'s' if len(routes) > 1 else ''} here: {', '.join(routes)}."
+            return error(start, "404 Not Found", "not_found", message)
         method = environ.get("REQUEST_METHOD", "")
         if method not in METHODS:
-            message = f"{PATH} does not accept {method[:16]}; it accepts GET."
+            message = f"{path} does not accept {method[:16]}; it accepts GET."
             allow = ("Allow", ", ".join(METHODS))
             return error(start, "405 Method Not Allowed", "method_not_allowed", message, allow)
         if token and not carries(environ.get("HTTP_AUTHORIZATION", ""), expected):
             challenge = ("WWW-Authenticate", 'Bearer realm="task-scheduler"')
             return error(start, "401 Unauthorized", "unauthorized", MESSAGE, challenge)
         try:
-            body = metrics.exposition()
+            if path == HEALTH and health is not None:
+                report, ok = health()
+                body = json.dumps(report, default=str, separators=(",", ":")).encode()
+                status, content_type = ("200 OK" if ok else "503 Service Unavailable"), JSON
+            else:
+                body, status, content_type = metrics.exposition(), "200 OK", CONTENT_TYPE
         except Exception:
-            log.exception("could not render the metrics")
+            log.exception("could not answer %s", path)
             message = "The server failed to handle the request."
             return error(start, "500 Internal Server Error", "internal_error", message)
-        start("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        start(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [b""] if method == "HEAD" else [body]
 
     return app
@@ -73,12 +89,19 @@ def metrics_app(metrics: Metrics, token: str = "") -> WSGIApplication:
 class MetricsEndpoint:
     """The endpoint's server, serving on a thread of its own until closed."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int, token: str = "") -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        token: str = "",
+        health: Health | None = None,
+    ) -> None:
         """Bind `host`:`port` (OSError if it cannot) and start serving."""
         self._server = make_server(
             host,
             port,
-            metrics_app(metrics, token),
+            metrics_app(metrics, token, health),
             server_class=_ThreadingServer,
             handler_class=_QuietHandler,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from app import start_scheduler
 from app.cli.metrics_endpoint import MetricsEndpoint
 from app.runtime.metrics import CONTENT_TYPE, Buckets, Metrics
+from app.services.health import report
 from app.statuses import Status
 from app.storage import database
 from app.storage.tables import tasks
@@ -205,13 +207,37 @@ def test_the_scheduler_endpoint_answers_anything_else_in_json(
     endpoint: tuple[Flask, MetricsEndpoint],
 ) -> None:
     _, served = endpoint
-    elsewhere = requests.get(served.url.replace("/metrics", "/health"), timeout=5)
+    elsewhere = requests.get(served.url.replace("/metrics", "/api/tasks"), timeout=5)
     assert elsewhere.status_code == 404
     assert elsewhere.json()["code"] == "not_found"
     posted = requests.post(served.url, data=b"x", timeout=5)
     assert posted.status_code == 405
     assert posted.json()["code"] == "method_not_allowed"
     assert posted.headers["Allow"] == "GET, HEAD"
+
+
+def test_the_scheduler_endpoint_answers_health_as_the_api_does(make_app: AppFactory) -> None:
+    """A process that only schedules had no /health for an orchestrator to probe."""
+    app = running_app(make_app)
+    scheduler = app.extensions["scheduler"]
+    health = partial(report, app.extensions["store"].engine, scheduler)
+    served = MetricsEndpoint(app.extensions["metrics"], "127.0.0.1", 0, health=health)
+    url = served.url.replace("/metrics", "/health")
+    try:
+        answer = wait_for(
+            lambda: (r := requests.get(url, timeout=5)).status_code == 200 and r,
+            what="the scheduler's first pass",
+        )
+        assert answer.headers["Content-Type"] == "application/json"
+        body = answer.json()
+        assert body == app.test_client().get("/health").get_json()
+        assert (body["status"], body["scheduler"]["instance"]) == ("ok", scheduler.id)
+        scheduler.stop(0)
+        stopped = requests.get(url, timeout=5)
+        assert stopped.status_code == 503
+        assert stopped.json()["scheduler"]["state"] == "stopped"
+    finally:
+        served.close()
 
 
 def test_the_scheduler_endpoint_wants_the_token_with_auth_ops_routes(
