@@ -1,5 +1,7 @@
 import logging
+import shlex
 from contextlib import contextmanager
+from typing import Any
 
 from alembic import context
 from flask import current_app
@@ -9,12 +11,25 @@ from app.config import ConfigError
 from app.startup import fail
 from app.storage import dbfaults
 
-# What to do when the server refuses the login, by reason.
-REFUSED_HINTS = {
-    "no_such_database": "create {database} (`createdb {where}{database}`) and run this again",
-    "no_such_role": "create the role {user}, or name an existing one in DATABASE_URL",
-    "login_refused": "check the password in DATABASE_URL and the server's pg_hba.conf",
-}
+
+def refused_hint(reason: str, url: Any) -> str:
+    """Say what to do when the server refuses the login of `url` for `reason`. A name the
+    URL leaves out comes from libpq's defaults (PGDATABASE, PGUSER, the user's name)."""
+    if reason == "no_such_database":
+        if not url.database:
+            return "create the database libpq's defaults name (PGDATABASE), or name one"
+        where = "".join(
+            f"{flag} {shlex.quote(str(value))} "
+            for flag, value in (("-h", url.host), ("-p", url.port), ("-U", url.username))
+            if value
+        )
+        name = shlex.quote(url.database)
+        return f"create {url.database} (`createdb {where}{name}`) and run this again"
+    if reason == "no_such_role":
+        role = f"the role {url.username}" if url.username else "the role (PGUSER)"
+        return f"create {role}, or name an existing one in DATABASE_URL"
+    return "check the password in DATABASE_URL and the server's pg_hba.conf"
+
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -106,15 +121,7 @@ def run_migrations_online():
         # or role, the password), or the address is wrong or the database is down.
         fault = dbfaults.classify(exc)
         if fault is not None and fault.kind is dbfaults.Kind.REFUSED:
-            url = connectable.url
-            where = "".join(
-                f"{flag} {value} "
-                for flag, value in (("-h", url.host), ("-p", url.port), ("-U", url.username))
-                if value
-            )
-            hint = REFUSED_HINTS[fault.reason].format(
-                database=url.database, user=url.username, where=where
-            )
+            hint = refused_hint(fault.reason, connectable.url)
             fail(ConfigError(f"DATABASE_URL: {fault.problem}; {hint}"))
         cause = str(exc.orig or exc).strip().splitlines()
         fail(

@@ -240,7 +240,8 @@ def _note_if_no_scheduler(
     if not states:
         click.echo(f"note: no scheduler is registered on this database; {wait}", err=True)
     elif "stale" in states:
-        silent = max(i["lease_s"] or lease_s for i in listed if i["state"] == "stale")
+        # True of every one of them: each has been silent longer than its own lease.
+        silent = min(i["lease_s"] or lease_s for i in listed if i["state"] == "stale")
         click.echo(
             f"note: no scheduler of this database has sent a heartbeat in the last {silent} s"
             f" (LEASE_S) but to say it is stopping; if none is running, {wait}",

@@ -81,7 +81,7 @@ ENUMS: dict[str, tuple[str, list[str]]] = {
     "BlockerKind": ("Why a task is not running.", list(BLOCKER_KINDS)),
     "AttemptOutcome": ("How an attempt ended, or RUNNING.", list(ATTEMPT_OUTCOMES)),
     "InstanceState": (
-        "What a scheduler instance is doing; stale: no heartbeat for LEASE_S, so it is dead "
+        "What a scheduler instance is doing; stale: no heartbeat for its lease, so it is dead "
         "or cut off, and the next scheduler to look recovers its attempts.",
         ["running", "draining", "stale"],
     ),

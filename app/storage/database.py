@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import threading
@@ -102,8 +103,12 @@ POOL_TIMEOUT_S = 10
 
 
 def postgresql_connect_args(url: str) -> dict[str, Any]:
-    """Return the libpq parameters of POSTGRESQL_CONNECT that `url` does not set itself."""
-    return {k: v for k, v in POSTGRESQL_CONNECT.items() if f"{k}=" not in url}
+    """Return the libpq parameters of POSTGRESQL_CONNECT that `url` does not set itself
+    (nor, for the application's name, PGAPPNAME)."""
+    given = {k for k in POSTGRESQL_CONNECT if k in url}
+    if os.environ.get("PGAPPNAME"):
+        given.add("application_name")
+    return {k: v for k, v in POSTGRESQL_CONNECT.items() if k not in given}
 
 
 def engine_options(url: str, max_concurrent: int) -> dict[str, Any]:

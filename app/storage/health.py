@@ -102,8 +102,9 @@ def schema_problem(engine: Engine) -> str | None:
         return UNMIGRATED
     return (
         f"the database's schema is at revision {found}, and this version needs "
-        f"{SCHEMA_REVISION}: stop every instance, run `flask db upgrade`, then start them "
-        "again (docs/deployment.md, Upgrading)"
+        f"{SCHEMA_REVISION}: run `flask db upgrade`, then start this version (whether the "
+        "running instances must stop first depends on the revision: docs/deployment.md, "
+        "Upgrading)"
     )
 
 

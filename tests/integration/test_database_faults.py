@@ -705,9 +705,13 @@ def test_on_postgresql_the_sessions_name_the_application(postgres_url: str) -> N
         name = conn.exec_driver_sql("SELECT current_setting('application_name')").scalar()
     engine.dispose()
     assert name == "task-scheduler"
-    assert (
-        database.engine_options(postgres_url + "&application_name=mine", 1)["connect_args"].get(
-            "application_name"
-        )
-        is None
-    )  # one the URL names is kept
+    # One the URL names, in its own parameter or in options, is kept.
+    for named in ("&application_name=mine", "&options=-capplication_name%3Dmine"):
+        given = database.engine_options(postgres_url + named, 1)["connect_args"]
+        assert "application_name" not in given, named
+
+
+def test_pgappname_names_the_sessions_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGAPPNAME", "mine")
+    given = database.engine_options("postgresql://u@h/d", 1)["connect_args"]
+    assert "application_name" not in given and given["connect_timeout"] == 5

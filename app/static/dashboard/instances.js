@@ -48,6 +48,9 @@
     var state = el("td", { "data-field": "state" });
     state.appendChild(el("span", { class: "badge", "data-state": instance.state }, instance.state));
     tr.appendChild(state);
+    // An instance of a version before 0015 does not say its lease.
+    var lease = instance.lease_s === null || instance.lease_s === undefined ? "?" : instance.lease_s + " s";
+    tr.appendChild(el("td", { "data-field": "lease" }, lease));
     // An instance of a version before 0010 does not say how many slots it has.
     var slots = instance.slots === null || instance.slots === undefined ? "?" : instance.slots;
     var load = el("td", { "data-field": "load", "data-running": instance.running });

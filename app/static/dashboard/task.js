@@ -5,6 +5,8 @@
 
 (function () {
   var el = Dash.el;
+  // Root causes listed as links; the rest are counted.
+  var SHOWN_ROOTS = 100;
   var taskId = document.getElementById("main").getAttribute("data-task-id") || "";
   var statusBadge = document.getElementById("task-status");
   var taskError = document.getElementById("task-error");
@@ -235,11 +237,17 @@
     if (!blockersList.firstChild) {
       blockersList.appendChild(el("li", { class: "muted" }, "none"));
     }
-    (answer.root_causes || []).forEach(function (id) {
+    // A wide graph can have tens of thousands: the page shows the first ones.
+    var roots = answer.root_causes || [];
+    roots.slice(0, SHOWN_ROOTS).forEach(function (id) {
       var li = el("li");
       li.appendChild(taskLink(id));
       rootsList.appendChild(li);
     });
+    if (roots.length > SHOWN_ROOTS) {
+      var more = roots.length - SHOWN_ROOTS;
+      rootsList.appendChild(el("li", { class: "muted" }, "and " + more.toLocaleString("en-US") + " more"));
+    }
     if (answer.root_causes_truncated) {
       rootsList.appendChild(
         el("li", { class: "muted" }, "the walk stopped after 100,000 tasks: more may lie below")
