@@ -133,7 +133,12 @@ def failed_walk(d: str) -> tuple[str, str | None]:
     return _among(d, "b", BLOCKING), stopped
 
 
-def _walk(conn: Connection, start: list[str], walk: Callable[[str], Any]) -> Causes:
+# A walk, for a dialect: the condition on a dependency `b` it goes down to, and the one
+# on a task `t` it goes on from (None: every task).
+Walk = Callable[[str], tuple[str, str | None]]
+
+
+def _walk(conn: Connection, start: list[str], walk: Walk) -> Causes:
     """Walk from `start` as `walk` says; return the tasks where the walk stops.
 
     One statement: the tasks the walk reaches (at most MAX_CAUSE_WALK, and one more to
@@ -149,7 +154,7 @@ def _walk(conn: Connection, start: list[str], walk: Callable[[str], Any]) -> Cau
     return Causes(roots, truncated)
 
 
-def walk_sql(d: str, walk: Callable[[str], Any], most: int) -> str:
+def walk_sql(d: str, walk: Walk, most: int) -> str:
     """The statement of a walk from the ids of the JSON array `start`: at most `most`
     tasks it reaches (breadth first), each with whether the walk stops there."""
     follow, through = walk(d)
