@@ -121,6 +121,7 @@ class Scheduler:
         self._hurry = threading.Event()
         self._draining = False
         self._declared_dead: str | None = None
+        self._rejoining = False  # declared dead, and not registered again yet
         self._uncertain = False  # a pass failed: its commit may have happened unseen
         self._next_reconcile = 0.0
         self._next_cancel_check = 0.0
@@ -587,8 +588,11 @@ class Scheduler:
 
     def _rejoin(self, now: datetime | None) -> None:
         # Whoever declared us dead ended the attempts of the old identity: stop them, and
-        # let their threads keep their slots until they return.
-        log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
+        # let their threads keep their slots until they return. Said once: while the
+        # registration fails, each pass tries again (and logs its failure).
+        if not self._rejoining:
+            log.error("scheduler %s was declared dead; rejoining under a new identity", self.id)
+            self._rejoining = True
         with self._lock:
             for running in self._attempts.values():
                 if running.claim.worker == self.id and not running.settled:
@@ -596,6 +600,7 @@ class Scheduler:
             self._forget_done()
         self._declared_dead = None
         self._join(now)
+        self._rejoining = False
         log.info("scheduler rejoined as %s", self.id)
 
     # -- for /health and the loop's sleep -------------------------------------------
@@ -663,6 +668,8 @@ class Scheduler:
             return f"the scheduler cannot register: {self.unregistered_because}"
         if self.state != "running":
             return f"the scheduler is {self.state}"
+        if self._rejoining:
+            return "the scheduler was declared dead and cannot register again yet"
         if self.last_tick is None:
             return "the scheduler loop has not run its first pass"
         age = self.clock() - self.last_tick

@@ -175,6 +175,38 @@ def test_an_attempt_ended_elsewhere_is_stopped_and_its_outcome_discarded(
     assert retried.worker == one.scheduler.id
 
 
+def test_an_instance_that_cannot_rejoin_yet_says_so_once(
+    app: Flask, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declared dead while the database refused its registration, it logged "declared
+    dead; rejoining" as an ERROR at every pass until the registration went through."""
+    one = Instance(app, cap=1, name="one")
+    one.step()
+    assert store.reap("one", "declared dead") == []
+    register = store.register
+
+    def refused(_row: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "register", refused)
+    with caplog.at_level(logging.INFO, logger="app.scheduler"):
+        for _ in range(3):
+            with pytest.raises(OperationalError):
+                one.step(1)
+        # /health says why (it showed the dead identity as running).
+        assert one.scheduler.problem() == (
+            "the scheduler was declared dead and cannot register again yet"
+        )
+        monkeypatch.setattr(store, "register", register)
+        one.step(1)
+        assert "declared dead" not in (one.scheduler.problem() or "")
+    said = [r.getMessage() for r in caplog.records if r.name == "app.scheduler"]
+    dead = [line for line in said if "declared dead" in line]
+    assert dead == ["scheduler one was declared dead; rejoining under a new identity"], said
+    assert one.scheduler.id is not None and one.scheduler.id.startswith("one-again-")
+    assert said[-1] == f"scheduler rejoined as {one.scheduler.id}"
+
+
 def test_the_loop_sleeps_no_longer_than_until_a_running_attempt_times_out(
     app: Flask, store: Store
 ) -> None:
