@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 
 from app.statuses import BLOCKING, UNFINISHED, Status
 from app.storage import database, jsonsets, readiness
-from app.storage.tables import weak
+from app.storage.tables import unindexed_status, weak
 
 # How many tasks a walk down to the task to retry visits at most.
 MAX_RETRY_WALK = 100_000
@@ -50,15 +50,10 @@ class Causes(NamedTuple):
 # every task of that status at each step: six minutes for a 20,000-deep chain.
 
 
-def _status(d: str, table: str) -> str:
-    """A task's status as an expression no index holds (see `status_filter`)."""
-    return f"{table}.status" if d == "sqlite" else f"({table}.status || '')"
-
-
 def _among(d: str, table: str, statuses: tuple[str, ...]) -> str:
     """`<table>`'s status is one of `statuses`, as a filter."""
     listed = ", ".join(f"'{status}'" for status in statuses)
-    return weak(f"{_status(d, table)} IN ({listed})", d)
+    return weak(f"{unindexed_status(table, d)} IN ({listed})", d)
 
 
 def _of(table: str, condition: str, task_id: str) -> str:
@@ -128,7 +123,7 @@ def unfinished_walk(d: str) -> tuple[str, str | None]:
 def failed_walk(d: str) -> tuple[str, str | None]:
     """The failed walk: down to dependencies `b` that ended without completing, from the
     tasks `t` that did not run because of a dependency."""
-    stopped = f"({_status(d, 't')} = '{Status.UPSTREAM_FAILED.value}'"
+    stopped = f"({unindexed_status('t', d)} = '{Status.UPSTREAM_FAILED.value}'"
     stopped += " OR COALESCE(t.error_code, '') = 'upstream_cancelled')"  # never NULL
     return _among(d, "b", BLOCKING), stopped
 

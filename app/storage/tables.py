@@ -66,7 +66,13 @@ def status_filter(table: str, status: str, dialect: str) -> str:
     """
     if dialect == "sqlite":
         return weak(f"{table}.status = '{status}'", dialect)
-    return f"({table}.status || '') = '{status}'"
+    return f"{unindexed_status(table, dialect)} = '{status}'"
+
+
+def unindexed_status(table: str, dialect: str) -> str:
+    """Return `<table>.status` as an expression no index holds on PostgreSQL (see
+    `status_filter`); on SQLite the column itself, to be marked with `weak`."""
+    return f"{table}.status" if dialect == "sqlite" else f"({table}.status || '')"
 
 
 def still_queued(dialect: str) -> Any:
