@@ -120,6 +120,8 @@ class Scheduler:
         self._halt = threading.Event()
         self._hurry = threading.Event()
         self._draining = False
+        # The loop is inside a pass: what it claimed is not yet among the attempts.
+        self._passing = False
         self._declared_dead: str | None = None
         self._rejoining = False  # declared dead, and not registered again yet
         self._uncertain = False  # a pass failed: its commit may have happened unseen
@@ -294,7 +296,15 @@ class Scheduler:
         backoff = FAILED_PASS_BACKOFF_S
         while not self._halt.is_set():
             self._wakeup.clear()
-            if self.step():
+            with self._lock:
+                self._passing = True
+            try:
+                passed = self.step()
+            finally:
+                with self._lock:
+                    self._passing = False
+                    self._lock.notify_all()
+            if passed:
                 backoff = FAILED_PASS_BACKOFF_S
                 self._wakeup.wait(self.sleep_for())
                 continue
@@ -636,10 +646,16 @@ class Scheduler:
         return self._await_attempts(timeout_s)
 
     def _await_attempts(self, timeout_s: float, hurry: threading.Event | None = None) -> int:
-        """Wait until no attempt holds a slot, `timeout_s` passes or `hurry` is set."""
+        """Wait until no attempt holds a slot, `timeout_s` passes or `hurry` is set.
+
+        A pass under way counts as busy: the tasks it has claimed show RUNNING before they
+        are among the attempts, and a drain lets them run like the others.
+        """
         deadline = self.clock() + timeout_s
         with self._lock:
-            while self._attempts and not (hurry is not None and hurry.is_set()):
+            while self._attempts or self._passing:
+                if hurry is not None and hurry.is_set():
+                    break
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break

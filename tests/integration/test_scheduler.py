@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app, start_scheduler
+from app import create_app, faults, start_scheduler
 from app.extensions import db
 from app.handlers import TaskContext
 from app.runtime.scheduler import Scheduler
@@ -210,6 +210,40 @@ def test_stop_lets_running_tasks_finish_within_the_grace(app: Flask, client: Fla
     assert task(client, "long")["status"] == "COMPLETED"
     assert task(client, "behind")["status"] == "QUEUED"  # no claims while draining
     assert store_of(app).instances() == []
+
+
+def test_a_stop_between_a_claim_and_its_thread_lets_the_task_finish(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM just after a pass committed a claim, before the task's thread started: the
+    task shows RUNNING, so the drain waits for it like any other instead of requeueing it."""
+    scheduler = scheduler_of(app)
+    stopper = threading.Thread(target=scheduler.stop, args=(30,))
+    drain_begun = threading.Event()
+    begin_drain = scheduler.begin_drain
+
+    def begin_and_tell() -> None:
+        begin_drain()
+        drain_begun.set()
+
+    def stop_now(cycle: Any, **_context: Any) -> None:
+        if not cycle.claims or stopper.ident is not None:
+            return
+        stopper.start()
+        assert drain_begun.wait(30)
+        # A stop that does not wait for this pass halts the loop at once; one that waits
+        # leaves the halt unset, and the pass goes on after this short look.
+        scheduler._halt.wait(0.5)
+
+    monkeypatch.setattr(scheduler, "begin_drain", begin_and_tell)
+    start_scheduler(app)
+    with faults.injected("cycle.committed", stop_now):
+        submit(client, "claimed", duration_ms=50)
+        wait_for(lambda: stopper.ident is not None, what="the claim")
+        stopper.join(30)
+    assert scheduler.state == "stopped"
+    done = task(client, "claimed")
+    assert (done["status"], done["attempts"]) == ("COMPLETED", 1), done
 
 
 def test_stop_requeues_what_outlives_the_grace(app: Flask, client: FlaskClient) -> None:
