@@ -122,8 +122,13 @@ def _change(engine: Engine, name: str, change: str, values: dict[str, Any]) -> C
         # First, so that the claims under way commit before this change is answered.
         rows.hold(conn)
         now = database.now(conn)
-        _within_limit(conn, rows.register(conn, [name], now))
-        (before,) = rows.rows(conn, [name], lock=True)
+        found: list[rows.QueueRow] = []
+        while not found:
+            _within_limit(conn, rows.register(conn, [name], now))
+            # Empty if a deletion committed since the row was found: add it again, as a
+            # change that came after the deletion would.
+            found = rows.rows(conn, [name], lock=True)
+        (before,) = found
         changed = any(getattr(before, column) != value for column, value in values.items())
         if changed:
             written = dict(values)

@@ -626,6 +626,59 @@ def test_a_pause_waits_for_no_submission_naming_a_queue(postgres_url: str) -> No
     engine.dispose()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["pause", "resume", "set_limits"])
+def test_a_change_of_a_queue_deleted_under_it_adds_the_queue_again(
+    postgres_url: str, change: str
+) -> None:
+    """Two sessions interleaved: a pause (or a resume, or new limits) of an existing queue is
+    stopped after it found the row there, before it locks it; a deletion of that queue runs
+    and commits meanwhile. The change found no row to lock and failed with a 500; it now
+    adds the queue again, as if it had come after the deletion."""
+    app = build_app(postgres_url, {})
+    engine = app.extensions["store"].engine
+    queues.resume(engine, "mail")  # the row exists before either starts
+    at_lock, release = threading.Event(), threading.Event()
+
+    def hold(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if "FOR UPDATE" in statement and "FROM queues" in statement and not at_lock.is_set():
+            at_lock.set()
+            assert release.wait(timeout=30)
+
+    actions: dict[str, Callable[[], queues.Changed]] = {
+        "pause": lambda: queues.pause(engine, "mail"),
+        "resume": lambda: queues.resume(engine, "mail"),
+        "set_limits": lambda: queues.set_limits(
+            engine, "mail", {"concurrency_limit": 3, "rate_limit_per_s": None}
+        ),
+    }
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(actions[change]())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    event.listen(engine, "before_cursor_execute", hold)
+    changer = threading.Thread(target=run)
+    try:
+        changer.start()
+        assert at_lock.wait(timeout=30)
+        queues.delete(engine, "mail")  # commits while the change waits before its lock
+    finally:
+        release.set()
+        changer.join(timeout=30)
+        event.remove(engine, "before_cursor_execute", hold)
+    ((changed,),) = [outcome]
+    assert isinstance(changed, queues.Changed), changed
+    shown = queues.get(engine, "mail")
+    expected = {"pause": "paused", "resume": "active", "set_limits": "active"}[change]
+    assert (shown["name"], shown["state"]) == ("mail", expected), shown
+    assert shown["concurrency_limit"] == (3 if change == "set_limits" else None), shown
+    engine.dispose()
+
+
 def test_blockers_name_what_a_queue_holds_a_task_back_by(app: Flask) -> None:
     store = app.extensions["store"]
     engine = parts.engine(app)
