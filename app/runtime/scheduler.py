@@ -120,7 +120,7 @@ class Scheduler:
         self._halt = threading.Event()
         self._hurry = threading.Event()
         self._draining = False
-        # The loop is inside a pass: what it claimed is not yet among the attempts.
+        # A pass is under way: what it claims is not yet among the attempts.
         self._passing = False
         self._declared_dead: str | None = None
         self._rejoining = False  # declared dead, and not registered again yet
@@ -296,15 +296,7 @@ class Scheduler:
         backoff = FAILED_PASS_BACKOFF_S
         while not self._halt.is_set():
             self._wakeup.clear()
-            with self._lock:
-                self._passing = True
-            try:
-                passed = self.step()
-            finally:
-                with self._lock:
-                    self._passing = False
-                    self._lock.notify_all()
-            if passed:
+            if self.step():
                 backoff = FAILED_PASS_BACKOFF_S
                 self._wakeup.wait(self.sleep_for())
                 continue
@@ -328,6 +320,16 @@ class Scheduler:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Run one pass at `now` (None: the database's time); return how many tasks started."""
+        with self._lock:
+            self._passing = True
+        try:
+            return self._pass(now)
+        finally:
+            with self._lock:
+                self._passing = False
+                self._lock.notify_all()
+
+    def _pass(self, now: datetime | None) -> int:
         if self._declared_dead is not None and self._declared_dead == self.id:
             self._rejoin(now)
         clock = self.clock()
@@ -646,14 +648,10 @@ class Scheduler:
         return self._await_attempts(timeout_s)
 
     def _await_attempts(self, timeout_s: float, hurry: threading.Event | None = None) -> int:
-        """Wait until no attempt holds a slot, `timeout_s` passes or `hurry` is set.
-
-        A pass under way counts as busy: the tasks it has claimed show RUNNING before they
-        are among the attempts, and a drain lets them run like the others.
-        """
+        """Wait until the instance is idle, `timeout_s` passes or `hurry` is set."""
         deadline = self.clock() + timeout_s
         with self._lock:
-            while self._attempts or self._passing:
+            while not self._idle():
                 if hurry is not None and hurry.is_set():
                     break
                 remaining = deadline - self.clock()
@@ -661,6 +659,15 @@ class Scheduler:
                     break
                 self._lock.wait(min(remaining, 0.1))
             return len(self._attempts)
+
+    def idle(self) -> bool:
+        """Tell whether a stop may end now: no attempt holds a slot and no pass is under
+        way (the tasks a pass claims show RUNNING before they are among the attempts)."""
+        with self._lock:
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return not self._attempts and not self._passing
 
     def running_count(self) -> int:
         """Return how many attempts hold a slot of this instance now."""

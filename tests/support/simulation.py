@@ -155,6 +155,8 @@ class Node:
     next_fire: float = 0.0
     last_good_pass: float = -1.0  # serving time of the last pass that did not fail
     paused_since_beat: bool = False  # frozen at some point since its last heartbeat
+    # A stop that came during a pass found the instance idle: it ends once the pass does.
+    stop_found_idle: bool = False
     lease_s: float = LEASE_S
 
     @property
@@ -393,6 +395,18 @@ class Simulation:
             self.note(f"pass {node.name}: failed ({error.orig})")
         except SimCrash:
             self.down(node, "crashed as a handler thread started")
+            return
+        if node.stop_found_idle and self.nodes[node.index] is node:
+            # The stop's thread went on while the pass ran: it halted the loop, and now
+            # that the pass is over it ends the drain, writing back what is unfinished.
+            left = sorted(r.key for r in node.scheduler.attempts())
+            if left:
+                self.fail(
+                    f"a stop during {node.name}'s pass found it idle, so its drain requeues "
+                    f"what that pass just started without waiting for it: {left}"
+                )
+            node.scheduler.finish_drain()
+            self.down(node, "stopped, idle")
             return
         if node.scheduler.id != identity:
             self.declared_dead(node, identity)
@@ -699,7 +713,7 @@ class Simulation:
             if self.nodes[node.index] is node and now >= node.next_pass:
                 self.run_pass(node)
             if node.draining_since is not None and self.nodes[node.index] is node:
-                idle = not node.scheduler.attempts()
+                idle = node.scheduler.idle()
                 if idle or now - node.draining_since >= GRACE_S:
                     if self.outage():
                         node.scheduler.hurry()  # its writes fail at once, not for seconds
@@ -953,10 +967,28 @@ class Simulation:
 
     def drain(self) -> None:
         node = self.pick([n for n in self.active() if n.draining_since is None])
-        if node is not None:
-            node.draining_since = self.clock.elapsed
-            node.scheduler.begin_drain()
-            self.note(f"{node.name} drains")
+        if node is None:
+            return
+        if self.rng.random() < 0.5 and node.scheduler.id is not None:
+            # SIGTERM while a pass that claims tasks has committed, before their threads.
+            self.armed["drain.mid_pass"] = node.scheduler.id
+            self.note(f"armed a drain during {node.scheduler.id}'s next claiming pass")
+            return
+        self.start_drain(node)
+
+    def start_drain(self, node: Node) -> None:
+        node.draining_since = self.clock.elapsed
+        node.scheduler.begin_drain()
+        self.note(f"{node.name} drains")
+
+    def drain_mid_pass(self, worker: str, claimed: int) -> None:
+        """What the stop's thread does while the pass goes on: begin the drain, then wait
+        while the instance is busy, or end at once if it finds it idle."""
+        del self.armed["drain.mid_pass"]
+        (node,) = [n for n in self.active() if n.scheduler.id == worker]
+        self.note(f"a stop comes while {worker}'s pass has claimed {claimed}")
+        self.start_drain(node)
+        node.stop_found_idle = node.scheduler.idle()
 
     def database_outage(self) -> None:
         """The database stops answering (a restart, a network cut) for up to 1.5 leases."""
@@ -1012,6 +1044,12 @@ class Simulation:
                 worker = context["claim"].worker
             if worker is None and "scheduler" in context:
                 worker = context["scheduler"].id
+            if (
+                point == "cycle.committed"
+                and self.armed.get("drain.mid_pass") == worker
+                and context["cycle"].claims
+            ):
+                self.drain_mid_pass(worker, len(context["cycle"].claims))
             if self.armed.get(point) != worker:
                 return
             del self.armed[point]
