@@ -21,8 +21,10 @@ def register(registry):
 def test_a_handler_module_in_the_working_directory_registers_without_pythonpath(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "team_handlers.py").write_text(TEAM_HANDLERS)
-    env = service_env(tmp_path / "tasks.db", TASK_HANDLERS="team_handlers")
+    # A name of its own: a team_handlers.py that a user put in the project root, as the
+    # README suggests, comes first on the import path and must not stand in for this one.
+    (tmp_path / "probe_cwd_handlers.py").write_text(TEAM_HANDLERS)
+    env = service_env(tmp_path / "tasks.db", TASK_HANDLERS="probe_cwd_handlers")
     env.pop("PYTHONPATH", None)
     # A path to wsgi.py puts its folder, not the working directory, on the import path.
     env["FLASK_APP"] = str(ROOT / "wsgi.py")
@@ -38,7 +40,7 @@ def test_a_handler_module_in_the_working_directory_registers_without_pythonpath(
         check=False,
     )
 
-    # Refused by the registry that team_handlers filled: it was imported and registered.
+    # Refused by the registry that the module filled: it was imported and registered.
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: unknown_task_type: "), done.stderr
     assert "accepted types: simulate, sum." in done.stderr
