@@ -45,10 +45,12 @@ def _remove_metrics_dir(master: int) -> None:
 if owned_metrics_dir:
     atexit.register(_remove_metrics_dir, os.getpid())
 
+from gunicorn import util as gunicorn_util  # noqa: E402
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
 from app.config import ConfigError  # noqa: E402
+from app.http.errors import protocol_error  # noqa: E402
 from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
 from app.serverlogs import TimedOutClients  # noqa: E402
 from app.services.streams import SEND_TIMEOUT_S  # noqa: E402
@@ -120,6 +122,16 @@ class DrainingThreadWorker(ThreadWorker):
                     break
                 self.accept(listener)
             listener.close()
+
+
+def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """Answer a request gunicorn could not read (a request line or headers too long, a
+    malformed request or body framing) with the API's JSON error, not an HTML page."""
+    gunicorn_util.write_nonblock(sock, protocol_error(status, reason, message))
+
+
+# The workers answer such requests through this function of gunicorn's.
+gunicorn_util.write_error = _write_json_error
 
 
 def _queued(listener: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -24,6 +25,27 @@ HTTP_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
 }
+
+
+def protocol_error(status: int, reason: str, message: str) -> bytes:
+    """Return the whole HTTP answer to a request the server could not read far enough to
+    hand to the app (a request line or headers too long, a malformed request), in the
+    one JSON shape: gunicorn would answer it with an HTML page of its own."""
+    if status == 414:
+        text = f"The request line is too long for the server ({message}); shorten the URL."
+    elif status == 431:
+        text = f"The request's headers are too large for the server ({message})."
+    elif status == 400:
+        text = f"The server could not read the request: {message}."
+    else:
+        text = f"{reason}: {message}." if message else f"{reason}."
+    code = "bad_request" if status == 400 else "internal_error" if status == 500 else "http_error"
+    body = json.dumps(error_body(code, text, None)).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def error_response(

@@ -20,6 +20,11 @@ from app.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from app.services.reads import is_identifier
 from app.statuses import Status
 
+CUT_SHORT = (
+    "The request body ended (or stopped arriving) before the length its Content-Length "
+    "header announced."
+)
+
 
 def only_parameters(*allowed: str, listed: Collection[str] = ()) -> None:
     """Refuse a query parameter the route does not take, and one given more than once
@@ -57,6 +62,11 @@ def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
     `shape`, the object expected, to a client that sent another kind of value)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+    charset = request.mimetype_params.get("charset")
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        raise UnsupportedMediaType(
+            f"Send the body as UTF-8 JSON: charset={charset[:40]} is not read here."
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
     # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
@@ -65,10 +75,10 @@ def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
     try:
         raw = request.get_data(cache=True)
     except ClientDisconnected:  # closed, or silent for CLIENT_TIMEOUT_S
-        raise InvalidJson(
-            "The request body ended (or stopped arriving) before the length its "
-            "Content-Length header announced."
-        ) from None
+        raise InvalidJson(CUT_SHORT) from None
+    if request.content_length is not None and len(raw) < request.content_length:
+        # gunicorn ends the stream where the client stopped sending, without an error.
+        raise InvalidJson(CUT_SHORT)
     return parse_json_object(raw, max_bytes, shape)
 
 

@@ -143,11 +143,14 @@ def test_payload_nested_32_levels_is_accepted(client: FlaskClient) -> None:
     assert response.get_json()["payload"] == body["payload"]
 
 
-def test_charset_parameter_of_json_content_type_is_accepted(client: FlaskClient) -> None:
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", "utf8"])
+def test_charset_parameter_of_json_content_type_is_accepted(
+    client: FlaskClient, charset: str
+) -> None:
     response = client.post(
         "/api/tasks",
         data=json.dumps({"id": "cs", "type": "t", "duration_ms": 1}),
-        content_type="application/json; charset=utf-8",
+        content_type=f"application/json; charset={charset}",
     )
 
     assert response.status_code == 201

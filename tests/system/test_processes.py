@@ -418,6 +418,53 @@ def test_a_client_reading_a_large_answer_slowly_but_steadily_gets_all_of_it(
     assert json.loads(answer)["tasks"][-1]["id"] == "big-19999"
 
 
+def _raw(port: int, request: bytes, half_close: bool = False) -> tuple[str, dict[str, object]]:
+    """Send `request` as it is; return the answer's status line and its JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        if half_close:
+            conn.shutdown(socket.SHUT_WR)
+        head, _, body = _until_closed(conn).partition("\r\n\r\n")
+    assert "Content-Type: application/json" in head, head
+    return head.splitlines()[0], json.loads(body)
+
+
+def test_requests_the_server_cannot_read_answer_in_json_and_store_nothing(
+    launcher: Launcher, db: Path
+) -> None:
+    """gunicorn answered these itself, with HTML pages; a body shorter than its
+    Content-Length, ended by the client, was read as a whole body and stored."""
+    server = launcher.gunicorn(db)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    body = b'{"id": "short", "type": "etl", "duration_ms": 5}'
+    status, short = _raw(
+        port,
+        b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body) + 52}\r\n\r\n".encode()
+        + body,
+        half_close=True,
+    )
+    assert status.startswith("HTTP/1.1 400") and short["code"] == "invalid_json", short
+    assert "before the length its Content-Length header announced" in str(short["error"])
+
+    status, long_line = _raw(port, b"GET /api/tasks/" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+    assert status.startswith("HTTP/1.1 414") and long_line["code"] == "http_error", long_line
+    assert "shorten the URL" in str(long_line["error"])
+
+    big_header = b"X-Big: " + b"h" * 9000 + b"\r\n"
+    status, headers = _raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + big_header + b"\r\n")
+    assert status.startswith("HTTP/1.1 431") and headers["code"] == "http_error", headers
+
+    bad_length = b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}"
+    status, framing = _raw(port, bad_length)
+    assert status.startswith("HTTP/1.1 400") and framing["code"] == "bad_request", framing
+    status, garbage = _raw(port, b"\x16\x03\x01 hello\r\n\r\n")
+    assert status.startswith("HTTP/1.1 400") and garbage["code"] == "bad_request", garbage
+
+    assert server.get("/api/tasks").json() == []  # nothing stored
+    assert server.proc.poll() is None
+
+
 def _until_closed(conn: socket.socket) -> str:
     """Read what the server sends until it closes the connection."""
     received = b""
