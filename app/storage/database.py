@@ -610,7 +610,10 @@ def by_index(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.info.pop("by_index", None)
+        # A connection lost meanwhile refuses even a look at its state: it is thrown away
+        # with it, and the database's error is the one to pass on.
+        if not conn.invalidated:
+            conn.info.pop("by_index", None)
     conn.exec_driver_sql("; ".join(f"RESET {name}" for name in _BY_INDEX))
 
 

@@ -697,6 +697,45 @@ def test_a_read_only_database_answers_503_not_500(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+def test_a_session_ended_during_a_walk_of_the_graph_answers_503_not_500(
+    postgres_url: str, action: str
+) -> None:
+    """The server ends the session (an administrator, a failover) while a cancel or a
+    retry walks the graph with its plans held to the indexes: the walk's cleanup read the
+    connection's state, which the lost connection refused, and that error hid the
+    database's own, so the answer was a 500."""
+    app = build_app(postgres_url, {})
+    engine = engine_of(app)
+    client = app.test_client()
+    assert client.post("/api/tasks", json=body("up")).status_code == 201
+    assert client.post("/api/tasks", json=body("down", "up")).status_code == 201
+    if action == "retry":
+        assert client.post("/api/tasks/up/cancel").status_code == 200
+    ended: list[int] = []
+    admin = create_engine(postgres_url)
+
+    def end_the_session(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if "SET LOCAL enable_seqscan" in statement and not ended:
+            pid = conn.connection.driver_connection.info.backend_pid
+            ended.append(pid)
+            with admin.begin() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    event.listen(engine, "after_cursor_execute", end_the_session)
+    try:
+        answer = client.post(f"/api/tasks/up/{action}")
+    finally:
+        event.remove(engine, "after_cursor_execute", end_the_session)
+    assert ended, "the walk never ran"
+    assert answer.status_code == 503, answer.get_json()
+    assert answer.get_json()["code"] == "database_unavailable"
+    assert client.post(f"/api/tasks/up/{action}").status_code == 200  # and then it works
+    engine.dispose()
+    admin.dispose()
+
+
+@pytest.mark.postgres
 def test_on_postgresql_the_sessions_name_the_application(postgres_url: str) -> None:
     """An operator finds them in pg_stat_activity (to end one instance's, say) by name."""
     app = build_app(postgres_url, {})
