@@ -86,6 +86,11 @@ REASONS: dict[str, Reason] = {
         Kind.UNAVAILABLE, "the database server has no free connection slots"
     ),
     "pool_exhausted": Reason(Kind.UNAVAILABLE, "no database connection became free in time"),
+    "not_accepting_connections": Reason(
+        Kind.UNAVAILABLE,
+        "the database takes no connections for now (an administrator turned them off, "
+        "ALLOW_CONNECTIONS false)",
+    ),
     "locked": Reason(
         Kind.UNAVAILABLE,
         "the SQLite database stayed locked by another writer past the busy timeout",
@@ -173,6 +178,7 @@ CONNECT_MESSAGES = (
     ("shutting down", "shutting_down"),
     ("too many clients", "too_many_connections"),
     ("remaining connection slots", "too_many_connections"),
+    ("is not currently accepting connections", "not_accepting_connections"),
     # Refused, until DATABASE_URL or the server changes.
     ("password authentication failed", "login_refused"),
     ("no pg_hba.conf entry", "login_refused"),
@@ -180,7 +186,6 @@ CONNECT_MESSAGES = (
     ("no password supplied", "login_refused"),
     ("is not permitted to log in", "login_refused"),
     ("permission denied for database", "login_refused"),
-    ("is not currently accepting connections", "login_refused"),
 )
 # Names that do not exist: `role "x" does not exist`, `database "x" does not exist`.
 MISSING = (

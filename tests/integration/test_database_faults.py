@@ -259,8 +259,8 @@ CONSTRUCTED: dict[str, tuple[Callable[[], BaseException], Kind, str]] = {
                 "connections"
             )
         ),
-        Kind.REFUSED,
-        "login_refused",
+        Kind.UNAVAILABLE,
+        "not_accepting_connections",
     ),
     "no password given": (
         lambda: wrapped(
