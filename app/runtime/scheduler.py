@@ -53,6 +53,8 @@ FAILED_PASS_BACKOFF_S = 0.05
 REGISTER_RETRY_MAX_S = 2.0
 # Tries of each write a drain makes (0.1 s, then twice as long each time): about 3 s.
 SHUTDOWN_WRITE_TRIES = 5
+# The longest the timeouts' thread sleeps with no deadline due: it sees a stop within it.
+WATCH_TIMEOUTS_S = 1.0
 LOST = "back in the queue: its claim committed but was never acknowledged; it did not start"
 
 
@@ -129,6 +131,7 @@ class Scheduler:
         self._next_cancel_check = 0.0
         self._next_due: float | None = None
         self._thread: threading.Thread | None = None
+        self._timeouts: threading.Thread | None = None
         self._jobs: list[Periodic] = []
         self._listener: Listener | wakeups.Doorbell | None = None
 
@@ -217,6 +220,10 @@ class Scheduler:
             self._jobs.append(Periodic(self.firer, FIRE_EVERY_S))
         for job in self._jobs:
             job.start()
+        self._timeouts = threading.Thread(
+            target=self._watch_timeouts, name="scheduler-timeouts", daemon=True
+        )
+        self._timeouts.start()
         log.info("scheduler %s started: %d slots", self.id, self.max_concurrent)
 
     def wake(self) -> None:
@@ -237,8 +244,12 @@ class Scheduler:
         self._await_attempts(grace_s, self._hurry)
         self._halt.set()
         self.wake()
+        with self._lock:
+            self._lock.notify_all()  # the timeouts' thread sees the halt
         if self._thread.ident is not None:  # else it starts, sees the halt and returns
             self._thread.join()
+        if self._timeouts is not None:
+            self._timeouts.join(2 * WATCH_TIMEOUTS_S)
         if self.id is None:  # it never registered: nothing to write back
             self.state = "stopped"
             return
@@ -333,9 +344,9 @@ class Scheduler:
         if self._declared_dead is not None and self._declared_dead == self.id:
             self._rejoin(now)
         clock = self.clock()
+        self.expire_timeouts()  # first: a reconcile fails while the database does
         if self._uncertain or clock >= self._next_reconcile:
             self._reconcile()
-        self._expire_timeouts(clock)
         if self.running_count() and clock >= self._next_cancel_check:
             self._next_cancel_check = clock + CANCEL_CHECK_S
             self._honour_cancel_requests()
@@ -422,7 +433,9 @@ class Scheduler:
         """Called on the attempt's own thread as it starts: its timeout runs from now."""
         running.started = self.clock()
         if running.claim.timeout_ms is not None:
-            running.deadline = running.started + running.claim.timeout_ms / 1000
+            with self._lock:
+                running.deadline = running.started + running.claim.timeout_ms / 1000
+                self._lock.notify_all()  # the timeouts' thread waits for the earliest
         faults.point("thread.started", running=running, scheduler=self)
 
     def _run(self, running: Running) -> Outcome:
@@ -468,17 +481,33 @@ class Scheduler:
             del self._attempts[key]
         self._lock.notify_all()
 
-    def _expire_timeouts(self, clock: float) -> None:
+    def _watch_timeouts(self) -> None:
+        """Thread: end each attempt at its timeout, whatever the loop waits for (a lock, a
+        database that does not answer); the loop writes the outcome when it can."""
+        while not self._halt.is_set():
+            with self._lock:
+                deadlines = [r.deadline for r in self._timing() if r.deadline is not None]
+                wait = min(deadlines) - self.clock() if deadlines else WATCH_TIMEOUTS_S
+                if wait > 0:
+                    self._lock.wait(min(wait, WATCH_TIMEOUTS_S))
+                    continue
+            if self.expire_timeouts():
+                self.wake()
+
+    def _timing(self) -> list[Running]:
+        """The attempts that can still time out (call with the lock held)."""
+        return [
+            r
+            for r in self._attempts.values()
+            if r.deadline is not None and r.outcome is None and not r.settled and not r.returned
+        ]
+
+    def expire_timeouts(self) -> int:
+        """Fail the attempts past their deadline (cancel those a user asked to stop) and
+        stop their handlers; return how many. In memory: the next pass writes them."""
+        clock = self.clock()
         with self._lock:
-            expired = [
-                r
-                for r in self._attempts.values()
-                if r.deadline is not None
-                and r.deadline <= clock
-                and r.outcome is None
-                and not r.settled
-                and not r.returned
-            ]
+            expired = [r for r in self._timing() if r.deadline is not None and r.deadline <= clock]
             for running in expired:
                 limit = running.claim.timeout_ms
                 if running.stop_reason == "cancel":
@@ -487,10 +516,11 @@ class Scheduler:
                 else:
                     error = f"The attempt exceeded its timeout of {limit} ms."
                     running.outcome = Outcome(Status.FAILED, error=error, error_code="timeout")
-                # Recorded by this pass; the slot stays taken until the thread returns.
+                # Written by the next pass; the slot stays taken until the thread returns.
                 running.cut_off = True
         for running in expired:
             running.stop("timeout")
+        return len(expired)
 
     def _honour_cancel_requests(self) -> None:
         assert self.id is not None

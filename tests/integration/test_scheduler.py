@@ -246,6 +246,48 @@ def test_a_stop_between_a_claim_and_its_thread_lets_the_task_finish(
     assert (done["status"], done["attempts"]) == ("COMPLETED", 1), done
 
 
+def test_a_timeout_ends_its_attempt_on_time_while_the_loop_waits_for_the_database(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's pass is held inside the database (a lock, a server that does not answer)
+    past a task's timeout: the handler is still stopped at its timeout, and what it
+    returns then is not taken for its outcome. Deadlines were checked only between
+    passes: a handler ran on for as long as the pass waited, and its result was kept."""
+    scheduler = scheduler_of(app)
+    store = store_of(app)
+    started, stopped = threading.Event(), threading.Event()
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(ctx: TaskContext) -> dict[str, Any]:
+        started.set()
+        ctx.cancel.wait(30)
+        stopped.set()
+        return {"finished": "anyway"}
+
+    cycle = store.cycle
+
+    def held_cycle(*args: Any, **kwargs: Any) -> Any:
+        if hold.is_set() and not held.is_set():
+            held.set()
+            assert release.wait(30)
+        return cycle(*args, **kwargs)
+
+    scheduler.registry.register("slow", slow)
+    monkeypatch.setattr(store, "cycle", held_cycle)
+    start_scheduler(app)
+    submit(client, "late", type="slow", timeout_ms=300)
+    assert started.wait(30)
+    hold.set()
+    scheduler.wake()
+    try:
+        assert held.wait(30)  # the loop is inside a pass, waiting
+        wait_for(stopped.is_set, timeout=10, what="the handler to be stopped at its timeout")
+    finally:
+        release.set()
+    done = wait_terminal(client, "late")["late"]
+    assert (done["status"], done["error_code"], done["result"]) == ("FAILED", "timeout", None)
+
+
 def test_stop_requeues_what_outlives_the_grace(app: Flask, client: FlaskClient) -> None:
     start_scheduler(app)
     submit(client, "slow", duration_ms=60_000)

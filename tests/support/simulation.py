@@ -628,6 +628,10 @@ class Simulation:
             return
         node, job = self.rng.choice(candidates)
         key = job.running.key  # type: ignore[attr-defined]
+        running = job.running  # type: ignore[attr-defined]
+        late = running.deadline is not None and running.deadline <= node.scheduler.clock()
+        if late and running.outcome is None and not running.settled:
+            self.fail(f"{key} returns past its timeout, on {node.name}, never stopped at it")
         self.behaviour[key] = self.rng.choices(
             ["result", "none", "fail", "honour", "map"], [40, 15, 25, 15, 10]
         )[0]
@@ -698,6 +702,9 @@ class Simulation:
                 node.paused_until = None
                 self.disturbed = self.serving
                 self.note(f"{node.name} resumes")
+            # The timeouts' thread: on time, whatever the database and the loop are doing.
+            if node.scheduler.expire_timeouts():
+                self.note(f"{node.name} ends attempts at their timeout")
             if now >= node.next_heartbeat:
                 node.next_heartbeat = now + node.heartbeat_s
                 self.heartbeat(node)
