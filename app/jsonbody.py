@@ -59,6 +59,14 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def json_size(value: Any) -> int:
+    """Return the bytes of `value` as compact UTF-8 JSON, which the size limits count;
+    raise TypeError or ValueError for what JSON cannot hold (NaN and Infinity included)."""
+    return len(
+        json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    )
+
+
 def parse_json_object(raw: bytes, max_bytes: int, shape: str = "") -> dict[str, Any]:
     """Return the JSON object in `raw` or raise the error the client should see; `shape`
     shows the object expected, to one who sent something else."""

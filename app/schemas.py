@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from app.errors import ValidationFailed
+from app.jsonbody import json_size
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z"
 ID_MESSAGE = "Use 1 to {max} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit."
@@ -161,8 +161,10 @@ class TaskIn(Schema):
 
     @validates("payload")
     def _payload_size(self, value: dict[str, Any] | None, **kwargs: Any) -> None:
-        if value is not None and len(json.dumps(value).encode()) > MAX_PAYLOAD_BYTES:
-            raise ValidationError(f"Must be at most {MAX_PAYLOAD_BYTES} bytes as JSON.")
+        if value is not None and json_size(value) > MAX_PAYLOAD_BYTES:
+            raise ValidationError(
+                f"Must be at most {MAX_PAYLOAD_BYTES} bytes as compact UTF-8 JSON."
+            )
 
 
 class TaskOut(Schema):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -20,6 +19,7 @@ from app.handlers import (
     ignore_progress,
     no_dependency_results,
 )
+from app.jsonbody import json_size
 from app.statuses import Status
 from app.storage.store import Claim, Outcome
 
@@ -330,7 +330,7 @@ def _checked_result(result: object) -> Outcome:
         return _RETURNED_NOTHING
     try:
         # No NaN or Infinity: PostgreSQL refuses them as JSON, and a client cannot read them.
-        size = len(json.dumps(result, allow_nan=False).encode())
+        size = json_size(result)
     except (TypeError, ValueError):
         return Outcome(
             Status.FAILED,

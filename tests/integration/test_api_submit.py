@@ -156,6 +156,18 @@ def test_charset_parameter_of_json_content_type_is_accepted(
     assert response.status_code == 201
 
 
+def test_the_payload_limit_counts_the_bytes_of_compact_utf8_json(client: FlaskClient) -> None:
+    """60,000 bytes of accented text: escaped as \\u00e9 it was 180,000 and refused."""
+    body = {"id": "accents", "type": "t", "duration_ms": 1, "payload": {"text": "é" * 30_000}}
+    response = client.post(
+        "/api/tasks",
+        data=json.dumps(body, ensure_ascii=False).encode(),
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["payload"] == body["payload"]
+
+
 # -- replays -------------------------------------------------------------------------
 
 

@@ -129,3 +129,15 @@ def test_a_context_that_holds_itself_prints_as_a_task_context_does() -> None:
     assert outcome.status is Status.COMPLETED
     (shown,) = seen
     assert shown.startswith("TaskContext(id='t-1'") and "payload={'me': ...}" in shown
+
+
+def test_the_result_limit_counts_the_bytes_of_compact_utf8_json() -> None:
+    """64 KiB as written, not as escaped: an accented letter is two bytes, not six."""
+    registry = Registry()
+    registry.register("accents", lambda ctx: {"text": "é" * ctx.payload["n"]})
+    fits = Running(CLAIM._replace(type="accents", payload={"n": 30_000}))  # 60,011 bytes
+    assert call_handler(registry, fits, lambda _p: None).status is Status.COMPLETED
+    over = Running(CLAIM._replace(type="accents", payload={"n": 33_000}))  # 66,011 bytes
+    outcome = call_handler(registry, over, lambda _p: None)
+    assert outcome.status is Status.FAILED
+    assert outcome.error == "The handler's result is 66011 bytes; the limit is 65536."
