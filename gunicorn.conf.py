@@ -225,14 +225,31 @@ def refuse_taken_addresses(server: Any) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    continue  # gunicorn says what else is wrong with it
-                fail(
-                    ConfigError(
-                        f"PORT {port} on {host} is taken by another server: stop it, or set "
-                        "PORT (or HOST) to a free one"
-                    )
-                )
+                problem = _bind_problem(host, port, exc)
+                if problem is not None:
+                    fail(ConfigError(problem))
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str | None:
+    """Say in one line why `host`:`port` cannot be bound, or None to leave it to gunicorn."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"PORT {port} on {host} is taken by another server: stop it, or set PORT (or "
+            "HOST) to a free one"
+        )
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"HOST {host!r} is neither an address nor a name this machine can resolve: use "
+            "127.0.0.1, 0.0.0.0 (every interface) or one of this machine's addresses"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"HOST {host} is not an address of this machine: use 127.0.0.1, 0.0.0.0 (every "
+            "interface) or one of its own addresses"
+        )
+    if exc.errno == errno.EACCES:
+        return f"PORT {port} needs privileges this process lacks: use a port from 1024 up"
+    return None  # gunicorn says what else is wrong with it
 
 
 def _refuse_a_served_socket(path: str) -> None:

@@ -139,6 +139,27 @@ def test_gunicorn_on_a_taken_port_stops_at_once_saying_so(tmp_path: Path) -> Non
     assert "Retrying" not in done.stderr and "Traceback" not in done.stderr, shown
 
 
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("notahost.invalid", "is neither an address nor a name this machine can resolve"),
+        ("999.1.1.1", "is neither an address nor a name this machine can resolve"),
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1, never local
+    ],
+)
+def test_gunicorn_on_a_host_it_cannot_bind_stops_at_once_saying_so(
+    tmp_path: Path, host: str, said: str
+) -> None:
+    """gunicorn tried five times a second apart, logging each, then exited 1."""
+    done = _run(ENTRY_POINTS["gunicorn"], tmp_path, HOST=host, PORT="3000")
+    shown = f"exit {done.returncode}\nstderr:\n{done.stderr}"
+    assert done.returncode == 2, shown
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"error: HOST {host!r}" if "neither" in said else f"error: HOST {host}")
+    assert said in last, shown
+    assert "Retrying" not in done.stderr and "Traceback" not in done.stderr, shown
+
+
 def test_a_refused_gunicorn_start_leaves_no_metrics_directory(tmp_path: Path) -> None:
     """The master makes one in TMPDIR as it reads gunicorn.conf.py; a start refused then
     (a taken address, a bad setting) removed it only when it had started."""
