@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from app import parts
-from app.http.inputs import only_parameters
+from app.http.inputs import no_body, only_parameters
 from app.schemas import BatchSummaryOut
 from app.services import batches
 
@@ -25,6 +25,7 @@ def get_batch(batch_id: str) -> Response:
 def cancel_batch(batch_id: str) -> Response:
     """Cancel every QUEUED task of the batch and ask every RUNNING one to stop."""
     only_parameters()
+    no_body()
     answer = batches.cancel(parts.engine(), batch_id)
     parts.metrics().task_action("batch_cancelled")
     parts.scheduler().honour_cancel_requests()
@@ -35,6 +36,7 @@ def cancel_batch(batch_id: str) -> Response:
 def retry_batch(batch_id: str) -> Response:
     """Retry every task of the batch that failed or was cancelled by a user."""
     only_parameters()
+    no_body()
     answer = batches.retry(parts.engine(), batch_id)
     parts.metrics().task_action("batch_retried")
     parts.scheduler().wake()

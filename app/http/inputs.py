@@ -47,13 +47,15 @@ def only_parameters(*allowed: str, listed: Collection[str] = ()) -> None:
         )
 
 
-def no_body() -> None:
-    """Refuse a body on a route that takes none (an empty JSON object is accepted)."""
+def no_body(hint: str = "") -> None:
+    """Refuse a body on a route that takes none (an empty JSON object is accepted): what
+    it holds would be ignored. `hint` says where such fields go instead."""
     length = request.content_length
     raw = b"x" * 65 if length is not None and length > 64 else request.stream.read(65)
     if raw.strip() not in (b"", b"{}"):
         raise InvalidParameter(
-            "This route takes no body; send none (or {}).", {"body": "Not taken here."}
+            f"This route takes no body; send none (or {{}}).{f' {hint}' if hint else ''}",
+            {"body": "Not taken here."},
         )
 
 

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from app import parts
 from app.errors import InvalidParameter
-from app.http.inputs import json_body, only_parameters, page_limit, statuses
+from app.http.inputs import json_body, no_body, only_parameters, page_limit, statuses
 from app.http.openapi import spec_for
 from app.limits import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.schemas import AttemptsOut, TaskOut, TaskStatusOut, load_task, load_task_edit
@@ -20,6 +20,11 @@ from app.services.waiting import MAX_WAIT_S
 from app.statuses import Status
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+# A retry takes no fields: what it would change, it keeps.
+RETRY_KEEPS = (
+    "A retry keeps the task's fields (max_attempts, payload, ...) and gives it a fresh "
+    "budget of max_attempts."
+)
 log = logging.getLogger("app.actions")
 
 task_out = TaskOut()
@@ -141,6 +146,7 @@ def get_status(task_id: str) -> Response:
 def cancel_task(task_id: str) -> Response:
     """Cancel a QUEUED task, or ask a RUNNING one to stop; dependents follow."""
     only_parameters()
+    no_body()
     task = actions.cancel(parts.engine(), task_id)
     parts.metrics().task_action("cancelled")
     if task["status"] == Status.RUNNING:
@@ -152,6 +158,7 @@ def cancel_task(task_id: str) -> Response:
 def retry_task(task_id: str) -> Response:
     """Requeue a FAILED or CANCELLED task and the dependents it held back."""
     only_parameters()
+    no_body(RETRY_KEEPS)
     task = actions.retry(parts.engine(), task_id)
     parts.metrics().task_action("retried")
     parts.scheduler().wake()

@@ -257,3 +257,28 @@ def test_a_batch_retry_costs_the_same_statements_whatever_its_size(app: Flask) -
 
     counted = [statements_of_retry(5, "small"), statements_of_retry(300, "large")]
     assert counted[1] == counted[0], counted
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/tasks/x/cancel", "/api/tasks/x/retry", "/api/batches/B/cancel", "/api/batches/B/retry"],
+)
+def test_an_action_with_fields_in_its_body_is_refused_and_does_nothing(
+    app: Flask, path: str
+) -> None:
+    """A retry with {"max_attempts": 3} answered 200 and kept the task's max_attempts: the
+    fields were ignored without a word."""
+    client = app.test_client()
+    batch_id = _post(client, _task("x", max_attempts=1))
+    path = path.replace("/B/", f"/{batch_id}/")
+    if path.endswith("/retry"):
+        assert client.post(path.replace("/retry", "/cancel")).status_code == 200
+    before = client.get("/api/tasks/x").get_json()
+    refused = client.post(path, json={"max_attempts": 3})
+    assert refused.status_code == 400, refused.get_json()
+    assert refused.get_json()["code"] == "invalid_parameter"
+    assert refused.get_json()["error"].startswith("This route takes no body")
+    if path == "/api/tasks/x/retry":
+        assert "keeps the task's fields" in refused.get_json()["error"]
+    assert client.get("/api/tasks/x").get_json() == before  # nothing changed
+    assert client.post(path, json={}).status_code == 200  # an empty object is no field
