@@ -251,6 +251,17 @@ _ALIASES = {
     "max_retries": "max_attempts",
     "deps": "dependencies",
     "depends_on": "dependencies",
+    # As other job systems name them.
+    "eta": "run_at",
+    "countdown": "run_at",
+    "delay": "run_at",
+    "scheduled_at": "run_at",
+    "retries": "max_attempts",
+    "args": "payload",
+    "kwargs": "payload",
+    "params": "payload",
+    "task_type": "type",
+    "queue_name": "queue",
 }
 
 

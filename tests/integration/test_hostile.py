@@ -270,6 +270,8 @@ SUBMIT_FIELDS = [
     post("unknown-field-misspelt", task(dependencis=[]), 400, INVALID, r'"dependencis": "Unknown field; did you mean \'dependencies\'\?"'),
     post("unknown-field-unlike-any", task(colour="red"), 400, INVALID, r'"colour": "Unknown field\."'),
     post("unknown-field-unit-left-out", task(timeout=30), 400, INVALID, r'"timeout": "Unknown field; did you mean \'timeout_ms\' \(in milliseconds\)\?"'),
+    post("unknown-field-as-celery-names-it", task(countdown=30), 400, INVALID, r'"countdown": "Unknown field; did you mean \'run_at\'\?"'),
+    post("unknown-field-args", task(kwargs={"a": 1}), 400, INVALID, r'"kwargs": "Unknown field; did you mean \'payload\'\?"'),
     post("batch-task-server-set", json.dumps({"tasks": [json.loads(task(worker="w"))]}).encode(), 400, INVALID, r'"tasks\.0\.worker": "Set by the server', path="/api/tasks/batch"),
     post("unknown-field-100kb-name", task(**{"k" * 100_000: 1}), 400, INVALID, r"Unknown field"),
     post("payload-a-list", task(payload=[1]), 400, INVALID, r'"payload": "Must be a JSON object'),
