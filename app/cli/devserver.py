@@ -15,6 +15,7 @@ import click
 import flask.cli
 from flask import Flask
 from flask.cli import get_debug_flag, run_command
+from werkzeug import _reloader
 from werkzeug.serving import is_running_from_reloader
 
 from app import parts
@@ -63,8 +64,8 @@ def log_banner() -> None:
 
 
 def forward_interrupts() -> None:
-    """In the reloader's watching parent: pass SIGINT and SIGQUIT on to the serving child
-    rather than stop at once, which would kill the child 0.25 s later, in the middle of
+    """In the reloader's watching parent: pass SIGINT, SIGTERM and SIGQUIT on to the
+    serving child rather than stop at once, which would kill the child in the middle of
     its drain. The parent goes on waiting for the child and exits as it does."""
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -74,6 +75,15 @@ def forward_interrupts() -> None:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGQUIT, forward)
+    # Werkzeug's reloader makes SIGTERM exit the parent at once (killing the child) as it
+    # starts, after this module is loaded: forward it from the child's first start on.
+    restart = _reloader.ReloaderLoop.restart_with_reloader
+
+    def restart_forwarding_sigterm(loop: _reloader.ReloaderLoop) -> int:
+        signal.signal(signal.SIGTERM, forward)
+        return restart(loop)
+
+    _reloader.ReloaderLoop.restart_with_reloader = restart_forwarding_sigterm  # type: ignore[method-assign,assignment]
 
 
 def _children() -> list[int]:

@@ -332,6 +332,18 @@ def test_flask_run_with_the_reloader_drains_on_ctrl_c_and_sigquit_hurries(
     assert instances(db) == 0
 
 
+def test_flask_run_with_the_reloader_drains_on_sigterm(launcher: Launcher, db: Path) -> None:
+    """SIGTERM to the watching parent alone (a process manager stopping it): the parent
+    exited at once, the serving child was killed, and its task was left RUNNING."""
+    server = launcher.flask_run(db, "--reload", SHUTDOWN_GRACE_S="60")
+    server.submit("short", 1500)
+    server.wait_status("short", "RUNNING")
+    server.signal(SIGTERM)
+    assert server.wait_exit(30) == 0
+    assert rows(db)["short"]["status"] == "COMPLETED"  # finished within the grace
+    assert instances(db) == 0
+
+
 def test_a_reload_drains_the_running_task_before_the_new_child_starts(
     launcher: Launcher, db: Path, tmp_path: Path
 ) -> None:
