@@ -303,6 +303,11 @@ def post_worker_init(worker: Any) -> None:
         sys.exit(WORKER_BOOT_ERROR)  # the master stops, rather than boot another
 
     freeze_heap()
+    if not worker.alive:
+        # Stopped while it booted (gunicorn's own handler noted the signal): the worker
+        # ends without serving, and no scheduler starts to claim what it would not run.
+        worker.log.info("stopped while booting: no scheduler started")
+        return
     scheduler = start_scheduler(worker.wsgi)
     if scheduler is not None:
 
@@ -313,6 +318,8 @@ def post_worker_init(worker: Any) -> None:
         stop.install()
         stop.start()
         worker.graceful_stop = stop
+        if not worker.alive:  # the signal came just before ours took over: drain now
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
