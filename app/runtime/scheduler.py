@@ -274,27 +274,32 @@ class Scheduler:
         self.wake()
 
     def finish_drain(self) -> None:
-        """Record what ended, put what still runs back in the queue, and deregister."""
+        """Record what ended, put what still runs back in the queue, and deregister.
+
+        One moment, under the lock, decides each attempt: an outcome in hand by then is
+        written; an attempt still running goes back to the queue, its handler is asked to
+        stop, and what it returns from then on is discarded. All are written in two
+        transactions, so that a handler returning meanwhile is not put back to run again.
+        """
         assert self.id is not None
         with self._lock:
             pending = [r for r in self._attempts.values() if not r.settled]
-        ended = [(r.claim, r.outcome) for r in pending if r.outcome is not None]
-        unfinished = [r for r in pending if r.outcome is None]
+            ended = [(r.claim, r.outcome) for r in pending if r.outcome is not None]
+            unfinished = [r for r in pending if r.outcome is None]
+            for running in pending:
+                running.settled = True
+                running.cut_off = running.cut_off or running.outcome is None
+        for running in unfinished:
+            running.stop("shutdown")
         if ended:
             self._persist(self.store.cycle, self.id, ended, 0)
-        for running in unfinished:
-            # Back to QUEUED first, so that the handler's own reaction to the stop finds
-            # the row gone from under it and its late write is refused.
-            left = self._persist(self.store.requeue, running.claim)
-            if left is not None:
-                log.info("task %s %s at shutdown", running.claim.id, _AT_SHUTDOWN[left])
-            running.stop("shutdown")
+        if unfinished:
+            left = self._persist(self.store.requeue_all, [r.claim for r in unfinished]) or []
+            for running, status in zip(unfinished, left, strict=False):
+                if status is not None:
+                    log.info("task %s %s at shutdown", running.claim.id, _AT_SHUTDOWN[status])
         with self._lock:
-            # Written or requeued: nothing of these attempts is left to write, and a
-            # handler still returning is discarded. Only those still running hold a slot.
-            for running in pending:
-                running.cut_off = running.cut_off or not running.returned
-                running.settled = True
+            # Only those whose thread still runs hold a slot now.
             self._forget_done()
         if self._executor is not None:
             self._executor.shutdown()

@@ -105,6 +105,14 @@ class _Claimed(NamedTuple):
     token_at: datetime | None
 
 
+# What an attempt a user asked to stop becomes when its instance would put it back.
+_STOPPED_AT_REQUEUE = Outcome(
+    Status.CANCELLED,
+    error="Cancelled by a user; the attempt was stopped before it finished.",
+    error_code="cancelled",
+)
+
+
 class Store(Membership):
     """The task table's state transitions, each one transaction with a fence."""
 
@@ -387,31 +395,50 @@ class Store(Membership):
         An attempt a user asked to stop ends CANCELLED instead: it will not run again.
         Return the status the task was left in, or None when the row no longer held it.
         """
-        why = reason or "back in the queue: its instance stopped before it finished"
-        faults.point("requeue.before_write", claim=claim)
+        return self.requeue_all([claim], reason)[0]
 
-        def work(conn: Connection) -> Status | None:
+    def requeue_all(self, claims: list[Claim], reason: str | None = None) -> list[Status | None]:
+        """Put running attempts back to QUEUED, as `requeue` does each, in one transaction
+        (a drain's: a hurried stop must write a thousand of them within seconds)."""
+        why = reason or "back in the queue: its instance stopped before it finished"
+        for claim in claims:
+            faults.point("requeue.before_write", claim=claim)
+
+        def work(conn: Connection) -> list[Status | None]:
             now = self.now(conn)
-            stmt = (
-                update(tasks)
-                .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
-                .values(status=Status.QUEUED.value, updated_at=stamp(conn, now), finished_at=None)
-            )
-            if conn.execute(stmt).rowcount != 1:
-                error = "Cancelled by a user; the attempt was stopped before it finished."
-                stopped = Outcome(Status.CANCELLED, error=error, error_code="cancelled")
-                return (
-                    Status.CANCELLED if self.finish_all(conn, [(claim, stopped)], now)[0] else None
+            left: dict[tuple[str, int], Status | None] = {}
+            stopped: list[tuple[Claim, Outcome]] = []
+            back: list[Claim] = []
+            for claim in sorted(claims, key=lambda c: c.id):  # rows locked in id order
+                stmt = (
+                    update(tasks)
+                    .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
+                    .values(
+                        status=Status.QUEUED.value, updated_at=stamp(conn, now), finished_at=None
+                    )
                 )
-            recount(conn, [claim.id])
-            events.stage([(claim.id, claim.type, claim.attempt, Status.QUEUED.value, why)])
-            host = self.hosts.get(claim.worker)
-            back = Ended(
-                claim.id, claim.attempt, claim.worker, host, claim.started_at, "QUEUED", why
-            )
-            attempts.record(conn, [back], now)
-            announce(conn)
-            return Status.QUEUED
+                if conn.execute(stmt).rowcount == 1:
+                    back.append(claim)
+                    left[claim.key] = Status.QUEUED
+                else:  # a user asked it to stop, or the row no longer holds this attempt
+                    stopped.append((claim, _STOPPED_AT_REQUEUE))
+            if stopped:
+                written = self.finish_all(conn, stopped, now)
+                for (claim, _), ok in zip(stopped, written, strict=True):
+                    left[claim.key] = Status.CANCELLED if ok else None
+            if back:
+                recount(conn, [c.id for c in back])
+                events.stage([(c.id, c.type, c.attempt, Status.QUEUED.value, why) for c in back])
+                hosts = self.hosts
+                history = [
+                    Ended(
+                        c.id, c.attempt, c.worker, hosts.get(c.worker), c.started_at, "QUEUED", why
+                    )
+                    for c in back
+                ]
+                attempts.record(conn, history, now)
+                announce(conn)
+            return [left[c.key] for c in claims]
 
         return database.transaction(self.engine, work)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.exc import OperationalError
 
 from app import faults, start_scheduler
@@ -423,6 +423,42 @@ def test_a_drain_tries_its_writes_again_while_the_database_fails(
     assert row(store, "done").status == "COMPLETED"
     requeued = row(store, "unfinished")
     assert (requeued.status, requeued.failures) == ("QUEUED", 0)
+
+
+def test_a_drain_puts_back_what_still_runs_in_one_transaction_and_stops_it_first(
+    app: Flask, store: Store
+) -> None:
+    """A hurried stop of 1,000 running tasks under gunicorn, which kills a worker 2 s
+    into a quick shutdown: one transaction a requeue left hundreds RUNNING, to fail later
+    as interrupted. And a handler returning during those writes was put back to run again,
+    while those late in the list were not yet asked to stop."""
+    for k in range(40):
+        add(store, f"t{k:02d}")
+    one = Instance(app, cap=40, name="one")
+    assert one.step() == 40
+    one.threads.finish("t00")  # ended before the stop: written as it ended
+    one.scheduler.begin_drain()
+    commits: list[str] = []
+    stopped_at_first_write: list[int] = []
+
+    def count(conn: Any) -> None:
+        commits.append("commit")
+
+    def look(**context: Any) -> None:
+        if not stopped_at_first_write:
+            attempts = one.scheduler.attempts()
+            stopped_at_first_write.append(sum(1 for r in attempts if r.stop_reason == "shutdown"))
+
+    event.listen(store.engine, "commit", count)
+    try:
+        with faults.injected("requeue.before_write", look):
+            one.scheduler.finish_drain()
+    finally:
+        event.remove(store.engine, "commit", count)
+    assert row(store, "t00").status == "COMPLETED"
+    assert {row(store, f"t{k:02d}").status for k in range(1, 40)} == {"QUEUED"}
+    assert stopped_at_first_write == [39]  # every handler asked to stop before any write
+    assert len(commits) <= 3, commits  # the outcome, the requeues, the deregistration
 
 
 def test_a_drain_says_what_became_of_each_attempt_it_stops(
