@@ -51,7 +51,7 @@ from prometheus_client import multiprocess  # noqa: E402
 
 from app.config import ConfigError  # noqa: E402
 from app.http.errors import protocol_error  # noqa: E402
-from app.runtime.shutdown import REPEAT_WINDOW_S  # noqa: E402
+from app.runtime.shutdown import REPEAT_WINDOW_S, ignore_late_stops  # noqa: E402
 from app.serverlogs import TimedOutClients  # noqa: E402
 from app.services.streams import SEND_TIMEOUT_S  # noqa: E402
 from app.startup import checked_settings, fail  # noqa: E402
@@ -337,3 +337,9 @@ def worker_exit(server: Any, worker: Any) -> None:
     if scheduler is not None:
         scheduler.stop(settings.shutdown_grace_s)
         leave_lingering_handlers(scheduler)
+
+
+def on_exit(server: Any) -> None:
+    """The workers are gone and the master exits: a late stop signal changes nothing now,
+    and must not turn its exit status 0 into the signal's own."""
+    ignore_late_stops()

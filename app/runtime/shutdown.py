@@ -168,6 +168,7 @@ def leave_lingering_handlers(scheduler: Scheduler) -> None:
     # A handler asked to stop a moment ago may simply not have returned yet.
     lingering = scheduler.wait_for_handlers(STOPPING_HANDLER_S)
     if not lingering:
+        ignore_late_stops()
         return
     log.warning(
         "%d handler(s) ignored the stop and still run; exiting without them "
@@ -179,3 +180,16 @@ def leave_lingering_handlers(scheduler: Scheduler) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def ignore_late_stops() -> None:
+    """The drain is over and the process exits: ignore the stop signals from now on.
+
+    Python's teardown puts back the default action of every signal that has a handler
+    of Python's, so a stop signal in the last fraction of a second killed the process
+    with that signal's status (143, 130, or 131 and a core dump) though nothing was
+    lost. Ignored, they leave the exit status 0; SIGKILL still ends a stuck exit.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_IGN)

@@ -6,6 +6,7 @@ file, and kills the whole process group at teardown; the logs are printed on fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -266,6 +267,27 @@ def test_flask_db_upgrade_starts_no_scheduler(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert instances(path) == 0
     assert " started: " not in done.stdout + done.stderr  # the scheduler's start-up line
+
+
+@pytest.mark.parametrize("late", [SIGTERM, SIGINT, signal.SIGQUIT])
+def test_a_stop_signal_as_the_scheduler_exits_leaves_its_exit_status_0(
+    launcher: Launcher, db: Path, late: signal.Signals
+) -> None:
+    """Signals keep coming (a supervisor repeating its stop) until the process is gone:
+    one that landed while Python tore itself down killed it with the signal's status
+    (143, 130, or 131 and a core dump), though the drain was over and nothing was lost."""
+    server = launcher.scheduler(db)
+    server.signal(SIGTERM)
+    deadline = time.monotonic() + 30
+    while "scheduler stopped" not in server.log() and server.proc.poll() is None:
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.005)
+    while server.proc.poll() is None:  # the barrage: every 5 ms until it exits
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        with contextlib.suppress(ProcessLookupError):
+            server.signal(late)
+        time.sleep(0.005)
+    assert server.wait_exit(10) == 0, server.log()[-2000:]
 
 
 def test_flask_run_serves_and_runs_tasks_with_one_scheduler(launcher: Launcher, db: Path) -> None:
