@@ -134,6 +134,7 @@ class Scheduler:
         self._timeouts: threading.Thread | None = None
         self._jobs: list[Periodic] = []
         self._listener: Listener | wakeups.Doorbell | None = None
+        self._unlistening: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -268,7 +269,12 @@ class Scheduler:
             if job.job is not self.heartbeat:  # heartbeats go on: a drain is not a death
                 job.halt(wait=False)
         if self._listener is not None:
-            self._listener.stop()
+            # On a thread: a LISTEN connection takes up to a second to notice, and the
+            # grace (or a hurried stop's 2 s under gunicorn) starts now, not after it.
+            self._unlistening = threading.Thread(
+                target=self._listener.stop, name="listener-stop", daemon=True
+            )
+            self._unlistening.start()
         if self.id is not None:
             _safely(self.store.set_state, self.id, "draining")
         self.wake()
@@ -301,6 +307,8 @@ class Scheduler:
         with self._lock:
             # Only those whose thread still runs hold a slot now.
             self._forget_done()
+        if self._unlistening is not None:
+            self._unlistening.join(5)
         if self._executor is not None:
             self._executor.shutdown()
         _safely(self.store.deregister, self.id)

@@ -288,6 +288,38 @@ def test_a_timeout_ends_its_attempt_on_time_while_the_loop_waits_for_the_databas
     assert (done["status"], done["error_code"], done["result"]) == ("FAILED", "timeout", None)
 
 
+def test_a_drain_begins_without_waiting_for_its_listener_to_stop(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LISTEN connection takes up to a second to notice its stop: the drain waited for
+    it before the grace began, which under gunicorn's 2 s for a hurried stop is half."""
+    scheduler = scheduler_of(app)
+    start_scheduler(app)
+    listener = scheduler._listener
+    if listener is None:
+        pytest.skip("no listener here (no wake-up socket on this machine)")
+    stopping, release = threading.Event(), threading.Event()
+    stop = listener.stop
+
+    def slow_stop() -> None:
+        stopping.set()
+        release.wait(30)
+        stop()
+
+    monkeypatch.setattr(listener, "stop", slow_stop)
+    drained = threading.Thread(target=scheduler.begin_drain)
+    drained.start()
+    try:
+        assert stopping.wait(30)
+        drained.join(10)
+        assert not drained.is_alive(), "the drain waited for the listener"
+        assert scheduler.state == "draining"
+    finally:
+        release.set()
+    scheduler.stop(0)
+    assert scheduler.state == "stopped"
+
+
 def test_stop_requeues_what_outlives_the_grace(app: Flask, client: FlaskClient) -> None:
     start_scheduler(app)
     submit(client, "slow", duration_ms=60_000)
