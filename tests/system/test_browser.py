@@ -143,6 +143,11 @@ def test_the_queues_page_pauses_a_queue_and_sets_its_limit(
         f'{row}[data-paused="true"] [data-count="QUEUED"]:text-is("6")', timeout=10_000
     )
     assert all(server.task(t["id"])["status"] == "QUEUED" for t in tasks)
+    # Every status has its column: a cancelled task of the queue shows too.
+    dropped = {"id": "dropped", "type": "simulate", "duration_ms": 1, "queue": "mail"}
+    assert requests.post(f"{server.base_url}/api/tasks", json=dropped, timeout=10).ok
+    assert requests.post(f"{server.base_url}/api/tasks/dropped/cancel", timeout=10).ok
+    p.wait_for_selector(f'{row} [data-count="CANCELLED"]:text-is("1")', timeout=10_000)
     p.fill(f'{row} input[name="concurrency_limit"]', "1")
     p.click(f'{row} button:text-is("Set")')
     poll(

@@ -104,10 +104,13 @@
     return form;
   }
 
+  // Every status a queue counts, one column each.
+  var COUNTED = ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "UPSTREAM_FAILED", "CANCELLED"];
+
   function row(queue) {
     var tr = el("tr", { "data-queue": queue.name, "data-paused": String(queue.paused) });
     tr.appendChild(el("td", null, queue.name));
-    ["QUEUED", "RUNNING", "COMPLETED", "FAILED"].forEach(function (status) {
+    COUNTED.forEach(function (status) {
       tr.appendChild(el("td", { "data-count": status }, queue.counts[status]));
     });
     var settings = el("td", { colspan: "2" });
