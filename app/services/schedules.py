@@ -305,13 +305,19 @@ def _check_work(spec: dict[str, Any], details: dict[str, str], admission: Admiss
         batch.creation_order(items)  # no cycle
         admission.check_types(task["type"] for task in items)
     except ApiError as exc:
-        named = {k: v for k, v in (exc.details or {}).items() if isinstance(v, str)}
+        # The ids as the schedule names them, not as a firing at SAMPLE would.
+        named = {k: _unsampled(v) for k, v in (exc.details or {}).items() if isinstance(v, str)}
         if not named:
-            details[kind] = exc.message
+            details[kind] = _unsampled(exc.message)
         for key, text in named.items():
             if kind == "task":
                 key = key.removeprefix("tasks.0").lstrip(".")
             details[f"{kind}.{key}" if key not in ("", "_") else kind] = text
+
+
+def _unsampled(text: str) -> str:
+    """`text` without the instant a firing at SAMPLE appends to each id."""
+    return text.replace("." + stamp(SAMPLE), "")
 
 
 def _check_dependencies(
@@ -325,8 +331,9 @@ def _check_dependencies(
     if missing:
         name = "task.dependencies" if kind == "task" else "batch"
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        named = "1 dependency names" if len(missing) == 1 else f"{len(missing)} dependencies name"
         raise ValidationFailed(
-            f"{len(missing)} dependencies name no stored task: {shown}.",
+            f"{named} no stored task: {shown}.",
             {name: f"Unknown tasks: {shown}."},
         )
 

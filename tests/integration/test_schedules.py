@@ -535,6 +535,19 @@ def test_what_would_fail_every_firing_is_refused_at_creation(client: Any) -> Non
     answer = client.post("/api/schedules", json=alias)
     assert answer.status_code == 400
     assert "batch.tasks.1.dependencies" in answer.get_json()["details"]
+    # Refusals name the tasks as the schedule does, not as a sample firing would.
+    looped = {"id": "looped", "interval_s": 60, "batch": {"tasks": [
+        {"id": "a", "type": "simulate", "duration_ms": 1, "dependencies": ["b"]},
+        {"id": "b", "type": "simulate", "duration_ms": 1, "dependencies": ["a"]},
+    ]}}  # fmt: skip
+    answer = client.post("/api/schedules", json=looped)
+    assert answer.get_json()["details"] == {
+        "batch": "The dependencies form a cycle of 2 tasks: a -> b -> a."
+    }
+    ghost = {"id": "ghostly", "interval_s": 60, "task": {
+        "type": "simulate", "duration_ms": 1, "dependencies": ["ghost"]}}  # fmt: skip
+    answer = client.post("/api/schedules", json=ghost)
+    assert answer.get_json()["error"] == "1 dependency names no stored task: ghost."
     for zone in ("localtime", "posixrules", "Factory"):
         answer = client.post("/api/schedules", json={**_every_minute(), "timezone": zone})
         assert answer.status_code == 400 and "timezone" in answer.get_json()["details"]
