@@ -181,7 +181,8 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidParameter(
-            "The cursor is malformed; use the URL of the previous page's Link header.",
+            "The cursor is malformed; use the one the previous page gave (the URL of its Link "
+            "header, or the CLI's --cursor line).",
             {"cursor": "Not a cursor this server issued."},
         ) from None
     return seq

@@ -549,7 +549,8 @@ def listing(engine: Engine, after: str | None, limit: int) -> list[dict[str, Any
     """Return a page of schedules by id, from the first after the cursor `after`."""
     if after is not None and not _valid_id(after):
         raise InvalidParameter(
-            "The cursor is malformed; use the URL of the previous page's Link header.",
+            "The cursor is malformed; use the one the previous page gave (the URL of its Link "
+            "header, or the CLI's --cursor line).",
             {"cursor": "Not a schedule id."},
         )
     with database.read(engine) as conn:

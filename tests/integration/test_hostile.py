@@ -435,7 +435,7 @@ def _flip_first(cursor: str) -> str:
     return cursor[0].swapcase() + cursor[1:]
 
 
-CURSOR = r"The cursor is malformed; use the URL of the previous page's Link header"
+CURSOR = r"The cursor is malformed; use the one the previous page gave \(the URL of its Link header, or the CLI's --cursor line\)"
 CURSORS = [
     get(f"cursor-{name}", (lambda s, tamper=tamper: f"/api/tasks?limit=2&cursor={tamper(s.cursor)}"), 400, "invalid_parameter", CURSOR)
     for name, tamper in [
