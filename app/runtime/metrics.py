@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,11 @@ log = logging.getLogger("app.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "taskscheduler"
 # Seconds: from a few milliseconds (simulated tasks) to an hour (the longest backoff).
+# Distinct task types a process labels its counters with; the rest count as OTHER_TYPES.
+# Types come from clients (any type is accepted when no handler is registered): each new
+# one would be a new series for Prometheus to keep.
+MAX_TYPE_LABELS = 100
+OTHER_TYPES = "_other"  # no type can start with "_"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -161,6 +167,8 @@ class Metrics:
     """
 
     def __init__(self, engine: Engine | None = None) -> None:
+        self._types: set[str] = set()
+        self._types_lock = threading.Lock()
         self.registry = CollectorRegistry()
         self.multiprocess = multiprocess()
         # What a scrape renders: the task counts once, beside every process's values.
@@ -258,7 +266,7 @@ class Metrics:
         for task_type in types:
             counts[task_type] = counts.get(task_type, 0) + 1
         for task_type, count in counts.items():
-            self.submitted_total.labels(task_type).inc(count)
+            self.submitted_total.labels(self._type_label(task_type)).inc(count)
 
     def claimed(self, claims: Sequence[Claim]) -> None:
         """Observe the queue wait of each claimed attempt; called once per scheduler pass."""
@@ -298,7 +306,17 @@ class Metrics:
         self.run_time.observe_all(runs)
         # One increment per counter and type, not one per task.
         for (counter, task_type), count in ended.items():
-            counter.labels(task_type).inc(count)
+            counter.labels(self._type_label(task_type)).inc(count)
+
+    def _type_label(self, task_type: str) -> str:
+        """The label of `task_type`: itself among the first MAX_TYPE_LABELS types seen."""
+        if task_type in self._types:
+            return task_type
+        with self._types_lock:
+            if len(self._types) < MAX_TYPE_LABELS:
+                self._types.add(task_type)
+                return task_type
+        return OTHER_TYPES
 
     def recovered(self, count: int) -> None:
         """Count attempts of dead instances ended by a reap."""

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from app import start_scheduler
 from app.cli.metrics_endpoint import MetricsEndpoint
-from app.runtime.metrics import CONTENT_TYPE, Buckets, Metrics
+from app.runtime.metrics import CONTENT_TYPE, MAX_TYPE_LABELS, OTHER_TYPES, Buckets, Metrics
 from app.services.health import report
 from app.statuses import Status
 from app.storage import database
@@ -94,6 +94,27 @@ def test_tasks_by_status_match_the_database(make_app: AppFactory) -> None:
 def task_body(task_id: str, **extra: Any) -> dict[str, Any]:
     """Return the body helpers.submit posts."""
     return {"id": task_id, "type": "simulate", "duration_ms": 1, "dependencies": [], **extra}
+
+
+def test_types_past_the_first_hundred_count_under_one_label(make_app: AppFactory) -> None:
+    """Any type is accepted with no handler registered: each one a client invented was a
+    series of its own, without bound."""
+    app = make_app()
+    client = app.test_client()
+    batch = [task_body(f"t{k}", type=f"kind{k:03d}") for k in range(MAX_TYPE_LABELS + 50)]
+    assert client.post("/api/tasks/batch", json={"tasks": batch}).status_code == 201
+    samples = scrape(client)
+    labelled = {
+        dict(labels)["type"]
+        for (name, labels), _ in samples.items()
+        if name == "taskscheduler_tasks_submitted_total"
+    }
+    assert len(labelled) == MAX_TYPE_LABELS + 1
+    assert value(samples, "taskscheduler_tasks_submitted_total", type=OTHER_TYPES) == 50
+    assert (
+        sum(v for (name, _), v in samples.items() if name == "taskscheduler_tasks_submitted_total")
+        == MAX_TYPE_LABELS + 50
+    )
 
 
 def test_counters_move_when_tasks_run(make_app: AppFactory) -> None:
