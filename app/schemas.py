@@ -161,7 +161,13 @@ class TaskIn(Schema):
 
     @validates("payload")
     def _payload_size(self, value: dict[str, Any] | None, **kwargs: Any) -> None:
-        if value is not None and json_size(value) > MAX_PAYLOAD_BYTES:
+        if value is None:
+            return
+        try:
+            size = json_size(value)
+        except ValueError:  # only a handler's add_tasks can give them: JSON has none
+            raise ValidationError("Must hold no NaN or Infinity, which JSON has not.") from None
+        if size > MAX_PAYLOAD_BYTES:
             raise ValidationError(
                 f"Must be at most {MAX_PAYLOAD_BYTES} bytes as compact UTF-8 JSON."
             )
