@@ -132,6 +132,7 @@ class Scheduler:
         self._next_due: float | None = None
         self._thread: threading.Thread | None = None
         self._timeouts: threading.Thread | None = None
+        self._deadlines_changed = threading.Event()
         self._jobs: list[Periodic] = []
         self._listener: Listener | wakeups.Doorbell | None = None
         self._unlistening: threading.Thread | None = None
@@ -245,8 +246,7 @@ class Scheduler:
         self._await_attempts(grace_s, self._hurry)
         self._halt.set()
         self.wake()
-        with self._lock:
-            self._lock.notify_all()  # the timeouts' thread sees the halt
+        self._deadlines_changed.set()  # the timeouts' thread sees the halt
         if self._thread.ident is not None:  # else it starts, sees the halt and returns
             self._thread.join()
         if self._timeouts is not None:
@@ -448,7 +448,7 @@ class Scheduler:
         if running.claim.timeout_ms is not None:
             with self._lock:
                 running.deadline = running.started + running.claim.timeout_ms / 1000
-                self._lock.notify_all()  # the timeouts' thread waits for the earliest
+            self._deadlines_changed.set()  # the timeouts' thread waits for the earliest
         faults.point("thread.started", running=running, scheduler=self)
 
     def _run(self, running: Running) -> Outcome:
@@ -498,12 +498,14 @@ class Scheduler:
         """Thread: end each attempt at its timeout, whatever the loop waits for (a lock, a
         database that does not answer); the loop writes the outcome when it can."""
         while not self._halt.is_set():
+            # Woken only by a new deadline (or a stop), not by every change of an attempt.
+            self._deadlines_changed.clear()
             with self._lock:
                 deadlines = [r.deadline for r in self._timing() if r.deadline is not None]
-                wait = min(deadlines) - self.clock() if deadlines else WATCH_TIMEOUTS_S
-                if wait > 0:
-                    self._lock.wait(min(wait, WATCH_TIMEOUTS_S))
-                    continue
+            wait = min(deadlines) - self.clock() if deadlines else WATCH_TIMEOUTS_S
+            if wait > 0:
+                self._deadlines_changed.wait(min(wait, WATCH_TIMEOUTS_S))
+                continue
             if self.expire_timeouts():
                 self.wake()
 
