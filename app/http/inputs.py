@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Callable, Collection
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import ClientDisconnected
 
 from app.errors import (
+    ApiError,
     BodyTooLarge,
     InvalidJson,
     InvalidParameter,
@@ -51,12 +53,38 @@ def no_body(hint: str = "") -> None:
     """Refuse a body on a route that takes none (an empty JSON object is accepted): what
     it holds would be ignored. `hint` says where such fields go instead."""
     length = request.content_length
-    raw = b"x" * 65 if length is not None and length > 64 else request.stream.read(65)
-    if raw.strip() not in (b"", b"{}"):
+    raw = (
+        b"x" * 65 if length is not None and length > 64 else _read(lambda: request.stream.read(65))
+    )
+    if length is not None and len(raw) < length:
+        raise InvalidJson(CUT_SHORT)
+    if raw.strip() and raw.strip() != b"{}" and not _empty_object(raw):
         raise InvalidParameter(
             f"This route takes no body; send none (or {{}}).{f' {hint}' if hint else ''}",
             {"body": "Not taken here."},
         )
+
+
+def _empty_object(raw: bytes) -> bool:
+    """Tell whether `raw` is an empty JSON object, however spaced ({ }, {\n})."""
+    try:
+        return json.loads(raw) == {}
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+
+
+def _read(read: Callable[[], bytes]) -> bytes:
+    """Read the body, turning a client that went away or broke the body's framing into
+    the client's error: gunicorn reads a chunked body as it is asked for, and raises its
+    parse errors (a bad chunk size, a missing terminator) from the read."""
+    try:
+        return read()
+    except ClientDisconnected:  # closed, or silent for CLIENT_TIMEOUT_S
+        raise InvalidJson(CUT_SHORT) from None
+    except Exception as exc:
+        if type(exc).__module__ != "gunicorn.http.errors":
+            raise
+        raise ApiError(f"The request body's framing is malformed: {exc}.") from None
 
 
 def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
@@ -74,10 +102,7 @@ def json_body(max_bytes: int, shape: str = "") -> dict[str, Any]:
     # One byte past the limit: a streamed (chunked) body is cut where the limit is, so
     # only a longer read can tell a body that is too large from one that just fits.
     request.max_content_length = max_bytes + 1
-    try:
-        raw = request.get_data(cache=True)
-    except ClientDisconnected:  # closed, or silent for CLIENT_TIMEOUT_S
-        raise InvalidJson(CUT_SHORT) from None
+    raw = _read(lambda: request.get_data(cache=True))
     if request.content_length is not None and len(raw) < request.content_length:
         # gunicorn ends the stream where the client stopped sending, without an error.
         raise InvalidJson(CUT_SHORT)

@@ -495,7 +495,24 @@ def test_requests_the_server_cannot_read_answer_in_json_and_store_nothing(
     status, garbage = _raw(port, b"\x16\x03\x01 hello\r\n\r\n")
     assert status.startswith("HTTP/1.1 400") and garbage["code"] == "bad_request", garbage
 
+    bad_chunks = (
+        b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n"
+    )
+    status, chunks = _raw(port, bad_chunks)
+    assert status.startswith("HTTP/1.1 400") and chunks["code"] == "bad_request", chunks
+    assert "framing is malformed" in str(chunks["error"])
+
     assert server.get("/api/tasks").json() == []  # nothing stored
+    server.submit("kept", 60_000)
+    status, cut = _raw(
+        port,
+        b"POST /api/tasks/kept/cancel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: 50\r\n\r\n{}",
+        half_close=True,
+    )
+    assert status.startswith("HTTP/1.1 400") and cut["code"] == "invalid_json", cut
+    assert server.task("kept")["status"] in ("QUEUED", "RUNNING")  # not cancelled
     assert server.proc.poll() is None
 
 
