@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -141,4 +142,19 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
         # Called at exit before the pool's own hook, which waits for every running task.
         register = getattr(threading, "_register_atexit", atexit.register)
         register(drain_before_reload)
+        _keep_sigterm(stop)
     return scheduler
+
+
+def _keep_sigterm(handler: Callable[[int, FrameType | None], None]) -> None:
+    """In the reloader's serving child: werkzeug makes SIGTERM exit at once here too, as
+    its reloader loop starts (after this module is loaded); a second SIGTERM then cut the
+    drain short. Take SIGTERM back as the loop is entered."""
+    enter = _reloader.ReloaderLoop.__enter__
+
+    def enter_keeping_sigterm(loop: _reloader.ReloaderLoop) -> _reloader.ReloaderLoop:
+        entered = enter(loop)
+        signal.signal(signal.SIGTERM, handler)
+        return entered
+
+    _reloader.ReloaderLoop.__enter__ = enter_keeping_sigterm  # type: ignore[method-assign]

@@ -361,9 +361,12 @@ def test_flask_run_with_the_reloader_drains_on_sigterm(launcher: Launcher, db: P
     server.submit("short", 1500)
     server.wait_status("short", "RUNNING")
     server.signal(SIGTERM)
+    server.wait_log("SIGTERM: draining")  # the child's own drain, not one at its exit
+    server.signal(SIGTERM)  # a supervisor repeating itself: still the one graceful stop
     assert server.wait_exit(30) == 0
     assert rows(db)["short"]["status"] == "COMPLETED"  # finished within the grace
     assert instances(db) == 0
+    assert "Traceback" not in server.log()
 
 
 def test_a_reload_drains_the_running_task_before_the_new_child_starts(
