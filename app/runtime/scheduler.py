@@ -249,12 +249,12 @@ class Scheduler:
         self._deadlines_changed.set()  # the timeouts' thread sees the halt
         if self._thread.ident is not None:  # else it starts, sees the halt and returns
             self._thread.join()
-        if self._timeouts is not None:
-            self._timeouts.join(2 * WATCH_TIMEOUTS_S)
         if self.id is None:  # it never registered: nothing to write back
             self.state = "stopped"
             return
         self.finish_drain()
+        if self._timeouts is not None:  # after the writes: it has nothing left to end
+            self._timeouts.join(2 * WATCH_TIMEOUTS_S)
         for job in self._jobs:
             job.halt()
         # The state changes of the drain are logged before the line that ends it.
@@ -497,9 +497,12 @@ class Scheduler:
     def _watch_timeouts(self) -> None:
         """Thread: end each attempt at its timeout, whatever the loop waits for (a lock, a
         database that does not answer); the loop writes the outcome when it can."""
-        while not self._halt.is_set():
+        while True:
             # Woken only by a new deadline (or a stop), not by every change of an attempt.
+            # Cleared before the halt is read: a stop sets the halt, then the event.
             self._deadlines_changed.clear()
+            if self._halt.is_set():
+                return
             with self._lock:
                 deadlines = [r.deadline for r in self._timing() if r.deadline is not None]
             wait = min(deadlines) - self.clock() if deadlines else WATCH_TIMEOUTS_S
