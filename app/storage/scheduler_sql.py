@@ -311,6 +311,34 @@ def complete_sql(d: str, n: int) -> str:
 
 
 @lru_cache(maxsize=512)
+def requeue_sql(d: str, n: int) -> str:
+    """Return the statement putting `n` (id, attempt) pairs of one worker back to QUEUED,
+    those a user asked to stop left alone, in dialect `d`."""
+    fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
+    false = "0" if d == "sqlite" else "false"
+    return (
+        "UPDATE tasks SET status = 'QUEUED', finished_at = NULL,"
+        f" updated_at = {_stamp(d)}"
+        f" WHERE tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
+        f" AND {status_filter('tasks', 'RUNNING', d)} AND tasks.cancel_requested = {false}"
+        f" AND tasks.attempts = CASE tasks.id {fence} END RETURNING tasks.id"
+    )
+
+
+def requeue(
+    conn: Connection, worker: str, attempts: Sequence[tuple[str, int]], now: datetime
+) -> set[str]:
+    """Put back to QUEUED the given (id, attempt) pairs of `worker` that still hold and
+    that no user asked to stop; return the ids put back."""
+    d = conn.dialect.name
+    params: dict[str, Any] = {"w": worker, "now": bound_time(d, now)}
+    for k, (task_id, attempt) in enumerate(attempts):
+        params[f"i{k}"] = task_id
+        params[f"a{k}"] = attempt
+    return {row[0] for row in driver_execute(conn, requeue_sql(d, len(attempts)), params)[0]}
+
+
+@lru_cache(maxsize=512)
 def completed_history_sql(n: int) -> str:
     """Return SQLite's statement adding the history rows of `n` attempts its completion
     statement just completed, read from their rows (`:w`, `:host`, ids `:i0`...)."""

@@ -409,19 +409,19 @@ class Store(Membership):
             left: dict[tuple[str, int], Status | None] = {}
             stopped: list[tuple[Claim, Outcome]] = []
             back: list[Claim] = []
+            by_worker: dict[str, list[Claim]] = {}
             for claim in sorted(claims, key=lambda c: c.id):  # rows locked in id order
-                stmt = (
-                    update(tasks)
-                    .where(*_fence(claim), tasks.c.cancel_requested.is_(False))
-                    .values(
-                        status=Status.QUEUED.value, updated_at=stamp(conn, now), finished_at=None
-                    )
-                )
-                if conn.execute(stmt).rowcount == 1:
-                    back.append(claim)
-                    left[claim.key] = Status.QUEUED
-                else:  # a user asked it to stop, or the row no longer holds this attempt
-                    stopped.append((claim, _STOPPED_AT_REQUEUE))
+                by_worker.setdefault(claim.worker, []).append(claim)
+            for worker, mine in by_worker.items():
+                for start in range(0, len(mine), CHUNK // 2):
+                    chunk = mine[start : start + CHUNK // 2]
+                    put_back = scheduler_sql.requeue(conn, worker, [c.key for c in chunk], now)
+                    for claim in chunk:
+                        if claim.id in put_back:
+                            back.append(claim)
+                            left[claim.key] = Status.QUEUED
+                        else:  # a user asked it to stop, or the row no longer holds it
+                            stopped.append((claim, _STOPPED_AT_REQUEUE))
             if stopped:
                 written = self.finish_all(conn, stopped, now)
                 for (claim, _), ok in zip(stopped, written, strict=True):
