@@ -9,6 +9,7 @@ from typing import Any
 
 from app.runtime import identity
 from app.runtime.metrics import Metrics
+from app.storage import dbfaults
 from app.storage.store import Store
 
 # Named as before the package layout, so that operators' log filters keep working.
@@ -27,6 +28,7 @@ class Reaper:
         metrics: Metrics,
         wake: Callable[[], None] | None = None,
         in_touch: Callable[[], float] = lambda: float("inf"),
+        lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
@@ -40,9 +42,21 @@ class Reaper:
         # silence of an instance may be judged once that is a lease, its own and the
         # other's. An exited process always may.
         self.in_touch = in_touch
+        # Told when this reaper's own reads or writes fail: out of touch, as a failed
+        # heartbeat says. A long lease heartbeats seldom, and an outage can begin and end
+        # between two of its heartbeats while the others' fail: its reaper notices.
+        self.lost = lost
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
+        try:
+            return self._run(now)
+        except Exception as exc:
+            if dbfaults.from_database(exc):
+                self.lost()
+            raise
+
+    def _run(self, now: datetime | None) -> int:
         at = now or self.store.database_now()
         in_touch = self.in_touch()
         recovered = 0

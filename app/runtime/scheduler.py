@@ -107,6 +107,7 @@ class Scheduler:
             self.metrics,
             wake=self.wake,
             in_touch=self.contact.in_touch_s,
+            lost=self.contact.lost,
         )
         self.pruner = Pruner(store, retention_days)
         self.event_pruner = EventPruner(store, event_retention_s)

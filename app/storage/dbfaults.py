@@ -223,6 +223,12 @@ def classify(exc: BaseException) -> Fault | None:
     return Fault(REASONS[reason].kind, reason, REASONS[reason].problem)
 
 
+def from_database(exc: BaseException) -> bool:
+    """Tell whether `exc` came from the database or the way to it (any driver error,
+    classified or not), rather than from this process's own code."""
+    return isinstance(exc, SQLAlchemyError) or classify(exc) is not None
+
+
 def lost_in_commit(exc: BaseException) -> bool:
     """Tell whether a COMMIT that raised `exc` may nevertheless have been applied.
 

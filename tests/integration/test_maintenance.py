@@ -7,10 +7,12 @@ passed in; these tests build each one alone, with the time given, and read the d
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from app import parts
 from app.runtime.heartbeat import Contact, Heartbeat
@@ -136,6 +138,45 @@ def test_the_reaper_judges_a_longer_lease_only_once_in_touch_that_long(store: St
     assert quick.run_once(now + timedelta(hours=1)) == 0
     in_touch[0] = 30.0
     assert quick.run_once(now + timedelta(hours=1)) == 1
+
+
+def test_a_reaper_whose_own_reads_fail_stops_judging_silence_as_its_heartbeat_would(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge with a lease of 100 s heartbeats every 33 s: an outage of 29 s fell between
+    two of its heartbeats, so it never saw one fail. Its reaper's reads failed, unnoticed,
+    and 4 s after the outage it took the silence of an instance with a lease of 30 s,
+    whose heartbeats the outage had stopped, for a death (simulation seed 390542)."""
+    add(store, "a")
+    now = utcnow()
+    row_ = {"id": "short", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+    store.register({**row_, "lease_s": 30})
+    store.claim("short", 1)
+    clock = Clock()
+    contact = Contact(clock, lease_s=100)
+    for _ in range(7):  # in touch for 198 s
+        contact.reached()
+        clock.seconds += 33
+    judge = Reaper(
+        store, 100, "h2", lambda: "me", Metrics(), in_touch=contact.in_touch_s, lost=contact.lost
+    )
+    instances = store.instances
+
+    def outage() -> Any:
+        raise OperationalError("SELECT", {}, Exception("the database is unavailable"))
+
+    monkeypatch.setattr(store, "instances", outage)
+    with pytest.raises(OperationalError):
+        judge.run_once(now + timedelta(seconds=35))
+    monkeypatch.setattr(store, "instances", instances)
+    clock.seconds += 5
+    assert judge.run_once(now + timedelta(seconds=40)) == 0  # out of touch: no judgement
+    assert row(store, "a").status == Status.RUNNING
+    for _ in range(4):  # heartbeats go through again, every 33 s: in touch for 132 s
+        contact.reached()
+        clock.seconds += 33
+    contact.reached()
+    assert judge.run_once(now + timedelta(seconds=140)) == 1  # silent past its lease, judged
 
 
 def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store: Store) -> None:
