@@ -292,7 +292,7 @@ def post_worker_init(worker: Any) -> None:
     a drain; ours start the drain at once, stop the worker's loop, and let `worker_exit`
     wait for the drain (or hurry it) instead.
     """
-    from app import parts, start_scheduler
+    from app import parts
     from app.runtime.shutdown import GracefulStop
     from app.startup import freeze_heap
     from app.storage.health import schema_problem
@@ -308,18 +308,25 @@ def post_worker_init(worker: Any) -> None:
         # ends without serving, and no scheduler starts to claim what it would not run.
         worker.log.info("stopped while booting: no scheduler started")
         return
-    scheduler = start_scheduler(worker.wsgi)
-    if scheduler is not None:
+    if not worker.wsgi.config["SCHEDULER_ENABLED"]:
+        return
+    scheduler = parts.scheduler(worker.wsgi)
 
-        def stop_serving() -> None:
-            worker.alive = False
+    def stop_serving() -> None:
+        worker.alive = False
 
-        stop = GracefulStop(scheduler, settings.shutdown_grace_s, on_stop=stop_serving)
-        stop.install()
-        stop.start()
-        worker.graceful_stop = stop
-        if not worker.alive:  # the signal came just before ours took over: drain now
-            os.kill(os.getpid(), signal.SIGTERM)
+    # Ours before the scheduler starts: a stop from here on is noted, and it starts only
+    # if none came, so that it never claims what it would only hold for the grace.
+    stop = GracefulStop(scheduler, settings.shutdown_grace_s, on_stop=stop_serving)
+    stop.install()
+    if worker.alive and not stop.signalled():
+        scheduler.start()
+    else:
+        worker.log.info("stopped while booting: no scheduler started")
+    stop.start()
+    worker.graceful_stop = stop
+    if not worker.alive:  # the signal came just before ours took over: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

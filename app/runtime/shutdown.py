@@ -66,6 +66,10 @@ class GracefulStop:
         signal.signal(signal.SIGINT, self._on_interrupt)
         signal.signal(signal.SIGQUIT, self._on_quit)
 
+    def signalled(self) -> bool:
+        """Tell whether a stop signal has come since `install`."""
+        return self._stop_signal is not None or self._hurry_signal is not None
+
     def start(self) -> None:
         """Drain as soon as a stop is requested; call once the scheduler has started."""
         threading.Thread(target=self._watch, name="stop-signals", daemon=True).start()
