@@ -66,7 +66,7 @@ def no_body(hint: str = "") -> None:
 
 
 def _empty_object(raw: bytes) -> bool:
-    """Tell whether `raw` is an empty JSON object, however spaced ({ }, {\n})."""
+    """Tell whether `raw` is an empty JSON object, however spaced (`{ }`, over two lines)."""
     try:
         return json.loads(raw) == {}
     except ValueError:  # not JSON, or not UTF-8
