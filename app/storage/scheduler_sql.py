@@ -284,6 +284,17 @@ def payload_of(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _attempts_of(d: str, n: int) -> str:
+    """The fence of `n` running attempts of one worker: rows RUNNING for `:w` whose id is
+    `:i<k>` and whose attempt is still `:a<k>`."""
+    fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
+    return (
+        f"tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
+        f" AND {status_filter('tasks', 'RUNNING', d)}"
+        f" AND tasks.attempts = CASE tasks.id {fence} END"
+    )
+
+
 @lru_cache(maxsize=512)
 def complete_sql(d: str, n: int) -> str:
     """Return the statement completing `n` (id, attempt) pairs for dialect `d`.
@@ -291,13 +302,10 @@ def complete_sql(d: str, n: int) -> str:
     On PostgreSQL the same statement adds their history rows (one round trip); SQLite,
     which has no data-modifying CTE, leaves them to a statement of its own.
     """
-    fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
     update = (
         "UPDATE tasks SET status = 'COMPLETED', result = NULL, error = NULL,"
         f" error_code = NULL, finished_at = {_stamp(d)}, updated_at = {_stamp(d)}"
-        f" WHERE tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
-        f" AND {status_filter('tasks', 'RUNNING', d)}"
-        f" AND tasks.attempts = CASE tasks.id {fence} END"
+        f" WHERE {_attempts_of(d, n)}"
     )
     if d == "sqlite":
         return update + " RETURNING tasks.id, tasks.attempts"
@@ -314,14 +322,11 @@ def complete_sql(d: str, n: int) -> str:
 def requeue_sql(d: str, n: int) -> str:
     """Return the statement putting `n` (id, attempt) pairs of one worker back to QUEUED,
     those a user asked to stop left alone, in dialect `d`."""
-    fence = " ".join(f"WHEN {_p(d, f'i{k}')} THEN {_p(d, f'a{k}')}" for k in range(n))
     false = "0" if d == "sqlite" else "false"
     return (
         "UPDATE tasks SET status = 'QUEUED', finished_at = NULL,"
         f" updated_at = {_stamp(d)}"
-        f" WHERE tasks.id IN ({_list(d, 'i', n)}) AND tasks.worker = {_p(d, 'w')}"
-        f" AND {status_filter('tasks', 'RUNNING', d)} AND tasks.cancel_requested = {false}"
-        f" AND tasks.attempts = CASE tasks.id {fence} END RETURNING tasks.id"
+        f" WHERE {_attempts_of(d, n)} AND tasks.cancel_requested = {false} RETURNING tasks.id"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -379,14 +379,10 @@ class Store(Membership):
         with their history rows (run on `host`, else on their instance's host); return
         those completed."""
         done: set[tuple[str, int]] = set()
-        by_worker: dict[str, list[Claim]] = {}
-        for claim in claims:
-            by_worker.setdefault(claim.worker, []).append(claim)
-        for worker, mine in by_worker.items():
-            for start in range(0, len(mine), CHUNK // 2):
-                pairs = [c.key for c in mine[start : start + CHUNK // 2]]
-                where = host or self.hosts.get(worker)
-                done.update(scheduler_sql.complete(conn, worker, pairs, now, where))
+        for worker, chunk in _chunks_by_worker(claims):
+            pairs = [c.key for c in chunk]
+            where = host or self.hosts.get(worker)
+            done.update(scheduler_sql.complete(conn, worker, pairs, now, where))
         return done
 
     def requeue(self, claim: Claim, reason: str | None = None) -> Status | None:
@@ -409,19 +405,15 @@ class Store(Membership):
             left: dict[tuple[str, int], Status | None] = {}
             stopped: list[tuple[Claim, Outcome]] = []
             back: list[Claim] = []
-            by_worker: dict[str, list[Claim]] = {}
-            for claim in sorted(claims, key=lambda c: c.id):  # rows locked in id order
-                by_worker.setdefault(claim.worker, []).append(claim)
-            for worker, mine in by_worker.items():
-                for start in range(0, len(mine), CHUNK // 2):
-                    chunk = mine[start : start + CHUNK // 2]
-                    put_back = scheduler_sql.requeue(conn, worker, [c.key for c in chunk], now)
-                    for claim in chunk:
-                        if claim.id in put_back:
-                            back.append(claim)
-                            left[claim.key] = Status.QUEUED
-                        else:  # a user asked it to stop, or the row no longer holds it
-                            stopped.append((claim, _STOPPED_AT_REQUEUE))
+            # Rows locked in id order, as every multi-row lock here.
+            for worker, chunk in _chunks_by_worker(sorted(claims, key=lambda c: c.id)):
+                put_back = scheduler_sql.requeue(conn, worker, [c.key for c in chunk], now)
+                for claim in chunk:
+                    if claim.id in put_back:
+                        back.append(claim)
+                        left[claim.key] = Status.QUEUED
+                    else:  # a user asked it to stop, or the row no longer holds it
+                        stopped.append((claim, _STOPPED_AT_REQUEUE))
             if stopped:
                 written = self.finish_all(conn, stopped, now)
                 for (claim, _), ok in zip(stopped, written, strict=True):
@@ -643,6 +635,16 @@ def _refused(exc: Exception, added: int) -> Outcome:
         code, why = "invalid_added_tasks", "The database refused a value of them."
     error = f"The {added} task(s) it added were refused ({code}): {why}"
     return Outcome(Status.FAILED, error=error[:1000], error_code=code)
+
+
+def _chunks_by_worker(claims: list[Claim]) -> Iterator[tuple[str, list[Claim]]]:
+    """Group `claims` by worker, in their order, in chunks one fenced statement takes."""
+    by_worker: dict[str, list[Claim]] = {}
+    for claim in claims:
+        by_worker.setdefault(claim.worker, []).append(claim)
+    for worker, mine in by_worker.items():
+        for start in range(0, len(mine), CHUNK // 2):
+            yield worker, mine[start : start + CHUNK // 2]
 
 
 def _fence(claim: Claim) -> tuple[Any, ...]:
