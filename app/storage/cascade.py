@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, case, select, update
 
 from app.statuses import Status
 from app.storage import database, jsonsets
@@ -18,6 +18,10 @@ from app.storage.scheduler_sql import bound_time
 from app.storage.tables import deps, status_filter, tasks
 
 USER_ACTIONS_KEY = zlib.crc32(b"task-scheduler:cancel-and-retry")
+# The error of a queued task a user cancelled: one that never ran, or one that ran before
+# (a retry waiting out its backoff, an attempt put back by a stop).
+CANCELLED_UNSTARTED = "Cancelled by a user before it started."
+CANCELLED_AWAITING_RETRY = "Cancelled by a user while it waited to run again."
 
 
 def one_at_a_time(conn: Connection) -> None:
@@ -52,7 +56,7 @@ def cancel_queued(conn: Connection, task_id: str, now: datetime) -> None:
         .where(tasks.c.id == task_id, tasks.c.status == Status.QUEUED.value)
         .values(
             status=Status.CANCELLED.value,
-            error="Cancelled by a user before it started.",
+            error=case((tasks.c.attempts > 0, CANCELLED_AWAITING_RETRY), else_=CANCELLED_UNSTARTED),
             error_code="cancelled",
             finished_at=now,
             updated_at=now,
@@ -194,7 +198,9 @@ def cancel_queued_many(conn: Connection, ids: Sequence[str], now: datetime) -> l
     """Mark the QUEUED tasks among `ids` CANCELLED by a user; return those it changed."""
     d = conn.dialect.name
     sql = (
-        "UPDATE tasks SET status = 'CANCELLED', error = 'Cancelled by a user before it started.',"
+        "UPDATE tasks SET status = 'CANCELLED',"
+        f" error = CASE WHEN attempts > 0 THEN '{CANCELLED_AWAITING_RETRY}'"
+        f" ELSE '{CANCELLED_UNSTARTED}' END,"
         f" error_code = 'cancelled', finished_at = {jsonsets.param(d, 'now')},"
         f" updated_at = {jsonsets.param(d, 'now')}"
         f" WHERE id IN ({jsonsets.ids(d, 'ids')})"

@@ -192,6 +192,39 @@ def test_a_batch_cancel_ends_its_queued_tasks_and_stops_its_running_ones(app: Fl
     assert nothing.status_code == 409 and nothing.get_json()["details"]["state"] == "cancelled"
 
 
+def test_a_cancel_says_whether_the_task_had_run_before(app: Flask) -> None:
+    """A task waiting out a retry's backoff, or put back by a stop, has started: its
+    cancel does not say otherwise."""
+    client = app.test_client()
+    store: Store = app.extensions["store"]
+    first = {"priority": 10}
+    retried = {**first, "max_attempts": 3, "retry_backoff_ms": 60_000}
+    _post(client, _task("tried", **retried), _task("put-back", **first), _task("fresh"))
+    batch_id = _post(client, _task("tried-too", **retried), _task("fresh-too"))
+    failed = Outcome(Status.FAILED, error="boom", error_code="handler_error")
+    claims = _claim(store, 3)
+    assert sorted(c.id for c in claims) == ["put-back", "tried", "tried-too"]
+    for claim in claims:
+        if claim.id == "put-back":
+            store.requeue(claim)  # as a stop puts it back
+        else:
+            assert store.finish(claim, failed)  # back in the queue after its backoff
+    assert row(store, "tried").status == "QUEUED" and row(store, "tried").attempts == 1
+    for task_id in ("tried", "put-back", "fresh"):
+        assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200
+    assert client.post(f"/api/batches/{batch_id}/cancel").status_code == 200
+    ran, never = "while it waited to run again.", "before it started."
+    assert {
+        i: row(store, i).error for i in ("tried", "put-back", "fresh", "tried-too", "fresh-too")
+    } == {
+        "tried": f"Cancelled by a user {ran}",
+        "put-back": f"Cancelled by a user {ran}",
+        "fresh": f"Cancelled by a user {never}",
+        "tried-too": f"Cancelled by a user {ran}",
+        "fresh-too": f"Cancelled by a user {never}",
+    }
+
+
 def test_a_batch_retry_starts_again_from_what_failed(app: Flask) -> None:
     client = app.test_client()
     store: Store = app.extensions["store"]
