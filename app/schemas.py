@@ -165,6 +165,10 @@ class TaskIn(Schema):
             return
         try:
             size = json_size(value)
+        except UnicodeEncodeError:  # "\ud800" in a body: JSON may escape it, UTF-8 cannot
+            raise ValidationError(
+                "Must hold no lone UTF-16 surrogate (such as \\ud800): it has no UTF-8 form."
+            ) from None
         except ValueError:  # only a handler's add_tasks can give them: JSON has none
             raise ValidationError("Must hold no NaN or Infinity, which JSON has not.") from None
         if size > MAX_PAYLOAD_BYTES:

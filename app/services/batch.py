@@ -7,7 +7,6 @@ tasks that already exist or tasks of the same batch, in any order.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from app.errors import (
     UnknownDependency,
     ValidationFailed,
 )
+from app.jsonbody import json_size
 from app.schemas import (
     ID_PATTERN,
     MAX_PAYLOAD_BYTES,
@@ -344,8 +344,14 @@ def _dependencies() -> Callable[[Any], bool]:
 
 
 def _payload(value: Any) -> bool:
-    # Keys of a parsed JSON object are always strings; only the size needs checking.
-    return type(value) is dict and (not value or len(json.dumps(value)) <= MAX_PAYLOAD_BYTES)
+    # Keys of a parsed JSON object are always strings; what needs checking is the size,
+    # and a lone surrogate (an escape JSON allows, with no UTF-8 form): TaskIn says which.
+    if type(value) is not dict:
+        return False
+    try:
+        return not value or json_size(value) <= MAX_PAYLOAD_BYTES
+    except ValueError:
+        return False
 
 
 _CHECKS: dict[str, Callable[[Any], bool]] = {
