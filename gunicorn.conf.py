@@ -338,7 +338,8 @@ def worker_exit(server: Any, worker: Any) -> None:
         stop.finish()
         leave_lingering_handlers(stop.scheduler)
         return
-    # Stopped before post_worker_init took over the signals: drain here.
+    # Stopped before post_worker_init took over the signals, or serving the API alone
+    # (its scheduler never started): drain, or only close the database, here.
     app = getattr(worker, "wsgi", None)
     scheduler = app.extensions.get("scheduler") if app is not None else None
     if scheduler is not None:

@@ -14,6 +14,7 @@ from types import FrameType
 
 from app import events
 from app.runtime.scheduler import Scheduler
+from app.storage import database
 
 # Named as before the package layout, so that operators' log filters keep working.
 log = logging.getLogger("app.shutdown")
@@ -163,7 +164,8 @@ class GracefulStop:
 
 
 def leave_lingering_handlers(scheduler: Scheduler) -> None:
-    """After a drain, exit now if handlers that ignored the stop still hold threads.
+    """After a drain, close the database's connections; exit now if handlers that
+    ignored the stop still hold threads.
 
     Their tasks are already back in the queue (or ended as a user asked), and whatever
     they return would be discarded; but Python waits for every pool thread at exit, so
@@ -171,6 +173,7 @@ def leave_lingering_handlers(scheduler: Scheduler) -> None:
     """
     # A handler asked to stop a moment ago may simply not have returned yet.
     lingering = scheduler.wait_for_handlers(STOPPING_HANDLER_S)
+    database.close(scheduler.store.engine)  # on SQLite, the file alone holds every commit
     if not lingering:
         ignore_late_stops()
         return

@@ -91,6 +91,31 @@ def test_sigterm_drains_running_tasks_and_keeps_the_rest_queued(
     assert instances(db) == 0
 
 
+@pytest.mark.parametrize("scheduler", ["true", "false"], ids=["scheduler", "api-only"])
+def test_a_stopped_server_leaves_every_commit_in_the_database_file(
+    launcher: Launcher, db: Path, tmp_path: Path, scheduler: str
+) -> None:
+    """A copy of the SQLite file alone, taken after a stop, is a whole backup: nothing is
+    left only in its write-ahead log."""
+    server = launcher.gunicorn(
+        db,
+        ready="running" if scheduler == "true" else "disabled",
+        WEB_CONCURRENCY="2",
+        SCHEDULER_ENABLED=scheduler,
+    )
+    server.submit_batch([{"id": f"t{i}", "type": "simulate", "duration_ms": 1} for i in range(10)])
+    if scheduler == "true":
+        for i in range(10):
+            server.wait_status(f"t{i}", "COMPLETED")
+    server.signal(SIGTERM)
+    assert server.wait_exit(25) == 0
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())  # the file alone, as a plain copy takes it
+    statuses = {row["id"]: row["status"] for row in read_db(copy, "SELECT id, status FROM tasks")}
+    done = "COMPLETED" if scheduler == "true" else "QUEUED"
+    assert statuses == {f"t{i}": done for i in range(10)}
+
+
 def test_sigterm_stops_claiming_at_once(launcher: Launcher, db: Path) -> None:
     server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="1", SHUTDOWN_GRACE_S="20")
     server.submit("first", 700)
