@@ -22,7 +22,7 @@ db-upgrade: install
 	@$(BIN)/flask db upgrade
 
 run: db-upgrade
-	@$(if $(PORT),PORT=$(PORT) )$(if $(HOST),HOST=$(HOST) )$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@$(if $(PORT),PORT=$(PORT) )$(if $(HOST),HOST=$(HOST) )exec $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Test processes (pytest-xdist): the suite waits on servers, browsers and fsyncs as much as
 # it computes, so two share two cores well. TEST_WORKERS=0 runs it in one process.

@@ -345,6 +345,15 @@ class Launcher:
             server.wait_ready(ready)
         return server
 
+    def make_run(self, db: Path | str, **settings: str) -> Server:
+        """Start `make run` (the project's own venv, made by `make install`) and wait until
+        its gunicorn serves."""
+        port = free_port()
+        env = service_env(db, PORT=str(port), HOST="127.0.0.1", **settings)
+        server = self._start("make-run", ["make", "--no-print-directory", "run"], env, port)
+        server.wait_ready()
+        return server
+
     def flask_run(self, db: Path | str, *options: str, **settings: str) -> Server:
         """Start `flask run` (Flask's development server) with `options`; wait until it serves."""
         port = free_port()

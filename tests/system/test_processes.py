@@ -116,6 +116,18 @@ def test_a_stopped_server_leaves_every_commit_in_the_database_file(
     assert statuses == {f"t{i}": done for i in range(10)}
 
 
+def test_a_sigterm_to_make_run_drains_its_server(launcher: Launcher, db: Path) -> None:
+    """A supervisor that signals only the process it started (`CMD ["make", "run"]`, a
+    systemd unit) stops the server, which drains: make forwards the signal to gunicorn."""
+    server = launcher.make_run(db, SHUTDOWN_GRACE_S="20")
+    server.submit("long", 1500)
+    server.wait_status("long", "RUNNING")
+    server.signal(SIGTERM)  # make only
+    server.wait_exit(25)  # make's status is its own; what counts is that its group ended
+    assert rows(db)["long"]["status"] == "COMPLETED"
+    assert instances(db) == 0  # deregistered: the drain ran to its end
+
+
 def test_sigterm_stops_claiming_at_once(launcher: Launcher, db: Path) -> None:
     server = launcher.gunicorn(db, MAX_CONCURRENT_TASKS="1", SHUTDOWN_GRACE_S="20")
     server.submit("first", 700)
