@@ -26,6 +26,7 @@ from app.errors import (
     QueueFull,
     TooManyQueues,
     UnknownDependency,
+    UnknownTaskType,
     ValidationFailed,
 )
 from app.jsonbody import json_size
@@ -80,7 +81,7 @@ def submit_batch(
     engine: Engine, body: dict[str, Any], admission: Admission = OPEN
 ) -> BatchSubmitted:
     """Validate and store a whole graph, or return the existing one for a replay."""
-    wanted = parse_batch(body)
+    wanted = parse_batch(body, partial(_type_problem, admission))
     admission.check_types(task["type"] for task in wanted)
     order = creation_order(wanted)
 
@@ -132,8 +133,15 @@ def submit_batch(
 GUESSED_TASKS = 20
 
 
-def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return the batch's tasks validated and normalised, or raise what is wrong."""
+def parse_batch(
+    body: dict[str, Any], type_problem: Callable[[Any], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Return the batch's tasks validated and normalised, or raise what is wrong.
+
+    With `type_problem`, an answer that refuses invalid tasks also names those whose type
+    it finds a problem with (no handler runs it), so that one answer shows every kind of
+    mistake; a batch whose only mistake is a type is left to the caller to refuse.
+    """
     unknown = sorted(set(body) - {"tasks"})
     if unknown:
         raise ValidationFailed(
@@ -151,21 +159,29 @@ def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
         )
     wanted: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
-    invalid = 0
+    refused: set[int] = set()
     for index, item in enumerate(items):
         try:
             wanted.append(normalise(load_task(item)))
         except ValidationError as exc:
             # The first few invalid tasks say which field a misspelt one meant: enough to
             # show the mistake, and a cost that a batch of any size cannot multiply.
-            guess = invalid < GUESSED_TASKS
-            invalid += 1
+            guess = len(refused) < GUESSED_TASKS
+            refused.add(index)
             found = task_details(exc) if guess else validation_details(exc, (), SERVER_SET)
             details.update(_keyed(index, found))
         except ValidationFailed as exc:
-            invalid += 1
+            refused.add(index)
             details.update(_keyed(index, exc.details or {}))
-    if invalid:
+    if refused and type_problem is not None:
+        for index, item in enumerate(items):
+            key = f"tasks.{index}.type"
+            problem = None if key in details else type_problem(_field(item, "type"))
+            if problem is not None:
+                refused.add(index)
+                details[key] = problem
+    if refused:
+        invalid = len(refused)
         raise ValidationFailed(
             f"{invalid} of {len(items)} tasks {'is' if invalid == 1 else 'are'} invalid; "
             "nothing was stored.",
@@ -173,6 +189,21 @@ def parse_batch(body: dict[str, Any]) -> list[dict[str, Any]]:
         )
     _check_unique(wanted)
     return wanted
+
+
+def _type_problem(admission: Admission, task_type: Any) -> str | None:
+    """Say why no handler runs `task_type`, if none does."""
+    if not isinstance(task_type, str):
+        return None
+    try:
+        admission.check_types([task_type])
+    except UnknownTaskType as unknown:
+        return unknown.message
+    return None
+
+
+def _field(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else None
 
 
 def _keyed(index: int, details: dict[str, Any]) -> dict[str, Any]:

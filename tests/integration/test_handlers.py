@@ -72,6 +72,31 @@ def test_strict_types_without_handlers_accepts_only_simulate(make_app: AppFactor
     assert client.post("/api/tasks", json={"type": "simulate", "duration_ms": 1}).status_code == 201
 
 
+def test_a_batch_refused_for_its_fields_names_its_unknown_types_too(
+    make_app: AppFactory,
+) -> None:
+    """One answer shows every kind of mistake: not the fields first, the types next time."""
+    client = make_app(STRICT_TASK_TYPES="true").test_client()
+    batch = {
+        "tasks": [
+            {"id": "no-duration", "type": "simulate"},
+            {"id": "typo", "type": "simulatte", "duration_ms": 1},
+            {"id": "both", "type": "etl"},
+            {"id": "fine", "type": "simulate", "duration_ms": 1},
+        ]
+    }
+    body = assert_error(client.post("/api/tasks/batch", json=batch), 400, "validation_error")
+    assert body["error"] == "3 of 4 tasks are invalid; nothing was stored."
+    assert sorted(body["details"]) == [
+        "tasks.0.duration_ms",
+        "tasks.1.type",
+        "tasks.2.duration_ms",
+        "tasks.2.type",
+    ]
+    assert body["details"]["tasks.1.type"].startswith("No handler runs the task type 'simulatte'")
+    assert client.get("/api/tasks/fine").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("modules", "message"),
     [
