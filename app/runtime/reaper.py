@@ -29,6 +29,7 @@ class Reaper:
         wake: Callable[[], None] | None = None,
         in_touch: Callable[[], float] = lambda: float("inf"),
         lost: Callable[[], None] = lambda: None,
+        beat: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
@@ -46,13 +47,22 @@ class Reaper:
         # heartbeat says. A long lease heartbeats seldom, and an outage can begin and end
         # between two of its heartbeats while the others' fail: its reaper notices.
         self.lost = lost
+        # This instance's heartbeat, run by the first run after a failed one: the touch
+        # lost then is regained at once, not at the next heartbeat (a lease/3 later), so
+        # that the lease in touch a judgement needs starts as the database comes back.
+        self.beat = beat
+        self._out_of_touch = False
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
         try:
+            if self._out_of_touch and self.beat is not None:
+                self.beat()  # raises as the heartbeat does while the database is out
+            self._out_of_touch = False
             return self._run(now)
         except Exception as exc:
             if dbfaults.from_database(exc):
+                self._out_of_touch = True
                 self.lost()
             raise
 

@@ -108,6 +108,7 @@ class Scheduler:
             wake=self.wake,
             in_touch=self.contact.in_touch_s,
             lost=self.contact.lost,
+            beat=self.heartbeat.run_once,
         )
         self.pruner = Pruner(store, retention_days)
         self.event_pruner = EventPruner(store, event_retention_s)

@@ -179,6 +179,56 @@ def test_a_reaper_whose_own_reads_fail_stops_judging_silence_as_its_heartbeat_wo
     assert judge.run_once(now + timedelta(seconds=140)) == 1  # silent past its lease, judged
 
 
+def test_a_reaper_back_from_a_failure_beats_at_once_and_judges_a_lease_later(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed run of the reaper puts its instance out of touch, and its next heartbeat
+    may be 33 s away (a lease of 100 s): the first run after the failure beats itself, so
+    the lease in touch a judgement needs starts as the database comes back, not a lease/3
+    later (simulation seed 430045: a dead instance's task stayed RUNNING past the bound)."""
+    add(store, "a")
+    now = utcnow()
+    row_ = {"id": "gone", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+    store.register({**row_, "lease_s": 30})
+    store.claim("gone", 1)
+    register(store, "me")
+    clock = Clock()
+    contact = Contact(clock, lease_s=100)
+    heartbeat = Heartbeat(store, contact, Metrics(), lambda: "me", lambda _: None)
+    heartbeat.run_once(now)
+    judge = Reaper(
+        store,
+        100,
+        "h2",
+        lambda: "me",
+        Metrics(),
+        in_touch=contact.in_touch_s,
+        lost=contact.lost,
+        beat=heartbeat.run_once,
+    )
+    instances = store.instances
+
+    def outage() -> Any:
+        raise OperationalError("SELECT", {}, Exception("the database is unavailable"))
+
+    monkeypatch.setattr(store, "instances", outage)
+    clock.seconds += 20
+    with pytest.raises(OperationalError):
+        judge.run_once(now + timedelta(seconds=20))
+    assert contact.in_touch_s() == 0
+    monkeypatch.setattr(store, "instances", instances)
+    clock.seconds += 1
+    back = clock.seconds
+    assert judge.run_once(now + timedelta(seconds=21)) == 0  # beats; not in touch long yet
+    assert contact.in_touch_s() == 0
+    while clock.seconds < back + 99:  # the heartbeats on their own schedule, every 33 s
+        clock.seconds += 33
+        contact.reached()
+    clock.seconds = back + 100
+    assert judge.run_once(now + timedelta(seconds=121)) == 1  # a lease from its own beat
+    assert row(store, "a").status != Status.RUNNING
+
+
 def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store: Store) -> None:
     add(store, "done")
     add(store, "waiting")

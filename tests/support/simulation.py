@@ -164,6 +164,11 @@ class Node:
         return self.lease_s / 3
 
     @property
+    def retry_s(self) -> float:
+        """How soon a failed heartbeat is tried again, as the scheduler's own thread does."""
+        return min(1.0, self.heartbeat_s)
+
+    @property
     def name(self) -> str:
         return f"n{self.index}.{self.generation}"
 
@@ -352,6 +357,8 @@ class Simulation:
             queues=self.rng.choice(SERVED) if index else (),
         )
         node = Node(index, generation, scheduler, lease_s=lease_s)
+        # The beat its reaper makes after a failed run is a heartbeat like the others.
+        scheduler.reaper.beat = partial(self.beat, node)
         self.nodes[index] = node
         now = self.clock.elapsed
         node.next_heartbeat, node.next_reap, node.next_pass = now + node.heartbeat_s, now, now
@@ -706,8 +713,9 @@ class Simulation:
             if node.scheduler.expire_timeouts():
                 self.note(f"{node.name} ends attempts at their timeout")
             if now >= node.next_heartbeat:
-                node.next_heartbeat = now + node.heartbeat_s
-                self.heartbeat(node)
+                # After a failure, again within a second (Periodic's retry_s).
+                beat = self.heartbeat(node)
+                node.next_heartbeat = now + (node.heartbeat_s if beat else node.retry_s)
             if now >= node.next_reap:
                 node.next_reap = now + REAP_S
                 self.reap_with(node)
@@ -728,13 +736,19 @@ class Simulation:
                     self.down(node, "drained and stopped")
         self.note(f"tick {step:.2f} s")
 
-    def heartbeat(self, node: Node) -> None:
-        identity = node.scheduler.id
+    def heartbeat(self, node: Node) -> bool:
+        """Beat on the heartbeat's own schedule; tell whether the database took it."""
         try:
-            alive = node.scheduler.heartbeat.run_once(self.clock.now())
+            self.beat(node)
         except OperationalError:
-            self.note(f"heartbeat {identity}: the database is unavailable")
-            return
+            self.note(f"heartbeat {node.scheduler.id}: the database is unavailable")
+            return False
+        return True
+
+    def beat(self, node: Node) -> None:
+        """Heartbeat once and book it; raise what the heartbeat raises."""
+        identity = node.scheduler.id
+        alive = node.scheduler.heartbeat.run_once(self.clock.now())
         if alive:
             node.paused_since_beat = False
         if alive and identity is not None:
