@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,8 @@ class Reaper:
         in_touch: Callable[[], float] = lambda: float("inf"),
         lost: Callable[[], None] = lambda: None,
         beat: Callable[[], object] | None = None,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.lease_s = lease_s
@@ -52,9 +55,20 @@ class Reaper:
         # that the lease in touch a judgement needs starts as the database comes back.
         self.beat = beat
         self._out_of_touch = False
+        # How often it runs, and when its last run ended: a run that comes long after it
+        # (this process stalled) may have missed an outage whole, as a heartbeat's gap may.
+        self.every_s = every_s
+        self.clock = clock
+        self._idle_since: float | None = None
+        self._shortest_lease = lease_s  # of the instances it saw last
 
     def run_once(self, now: datetime | None = None) -> int:
         """Recover what every dead instance left; return how many attempts were ended."""
+        if self._idle_since is not None and self.clock() - self._idle_since > self._unwatched_s():
+            # An outage may have come and gone meanwhile, unseen, and the silence it
+            # caused be taken for deaths: out of touch, as after a failure.
+            self._out_of_touch = True
+            self.lost()
         try:
             if self._out_of_touch and self.beat is not None:
                 self.beat()  # raises as the heartbeat does while the database is out
@@ -65,12 +79,23 @@ class Reaper:
                 self._out_of_touch = True
                 self.lost()
             raise
+        finally:
+            self._idle_since = self.clock()
+
+    def _unwatched_s(self) -> float:
+        """The longest this reaper may go without running and still vouch for what it did
+        not see: a third of the shortest lease it judges (an outage that long already
+        costs a silent instance a heartbeat), or two of its own intervals if those are
+        longer, for it must judge at all."""
+        return max(self._shortest_lease / 3, 2 * self.every_s)
 
     def _run(self, now: datetime | None) -> int:
         at = now or self.store.database_now()
         in_touch = self.in_touch()
         recovered = 0
-        for other in self.store.instances():
+        others = self.store.instances()
+        self._shortest_lease = min([self.lease_s, *(o.lease_s or self.lease_s for o in others)])
+        for other in others:
             death = self._death(other, at, in_touch)
             if death is not None:
                 reason, fence = death

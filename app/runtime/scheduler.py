@@ -109,6 +109,8 @@ class Scheduler:
             in_touch=self.contact.in_touch_s,
             lost=self.contact.lost,
             beat=self.heartbeat.run_once,
+            every_s=max(0.2, min(self.poll_interval_s, self.lease_s / 3)),
+            clock=clock,
         )
         self.pruner = Pruner(store, retention_days)
         self.event_pruner = EventPruner(store, event_retention_s)
@@ -212,7 +214,7 @@ class Scheduler:
         self._jobs = [
             # After a failure, beat again within a second: back in touch at once.
             Periodic(self.heartbeat, self.lease_s / 3, retry_s=min(1.0, self.lease_s / 3)),
-            Periodic(self.reaper, max(0.2, min(self.poll_interval_s, self.lease_s / 3))),
+            Periodic(self.reaper, self.reaper.every_s),
             Periodic(self.pruner, self.pruner.every_s, stop=self.pruner.stop_event),
             Periodic(
                 self.event_pruner, self.event_pruner.every_s, stop=self.event_pruner.stop_event

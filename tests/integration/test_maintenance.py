@@ -229,6 +229,53 @@ def test_a_reaper_back_from_a_failure_beats_at_once_and_judges_a_lease_later(
     assert row(store, "a").status != Status.RUNNING
 
 
+def test_a_reaper_that_did_not_run_for_a_third_of_a_lease_judges_no_silence_at_once(
+    store: Store,
+) -> None:
+    """Simulation seed 430064: a judge with a lease of 100 s, its process stalled for 30 s,
+    missed a 19 s outage whole, its heartbeat not being due and its reaper not running;
+    back, it took the silence the outage caused an instance with a lease of 30 s for a
+    death. A reaper that has not run for a third of the shortest lease it judges is now
+    out of touch, as after a failure: it judges again a lease after its next beat."""
+    add(store, "a")
+    register(store, "me")
+    clock = Clock()
+    contact = Contact(clock, lease_s=100)
+    heartbeat = Heartbeat(store, contact, Metrics(), lambda: "me", lambda _: None)
+    for _ in range(7):  # in touch for 198 s
+        heartbeat.run_once()
+        clock.seconds += 33
+    heartbeat.run_once()
+    judge = Reaper(
+        store,
+        100,
+        "h2",
+        lambda: "me",
+        Metrics(),
+        in_touch=contact.in_touch_s,
+        lost=contact.lost,
+        beat=heartbeat.run_once,
+        every_s=1.0,
+        clock=clock,
+    )
+    now = utcnow()
+    row_ = {"id": "short", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
+    store.register({**row_, "lease_s": 30})
+    store.claim("short", 1)
+    assert judge.run_once(now) == 0
+    clock.seconds += 30  # stalled: no run, and an outage may have come and gone
+    assert judge.run_once(now + timedelta(seconds=34)) == 0  # silent 34 s, but unseen
+    assert row(store, "a").status == Status.RUNNING
+    back = clock.seconds
+    while clock.seconds < back + 100:  # runs every 5 s, heartbeats every 33 s
+        clock.seconds += 5
+        if (clock.seconds - back) % 33 < 5:
+            heartbeat.run_once()
+        found = judge.run_once(now + timedelta(seconds=34 + clock.seconds - back))
+        assert found == (1 if clock.seconds - back >= 100 else 0)
+    assert row(store, "a").status != Status.RUNNING
+
+
 def test_the_pruner_deletes_only_what_is_past_retention(either_app: Flask, store: Store) -> None:
     add(store, "done")
     add(store, "waiting")
