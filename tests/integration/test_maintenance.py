@@ -140,6 +140,20 @@ def test_the_reaper_judges_a_longer_lease_only_once_in_touch_that_long(store: St
     assert quick.run_once(now + timedelta(hours=1)) == 1
 
 
+def _judge(store: Store, contact: Contact, **options: Any) -> Reaper:
+    """A reaper of another host with a lease of 100 s, its touch kept by `contact`."""
+    return Reaper(
+        store,
+        100,
+        "h2",
+        lambda: "me",
+        Metrics(),
+        in_touch=contact.in_touch_s,
+        lost=contact.lost,
+        **options,
+    )
+
+
 def test_a_reaper_whose_own_reads_fail_stops_judging_silence_as_its_heartbeat_would(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,9 +171,7 @@ def test_a_reaper_whose_own_reads_fail_stops_judging_silence_as_its_heartbeat_wo
     for _ in range(7):  # in touch for 198 s
         contact.reached()
         clock.seconds += 33
-    judge = Reaper(
-        store, 100, "h2", lambda: "me", Metrics(), in_touch=contact.in_touch_s, lost=contact.lost
-    )
+    judge = _judge(store, contact)
     instances = store.instances
 
     def outage() -> Any:
@@ -196,16 +208,7 @@ def test_a_reaper_back_from_a_failure_beats_at_once_and_judges_a_lease_later(
     contact = Contact(clock, lease_s=100)
     heartbeat = Heartbeat(store, contact, Metrics(), lambda: "me", lambda _: None)
     heartbeat.run_once(now)
-    judge = Reaper(
-        store,
-        100,
-        "h2",
-        lambda: "me",
-        Metrics(),
-        in_touch=contact.in_touch_s,
-        lost=contact.lost,
-        beat=heartbeat.run_once,
-    )
+    judge = _judge(store, contact, beat=heartbeat.run_once)
     instances = store.instances
 
     def outage() -> Any:
@@ -246,18 +249,7 @@ def test_a_reaper_that_did_not_run_for_a_third_of_a_lease_judges_no_silence_at_o
         heartbeat.run_once()
         clock.seconds += 33
     heartbeat.run_once()
-    judge = Reaper(
-        store,
-        100,
-        "h2",
-        lambda: "me",
-        Metrics(),
-        in_touch=contact.in_touch_s,
-        lost=contact.lost,
-        beat=heartbeat.run_once,
-        every_s=1.0,
-        clock=clock,
-    )
+    judge = _judge(store, contact, beat=heartbeat.run_once, every_s=1.0, clock=clock)
     now = utcnow()
     row_ = {"id": "short", "hostname": "h", "pid": 0, "started_at": now, "heartbeat_at": now}
     store.register({**row_, "lease_s": 30})
