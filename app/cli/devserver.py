@@ -24,6 +24,7 @@ from app.config import ConfigError
 from app.runtime.scheduler import Scheduler
 from app.runtime.shutdown import GracefulStop, leave_lingering_handlers
 from app.startup import fail
+from app.storage import database
 from app.storage.health import schema_problem
 
 # Named like the other stop messages, so that operators' log filters find them.
@@ -110,6 +111,10 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
     if problem is not None:
         fail(ConfigError(problem))
     if not app.config["SCHEDULER_ENABLED"]:
+        # The API alone: nothing to drain. SIGTERM stops it as Ctrl-C does, and its
+        # database is closed as Python exits, not left to the signal's default.
+        signal.signal(signal.SIGTERM, _interrupt)
+        atexit.register(database.close, parts.engine(app))
         return None
     scheduler = parts.scheduler(app)
     scheduler.start()
@@ -144,6 +149,10 @@ def start(app: Flask, grace_s: float) -> Scheduler | None:
         register(drain_before_reload)
         _keep_sigterm(stop)
     return scheduler
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _keep_sigterm(handler: Callable[[int, FrameType | None], None]) -> None:

@@ -354,12 +354,15 @@ class Launcher:
         server.wait_ready()
         return server
 
-    def flask_run(self, db: Path | str, *options: str, **settings: str) -> Server:
-        """Start `flask run` (Flask's development server) with `options`; wait until it serves."""
+    def flask_run(
+        self, db: Path | str, *options: str, ready: str = "running", **settings: str
+    ) -> Server:
+        """Start `flask run` (Flask's development server) with `options`; wait until it
+        serves with its scheduler in state `ready`."""
         port = free_port()
         argv = [sys.executable, "-m", "flask", "run", "--port", str(port), *options]
         server = self._start("flask-run", argv, service_env(db, **settings), port)
-        server.wait_ready()
+        server.wait_ready(ready)
         return server
 
     def scheduler(self, db: Path | str, **settings: str) -> Server:

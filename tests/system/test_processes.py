@@ -92,17 +92,19 @@ def test_sigterm_drains_running_tasks_and_keeps_the_rest_queued(
 
 
 @pytest.mark.parametrize("scheduler", ["true", "false"], ids=["scheduler", "api-only"])
+@pytest.mark.parametrize("serve", ["gunicorn", "flask-run"])
 def test_a_stopped_server_leaves_every_commit_in_the_database_file(
-    launcher: Launcher, db: Path, tmp_path: Path, scheduler: str
+    launcher: Launcher, db: Path, tmp_path: Path, serve: str, scheduler: str
 ) -> None:
     """A copy of the SQLite file alone, taken after a stop, is a whole backup: nothing is
     left only in its write-ahead log."""
-    server = launcher.gunicorn(
-        db,
-        ready="running" if scheduler == "true" else "disabled",
-        WEB_CONCURRENCY="2",
-        SCHEDULER_ENABLED=scheduler,
-    )
+    ready = "running" if scheduler == "true" else "disabled"
+    if serve == "gunicorn":
+        server = launcher.gunicorn(
+            db, ready=ready, WEB_CONCURRENCY="2", SCHEDULER_ENABLED=scheduler
+        )
+    else:
+        server = launcher.flask_run(db, ready=ready, SCHEDULER_ENABLED=scheduler)
     server.submit_batch([{"id": f"t{i}", "type": "simulate", "duration_ms": 1} for i in range(10)])
     if scheduler == "true":
         for i in range(10):
