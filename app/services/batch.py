@@ -134,7 +134,7 @@ GUESSED_TASKS = 20
 
 
 def parse_batch(
-    body: dict[str, Any], type_problem: Callable[[Any], str | None] | None = None
+    body: dict[str, Any], type_problem: Callable[[str], str | None] | None = None
 ) -> list[dict[str, Any]]:
     """Return the batch's tasks validated and normalised, or raise what is wrong.
 
@@ -174,9 +174,15 @@ def parse_batch(
             refused.add(index)
             details.update(_keyed(index, exc.details or {}))
     if refused and type_problem is not None:
+        problems: dict[str, str | None] = {}  # by type: a batch repeats a few types
         for index, item in enumerate(items):
             key = f"tasks.{index}.type"
-            problem = None if key in details else type_problem(_field(item, "type"))
+            task_type = _field(item, "type")
+            if key in details or not isinstance(task_type, str):
+                continue
+            if task_type not in problems:
+                problems[task_type] = type_problem(task_type)
+            problem = problems[task_type]
             if problem is not None:
                 refused.add(index)
                 details[key] = problem
@@ -191,10 +197,8 @@ def parse_batch(
     return wanted
 
 
-def _type_problem(admission: Admission, task_type: Any) -> str | None:
+def _type_problem(admission: Admission, task_type: str) -> str | None:
     """Say why no handler runs `task_type`, if none does."""
-    if not isinstance(task_type, str):
-        return None
     try:
         admission.check_types([task_type])
     except UnknownTaskType as unknown:
