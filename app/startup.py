@@ -20,7 +20,7 @@ EXIT_STATUS = 2
 # The database answers but was never migrated: every serving command says so, in one line.
 UNMIGRATED = (
     "DATABASE_URL names a database without the service's tables: run `flask db upgrade` "
-    "in the project's checkout first, which holds the migrations (`make run` does)"
+    "first, in the project's checkout, which holds the migrations (`make run` does)"
 )
 
 
